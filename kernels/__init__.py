@@ -1,0 +1,29 @@
+"""Triton NSA and FlashAttention-2 kernels: the public API of NSA_SPEC.md plus the dense baseline.
+
+Names resolve lazily (PEP 562) so `import kernels` stays cheap and does not pull in Triton until a
+kernel is used; set TRITON_INTERPRET=1 before the first use to run on the CPU interpreter.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from nsa_bench.config import NSAConfig
+
+_EXPORTS = {
+    "compress_kv": "kernels.nsa",
+    "select_blocks": "kernels.nsa",
+    "nsa_attention": "kernels.nsa",
+    "nsa_decode": "kernels.decode",
+    "flash_attention": "kernels.flash",
+    "flash_attention_decode": "kernels.flash",
+}
+
+__all__ = ["NSAConfig", *_EXPORTS]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'kernels' has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)

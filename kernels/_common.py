@@ -1,0 +1,55 @@
+"""Small helpers shared by the Triton kernel modules: interpreter detection, sizes, limits."""
+from __future__ import annotations
+
+import os
+
+import torch
+
+from nsa_bench.config import NSAConfig
+
+# Block parameters the Triton kernels are written for (powers of two keep tiles GPU-legal).
+SUPPORTED_BLOCK_CMP = (16, 32, 64, 128)
+SUPPORTED_STRIDE_CMP = (8, 16, 32, 64)
+SUPPORTED_BLOCK_SLC = (32, 64, 128, 256)
+MAX_N_SLC = 64
+MAX_GROUP = 64
+MAX_HEAD_DIM = 256
+MIN_HEAD_DIM = 16
+
+
+def interpreting() -> bool:
+    """True under Triton's CPU interpreter (TRITON_INTERPRET=1): one autotune config, fp32 tiles."""
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def next_pow2(x: int) -> int:
+    """Smallest power of two >= max(x, 1)."""
+    return 1 << max(0, int(x) - 1).bit_length()
+
+
+def check_kernel_config(cfg: NSAConfig) -> None:
+    """Refuse block parameters the Triton kernels do not implement, naming the field."""
+    if cfg.block_cmp not in SUPPORTED_BLOCK_CMP:
+        raise ValueError(f"block_cmp={cfg.block_cmp} unsupported by the Triton kernels (use one of {SUPPORTED_BLOCK_CMP})")
+    if cfg.stride_cmp not in SUPPORTED_STRIDE_CMP:
+        raise ValueError(f"stride_cmp={cfg.stride_cmp} unsupported by the Triton kernels (use one of {SUPPORTED_STRIDE_CMP})")
+    if cfg.block_slc not in SUPPORTED_BLOCK_SLC:
+        raise ValueError(f"block_slc={cfg.block_slc} unsupported by the Triton kernels (use one of {SUPPORTED_BLOCK_SLC})")
+    if cfg.n_slc > MAX_N_SLC:
+        raise ValueError(f"n_slc={cfg.n_slc} unsupported by the Triton kernels (at most {MAX_N_SLC})")
+
+
+def check_heads(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> int:
+    """Validate BTHD shapes for the kernels and return G = Hq // Hkv."""
+    if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
+        raise ValueError("q, k, v must be [B, T, H, D]")
+    hq, hkv = q.shape[2], k.shape[2]
+    if hq % hkv:
+        raise ValueError(f"Hq={hq} must be a multiple of Hkv={hkv}")
+    group = hq // hkv
+    if group > MAX_GROUP:
+        raise ValueError(f"group size G={group} unsupported by the Triton kernels (at most {MAX_GROUP})")
+    for name, dim in (("Dk", q.shape[-1]), ("Dv", v.shape[-1])):
+        if not MIN_HEAD_DIM <= dim <= MAX_HEAD_DIM:
+            raise ValueError(f"{name}={dim} unsupported by the Triton kernels ({MIN_HEAD_DIM}..{MAX_HEAD_DIM})")
+    return group

@@ -1,0 +1,357 @@
+"""Plain-PyTorch NSA, exactly as NSA_SPEC.md defines it: the yardstick for every kernel.
+
+Any dtype (float64 included) and any device. Work is done in query chunks whose size keeps
+each chunk's score tensor under a fixed element budget, so memory grows with T, not T^2, and
+the reference can run at a few thousand tokens on a GPU. Internally it computes in at least
+float32 and returns the input dtype. With autograd on, each chunk is checkpointed so the
+backward does not keep every chunk's probabilities alive.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+from nsa_bench.config import NSAConfig
+
+__all__ = [
+    "NSAConfig",
+    "compress_kv",
+    "select_blocks",
+    "nsa_attention",
+    "nsa_decode",
+    "compressed_attention",
+    "selected_attention",
+    "window_attention",
+    "block_scores",
+    "select_from_scores",
+    "causal_attention",
+]
+
+# Elements of one chunk's [B, C, Hq, keys] score tensor; 2^24 float64 = 128 MiB.
+_CHUNK_ELEMENTS = 1 << 24
+
+
+def _work_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _scale(scale: float | None, head_dim: int) -> float:
+    return head_dim**-0.5 if scale is None else float(scale)
+
+
+def _chunk_size(batch: int, heads: int, keys: int) -> int:
+    return max(1, _CHUNK_ELEMENTS // max(1, batch * heads * max(keys, 1)))
+
+
+def _gqa(q: torch.Tensor, kv_heads: int) -> torch.Tensor:
+    """[B, C, Hq, D] -> [B, C, Hkv, G, D]: head h reads KV head h // G."""
+    b, c, hq, d = q.shape
+    if hq % kv_heads:
+        raise ValueError(f"query heads {hq} must be a multiple of KV heads {kv_heads}")
+    return q.reshape(b, c, kv_heads, hq // kv_heads, d)
+
+
+def _masked_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, allowed: torch.Tensor, scale: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Softmax attention of q [B,C,Hq,Dk] over keys k/v [B,S,Hkv,*] where `allowed` [B|1,C,Hkv|1,1,S].
+
+    Returns (o [B,C,Hq,Dv], p [B,C,Hkv,G,S]). A row with no allowed key gives o = 0 and p = 0.
+    """
+    qg = _gqa(q, k.shape[2])
+    logits = torch.einsum("bchgd,bshd->bchgs", qg, k) * scale
+    logits = logits.masked_fill(~allowed, float("-inf"))
+    row_max = logits.amax(dim=-1, keepdim=True)
+    row_max = torch.where(torch.isfinite(row_max), row_max, torch.zeros_like(row_max))
+    weights = torch.exp(logits - row_max)
+    denom = weights.sum(dim=-1, keepdim=True)
+    p = weights / torch.where(denom > 0, denom, torch.ones_like(denom))
+    o = torch.einsum("bchgs,bshd->bchgd", p, v)
+    return o.reshape(q.shape[0], q.shape[1], q.shape[2], v.shape[-1]), p
+
+
+def _by_chunks(
+    rows: Callable[[int, int], torch.Tensor], seqlen: int, chunk: int, grad: bool
+) -> torch.Tensor:
+    """Concatenate rows(t0, t1) over query chunks along dim 1, checkpointing when grads flow."""
+    parts = []
+    for t0 in range(0, seqlen, chunk):
+        t1 = min(seqlen, t0 + chunk)
+        if grad:
+            parts.append(checkpoint(rows, t0, t1, use_reentrant=False))
+        else:
+            parts.append(rows(t0, t1))
+    return torch.cat(parts, dim=1)
+
+
+def _needs_grad(*tensors: torch.Tensor | None) -> bool:
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
+# ---------------------------------------------------------------- section 1: compression
+def compress_kv(k: torch.Tensor, v: torch.Tensor, cfg: NSAConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean over each compressed block [i*d, i*d + l): k_cmp [B,Tc,Hkv,Dk], v_cmp [B,Tc,Hkv,Dv]."""
+    return _compress(k, cfg), _compress(v, cfg)
+
+
+def _compress(x: torch.Tensor, cfg: NSAConfig) -> torch.Tensor:
+    b, t, h, d = x.shape
+    tc = cfg.num_cmp_blocks(t)
+    if tc == 0:
+        return x.new_zeros(b, 0, h, d)
+    # unfold over T: [B, Tc, H, D, l]
+    return x.unfold(1, cfg.block_cmp, cfg.stride_cmp).mean(dim=-1)
+
+
+# ---------------------------------------------------------------- section 2: compressed attention
+def _cmp_rows(
+    q: torch.Tensor, pos: torch.Tensor, k_cmp: torch.Tensor, v_cmp: torch.Tensor, cfg: NSAConfig, scale: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Compressed attention for query rows at positions `pos` [C]: (o, p [B,C,Hkv,G,Tc])."""
+    tc = k_cmp.shape[1]
+    ends = torch.arange(tc, device=q.device) * cfg.stride_cmp + cfg.block_cmp - 1
+    allowed = (ends[None, :] <= pos[:, None])[None, :, None, None, :]
+    return _masked_attention(q, k_cmp, v_cmp, allowed, scale)
+
+
+def compressed_attention(
+    q: torch.Tensor, k_cmp: torch.Tensor, v_cmp: torch.Tensor, cfg: NSAConfig, scale: float | None = None
+) -> torch.Tensor:
+    """Branch "cmp": o_cmp [B,T,Hq,Dv]; a query that sees no compressed block gets 0."""
+    sc = _scale(scale, q.shape[-1])
+    wd = _work_dtype(q.dtype)
+    qw, kw, vw = q.to(wd), k_cmp.to(wd), v_cmp.to(wd)
+    b, t, hq, _ = q.shape
+    pos_all = torch.arange(t, device=q.device)
+
+    def rows(t0: int, t1: int) -> torch.Tensor:
+        return _cmp_rows(qw[:, t0:t1], pos_all[t0:t1], kw, vw, cfg, sc)[0]
+
+    chunk = _chunk_size(b, hq, k_cmp.shape[1])
+    return _by_chunks(rows, t, chunk, _needs_grad(q, k_cmp, v_cmp)).to(q.dtype)
+
+
+# ---------------------------------------------------------------- section 3: scores and selection
+def _scores_from_probs(p: torch.Tensor, cfg: NSAConfig, num_slc: int) -> torch.Tensor:
+    """Group scores S [B,C,Hkv,num_slc] from p_cmp [B,C,Hkv,G,Tc] (overlap-weighted Eq. 9, Eq. 10).
+
+    s_j = sum_{m<l'/d} sum_{n<l/d} p[(l'/d) j + m - n]: a moving sum over l/d compressed blocks,
+    then a sum over each selection block's l'/d stride chunks.
+    """
+    per_slc = cfg.block_slc // cfg.stride_cmp
+    per_cmp = cfg.block_cmp // cfg.stride_cmp
+    grouped = p.sum(dim=3)  # [B,C,Hkv,Tc]
+    tc = grouped.shape[-1]
+    span = num_slc * per_slc
+    if tc >= span:
+        grouped = grouped[..., :span]
+    else:
+        grouped = F.pad(grouped, (0, span - tc))
+    padded = F.pad(grouped, (per_cmp - 1, 0))
+    moving = padded.unfold(-1, per_cmp, 1).sum(dim=-1)  # [..., span]
+    return moving.reshape(*moving.shape[:-1], num_slc, per_slc).sum(dim=-1)
+
+
+def _select_rows(scores: torch.Tensor, pos: torch.Tensor, cfg: NSAConfig) -> torch.Tensor:
+    """Top-n selection for rows at `pos` from group scores [B,C,Hkv,Nslc] -> int32 [B,C,Hkv,n]."""
+    num_slc = scores.shape[-1]
+    j = torch.arange(num_slc, device=scores.device)
+    current = (pos // cfg.block_slc)[:, None]  # [C,1]
+    candidate = j[None, :] <= current
+    forced = (j[None, :] == 0) | (j[None, :] == current) | (j[None, :] == current - 1)
+    ranked = scores.to(torch.float64)
+    ranked = torch.where(forced[None, :, None, :] & candidate[None, :, None, :], float("inf"), ranked)
+    ranked = torch.where(candidate[None, :, None, :], ranked, float("-inf"))
+    order = torch.sort(ranked, dim=-1, descending=True, stable=True)  # ties: lower j first
+    take = min(cfg.n_slc, num_slc)
+    idx = order.indices[..., :take]
+    valid = order.values[..., :take] != float("-inf")
+    idx = torch.where(valid, idx, torch.full_like(idx, -1)).to(torch.int32)
+    if take < cfg.n_slc:
+        idx = F.pad(idx, (0, cfg.n_slc - take), value=-1)
+    return idx
+
+
+def block_scores(
+    q: torch.Tensor, k_cmp: torch.Tensor, cfg: NSAConfig, scale: float | None = None
+) -> torch.Tensor:
+    """Group block scores S [B,T,Hkv,ceil(T/l')] (float64) — what selection ranks."""
+    return _scores_and_selection(q, k_cmp, cfg, scale)[0]
+
+
+def select_from_scores(scores: torch.Tensor, cfg: NSAConfig) -> torch.Tensor:
+    """Selection from group scores [B,T,Hkv,Nslc] for rows at positions 0..T-1."""
+    pos = torch.arange(scores.shape[1], device=scores.device)
+    return _select_rows(scores, pos, cfg)
+
+
+def _scores_and_selection(
+    q: torch.Tensor, k_cmp: torch.Tensor, cfg: NSAConfig, scale: float | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    sc = _scale(scale, q.shape[-1])
+    b, t, hq, _ = q.shape
+    num_slc = cfg.num_slc_blocks(t)
+    qw, kw = q.detach().to(torch.float64), k_cmp.detach().to(torch.float64)
+    vw = kw.new_zeros(*kw.shape[:3], 1)  # values unused: only p_cmp is needed
+    chunk = _chunk_size(b, hq, max(k_cmp.shape[1], num_slc))
+    scores, idx = [], []
+    for t0 in range(0, t, chunk):
+        t1 = min(t, t0 + chunk)
+        pos = torch.arange(t0, t1, device=q.device)
+        _, p = _cmp_rows(qw[:, t0:t1], pos, kw, vw, cfg, sc)
+        s = _scores_from_probs(p, cfg, num_slc)
+        scores.append(s)
+        idx.append(_select_rows(s, pos, cfg))
+    return torch.cat(scores, dim=1), torch.cat(idx, dim=1)
+
+
+@torch.no_grad()
+def select_blocks(q: torch.Tensor, k_cmp: torch.Tensor, cfg: NSAConfig, scale: float | None = None) -> torch.Tensor:
+    """Section 3: block_idx [B,T,Hkv,n] int32, -1 padded. Scores are computed in float64."""
+    return _scores_and_selection(q, k_cmp, cfg, scale)[1]
+
+
+# ---------------------------------------------------------------- section 4: selected attention
+def _slc_rows(
+    q: torch.Tensor, pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_idx: torch.Tensor,
+    cfg: NSAConfig, scale: float,
+) -> torch.Tensor:
+    """Selected attention for rows at `pos`; block_idx [B,C,Hkv,n] (-1 = none)."""
+    s = int(pos.max().item()) + 1
+    num_slc = cfg.num_slc_blocks(s)
+    key_block = torch.arange(s, device=q.device) // cfg.block_slc  # [S]
+    # chosen[b,c,h,s] = key s's block is among the row's selected blocks; -1 lands in a spare slot
+    idx = block_idx.long()
+    idx = torch.where((idx >= 0) & (idx < num_slc), idx, torch.full_like(idx, num_slc))
+    picked = torch.zeros(*idx.shape[:-1], num_slc + 1, dtype=torch.bool, device=q.device)
+    picked.scatter_(-1, idx, True)
+    chosen = picked[..., key_block]  # [B,C,Hkv,S]
+    causal = torch.arange(s, device=q.device)[None, :] <= pos[:, None]  # [C,S]
+    allowed = (chosen & causal[None, :, None, :])[:, :, :, None, :]
+    return _masked_attention(q, k[:, :s], v[:, :s], allowed, scale)[0]
+
+
+def selected_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_idx: torch.Tensor, cfg: NSAConfig,
+    scale: float | None = None,
+) -> torch.Tensor:
+    """Branch "slc": each query attends to keys p <= t in its group's selected blocks."""
+    sc = _scale(scale, q.shape[-1])
+    wd = _work_dtype(q.dtype)
+    qw, kw, vw = q.to(wd), k.to(wd), v.to(wd)
+    b, t, hq, _ = q.shape
+    pos_all = torch.arange(t, device=q.device)
+
+    def rows(t0: int, t1: int) -> torch.Tensor:
+        return _slc_rows(qw[:, t0:t1], pos_all[t0:t1], kw, vw, block_idx[:, t0:t1], cfg, sc)
+
+    chunk = _chunk_size(b, hq * 2, t)
+    return _by_chunks(rows, t, chunk, _needs_grad(q, k, v)).to(q.dtype)
+
+
+# ---------------------------------------------------------------- section 5: sliding window
+def _win_rows(
+    q: torch.Tensor, pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: int, scale: float
+) -> torch.Tensor:
+    """Window attention for rows at `pos` (ascending): keys max(0, t-w+1) .. t."""
+    lo = max(0, int(pos.min().item()) - window + 1)
+    hi = int(pos.max().item()) + 1
+    keys = torch.arange(lo, hi, device=q.device)
+    allowed = (keys[None, :] <= pos[:, None]) & (keys[None, :] > pos[:, None] - window)
+    return _masked_attention(q, k[:, lo:hi], v[:, lo:hi], allowed[None, :, None, None, :], scale)[0]
+
+
+def window_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cfg: NSAConfig | int, scale: float | None = None
+) -> torch.Tensor:
+    """Branch "win": query t attends to keys max(0, t-w+1) .. t. `cfg` may be a bare window size."""
+    window = cfg if isinstance(cfg, int) else cfg.window
+    sc = _scale(scale, q.shape[-1])
+    wd = _work_dtype(q.dtype)
+    qw, kw, vw = q.to(wd), k.to(wd), v.to(wd)
+    b, t, hq, _ = q.shape
+    pos_all = torch.arange(t, device=q.device)
+
+    def rows(t0: int, t1: int) -> torch.Tensor:
+        return _win_rows(qw[:, t0:t1], pos_all[t0:t1], kw, vw, window, sc)
+
+    chunk = _chunk_size(b, hq * 2, min(t, window) + 64)
+    chunk = max(1, min(chunk, max(window, 64)))
+    return _by_chunks(rows, t, chunk, _needs_grad(q, k, v)).to(q.dtype)
+
+
+def causal_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float | None = None
+) -> torch.Tensor:
+    """Dense causal attention (GQA, Dk != Dv allowed): the FlashAttention-2 baseline's semantics."""
+    return window_attention(q, k, v, max(1, q.shape[1]), scale)
+
+
+# ---------------------------------------------------------------- section 6: output
+def nsa_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, gates: torch.Tensor, cfg: NSAConfig,
+    scale: float | None = None, block_idx: torch.Tensor | None = None,
+    k_cmp: torch.Tensor | None = None, v_cmp: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Sections 1-6: o [B,T,Hq,Dv] = g0*o_cmp + g1*o_slc + g2*o_win; differentiable (section 8)."""
+    _check_shapes(q, k, v, gates)
+    if (k_cmp is None) != (v_cmp is None):
+        raise ValueError("pass both k_cmp and v_cmp, or neither")
+    if k_cmp is None:
+        k_cmp, v_cmp = compress_kv(k, v, cfg)
+    if block_idx is None:
+        block_idx = select_blocks(q, k_cmp, cfg, scale)
+    o_cmp = compressed_attention(q, k_cmp, v_cmp, cfg, scale)
+    o_slc = selected_attention(q, k, v, block_idx, cfg, scale)
+    o_win = window_attention(q, k, v, cfg, scale)
+    g = gates.to(o_cmp.dtype)
+    return g[..., 0:1] * o_cmp + g[..., 1:2] * o_slc + g[..., 2:3] * o_win
+
+
+def _check_shapes(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, gates: torch.Tensor) -> None:
+    if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
+        raise ValueError("q, k, v must be [B, T, H, D]")
+    if k.shape[:3] != v.shape[:3] or q.shape[:2] != k.shape[:2] or q.shape[-1] != k.shape[-1]:
+        raise ValueError(f"inconsistent shapes q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}")
+    if q.shape[2] % k.shape[2]:
+        raise ValueError(f"Hq={q.shape[2]} must be a multiple of Hkv={k.shape[2]}")
+    if tuple(gates.shape) != (*q.shape[:3], 3):
+        raise ValueError(f"gates must be [B, T, Hq, 3], got {tuple(gates.shape)}")
+
+
+# ---------------------------------------------------------------- section 7: decode
+def nsa_decode(
+    q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, gates: torch.Tensor,
+    cache_seqlens: torch.Tensor, cfg: NSAConfig, scale: float | None = None,
+    k_cmp_cache: torch.Tensor | None = None, v_cmp_cache: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """One new token per sequence: row L-1 of the forward over k_cache[b, :L]. Returns [B,Hq,Dv]."""
+    if (k_cmp_cache is None) != (v_cmp_cache is None):
+        raise ValueError("pass both k_cmp_cache and v_cmp_cache, or neither")
+    sc = _scale(scale, q.shape[-1])
+    wd = _work_dtype(q.dtype)
+    outs = []
+    for b in range(q.shape[0]):
+        length = int(cache_seqlens[b])
+        if length < 1 or length > k_cache.shape[1]:
+            raise ValueError(f"cache_seqlens[{b}]={length} outside 1..{k_cache.shape[1]}")
+        qb = q[b : b + 1, None].to(wd)  # [1,1,Hq,Dk]
+        kb, vb = k_cache[b : b + 1, :length].to(wd), v_cache[b : b + 1, :length].to(wd)
+        if k_cmp_cache is None:
+            kc, vc = compress_kv(kb, vb, cfg)
+        else:
+            tc = cfg.num_cmp_blocks(length)
+            kc, vc = k_cmp_cache[b : b + 1, :tc].to(wd), v_cmp_cache[b : b + 1, :tc].to(wd)
+        pos = torch.tensor([length - 1], device=q.device)
+        o_cmp, _ = _cmp_rows(qb, pos, kc, vc, cfg, sc)
+        _, p = _cmp_rows(qb.double(), pos, kc.double(), vc.double(), cfg, sc)
+        scores = _scores_from_probs(p, cfg, cfg.num_slc_blocks(length))
+        idx = _select_rows(scores, pos, cfg)
+        o_slc = _slc_rows(qb, pos, kb, vb, idx, cfg, sc)
+        o_win = _win_rows(qb, pos, kb, vb, cfg.window, sc)
+        g = gates[b : b + 1, None].to(wd)
+        outs.append(g[..., 0:1] * o_cmp + g[..., 1:2] * o_slc + g[..., 2:3] * o_win)
+    return torch.cat(outs, dim=0)[:, 0].to(q.dtype)
