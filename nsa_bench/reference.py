@@ -62,6 +62,10 @@ def _masked_attention(
     Returns (o [B,C,Hq,Dv], p [B,C,Hkv,G,S]). A row with no allowed key gives o = 0 and p = 0.
     """
     qg = _gqa(q, k.shape[2])
+    if k.shape[1] == 0:  # no keys at all (e.g. no compressed block yet)
+        p = qg.new_zeros(*qg.shape[:-1], 0)
+        # zero output that stays connected to q, so autograd yields zero (not missing) gradients
+        return q.new_zeros(*q.shape[:-1], v.shape[-1]) + 0 * q.sum(), p
     logits = torch.einsum("bchgd,bshd->bchgs", qg, k) * scale
     logits = logits.masked_fill(~allowed, float("-inf"))
     row_max = logits.amax(dim=-1, keepdim=True)

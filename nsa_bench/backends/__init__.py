@@ -1,0 +1,79 @@
+"""Backends registry: each module in this package defines one `BACKEND`; adding a backend is one file.
+
+A backend says which algorithm it implements (`family`: "nsa" or "dense", which picks the cost model
+and the reference it is checked against), which modes it runs, whether it can run here, and how to
+build a ready-to-time `Workload` for a point.
+"""
+from __future__ import annotations
+
+import functools
+import importlib
+import pkgutil
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any, Callable, Mapping
+
+from nsa_bench.inputs import Inputs
+from nsa_bench.spec import Point
+
+FAMILIES = ("nsa", "dense")
+
+
+class Unsupported(Exception):
+    """Raised by a backend's build for a point it cannot run (becomes an `unsupported` row)."""
+
+
+@dataclass(frozen=True)
+class Workload:
+    """What the runner times for one point on one backend.
+
+    `run` is the timed operation; `before_each` runs untimed before every rep (e.g. clearing grads);
+    `result` returns the tensors checked against the reference (fwd: (o,), bwd: grads of q, k, v, gates,
+    decode: (o,)); `stages` are self-contained callables timed one by one for the per-branch breakdown,
+    each mapped to the cost-model stages it covers by `stage_costs`.
+    """
+
+    run: Callable[[], Any]
+    impl: str
+    result: Callable[[], tuple[Any, ...]]
+    before_each: Callable[[], None] | None = None
+    stages: Mapping[str, Callable[[], Any]] = field(default_factory=dict)
+    stage_costs: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class Backend:
+    name: str
+    family: str
+    modes: tuple[str, ...]
+    description: str
+    availability: Callable[[], str | None]  # None when usable here, else why not
+    build: Callable[[Point, Inputs], Workload]
+    impl_hint: Callable[[], str] = lambda: ""  # what would run here (for `nsa-bench env`)
+
+
+@functools.cache
+def registry() -> Mapping[str, Backend]:
+    """All backends, by name, discovered from this package's modules (read-only)."""
+    found: dict[str, Backend] = {}
+    for info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
+        module = importlib.import_module(f"{__name__}.{info.name}")
+        backend = getattr(module, "BACKEND", None)
+        if isinstance(backend, Backend):
+            found[backend.name] = backend
+    return MappingProxyType(found)
+
+
+def get_backend(name: str) -> Backend:
+    backends = registry()
+    if name not in backends:
+        raise KeyError(f"unknown backend {name!r} (choose from {', '.join(backends)})")
+    return backends[name]
+
+
+def cuda_required() -> str | None:
+    """Availability check shared by GPU-only backends."""
+    import torch
+
+    return None if torch.cuda.is_available() else "needs a CUDA GPU"

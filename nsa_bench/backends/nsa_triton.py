@@ -1,0 +1,55 @@
+"""`nsa-triton`: our Triton NSA kernels (kernels/), with each stage timed for the per-branch breakdown."""
+from __future__ import annotations
+
+import torch
+
+from nsa_bench.backends import Backend, Workload, cuda_required
+from nsa_bench.backends._workloads import autograd_workload
+from nsa_bench.inputs import Inputs
+from nsa_bench.spec import Point
+
+# kernel stage -> the cost-model stages it performs
+STAGE_COSTS = {
+    "fwd": {"select": ("scoring", "topn")},
+    "bwd": {},
+    "decode": {},
+}
+
+
+def _build(point: Point, inputs: Inputs) -> Workload:
+    import kernels
+    from kernels import nsa
+
+    cfg = point.cfg
+    if point.mode == "decode":
+        k_cmp, v_cmp = kernels.compress_kv(inputs.k, inputs.v, cfg)  # kept current by the cache in serving
+
+        def run() -> torch.Tensor:
+            return kernels.nsa_decode(inputs.q, inputs.k, inputs.v, inputs.gates, inputs.cache_seqlens, cfg,
+                                      k_cmp_cache=k_cmp, v_cmp_cache=v_cmp)
+
+        return Workload(run=run, impl="triton", result=lambda: (run(),))
+
+    def forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, gates: torch.Tensor) -> torch.Tensor:
+        return kernels.nsa_attention(q, k, v, gates, cfg, block_idx=inputs.block_idx)
+
+    if point.mode == "fwd":
+        stages = nsa.forward_stages(inputs.q, inputs.k, inputs.v, inputs.gates, cfg, block_idx=inputs.block_idx)
+    elif point.mode == "bwd":
+        stages = nsa.backward_stages(inputs.q, inputs.k, inputs.v, inputs.gates, inputs.do, cfg,
+                                     block_idx=inputs.block_idx)
+    else:
+        stages = {}
+    return autograd_workload(inputs, forward, "triton", grad_gates=True, stages=stages,
+                             stage_costs=STAGE_COSTS.get(point.mode, {}))
+
+
+BACKEND = Backend(
+    name="nsa-triton",
+    family="nsa",
+    modes=("fwd", "bwd", "fwdbwd", "decode"),
+    description="our Triton NSA kernels (compression, cmp attention + scoring, top-n, selected, window, gated sum)",
+    availability=cuda_required,
+    build=_build,
+    impl_hint=lambda: "triton",
+)

@@ -1,0 +1,75 @@
+"""Correctness check of a backend's output against the float64 reference (NSA_SPEC.md tolerances).
+
+NSA backends are compared with one shared `block_idx` (chosen by the reference in float64), because
+near-equal block scores can legitimately select different blocks in low precision.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+from nsa_bench import reference
+from nsa_bench.inputs import Inputs
+
+# ||out - ref|| / ||ref||; float32 allows tf32 dots on a GPU.
+TOLERANCE = {"float32": 2e-3, "float16": 1e-2, "bfloat16": 1e-2}
+
+
+def shared_selection(inputs: Inputs) -> Inputs:
+    """Inputs with block_idx fixed by the float64 reference (forward and backward modes)."""
+    if inputs.point.mode == "decode":
+        return inputs
+    q, k, v = (t.detach().double() for t in (inputs.q, inputs.k, inputs.v))
+    k_cmp, _ = reference.compress_kv(k, v, inputs.point.cfg)
+    return inputs.with_block_idx(reference.select_blocks(q, k_cmp, inputs.point.cfg))
+
+
+def _dense_decode(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, seqlens: torch.Tensor) -> torch.Tensor:
+    """One query per sequence over its whole cache: the last row of causal attention."""
+    outs = []
+    for b in range(q.shape[0]):
+        length = int(seqlens[b])
+        hkv = k.shape[2]
+        qg = q[b].reshape(hkv, q.shape[1] // hkv, q.shape[2])
+        logits = torch.einsum("hgd,thd->hgt", qg, k[b, :length]) * q.shape[-1] ** -0.5
+        o = torch.einsum("hgt,thd->hgd", torch.softmax(logits, dim=-1), v[b, :length])
+        outs.append(o.reshape(q.shape[1], v.shape[-1]))
+    return torch.stack(outs)
+
+
+def expected(family: str, inputs: Inputs) -> tuple[torch.Tensor, ...]:
+    """What a backend of `family` must produce on `inputs` (computed in float64)."""
+    point, cfg = inputs.point, inputs.point.cfg
+    x = inputs.cast(torch.float64)
+    if point.mode == "decode":
+        if family == "nsa":
+            return (reference.nsa_decode(x.q, x.k, x.v, x.gates, x.cache_seqlens, cfg),)
+        return (_dense_decode(x.q, x.k, x.v, x.cache_seqlens),)
+    leaves = [t.detach().requires_grad_(point.mode != "fwd") for t in (x.q, x.k, x.v, x.gates)]
+    if family == "nsa":
+        out = reference.nsa_attention(*leaves, cfg, block_idx=x.block_idx)
+    else:
+        out = reference.causal_attention(*leaves[:3])
+    if point.mode == "fwd":
+        return (out.detach(),)
+    out.backward(x.do)
+    tracked = leaves if family == "nsa" else leaves[:3]
+    return tuple(t.grad for t in tracked)
+
+
+def max_rel_error(got: Sequence[torch.Tensor], want: Sequence[torch.Tensor]) -> float:
+    """Largest ||got - want|| / ||want|| over the tensors (inf on a shape mismatch or NaN)."""
+    if len(got) != len(want):
+        return float("inf")
+    worst = 0.0
+    for g, w in zip(got, want):
+        if g is None or tuple(g.shape) != tuple(w.shape):
+            return float("inf")
+        g64 = g.detach().to(device=w.device, dtype=torch.float64)
+        denom = torch.linalg.vector_norm(w).item()
+        err = torch.linalg.vector_norm(g64 - w).item() / (denom if denom > 0 else 1.0)
+        if err != err:  # NaN
+            return float("inf")
+        worst = max(worst, err)
+    return worst

@@ -1,0 +1,180 @@
+"""Plots of a run, read from its CSV: speedup vs seqlen, roofline, NSA time by stage (PNG and SVG).
+
+Measured rows are used where a point has them; a CPU run's predicted rows are plotted the same way
+and labelled as predictions, so a reader never mistakes a model for a measurement.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from nsa_bench import results  # noqa: E402
+from nsa_bench.gpus import GPUSpec, gpu_spec  # noqa: E402
+from nsa_bench.schema import STAGE_TOTAL, STATUS_OK, STATUS_PREDICTED  # noqa: E402
+
+MODE_ORDER = ("fwd", "bwd", "fwdbwd", "decode")
+_USABLE = (STATUS_OK, STATUS_PREDICTED)
+
+
+def _time_ms(frame: pd.DataFrame) -> pd.Series:
+    """Measured median where there is one, else the cost model's prediction."""
+    return frame["ms_median"].where(frame["status"] == STATUS_OK, frame["predicted_ms"])
+
+
+def _kind(frame: pd.DataFrame) -> str:
+    return "measured" if (frame["status"] == STATUS_OK).any() else "predicted by the cost model"
+
+
+def _modes(frame: pd.DataFrame) -> list[str]:
+    present = set(frame["mode"])
+    return [m for m in MODE_ORDER if m in present]
+
+
+def _series_label(rec: pd.Series, backend: str, varying: list[str]) -> str:
+    extra = ", ".join(f"{col}={rec[col]}" for col in varying)
+    return f"{backend} ({extra})" if extra else backend
+
+
+def _varying(frame: pd.DataFrame) -> list[str]:
+    """Configuration columns (besides seqlen) that take several values in the run."""
+    cols = ["batch", "kv_heads", "group_size", "head_dim_qk", "head_dim_v", "block_cmp", "stride_cmp",
+            "block_slc", "n_slc", "window", "dtype"]
+    return [c for c in cols if c in frame and frame[c].nunique() > 1]
+
+
+def _save(fig: plt.Figure, folder: Path, name: str) -> list[Path]:
+    paths = [folder / f"{name}.png", folder / f"{name}.svg"]
+    fig.savefig(paths[0], dpi=130, bbox_inches="tight")
+    fig.savefig(paths[1], bbox_inches="tight")
+    plt.close(fig)
+    return paths
+
+
+def _log2_x(ax: plt.Axes, seqlens: np.ndarray) -> None:
+    ax.set_xscale("log", base=2)
+    ticks = sorted(set(int(s) for s in seqlens))
+    ax.set_xticks(ticks)
+    ax.set_xticklabels([f"{t // 1024}k" if t >= 1024 and t % 1024 == 0 else str(t) for t in ticks])
+    ax.minorticks_off()
+
+
+def plot_speedup(frame: pd.DataFrame, folder: Path) -> list[Path]:
+    """Speedup vs seqlen, one panel per mode, one line per backend (and varying configuration)."""
+    totals = frame[(frame["stage"] == STAGE_TOTAL) & frame["status"].isin(_USABLE) & frame["speedup"].notna()]
+    if totals.empty:
+        return []
+    modes = _modes(totals)
+    varying = _varying(totals)
+    fig, axes = plt.subplots(1, len(modes), figsize=(4.6 * len(modes), 3.8), squeeze=False)
+    baseline = next((b for b in totals.get("baseline", pd.Series(dtype=str)) if b), "baseline")
+    for ax, mode in zip(axes[0], modes):
+        part = totals[totals["mode"] == mode]
+        for keys, group in part.groupby(["backend", *varying], sort=True):
+            keys = keys if isinstance(keys, tuple) else (keys,)
+            group = group.sort_values("seqlen")
+            ax.plot(group["seqlen"], group["speedup"], marker="o",
+                    label=_series_label(group.iloc[0], keys[0], varying))
+            for x, y in zip(group["seqlen"], group["speedup"]):
+                ax.annotate(f"{y:.1f}x", (x, y), textcoords="offset points", xytext=(0, 6), ha="center", fontsize=7)
+        ax.axhline(1.0, color="grey", lw=0.8, ls="--")
+        _log2_x(ax, part["seqlen"].to_numpy())
+        ax.set_title(mode)
+        ax.set_xlabel("sequence length")
+        ax.set_ylabel(f"speedup vs {baseline}")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle(f"Speedup over {baseline} ({_kind(totals)})")
+    return _save(fig, folder, "speedup")
+
+
+def plot_roofline(frame: pd.DataFrame, folder: Path, gpu: GPUSpec) -> list[Path]:
+    """Achieved (or predicted) TFLOP/s vs arithmetic intensity under the GPU's compute and HBM ceilings."""
+    usable = frame[frame["status"].isin(_USABLE) & frame["intensity"].notna() & (frame["flops"] > 0)].copy()
+    if usable.empty:
+        return []
+    usable["tflops_at"] = usable["flops"] / (_time_ms(usable) * 1e-3) / 1e12
+    usable = usable[np.isfinite(usable["tflops_at"])]
+    if usable.empty:
+        return []
+    fig, ax = plt.subplots(figsize=(7.5, 5))
+    lo = max(min(usable["intensity"].min() / 2, 1.0), 1e-2)
+    hi = max(usable["intensity"].max() * 2, gpu.peak_flops / gpu.hbm_bytes_per_s * 4)
+    xs = np.logspace(np.log10(lo), np.log10(hi), 200)
+    ax.plot(xs, np.minimum(gpu.peak_flops, gpu.hbm_bytes_per_s * xs) / 1e12, color="black", lw=1.2,
+            label=f"{gpu.name} ceiling")
+    markers = {"fwd": "o", "bwd": "s", "fwdbwd": "D", "decode": "^"}
+    for (backend, stage), group in usable.groupby(["backend", "stage"], sort=True):
+        label = backend if stage == STAGE_TOTAL else f"{backend}: {stage}"
+        for mode, sub in group.groupby("mode"):
+            ax.scatter(sub["intensity"], sub["tflops_at"], marker=markers.get(mode, "o"),
+                       s=36 if stage == STAGE_TOTAL else 14, alpha=0.85 if stage == STAGE_TOTAL else 0.5,
+                       label=f"{label} [{mode}]")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("arithmetic intensity (FLOP / byte of HBM traffic, cost model)")
+    ax.set_ylabel("TFLOP/s")
+    ax.set_title(f"Roofline ({_kind(usable)})")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=6, ncol=2, loc="lower right")
+    return _save(fig, folder, "roofline")
+
+
+def plot_stages(frame: pd.DataFrame, folder: Path) -> list[Path]:
+    """NSA time by stage as stacked bars per seqlen, one panel per mode (backends that report stages)."""
+    stages = frame[(frame["stage"] != STAGE_TOTAL) & frame["status"].isin(_USABLE)].copy()
+    if stages.empty:
+        return []
+    stages["ms"] = _time_ms(stages)
+    modes = _modes(stages)
+    fig, axes = plt.subplots(1, len(modes), figsize=(4.8 * len(modes), 4), squeeze=False)
+    for ax, mode in zip(axes[0], modes):
+        part = stages[stages["mode"] == mode]
+        table = part.pivot_table(index=["backend", "seqlen"], columns="stage", values="ms", aggfunc="median",
+                                 sort=False)
+        order = list(dict.fromkeys(part["stage"]))
+        table = table[order].fillna(0.0)
+        labels = [f"{s // 1024}k" if s % 1024 == 0 else str(s) for _, s in table.index]
+        if table.index.get_level_values(0).nunique() > 1:
+            labels = [f"{b}\n{lab}" for (b, _), lab in zip(table.index, labels)]
+        bottom = np.zeros(len(table))
+        for stage in order:
+            ax.bar(range(len(table)), table[stage].to_numpy(), bottom=bottom, label=stage)
+            bottom += table[stage].to_numpy()
+        ax.set_xticks(range(len(table)))
+        ax.set_xticklabels(labels, fontsize=8)
+        ax.set_yscale("log" if bottom.max() / max(bottom.min(), 1e-9) > 50 else "linear")
+        ax.set_title(mode)
+        ax.set_ylabel("ms")
+        ax.grid(alpha=0.3, axis="y")
+        ax.legend(fontsize=7)
+    fig.suptitle(f"NSA time by stage ({_kind(stages)})")
+    return _save(fig, folder, "stages")
+
+
+def resolve_gpu(frame: pd.DataFrame, gpu: str | None) -> GPUSpec:
+    """The GPU whose ceilings the roofline draws: --gpu, else the run's GPU, else H100."""
+    if gpu:
+        return gpu_spec(gpu)
+    for name in frame.get("gpu", pd.Series(dtype=str)):
+        if isinstance(name, str) and name:
+            try:
+                return gpu_spec(name)
+            except ValueError:
+                continue
+    return gpu_spec("h100")
+
+
+def plot_run(run_dir: Path, gpu: str | None = None) -> list[Path]:
+    """Write every plot of a run into run_dir/plots; returns the files written."""
+    run_dir = results.run_dir(Path(run_dir))
+    frame = results.read_rows(run_dir)
+    folder = run_dir / results.PLOTS_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    spec = resolve_gpu(frame, gpu)
+    return [*plot_speedup(frame, folder), *plot_roofline(frame, folder, spec), *plot_stages(frame, folder)]

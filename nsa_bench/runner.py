@@ -1,0 +1,279 @@
+"""The sweep runner: points x backends -> checked, timed rows, appended to the CSV as they finish.
+
+Without a CUDA GPU nothing is measured: every row carries the cost model's prediction for the chosen
+GPU spec (status `predicted`). A failing point becomes a row with a status and a message and the
+sweep goes on; Ctrl-C stops after the rows already written, which form a valid CSV.
+"""
+from __future__ import annotations
+
+import gc
+import traceback
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Callable, Iterator
+
+import torch
+
+from nsa_bench import check, cost, results
+from nsa_bench.backends import Backend, Unsupported, Workload, registry
+from nsa_bench.gpus import GPUSpec
+from nsa_bench.inputs import make_inputs
+from nsa_bench.schema import (
+    KEY_FIELDS, STAGE_TOTAL, STATUS_CHECK_FAILED, STATUS_ERROR, STATUS_OK, STATUS_OOM, STATUS_PREDICTED,
+    STATUS_UNSUPPORTED, Row,
+)
+from nsa_bench.spec import Point, SweepSpec
+from nsa_bench.telemetry import Reading, Telemetry, combine
+from nsa_bench.timing import Timing, time_cuda
+
+
+@dataclass(frozen=True)
+class Task:
+    """One point on one backend: the unit of progress and of --resume."""
+
+    point: Point
+    backend: Backend
+
+
+@dataclass(frozen=True)
+class Outcome:
+    csv: Path
+    rows_written: int
+    skipped: int
+    interrupted: bool
+
+
+def order_backends(names: tuple[str, ...], baseline: str) -> list[Backend]:
+    """The requested backends, baseline first so each point's speedup is known when its rows are written."""
+    backends = registry()
+    ordered = sorted(names, key=lambda name: name != baseline)
+    return [backends[name] for name in ordered]
+
+
+def tasks(points: list[Point], backends: list[Backend]) -> Iterator[Task]:
+    for point in points:
+        for backend in backends:
+            yield Task(point, backend)
+
+
+# ------------------------------------------------------------------ cost model glue
+def shape_of(point: Point) -> cost.Shape:
+    return cost.Shape(
+        batch=point.batch, seqlen=point.seqlen, kv_heads=point.kv_heads, group_size=point.group_size,
+        head_dim_qk=point.head_dim_qk, head_dim_v=point.head_dim_v, dtype_bytes=point.dtype_bytes,
+    )
+
+
+def cost_of(point: Point, family: str) -> cost.Cost:
+    if family == "nsa":
+        return cost.nsa_cost(shape_of(point), point.cfg, point.mode)
+    return cost.dense_cost(shape_of(point), point.mode)
+
+
+def base_row(point: Point, backend: Backend, **values: object) -> Row:
+    return Row(backend=backend.name, stage=values.pop("stage", STAGE_TOTAL), impl=values.pop("impl", ""),
+               **point.as_dict(), **values)
+
+
+def figures(work: cost.Cost | cost.StageCost, gpu: GPUSpec, ms: float | None) -> dict[str, float | None]:
+    """flops, bytes, intensity, predicted floor and — when measured — achieved TFLOP/s and GB/s."""
+    if isinstance(work, cost.Cost):
+        floor_s = cost.floor_seconds(work, gpu)
+    else:
+        floor_s = cost.stage_floor_seconds(work, gpu)
+    out: dict[str, float | None] = {
+        "flops": work.flops, "bytes": work.bytes, "intensity": work.intensity if work.bytes else None,
+        "predicted_ms": floor_s * 1e3,
+    }
+    if ms:
+        out["tflops"] = work.flops / (ms * 1e-3) / 1e12
+        out["gbps"] = work.bytes / (ms * 1e-3) / 1e9
+    return out
+
+
+def predicted_rows(task: Task, gpu: GPUSpec, baseline_ms: float | None) -> list[Row]:
+    """Cost-model rows for a point: the total, and each stage for NSA."""
+    point, backend = task.point, task.backend
+    work = cost_of(point, backend.family)
+    message = f"predicted for {gpu.name} by the cost model (no CUDA GPU)"
+    total = figures(work, gpu, None)
+    speedup = baseline_ms / total["predicted_ms"] if baseline_ms and total["predicted_ms"] else None
+    rows = [base_row(point, backend, impl="cost-model", status=STATUS_PREDICTED, message=message,
+                     speedup=speedup, gpu=gpu.name, **total)]
+    if backend.family == "nsa":
+        for stage in work.stages:
+            rows.append(base_row(point, backend, stage=stage.stage, impl="cost-model", status=STATUS_PREDICTED,
+                                 message=message, gpu=gpu.name, **figures(stage, gpu, None)))
+    return rows
+
+
+# ------------------------------------------------------------------ measuring
+@dataclass(frozen=True)
+class Measure:
+    """How to measure: the device inputs live on, the timer, and the telemetry source (None: no NVML)."""
+
+    device: str
+    timer: Callable[..., Timing]
+    telemetry: Telemetry | None = None
+
+    def read(self) -> Reading:
+        return self.telemetry.read() if self.telemetry is not None else Reading()
+
+
+def _check(task: Task, spec: SweepSpec, device: str) -> float:
+    """Max relative error of the backend vs the float64 reference at a reduced length."""
+    point = task.point.with_seqlen(min(task.point.seqlen, spec.check_seqlen), batch=min(task.point.batch, 2))
+    inputs = make_inputs(point, device, spec.seed + 1)
+    if task.backend.family == "nsa":
+        inputs = check.shared_selection(inputs)
+    workload = task.backend.build(point, inputs)
+    got = workload.result()
+    want = check.expected(task.backend.family, inputs)
+    return check.max_rel_error(got, want)
+
+
+def measured_rows(task: Task, spec: SweepSpec, gpu: GPUSpec, measure: Measure,
+                  baseline_ms: float | None) -> list[Row]:
+    """Check, then time one point on one backend (and its stages)."""
+    point, backend = task.point, task.backend
+
+    def timed(fn: Callable[[], object], use_graph: bool) -> Timing:
+        return measure.timer(fn, reps=spec.reps, warmup=spec.warmup, before_each=workload.before_each,
+                             cuda_graph=use_graph)
+
+    err = _check(task, spec, measure.device)
+    tolerance = check.TOLERANCE[point.dtype]
+    if not err <= tolerance:
+        return [base_row(point, backend, status=STATUS_CHECK_FAILED, max_rel_err=err, gpu=gpu.name,
+                         message=f"relative error {err:.3g} > {tolerance:g} vs the float64 reference; not timed")]
+    inputs = make_inputs(point, measure.device, spec.seed)
+    workload = backend.build(point, inputs)
+    use_graph = spec.cuda_graph and point.mode == "decode"
+    before = measure.read()
+    timing = timed(workload.run, use_graph)
+    reading = combine(before, measure.read())
+    work = cost_of(point, backend.family)
+    speedup = baseline_ms / timing.ms_median if baseline_ms else None
+    common = _reading_columns(reading) | {"gpu": gpu.name, "cuda_graph": use_graph}
+    rows = [base_row(point, backend, impl=workload.impl, status=STATUS_OK, message=workload.note, speedup=speedup,
+                     max_rel_err=err, **_timing_columns(timing), **figures(work, gpu, timing.ms_median), **common)]
+    for name, stage_fn in workload.stages.items():
+        stage_timing = timed(stage_fn, False)
+        parts = workload.stage_costs.get(name, (name,))
+        stage_cost = work.merged(name, parts).stage(name)
+        rows.append(base_row(point, backend, stage=name, impl=workload.impl, status=STATUS_OK,
+                             **_timing_columns(stage_timing), **figures(stage_cost, gpu, stage_timing.ms_median),
+                             **common))
+    return rows
+
+
+def _timing_columns(timing: Timing) -> dict[str, object]:
+    return {"ms_median": timing.ms_median, "ms_p10": timing.ms_p10, "ms_p90": timing.ms_p90,
+            "samples": timing.samples}
+
+
+def _reading_columns(reading: Reading) -> dict[str, object]:
+    return {"sm_clock_mhz": reading.sm_clock_mhz, "mem_clock_mhz": reading.mem_clock_mhz, "temp_c": reading.temp_c,
+            "power_w": reading.power_w, "throttled": reading.throttled,
+            "throttle_reasons": ",".join(reading.throttle_reasons)}
+
+
+def failure_row(task: Task, status: str, message: str, gpu: GPUSpec) -> Row:
+    return base_row(task.point, task.backend, status=status, message=message.replace("\n", " ")[:500], gpu=gpu.name)
+
+
+def rows_for(task: Task, spec: SweepSpec, gpu: GPUSpec, measure: Measure | None,
+             baseline_ms: float | None) -> list[Row]:
+    """All rows of one task; every failure becomes a status row instead of stopping the sweep."""
+    backend, point = task.backend, task.point
+    if point.mode not in backend.modes:
+        return [failure_row(task, STATUS_UNSUPPORTED, f"{backend.name} has no {point.mode} mode", gpu)]
+    if measure is None:
+        return predicted_rows(task, gpu, baseline_ms)
+    why_not = backend.availability()
+    if why_not:
+        return [failure_row(task, STATUS_UNSUPPORTED, why_not, gpu)]
+    try:
+        return measured_rows(task, spec, gpu, measure, baseline_ms)
+    except torch.cuda.OutOfMemoryError as exc:
+        return [failure_row(task, STATUS_OOM, f"out of GPU memory: {str(exc).splitlines()[0]}", gpu)]
+    except (Unsupported, NotImplementedError) as exc:
+        return [failure_row(task, STATUS_UNSUPPORTED, str(exc), gpu)]
+    except ValueError as exc:  # kernels refuse shapes/configs they do not implement with ValueError
+        return [failure_row(task, STATUS_UNSUPPORTED, f"ValueError: {exc}", gpu)]
+    except Exception as exc:  # a kernel error must not end the sweep
+        where = traceback.extract_tb(exc.__traceback__)[-1]
+        return [failure_row(task, STATUS_ERROR, f"{type(exc).__name__}: {exc} ({Path(where.filename).name}:{where.lineno})", gpu)]
+    finally:
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+
+def _baseline_ms(rows: list[Row]) -> float | None:
+    total = next((r for r in rows if r.stage == STAGE_TOTAL), None)
+    if total is None or total.status not in (STATUS_OK, STATUS_PREDICTED):
+        return None
+    return total.ms_median if total.status == STATUS_OK else total.predicted_ms
+
+
+def invalid_rows(spec: SweepSpec, invalid: list[tuple[dict[str, object], str]], gpu: GPUSpec) -> list[Row]:
+    """Rows for combinations that are not a valid NSA configuration (reported, not dropped)."""
+    return [Row(backend=name, stage=STAGE_TOTAL, impl="", status=STATUS_UNSUPPORTED, message=f"invalid configuration: {why}",
+                gpu=gpu.name, **combo) for combo, why in invalid for name in spec.backends]
+
+
+def cuda_measure() -> Measure:
+    return Measure(device="cuda", timer=time_cuda, telemetry=Telemetry())
+
+
+def run_sweep(
+    spec: SweepSpec, out_dir: Path, gpu: GPUSpec, measure: Measure | None, resume: bool,
+    progress: Callable[[list[Task]], Iterator[Task]] | None = None,
+) -> Outcome:
+    """Run every task of `spec`, appending rows to out_dir/results.csv (measure=None: predictions)."""
+    csv_file = out_dir / results.CSV_NAME
+    done = results.done_keys(csv_file) if resume else set()
+    points, invalid = spec.points()
+    backends = order_backends(spec.backends, spec.baseline)
+    written = skipped = 0
+    if not resume or not done:
+        for row in invalid_rows(spec, invalid, gpu):
+            results.append_row(csv_file, row)
+            written += 1
+    all_tasks = list(tasks(points, backends))
+    baseline_ms: dict[Point, float | None] = {}
+    iterator = progress(all_tasks) if progress else iter(all_tasks)
+    try:
+        for task in iterator:
+            key = results.row_key(base_row(task.point, task.backend))
+            if key in done:
+                skipped += 1
+                if task.backend.name == spec.baseline:
+                    baseline_ms[task.point] = _resumed_baseline(csv_file, key)
+                continue
+            ref_ms = None if task.backend.name == spec.baseline else baseline_ms.get(task.point)
+            rows = rows_for(task, spec, gpu, measure, ref_ms)
+            if task.backend.name == spec.baseline:
+                baseline_ms[task.point] = _baseline_ms(rows)
+                rows = [replace(r, speedup=1.0, baseline=spec.baseline) if r.stage == STAGE_TOTAL and
+                        r.status in (STATUS_OK, STATUS_PREDICTED) else r for r in rows]
+            elif ref_ms:
+                rows = [replace(r, baseline=spec.baseline) if r.speedup is not None else r for r in rows]
+            for row in rows:
+                results.append_row(csv_file, row)
+                written += 1
+    except KeyboardInterrupt:
+        return Outcome(csv_file, written, skipped, interrupted=True)
+    return Outcome(csv_file, written, skipped, interrupted=False)
+
+
+def _resumed_baseline(csv_file: Path, key: tuple) -> float | None:
+    """The baseline time of a point already in the CSV, so resumed rows still get a speedup."""
+    frame = results.read_rows(csv_file)
+    match = frame[(frame[list(KEY_FIELDS)].astype(str).apply(tuple, axis=1)) == key]
+    if match.empty:
+        return None
+    rec = match.iloc[-1]
+    value = rec["ms_median"] if rec["status"] == STATUS_OK else rec["predicted_ms"]
+    return None if value != value else float(value)

@@ -1,0 +1,120 @@
+"""One sweep from start to finish: output folder, env.json, the runner, plots and the summary table.
+
+The CLI only parses flags into a SweepSpec and calls `execute`; compare's --rerun calls it too.
+"""
+from __future__ import annotations
+
+import sys
+from datetime import datetime
+from pathlib import Path
+from typing import Callable, Iterator
+
+import click
+import pandas as pd
+import torch
+
+from nsa_bench import environment, results
+from nsa_bench.gpus import GPUSpec, gpu_spec
+from nsa_bench.plots import plot_run
+from nsa_bench.runner import Outcome, Task, cuda_measure, run_sweep
+from nsa_bench.schema import STAGE_TOTAL, STATUS_OK, STATUS_PREDICTED
+from nsa_bench.spec import SweepSpec
+
+RESULTS_ROOT = Path(__file__).resolve().parent.parent / "results"
+
+
+class SweepError(ValueError):
+    """A sweep that cannot start (the message names the flag)."""
+
+    def __init__(self, flag: str, message: str) -> None:
+        super().__init__(message)
+        self.flag = flag
+
+
+def default_out_dir(suite: str | None) -> Path:
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    return RESULTS_ROOT / f"{stamp}-{Path(suite).stem if suite else 'sweep'}"
+
+
+def prepare_out_dir(out: Path, resume: bool) -> Path:
+    """Create the run folder; refuse to mix a new run into an old CSV unless resuming."""
+    csv_file = out / results.CSV_NAME
+    if csv_file.exists() and csv_file.stat().st_size > 0 and not resume:
+        raise SweepError("out", f"{out} already holds a run: pass --resume to continue it, or choose another --out")
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def target_gpu(flag: str | None, measuring: bool) -> GPUSpec:
+    """The spec for predictions and roofline floors: --gpu, else the GPU present, else H100."""
+    if flag:
+        try:
+            return gpu_spec(flag)
+        except ValueError as exc:
+            raise SweepError("gpu", str(exc)) from None
+    if measuring:
+        try:
+            return gpu_spec(torch.cuda.get_device_name(0))
+        except ValueError:
+            pass
+    return gpu_spec("h100")
+
+
+def progress_bar(tasks: list[Task]) -> Iterator[Task]:
+    """A progress bar on stderr with the current point and an ETA."""
+    def show(task: Task | None) -> str:
+        return "" if task is None else f"{task.backend.name} {task.point.label()}"
+
+    with click.progressbar(tasks, label="sweep", item_show_func=show, file=sys.stderr, show_eta=True,
+                           show_pos=True, width=24) as bar:
+        yield from bar
+
+
+def execute(spec: SweepSpec, out: Path, resume: bool, plots: bool = True,
+            echo: Callable[[str], None] = click.echo, progress: bool = True) -> Outcome:
+    """Run `spec` into `out`; returns what was written. Without a CUDA GPU the rows are predictions."""
+    measuring = torch.cuda.is_available()
+    gpu = target_gpu(spec.gpu, measuring)
+    out = prepare_out_dir(out, resume)
+    if not measuring:
+        echo(f"No CUDA GPU found: writing the cost model's predictions for {gpu.name} (--gpu); measured columns stay empty.")
+    env = environment.collect()
+    env["target_gpu"] = {"key": gpu.key, "name": gpu.name, "peak_flops": gpu.peak_flops,
+                         "hbm_bytes_per_s": gpu.hbm_bytes_per_s}
+    env["measured"] = measuring
+    results.write_json(out / results.ENV_NAME, env)
+    results.write_json(out / results.SPEC_NAME, spec.to_dict())
+    outcome = run_sweep(spec, out, gpu, measure=cuda_measure() if measuring else None, resume=resume,
+                        progress=progress_bar if progress else None)
+    if outcome.interrupted:
+        echo(f"Interrupted: {outcome.rows_written} rows kept in {outcome.csv} (continue with --resume).")
+        return outcome
+    if plots and outcome.csv.exists():
+        try:
+            written = plot_run(out, gpu.key)
+            echo(f"Plots: {', '.join(p.name for p in written if p.suffix == '.png')} in {out / results.PLOTS_DIR}")
+        except Exception as exc:  # plotting must never cost the measurements
+            echo(f"Plots failed ({type(exc).__name__}: {exc}); the CSV is intact: retry with `nsa-bench plot {out}`.")
+    return outcome
+
+
+def summary_table(csv_file: Path) -> str:
+    """Speedup per mode x seqlen (rows) and backend (columns), from the total rows of a run."""
+    if not csv_file.exists():
+        return "(no rows)"
+    frame = results.read_rows(csv_file)
+    totals = frame[(frame["stage"] == STAGE_TOTAL) & frame["status"].isin((STATUS_OK, STATUS_PREDICTED))]
+    if totals.empty:
+        return "(no measured or predicted rows)"
+    config_cols = [c for c in ("batch", "group_size", "head_dim_qk", "block_slc", "n_slc", "dtype")
+                   if totals[c].nunique() > 1]
+    table = totals.pivot_table(index=["mode", *config_cols, "seqlen"], columns="backend", values="speedup",
+                               aggfunc="first", sort=False)
+    times = totals.assign(ms=totals["ms_median"].where(totals["status"] == STATUS_OK, totals["predicted_ms"]))
+    ms = times.pivot_table(index=["mode", *config_cols, "seqlen"], columns="backend", values="ms", aggfunc="first",
+                           sort=False)
+    table = table.reindex(index=ms.index)
+    kind = "measured" if (totals["status"] == STATUS_OK).any() else "predicted"
+    with pd.option_context("display.width", 160, "display.max_columns", 20):
+        return (f"Speedup vs baseline ({kind}):\n{table.round(2).to_string()}\n\n"
+                f"Time per call, ms ({kind}):\n{ms.round(3).to_string()}")

@@ -1,0 +1,111 @@
+"""The runner's measured path on the CPU (reference backend, wall-clock timer) and its failure rows."""
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pandas as pd
+import pytest
+
+from nsa_bench import results
+from nsa_bench.backends import Backend, Unsupported, Workload, get_backend, registry
+from nsa_bench.gpus import gpu_spec
+from nsa_bench.runner import Measure, Task, rows_for, run_sweep
+from nsa_bench.schema import FIELDS
+from nsa_bench.spec import SweepSpec
+from nsa_bench.timing import time_wallclock
+
+CPU = Measure(device="cpu", timer=time_wallclock)
+H100 = gpu_spec("h100")
+TINY = SweepSpec(seqlens=(40,), kv_heads=(1,), group_sizes=(2,), head_dims=((16, 8),), block_cmp=(8,), stride_cmp=(4,),
+                 block_slc=(8,), n_slc=(3,), window=(8,), dtypes=("float32",), reps=2, warmup=0, check_seqlen=32)
+
+
+def on_cpu(backend: Backend) -> Backend:
+    return replace(backend, availability=lambda: None)
+
+
+def test_reference_backend_is_checked_and_timed():
+    spec = replace(TINY, modes=("fwd", "bwd", "decode"))
+    points, _ = spec.points()
+    ref = on_cpu(get_backend("nsa-ref"))
+    for point in points:
+        rows = rows_for(Task(point, ref), spec, H100, CPU, baseline_ms=None)
+        assert rows[0].status == "ok", rows[0].message
+        assert rows[0].max_rel_err < 1e-6
+        assert rows[0].ms_median > 0 and rows[0].samples == 2
+        assert rows[0].flops > 0 and rows[0].tflops > 0 and rows[0].predicted_ms > 0
+
+
+def test_wrong_backend_fails_the_check_and_is_not_timed():
+    ref = on_cpu(get_backend("nsa-ref"))
+
+    def build(point, inputs):
+        good = ref.build(point, inputs)
+        return replace(good, result=lambda: tuple(t * 1.01 for t in good.result()))
+
+    point = replace(TINY, modes=("fwd",)).points()[0][0]
+    row = rows_for(Task(point, replace(ref, build=build)), TINY, H100, CPU, None)[0]
+    assert row.status == "check_failed" and row.ms_median is None and row.max_rel_err > 1e-3
+
+
+@pytest.mark.parametrize(
+    "error,status",
+    [(Unsupported("G too large"), "unsupported"), (ValueError("block_slc=48 unsupported"), "unsupported"),
+     (RuntimeError("illegal memory access"), "error")],
+)
+def test_failing_point_becomes_a_status_row(error, status):
+    def build(point, inputs):
+        raise error
+
+    backend = Backend("boom", "nsa", ("fwd",), "raises", lambda: None, build)
+    point = replace(TINY, modes=("fwd",)).points()[0][0]
+    rows = rows_for(Task(point, backend), TINY, H100, CPU, None)
+    assert len(rows) == 1 and rows[0].status == status and str(error) in rows[0].message
+
+
+def test_unavailable_backend_and_missing_mode():
+    point = replace(TINY, modes=("decode",)).points()[0][0]
+    backend = Backend("gpu-only", "dense", ("fwd",), "", lambda: "needs a CUDA GPU", lambda p, i: None)
+    assert rows_for(Task(point, backend), TINY, H100, CPU, None)[0].message == "gpu-only has no decode mode"
+    point = replace(TINY, modes=("fwd",)).points()[0][0]
+    assert rows_for(Task(point, backend), TINY, H100, CPU, None)[0].status == "unsupported"
+
+
+def test_sweep_survives_a_failing_backend_and_ctrl_c(tmp_path, monkeypatch):
+    spec = replace(TINY, seqlens=(24, 40), modes=("fwd",), backends=("nsa-ref", "boom", "fa2"), baseline="fa2")
+    backends = dict(registry())
+    backends["nsa-ref"] = on_cpu(backends["nsa-ref"])
+    backends["fa2"] = on_cpu(backends["fa2"])  # PyTorch's flash SDPA has a CPU kernel too
+
+    def explode(point, inputs):
+        raise RuntimeError("kernel exploded")
+
+    backends["boom"] = Backend("boom", "nsa", ("fwd",), "raises", lambda: None, explode)
+    monkeypatch.setattr("nsa_bench.runner.registry", lambda: backends)
+
+    calls = []
+
+    def interrupt_after_three(tasks):
+        for task in tasks:
+            if len(calls) == 4:
+                raise KeyboardInterrupt
+            calls.append(task)
+            yield task
+
+    outcome = run_sweep(spec, tmp_path, H100, CPU, resume=False, progress=interrupt_after_three)
+    assert outcome.interrupted
+    frame = results.read_rows(tmp_path)
+    assert list(frame.columns) == list(FIELDS)
+    assert len(frame[frame["stage"] == "total"]) == 4  # every finished task is on disk
+    assert list(frame["backend"][:3]) == ["fa2", "nsa-ref", "boom"]  # baseline first
+    assert set(frame[frame["backend"] == "boom"]["status"]) == {"error"}  # it failed, the sweep went on
+    resumed = run_sweep(spec, tmp_path, H100, CPU, resume=True)
+    assert not resumed.interrupted and resumed.skipped == 4
+    frame = results.read_rows(tmp_path)
+    assert len(frame[frame["stage"] == "total"]) == 6
+    for seqlen in (24, 40):
+        at = frame[frame["seqlen"] == seqlen].set_index("backend")
+        assert at.loc["fa2", "speedup"] == 1.0
+        ratio = at.loc["fa2", "ms_median"] / at.loc["nsa-ref", "ms_median"]
+        assert at.loc["nsa-ref", "speedup"] == pytest.approx(ratio, rel=1e-3)
+        assert at.loc["nsa-ref", "baseline"] == "fa2"
