@@ -115,6 +115,7 @@ class Measure:
     device: str
     timer: Callable[..., Timing]
     telemetry: Telemetry | None = None
+    device_name: str = ""  # what rows record in `gpu` (the card's own name, as in env.json)
 
     def read(self) -> Reading:
         return self.telemetry.read() if self.telemetry is not None else Reading()
@@ -144,7 +145,7 @@ def measured_rows(task: Task, spec: SweepSpec, gpu: GPUSpec, measure: Measure,
     err = _check(task, spec, measure.device)
     tolerance = check.TOLERANCE[point.dtype]
     if not err <= tolerance:
-        return [base_row(point, backend, status=STATUS_CHECK_FAILED, max_rel_err=err, gpu=gpu.name,
+        return [base_row(point, backend, status=STATUS_CHECK_FAILED, max_rel_err=err, gpu=measure.device_name or gpu.name,
                          message=f"relative error {err:.3g} > {tolerance:g} vs the float64 reference; not timed")]
     inputs = make_inputs(point, measure.device, spec.seed)
     workload = backend.build(point, inputs)
@@ -154,7 +155,7 @@ def measured_rows(task: Task, spec: SweepSpec, gpu: GPUSpec, measure: Measure,
     reading = combine(before, measure.read())
     work = cost_of(point, backend.family)
     speedup = baseline_ms / timing.ms_median if baseline_ms else None
-    common = _reading_columns(reading) | {"gpu": gpu.name, "cuda_graph": use_graph}
+    common = _reading_columns(reading) | {"gpu": measure.device_name or gpu.name, "cuda_graph": use_graph}
     rows = [base_row(point, backend, impl=workload.impl, status=STATUS_OK, message=workload.note, speedup=speedup,
                      max_rel_err=err, **_timing_columns(timing), **figures(work, gpu, timing.ms_median), **common)]
     for name, stage_fn in workload.stages.items():
@@ -224,7 +225,7 @@ def invalid_rows(spec: SweepSpec, invalid: list[tuple[dict[str, object], str]], 
 
 
 def cuda_measure() -> Measure:
-    return Measure(device="cuda", timer=time_cuda, telemetry=Telemetry())
+    return Measure(device="cuda", timer=time_cuda, telemetry=Telemetry(), device_name=torch.cuda.get_device_name(0))
 
 
 def run_sweep(

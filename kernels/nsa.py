@@ -1,0 +1,161 @@
+"""NSA forward and backward from the branch kernels, and per-stage callables for the benchmark.
+
+The forward saves each branch's output and log-sum-exp (never attention matrices); the backward
+runs the gated-sum backward once, then each branch's backward on its share of the gradient. The
+selection is a constant of the backward pass (NSA_SPEC section 8). Compression is its own autograd
+function, so k_cmp/v_cmp passed by the caller get their gradients and computed ones flow into k and v.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+
+from kernels import compressed, flash, selected
+from kernels._common import check_heads, check_kernel_config
+from kernels.gated_sum import gated_sum_bwd, gated_sum_fwd
+from nsa_bench.config import NSAConfig
+
+__all__ = ["compress_kv", "select_blocks", "nsa_attention", "forward_stages", "backward_stages"]
+
+
+def _scale(scale: float | None, head_dim: int) -> float:
+    return head_dim**-0.5 if scale is None else float(scale)
+
+
+class _Compress(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, block_cmp: int, stride_cmp: int) -> torch.Tensor:
+        ctx.shape = (x.shape[1], block_cmp, stride_cmp)
+        return compressed.compress_fwd(x.contiguous(), block_cmp, stride_cmp)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, None, None]:
+        seqlen, block_cmp, stride_cmp = ctx.shape
+        return compressed.compress_bwd(grad.contiguous(), seqlen, block_cmp, stride_cmp), None, None
+
+
+def compress_kv(k: torch.Tensor, v: torch.Tensor, cfg: NSAConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """Section 1: mean-compressed k_cmp [B,Tc,Hkv,Dk] and v_cmp [B,Tc,Hkv,Dv] (differentiable)."""
+    check_kernel_config(cfg)
+    return _Compress.apply(k, cfg.block_cmp, cfg.stride_cmp), _Compress.apply(v, cfg.block_cmp, cfg.stride_cmp)
+
+
+def select_blocks(q: torch.Tensor, k_cmp: torch.Tensor, cfg: NSAConfig, scale: float | None = None) -> torch.Tensor:
+    """Section 3: block_idx [B,T,Hkv,n] int32 (-1 padded), scored and ranked on the GPU."""
+    check_kernel_config(cfg)
+    return compressed.select_blocks(q.contiguous(), k_cmp.contiguous(), cfg, _scale(scale, q.shape[-1]))
+
+
+class _NSA(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, gates: torch.Tensor,
+                k_cmp: torch.Tensor, v_cmp: torch.Tensor, block_idx: torch.Tensor | None, cfg: NSAConfig,
+                scale: float) -> torch.Tensor:
+        o_cmp, lse_cmp = compressed.compressed_fwd(q, k_cmp, v_cmp, cfg, scale)
+        if block_idx is None:
+            block_idx = compressed.select_blocks(q, k_cmp, cfg, scale, lse=lse_cmp)
+        o_slc, lse_slc = selected.selected_fwd(q, k, v, block_idx, cfg.block_slc, scale)
+        o_win, lse_win = flash.attention_fwd(q, k, v, scale, window=cfg.window)
+        ctx.save_for_backward(q, k, v, gates, k_cmp, v_cmp, block_idx, o_cmp, lse_cmp, o_slc, lse_slc, o_win, lse_win)
+        ctx.cfg, ctx.scale = cfg, scale
+        return gated_sum_fwd(gates, o_cmp, o_slc, o_win)
+
+    @staticmethod
+    def backward(ctx: Any, do: torch.Tensor) -> tuple[Any, ...]:
+        q, k, v, gates, k_cmp, v_cmp, block_idx, o_cmp, lse_cmp, o_slc, lse_slc, o_win, lse_win = ctx.saved_tensors
+        cfg, scale = ctx.cfg, ctx.scale
+        d_gates, do_cmp, do_slc, do_win = gated_sum_bwd(gates, o_cmp, o_slc, o_win, do.contiguous())
+        dq, dk_cmp, dv_cmp = compressed.compressed_bwd(q, k_cmp, v_cmp, o_cmp, lse_cmp, do_cmp, cfg, scale)
+        dq_slc, dk, dv = selected.selected_bwd(q, k, v, o_slc, lse_slc, do_slc, block_idx, cfg.block_slc, scale)
+        dq_win, dk_win, dv_win = flash.attention_bwd(q, k, v, o_win, lse_win, do_win, scale, window=cfg.window)
+        dq = (dq.float() + dq_slc.float() + dq_win.float()).to(q.dtype)
+        dk = (dk.float() + dk_win.float()).to(k.dtype)
+        dv = (dv.float() + dv_win.float()).to(v.dtype)
+        return dq, dk, dv, d_gates, dk_cmp, dv_cmp, None, None, None
+
+
+def _check_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, gates: torch.Tensor, cfg: NSAConfig) -> None:
+    check_kernel_config(cfg)
+    check_heads(q, k, v)
+    if q.shape[:2] != k.shape[:2] or k.shape[:3] != v.shape[:3] or q.shape[-1] != k.shape[-1]:
+        raise ValueError(f"inconsistent shapes q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}")
+    if tuple(gates.shape) != (*q.shape[:3], 3):
+        raise ValueError(f"gates must be [B, T, Hq, 3] = {(*q.shape[:3], 3)}, got {tuple(gates.shape)}")
+
+
+def nsa_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, gates: torch.Tensor, cfg: NSAConfig,
+    scale: float | None = None, block_idx: torch.Tensor | None = None,
+    k_cmp: torch.Tensor | None = None, v_cmp: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Sections 1-6 and 8: o [B,T,Hq,Dv], differentiable in q, k, v, gates (and k_cmp/v_cmp when given)."""
+    _check_inputs(q, k, v, gates, cfg)
+    if (k_cmp is None) != (v_cmp is None):
+        raise ValueError("pass both k_cmp and v_cmp, or neither")
+    q, k, v, gates = (t.contiguous() for t in (q, k, v, gates))
+    if k_cmp is None:
+        k_cmp, v_cmp = compress_kv(k, v, cfg)
+    if block_idx is not None:
+        block_idx = block_idx.to(torch.int32).contiguous()
+    return _NSA.apply(q, k, v, gates, k_cmp.contiguous(), v_cmp.contiguous(), block_idx, cfg,
+                      _scale(scale, q.shape[-1]))
+
+
+def _forward_parts(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cfg: NSAConfig, scale: float, block_idx: torch.Tensor | None,
+) -> dict[str, torch.Tensor]:
+    """Every intermediate of one forward pass, computed once for the per-stage callables."""
+    with torch.no_grad():
+        k_cmp = compressed.compress_fwd(k, cfg.block_cmp, cfg.stride_cmp)
+        v_cmp = compressed.compress_fwd(v, cfg.block_cmp, cfg.stride_cmp)
+        o_cmp, lse_cmp = compressed.compressed_fwd(q, k_cmp, v_cmp, cfg, scale)
+        idx = block_idx if block_idx is not None else compressed.select_blocks(q, k_cmp, cfg, scale, lse=lse_cmp)
+        o_slc, lse_slc = selected.selected_fwd(q, k, v, idx, cfg.block_slc, scale)
+        o_win, lse_win = flash.attention_fwd(q, k, v, scale, window=cfg.window)
+    return {"k_cmp": k_cmp, "v_cmp": v_cmp, "o_cmp": o_cmp, "lse_cmp": lse_cmp, "idx": idx, "o_slc": o_slc,
+            "lse_slc": lse_slc, "o_win": o_win, "lse_win": lse_win}
+
+
+def forward_stages(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, gates: torch.Tensor, cfg: NSAConfig,
+    scale: float | None = None, block_idx: torch.Tensor | None = None,
+) -> dict[str, Callable[[], Any]]:
+    """Each forward stage as a self-contained callable over precomputed inputs (for per-stage timing)."""
+    _check_inputs(q, k, v, gates, cfg)
+    sc = _scale(scale, q.shape[-1])
+    f = _forward_parts(q, k, v, cfg, sc, block_idx)
+    return {
+        "compress": lambda: (compressed.compress_fwd(k, cfg.block_cmp, cfg.stride_cmp),
+                             compressed.compress_fwd(v, cfg.block_cmp, cfg.stride_cmp)),
+        "cmp_attn": lambda: compressed.compressed_fwd(q, f["k_cmp"], f["v_cmp"], cfg, sc),
+        "select": lambda: compressed.select_blocks(q, f["k_cmp"], cfg, sc, lse=f["lse_cmp"]),
+        "slc_attn": lambda: selected.selected_fwd(q, k, v, f["idx"], cfg.block_slc, sc),
+        "win_attn": lambda: flash.attention_fwd(q, k, v, sc, window=cfg.window),
+        "gated_sum": lambda: gated_sum_fwd(gates, f["o_cmp"], f["o_slc"], f["o_win"]),
+    }
+
+
+def backward_stages(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, gates: torch.Tensor, do: torch.Tensor, cfg: NSAConfig,
+    scale: float | None = None, block_idx: torch.Tensor | None = None,
+) -> dict[str, Callable[[], Any]]:
+    """Each backward stage as a self-contained callable over a precomputed forward (per-stage timing)."""
+    _check_inputs(q, k, v, gates, cfg)
+    sc = _scale(scale, q.shape[-1])
+    f = _forward_parts(q, k, v, cfg, sc, block_idx)
+    with torch.no_grad():
+        _, do_cmp, do_slc, do_win = gated_sum_bwd(gates, f["o_cmp"], f["o_slc"], f["o_win"], do)
+        _, dk_cmp, dv_cmp = compressed.compressed_bwd(q, f["k_cmp"], f["v_cmp"], f["o_cmp"], f["lse_cmp"], do_cmp,
+                                                      cfg, sc)
+    seqlen = k.shape[1]
+    return {
+        "gated_sum": lambda: gated_sum_bwd(gates, f["o_cmp"], f["o_slc"], f["o_win"], do),
+        "cmp_attn": lambda: compressed.compressed_bwd(q, f["k_cmp"], f["v_cmp"], f["o_cmp"], f["lse_cmp"], do_cmp,
+                                                      cfg, sc),
+        "compress": lambda: (compressed.compress_bwd(dk_cmp, seqlen, cfg.block_cmp, cfg.stride_cmp),
+                             compressed.compress_bwd(dv_cmp, seqlen, cfg.block_cmp, cfg.stride_cmp)),
+        "slc_attn": lambda: selected.selected_bwd(q, k, v, f["o_slc"], f["lse_slc"], do_slc, f["idx"], cfg.block_slc,
+                                                  sc),
+        "win_attn": lambda: flash.attention_bwd(q, k, v, f["o_win"], f["lse_win"], do_win, sc, window=cfg.window),
+    }

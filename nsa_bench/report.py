@@ -1,0 +1,422 @@
+"""`nsa-bench report`: one self-contained HTML page and a markdown file describing a run folder.
+
+The HTML embeds its plots (base64 PNG, or inline SVG when there is no PNG) and uses no external asset,
+so it can be uploaded as a CI artifact or mailed and still show everything. Both files are made from
+the run's files only (results.csv, spec.json, env.json, plots/), never from live objects.
+"""
+from __future__ import annotations
+
+import base64
+import html
+import json
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from nsa_bench.results import (CSV_NAME, ENV_NAME, PLOTS_DIR, SPEC_NAME, ResultsError, read_json,
+                               read_rows)
+from nsa_bench.schema import KEY_FIELDS, STAGE_TOTAL, STATUS_OK, STATUS_PREDICTED
+
+HTML_NAME = "report.html"
+MD_NAME = "report.md"
+PLOT_SUFFIXES = (".png", ".svg")
+BREAKDOWN_WORDS = ("breakdown", "stage")  # plot file names that belong to the breakdown section
+DETAIL_COLUMNS = ("impl", "status", "ms_median", "ms_p10", "ms_p90", "samples", "predicted_ms", "speedup",
+                  "baseline", "tflops", "gbps", "intensity", "max_rel_err", "sm_clock_mhz", "throttled",
+                  "message")
+
+Plotter = Callable[[Path, "str | None"], Sequence[Path]]
+
+
+class ReportError(ValueError):
+    """A folder that cannot be reported on (not a run folder, unreadable CSV)."""
+
+
+@dataclass(frozen=True)
+class Plot:
+    name: str  # file stem, e.g. "speedup_fwd"
+    png: Path | None
+    svg: Path | None
+
+    @property
+    def in_breakdown(self) -> bool:
+        return any(word in self.name.lower() for word in BREAKDOWN_WORDS)
+
+
+@dataclass(frozen=True)
+class ReportFiles:
+    html: Path
+    markdown: Path
+    plots: tuple[Plot, ...]
+    warnings: tuple[str, ...]
+
+
+# --- tables ------------------------------------------------------------------------------------
+
+def _number(series: pd.Series) -> pd.Series:
+    return pd.to_numeric(series, errors="coerce") if series is not None else series
+
+
+def varying_axes(frame: pd.DataFrame) -> list[str]:
+    """Key fields other than backend/stage that take more than one value: they must label rows.
+
+    mode and seqlen always do, so the summary reads mode x seqlen x backend.
+    """
+    always = ["mode", "seqlen"]
+    rest = [c for c in KEY_FIELDS if c not in (*always, "backend", "stage") and frame[c].nunique(dropna=False) > 1]
+    return always + rest
+
+
+def _in_run_order(table: pd.DataFrame, axes: Sequence[str], frame: pd.DataFrame) -> pd.DataFrame:
+    """Sort rows as the sweep ran them: text axes by first appearance (fwd, bwd, decode), numbers ascending."""
+    def key(column: pd.Series) -> pd.Series:
+        if pd.api.types.is_numeric_dtype(column):
+            return column
+        first = {value: i for i, value in enumerate(dict.fromkeys(frame[column.name].astype(str)))}
+        return column.astype(str).map(first)
+
+    return table.sort_values(list(axes), key=key, kind="stable").reset_index(drop=True)
+
+
+def _timing(frame: pd.DataFrame) -> pd.Series:
+    """ms per row: measured median where there is one, else the cost model's prediction."""
+    measured = _number(frame.get("ms_median", pd.Series(math.nan, index=frame.index)))
+    predicted = _number(frame.get("predicted_ms", pd.Series(math.nan, index=frame.index)))
+    return measured.where(measured.notna(), predicted)
+
+
+def speedups(frame: pd.DataFrame) -> pd.Series:
+    """Speedup per row: the CSV's `speedup`, else baseline predicted_ms / predicted_ms of the same point.
+
+    A CPU run carries predictions only; the summary still shows what the cost model expects.
+    """
+    given = _number(frame.get("speedup", pd.Series(math.nan, index=frame.index)))
+    if "baseline" not in frame.columns:
+        return given
+    timing = _timing(frame)
+    other = [c for c in KEY_FIELDS if c != "backend"]
+    lookup = {(tuple(str(v) for v in rec[:-1]), str(rec[-1])): t
+              for rec, t in zip(frame[other + ["backend"]].itertuples(index=False), timing)}
+    fallback = []
+    for rec, base, t in zip(frame[other].itertuples(index=False), frame["baseline"], timing):
+        base_time = lookup.get((tuple(str(v) for v in rec), str(base)), math.nan) if base else math.nan
+        fallback.append(base_time / t if t and math.isfinite(t) and t > 0 else math.nan)
+    return given.where(given.notna(), pd.Series(fallback, index=frame.index))
+
+
+def summary_table(frame: pd.DataFrame) -> pd.DataFrame:
+    """Speedup vs the baseline backend: one row per mode x seqlen (x other varying axes), a column per backend."""
+    totals = frame[frame["stage"].astype(str) == STAGE_TOTAL].copy()
+    if totals.empty:
+        return pd.DataFrame()
+    totals["speedup_shown"] = speedups(totals)
+    baselines = set(frame["baseline"].astype(str)) if "baseline" in frame.columns else set()
+    if totals["backend"].nunique() > 1:  # the baseline's own column would read 1.0 everywhere
+        totals = totals[~totals["backend"].astype(str).isin(baselines)]
+    axes = varying_axes(frame)
+    table = totals.pivot_table(index=axes, columns="backend", values="speedup_shown", aggfunc="last",
+                               dropna=False)
+    table.columns = [f"speedup {c}" for c in table.columns]
+    return _in_run_order(table.reset_index(), axes, frame)
+
+
+def time_table(frame: pd.DataFrame) -> pd.DataFrame:
+    """ms per backend of the whole operation (measured median, else predicted)."""
+    totals = frame[frame["stage"].astype(str) == STAGE_TOTAL].copy()
+    if totals.empty:
+        return pd.DataFrame()
+    totals["ms_shown"] = _timing(totals)
+    axes = varying_axes(frame)
+    table = totals.pivot_table(index=axes, columns="backend", values="ms_shown", aggfunc="last", dropna=False)
+    table.columns = [f"ms {c}" for c in table.columns]
+    return _in_run_order(table.reset_index(), axes, frame)
+
+
+def breakdown_table(frame: pd.DataFrame) -> pd.DataFrame:
+    """Per-branch ms of each backend that reports stages, beside its total and the stages' share of it."""
+    rows = frame.copy()
+    rows["ms_shown"] = _timing(rows)
+    staged = rows[rows["stage"].astype(str) != STAGE_TOTAL]
+    if staged.empty:
+        return pd.DataFrame()
+    axes = varying_axes(frame) + ["backend"]
+    keep = rows.set_index(axes).index.isin(staged.set_index(axes).index)
+    table = rows[keep].pivot_table(index=axes, columns="stage", values="ms_shown", aggfunc="last", dropna=False)
+    stages = [c for c in dict.fromkeys(staged["stage"].astype(str)) if c in table.columns]
+    ordered = stages + ([STAGE_TOTAL] if STAGE_TOTAL in table.columns else [])
+    table = table[ordered]
+    if STAGE_TOTAL in table.columns:
+        table["stages / total"] = table[stages].sum(axis=1, min_count=1) / table[STAGE_TOTAL]
+    table.columns = [f"ms {c}" if c in ordered else c for c in table.columns]
+    return _in_run_order(table.reset_index(), axes, frame)
+
+
+def detail_table(frame: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, str]]:
+    """Every row with the columns that vary; columns with one value for all rows are returned apart,
+    to be said once (a CPU run's 46 identical "predicted by the cost model" messages say nothing)."""
+    columns = [c for c in (*varying_axes(frame), "backend", "stage", *DETAIL_COLUMNS) if c in frame.columns]
+    table = frame[columns]
+    constant: dict[str, str] = {}
+    keep = []
+    for column in columns:
+        values = {_cell(v) for v in table[column]}
+        if column in ("mode", "seqlen", "backend", "stage", "status") or len(values) > 1:
+            keep.append(column)
+        elif values != {""}:
+            constant[column] = values.pop()
+    return table[keep], constant
+
+
+def failed_table(frame: pd.DataFrame) -> pd.DataFrame:
+    """Points that were not measured or predicted, with the reason."""
+    failed = frame[~frame["status"].astype(str).isin((STATUS_OK, STATUS_PREDICTED))]
+    columns = [c for c in (*varying_axes(frame), "backend", "stage", "status", "message") if c in frame.columns]
+    return failed[columns]
+
+
+def config_table(payload: dict) -> pd.DataFrame:
+    """spec.json / env.json as field | value (nested values flattened with dots)."""
+    flat: list[tuple[str, str]] = []
+
+    def walk(value: object, prefix: str) -> None:
+        if isinstance(value, dict) and value:
+            for name, inner in value.items():
+                walk(inner, f"{prefix}{name}.")
+        else:
+            flat.append((prefix.rstrip("."), value if isinstance(value, str) else json.dumps(value)))
+
+    for name, value in payload.items():
+        walk(value, f"{name}.")
+    return pd.DataFrame(flat, columns=["field", "value"])
+
+
+# --- rendering ---------------------------------------------------------------------------------
+
+def _cell(value: object) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        if math.isnan(value):
+            return ""
+        return f"{value:.4g}"
+    return str(value)
+
+
+def markdown_table(table: pd.DataFrame) -> str:
+    if table.empty:
+        return "_none_\n"
+
+    def line(cells: Sequence[object]) -> str:
+        return "| " + " | ".join(_cell(c).replace("|", "\\|").replace("\n", " ") for c in cells) + " |"
+
+    lines = [line(table.columns), "|" + "---|" * len(table.columns)]
+    lines += [line(row) for row in table.itertuples(index=False)]
+    return "\n".join(lines) + "\n"
+
+
+def html_table(table: pd.DataFrame) -> str:
+    if table.empty:
+        return "<p><em>none</em></p>"
+    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in table.columns)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(_cell(v))}</td>" for v in row) + "</tr>"
+        for row in table.itertuples(index=False))
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _svg_inline(path: Path) -> str:
+    """The <svg> element of a file, without its XML prolog/doctype, so it can sit inside HTML."""
+    text = path.read_text()
+    start = text.find("<svg")
+    return text[start:] if start >= 0 else ""
+
+
+def plot_html(plot: Plot) -> str:
+    caption = html.escape(plot.name.replace("_", " "))
+    if plot.png is not None:
+        data = base64.b64encode(plot.png.read_bytes()).decode("ascii")
+        body = f'<img alt="{caption}" src="data:image/png;base64,{data}">'
+    elif plot.svg is not None:
+        body = _svg_inline(plot.svg)
+    else:
+        return ""
+    return f'<figure id="plot-{html.escape(plot.name)}">{body}<figcaption>{caption}</figcaption></figure>'
+
+
+def plot_markdown(plot: Plot, base: Path) -> str:
+    path = plot.png or plot.svg
+    assert path is not None
+    return f"![{plot.name}]({path.relative_to(base).as_posix()})\n"
+
+
+CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:2em auto;max-width:1300px;
+color:#1b1b1b;padding:0 1em}
+h1{font-size:1.6em}h2{border-bottom:1px solid #ccc;padding-bottom:.2em;margin-top:1.8em}
+table{border-collapse:collapse;font-size:.85em;margin:.6em 0}
+th,td{border:1px solid #d0d0d0;padding:.25em .6em;text-align:right;vertical-align:top}
+th{background:#f2f2f2}td:first-child,th:first-child{text-align:left}
+figure{display:inline-block;margin:.5em;max-width:100%}figure img,figure svg{max-width:100%;height:auto}
+figcaption{text-align:center;font-size:.85em;color:#555}.warn{color:#a40000}.note{color:#555}
+nav a{margin-right:1em}
+"""
+
+
+# --- the report --------------------------------------------------------------------------------
+
+def find_plots(directory: Path) -> list[Plot]:
+    folder = directory / PLOTS_DIR
+    if not folder.is_dir():
+        return []
+    stems: dict[str, dict[str, Path]] = {}
+    for path in sorted(folder.iterdir()):
+        if path.is_file() and path.suffix.lower() in PLOT_SUFFIXES:
+            stems.setdefault(path.stem, {})[path.suffix.lower()] = path
+    plots = [Plot(stem, files.get(".png"), files.get(".svg")) for stem, files in stems.items()]
+    return sorted(plots, key=lambda plot: ("speedup" not in plot.name.lower(), plot.name))  # the headline first
+
+
+def default_plotter(directory: Path, gpu: str | None) -> Sequence[Path]:
+    from nsa_bench.plots import plot_run  # late: plotting pulls in matplotlib
+
+    return plot_run(directory, gpu=gpu)
+
+
+def _ensure_plots(directory: Path, gpu: str | None, plotter: Plotter) -> tuple[list[Plot], list[str]]:
+    plots = find_plots(directory)
+    if plots:
+        return plots, []
+    try:
+        plotter(directory, gpu)
+    except Exception as exc:  # noqa: BLE001 - a report without plots is still worth writing
+        return [], [f"plots could not be made: {type(exc).__name__}: {exc}"]
+    plots = find_plots(directory)
+    return plots, ([] if plots else [f"no plots in {directory / PLOTS_DIR}"])
+
+
+@dataclass(frozen=True)
+class _Content:
+    title: str
+    spec: pd.DataFrame
+    env: pd.DataFrame
+    summary: pd.DataFrame
+    times: pd.DataFrame
+    breakdown: pd.DataFrame
+    failed: pd.DataFrame
+    detail: pd.DataFrame
+    detail_constant: dict[str, str]
+    counts: pd.DataFrame
+    plots: tuple[Plot, ...]
+    warnings: tuple[str, ...]
+    baseline: str
+    predicted: bool
+
+
+def _load(directory: Path, plotter: Plotter) -> _Content:
+    if not directory.is_dir():
+        raise ReportError(f"{directory} is not a run folder (expected a folder holding {CSV_NAME})")
+    try:
+        frame = read_rows(directory)
+        spec = read_json(directory / SPEC_NAME)
+        env = read_json(directory / ENV_NAME)
+    except ResultsError as exc:
+        raise ReportError(str(exc)) from exc
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ReportError(f"{directory}: spec.json or env.json is not valid JSON ({exc})") from exc
+    if "status" not in frame.columns:
+        raise ReportError(f"{directory / CSV_NAME}: not a results CSV, missing column status")
+    target = env.get("target_gpu")
+    gpu = target.get("key") if isinstance(target, dict) else None  # the spec the sweep predicted for
+    plots, warnings = _ensure_plots(directory, gpu, plotter)
+    statuses = frame["status"].astype(str)
+    baselines = sorted({b for b in frame.get("baseline", pd.Series(dtype=str)) if b})
+    counts = statuses.value_counts().rename_axis("status").reset_index(name="rows")
+    detail, detail_constant = detail_table(frame)
+    return _Content(
+        title=f"nsa-bench report: {directory.resolve().name}",
+        spec=config_table(spec), env=config_table(env), summary=summary_table(frame),
+        times=time_table(frame), breakdown=breakdown_table(frame), failed=failed_table(frame),
+        detail=detail, detail_constant=detail_constant, counts=counts, plots=tuple(plots), warnings=tuple(warnings),
+        baseline=", ".join(baselines) or "the baseline backend",
+        predicted=bool((statuses == STATUS_PREDICTED).any()),
+    )
+
+
+def _subtitle(content: _Content) -> str:
+    if content.predicted:
+        return ("Rows with status `predicted` come from the cost model (no GPU was used): "
+                "their times and speedups are predictions, not measurements.")
+    return "Measured on a GPU; every timed row passed the check against the float64 reference."
+
+
+def _constants_html(constant: dict[str, str]) -> str:
+    if not constant:
+        return ""
+    items = "; ".join(f"<b>{html.escape(k)}</b> = {html.escape(v)}" for k, v in constant.items())
+    return f'<p class="note">Same in every row: {items}</p>'
+
+
+def _constants_markdown(constant: dict[str, str]) -> str:
+    if not constant:
+        return ""
+    return "Same in every row: " + "; ".join(f"**{k}** = {v}" for k, v in constant.items()) + "\n"
+
+
+def render_html(content: _Content) -> str:
+    main_plots = [p for p in content.plots if not p.in_breakdown]
+    breakdown_plots = [p for p in content.plots if p.in_breakdown]
+    sections = [
+        ("summary", "Summary", f"<p>Speedup vs {html.escape(content.baseline)} (higher is better).</p>"
+         + html_table(content.summary) + "<h3>Time (ms)</h3>" + html_table(content.times)
+         + "<h3>Rows per status</h3>" + html_table(content.counts)),
+        ("plots", "Plots", "".join(plot_html(p) for p in main_plots) or "<p><em>no plots</em></p>"),
+        ("breakdown", "Per-branch breakdown", "".join(plot_html(p) for p in breakdown_plots)
+         + html_table(content.breakdown)),
+        ("failed", "Failed points", html_table(content.failed)),
+        ("config", "Configuration (spec.json)", html_table(content.spec)),
+        ("env", "Environment (env.json)", html_table(content.env)),
+        ("rows", "All rows", _constants_html(content.detail_constant) + html_table(content.detail)),
+    ]
+    nav = "".join(f'<a href="#{anchor}">{html.escape(title)}</a>' for anchor, title, _ in sections)
+    warnings = "".join(f'<p class="warn">{html.escape(w)}</p>' for w in content.warnings)
+    body = "".join(f'<section id="{anchor}"><h2>{html.escape(title)}</h2>{inner}</section>'
+                   for anchor, title, inner in sections)
+    subtitle = html.escape(_subtitle(content).replace("`", ""))
+    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+            f"<title>{html.escape(content.title)}</title><style>{CSS}</style></head><body>"
+            f'<h1>{html.escape(content.title)}</h1><p class="note">{subtitle}</p>{warnings}'
+            f"<nav>{nav}</nav>{body}</body></html>\n")
+
+
+def render_markdown(content: _Content, directory: Path) -> str:
+    main_plots = [p for p in content.plots if not p.in_breakdown]
+    breakdown_plots = [p for p in content.plots if p.in_breakdown]
+    parts = [f"# {content.title}\n", _subtitle(content) + "\n"]
+    parts += [f"**Warning:** {w}\n" for w in content.warnings]
+    parts += ["## Summary\n", f"Speedup vs {content.baseline} (higher is better).\n", markdown_table(content.summary),
+              "### Time (ms)\n", markdown_table(content.times), "### Rows per status\n", markdown_table(content.counts),
+              "## Plots\n", *(plot_markdown(p, directory) for p in main_plots),
+              "## Per-branch breakdown\n", *(plot_markdown(p, directory) for p in breakdown_plots),
+              markdown_table(content.breakdown),
+              "## Failed points\n", markdown_table(content.failed),
+              "## Configuration (spec.json)\n", markdown_table(content.spec),
+              "## Environment (env.json)\n", markdown_table(content.env),
+              "## All rows\n", _constants_markdown(content.detail_constant), markdown_table(content.detail)]
+    return "\n".join(parts)
+
+
+def build_report(directory: Path, plotter: Plotter = default_plotter) -> ReportFiles:
+    """Write report.html and report.md into a run folder (making its plots first if there are none)."""
+    directory = Path(directory)
+    content = _load(directory, plotter)
+    html_path, md_path = directory / HTML_NAME, directory / MD_NAME
+    try:
+        html_path.write_text(render_html(content))
+        md_path.write_text(render_markdown(content, directory))
+    except OSError as exc:
+        raise ReportError(f"cannot write the report into {directory}: {exc}") from exc
+    return ReportFiles(html_path, md_path, content.plots, content.warnings)
+

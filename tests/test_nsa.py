@@ -1,0 +1,94 @@
+"""The public Triton NSA API (kernels) vs the float64 reference, forward and gradients, one shared selection."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import kernels
+from kernels import nsa as nsa_kernels
+from nsa_bench import reference as R
+from nsa_bench.config import NSAConfig
+
+SMALL = NSAConfig(block_cmp=16, stride_cmp=8, block_slc=32, n_slc=3, window=24)
+
+
+def make(seed: int, b: int, t: int, hkv: int, g: int, dk: int, dv: int):
+    gen = torch.Generator().manual_seed(seed)
+    q = torch.randn(b, t, hkv * g, dk, generator=gen, dtype=torch.float64)
+    k = torch.randn(b, t, hkv, dk, generator=gen, dtype=torch.float64)
+    v = torch.randn(b, t, hkv, dv, generator=gen, dtype=torch.float64)
+    gates = torch.rand(b, t, hkv * g, 3, generator=gen, dtype=torch.float64)
+    do = torch.randn(b, t, hkv * g, dv, generator=gen, dtype=torch.float64)
+    return q, k, v, gates, do
+
+
+def rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    """||a-b|| / ||b||; a reference that is exactly zero (dq at T=1) compares with an absolute floor."""
+    diff = torch.linalg.vector_norm(a.double() - b.double()).item()
+    return diff / max(torch.linalg.vector_norm(b.double()).item(), 1e-6 * b.numel() ** 0.5 * 1e3)
+
+
+def shared_idx(q, k, v, cfg):
+    k_cmp, _ = R.compress_kv(k, v, cfg)
+    return R.select_blocks(q, k_cmp, cfg)
+
+
+@pytest.mark.parametrize(
+    "b,t,hkv,g,dk,dv",
+    [(2, 77, 1, 2, 32, 16), (1, 100, 2, 1, 16, 16), (1, 1, 1, 2, 16, 32)],
+)
+def test_forward_and_gradients_fp32(b, t, hkv, g, dk, dv):
+    q, k, v, gates, do = make(t + g, b, t, hkv, g, dk, dv)
+    idx = shared_idx(q, k, v, SMALL)
+    leaves64 = [x.clone().requires_grad_(True) for x in (q, k, v, gates)]
+    want = R.nsa_attention(*leaves64, SMALL, block_idx=idx)
+    want.backward(do)
+    leaves32 = [x.float().requires_grad_(True) for x in (q, k, v, gates)]
+    got = kernels.nsa_attention(*leaves32, SMALL, block_idx=idx)
+    assert got.dtype == torch.float32 and got.shape == want.shape
+    assert rel(got, want) < 1e-4
+    got.backward(do.float())
+    for name, a, w in zip("q k v gates".split(), leaves32, leaves64):
+        assert rel(a.grad, w.grad) < 1e-3, name
+
+
+def test_fp16_and_own_selection():
+    q, k, v, gates, _ = make(5, 1, 96, 2, 2, 32, 32)
+    got = kernels.nsa_attention(*(x.half() for x in (q, k, v, gates)), SMALL)
+    idx = kernels.select_blocks(q.half(), kernels.compress_kv(k.half(), v.half(), SMALL)[0], SMALL)
+    want = R.nsa_attention(q, k, v, gates, SMALL, block_idx=idx)
+    assert got.dtype == torch.float16
+    assert rel(got, want) < 1e-2
+
+
+def test_compressed_kv_passed_in_gets_gradients():
+    q, k, v, gates, do = make(6, 1, 64, 1, 2, 16, 16)
+    idx = shared_idx(q, k, v, SMALL)
+    kc64, vc64 = (x.clone().requires_grad_(True) for x in R.compress_kv(k, v, SMALL))
+    R.nsa_attention(q, k, v, gates, SMALL, block_idx=idx, k_cmp=kc64, v_cmp=vc64).backward(do)
+    kc32, vc32 = (x.detach().float().requires_grad_(True) for x in (kc64, vc64))
+    kernels.nsa_attention(q.float(), k.float(), v.float(), gates.float(), SMALL, block_idx=idx, k_cmp=kc32,
+                          v_cmp=vc32).backward(do.float())
+    assert rel(kc32.grad, kc64.grad) < 1e-3 and rel(vc32.grad, vc64.grad) < 1e-3
+
+
+def test_stage_callables_run():
+    q, k, v, gates, do = (x.float() for x in make(7, 1, 70, 1, 2, 16, 16))
+    fwd = nsa_kernels.forward_stages(q, k, v, gates, SMALL)
+    assert list(fwd) == ["compress", "cmp_attn", "select", "slc_attn", "win_attn", "gated_sum"]
+    out = fwd["gated_sum"]()
+    assert rel(out, kernels.nsa_attention(q, k, v, gates, SMALL)) < 1e-6
+    bwd = nsa_kernels.backward_stages(q, k, v, gates, do, SMALL)
+    assert set(bwd) == {"gated_sum", "cmp_attn", "compress", "slc_attn", "win_attn"}
+    for stage in bwd.values():
+        stage()
+
+
+def test_bad_inputs_raise_value_error():
+    q, k, v, gates, _ = (x.float() for x in make(8, 1, 40, 1, 2, 16, 16))
+    with pytest.raises(ValueError, match="block_slc"):
+        kernels.nsa_attention(q, k, v, gates, NSAConfig(block_cmp=16, stride_cmp=8, block_slc=48, n_slc=3))
+    with pytest.raises(ValueError, match="gates"):
+        kernels.nsa_attention(q, k, v, gates[..., :2], SMALL)
+    with pytest.raises(ValueError, match="k_cmp"):
+        kernels.nsa_attention(q, k, v, gates, SMALL, k_cmp=k[:, :3])
