@@ -4,7 +4,9 @@ FA2 needs Dk == Dv: when they differ, V is zero-padded to Dk and the row's messa
 """
 from __future__ import annotations
 
+import functools
 import importlib.util
+from dataclasses import replace
 from typing import Callable
 
 import torch
@@ -28,12 +30,35 @@ def _impl_name() -> str:
     return "sdpa-flash"
 
 
+@functools.cache
+def _sdpa_flash_takes_gqa() -> bool:
+    """Whether this torch's flash SDPA kernel accepts fewer KV heads (enable_gqa) on this device."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    q = torch.randn(1, 2, 16, 64, device="cuda", dtype=torch.bfloat16)
+    kv = torch.randn(1, 1, 16, 64, device="cuda", dtype=torch.bfloat16)
+    try:
+        with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
+            F.scaled_dot_product_attention(q, kv, kv, is_causal=True, enable_gqa=True)
+    except RuntimeError:
+        return False
+    return True
+
+
 def _pad_v(v: torch.Tensor, head_dim: int) -> torch.Tensor:
     return v if v.shape[-1] == head_dim else F.pad(v, (0, head_dim - v.shape[-1]))
 
 
+def _kv_repeats(inputs: Inputs) -> int:
+    """1, or G where this torch's flash SDPA cannot do GQA itself and KV heads must be repeated."""
+    group = inputs.point.group_size
+    if _has_flash_attn() or group == 1 or inputs.q.device.type != "cuda" or _sdpa_flash_takes_gqa():
+        return 1
+    return group
+
+
 def _sdpa_flash(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool) -> torch.Tensor:
-    """SDPA pinned to the FlashAttention backend on BTHD tensors (GQA natively)."""
+    """SDPA pinned to the FlashAttention backend on BTHD tensors."""
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
@@ -56,13 +81,21 @@ def _build(point: Point, inputs: Inputs) -> Workload:
     dqk, dv = point.head_dim_qk, point.head_dim_v
     if dqk > 256:
         raise Unsupported(f"FlashAttention-2 supports head dims up to 256, got {dqk}")
-    note = f"V zero-padded from {dv} to {dqk} (FA2 needs Dk == Dv)" if dv != dqk else ""
-    impl = _impl_name()
+    repeats = _kv_repeats(inputs)
+    kv_note = (f"KV heads repeated x{repeats} (this torch's flash SDPA has no GQA): "
+               f"{'outside the timed call' if point.mode == 'decode' else 'inside the timed call'}") if repeats > 1 else ""
+    pad_note = f"V zero-padded from {dv} to {dqk} (FA2 needs Dk == Dv)" if dv != dqk else ""
+    note = "; ".join(n for n in (pad_note, kv_note) if n)
+    impl = _impl_name() + ("(kv-expanded)" if kv_note else "")
     if point.mode == "decode":
+        if repeats > 1:
+            inputs = replace(inputs, k=inputs.k.repeat_interleave(repeats, 2), v=inputs.v.repeat_interleave(repeats, 2))
         return _decode(inputs, impl, note)
     attend = _attention(causal=True)
 
     def forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, gates: torch.Tensor) -> torch.Tensor:
+        if repeats > 1:
+            k, v = k.repeat_interleave(repeats, 2), v.repeat_interleave(repeats, 2)
         return attend(q, k, _pad_v(v, dqk))[..., :dv]
 
     return autograd_workload(inputs, forward, impl, grad_gates=False, note=note)
