@@ -25,7 +25,10 @@ def cli() -> None:
     nsa-bench sweep --seqlen 8k..64k            the paper configuration, fwd/bwd/decode
     nsa-bench sweep --suite smoke               a quick check
     nsa-bench plot results/<run>                redraw a run's plots
-    nsa-bench env                               GPU, versions, available backends
+    nsa-bench compare BASE CURRENT              regression gate (exit 1 on a confirmed SLOWER)
+    nsa-bench report results/<run>              self-contained HTML + markdown report
+    nsa-bench profile --seqlen 64k              one point under Nsight Compute
+    nsa-bench env [--calibrate]                 GPU, versions, backends; measured ceilings
     """
 
 
@@ -119,11 +122,66 @@ def plot(run: Path, gpu: str | None) -> None:
 
 
 @cli.command()
-def env() -> None:
+@click.option("--calibrate", is_flag=True, help="measure the GPU's bf16 matmul FLOP/s and copy bandwidth, store them "
+              "under results/calibration/ (roofline plots draw them as measured ceilings)")
+@click.pass_context
+def env(ctx: click.Context, calibrate: bool) -> None:
     """The GPU, its clocks, library versions, and which backends can run here (or why not)."""
+    if calibrate:
+        from nsa_bench import calibrate as calibrate_mod
+
+        try:
+            click.echo(calibrate_mod.run())
+        except calibrate_mod.CalibrationError as exc:
+            click.echo(f"nsa-bench: error: {exc}", err=True)
+            ctx.exit(1)
+        return
     from nsa_bench import environment, envreport
 
     click.echo(envreport.render(environment.collect()))
+
+
+@cli.command()
+@click.option("--backend", metavar="NAME", help="backend to profile  [default: nsa-triton]")
+@click.option("--mode", metavar="MODE", help="fwd, bwd, fwdbwd or decode  [default: fwd]")
+@click.option("--seqlen", metavar="N", help="sequence length, e.g. 64k  [default: 64k]")
+@click.option("--batch", metavar="N", help="batch size  [default: 1]")
+@click.option("--kv-heads", metavar="N", help="KV heads  [default: 4]")
+@click.option("--group-size", metavar="N", help="query heads per KV head  [default: 16]")
+@click.option("--head-dim", metavar="QK-V", help="head dims, e.g. 192-128  [default: 192-128]")
+@click.option("--block-cmp", metavar="N", help="compression block l  [default: 32]")
+@click.option("--stride-cmp", metavar="N", help="compression stride d  [default: 16]")
+@click.option("--block-slc", metavar="N", help="selection block l'  [default: 64]")
+@click.option("--n-slc", metavar="N", help="selected blocks n  [default: 16]")
+@click.option("--window", metavar="N", help="sliding window w  [default: 512]")
+@click.option("--dtype", metavar="NAME", help="bfloat16, float16, float32  [default: bfloat16]")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), help="folder for profile.csv, the plot and "
+              "ncu's reports  [default: a new folder under results/]")
+@click.pass_context
+def profile(ctx: click.Context, out: Path | None, **flags: str | None) -> None:
+    """Run one point under Nsight Compute (ncu): per-kernel DRAM bytes, FLOPs and intensity vs the cost model.
+
+    Needs `ncu` on PATH and a CUDA GPU. Writes profile.csv and profile_intensity.png/svg.
+    """
+    from nsa_bench import profile as profile_mod
+
+    options = {name.replace("_", "-"): value for name, value in flags.items()}
+    try:
+        point, backend = profile_mod.point_from_options(options)
+    except OptionError as exc:
+        raise _bad(exc.flag, str(exc).split(": ", 1)[1]) from None
+    if out is None:
+        from datetime import datetime
+
+        from nsa_bench.sweep import RESULTS_ROOT
+
+        out = RESULTS_ROOT / f"{datetime.now():%Y%m%d-%H%M%S}-profile-{backend}-{point.mode}-{point.seqlen}"
+    try:
+        outcome = profile_mod.run_profile(point, backend, out)
+    except profile_mod.ProfileError as exc:
+        click.echo(f"nsa-bench: error: {exc}", err=True)
+        ctx.exit(1)
+    click.echo(profile_mod.summary(outcome))
 
 
 # -- compare/report commands --

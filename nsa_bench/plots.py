@@ -93,8 +93,15 @@ def plot_speedup(frame: pd.DataFrame, folder: Path) -> list[Path]:
     return _save(fig, folder, "speedup")
 
 
-def plot_roofline(frame: pd.DataFrame, folder: Path, gpu: GPUSpec) -> list[Path]:
-    """Achieved (or predicted) TFLOP/s vs arithmetic intensity under the GPU's compute and HBM ceilings."""
+def plot_roofline(frame: pd.DataFrame, folder: Path, gpu: GPUSpec, calibration_dir: Path | None = None) -> list[Path]:
+    """Achieved (or predicted) TFLOP/s vs arithmetic intensity under the GPU's compute and HBM ceilings.
+
+    The datasheet ceiling is solid; when `nsa-bench env --calibrate` measured this GPU (a JSON under
+    `calibration_dir`, default results/calibration), its measured ceiling is drawn dashed beside it.
+    """
+    from nsa_bench import calibrate
+
+    measured = calibrate.for_gpu(gpu, calibration_dir)
     usable = frame[frame["status"].isin(_USABLE) & frame["intensity"].notna() & (frame["flops"] > 0)].copy()
     if usable.empty:
         return []
@@ -108,6 +115,9 @@ def plot_roofline(frame: pd.DataFrame, folder: Path, gpu: GPUSpec) -> list[Path]
     xs = np.logspace(np.log10(lo), np.log10(hi), 200)
     ax.plot(xs, np.minimum(gpu.peak_flops, gpu.hbm_bytes_per_s * xs) / 1e12, color="black", lw=1.2,
             label=f"{gpu.name} ceiling")
+    if measured is not None:
+        ax.plot(xs, np.minimum(measured.matmul_flops, measured.copy_bytes_per_s * xs) / 1e12, color="black",
+                lw=1.0, ls="--", label=f"measured ceiling ({measured.device_name}, env --calibrate)")
     markers = {"fwd": "o", "bwd": "s", "fwdbwd": "D", "decode": "^"}
     for (backend, stage), group in usable.groupby(["backend", "stage"], sort=True):
         label = backend if stage == STAGE_TOTAL else f"{backend}: {stage}"

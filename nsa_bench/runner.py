@@ -15,9 +15,10 @@ from typing import Callable, Iterator
 import torch
 
 from nsa_bench import check, cost, results
-from nsa_bench.backends import Backend, Unsupported, Workload, registry
+from nsa_bench.backends import Backend, Unsupported, registry
 from nsa_bench.gpus import GPUSpec
 from nsa_bench.inputs import make_inputs
+from nsa_bench.nvtx import annotate
 from nsa_bench.schema import (
     KEY_FIELDS, STAGE_TOTAL, STATUS_CHECK_FAILED, STATUS_ERROR, STATUS_OK, STATUS_OOM, STATUS_PREDICTED,
     STATUS_UNSUPPORTED, Row,
@@ -148,7 +149,7 @@ def measured_rows(task: Task, spec: SweepSpec, gpu: GPUSpec, measure: Measure,
         return [base_row(point, backend, status=STATUS_CHECK_FAILED, max_rel_err=err, gpu=measure.device_name or gpu.name,
                          message=f"relative error {err:.3g} > {tolerance:g} vs the float64 reference; not timed")]
     inputs = make_inputs(point, measure.device, spec.seed)
-    workload = backend.build(point, inputs)
+    workload = annotate(backend.build(point, inputs), f"nsa-bench:{backend.name}:{point.mode}")
     use_graph = spec.cuda_graph and point.mode == "decode"
     before = measure.read()
     timing = timed(workload.run, use_graph)
@@ -189,11 +190,12 @@ def rows_for(task: Task, spec: SweepSpec, gpu: GPUSpec, measure: Measure | None,
     backend, point = task.backend, task.point
     if point.mode not in backend.modes:
         return [failure_row(task, STATUS_UNSUPPORTED, f"{backend.name} has no {point.mode} mode", gpu)]
-    if measure is None:
-        return predicted_rows(task, gpu, baseline_ms)
-    why_not = backend.availability()
+    why_not = backend.availability() if measure is not None else None
+    why_not = why_not or backend.supports(point)
     if why_not:
         return [failure_row(task, STATUS_UNSUPPORTED, why_not, gpu)]
+    if measure is None:
+        return predicted_rows(task, gpu, baseline_ms)
     try:
         return measured_rows(task, spec, gpu, measure, baseline_ms)
     except torch.cuda.OutOfMemoryError as exc:

@@ -3,11 +3,10 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-import pandas as pd
 import pytest
 
 from nsa_bench import results
-from nsa_bench.backends import Backend, Unsupported, Workload, get_backend, registry
+from nsa_bench.backends import Backend, Unsupported, get_backend, registry
 from nsa_bench.gpus import gpu_spec
 from nsa_bench.runner import Measure, Task, rows_for, run_sweep
 from nsa_bench.schema import FIELDS
@@ -69,6 +68,16 @@ def test_unavailable_backend_and_missing_mode():
     assert rows_for(Task(point, backend), TINY, H100, CPU, None)[0].message == "gpu-only has no decode mode"
     point = replace(TINY, modes=("fwd",)).points()[0][0]
     assert rows_for(Task(point, backend), TINY, H100, CPU, None)[0].status == "unsupported"
+
+
+def test_out_of_scope_point_is_unsupported_even_when_predicted():
+    point = replace(TINY, modes=("fwd",)).points()[0][0]
+    backend = Backend("narrow", "nsa", ("fwd",), "", lambda: None, lambda p, i: None,
+                      supports=lambda p: f"needs l = l', got {p.block_cmp} and {p.block_slc}" if p.block_cmp != p.block_slc else None)
+    assert rows_for(Task(point, backend), TINY, H100, None, None)[0].status == "predicted"
+    other = replace(point, block_slc=16)
+    row = rows_for(Task(other, backend), TINY, H100, None, None)[0]
+    assert row.status == "unsupported" and "needs l = l'" in row.message
 
 
 def test_sweep_survives_a_failing_backend_and_ctrl_c(tmp_path, monkeypatch):

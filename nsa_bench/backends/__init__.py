@@ -51,6 +51,7 @@ class Backend:
     availability: Callable[[], str | None]  # None when usable here, else why not
     build: Callable[[Point, Inputs], Workload]
     impl_hint: Callable[[], str] = lambda: ""  # what would run here (for `nsa-bench env`)
+    supports: Callable[[Point], str | None] = lambda point: None  # None when the point is in its scope, else why not
 
 
 @functools.cache
