@@ -1,0 +1,804 @@
+"""NSA's compressed branch in Triton: mean compression, compressed attention, block scoring + top-n.
+
+Everything here is group-centric: one program owns a tile of query positions times all G query
+heads of one KV group (rows = positions * G_PAD), so each compressed K/V tile is loaded once per
+group. No function builds a [T, Tc] or [T, Nslc] tensor: selection scores live in registers, tile
+by tile, next to a running top-n per query, and only `block_idx` reaches memory.
+
+Queries that see no compressed block (t < l - 1) get o = 0 and lse = +inf. +inf (not the
+mathematically "empty" -inf) is chosen so that every consumer computing p = exp(s - lse) gets
+exactly 0 for such a row without special cases: the backward and the block scoring both do.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import triton
+import triton.language as tl
+
+from kernels._common import check_heads, check_kernel_config, interpreting, next_pow2
+from nsa_bench.config import NSAConfig
+
+__all__ = ["compress_fwd", "compress_bwd", "compressed_fwd", "compressed_bwd", "select_blocks"]
+
+_LOG2E = 1.4426950408889634
+_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+
+
+# ------------------------------------------------------------------ launch configurations
+def _configs(tiles: tuple[tuple[int, int, int], ...]) -> list[triton.Config]:
+    """(BLOCK_M rows = positions x G_PAD, BLOCK_N compressed blocks, warps) -> configs; one when interpreting."""
+    if interpreting():
+        return [triton.Config({"BLOCK_M": 64, "BLOCK_N": 16}, num_warps=4, num_stages=1)]
+    return [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=2) for m, n, w in tiles]
+
+
+# Tiles that compile for sm_90 without register spills both at the paper shape (G=16, Dk=192,
+# Dv=128, bf16) and at G=1, Dk=Dv=64 (fp16), checked with ptxas/cuobjdump from Triton's wheel.
+# Larger tiles spill there (q, do and fp32 accumulators of 192 + 128 columns stay in registers).
+_FWD_TILES = ((64, 32, 4), (64, 16, 4), (64, 16, 8), (128, 16, 8), (32, 64, 8), (32, 32, 8), (32, 16, 4))
+_DQ_TILES = ((32, 16, 8), (32, 32, 8), (32, 64, 8))
+_DKV_TILES = ((32, 16, 4), (64, 16, 8))
+
+
+def _prune_rows(configs: list[triton.Config], named_args: dict, **kwargs) -> list[triton.Config]:
+    """A tile holds whole positions (all G_PAD heads): drop BLOCK_M < G_PAD; fall back to BLOCK_M = G_PAD."""
+    g_pad = kwargs.get("G_PAD", named_args.get("G_PAD", 1))
+    kept = [c for c in configs if c.kwargs["BLOCK_M"] >= g_pad]
+    return kept or [triton.Config({"BLOCK_M": g_pad, "BLOCK_N": 16}, num_warps=8, num_stages=2)]
+
+
+# ------------------------------------------------------------------ validation
+def _check_block_params(block_cmp: int, stride_cmp: int) -> None:
+    for name, value in (("block_cmp", block_cmp), ("stride_cmp", stride_cmp)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive int, got {value!r}")
+    if block_cmp % stride_cmp:
+        raise ValueError(f"stride_cmp={stride_cmp} must divide block_cmp={block_cmp}")
+
+
+def _check_tensor(name: str, x: torch.Tensor, dims: int) -> None:
+    if not isinstance(x, torch.Tensor) or x.dim() != dims:
+        shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+        raise ValueError(f"{name} must be a {dims}-d tensor, got {shape}")
+    if x.dtype not in _DTYPES:
+        raise ValueError(f"{name} dtype {x.dtype} unsupported (float16, bfloat16 or float32)")
+
+
+def _check_scale(scale: float) -> float:
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale) or scale <= 0:
+        raise ValueError(f"scale must be a positive finite float, got {scale!r}")
+    return float(scale)
+
+
+def _check_attention_inputs(q: torch.Tensor, k_cmp: torch.Tensor, v_cmp: torch.Tensor, cfg: NSAConfig) -> int:
+    """Shapes, dtypes and kernel limits shared by the compressed-attention entry points; returns G."""
+    if not isinstance(cfg, NSAConfig):
+        raise ValueError(f"cfg must be an NSAConfig, got {type(cfg).__name__}")
+    check_kernel_config(cfg)
+    for name, x in (("q", q), ("k_cmp", k_cmp), ("v_cmp", v_cmp)):
+        _check_tensor(name, x, 4)
+    group = check_heads(q, k_cmp, v_cmp)
+    if not (q.dtype == k_cmp.dtype == v_cmp.dtype):
+        raise ValueError(f"q, k_cmp, v_cmp dtypes differ: {q.dtype}, {k_cmp.dtype}, {v_cmp.dtype}")
+    if not (q.device == k_cmp.device == v_cmp.device):
+        raise ValueError("q, k_cmp, v_cmp must be on one device")
+    if k_cmp.shape[:3] != v_cmp.shape[:3]:
+        raise ValueError(f"k_cmp {tuple(k_cmp.shape)} and v_cmp {tuple(v_cmp.shape)} disagree on [B, Tc, Hkv]")
+    if q.shape[0] != k_cmp.shape[0]:
+        raise ValueError(f"batch of q ({q.shape[0]}) and k_cmp ({k_cmp.shape[0]}) differ")
+    if q.shape[-1] != k_cmp.shape[-1]:
+        raise ValueError(f"Dk of q ({q.shape[-1]}) and k_cmp ({k_cmp.shape[-1]}) differ")
+    return group
+
+
+def _check_like(name: str, x: torch.Tensor, shape: tuple[int, ...], dtype: torch.dtype | None = None) -> None:
+    if not isinstance(x, torch.Tensor) or tuple(x.shape) != tuple(shape):
+        got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+        raise ValueError(f"{name} must have shape {tuple(shape)}, got {got}")
+    if dtype is not None and x.dtype != dtype:
+        raise ValueError(f"{name} must be {dtype}, got {x.dtype}")
+
+
+# ------------------------------------------------------------------ section 1: mean compression
+@triton.jit
+def _compress_fwd_kernel(
+    X, XC, T, Tc, H,
+    D: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_CMP: tl.constexpr, STRIDE_CMP: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+):
+    pid_c = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = (pid_bh // H).to(tl.int64)
+    h = pid_bh % H
+    offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
+    offs_d = tl.program_id(2) * BLOCK_D + tl.arange(0, BLOCK_D)
+    c_ok = offs_c < Tc
+    mask = c_ok[:, None] & (offs_d < D)[None, :]
+    acc = tl.zeros([BLOCK_C, BLOCK_D], dtype=tl.float32)
+    for r in range(BLOCK_CMP):
+        tok = offs_c * STRIDE_CMP + r
+        ptrs = X + ((b * T + tok) * H + h)[:, None] * D + offs_d[None, :]
+        acc += tl.load(ptrs, mask=mask, other=0.0).to(tl.float32)
+    out = acc * (1.0 / BLOCK_CMP)
+    ptrs = XC + ((b * Tc + offs_c) * H + h)[:, None] * D + offs_d[None, :]
+    tl.store(ptrs, out.to(XC.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _compress_bwd_kernel(
+    DXC, DX, T, Tc, H,
+    D: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_CMP: tl.constexpr, STRIDE_CMP: tl.constexpr,
+    BLOCK_T: tl.constexpr,
+):
+    """dx[t] = sum over the blocks i containing t of dx_cmp[i] / l; those are i = t//d - m, m < l/d."""
+    pid_t = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = (pid_bh // H).to(tl.int64)
+    h = pid_bh % H
+    offs_t = pid_t * BLOCK_T + tl.arange(0, BLOCK_T)
+    offs_d = tl.program_id(2) * BLOCK_D + tl.arange(0, BLOCK_D)
+    t_ok = offs_t < T
+    d_ok = (offs_d < D)[None, :]
+    acc = tl.zeros([BLOCK_T, BLOCK_D], dtype=tl.float32)
+    for m in range(BLOCK_CMP // STRIDE_CMP):
+        blk = offs_t // STRIDE_CMP - m
+        ok = t_ok & (blk >= 0) & (blk < Tc)
+        ptrs = DXC + ((b * Tc + blk) * H + h)[:, None] * D + offs_d[None, :]
+        acc += tl.load(ptrs, mask=ok[:, None] & d_ok, other=0.0).to(tl.float32)
+    out = acc * (1.0 / BLOCK_CMP)
+    ptrs = DX + ((b * T + offs_t) * H + h)[:, None] * D + offs_d[None, :]
+    tl.store(ptrs, out.to(DX.dtype.element_ty), mask=t_ok[:, None] & d_ok)
+
+
+def compress_fwd(x: torch.Tensor, block_cmp: int, stride_cmp: int) -> torch.Tensor:
+    """Mean of x [B,T,H,D] over each block [i*d, i*d + l): [B,Tc,H,D] in x's dtype (fp32 sums)."""
+    _check_tensor("x", x, 4)
+    _check_block_params(block_cmp, stride_cmp)
+    b, t, h, d = x.shape
+    tc = 0 if t < block_cmp else (t - block_cmp) // stride_cmp + 1
+    out = x.new_empty(b, tc, h, d)
+    if tc == 0 or b * h * d == 0:
+        return out
+    x = x.contiguous()
+    block_c = 16 if interpreting() else 32
+    block_d = min(next_pow2(d), 64)
+    grid = (triton.cdiv(tc, block_c), b * h, triton.cdiv(d, block_d))
+    _compress_fwd_kernel[grid](
+        x, out, t, tc, h, D=d, BLOCK_D=block_d, BLOCK_CMP=block_cmp, STRIDE_CMP=stride_cmp,
+        BLOCK_C=block_c, num_warps=4,
+    )
+    return out
+
+
+def compress_bwd(dx_cmp: torch.Tensor, seqlen: int, block_cmp: int, stride_cmp: int) -> torch.Tensor:
+    """Gradient of compress_fwd: dx [B,seqlen,H,D], each token summing dx_cmp / l over its blocks."""
+    _check_tensor("dx_cmp", dx_cmp, 4)
+    _check_block_params(block_cmp, stride_cmp)
+    if isinstance(seqlen, bool) or not isinstance(seqlen, int) or seqlen < 0:
+        raise ValueError(f"seqlen must be a non-negative int, got {seqlen!r}")
+    b, tc, h, d = dx_cmp.shape
+    expected = 0 if seqlen < block_cmp else (seqlen - block_cmp) // stride_cmp + 1
+    if tc != expected:
+        raise ValueError(f"dx_cmp has Tc={tc} blocks but seqlen={seqlen} gives {expected}")
+    if tc == 0 or b * h * d == 0:
+        return dx_cmp.new_zeros(b, seqlen, h, d)
+    dx = dx_cmp.new_empty(b, seqlen, h, d)  # the kernel writes every token (0 past the last block)
+    dx_cmp = dx_cmp.contiguous()
+    block_t, block_d = 32, min(next_pow2(d), 64)
+    grid = (triton.cdiv(seqlen, block_t), b * h, triton.cdiv(d, block_d))
+    _compress_bwd_kernel[grid](
+        dx_cmp, dx, seqlen, tc, h, D=d, BLOCK_D=block_d, BLOCK_CMP=block_cmp, STRIDE_CMP=stride_cmp,
+        BLOCK_T=block_t, num_warps=4,
+    )
+    return dx
+
+
+# ------------------------------------------------------------------ shared tile helpers
+def _split_head_dim(dk: int) -> tuple[int, int]:
+    """Two power-of-two column chunks covering Dk (192 -> 128 + 64, 128 -> 64 + 64, 16 -> 16 + 16 masked).
+
+    A non-power-of-two Dk padded to one tile wastes up to half of every q.k dot and its registers
+    (the paper's Dk = 192 would run as 256); two exact chunks summed into one accumulator do not.
+    """
+    if dk & (dk - 1) == 0:
+        return (dk // 2, dk // 2) if dk >= 32 else (16, 16)
+    first = 1 << (dk.bit_length() - 1)
+    return first, max(16, next_pow2(dk - first))
+
+
+@triton.jit
+def _num_visible(t, Tc, BLOCK_CMP: tl.constexpr, STRIDE_CMP: tl.constexpr):
+    """Compressed blocks seen by position t: i with i*d + l - 1 <= t (t may be negative-safe)."""
+    n = tl.maximum(t - BLOCK_CMP + 1 + STRIDE_CMP, 0) // STRIDE_CMP
+    return tl.minimum(n, Tc)
+
+
+@triton.jit
+def _group_rows(pid_t, T, G: tl.constexpr, G_PAD: tl.constexpr, BLOCK_M: tl.constexpr):
+    """Rows of a group-centric tile: (position, head-in-group) pairs, position-major."""
+    BLOCK_T: tl.constexpr = BLOCK_M // G_PAD
+    rows = tl.arange(0, BLOCK_M)
+    pos = pid_t * BLOCK_T + rows // G_PAD
+    grp = rows % G_PAD
+    row_ok = (pos < T) & (grp < G)
+    return pos, grp, row_ok
+
+
+@triton.jit
+def _load_cols(X, row, row_ok, D: tl.constexpr, COL0: tl.constexpr, WIDTH: tl.constexpr, UPCAST: tl.constexpr):
+    """Columns [COL0, COL0 + WIDTH) of rows `row` (int64) of a row-major [*, D] tensor, zero-filled."""
+    cols = COL0 + tl.arange(0, WIDTH)
+    x = tl.load(X + row[:, None] * D + cols[None, :], mask=row_ok[:, None] & (cols < D)[None, :], other=0.0)
+    if UPCAST:
+        x = x.to(tl.float32)
+    return x
+
+
+@triton.jit
+def _store_cols(X, row, row_ok, x, D: tl.constexpr, COL0: tl.constexpr, WIDTH: tl.constexpr):
+    cols = COL0 + tl.arange(0, WIDTH)
+    tl.store(X + row[:, None] * D + cols[None, :], x.to(X.dtype.element_ty), mask=row_ok[:, None] & (cols < D)[None, :])
+
+
+# ------------------------------------------------------------------ section 2: compressed attention forward
+@triton.jit
+def _fwd_step(
+    acc, m_i, l_i, n0, q_a, q_b, K, V, b, hkv, pos, Tc, Hkv, qk_scale,
+    DK: tl.constexpr, DV: tl.constexpr, DK_A: tl.constexpr, DK_B: tl.constexpr, BLOCK_DV: tl.constexpr,
+    BLOCK_CMP: tl.constexpr, STRIDE_CMP: tl.constexpr, BLOCK_N: tl.constexpr,
+    MASKED: tl.constexpr, WITH_OUTPUT: tl.constexpr, UPCAST: tl.constexpr,
+):
+    """One online-softmax step over compressed blocks [n0, n0 + BLOCK_N)."""
+    offs_n = n0 + tl.arange(0, BLOCK_N)
+    n_ok = offs_n < Tc
+    kv_row = (b * Tc + offs_n) * Hkv + hkv
+    k_a = _load_cols(K, kv_row, n_ok, DK, 0, DK_A, UPCAST)
+    k_b = _load_cols(K, kv_row, n_ok, DK, DK_A, DK_B, UPCAST)
+    qk = (tl.dot(q_a, tl.trans(k_a)) + tl.dot(q_b, tl.trans(k_b))) * qk_scale
+    if MASKED:
+        visible = (offs_n[None, :] * STRIDE_CMP + BLOCK_CMP - 1 <= pos[:, None]) & n_ok[None, :]
+        qk = tl.where(visible, qk, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(qk, 1))
+        m_ref = tl.where(m_new == float("-inf"), 0.0, m_new)  # a row with nothing seen yet stays 0
+    else:
+        m_new = tl.maximum(m_i, tl.max(qk, 1))
+        m_ref = m_new
+    p = tl.math.exp2(qk - m_ref[:, None])
+    alpha = tl.math.exp2(m_i - m_ref)
+    l_i = l_i * alpha + tl.sum(p, 1)
+    if WITH_OUTPUT:
+        v = _load_cols(V, kv_row, n_ok, DV, 0, BLOCK_DV, UPCAST)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+    return acc, m_new, l_i
+
+
+@triton.jit
+def _fwd_tile(
+    acc, m_i, l_i, q_a, q_b, K, V, b, hkv, pos, lo, hi, Tc, Hkv, qk_scale,
+    DK: tl.constexpr, DV: tl.constexpr, DK_A: tl.constexpr, DK_B: tl.constexpr, BLOCK_DV: tl.constexpr,
+    BLOCK_CMP: tl.constexpr, STRIDE_CMP: tl.constexpr, BLOCK_N: tl.constexpr,
+    MASKED: tl.constexpr, WITH_OUTPUT: tl.constexpr, UPCAST: tl.constexpr, INTERP: tl.constexpr,
+):
+    """Online-softmax sweep over compressed blocks [lo, hi); MASKED applies the per-row visibility.
+
+    INTERP: Triton 3.6's interpreter cannot take a runtime range() bound under numpy >= 2.4, so
+    it walks a while loop; the GPU keeps the pipelined for loop.
+    """
+    if INTERP:
+        n0 = lo
+        while n0 < hi:
+            acc, m_i, l_i = _fwd_step(acc, m_i, l_i, n0, q_a, q_b, K, V, b, hkv, pos, Tc, Hkv, qk_scale, DK, DV,
+                                      DK_A, DK_B, BLOCK_DV, BLOCK_CMP, STRIDE_CMP, BLOCK_N, MASKED, WITH_OUTPUT,
+                                      UPCAST)
+            n0 += BLOCK_N
+    else:
+        for n0 in range(lo, hi, BLOCK_N):
+            acc, m_i, l_i = _fwd_step(acc, m_i, l_i, n0, q_a, q_b, K, V, b, hkv, pos, Tc, Hkv, qk_scale, DK, DV,
+                                      DK_A, DK_B, BLOCK_DV, BLOCK_CMP, STRIDE_CMP, BLOCK_N, MASKED, WITH_OUTPUT,
+                                      UPCAST)
+    return acc, m_i, l_i
+
+
+@triton.autotune(
+    configs=_configs(_FWD_TILES), key=["G_PAD", "DK_A", "DK_B", "BLOCK_DV", "BLOCK_CMP", "STRIDE_CMP", "WITH_OUTPUT"],
+    prune_configs_by={"early_config_prune": _prune_rows},
+)
+@triton.jit
+def _cmp_fwd_kernel(
+    Q, K, V, O, LSE, T, Tc, Hkv, qk_scale,
+    G: tl.constexpr, G_PAD: tl.constexpr, DK: tl.constexpr, DV: tl.constexpr,
+    DK_A: tl.constexpr, DK_B: tl.constexpr, BLOCK_DV: tl.constexpr, BLOCK_CMP: tl.constexpr,
+    STRIDE_CMP: tl.constexpr, WITH_OUTPUT: tl.constexpr, UPCAST: tl.constexpr, INTERP: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    BLOCK_T: tl.constexpr = BLOCK_M // G_PAD
+    pid_t = tl.num_programs(0) - 1 - tl.program_id(0)  # later positions see more blocks: start them first
+    pid_bh = tl.program_id(1)
+    b = (pid_bh // Hkv).to(tl.int64)
+    hkv = pid_bh % Hkv
+    pos, grp, row_ok = _group_rows(pid_t, T, G, G_PAD, BLOCK_M)
+    row = (b * T + pos) * (Hkv * G) + hkv * G + grp  # int64 row index into [B, T, Hq]
+    q_a = _load_cols(Q, row, row_ok, DK, 0, DK_A, UPCAST)
+    q_b = _load_cols(Q, row, row_ok, DK, DK_A, DK_B, UPCAST)
+
+    t_first = pid_t * BLOCK_T
+    t_last = tl.minimum(t_first + BLOCK_T, T) - 1
+    n_all = _num_visible(t_first, Tc, BLOCK_CMP, STRIDE_CMP)  # seen by every row of the tile
+    n_any = _num_visible(t_last, Tc, BLOCK_CMP, STRIDE_CMP)  # seen by at least one row
+    n_unmasked = (n_all // BLOCK_N) * BLOCK_N
+
+    acc = tl.zeros([BLOCK_M, BLOCK_DV], dtype=tl.float32)
+    m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+    acc, m_i, l_i = _fwd_tile(
+        acc, m_i, l_i, q_a, q_b, K, V, b, hkv, pos, 0, n_unmasked, Tc, Hkv, qk_scale,
+        DK, DV, DK_A, DK_B, BLOCK_DV, BLOCK_CMP, STRIDE_CMP, BLOCK_N, False, WITH_OUTPUT, UPCAST, INTERP,
+    )
+    acc, m_i, l_i = _fwd_tile(
+        acc, m_i, l_i, q_a, q_b, K, V, b, hkv, pos, n_unmasked, n_any, Tc, Hkv, qk_scale,
+        DK, DV, DK_A, DK_B, BLOCK_DV, BLOCK_CMP, STRIDE_CMP, BLOCK_N, True, WITH_OUTPUT, UPCAST, INTERP,
+    )
+    seen = l_i > 0.0
+    l_safe = tl.where(seen, l_i, 1.0)
+    lse = tl.where(seen, (m_i + tl.math.log2(l_safe)) * 0.6931471805599453, float("inf"))
+    tl.store(LSE + row, lse, mask=row_ok)
+    if WITH_OUTPUT:
+        _store_cols(O, row, row_ok, acc / l_safe[:, None], DV, 0, BLOCK_DV)
+
+
+def _launch_fwd(q: torch.Tensor, k_cmp: torch.Tensor, v_cmp: torch.Tensor, cfg: NSAConfig, group: int,
+                scale: float, with_output: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    b, t, hq, dk = q.shape
+    tc, hkv, dv = k_cmp.shape[1], k_cmp.shape[2], v_cmp.shape[-1]
+    if tc == 0 or b * t * hq == 0:  # nothing visible anywhere: the kernel would only write these
+        o = q.new_zeros(b, t, hq, dv) if with_output else q.new_empty(0)
+        return o, torch.full((b, t, hq), float("inf"), dtype=torch.float32, device=q.device)
+    o = q.new_empty(b, t, hq, dv) if with_output else q.new_empty(0)  # every row is written: no memset
+    lse = torch.empty(b, t, hq, dtype=torch.float32, device=q.device)
+    g_pad = next_pow2(group)
+    dk_a, dk_b = _split_head_dim(dk)
+
+    def grid(meta: dict) -> tuple[int, int]:
+        return (triton.cdiv(t, meta["BLOCK_M"] // g_pad), b * hkv)
+
+    _cmp_fwd_kernel[grid](
+        q, k_cmp, v_cmp, o if with_output else lse, lse, t, tc, hkv, scale * _LOG2E,
+        G=group, G_PAD=g_pad, DK=dk, DV=dv, DK_A=dk_a, DK_B=dk_b, BLOCK_DV=next_pow2(dv),
+        BLOCK_CMP=cfg.block_cmp, STRIDE_CMP=cfg.stride_cmp, WITH_OUTPUT=with_output,
+        UPCAST=interpreting() and q.dtype == torch.bfloat16, INTERP=interpreting(),
+    )
+    return o, lse
+
+
+def compressed_fwd(
+    q: torch.Tensor, k_cmp: torch.Tensor, v_cmp: torch.Tensor, cfg: NSAConfig, scale: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Branch "cmp": (o [B,T,Hq,Dv] in q.dtype, lse [B,T,Hq] fp32); no visible block: o = 0, lse = +inf."""
+    group = _check_attention_inputs(q, k_cmp, v_cmp, cfg)
+    scale = _check_scale(scale)
+    q, k_cmp, v_cmp = q.contiguous(), k_cmp.contiguous(), v_cmp.contiguous()
+    return _launch_fwd(q, k_cmp, v_cmp, cfg, group, scale, with_output=True)
+
+
+# ------------------------------------------------------------------ section 3: block scores + top-n selection
+@triton.jit
+def _overlap(cmp_rel, slc_rel, PER_CMP: tl.constexpr, PER_SLC: tl.constexpr):
+    """d-chunks shared by compressed block a (chunks [a, a+l/d)) and selection block j ([j*l'/d, (j+1)*l'/d))."""
+    lo = tl.maximum(cmp_rel, slc_rel * PER_SLC)
+    hi = tl.minimum(cmp_rel + PER_CMP, (slc_rel + 1) * PER_SLC)
+    return tl.maximum(hi - lo, 0)
+
+
+@triton.jit
+def _dot_split(p, w):
+    """p @ w for p in [0, 1] (fp32) and small-integer w: fp16 hi + lo halves keep ~22 bits on tensor cores."""
+    p_hi = p.to(tl.float16)
+    p_lo = (p - p_hi.to(tl.float32)).to(tl.float16)
+    return tl.dot(p_hi, w) + tl.dot(p_lo, w)
+
+
+@triton.jit
+def _merge_top(top, cand, WIDTH: tl.constexpr):
+    """Top WIDTH keys of top ∪ cand per row; `top` [R, W] is sorted descending and so is the result.
+
+    A stable merge by ranks (ties: top first, then lower column) makes the ranks a permutation, so
+    slot s of the result is simply the element of rank s. Only compares, sums and selects: cheap on
+    the GPU for W <= 64 and fast under the interpreter (tl.sort's xor reductions are not).
+    """
+    slot = tl.arange(0, WIDTH)
+    top_i = top[:, :, None]  # [R, W, 1]
+    cand_k = cand[:, None, :]  # [R, 1, W]
+    rank_top = slot[None, :] + tl.sum((cand_k > top_i).to(tl.int32), axis=2)
+    cand_other = cand[:, :, None]  # [R, W, 1]: the k' that may come before k
+    lower_col = (slot[:, None] < slot[None, :])[None, :, :]
+    earlier = (cand_other > cand_k) | ((cand_other == cand_k) & lower_col)
+    rank_cand = tl.sum((top_i >= cand_k).to(tl.int32), axis=1) + tl.sum(earlier.to(tl.int32), axis=1)
+    dest = slot[None, None, :]
+    merged = tl.sum(tl.where(rank_top[:, :, None] == dest, top_i, 0), axis=1)
+    return merged + tl.sum(tl.where(rank_cand[:, :, None] == dest, cand_other, 0), axis=1)
+
+
+@triton.jit
+def _select_step(
+    top, carry, j0, q_a, q_b, K, b, hkv, lse2, pos, current, pos_ok, w_here, w_next, n_any, Tc, Hkv, qk_scale,
+    DK: tl.constexpr, DK_A: tl.constexpr, DK_B: tl.constexpr, BLOCK_CMP: tl.constexpr, STRIDE_CMP: tl.constexpr,
+    PER_SLC: tl.constexpr, SLC_PER_TILE: tl.constexpr, G_PAD: tl.constexpr, WIDTH: tl.constexpr,
+    BLOCK_T: tl.constexpr, BLOCK_N: tl.constexpr, UPCAST: tl.constexpr,
+):
+    """Score selection blocks [j0, j0 + SLC_PER_TILE) and merge them into the running top-WIDTH."""
+    col = tl.arange(0, WIDTH)[None, :]
+    offs_n = j0 * PER_SLC + tl.arange(0, BLOCK_N)
+    kv_row = (b * Tc + offs_n) * Hkv + hkv
+    k_a = _load_cols(K, kv_row, offs_n < n_any, DK, 0, DK_A, UPCAST)
+    k_b = _load_cols(K, kv_row, offs_n < n_any, DK, DK_A, DK_B, UPCAST)
+    qk = (tl.dot(q_a, tl.trans(k_a)) + tl.dot(q_b, tl.trans(k_b))) * qk_scale
+    visible = (offs_n[None, :] * STRIDE_CMP + BLOCK_CMP - 1 <= pos[:, None]) & (offs_n < Tc)[None, :]
+    p = tl.where(visible, tl.math.exp2(qk - lse2[:, None]), 0.0)
+    per_head = _dot_split(p, w_here) + carry
+    carry = _dot_split(p, w_next)
+    score = tl.sum(tl.reshape(per_head, [BLOCK_T, G_PAD, WIDTH]), axis=1)  # Eq. 10: sum over the group
+
+    j = j0 + col
+    candidate = (col < SLC_PER_TILE) & (j <= current) & pos_ok
+    forced = (j == 0) | (j == current) | (j == current - 1)
+    score = tl.where(forced, float("inf"), tl.where(score > 0.0, score, 0.0))
+    key = (score.to(tl.int32, bitcast=True).to(tl.int64) << 32) | (0x7FFFFFFF - j).to(tl.int64)
+    key = tl.where(candidate, key, -1)
+    top = _merge_top(top, key, WIDTH)
+    return top, carry
+
+
+@triton.jit
+def _select_kernel(
+    Q, K, LSE, IDX, T, Tc, Hkv, qk_scale,
+    G: tl.constexpr, G_PAD: tl.constexpr, DK: tl.constexpr, DK_A: tl.constexpr, DK_B: tl.constexpr,
+    BLOCK_CMP: tl.constexpr, STRIDE_CMP: tl.constexpr, BLOCK_SLC: tl.constexpr, N_SLC: tl.constexpr,
+    WIDTH: tl.constexpr, UPCAST: tl.constexpr, INTERP: tl.constexpr, BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+):
+    """Scores selection blocks tile by tile and keeps a running top-WIDTH per query position.
+
+    Tile k covers compressed blocks [k*BLOCK_N, (k+1)*BLOCK_N), aligned to selection blocks
+    [k*SLC_PER_TILE, (k+1)*SLC_PER_TILE). A compressed block near the tile's end also overlaps the
+    next tile's first selection blocks; that part is carried to the next iteration (`carry`), so
+    each selection block's score is complete when its tile is merged into the top-n.
+    Keys pack (score bits << 32 | 2^31-1-j): one int64 order = larger score, then lower j.
+    """
+    BLOCK_T: tl.constexpr = BLOCK_M // G_PAD
+    PER_SLC: tl.constexpr = BLOCK_SLC // STRIDE_CMP
+    PER_CMP: tl.constexpr = BLOCK_CMP // STRIDE_CMP
+    SLC_PER_TILE: tl.constexpr = BLOCK_N // PER_SLC
+    pid_t = tl.num_programs(0) - 1 - tl.program_id(0)  # later positions see more blocks: start them first
+    pid_bh = tl.program_id(1)
+    b = (pid_bh // Hkv).to(tl.int64)
+    hkv = pid_bh % Hkv
+    pos, grp, row_ok = _group_rows(pid_t, T, G, G_PAD, BLOCK_M)
+    row = (b * T + pos) * (Hkv * G) + hkv * G + grp
+    q_a = _load_cols(Q, row, row_ok, DK, 0, DK_A, UPCAST)
+    q_b = _load_cols(Q, row, row_ok, DK, DK_A, DK_B, UPCAST)
+    lse2 = tl.load(LSE + row, mask=row_ok, other=float("inf")) * 1.4426950408889634
+
+    cmp_rel = tl.arange(0, BLOCK_N)[:, None]
+    col = tl.arange(0, WIDTH)[None, :]
+    in_tile = col < SLC_PER_TILE
+    w_here = tl.where(in_tile, _overlap(cmp_rel, col, PER_CMP, PER_SLC), 0).to(tl.float16)
+    w_next = tl.where(in_tile, _overlap(cmp_rel, col + SLC_PER_TILE, PER_CMP, PER_SLC), 0).to(tl.float16)
+
+    t_first = pid_t * BLOCK_T
+    t_last = tl.minimum(t_first + BLOCK_T, T) - 1
+    n_any = _num_visible(t_last, Tc, BLOCK_CMP, STRIDE_CMP)
+    n_candidates = t_last // BLOCK_SLC + 1
+    pos_t = t_first + tl.arange(0, BLOCK_T)
+    current = (pos_t // BLOCK_SLC)[:, None]
+    pos_ok = (pos_t < T)[:, None]
+
+    top = tl.full([BLOCK_T, WIDTH], -1, dtype=tl.int64)
+    carry = tl.zeros([BLOCK_M, WIDTH], dtype=tl.float32)
+    if INTERP:  # the interpreter cannot take a runtime range() bound (see _fwd_tile)
+        j0 = 0
+        while j0 < n_candidates:
+            top, carry = _select_step(
+                top, carry, j0, q_a, q_b, K, b, hkv, lse2, pos, current, pos_ok, w_here, w_next, n_any, Tc, Hkv,
+                qk_scale, DK, DK_A, DK_B, BLOCK_CMP, STRIDE_CMP, PER_SLC, SLC_PER_TILE, G_PAD, WIDTH, BLOCK_T,
+                BLOCK_N, UPCAST,
+            )
+            j0 += SLC_PER_TILE
+    else:
+        for j0 in range(0, n_candidates, SLC_PER_TILE):
+            top, carry = _select_step(
+                top, carry, j0, q_a, q_b, K, b, hkv, lse2, pos, current, pos_ok, w_here, w_next, n_any, Tc, Hkv,
+                qk_scale, DK, DK_A, DK_B, BLOCK_CMP, STRIDE_CMP, PER_SLC, SLC_PER_TILE, G_PAD, WIDTH, BLOCK_T,
+                BLOCK_N, UPCAST,
+            )
+
+    chosen = tl.where(top >= 0, 0x7FFFFFFF - (top & 0x7FFFFFFF), -1).to(tl.int32)
+    out_row = (b * T + pos_t) * Hkv + hkv
+    tl.store(IDX + out_row[:, None] * N_SLC + col, chosen, mask=pos_ok & (col < N_SLC))
+
+
+def _select_tiles(cfg: NSAConfig, g_pad: int) -> tuple[int, int, int]:
+    """(BLOCK_M rows, BLOCK_N compressed blocks per step, WIDTH of the running top-n) for selection.
+
+    BLOCK_N is a whole number of selection blocks and at most 64, and keeps a step's selection
+    blocks (BLOCK_N / (l'/d)) within max(16, n) so the [rows, WIDTH, WIDTH] merge stays in
+    registers. Under the interpreter BLOCK_N is small so tests cross several steps (the carry).
+    """
+    per_slc = cfg.block_slc // cfg.stride_cmp
+    top = max(16, next_pow2(cfg.n_slc))
+    block_n = max(per_slc, 16) if interpreting() else max(per_slc, min(64, per_slc * top))
+    width = max(top, block_n // per_slc)
+    block_m = max(g_pad, 16, min(64, 1024 // width))
+    return block_m, block_n, width
+
+
+def select_blocks(
+    q: torch.Tensor, k_cmp: torch.Tensor, cfg: NSAConfig, scale: float, lse: torch.Tensor | None = None
+) -> torch.Tensor:
+    """NSA_SPEC section 3: block_idx int32 [B,T,Hkv,n], -1 padded, forced blocks first then by score.
+
+    `lse` is the compressed branch's lse when the caller already has it (else one lse-only pass
+    computes it). No host synchronisation; extra memory is at most that lse (B*T*Hq fp32).
+    """
+    group = _check_attention_inputs(q, k_cmp, k_cmp, cfg)
+    scale = _check_scale(scale)
+    b, t, hq, dk = q.shape
+    tc, hkv = k_cmp.shape[1], k_cmp.shape[2]
+    q, k_cmp = q.contiguous(), k_cmp.contiguous()
+    if lse is None:
+        _, lse = _launch_fwd(q, k_cmp, k_cmp, cfg, group, scale, with_output=False)
+    else:
+        _check_like("lse", lse, (b, t, hq), torch.float32)
+        if lse.device != q.device:
+            raise ValueError("lse must be on q's device")
+        lse = lse.contiguous()
+    block_idx = torch.empty(b, t, hkv, cfg.n_slc, dtype=torch.int32, device=q.device)
+    if b * t * hkv == 0:
+        return block_idx
+    g_pad = next_pow2(group)
+    dk_a, dk_b = _split_head_dim(dk)
+    block_m, block_n, width = _select_tiles(cfg, g_pad)
+    grid = (triton.cdiv(t, block_m // g_pad), b * hkv)
+    _select_kernel[grid](
+        q, k_cmp if tc > 0 else q, lse, block_idx, t, tc, hkv, scale * _LOG2E,
+        G=group, G_PAD=g_pad, DK=dk, DK_A=dk_a, DK_B=dk_b, BLOCK_CMP=cfg.block_cmp,
+        STRIDE_CMP=cfg.stride_cmp, BLOCK_SLC=cfg.block_slc, N_SLC=cfg.n_slc, WIDTH=width,
+        UPCAST=interpreting() and q.dtype == torch.bfloat16, INTERP=interpreting(), BLOCK_M=block_m,
+        BLOCK_N=block_n, num_warps=4, num_stages=2,
+    )
+    return block_idx
+
+
+# ------------------------------------------------------------------ section 2: compressed attention backward
+@triton.jit
+def _delta_kernel(O, DO, DELTA, ROWS, DV: tl.constexpr, BLOCK_DV: tl.constexpr, BLOCK_R: tl.constexpr):
+    """delta = rowsum(o * do), the softmax-backward correction, one fp32 per (b, t, head)."""
+    rows = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
+    offs = tl.arange(0, BLOCK_DV)
+    mask = (rows < ROWS)[:, None] & (offs < DV)[None, :]
+    o = tl.load(O + rows[:, None] * DV + offs[None, :], mask=mask, other=0.0).to(tl.float32)
+    do = tl.load(DO + rows[:, None] * DV + offs[None, :], mask=mask, other=0.0).to(tl.float32)
+    tl.store(DELTA + rows, tl.sum(o * do, 1), mask=rows < ROWS)
+
+
+@triton.jit
+def _dq_step(
+    dq_a, dq_b, n0, q_a, q_b, do, lse2, delta, K, V, b, hkv, pos, Tc, Hkv, qk_scale,
+    DK: tl.constexpr, DV: tl.constexpr, DK_A: tl.constexpr, DK_B: tl.constexpr, BLOCK_DV: tl.constexpr,
+    BLOCK_CMP: tl.constexpr, STRIDE_CMP: tl.constexpr, BLOCK_N: tl.constexpr,
+    MASKED: tl.constexpr, UPCAST: tl.constexpr,
+):
+    """dq contribution of compressed blocks [n0, n0 + BLOCK_N) (unscaled: the caller applies scale)."""
+    offs_n = n0 + tl.arange(0, BLOCK_N)
+    n_ok = offs_n < Tc
+    kv_row = (b * Tc + offs_n) * Hkv + hkv
+    k_a = _load_cols(K, kv_row, n_ok, DK, 0, DK_A, UPCAST)
+    k_b = _load_cols(K, kv_row, n_ok, DK, DK_A, DK_B, UPCAST)
+    v = _load_cols(V, kv_row, n_ok, DV, 0, BLOCK_DV, UPCAST)
+    qk = tl.dot(q_a, tl.trans(k_a)) + tl.dot(q_b, tl.trans(k_b))
+    p = tl.math.exp2(qk * qk_scale - lse2[:, None])
+    if MASKED:
+        visible = (offs_n[None, :] * STRIDE_CMP + BLOCK_CMP - 1 <= pos[:, None]) & n_ok[None, :]
+        p = tl.where(visible, p, 0.0)
+    ds = (p * (tl.dot(do, tl.trans(v)) - delta[:, None])).to(k_a.dtype)
+    return dq_a + tl.dot(ds, k_a), dq_b + tl.dot(ds, k_b)
+
+
+@triton.jit
+def _dq_tile(
+    dq_a, dq_b, q_a, q_b, do, lse2, delta, K, V, b, hkv, pos, lo, hi, Tc, Hkv, qk_scale,
+    DK: tl.constexpr, DV: tl.constexpr, DK_A: tl.constexpr, DK_B: tl.constexpr, BLOCK_DV: tl.constexpr,
+    BLOCK_CMP: tl.constexpr, STRIDE_CMP: tl.constexpr, BLOCK_N: tl.constexpr,
+    MASKED: tl.constexpr, UPCAST: tl.constexpr, INTERP: tl.constexpr,
+):
+    if INTERP:  # the interpreter cannot take a runtime range() bound (see _fwd_tile)
+        n0 = lo
+        while n0 < hi:
+            dq_a, dq_b = _dq_step(dq_a, dq_b, n0, q_a, q_b, do, lse2, delta, K, V, b, hkv, pos, Tc, Hkv, qk_scale,
+                                  DK, DV, DK_A, DK_B, BLOCK_DV, BLOCK_CMP, STRIDE_CMP, BLOCK_N, MASKED, UPCAST)
+            n0 += BLOCK_N
+    else:
+        for n0 in range(lo, hi, BLOCK_N):
+            dq_a, dq_b = _dq_step(dq_a, dq_b, n0, q_a, q_b, do, lse2, delta, K, V, b, hkv, pos, Tc, Hkv, qk_scale,
+                                  DK, DV, DK_A, DK_B, BLOCK_DV, BLOCK_CMP, STRIDE_CMP, BLOCK_N, MASKED, UPCAST)
+    return dq_a, dq_b
+
+
+@triton.autotune(
+    configs=_configs(_DQ_TILES), key=["G_PAD", "DK_A", "DK_B", "BLOCK_DV", "BLOCK_CMP", "STRIDE_CMP"],
+    prune_configs_by={"early_config_prune": _prune_rows},
+)
+@triton.jit
+def _cmp_bwd_dq_kernel(
+    Q, K, V, DO, LSE, DELTA, DQ, T, Tc, Hkv, qk_scale, scale,
+    G: tl.constexpr, G_PAD: tl.constexpr, DK: tl.constexpr, DV: tl.constexpr,
+    DK_A: tl.constexpr, DK_B: tl.constexpr, BLOCK_DV: tl.constexpr, BLOCK_CMP: tl.constexpr,
+    STRIDE_CMP: tl.constexpr, UPCAST: tl.constexpr, INTERP: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    BLOCK_T: tl.constexpr = BLOCK_M // G_PAD
+    pid_t = tl.num_programs(0) - 1 - tl.program_id(0)  # later positions see more blocks: start them first
+    pid_bh = tl.program_id(1)
+    b = (pid_bh // Hkv).to(tl.int64)
+    hkv = pid_bh % Hkv
+    pos, grp, row_ok = _group_rows(pid_t, T, G, G_PAD, BLOCK_M)
+    row = (b * T + pos) * (Hkv * G) + hkv * G + grp
+    q_a = _load_cols(Q, row, row_ok, DK, 0, DK_A, UPCAST)
+    q_b = _load_cols(Q, row, row_ok, DK, DK_A, DK_B, UPCAST)
+    do = _load_cols(DO, row, row_ok, DV, 0, BLOCK_DV, UPCAST)
+    lse2 = tl.load(LSE + row, mask=row_ok, other=float("inf")) * 1.4426950408889634
+    delta = tl.load(DELTA + row, mask=row_ok, other=0.0)
+
+    t_first = pid_t * BLOCK_T
+    t_last = tl.minimum(t_first + BLOCK_T, T) - 1
+    n_all = _num_visible(t_first, Tc, BLOCK_CMP, STRIDE_CMP)
+    n_any = _num_visible(t_last, Tc, BLOCK_CMP, STRIDE_CMP)
+    n_unmasked = (n_all // BLOCK_N) * BLOCK_N
+    dq_a = tl.zeros([BLOCK_M, DK_A], dtype=tl.float32)
+    dq_b = tl.zeros([BLOCK_M, DK_B], dtype=tl.float32)
+    dq_a, dq_b = _dq_tile(dq_a, dq_b, q_a, q_b, do, lse2, delta, K, V, b, hkv, pos, 0, n_unmasked, Tc, Hkv, qk_scale,
+                          DK, DV, DK_A, DK_B, BLOCK_DV, BLOCK_CMP, STRIDE_CMP, BLOCK_N, False, UPCAST, INTERP)
+    dq_a, dq_b = _dq_tile(dq_a, dq_b, q_a, q_b, do, lse2, delta, K, V, b, hkv, pos, n_unmasked, n_any, Tc, Hkv,
+                          qk_scale, DK, DV, DK_A, DK_B, BLOCK_DV, BLOCK_CMP, STRIDE_CMP, BLOCK_N, True, UPCAST, INTERP)
+    _store_cols(DQ, row, row_ok, dq_a * scale, DK, 0, DK_A)
+    _store_cols(DQ, row, row_ok, dq_b * scale, DK, DK_A, DK_B)
+
+
+@triton.jit
+def _dkv_step(
+    dk_a, dk_b, dv, t0, k_a, k_b, v, Q, DO, LSE, DELTA, b, hkv, offs_n, T, Hkv, qk_scale,
+    G: tl.constexpr, G_PAD: tl.constexpr, DK: tl.constexpr, DV: tl.constexpr, DK_A: tl.constexpr,
+    DK_B: tl.constexpr, BLOCK_DV: tl.constexpr, BLOCK_CMP: tl.constexpr, STRIDE_CMP: tl.constexpr,
+    BLOCK_M: tl.constexpr, MASKED: tl.constexpr, UPCAST: tl.constexpr,
+):
+    """dk/dv contribution of query rows at positions [t0, t0 + BLOCK_M // G_PAD) x the G heads."""
+    rows = tl.arange(0, BLOCK_M)
+    grp = rows % G_PAD
+    pos = t0 + rows // G_PAD
+    row_ok = (pos < T) & (grp < G)
+    row = (b * T + pos) * (Hkv * G) + hkv * G + grp
+    q_a = _load_cols(Q, row, row_ok, DK, 0, DK_A, UPCAST)
+    q_b = _load_cols(Q, row, row_ok, DK, DK_A, DK_B, UPCAST)
+    do = _load_cols(DO, row, row_ok, DV, 0, BLOCK_DV, UPCAST)
+    lse2 = tl.load(LSE + row, mask=row_ok, other=float("inf")) * 1.4426950408889634
+    delta = tl.load(DELTA + row, mask=row_ok, other=0.0)
+    qk_t = tl.dot(k_a, tl.trans(q_a)) + tl.dot(k_b, tl.trans(q_b))  # [BLOCK_N, BLOCK_M]
+    p_t = tl.math.exp2(qk_t * qk_scale - lse2[None, :])
+    if MASKED:
+        visible = offs_n[:, None] * STRIDE_CMP + BLOCK_CMP - 1 <= pos[None, :]
+        p_t = tl.where(visible, p_t, 0.0)
+    dv += tl.dot(p_t.to(do.dtype), do)
+    ds_t = (p_t * (tl.dot(v, tl.trans(do)) - delta[None, :])).to(q_a.dtype)
+    return dk_a + tl.dot(ds_t, q_a), dk_b + tl.dot(ds_t, q_b), dv
+
+
+@triton.jit
+def _dkv_tile(
+    dk_a, dk_b, dv, k_a, k_b, v, Q, DO, LSE, DELTA, b, hkv, offs_n, lo, hi, T, Hkv, qk_scale,
+    G: tl.constexpr, G_PAD: tl.constexpr, DK: tl.constexpr, DV: tl.constexpr, DK_A: tl.constexpr,
+    DK_B: tl.constexpr, BLOCK_DV: tl.constexpr, BLOCK_CMP: tl.constexpr, STRIDE_CMP: tl.constexpr,
+    BLOCK_M: tl.constexpr, MASKED: tl.constexpr, UPCAST: tl.constexpr, INTERP: tl.constexpr,
+):
+    """Accumulate dk/dv of one compressed tile over query rows (positions x G heads) from lo to hi."""
+    BLOCK_T: tl.constexpr = BLOCK_M // G_PAD
+    if INTERP:  # the interpreter cannot take a runtime range() bound (see _fwd_tile)
+        t0 = lo
+        while t0 < hi:
+            dk_a, dk_b, dv = _dkv_step(dk_a, dk_b, dv, t0, k_a, k_b, v, Q, DO, LSE, DELTA, b, hkv, offs_n, T, Hkv,
+                                       qk_scale, G, G_PAD, DK, DV, DK_A, DK_B, BLOCK_DV, BLOCK_CMP, STRIDE_CMP,
+                                       BLOCK_M, MASKED, UPCAST)
+            t0 += BLOCK_T
+    else:
+        for t0 in range(lo, hi, BLOCK_T):
+            dk_a, dk_b, dv = _dkv_step(dk_a, dk_b, dv, t0, k_a, k_b, v, Q, DO, LSE, DELTA, b, hkv, offs_n, T, Hkv,
+                                       qk_scale, G, G_PAD, DK, DV, DK_A, DK_B, BLOCK_DV, BLOCK_CMP, STRIDE_CMP,
+                                       BLOCK_M, MASKED, UPCAST)
+    return dk_a, dk_b, dv
+
+
+@triton.autotune(
+    configs=_configs(_DKV_TILES), key=["G_PAD", "DK_A", "DK_B", "BLOCK_DV", "BLOCK_CMP", "STRIDE_CMP"],
+    prune_configs_by={"early_config_prune": _prune_rows},
+)
+@triton.jit
+def _cmp_bwd_dkv_kernel(
+    Q, K, V, DO, LSE, DELTA, DKC, DVC, T, Tc, Hkv, qk_scale, scale,
+    G: tl.constexpr, G_PAD: tl.constexpr, DK: tl.constexpr, DV: tl.constexpr,
+    DK_A: tl.constexpr, DK_B: tl.constexpr, BLOCK_DV: tl.constexpr, BLOCK_CMP: tl.constexpr,
+    STRIDE_CMP: tl.constexpr, UPCAST: tl.constexpr, INTERP: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    """One compressed tile x one KV group; loops over the positions that see it (t >= i*d + l - 1)."""
+    BLOCK_T: tl.constexpr = BLOCK_M // G_PAD
+    pid_n = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = (pid_bh // Hkv).to(tl.int64)
+    hkv = pid_bh % Hkv
+    n_first = pid_n * BLOCK_N
+    offs_n = n_first + tl.arange(0, BLOCK_N)
+    n_ok = offs_n < Tc
+    kv_row = (b * Tc + offs_n) * Hkv + hkv
+    k_a = _load_cols(K, kv_row, n_ok, DK, 0, DK_A, UPCAST)
+    k_b = _load_cols(K, kv_row, n_ok, DK, DK_A, DK_B, UPCAST)
+    v = _load_cols(V, kv_row, n_ok, DV, 0, BLOCK_DV, UPCAST)
+
+    t_start = n_first * STRIDE_CMP + BLOCK_CMP - 1  # first position that sees the tile's first block
+    t_full = (n_first + BLOCK_N - 1) * STRIDE_CMP + BLOCK_CMP - 1  # first that sees all of them
+    masked_steps = (tl.maximum(tl.minimum(t_full, T) - t_start, 0) + BLOCK_T - 1) // BLOCK_T
+    t_mid = t_start + masked_steps * BLOCK_T
+    dk_a = tl.zeros([BLOCK_N, DK_A], dtype=tl.float32)
+    dk_b = tl.zeros([BLOCK_N, DK_B], dtype=tl.float32)
+    dv = tl.zeros([BLOCK_N, BLOCK_DV], dtype=tl.float32)
+    dk_a, dk_b, dv = _dkv_tile(dk_a, dk_b, dv, k_a, k_b, v, Q, DO, LSE, DELTA, b, hkv, offs_n, t_start, t_mid, T, Hkv,
+                               qk_scale, G, G_PAD, DK, DV, DK_A, DK_B, BLOCK_DV, BLOCK_CMP, STRIDE_CMP, BLOCK_M, True,
+                               UPCAST, INTERP)
+    dk_a, dk_b, dv = _dkv_tile(dk_a, dk_b, dv, k_a, k_b, v, Q, DO, LSE, DELTA, b, hkv, offs_n, t_mid, T, T, Hkv,
+                               qk_scale, G, G_PAD, DK, DV, DK_A, DK_B, BLOCK_DV, BLOCK_CMP, STRIDE_CMP, BLOCK_M, False,
+                               UPCAST, INTERP)
+    _store_cols(DKC, kv_row, n_ok, dk_a * scale, DK, 0, DK_A)
+    _store_cols(DKC, kv_row, n_ok, dk_b * scale, DK, DK_A, DK_B)
+    _store_cols(DVC, kv_row, n_ok, dv, DV, 0, BLOCK_DV)
+
+
+def compressed_bwd(
+    q: torch.Tensor, k_cmp: torch.Tensor, v_cmp: torch.Tensor, o: torch.Tensor, lse: torch.Tensor,
+    do: torch.Tensor, cfg: NSAConfig, scale: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Backward of compressed_fwd: (dq, dk_cmp, dv_cmp) in the input dtypes; dk/dv summed over G heads.
+
+    Deterministic (no atomics): dq per query tile, dk_cmp/dv_cmp per compressed tile.
+    """
+    group = _check_attention_inputs(q, k_cmp, v_cmp, cfg)
+    scale = _check_scale(scale)
+    b, t, hq, dk = q.shape
+    tc, hkv, dv = k_cmp.shape[1], k_cmp.shape[2], v_cmp.shape[-1]
+    _check_like("o", o, (b, t, hq, dv))
+    _check_like("do", do, (b, t, hq, dv))
+    _check_like("lse", lse, (b, t, hq), torch.float32)
+    q, k_cmp, v_cmp = q.contiguous(), k_cmp.contiguous(), v_cmp.contiguous()
+    o, do, lse = o.contiguous(), do.contiguous().to(q.dtype), lse.contiguous()
+    if tc == 0 or b * t * hq == 0:
+        return torch.zeros_like(q), torch.zeros_like(k_cmp), torch.zeros_like(v_cmp)
+    rows = b * t * hq
+    delta = torch.empty(b, t, hq, dtype=torch.float32, device=q.device)
+    block_r = 32 if interpreting() else 64
+    _delta_kernel[(triton.cdiv(rows, block_r),)](o, do, delta, rows, DV=dv, BLOCK_DV=next_pow2(dv), BLOCK_R=block_r)
+
+    g_pad = next_pow2(group)
+    dk_a, dk_b = _split_head_dim(dk)
+    common = dict(
+        G=group, G_PAD=g_pad, DK=dk, DV=dv, DK_A=dk_a, DK_B=dk_b, BLOCK_DV=next_pow2(dv),
+        BLOCK_CMP=cfg.block_cmp, STRIDE_CMP=cfg.stride_cmp, UPCAST=interpreting() and q.dtype == torch.bfloat16,
+        INTERP=interpreting(),
+    )
+    dq = torch.empty_like(q)
+    _cmp_bwd_dq_kernel[lambda meta: (triton.cdiv(t, meta["BLOCK_M"] // g_pad), b * hkv)](
+        q, k_cmp, v_cmp, do, lse, delta, dq, t, tc, hkv, scale * _LOG2E, scale, **common,
+    )
+    dk_cmp = torch.empty_like(k_cmp)
+    dv_cmp = torch.empty_like(v_cmp)
+    _cmp_bwd_dkv_kernel[lambda meta: (triton.cdiv(tc, meta["BLOCK_N"]), b * hkv)](
+        q, k_cmp, v_cmp, do, lse, delta, dk_cmp, dv_cmp, t, tc, hkv, scale * _LOG2E, scale, **common,
+    )
+    return dq, dk_cmp, dv_cmp

@@ -1,0 +1,638 @@
+"""Selected-block attention (NSA branch "slc", NSA_SPEC section 4), forward and backward.
+
+Group-centric, as the NSA paper designs it: one program per (query position, KV group, batch)
+loads the G query heads of its group once and streams the group's selected key blocks, so each
+selected block is read once for all G heads. The backward computes dq with the same loop, and
+computes dk/dv block-centric: the selection is inverted on the device into per-block query lists
+(a stable sort, no host sync), and a program per (key chunk of block j, list segment, batch x KV
+head) walks the queries that selected j. Short lists have one owner that stores its keys; long
+lists (block 0's holds every query) are split into segments whose fp32 partials a second kernel
+sums in a fixed order, so the default backward needs no atomics and is bit-for-bit reproducible.
+
+Slot semantics everywhere (forward, dq, and the query lists): a slot is used iff its block j
+satisfies 0 <= j <= t // block_slc and j does not repeat an earlier slot of the same row; -1,
+out-of-range and future blocks are ignored, which matches the reference's set semantics.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import triton
+import triton.language as tl
+
+from kernels._common import MAX_N_SLC, SUPPORTED_BLOCK_SLC, check_heads, interpreting, next_pow2
+
+__all__ = ["selected_fwd", "selected_bwd", "invert_selection"]
+
+_LOG2E = 1.4426950408889634  # kernels work in the exp2 domain; the literals there are log2(e) and ln(2)
+_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+
+
+# ---------------------------------------------------------------- autotune configs
+def _fwd_configs() -> list[triton.Config]:
+    """BLOCK_K keys per step (forward and dq). Under the interpreter `_launcher` bypasses autotuning."""
+    if interpreting():
+        return [triton.Config({"BLOCK_K": 32}, num_warps=4, num_stages=1)]
+    return [
+        triton.Config({"BLOCK_K": bk}, num_warps=w, num_stages=s)
+        for bk in (32, 64, 128)
+        for w in (4, 8)
+        for s in (2, 3)
+    ]
+
+
+def _dkdv_configs() -> list[triton.Config]:
+    """BLOCK_N keys per program, BLOCK_M gathered (query, head) rows per step (dk/dv)."""
+    if interpreting():
+        return [triton.Config({"BLOCK_N": 32, "BLOCK_M": 16}, num_warps=4, num_stages=1)]
+    return [
+        triton.Config({"BLOCK_N": bn, "BLOCK_M": bm}, num_warps=w, num_stages=s)
+        for bn in (32, 64)
+        for bm in (32, 64)
+        for w in (4, 8)
+        for s in (1, 2)
+    ]
+
+
+def _launcher(kernel, grid, interp_meta: dict):
+    """The autotuned kernel on a GPU; under the interpreter the bare kernel with `interp_meta`
+    sizes that keep the interpreted loops short (multi-config autotuning fails there)."""
+    if interpreting():
+        fixed_grid = grid(interp_meta) if callable(grid) else grid
+        return lambda *args, **kwargs: kernel.fn[fixed_grid](*args, **kwargs, **interp_meta)
+    return kernel[grid]
+
+
+def _prune_block_k(configs, named_args, **kwargs):
+    """A key chunk must divide l' (both powers of two, so <= suffices); at most 4 unrolled chunks."""
+    block_slc = kwargs.get("BLOCK_SLC", named_args.get("BLOCK_SLC"))
+    kept = [c for c in configs if block_slc // 4 <= c.kwargs["BLOCK_K"] <= block_slc]
+    return kept or configs[:1]
+
+
+def _prune_block_n(configs, named_args, **kwargs):
+    """BLOCK_N must divide l'. With wide heads (Dk + Dv > 256, e.g. 192 + 128) the dk/dv
+    accumulators fill the registers: keep 8 warps and BLOCK_M * BLOCK_N <= 2048 (the others
+    spill hundreds of bytes per thread on sm_90 at Dk=192, Dv=128)."""
+    block_slc = kwargs.get("BLOCK_SLC", named_args.get("BLOCK_SLC"))
+    wide = kwargs.get("DK_PAD", 0) + kwargs.get("DV_PAD", 0) > 256
+    kept = [
+        c for c in configs
+        if c.kwargs["BLOCK_N"] <= block_slc
+        and not (wide and (c.num_warps < 8 or c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"] > 2048))
+    ]
+    return kept or configs[:1]
+
+
+# ---------------------------------------------------------------- forward
+@triton.autotune(
+    configs=_fwd_configs(),
+    key=["G_PAD", "DK_PAD", "DV_PAD", "BLOCK_SLC"],
+    prune_configs_by={"early_config_prune": _prune_block_k},
+)
+@triton.jit
+def _selected_fwd_kernel(
+    q_ptr, k_ptr, v_ptr, idx_ptr, o_ptr, lse_ptr,
+    T, HQ, HKV, G, DK, DV, qk_scale_log2,
+    N_SLOTS: tl.constexpr, G_PAD: tl.constexpr, DK_PAD: tl.constexpr, DV_PAD: tl.constexpr,
+    BLOCK_SLC: tl.constexpr, N_PAD: tl.constexpr, UPCAST: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    t = tl.program_id(0).to(tl.int64)
+    g = tl.program_id(1).to(tl.int64)
+    b = tl.program_id(2).to(tl.int64)
+
+    heads = tl.arange(0, G_PAD)
+    head_ok = heads < G
+    dk_offs = tl.arange(0, DK_PAD)
+    dv_offs = tl.arange(0, DV_PAD)
+    dk_ok = dk_offs < DK
+    dv_ok = dv_offs < DV
+
+    # the G query heads of group g at position t: [G_PAD, DK_PAD], loaded once
+    q_row = ((b * T + t) * HQ + g * G + heads).to(tl.int64)
+    q = tl.load(q_ptr + q_row[:, None] * DK + dk_offs[None, :], mask=head_ok[:, None] & dk_ok[None, :], other=0.0)
+    if UPCAST:
+        q = q.to(tl.float32)
+
+    idx_row_ptr = idx_ptr + ((b * T + t) * HKV + g) * N_SLOTS
+    kv_base = b * T * HKV + g  # row of key 0 of (b, g) in the [B*T*HKV] row space
+
+    m_i = tl.full([G_PAD], float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros([G_PAD], dtype=tl.float32)
+    acc = tl.zeros([G_PAD, DV_PAD], dtype=tl.float32)
+
+    # the slot loop is the innermost runtime loop (chunks are unrolled), so the GPU pipeliner
+    # prefetches the next selected block while this one is in the tensor cores
+    row_slots = tl.arange(0, N_PAD)
+    idx_row = tl.load(idx_row_ptr + row_slots, mask=row_slots < N_SLOTS, other=-1)
+    for slot in range(0, N_SLOTS):
+        # a slot is used iff 0 <= j <= t // l' and j does not repeat an earlier slot
+        j = tl.load(idx_row_ptr + slot)
+        repeats = tl.sum(((idx_row == j) & (row_slots < slot)).to(tl.int32), axis=0)
+        used = (j >= 0) & (j.to(tl.int64) * BLOCK_SLC <= t) & (repeats == 0)
+        for c in tl.static_range(BLOCK_SLC // BLOCK_K):
+            pos = j.to(tl.int64) * BLOCK_SLC + c * BLOCK_K + tl.arange(0, BLOCK_K)
+            key_ok = used & (pos <= t)  # causal: only bites in the query's own block
+            kv_row = kv_base + pos * HKV
+            k = tl.load(k_ptr + kv_row[:, None] * DK + dk_offs[None, :],
+                        mask=key_ok[:, None] & dk_ok[None, :], other=0.0)
+            v = tl.load(v_ptr + kv_row[:, None] * DV + dv_offs[None, :],
+                        mask=key_ok[:, None] & dv_ok[None, :], other=0.0)
+            if UPCAST:
+                k = k.to(tl.float32)
+                v = v.to(tl.float32)
+            s = tl.dot(q, tl.trans(k)) * qk_scale_log2  # log2 domain
+            s = tl.where(key_ok[None, :], s, float("-inf"))
+            m_new = tl.maximum(m_i, tl.max(s, axis=1))
+            m_use = tl.where(m_new > float("-inf"), m_new, 0.0)  # a row with no key yet stays NaN-free
+            p = tl.exp2(s - m_use[:, None])
+            alpha = tl.exp2(m_i - m_use)
+            l_i = l_i * alpha + tl.sum(p, axis=1)
+            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+            m_i = m_new
+
+    has_key = l_i > 0.0
+    o = acc / tl.where(has_key, l_i, 1.0)[:, None]
+    lse = tl.where(has_key, (m_i + tl.log2(tl.where(has_key, l_i, 1.0))) * 0.6931471805599453, float("-inf"))
+    o_row = ((b * T + t) * HQ + g * G + heads).to(tl.int64)
+    tl.store(o_ptr + o_row[:, None] * DV + dv_offs[None, :], o.to(o_ptr.dtype.element_ty),
+             mask=head_ok[:, None] & dv_ok[None, :])
+    tl.store(lse_ptr + o_row, lse, mask=head_ok)
+
+
+# ---------------------------------------------------------------- backward: delta = rowsum(o * do)
+@triton.jit
+def _delta_kernel(o_ptr, do_ptr, delta_ptr, ROWS, DV, BLOCK_R: tl.constexpr, DV_PAD: tl.constexpr):
+    rows = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
+    cols = tl.arange(0, DV_PAD)
+    mask = (rows < ROWS)[:, None] & (cols < DV)[None, :]
+    offs = rows[:, None] * DV + cols[None, :]
+    o = tl.load(o_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    do = tl.load(do_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    tl.store(delta_ptr + rows, tl.sum(o * do, axis=1), mask=rows < ROWS)
+
+
+# ---------------------------------------------------------------- backward: dq (query-centric)
+@triton.autotune(
+    configs=_fwd_configs(),
+    key=["G_PAD", "DK_PAD", "DV_PAD", "BLOCK_SLC"],
+    prune_configs_by={"early_config_prune": _prune_block_k},
+)
+@triton.jit
+def _selected_dq_kernel(
+    q_ptr, k_ptr, v_ptr, idx_ptr, do_ptr, lse_ptr, delta_ptr, dq_ptr,
+    T, HQ, HKV, G, DK, DV, qk_scale_log2, scale,
+    N_SLOTS: tl.constexpr, G_PAD: tl.constexpr, DK_PAD: tl.constexpr, DV_PAD: tl.constexpr,
+    BLOCK_SLC: tl.constexpr, N_PAD: tl.constexpr, UPCAST: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    t = tl.program_id(0).to(tl.int64)
+    g = tl.program_id(1).to(tl.int64)
+    b = tl.program_id(2).to(tl.int64)
+
+    heads = tl.arange(0, G_PAD)
+    head_ok = heads < G
+    dk_offs = tl.arange(0, DK_PAD)
+    dv_offs = tl.arange(0, DV_PAD)
+    dk_ok = dk_offs < DK
+    dv_ok = dv_offs < DV
+
+    row = ((b * T + t) * HQ + g * G + heads).to(tl.int64)
+    q = tl.load(q_ptr + row[:, None] * DK + dk_offs[None, :], mask=head_ok[:, None] & dk_ok[None, :], other=0.0)
+    do = tl.load(do_ptr + row[:, None] * DV + dv_offs[None, :], mask=head_ok[:, None] & dv_ok[None, :], other=0.0)
+    if UPCAST:
+        q = q.to(tl.float32)
+        do = do.to(tl.float32)
+    lse2 = tl.load(lse_ptr + row, mask=head_ok, other=0.0) * 1.4426950408889634
+    delta = tl.load(delta_ptr + row, mask=head_ok, other=0.0)
+
+    idx_row_ptr = idx_ptr + ((b * T + t) * HKV + g) * N_SLOTS
+    kv_base = b * T * HKV + g
+    dq = tl.zeros([G_PAD, DK_PAD], dtype=tl.float32)
+
+    row_slots = tl.arange(0, N_PAD)
+    idx_row = tl.load(idx_row_ptr + row_slots, mask=row_slots < N_SLOTS, other=-1)
+    for slot in range(0, N_SLOTS):
+        # a slot is used iff 0 <= j <= t // l' and j does not repeat an earlier slot
+        j = tl.load(idx_row_ptr + slot)
+        repeats = tl.sum(((idx_row == j) & (row_slots < slot)).to(tl.int32), axis=0)
+        used = (j >= 0) & (j.to(tl.int64) * BLOCK_SLC <= t) & (repeats == 0)
+        for c in tl.static_range(BLOCK_SLC // BLOCK_K):
+            pos = j.to(tl.int64) * BLOCK_SLC + c * BLOCK_K + tl.arange(0, BLOCK_K)
+            key_ok = used & (pos <= t)
+            kv_row = kv_base + pos * HKV
+            k = tl.load(k_ptr + kv_row[:, None] * DK + dk_offs[None, :],
+                        mask=key_ok[:, None] & dk_ok[None, :], other=0.0)
+            v = tl.load(v_ptr + kv_row[:, None] * DV + dv_offs[None, :],
+                        mask=key_ok[:, None] & dv_ok[None, :], other=0.0)
+            if UPCAST:
+                k = k.to(tl.float32)
+                v = v.to(tl.float32)
+            s = tl.dot(q, tl.trans(k)) * qk_scale_log2
+            live = head_ok[:, None] & key_ok[None, :]
+            p = tl.where(live, tl.exp2(s - lse2[:, None]), 0.0)
+            dp = tl.dot(do, tl.trans(v))
+            ds = p * (dp - delta[:, None])
+            dq += tl.dot(ds.to(k.dtype), k)
+
+    dq = dq * scale
+    tl.store(dq_ptr + row[:, None] * DK + dk_offs[None, :], dq.to(dq_ptr.dtype.element_ty),
+             mask=head_ok[:, None] & dk_ok[None, :])
+
+
+# ---------------------------------------------------------------- backward: dk, dv (block-centric)
+@triton.jit
+def _dkdv_step(
+    q_ptr, do_ptr, lse_ptr, delta_ptr, qlist_ptr, k, v, dk, dv, pos, pos_ok,
+    start, end, b, g, r_query, r_head, head_ok, T, HQ, G, DK, DV, qk_scale_log2,
+    DK_PAD: tl.constexpr, DV_PAD: tl.constexpr, UPCAST: tl.constexpr,
+):
+    """One step of the block-centric backward: gather the next queries' G heads, add to dk/dv."""
+    dk_offs = tl.arange(0, DK_PAD)
+    dv_offs = tl.arange(0, DV_PAD)
+    entry = start + r_query
+    row_ok = (entry < end) & head_ok
+    t = tl.load(qlist_ptr + entry, mask=row_ok, other=0).to(tl.int64)
+    q_row = (b * T + t) * HQ + g * G + r_head
+    q = tl.load(q_ptr + q_row[:, None] * DK + dk_offs[None, :],
+                mask=row_ok[:, None] & (dk_offs < DK)[None, :], other=0.0)
+    do = tl.load(do_ptr + q_row[:, None] * DV + dv_offs[None, :],
+                 mask=row_ok[:, None] & (dv_offs < DV)[None, :], other=0.0)
+    if UPCAST:
+        q = q.to(tl.float32)
+        do = do.to(tl.float32)
+    lse2 = tl.load(lse_ptr + q_row, mask=row_ok, other=0.0) * 1.4426950408889634
+    delta = tl.load(delta_ptr + q_row, mask=row_ok, other=0.0)
+    s = tl.dot(q, tl.trans(k)) * qk_scale_log2  # [ROWS, BLOCK_N]
+    live = row_ok[:, None] & pos_ok[None, :] & (pos[None, :] <= t[:, None])
+    p = tl.where(live, tl.exp2(s - lse2[:, None]), 0.0)
+    dv += tl.dot(tl.trans(p.to(do.dtype)), do)
+    dp = tl.dot(do, tl.trans(v))
+    ds = p * (dp - delta[:, None])
+    dk += tl.dot(tl.trans(ds.to(q.dtype)), q)
+    return dk, dv
+
+
+@triton.jit
+def _selected_dkdv_body(
+    q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, offsets_ptr, qlist_ptr, slots_ptr,
+    dk_ptr, dv_ptr, dk_part_ptr, dv_part_ptr,
+    T, HQ, HKV, G, DK, DV, NUM_BLOCKS, SEGMENT, qk_scale_log2, scale,
+    G_IN: tl.constexpr, DK_PAD: tl.constexpr, DV_PAD: tl.constexpr, BLOCK_SLC: tl.constexpr,
+    UPCAST: tl.constexpr, INTERP: tl.constexpr, ATOMIC: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr,
+):
+    """dk/dv of BLOCK_N keys of block j from segment program_id(1) of j's query list.
+
+    A list is cut into SEGMENT-query segments so a long one (block 0 is in every query's
+    selection) spreads over many SMs. ATOMIC=False (deterministic): a list of one segment is
+    stored straight to dk/dv; the segments of a longer list store fp32 partials to their own
+    slots (slots_ptr[bucket] + segment) and `_dkdv_reduce_kernel` sums them in a fixed order.
+    ATOMIC=True: every segment atomically adds into fp32 dk/dv.
+    """
+    CHUNKS: tl.constexpr = BLOCK_SLC // BLOCK_N
+    ROWS: tl.constexpr = BLOCK_M if BLOCK_M > G_IN else G_IN  # gathered (query, head) rows per step
+    QUERIES: tl.constexpr = ROWS // G_IN  # queries per step
+
+    pid = tl.program_id(0)
+    j = (pid // CHUNKS).to(tl.int64)
+    chunk = (pid % CHUNKS).to(tl.int64)
+    segment = tl.program_id(1)
+    bg = tl.program_id(2).to(tl.int64)
+    b = bg // HKV
+    g = bg % HKV
+
+    bucket = bg * NUM_BLOCKS + j
+    list_begin = tl.load(offsets_ptr + bucket)
+    list_end = tl.load(offsets_ptr + bucket + 1)
+    begin = list_begin + segment * SEGMENT
+    end = tl.minimum(list_end, begin + SEGMENT)
+    if ATOMIC:
+        active = begin < end  # the accumulators start at zero: empty segments add nothing
+    else:
+        # segment 0 also runs for an empty list: it writes the zeros of unselected keys
+        active = (begin < end) | (segment == 0)
+
+    if active:
+        dk_offs = tl.arange(0, DK_PAD)
+        dv_offs = tl.arange(0, DV_PAD)
+        dk_ok = dk_offs < DK
+        dv_ok = dv_offs < DV
+        key = chunk * BLOCK_N + tl.arange(0, BLOCK_N)  # key offset inside block j
+        pos = j * BLOCK_SLC + key
+        pos_ok = pos < T
+        kv_row = b * T * HKV + g + pos * HKV
+        k = tl.load(k_ptr + kv_row[:, None] * DK + dk_offs[None, :], mask=pos_ok[:, None] & dk_ok[None, :], other=0.0)
+        v = tl.load(v_ptr + kv_row[:, None] * DV + dv_offs[None, :], mask=pos_ok[:, None] & dv_ok[None, :], other=0.0)
+        if UPCAST:
+            k = k.to(tl.float32)
+            v = v.to(tl.float32)
+
+        r = tl.arange(0, ROWS)
+        r_query = r // G_IN
+        r_head = r % G_IN
+        head_ok = r_head < G
+
+        dk = tl.zeros([BLOCK_N, DK_PAD], dtype=tl.float32)
+        dv = tl.zeros([BLOCK_N, DV_PAD], dtype=tl.float32)
+        if INTERP:
+            # Triton 3.6's interpreter cannot take a runtime range() bound under numpy >= 2.4
+            start = begin
+            while start < end:
+                dk, dv = _dkdv_step(q_ptr, do_ptr, lse_ptr, delta_ptr, qlist_ptr, k, v, dk, dv, pos, pos_ok,
+                                    start, end, b, g, r_query, r_head, head_ok, T, HQ, G, DK, DV, qk_scale_log2,
+                                    DK_PAD, DV_PAD, UPCAST)
+                start += QUERIES
+        else:
+            for start in range(begin, end, QUERIES):
+                dk, dv = _dkdv_step(q_ptr, do_ptr, lse_ptr, delta_ptr, qlist_ptr, k, v, dk, dv, pos, pos_ok,
+                                    start, end, b, g, r_query, r_head, head_ok, T, HQ, G, DK, DV, qk_scale_log2,
+                                    DK_PAD, DV_PAD, UPCAST)
+        dk = dk * scale
+
+        dk_mask = pos_ok[:, None] & dk_ok[None, :]
+        dv_mask = pos_ok[:, None] & dv_ok[None, :]
+        dk_where = dk_ptr + kv_row[:, None] * DK + dk_offs[None, :]
+        dv_where = dv_ptr + kv_row[:, None] * DV + dv_offs[None, :]
+        if ATOMIC:
+            tl.atomic_add(dk_where, dk, mask=dk_mask, sem="relaxed")
+            tl.atomic_add(dv_where, dv, mask=dv_mask, sem="relaxed")
+        else:
+            if list_end - list_begin <= SEGMENT:
+                tl.store(dk_where, dk.to(dk_ptr.dtype.element_ty), mask=dk_mask)
+                tl.store(dv_where, dv.to(dv_ptr.dtype.element_ty), mask=dv_mask)
+            else:
+                part_row = (tl.load(slots_ptr + bucket) + segment).to(tl.int64) * BLOCK_SLC + key
+                tl.store(dk_part_ptr + part_row[:, None] * DK + dk_offs[None, :], dk, mask=dk_mask)
+                tl.store(dv_part_ptr + part_row[:, None] * DV + dv_offs[None, :], dv, mask=dv_mask)
+
+
+@triton.jit
+def _dkdv_reduce_kernel(
+    offsets_ptr, slots_ptr, dk_part_ptr, dv_part_ptr, dk_ptr, dv_ptr,
+    T, HKV, DK, DV, NUM_BLOCKS, SEGMENT,
+    BLOCK_SLC: tl.constexpr, DK_PAD: tl.constexpr, DV_PAD: tl.constexpr,
+    INTERP: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    """dk/dv of the keys of a multi-segment list: its fp32 partials summed in segment order."""
+    CHUNKS: tl.constexpr = BLOCK_SLC // BLOCK_N
+    pid = tl.program_id(0)
+    j = (pid // CHUNKS).to(tl.int64)
+    chunk = (pid % CHUNKS).to(tl.int64)
+    bg = tl.program_id(1).to(tl.int64)
+    b = bg // HKV
+    g = bg % HKV
+    bucket = bg * NUM_BLOCKS + j
+    count = tl.load(offsets_ptr + bucket + 1) - tl.load(offsets_ptr + bucket)
+    segments = (count + SEGMENT - 1) // SEGMENT
+    if segments > 1:
+        dk_offs = tl.arange(0, DK_PAD)
+        dv_offs = tl.arange(0, DV_PAD)
+        key = chunk * BLOCK_N + tl.arange(0, BLOCK_N)
+        pos = j * BLOCK_SLC + key
+        dk_mask = (pos < T)[:, None] & (dk_offs < DK)[None, :]
+        dv_mask = (pos < T)[:, None] & (dv_offs < DV)[None, :]
+        first = tl.load(slots_ptr + bucket).to(tl.int64)
+        dk = tl.zeros([BLOCK_N, DK_PAD], dtype=tl.float32)
+        dv = tl.zeros([BLOCK_N, DV_PAD], dtype=tl.float32)
+        if INTERP:  # see _selected_dkdv_body
+            s = 0
+            while s < segments:
+                part_row = (first + s) * BLOCK_SLC + key
+                dk += tl.load(dk_part_ptr + part_row[:, None] * DK + dk_offs[None, :], mask=dk_mask, other=0.0)
+                dv += tl.load(dv_part_ptr + part_row[:, None] * DV + dv_offs[None, :], mask=dv_mask, other=0.0)
+                s += 1
+        else:
+            for s in range(0, segments):
+                part_row = (first + s) * BLOCK_SLC + key
+                dk += tl.load(dk_part_ptr + part_row[:, None] * DK + dk_offs[None, :], mask=dk_mask, other=0.0)
+                dv += tl.load(dv_part_ptr + part_row[:, None] * DV + dv_offs[None, :], mask=dv_mask, other=0.0)
+        kv_row = b * T * HKV + g + pos * HKV
+        tl.store(dk_ptr + kv_row[:, None] * DK + dk_offs[None, :], dk.to(dk_ptr.dtype.element_ty), mask=dk_mask)
+        tl.store(dv_ptr + kv_row[:, None] * DV + dv_offs[None, :], dv.to(dv_ptr.dtype.element_ty), mask=dv_mask)
+
+
+_DKDV_KEY = ["G_IN", "DK_PAD", "DV_PAD", "BLOCK_SLC"]
+_dkdv_kernel = triton.autotune(
+    configs=_dkdv_configs(), key=_DKDV_KEY, prune_configs_by={"early_config_prune": _prune_block_n},
+)(_selected_dkdv_body)
+# the atomic variant accumulates into its outputs, so autotuning must zero them between trials
+_dkdv_atomic_kernel = triton.autotune(
+    configs=_dkdv_configs(), key=_DKDV_KEY, prune_configs_by={"early_config_prune": _prune_block_n},
+    reset_to_zero=["dk_ptr", "dv_ptr"],
+)(_selected_dkdv_body)
+
+
+# ---------------------------------------------------------------- python wrappers
+def _validate(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_idx: torch.Tensor, block_slc: int, scale: float
+) -> int:
+    """Check shapes, dtypes and block parameters; return G."""
+    group = check_heads(q, k, v)
+    b, t, _, dk = q.shape
+    hkv = k.shape[2]
+    if tuple(k.shape) != (b, t, hkv, dk):
+        raise ValueError(f"k must be [B, T, Hkv, Dk] = [{b}, {t}, {hkv}, {dk}], got {tuple(k.shape)}")
+    if tuple(v.shape[:3]) != (b, t, hkv):
+        raise ValueError(f"v must be [B, T, Hkv, Dv] with B, T, Hkv = {b}, {t}, {hkv}, got {tuple(v.shape)}")
+    if q.dtype not in _DTYPES:
+        raise ValueError(f"q.dtype={q.dtype} unsupported (use one of {_DTYPES})")
+    if k.dtype != q.dtype or v.dtype != q.dtype:
+        raise ValueError(f"q, k, v must share a dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
+    if k.device != q.device or v.device != q.device or block_idx.device != q.device:
+        raise ValueError("q, k, v and block_idx must be on one device")
+    if isinstance(block_slc, bool) or block_slc not in SUPPORTED_BLOCK_SLC:
+        raise ValueError(
+            f"block_slc={block_slc!r} unsupported by the Triton kernels (use one of {SUPPORTED_BLOCK_SLC})"
+        )
+    if block_idx.dim() != 4 or tuple(block_idx.shape[:3]) != (b, t, hkv):
+        raise ValueError(f"block_idx must be [B, T, Hkv, n] = [{b}, {t}, {hkv}, n], got {tuple(block_idx.shape)}")
+    n = block_idx.shape[-1]
+    if not 1 <= n <= MAX_N_SLC:
+        raise ValueError(f"n_slc={n} (block_idx.shape[-1]) unsupported by the Triton kernels (1..{MAX_N_SLC})")
+    if block_idx.dtype.is_floating_point or block_idx.dtype.is_complex or block_idx.dtype == torch.bool:
+        raise ValueError(f"block_idx.dtype={block_idx.dtype} must be an integer type (int32)")
+    if not (isinstance(scale, (int, float)) and math.isfinite(scale) and scale > 0):
+        raise ValueError(f"scale={scale!r} must be a positive finite float")
+    return group
+
+
+def _launch_dims(q: torch.Tensor, v: torch.Tensor, group: int, block_slc: int, n: int) -> dict:
+    """Constexpr tile sizes: heads padded to >= 16 rows (tl.dot), head dims to powers of two."""
+    return dict(
+        G_PAD=max(16, next_pow2(group)),
+        DK_PAD=max(16, next_pow2(q.shape[-1])),
+        DV_PAD=max(16, next_pow2(v.shape[-1])),
+        BLOCK_SLC=block_slc,
+        N_PAD=max(2, next_pow2(n)),
+        UPCAST=interpreting() and q.dtype == torch.bfloat16,
+    )
+
+
+def selected_fwd(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_idx: torch.Tensor, block_slc: int, scale: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Selected attention forward: (o [B,T,Hq,Dv] in q.dtype, lse [B,T,Hq] fp32, natural log).
+
+    A row with no usable key gets o = 0 and lse = -inf (the log of an empty sum).
+    """
+    group = _validate(q, k, v, block_idx, block_slc, scale)
+    q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
+    idx = block_idx.to(torch.int32).contiguous()
+    b, t, hq, dk = q.shape
+    hkv, dv, n = k.shape[2], v.shape[-1], idx.shape[-1]
+    o = torch.empty(b, t, hq, dv, dtype=q.dtype, device=q.device)
+    lse = torch.empty(b, t, hq, dtype=torch.float32, device=q.device)
+    if o.numel() == 0:
+        return o, lse
+    _launcher(_selected_fwd_kernel, (t, hkv, b), {"BLOCK_K": min(block_slc, 64)})(
+        q, k, v, idx, o, lse,
+        t, hq, hkv, group, dk, dv, float(scale) * _LOG2E,
+        N_SLOTS=n, **_launch_dims(q, v, group, block_slc, n),
+    )
+    return o, lse
+
+
+def invert_selection(
+    block_idx: torch.Tensor, block_slc: int, num_blocks: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-block query lists (CSR) from block_idx [B,T,Hkv,n], all on the device, no host sync.
+
+    Returns (offsets [B*Hkv*num_blocks + 1], queries int32 [E]). The queries that selected block j
+    of (b, KV head g) are queries[offsets[s]:offsets[s+1]], s = (b*Hkv + g)*num_blocks + j, in
+    ascending t (a stable sort keeps the layout deterministic). Unused slots (module doc) are
+    dropped; E = B*T*Hkv*n bounds the entries and the tail past offsets[-1] is unused. offsets
+    are int32 unless E needs int64.
+    """
+    b, t, hkv, n = block_idx.shape
+    device = block_idx.device
+    blocks = torch.sort(block_idx.to(torch.int64), dim=-1).values
+    repeat = torch.zeros_like(blocks, dtype=torch.bool)
+    repeat[..., 1:] = blocks[..., 1:] == blocks[..., :-1]
+    pos = torch.arange(t, device=device, dtype=torch.int64).view(1, t, 1, 1)
+    used = (blocks >= 0) & (blocks * block_slc <= pos) & ~repeat
+    batch = torch.arange(b, device=device, dtype=torch.int64).view(b, 1, 1, 1)
+    head = torch.arange(hkv, device=device, dtype=torch.int64).view(1, 1, hkv, 1)
+    num_buckets = b * hkv * num_blocks
+    bucket = torch.where(used, (batch * hkv + head) * num_blocks + blocks, num_buckets).reshape(-1)
+    key_dtype = torch.int32 if num_buckets < 2**31 - 1 else torch.int64
+    order = torch.argsort(bucket.to(key_dtype), stable=True)
+    queries = ((order // (hkv * n)) % t).to(torch.int32)
+    counts = torch.zeros(num_buckets + 1, dtype=torch.int64, device=device)
+    counts.scatter_add_(0, bucket, torch.ones_like(bucket))
+    offsets = torch.zeros(num_buckets + 1, dtype=torch.int64, device=device)
+    offsets[1:] = torch.cumsum(counts[:num_buckets], dim=0)
+    index_dtype = torch.int32 if bucket.numel() < 2**31 - 1 else torch.int64
+    return offsets.to(index_dtype), queries
+
+
+def _segment_len(n_slc: int, block_slc: int) -> int:
+    """Queries per dk/dv program: four average lists (a list averages n * l' queries), so only
+    long lists such as block 0's (every query selects it) are split."""
+    return max(256, 4 * n_slc * block_slc)
+
+
+def _partial_slots(offsets: torch.Tensor, segment: int, entries: int) -> tuple[torch.Tensor, int]:
+    """First fp32 partial slot of every list longer than one segment (exclusive cumsum on the
+    device), and a host-side bound on the slots: such lists hold more than `segment` entries
+    each, so their segments number at most 2 * entries / segment in all."""
+    counts = (offsets[1:] - offsets[:-1]).to(torch.int64)
+    parts = (counts + segment - 1) // segment
+    parts = torch.where(parts > 1, parts, torch.zeros_like(parts))
+    slots = torch.cumsum(parts, dim=0) - parts
+    return slots, max(1, 2 * entries // segment)
+
+
+def _delta(o: torch.Tensor, do: torch.Tensor) -> torch.Tensor:
+    """FlashAttention-2 preprocess: delta = rowsum(o * do) in fp32, [B,T,Hq]."""
+    rows = o.numel() // o.shape[-1]
+    delta = torch.empty(o.shape[:-1], dtype=torch.float32, device=o.device)
+    block_r = 16
+    _delta_kernel[(triton.cdiv(rows, block_r),)](
+        o, do, delta, rows, o.shape[-1], BLOCK_R=block_r, DV_PAD=max(16, next_pow2(o.shape[-1])),
+    )
+    return delta
+
+
+def selected_bwd(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, o: torch.Tensor, lse: torch.Tensor, do: torch.Tensor,
+    block_idx: torch.Tensor, block_slc: int, scale: float, deterministic: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Selected attention backward: (dq, dk, dv) in the input dtype; dk/dv summed over each group.
+
+    dk/dv are block-centric: a program per (key chunk of block j, list segment, b * Hkv) walks
+    the queries that selected j. Lists are cut into `_segment_len` segments so block 0's list
+    (every query selects block 0) does not leave one program per (b, KV head) walking all T.
+    deterministic=True (default): a one-segment list is stored directly; the segments of longer
+    lists write fp32 partials that a second kernel sums in a fixed order: bit-reproducible.
+    deterministic=False: segments add into fp32 dk/dv with atomics (one pass, no partials;
+    summation order, hence the last bits, may vary run to run).
+    """
+    group = _validate(q, k, v, block_idx, block_slc, scale)
+    b, t, hq, dk_dim = q.shape
+    hkv, dv_dim = k.shape[2], v.shape[-1]
+    if tuple(o.shape) != (b, t, hq, dv_dim) or tuple(do.shape) != (b, t, hq, dv_dim):
+        raise ValueError(
+            f"o and do must be [B, T, Hq, Dv] = {(b, t, hq, dv_dim)}, got {tuple(o.shape)}, {tuple(do.shape)}"
+        )
+    if tuple(lse.shape) != (b, t, hq):
+        raise ValueError(f"lse must be [B, T, Hq] = {(b, t, hq)}, got {tuple(lse.shape)}")
+    q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
+    o, do = o.to(q.dtype).contiguous(), do.to(q.dtype).contiguous()  # tl.dot wants one dtype
+    lse = lse.to(torch.float32).contiguous()
+    idx = block_idx.to(torch.int32).contiguous()
+    n = idx.shape[-1]
+    dq = torch.empty_like(q)
+    dk = torch.empty_like(k)
+    dv = torch.empty_like(v)
+    if q.numel() == 0:
+        return dq, dk, dv
+    dims = _launch_dims(q, v, group, block_slc, n)
+    delta = _delta(o, do)
+    qk_scale_log2 = float(scale) * _LOG2E
+
+    _launcher(_selected_dq_kernel, (t, hkv, b), {"BLOCK_K": min(block_slc, 64)})(
+        q, k, v, idx, do, lse, delta, dq,
+        t, hq, hkv, group, dk_dim, dv_dim, qk_scale_log2, float(scale),
+        N_SLOTS=n, **dims,
+    )
+
+    num_blocks = -(-t // block_slc)
+    offsets, queries = invert_selection(idx, block_slc, num_blocks)
+    segment = _segment_len(n, block_slc)
+    segments = -(-t // segment)  # a list holds at most T queries
+    dkdv_args = dict(
+        G_IN=next_pow2(group), DK_PAD=dims["DK_PAD"], DV_PAD=dims["DV_PAD"], BLOCK_SLC=block_slc,
+        UPCAST=dims["UPCAST"], INTERP=interpreting(),
+    )
+
+    def grid(meta: dict) -> tuple[int, int, int]:
+        return (num_blocks * (block_slc // meta["BLOCK_N"]), segments, b * hkv)
+
+    interp_meta = {"BLOCK_N": min(block_slc, 64), "BLOCK_M": 64}
+    if deterministic:
+        slots, num_slots = _partial_slots(offsets, segment, idx.numel())
+        dk_part = torch.empty(num_slots, block_slc, dk_dim, dtype=torch.float32, device=q.device)
+        dv_part = torch.empty(num_slots, block_slc, dv_dim, dtype=torch.float32, device=q.device)
+        _launcher(_dkdv_kernel, grid, interp_meta)(
+            q, k, v, do, lse, delta, offsets, queries, slots, dk, dv, dk_part, dv_part,
+            t, hq, hkv, group, dk_dim, dv_dim, num_blocks, segment, qk_scale_log2, float(scale),
+            ATOMIC=False, **dkdv_args,
+        )
+        if segments > 1:
+            reduce_block = min(block_slc, 32)
+            _dkdv_reduce_kernel[(num_blocks * (block_slc // reduce_block), b * hkv)](
+                offsets, slots, dk_part, dv_part, dk, dv, t, hkv, dk_dim, dv_dim, num_blocks, segment,
+                BLOCK_SLC=block_slc, DK_PAD=dims["DK_PAD"], DV_PAD=dims["DV_PAD"], INTERP=interpreting(),
+                BLOCK_N=reduce_block,
+            )
+    else:
+        dk = torch.zeros(k.shape, dtype=torch.float32, device=k.device)
+        dv = torch.zeros(v.shape, dtype=torch.float32, device=v.device)
+        _launcher(_dkdv_atomic_kernel, grid, interp_meta)(
+            q, k, v, do, lse, delta, offsets, queries, offsets, dk, dv, dk, dv,
+            t, hq, hkv, group, dk_dim, dv_dim, num_blocks, segment, qk_scale_log2, float(scale),
+            ATOMIC=True, **dkdv_args,
+        )
+        dk, dv = dk.to(k.dtype), dv.to(v.dtype)
+    return dq, dk, dv

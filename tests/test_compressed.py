@@ -1,0 +1,256 @@
+"""kernels/compressed.py against the float64 reference (NSA_SPEC sections 1-3), on the CPU interpreter."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pytest
+import torch
+
+from kernels.compressed import compress_bwd, compress_fwd, compressed_bwd, compressed_fwd, select_blocks
+from nsa_bench import reference
+from nsa_bench.config import NSAConfig
+
+CFG_A = NSAConfig(block_cmp=32, stride_cmp=16, block_slc=64, n_slc=4, window=64)
+CFG_B = NSAConfig(block_cmp=16, stride_cmp=8, block_slc=32, n_slc=3, window=64)
+CFG_SPILL = NSAConfig(block_cmp=64, stride_cmp=8, block_slc=32, n_slc=4, window=64)  # l/d = 8 > l'/d = 4
+CFG_NO_OVERLAP = NSAConfig(block_cmp=16, stride_cmp=16, block_slc=32, n_slc=5, window=64)  # l = d
+TOL = {torch.float32: 1e-4, torch.float16: 1e-2, torch.bfloat16: 1e-2}
+
+
+@dataclass(frozen=True)
+class Case:
+    """One shape: batch, seqlen, KV heads, group size G, head dims, block config."""
+
+    batch: int
+    seqlen: int
+    kv_heads: int
+    group: int
+    dk: int
+    dv: int
+    cfg: NSAConfig
+
+    @property
+    def num_cmp(self) -> int:
+        return self.cfg.num_cmp_blocks(self.seqlen)
+
+
+def _rel(out: torch.Tensor, ref: torch.Tensor) -> float:
+    return ((out.double() - ref.double()).norm() / ref.double().norm().clamp_min(1e-30)).item()
+
+
+def _attention_inputs(case: Case, dtype: torch.dtype, seed: int) -> tuple[torch.Tensor, ...]:
+    """q and compressed k/v: random (never zeros), k_cmp with unit spread so scores are not flat."""
+    gen = torch.Generator().manual_seed(seed)
+    hq = case.kv_heads * case.group
+    q = torch.randn(case.batch, case.seqlen, hq, case.dk, generator=gen)
+    k_cmp = torch.randn(case.batch, case.num_cmp, case.kv_heads, case.dk, generator=gen)
+    v_cmp = torch.randn(case.batch, case.num_cmp, case.kv_heads, case.dv, generator=gen)
+    return q.to(dtype), k_cmp.to(dtype), v_cmp.to(dtype)
+
+
+def _reference_lse(q: torch.Tensor, k_cmp: torch.Tensor, cfg: NSAConfig, scale: float) -> torch.Tensor:
+    """float64 lse [B,T,Hq] over the visible blocks; +inf where none is visible (kernel convention)."""
+    b, t, hq, _ = q.shape
+    hkv = k_cmp.shape[2]
+    qg = q.double().reshape(b, t, hkv, hq // hkv, -1)
+    logits = torch.einsum("bthgd,bihd->bthgi", qg, k_cmp.double()) * scale
+    ends = torch.arange(k_cmp.shape[1]) * cfg.stride_cmp + cfg.block_cmp - 1
+    visible = ends[None, :] <= torch.arange(t)[:, None]  # [T, Tc]
+    lse = torch.logsumexp(logits.masked_fill(~visible[None, :, None, None, :], float("-inf")), dim=-1)
+    none = ~visible.any(dim=-1)[None, :, None, None]
+    return torch.where(none, torch.full_like(lse, float("inf")), lse).reshape(b, t, hq)
+
+
+# ------------------------------------------------------------------ section 1: compression
+@pytest.mark.parametrize(
+    "shape, block_cmp, stride_cmp, dtype",
+    [
+        ((2, 77, 2, 32), 32, 16, torch.float32),
+        ((1, 257, 3, 16), 16, 8, torch.float32),
+        ((1, 100, 2, 24), 64, 8, torch.float16),
+        ((2, 50, 1, 32), 32, 16, torch.bfloat16),
+        ((1, 1, 2, 16), 32, 16, torch.float32),  # T < l: no block
+    ],
+)
+def test_compress_fwd_matches_reference(shape, block_cmp, stride_cmp, dtype):
+    gen = torch.Generator().manual_seed(sum(shape) + block_cmp)
+    x = torch.randn(*shape, generator=gen).to(dtype)
+    cfg = NSAConfig(block_cmp=block_cmp, stride_cmp=stride_cmp, block_slc=64)
+    out = compress_fwd(x, block_cmp, stride_cmp)
+    ref = reference.compress_kv(x.double(), x.double(), cfg)[0]
+    assert out.shape == ref.shape and out.dtype == dtype
+    if ref.numel():
+        assert _rel(out, ref) < TOL[dtype]
+
+
+@pytest.mark.parametrize(
+    "shape, block_cmp, stride_cmp", [((2, 77, 2, 32), 32, 16), ((1, 130, 1, 16), 64, 8), ((1, 40, 2, 16), 16, 16)]
+)
+def test_compress_bwd_matches_autograd(shape, block_cmp, stride_cmp):
+    gen = torch.Generator().manual_seed(7 + shape[1])
+    cfg = NSAConfig(block_cmp=block_cmp, stride_cmp=stride_cmp, block_slc=64)
+    x = torch.randn(*shape, generator=gen, dtype=torch.float64, requires_grad=True)
+    x_cmp = reference.compress_kv(x, x, cfg)[0]
+    grad = torch.randn(x_cmp.shape, generator=gen, dtype=torch.float64)
+    x_cmp.backward(grad)
+    out = compress_bwd(grad.float(), shape[1], block_cmp, stride_cmp)
+    assert out.shape == x.shape and out.dtype == torch.float32
+    assert _rel(out, x.grad) < 1e-5
+    assert compress_bwd(grad.float()[:, :0], block_cmp - 1, block_cmp, stride_cmp).abs().sum() == 0
+
+
+# ------------------------------------------------------------------ section 2: compressed attention
+ATTENTION_CASES = [
+    (Case(2, 77, 2, 2, 32, 16, CFG_A), torch.float32),  # Dk != Dv, first 31 rows see nothing
+    (Case(1, 257, 1, 16, 32, 32, CFG_B), torch.float32),  # G = 16, several key tiles
+    (Case(1, 1, 2, 1, 16, 16, CFG_A), torch.float32),  # T = 1: no block at all
+    (Case(1, 129, 2, 3, 32, 16, CFG_B), torch.float16),  # G = 3 (padded heads)
+    (Case(1, 100, 1, 2, 40, 24, CFG_A), torch.float32),  # Dk = 32 + 16 (8 masked), Dv not a power of two
+    (Case(1, 90, 1, 4, 16, 32, CFG_SPILL), torch.bfloat16),
+]
+
+
+@pytest.mark.parametrize("case, dtype", ATTENTION_CASES)
+def test_compressed_fwd_matches_reference(case, dtype):
+    q, k_cmp, v_cmp = _attention_inputs(case, dtype, seed=case.seqlen + case.group)
+    scale = case.dk**-0.5
+    o, lse = compressed_fwd(q, k_cmp, v_cmp, case.cfg, scale)
+    ref = reference.compressed_attention(q.double(), k_cmp.double(), v_cmp.double(), case.cfg, scale)
+    assert o.shape == ref.shape and o.dtype == dtype
+    assert lse.shape == q.shape[:3] and lse.dtype == torch.float32
+    blind = min(case.seqlen, case.cfg.block_cmp - 1)  # rows t < l - 1 see no block
+    assert torch.all(o[:, :blind] == 0) and not torch.isnan(o).any()
+    assert torch.all(lse[:, :blind] == float("inf"))
+    if blind < case.seqlen:
+        assert _rel(o, ref) < TOL[dtype]
+        ref_lse = _reference_lse(q, k_cmp, case.cfg, scale)
+        assert _rel(lse[:, blind:], ref_lse[:, blind:]) < TOL[dtype]
+
+
+@pytest.mark.parametrize("case, dtype", ATTENTION_CASES[:5])
+def test_compressed_bwd_matches_autograd(case, dtype):
+    q, k_cmp, v_cmp = _attention_inputs(case, dtype, seed=3 * case.seqlen + case.group)
+    scale = case.dk**-0.5
+    o, lse = compressed_fwd(q, k_cmp, v_cmp, case.cfg, scale)
+    gen = torch.Generator().manual_seed(11)
+    do = torch.randn(o.shape, generator=gen).to(dtype)
+    dq, dk, dv = compressed_bwd(q, k_cmp, v_cmp, o, lse, do, case.cfg, scale)
+    leaves = [x.double().requires_grad_() for x in (q, k_cmp, v_cmp)]
+    reference.compressed_attention(*leaves, case.cfg, scale).backward(do.double())
+    tol = 1e-3 if dtype == torch.float32 else 2e-2
+    for name, got, leaf in (("dq", dq, leaves[0]), ("dk_cmp", dk, leaves[1]), ("dv_cmp", dv, leaves[2])):
+        assert got.shape == leaf.shape and got.dtype == dtype, name
+        if leaf.grad is not None and leaf.grad.abs().sum() > 0:
+            assert _rel(got, leaf.grad) < tol, name
+        else:
+            assert got.abs().sum() == 0, name
+
+
+# ------------------------------------------------------------------ section 3: selection
+def _check_selection(block_idx: torch.Tensor, scores: torch.Tensor, cfg: NSAConfig, tol: float) -> None:
+    """Validity per NSA_SPEC section 3 against float64 group scores S [B,T,Hkv,Nslc]."""
+    b, t, hkv, _ = scores.shape
+    assert block_idx.shape == (b, t, hkv, cfg.n_slc) and block_idx.dtype == torch.int32
+    for pos in range(t):
+        current = pos // cfg.block_slc
+        count = min(cfg.n_slc, current + 1)
+        forced = {0, current, current - 1} - {-1}
+        for bi in range(b):
+            for g in range(hkv):
+                row = block_idx[bi, pos, g].tolist()
+                chosen = [j for j in row if j != -1]
+                assert row.count(-1) == cfg.n_slc - count, (bi, pos, g, row)
+                assert len(set(chosen)) == len(chosen), (bi, pos, g, row)
+                assert all(0 <= j <= current for j in chosen), (bi, pos, g, row)
+                assert forced <= set(chosen), (bi, pos, g, row)
+                s = scores[bi, pos, g]
+                free = [j for j in chosen if j not in forced]
+                left = [j for j in range(current + 1) if j not in chosen]
+                if free and left:
+                    assert min(s[free]) >= max(s[left]) - tol, (bi, pos, g, row)
+
+
+def _boundary_gap(scores: torch.Tensor, cfg: NSAConfig) -> torch.Tensor:
+    """Per row: smallest gap between consecutive ranked non-forced candidate scores (inf if none)."""
+    b, t, hkv, nslc = scores.shape
+    j = torch.arange(nslc)
+    current = (torch.arange(t) // cfg.block_slc)[:, None]
+    free = (j <= current) & (j != 0) & (j != current) & (j != current - 1)  # [T, Nslc]
+    ranked = torch.where(free[None, :, None, :], scores, torch.full_like(scores, float("-inf")))
+    ranked = ranked.sort(dim=-1, descending=True).values
+    gaps = ranked[..., :-1] - ranked[..., 1:]
+    gaps = torch.where(torch.isfinite(gaps), gaps, torch.full_like(gaps, float("inf")))
+    return gaps.amin(dim=-1) if nslc > 1 else torch.full(scores.shape[:3], float("inf"), dtype=scores.dtype)
+
+
+SELECT_CASES = [
+    (Case(2, 257, 2, 2, 32, 16, CFG_A), torch.float32),  # batch 2, T not a multiple of l'
+    (Case(1, 257, 1, 16, 16, 16, CFG_B), torch.float32),  # G = 16, 9 selection blocks, n = 3
+    (Case(1, 200, 2, 1, 32, 16, CFG_SPILL), torch.float32),  # G = 1, compressed blocks spill across tiles
+    (Case(1, 150, 1, 3, 48, 16, CFG_NO_OVERLAP), torch.float32),  # l = d, padded heads, Dk = 32 + 16
+    (Case(1, 77, 2, 2, 32, 16, NSAConfig(32, 16, 64, 16, 64)), torch.float32),  # n > number of blocks
+    (Case(1, 20, 1, 2, 16, 16, CFG_B), torch.float32),  # T < l: no compressed block, T < l'
+    (Case(1, 1, 1, 2, 16, 16, CFG_A), torch.float32),  # T = 1
+    (Case(1, 257, 2, 2, 32, 16, CFG_B), torch.float16),
+    (Case(1, 130, 1, 4, 32, 16, CFG_A), torch.bfloat16),
+]
+
+
+@pytest.mark.parametrize("case, dtype", SELECT_CASES)
+def test_select_blocks_valid_and_matches_reference(case, dtype):
+    q, k_cmp, _ = _attention_inputs(case, dtype, seed=5 * case.seqlen + case.group)
+    scale = case.dk**-0.5
+    _, lse = compressed_fwd(q, k_cmp, k_cmp, case.cfg, scale)
+    block_idx = select_blocks(q, k_cmp, case.cfg, scale, lse=lse)
+    scores = reference.block_scores(q.double(), k_cmp.double(), case.cfg, scale)
+    _check_selection(block_idx, scores, case.cfg, tol=1e-5 if dtype == torch.float32 else 2e-2)
+    if dtype == torch.float32:
+        expected = reference.select_blocks(q.double(), k_cmp.double(), case.cfg, scale)
+        clear = _boundary_gap(scores, case.cfg) > 1e-4  # rows without a near-tie must match exactly
+        got = block_idx.sort(dim=-1).values[clear]
+        want = expected.sort(dim=-1).values[clear]
+        assert torch.equal(got, want)
+        assert clear.float().mean() > 0.9  # the exact comparison covers most rows
+
+
+def test_select_blocks_exact_ties_go_to_lower_block():
+    """Identical compressed keys make every fully visible block score the same: lower j must win."""
+    cfg = NSAConfig(block_cmp=16, stride_cmp=8, block_slc=32, n_slc=5, window=64)
+    case = Case(1, 257, 2, 2, 32, 16, cfg)
+    q, k_cmp, _ = _attention_inputs(case, torch.float32, seed=21)
+    k_cmp = k_cmp[:, :1].expand_as(k_cmp).contiguous()
+    block_idx = select_blocks(q, k_cmp, cfg, 0.2)
+    expected = reference.select_blocks(q.double(), k_cmp.double(), cfg, 0.2)
+    assert torch.equal(block_idx.sort(dim=-1).values, expected.sort(dim=-1).values)
+    last = block_idx[0, -1, 0].tolist()  # t = 256: forced {0, 7, 8}, then the lowest tied blocks 1 and 2
+    assert sorted(last) == [0, 1, 2, 7, 8]
+
+
+def test_select_blocks_computes_lse_when_absent():
+    case = Case(1, 150, 2, 2, 32, 16, CFG_A)
+    q, k_cmp, _ = _attention_inputs(case, torch.float32, seed=99)
+    scale = 0.3
+    _, lse = compressed_fwd(q, k_cmp, k_cmp, case.cfg, scale)
+    assert torch.equal(select_blocks(q, k_cmp, case.cfg, scale), select_blocks(q, k_cmp, case.cfg, scale, lse=lse))
+
+
+# ------------------------------------------------------------------ bad input
+def test_bad_input_raises_value_error():
+    case = Case(1, 64, 1, 2, 16, 16, CFG_A)
+    q, k_cmp, v_cmp = _attention_inputs(case, torch.float32, seed=1)
+    with pytest.raises(ValueError, match="block_slc=48"):
+        compressed_fwd(q, k_cmp, v_cmp, NSAConfig(32, 16, 48, 4, 64), 0.25)
+    with pytest.raises(ValueError, match="n_slc=65"):
+        select_blocks(q, k_cmp, NSAConfig(32, 16, 64, 65, 64), 0.25)
+    with pytest.raises(ValueError, match="Dk"):
+        compressed_fwd(q[..., :8], k_cmp[..., :8], v_cmp, case.cfg, 0.25)
+    with pytest.raises(ValueError, match="scale"):
+        compressed_fwd(q, k_cmp, v_cmp, case.cfg, -1.0)
+    with pytest.raises(ValueError, match="lse"):
+        select_blocks(q, k_cmp, case.cfg, 0.25, lse=torch.zeros(1, 64, 3))
+    with pytest.raises(ValueError, match="stride_cmp=24"):
+        compress_fwd(q, 32, 24)
+    with pytest.raises(ValueError, match="Tc=3"):
+        compress_bwd(torch.randn(1, 3, 1, 16), 80, 32, 16)
+    with pytest.raises(ValueError, match="dtype"):
+        compressed_fwd(q.double(), k_cmp.double(), v_cmp.double(), case.cfg, 0.25)
