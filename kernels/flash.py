@@ -1,0 +1,891 @@
+"""Triton FlashAttention-2: causal/full attention with GQA, Dk != Dv and an optional sliding window.
+
+One module serves two users: NSA's sliding-window branch (`window=w`) and the dense `fa2-triton`
+baseline (`window=None`). Forward, FA2-style backward (preprocess, dk/dv, dq; deterministic, no
+atomics) and split-KV decode. Tiles outside the causal/window band are skipped by loop bounds. In
+the forward and dq kernels only tiles that straddle a band edge or the sequence end pay for masks;
+dk/dv masks every tile, because one flat loop over (group head, query tile) is what keeps its sm_90
+build free of register spills. Head dims need not be powers of two: tiles are padded in registers
+with masked loads, never in memory.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import triton
+import triton.language as tl
+
+from kernels._common import check_heads, interpreting, next_pow2
+
+__all__ = ["attention_fwd", "attention_bwd", "flash_attention", "flash_attention_decode"]
+
+LOG2E = 1.4426950408889634
+_SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+_DEFAULT_NUM_SMS = 132  # H100 SXM; used when no CUDA device is visible (interpreter)
+_MAX_DECODE_SPLITS = 64
+_MIN_SPLIT_TOKENS = 256  # below this a split's fixed cost outweighs the parallelism it buys
+
+
+@dataclass(frozen=True)
+class TileConfig:
+    """One launch configuration; tests pass it to bypass autotuning and pin tile shapes."""
+
+    block_m: int
+    block_n: int
+    num_warps: int = 4
+    num_stages: int = 2
+
+
+# ---------------------------------------------------------------------------------- autotune configs
+# Candidates were chosen by compiling for sm_90 (no GPU at hand) and keeping the shapes ptxas builds
+# without register spills: "narrow" for padded head dims BLOCK_DK + BLOCK_DV <= 256 (e.g. 128/128),
+# "wide" beyond (192/128 pads to 256/128, and 256/256). The autotuner then times what is left.
+_WIDE_HEADS = 256
+
+
+@dataclass(frozen=True)
+class _Candidates:
+    """Autotune configs plus which of them are meant for wide heads (read by the prune hook)."""
+
+    configs: tuple
+    wide: frozenset
+
+    def prune(self, configs, named_args, **kwargs):
+        if len(configs) == 1:
+            return configs
+        wide = kwargs["BLOCK_DK"] + kwargs["BLOCK_DV"] > _WIDE_HEADS
+        return [c for c in configs if (c in self.wide) == wide]
+
+
+def _candidates(narrow: list[TileConfig], wide: list[TileConfig], interp: TileConfig) -> _Candidates:
+    def config(c: TileConfig) -> triton.Config:
+        return triton.Config({"BLOCK_M": c.block_m, "BLOCK_N": c.block_n}, num_warps=c.num_warps,
+                             num_stages=c.num_stages)
+
+    if interpreting():  # one config: the interpreter cannot autotune
+        return _Candidates((config(interp),), frozenset())
+    wide_configs = tuple(config(c) for c in wide)
+    return _Candidates(tuple(config(c) for c in narrow) + wide_configs, frozenset(wide_configs))
+
+
+_FWD = _candidates(
+    narrow=[TileConfig(128, 64, 8, 3), TileConfig(128, 64, 8, 4), TileConfig(128, 32, 8, 3), TileConfig(64, 64, 4, 3)],
+    wide=[TileConfig(64, 32, 8, 2), TileConfig(64, 32, 8, 3), TileConfig(64, 16, 4, 2), TileConfig(128, 16, 8, 2)],
+    interp=TileConfig(32, 16),
+)
+# dk/dv: the KV tile (BLOCK_N) is resident, query tiles (BLOCK_M) stream past it.
+_DKDV = _candidates(
+    narrow=[TileConfig(32, 64, 8, 2), TileConfig(32, 64, 8, 3), TileConfig(32, 128, 8, 2), TileConfig(64, 64, 8, 2)],
+    wide=[TileConfig(16, 32, 8, 2), TileConfig(32, 32, 8, 2), TileConfig(16, 32, 4, 2)],
+    interp=TileConfig(16, 32),
+)
+# dq: the query tile (BLOCK_M) is resident, KV tiles (BLOCK_N) stream past it.
+_DQ = _candidates(
+    narrow=[TileConfig(128, 32, 8, 2), TileConfig(128, 32, 8, 3), TileConfig(64, 16, 4, 3), TileConfig(64, 32, 4, 3)],
+    wide=[TileConfig(32, 32, 4, 2), TileConfig(32, 16, 4, 2), TileConfig(32, 16, 4, 3)],
+    interp=TileConfig(32, 16),
+)
+_DECODE_CONFIGS = [
+    triton.Config({"BLOCK_N": c.block_n}, num_warps=c.num_warps, num_stages=c.num_stages)
+    for c in ([TileConfig(16, 16)] if interpreting() else [  # block_m unused: G rows are BLOCK_G
+        TileConfig(16, 32, 4, 2), TileConfig(16, 32, 4, 3), TileConfig(16, 32, 8, 2), TileConfig(16, 64, 8, 2),
+    ])
+]
+
+
+# ---------------------------------------------------------------------------------- jit helpers
+@triton.jit
+def _load_tile(ptrs, rows, num_rows, cols, num_cols, CHECK_ROWS: tl.constexpr, CHECK_COLS: tl.constexpr):
+    """Load a [rows, cols] tile, masking only the edges that can be out of range."""
+    if CHECK_ROWS:
+        if CHECK_COLS:
+            x = tl.load(ptrs, mask=(rows[:, None] < num_rows) & (cols[None, :] < num_cols), other=0.0)
+        else:
+            x = tl.load(ptrs, mask=rows[:, None] < num_rows, other=0.0)
+    else:
+        if CHECK_COLS:
+            x = tl.load(ptrs, mask=cols[None, :] < num_cols, other=0.0)
+        else:
+            x = tl.load(ptrs)
+    return x
+
+
+@triton.jit
+def _row_offsets(rows, stride, ROW64: tl.constexpr):
+    """rows * stride, in int64 only when a (batch, head) plane can pass 2^31 elements.
+
+    Per-iteration int64 address math costs Hopper kernels hundreds of bytes of register spills, so
+    the launcher picks int32 whenever T * stride_t fits (batch/head bases are always int64).
+    """
+    if ROW64:
+        off = rows.to(tl.int64) * stride
+    else:
+        off = rows * stride
+    return off
+
+
+@triton.jit
+def _key_range(m0, seqlen, window, CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr,
+               BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """Key tiles a query tile [m0, m0+BLOCK_M) needs: [lo, hi), of which [clean_lo, clean_hi) need no mask.
+
+    All bounds except `hi` are multiples of BLOCK_N. A clean tile lies inside the sequence, fully in
+    every row's past (causal) and fully inside every row's window.
+    """
+    full_tiles_end = (seqlen // BLOCK_N) * BLOCK_N
+    if CAUSAL:
+        hi = tl.minimum(seqlen, m0 + BLOCK_M)
+        clean_hi = tl.minimum(((m0 + 1) // BLOCK_N) * BLOCK_N, full_tiles_end)
+    else:
+        hi = seqlen
+        clean_hi = full_tiles_end
+    if HAS_WINDOW:
+        lo = (tl.maximum(m0 - window + 1, 0) // BLOCK_N) * BLOCK_N
+        clean_lo = tl.cdiv(tl.maximum(m0 + BLOCK_M - window, 0), BLOCK_N) * BLOCK_N
+        clean_lo = tl.minimum(tl.maximum(clean_lo, lo), hi)
+    else:
+        lo = 0
+        clean_lo = 0
+    clean_hi = tl.minimum(tl.maximum(clean_hi, clean_lo), hi)
+    return lo, clean_lo, clean_hi, hi
+
+
+@triton.jit
+def _query_range(n0, seqlen, window, CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, BLOCK_M: tl.constexpr,
+                 BLOCK_N: tl.constexpr):
+    """Query tiles [lo, hi) that see some key of the tile [n0, n0+BLOCK_N); lo is a multiple of BLOCK_M."""
+    if HAS_WINDOW:
+        hi = tl.minimum(seqlen, n0 + BLOCK_N - 1 + window)
+    else:
+        hi = seqlen
+    if CAUSAL:
+        lo = (n0 // BLOCK_M) * BLOCK_M
+    else:
+        lo = 0
+    return lo, hi
+
+
+@triton.jit
+def _band_mask(rows, cols, seqlen, window, CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr):
+    """allowed[i, j] for query rows[i], key cols[j]. Query rows past the end need no mask: never stored."""
+    allowed = (cols[None, :] < seqlen) & (rows[:, None] >= 0)
+    if CAUSAL:
+        allowed = allowed & (cols[None, :] <= rows[:, None])
+    if HAS_WINDOW:
+        allowed = allowed & (cols[None, :] > rows[:, None] - window)
+    return allowed
+
+
+@triton.jit
+def _band_mask_t(keys, rows, seqlen, window, CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr):
+    """_band_mask transposed, built directly: allowed[j, i] for key keys[j] and query rows[i]."""
+    allowed = (keys[:, None] < seqlen) & (rows[None, :] < seqlen)
+    if CAUSAL:
+        allowed = allowed & (keys[:, None] <= rows[None, :])
+    if HAS_WINDOW:
+        allowed = allowed & (keys[:, None] > rows[None, :] - window)
+    return allowed
+
+
+# ---------------------------------------------------------------------------------- forward
+@triton.jit
+def _fwd_step(acc, l_i, m_i, q, k_base, v_base, stride_kt, stride_vt, offs_m, offs_n, offs_dk, offs_dv,
+              n0, seqlen, window, qk_scale,
+              DK: tl.constexpr, DV: tl.constexpr, PAD_DK: tl.constexpr, PAD_DV: tl.constexpr,
+              MASKED: tl.constexpr, CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, UPCAST: tl.constexpr,
+              ROW64: tl.constexpr):
+    """One key tile of the online softmax; m is kept in log2 units."""
+    keys = n0 + offs_n
+    k_ptrs = k_base + _row_offsets(keys, stride_kt, ROW64)[:, None] + offs_dk[None, :]
+    v_ptrs = v_base + _row_offsets(keys, stride_vt, ROW64)[:, None] + offs_dv[None, :]
+    k = _load_tile(k_ptrs, keys, seqlen, offs_dk, DK, MASKED, PAD_DK)
+    v = _load_tile(v_ptrs, keys, seqlen, offs_dv, DV, MASKED, PAD_DV)
+    if UPCAST:
+        k = k.to(tl.float32)
+        v = v.to(tl.float32)
+    qk = tl.dot(q, tl.trans(k)) * qk_scale
+    if MASKED:
+        qk = tl.where(_band_mask(offs_m, keys, seqlen, window, CAUSAL, HAS_WINDOW), qk, float("-inf"))
+    m_new = tl.maximum(m_i, tl.max(qk, 1))
+    alpha = tl.math.exp2(m_i - m_new)
+    p = tl.math.exp2(qk - m_new[:, None])
+    l_i = l_i * alpha + tl.sum(p, 1)
+    acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+    return acc, l_i, m_new
+
+
+@triton.jit
+def _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, stride_kt, stride_vt, offs_m, offs_n, offs_dk, offs_dv,
+               start, end, seqlen, window, qk_scale,
+               DK: tl.constexpr, DV: tl.constexpr, PAD_DK: tl.constexpr, PAD_DV: tl.constexpr,
+               MASKED: tl.constexpr, CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, UPCAST: tl.constexpr,
+               ROW64: tl.constexpr, INTERP: tl.constexpr, BLOCK_N: tl.constexpr):
+    """Online-softmax update of (acc, l, m) over key tiles [start, end)."""
+    if INTERP:  # the interpreter cannot take a runtime range() bound under numpy >= 2.4
+        n0 = start
+        while n0 < end:
+            acc, l_i, m_i = _fwd_step(acc, l_i, m_i, q, k_base, v_base, stride_kt, stride_vt, offs_m, offs_n,
+                                      offs_dk, offs_dv, n0, seqlen, window, qk_scale, DK, DV, PAD_DK, PAD_DV,
+                                      MASKED, CAUSAL, HAS_WINDOW, UPCAST, ROW64)
+            n0 += BLOCK_N
+    else:
+        for n0 in range(start, end, BLOCK_N):
+            n0 = tl.multiple_of(n0, BLOCK_N)
+            acc, l_i, m_i = _fwd_step(acc, l_i, m_i, q, k_base, v_base, stride_kt, stride_vt, offs_m, offs_n,
+                                      offs_dk, offs_dv, n0, seqlen, window, qk_scale, DK, DV, PAD_DK, PAD_DV,
+                                      MASKED, CAUSAL, HAS_WINDOW, UPCAST, ROW64)
+    return acc, l_i, m_i
+
+
+@triton.jit
+def _fwd_kernel(
+    q, k, v, o, lse,
+    stride_qb, stride_qt, stride_qh, stride_kb, stride_kt, stride_kh, stride_vb, stride_vt, stride_vh,
+    stride_ob, stride_ot, stride_oh, stride_lb, stride_lt, stride_lh,
+    seqlen, num_q_heads, group, window, qk_scale,
+    DK: tl.constexpr, DV: tl.constexpr, BLOCK_DK: tl.constexpr, BLOCK_DV: tl.constexpr,
+    CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, UPCAST: tl.constexpr, ROW64: tl.constexpr,
+    INTERP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    # Heaviest causal tiles (last queries) first: better tail balance across SMs.
+    pid_m = tl.num_programs(0) - 1 - tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    batch = (pid_bh // num_q_heads).to(tl.int64)
+    head = pid_bh % num_q_heads
+    kv_head = (head // group).to(tl.int64)
+    m0 = pid_m * BLOCK_M
+    offs_m = m0 + tl.arange(0, BLOCK_M)
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_dk = tl.arange(0, BLOCK_DK)
+    offs_dv = tl.arange(0, BLOCK_DV)
+    PAD_DK: tl.constexpr = BLOCK_DK != DK
+    PAD_DV: tl.constexpr = BLOCK_DV != DV
+
+    q_base = q + batch * stride_qb + head.to(tl.int64) * stride_qh + m0.to(tl.int64) * stride_qt
+    q_ptrs = q_base + tl.arange(0, BLOCK_M)[:, None] * stride_qt + offs_dk[None, :]
+    q_tile = _load_tile(q_ptrs, offs_m, seqlen, offs_dk, DK, True, PAD_DK)
+    if UPCAST:
+        q_tile = q_tile.to(tl.float32)
+    k_base = k + batch * stride_kb + kv_head * stride_kh
+    v_base = v + batch * stride_vb + kv_head * stride_vh
+
+    acc = tl.zeros([BLOCK_M, BLOCK_DV], dtype=tl.float32)
+    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+    m_i = tl.full([BLOCK_M], -1.0e30, dtype=tl.float32)  # finite: a fully masked tile gives p = 0, not NaN
+    lo, clean_lo, clean_hi, hi = _key_range(m0, seqlen, window, CAUSAL, HAS_WINDOW, BLOCK_M, BLOCK_N)
+    acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q_tile, k_base, v_base, stride_kt, stride_vt, offs_m, offs_n,
+                               offs_dk, offs_dv, lo, clean_lo, seqlen, window, qk_scale, DK, DV, PAD_DK, PAD_DV,
+                               True, CAUSAL, HAS_WINDOW, UPCAST, ROW64, INTERP, BLOCK_N)
+    acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q_tile, k_base, v_base, stride_kt, stride_vt, offs_m, offs_n,
+                               offs_dk, offs_dv, clean_lo, clean_hi, seqlen, window, qk_scale, DK, DV, PAD_DK,
+                               PAD_DV, False, CAUSAL, HAS_WINDOW, UPCAST, ROW64, INTERP, BLOCK_N)
+    acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q_tile, k_base, v_base, stride_kt, stride_vt, offs_m, offs_n,
+                               offs_dk, offs_dv, clean_hi, hi, seqlen, window, qk_scale, DK, DV, PAD_DK, PAD_DV,
+                               True, CAUSAL, HAS_WINDOW, UPCAST, ROW64, INTERP, BLOCK_N)
+
+    l_safe = tl.where(l_i > 0.0, l_i, 1.0)
+    out = acc / l_safe[:, None]
+    row_ok = offs_m < seqlen
+    o_ptrs = (o + batch * stride_ob + head.to(tl.int64) * stride_oh + m0.to(tl.int64) * stride_ot
+              + tl.arange(0, BLOCK_M)[:, None] * stride_ot + offs_dv[None, :])
+    tl.store(o_ptrs, out.to(o.dtype.element_ty), mask=row_ok[:, None] & (offs_dv[None, :] < DV))
+    lse_ptrs = lse + batch * stride_lb + head.to(tl.int64) * stride_lh + offs_m.to(tl.int64) * stride_lt
+    tl.store(lse_ptrs, (m_i + tl.math.log2(l_safe)) * 0.6931471805599453, mask=row_ok)
+
+
+_fwd_tuned = triton.autotune(
+    configs=list(_FWD.configs), key=["BLOCK_DK", "BLOCK_DV", "CAUSAL", "HAS_WINDOW"],
+    prune_configs_by={"early_config_prune": _FWD.prune},
+)(_fwd_kernel)
+
+
+# ---------------------------------------------------------------------------------- backward
+@triton.jit
+def _bwd_preprocess_kernel(
+    o, do, delta, stride_ob, stride_ot, stride_oh, stride_db, stride_dt, stride_dh,
+    stride_lb, stride_lt, stride_lh, seqlen, num_q_heads,
+    DV: tl.constexpr, BLOCK_DV: tl.constexpr, BLOCK_M: tl.constexpr,
+):
+    """delta[b, t, h] = sum_d o * do: the softmax-Jacobian term both backward kernels need."""
+    pid_m = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    batch = (pid_bh // num_q_heads).to(tl.int64)
+    head = (pid_bh % num_q_heads).to(tl.int64)
+    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_dv = tl.arange(0, BLOCK_DV)
+    mask = (rows[:, None] < seqlen) & (offs_dv[None, :] < DV)
+    rows64 = rows.to(tl.int64)
+    o_tile = tl.load(o + batch * stride_ob + head * stride_oh + rows64[:, None] * stride_ot + offs_dv[None, :],
+                     mask=mask, other=0.0).to(tl.float32)
+    do_tile = tl.load(do + batch * stride_db + head * stride_dh + rows64[:, None] * stride_dt + offs_dv[None, :],
+                      mask=mask, other=0.0).to(tl.float32)
+    tl.store(delta + batch * stride_lb + head * stride_lh + rows64 * stride_lt, tl.sum(o_tile * do_tile, 1),
+             mask=rows < seqlen)
+
+
+@triton.jit
+def _dkdv_step(dk, dv, k_tile, v_tile, q_base, do_base, lse_base, delta_base, stride_qt, stride_dot, stride_lt,
+               keys, offs_m, offs_dk, offs_dv, m0, seqlen, window, qk_scale,
+               DK: tl.constexpr, DV: tl.constexpr, PAD_DK: tl.constexpr, PAD_DV: tl.constexpr,
+               MASKED: tl.constexpr, CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, UPCAST: tl.constexpr,
+              ROW64: tl.constexpr):
+    """dk (unscaled) and dv contributions of one query tile to one KV tile."""
+    rows = m0 + offs_m
+    q_tile = _load_tile(q_base + _row_offsets(rows, stride_qt, ROW64)[:, None] + offs_dk[None, :],
+                        rows, seqlen, offs_dk, DK, MASKED, PAD_DK)
+    do_tile = _load_tile(do_base + _row_offsets(rows, stride_dot, ROW64)[:, None] + offs_dv[None, :],
+                         rows, seqlen, offs_dv, DV, MASKED, PAD_DV)
+    lse_ptrs = lse_base + _row_offsets(rows, stride_lt, ROW64)
+    delta_ptrs = delta_base + _row_offsets(rows, stride_lt, ROW64)
+    if MASKED:
+        lse2 = tl.load(lse_ptrs, mask=rows < seqlen, other=0.0) * 1.4426950408889634
+        delta = tl.load(delta_ptrs, mask=rows < seqlen, other=0.0)
+    else:
+        lse2 = tl.load(lse_ptrs) * 1.4426950408889634
+        delta = tl.load(delta_ptrs)
+    if UPCAST:
+        q_tile = q_tile.to(tl.float32)
+        do_tile = do_tile.to(tl.float32)
+    # Transposed orientation [BLOCK_N, BLOCK_M]: rows are this program's keys.
+    p_t = tl.math.exp2(tl.dot(k_tile, tl.trans(q_tile)) * qk_scale - lse2[None, :])
+    if MASKED:
+        p_t = tl.where(_band_mask_t(keys, rows, seqlen, window, CAUSAL, HAS_WINDOW), p_t, 0.0)
+    dv += tl.dot(p_t.to(do_tile.dtype), do_tile)
+    dp_t = tl.dot(v_tile, tl.trans(do_tile))
+    ds_t = p_t * (dp_t - delta[None, :])
+    dk += tl.dot(ds_t.to(q_tile.dtype), q_tile)
+    return dk, dv
+
+
+@triton.jit
+def _bwd_dkdv_kernel(
+    q, k, v, do, lse, delta, dk, dv,
+    stride_qb, stride_qt, stride_qh, stride_kb, stride_kt, stride_kh, stride_vb, stride_vt, stride_vh,
+    stride_dob, stride_dot, stride_doh, stride_lb, stride_lt, stride_lh,
+    stride_dkb, stride_dkt, stride_dkh, stride_dvb, stride_dvt, stride_dvh,
+    seqlen, num_kv_heads, group, window, qk_scale, scale,
+    DK: tl.constexpr, DV: tl.constexpr, BLOCK_DK: tl.constexpr, BLOCK_DV: tl.constexpr,
+    CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, UPCAST: tl.constexpr, ROW64: tl.constexpr,
+    INTERP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    """One KV tile of one KV head; sums over the G query heads of its group, so no atomics."""
+    pid_n = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    batch = (pid_bh // num_kv_heads).to(tl.int64)
+    kv_head = pid_bh % num_kv_heads
+    n0 = pid_n * BLOCK_N
+    keys = n0 + tl.arange(0, BLOCK_N)
+    offs_m = tl.arange(0, BLOCK_M)
+    offs_dk = tl.arange(0, BLOCK_DK)
+    offs_dv = tl.arange(0, BLOCK_DV)
+    PAD_DK: tl.constexpr = BLOCK_DK != DK
+    PAD_DV: tl.constexpr = BLOCK_DV != DV
+    local_n = tl.arange(0, BLOCK_N)
+
+    k_ptrs = (k + batch * stride_kb + kv_head.to(tl.int64) * stride_kh + n0.to(tl.int64) * stride_kt
+              + local_n[:, None] * stride_kt + offs_dk[None, :])
+    v_ptrs = (v + batch * stride_vb + kv_head.to(tl.int64) * stride_vh + n0.to(tl.int64) * stride_vt
+              + local_n[:, None] * stride_vt + offs_dv[None, :])
+    k_tile = _load_tile(k_ptrs, keys, seqlen, offs_dk, DK, True, PAD_DK)
+    v_tile = _load_tile(v_ptrs, keys, seqlen, offs_dv, DV, True, PAD_DV)
+    if UPCAST:
+        k_tile = k_tile.to(tl.float32)
+        v_tile = v_tile.to(tl.float32)
+    dk_acc = tl.zeros([BLOCK_N, BLOCK_DK], dtype=tl.float32)
+    dv_acc = tl.zeros([BLOCK_N, BLOCK_DV], dtype=tl.float32)
+    lo, hi = _query_range(n0, seqlen, window, CAUSAL, HAS_WINDOW, BLOCK_M, BLOCK_N)
+    group_head = (kv_head * group).to(tl.int64)
+    q_group = q + batch * stride_qb + group_head * stride_qh
+    do_group = do + batch * stride_dob + group_head * stride_doh
+    lse_group = lse + batch * stride_lb + group_head * stride_lh
+    delta_group = delta + batch * stride_lb + group_head * stride_lh
+    # One flat loop over (query head of the group, query tile), every tile masked: nesting a head loop
+    # around clean/edge tile loops made Hopper builds spill hundreds of bytes of registers.
+    num_tiles = tl.cdiv(hi - lo, BLOCK_M)
+    if INTERP:  # the interpreter cannot take a runtime range() bound under numpy >= 2.4
+        it = 0
+        while it < num_tiles * group:
+            g = it // num_tiles
+            dk_acc, dv_acc = _dkdv_step(
+                dk_acc, dv_acc, k_tile, v_tile, q_group + g * stride_qh, do_group + g * stride_doh,
+                lse_group + g * stride_lh, delta_group + g * stride_lh, stride_qt, stride_dot, stride_lt, keys,
+                offs_m, offs_dk, offs_dv, lo + (it - g * num_tiles) * BLOCK_M, seqlen, window, qk_scale,
+                DK, DV, PAD_DK, PAD_DV, True, CAUSAL, HAS_WINDOW, UPCAST, ROW64)
+            it += 1
+    else:
+        for it in range(0, num_tiles * group):
+            g = it // num_tiles
+            dk_acc, dv_acc = _dkdv_step(
+                dk_acc, dv_acc, k_tile, v_tile, q_group + g * stride_qh, do_group + g * stride_doh,
+                lse_group + g * stride_lh, delta_group + g * stride_lh, stride_qt, stride_dot, stride_lt, keys,
+                offs_m, offs_dk, offs_dv, lo + (it - g * num_tiles) * BLOCK_M, seqlen, window, qk_scale,
+                DK, DV, PAD_DK, PAD_DV, True, CAUSAL, HAS_WINDOW, UPCAST, ROW64)
+    row_ok = keys[:, None] < seqlen
+    dk_ptrs = (dk + batch * stride_dkb + kv_head.to(tl.int64) * stride_dkh + n0.to(tl.int64) * stride_dkt
+               + local_n[:, None] * stride_dkt + offs_dk[None, :])
+    dv_ptrs = (dv + batch * stride_dvb + kv_head.to(tl.int64) * stride_dvh + n0.to(tl.int64) * stride_dvt
+               + local_n[:, None] * stride_dvt + offs_dv[None, :])
+    tl.store(dk_ptrs, (dk_acc * scale).to(dk.dtype.element_ty), mask=row_ok & (offs_dk[None, :] < DK))
+    tl.store(dv_ptrs, dv_acc.to(dv.dtype.element_ty), mask=row_ok & (offs_dv[None, :] < DV))
+
+
+@triton.jit
+def _dq_tiles(dq, q_tile, do_tile, lse2, delta, k_base, v_base, stride_kt, stride_vt, offs_m, offs_n, offs_dk,
+              offs_dv, start, end, seqlen, window, qk_scale,
+              DK: tl.constexpr, DV: tl.constexpr, PAD_DK: tl.constexpr, PAD_DV: tl.constexpr,
+              MASKED: tl.constexpr, CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, UPCAST: tl.constexpr,
+              ROW64: tl.constexpr, INTERP: tl.constexpr, BLOCK_N: tl.constexpr):
+    """Accumulate dq (unscaled) of one query tile over key tiles [start, end)."""
+    if INTERP:  # the interpreter cannot take a runtime range() bound under numpy >= 2.4
+        n0 = start
+        while n0 < end:
+            dq = _dq_step(dq, q_tile, do_tile, lse2, delta, k_base, v_base, stride_kt, stride_vt, offs_m, offs_n,
+                          offs_dk, offs_dv, n0, seqlen, window, qk_scale, DK, DV, PAD_DK, PAD_DV, MASKED, CAUSAL,
+                          HAS_WINDOW, UPCAST, ROW64)
+            n0 += BLOCK_N
+    else:
+        for n0 in range(start, end, BLOCK_N):
+            n0 = tl.multiple_of(n0, BLOCK_N)
+            dq = _dq_step(dq, q_tile, do_tile, lse2, delta, k_base, v_base, stride_kt, stride_vt, offs_m, offs_n,
+                          offs_dk, offs_dv, n0, seqlen, window, qk_scale, DK, DV, PAD_DK, PAD_DV, MASKED, CAUSAL,
+                          HAS_WINDOW, UPCAST, ROW64)
+    return dq
+
+
+@triton.jit
+def _dq_step(dq, q_tile, do_tile, lse2, delta, k_base, v_base, stride_kt, stride_vt, offs_m, offs_n, offs_dk,
+             offs_dv, n0, seqlen, window, qk_scale,
+             DK: tl.constexpr, DV: tl.constexpr, PAD_DK: tl.constexpr, PAD_DV: tl.constexpr,
+             MASKED: tl.constexpr, CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, UPCAST: tl.constexpr,
+              ROW64: tl.constexpr):
+    """dq contribution of one key tile."""
+    keys = n0 + offs_n
+    k_ptrs = k_base + _row_offsets(keys, stride_kt, ROW64)[:, None] + offs_dk[None, :]
+    v_ptrs = v_base + _row_offsets(keys, stride_vt, ROW64)[:, None] + offs_dv[None, :]
+    k_tile = _load_tile(k_ptrs, keys, seqlen, offs_dk, DK, MASKED, PAD_DK)
+    v_tile = _load_tile(v_ptrs, keys, seqlen, offs_dv, DV, MASKED, PAD_DV)
+    if UPCAST:
+        k_tile = k_tile.to(tl.float32)
+        v_tile = v_tile.to(tl.float32)
+    p = tl.math.exp2(tl.dot(q_tile, tl.trans(k_tile)) * qk_scale - lse2[:, None])
+    if MASKED:
+        p = tl.where(_band_mask(offs_m, keys, seqlen, window, CAUSAL, HAS_WINDOW), p, 0.0)
+    dp = tl.dot(do_tile, tl.trans(v_tile))
+    ds = p * (dp - delta[:, None])
+    dq += tl.dot(ds.to(k_tile.dtype), k_tile)
+    return dq
+
+
+@triton.jit
+def _bwd_dq_kernel(
+    q, k, v, do, lse, delta, dq,
+    stride_qb, stride_qt, stride_qh, stride_kb, stride_kt, stride_kh, stride_vb, stride_vt, stride_vh,
+    stride_dob, stride_dot, stride_doh, stride_lb, stride_lt, stride_lh,
+    stride_dqb, stride_dqt, stride_dqh,
+    seqlen, num_q_heads, group, window, qk_scale, scale,
+    DK: tl.constexpr, DV: tl.constexpr, BLOCK_DK: tl.constexpr, BLOCK_DV: tl.constexpr,
+    CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, UPCAST: tl.constexpr, ROW64: tl.constexpr,
+    INTERP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    pid_m = tl.num_programs(0) - 1 - tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    batch = (pid_bh // num_q_heads).to(tl.int64)
+    head = pid_bh % num_q_heads
+    kv_head = (head // group).to(tl.int64)
+    head = head.to(tl.int64)
+    m0 = pid_m * BLOCK_M
+    local_m = tl.arange(0, BLOCK_M)
+    offs_m = m0 + local_m
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_dk = tl.arange(0, BLOCK_DK)
+    offs_dv = tl.arange(0, BLOCK_DV)
+    PAD_DK: tl.constexpr = BLOCK_DK != DK
+    PAD_DV: tl.constexpr = BLOCK_DV != DV
+    row_off = m0.to(tl.int64)
+
+    q_tile = _load_tile(q + batch * stride_qb + head * stride_qh + row_off * stride_qt
+                        + local_m[:, None] * stride_qt + offs_dk[None, :], offs_m, seqlen, offs_dk, DK, True, PAD_DK)
+    do_tile = _load_tile(do + batch * stride_dob + head * stride_doh + row_off * stride_dot
+                         + local_m[:, None] * stride_dot + offs_dv[None, :], offs_m, seqlen, offs_dv, DV, True,
+                         PAD_DV)
+    stat_off = batch * stride_lb + head * stride_lh + offs_m.to(tl.int64) * stride_lt
+    lse2 = tl.load(lse + stat_off, mask=offs_m < seqlen, other=0.0) * 1.4426950408889634
+    delta_rows = tl.load(delta + stat_off, mask=offs_m < seqlen, other=0.0)
+    if UPCAST:
+        q_tile = q_tile.to(tl.float32)
+        do_tile = do_tile.to(tl.float32)
+    k_base = k + batch * stride_kb + kv_head * stride_kh
+    v_base = v + batch * stride_vb + kv_head * stride_vh
+
+    dq_acc = tl.zeros([BLOCK_M, BLOCK_DK], dtype=tl.float32)
+    lo, clean_lo, clean_hi, hi = _key_range(m0, seqlen, window, CAUSAL, HAS_WINDOW, BLOCK_M, BLOCK_N)
+    dq_acc = _dq_tiles(dq_acc, q_tile, do_tile, lse2, delta_rows, k_base, v_base, stride_kt, stride_vt, offs_m,
+                       offs_n, offs_dk, offs_dv, lo, clean_lo, seqlen, window, qk_scale, DK, DV, PAD_DK, PAD_DV,
+                       True, CAUSAL, HAS_WINDOW, UPCAST, ROW64, INTERP, BLOCK_N)
+    dq_acc = _dq_tiles(dq_acc, q_tile, do_tile, lse2, delta_rows, k_base, v_base, stride_kt, stride_vt, offs_m,
+                       offs_n, offs_dk, offs_dv, clean_lo, clean_hi, seqlen, window, qk_scale, DK, DV, PAD_DK,
+                       PAD_DV, False, CAUSAL, HAS_WINDOW, UPCAST, ROW64, INTERP, BLOCK_N)
+    dq_acc = _dq_tiles(dq_acc, q_tile, do_tile, lse2, delta_rows, k_base, v_base, stride_kt, stride_vt, offs_m,
+                       offs_n, offs_dk, offs_dv, clean_hi, hi, seqlen, window, qk_scale, DK, DV, PAD_DK, PAD_DV,
+                       True, CAUSAL, HAS_WINDOW, UPCAST, ROW64, INTERP, BLOCK_N)
+    dq_ptrs = (dq + batch * stride_dqb + head * stride_dqh + row_off * stride_dqt
+               + local_m[:, None] * stride_dqt + offs_dk[None, :])
+    tl.store(dq_ptrs, (dq_acc * scale).to(dq.dtype.element_ty),
+             mask=(offs_m[:, None] < seqlen) & (offs_dk[None, :] < DK))
+
+
+_dkdv_tuned = triton.autotune(
+    configs=list(_DKDV.configs), key=["BLOCK_DK", "BLOCK_DV", "CAUSAL", "HAS_WINDOW"],
+    prune_configs_by={"early_config_prune": _DKDV.prune},
+)(_bwd_dkdv_kernel)
+_dq_tuned = triton.autotune(
+    configs=list(_DQ.configs), key=["BLOCK_DK", "BLOCK_DV", "CAUSAL", "HAS_WINDOW"],
+    prune_configs_by={"early_config_prune": _DQ.prune},
+)(_bwd_dq_kernel)
+
+
+# ---------------------------------------------------------------------------------- decode
+@triton.jit
+def _decode_split_kernel(
+    q, k, v, seqlens, o_part, lse_part,
+    stride_qb, stride_qh, stride_kb, stride_kt, stride_kh, stride_vb, stride_vt, stride_vh,
+    stride_pb, stride_ph, stride_ps, stride_lb, stride_lh, stride_ls,
+    num_kv_heads, group, max_len, split_len, qk_scale,
+    DK: tl.constexpr, DV: tl.constexpr, BLOCK_DK: tl.constexpr, BLOCK_DV: tl.constexpr,
+    BLOCK_G: tl.constexpr, UPCAST: tl.constexpr, ROW64: tl.constexpr, INTERP: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+):
+    """Partial attention of all G query heads of one KV head over one cache chunk (flash-decoding)."""
+    pid_s = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    batch = pid_bh // num_kv_heads
+    kv_head = (pid_bh % num_kv_heads).to(tl.int64)
+    length = tl.minimum(tl.load(seqlens + batch), max_len)
+    batch = batch.to(tl.int64)
+    start = pid_s * split_len
+    end = tl.minimum(start + split_len, length)
+
+    offs_g = tl.arange(0, BLOCK_G)
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_dk = tl.arange(0, BLOCK_DK)
+    offs_dv = tl.arange(0, BLOCK_DV)
+    heads = kv_head * group + offs_g
+    g_ok = offs_g < group
+    q_tile = tl.load(q + batch * stride_qb + heads[:, None] * stride_qh + offs_dk[None, :],
+                     mask=g_ok[:, None] & (offs_dk[None, :] < DK), other=0.0)
+    if UPCAST:
+        q_tile = q_tile.to(tl.float32)
+    k_base = k + batch * stride_kb + kv_head * stride_kh
+    v_base = v + batch * stride_vb + kv_head * stride_vh
+
+    acc = tl.zeros([BLOCK_G, BLOCK_DV], dtype=tl.float32)
+    l_i = tl.zeros([BLOCK_G], dtype=tl.float32)
+    m_i = tl.full([BLOCK_G], -1.0e30, dtype=tl.float32)
+    PAD_DK: tl.constexpr = BLOCK_DK != DK
+    PAD_DV: tl.constexpr = BLOCK_DV != DV
+    if INTERP:  # the interpreter cannot take a runtime range() bound under numpy >= 2.4
+        n0 = start
+        while n0 < end:
+            acc, l_i, m_i = _fwd_step(acc, l_i, m_i, q_tile, k_base, v_base, stride_kt, stride_vt, offs_g, offs_n,
+                                      offs_dk, offs_dv, n0, end, 0, qk_scale, DK, DV, PAD_DK, PAD_DV,
+                                      True, False, False, UPCAST, ROW64)
+            n0 += BLOCK_N
+    else:
+        for n0 in range(start, end, BLOCK_N):
+            acc, l_i, m_i = _fwd_step(acc, l_i, m_i, q_tile, k_base, v_base, stride_kt, stride_vt, offs_g, offs_n,
+                                      offs_dk, offs_dv, n0, end, 0, qk_scale, DK, DV, PAD_DK, PAD_DV,
+                                      True, False, False, UPCAST, ROW64)
+
+    has_keys = l_i > 0.0
+    out = acc / tl.where(has_keys, l_i, 1.0)[:, None]
+    lse2 = tl.where(has_keys, m_i + tl.math.log2(tl.where(has_keys, l_i, 1.0)), float("-inf"))
+    part_ptrs = (o_part + batch * stride_pb + heads[:, None] * stride_ph + pid_s.to(tl.int64) * stride_ps
+                 + offs_dv[None, :])
+    tl.store(part_ptrs, out, mask=g_ok[:, None] & (offs_dv[None, :] < DV))
+    tl.store(lse_part + batch * stride_lb + heads * stride_lh + pid_s.to(tl.int64) * stride_ls, lse2, mask=g_ok)
+
+
+@triton.jit
+def _decode_combine_kernel(
+    o_part, lse_part, out, stride_pb, stride_ph, stride_ps, stride_lb, stride_lh, stride_ls,
+    stride_ob, stride_oh, num_q_heads, num_splits,
+    DV: tl.constexpr, BLOCK_DV: tl.constexpr, BLOCK_S: tl.constexpr,
+):
+    """Merge the splits' normalised partials, weighting each by exp(its lse - the max lse)."""
+    pid = tl.program_id(0)
+    batch = (pid // num_q_heads).to(tl.int64)
+    head = (pid % num_q_heads).to(tl.int64)
+    offs_s = tl.arange(0, BLOCK_S)
+    offs_dv = tl.arange(0, BLOCK_DV)
+    split_ok = offs_s < num_splits
+    lse_all = tl.load(lse_part + batch * stride_lb + head * stride_lh + offs_s * stride_ls, mask=split_ok,
+                      other=float("-inf"))
+    m = tl.max(lse_all, 0)
+    weights = tl.math.exp2(lse_all - tl.where(m == float("-inf"), 0.0, m))  # empty splits (lse -inf) weigh 0
+    parts = tl.load(o_part + batch * stride_pb + head * stride_ph + offs_s[:, None] * stride_ps + offs_dv[None, :],
+                    mask=split_ok[:, None] & (offs_dv[None, :] < DV), other=0.0)
+    total = tl.sum(weights, 0)
+    result = tl.sum(weights[:, None] * parts, 0) / tl.where(total > 0.0, total, 1.0)
+    tl.store(out + batch * stride_ob + head * stride_oh + offs_dv, result.to(out.dtype.element_ty),
+             mask=offs_dv < DV)
+
+
+_decode_split_tuned = triton.autotune(configs=_DECODE_CONFIGS, key=["BLOCK_DK", "BLOCK_DV", "BLOCK_G"])(
+    _decode_split_kernel
+)
+
+
+# ---------------------------------------------------------------------------------- validation
+def _check_dtypes(**tensors: torch.Tensor) -> None:
+    first_name, first = next(iter(tensors.items()))
+    if first.dtype not in _SUPPORTED_DTYPES:
+        raise ValueError(f"{first_name}.dtype={first.dtype} unsupported (use one of {_SUPPORTED_DTYPES})")
+    for name, t in tensors.items():
+        if t.dtype != first.dtype:
+            raise ValueError(f"{name}.dtype={t.dtype} differs from {first_name}.dtype={first.dtype}")
+        if t.device != first.device:
+            raise ValueError(f"{name} is on {t.device}, {first_name} on {first.device}")
+
+
+def _check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> int:
+    """BTHD shape checks beyond check_heads; returns G."""
+    group = check_heads(q, k, v)
+    if k.shape[:3] != v.shape[:3]:
+        raise ValueError(f"k {tuple(k.shape)} and v {tuple(v.shape)} must agree in [B, T, Hkv]")
+    if q.shape[:2] != k.shape[:2]:
+        raise ValueError(f"q {tuple(q.shape)} and k {tuple(k.shape)} must agree in [B, T]")
+    if q.shape[-1] != k.shape[-1]:
+        raise ValueError(f"q Dk={q.shape[-1]} and k Dk={k.shape[-1]} differ")
+    _check_dtypes(q=q, k=k, v=v)
+    return group
+
+
+def _check_mode(scale: float, window: int | None, causal: bool) -> None:
+    if not (isinstance(scale, (int, float)) and math.isfinite(scale) and scale > 0):
+        raise ValueError(f"scale={scale!r} must be a positive finite float")
+    if window is not None:
+        if isinstance(window, bool) or not isinstance(window, int) or window < 1:
+            raise ValueError(f"window={window!r} must be an int >= 1 or None")
+        if not causal:
+            raise ValueError(f"window={window} requires causal=True (a sliding window looks only back)")
+
+
+def _unit_last(x: torch.Tensor) -> torch.Tensor:
+    """Kernels index the head dim with stride 1; any other stride is made contiguous once."""
+    return x if x.stride(-1) == 1 else x.contiguous()
+
+
+def _bthd(x: torch.Tensor) -> tuple[int, int, int]:
+    return x.stride(0), x.stride(1), x.stride(2)
+
+
+def _needs_row64(seqlen: int, *tensors: torch.Tensor) -> bool:
+    """Whether row * stride_t can pass int32 inside one (batch, head) plane of any of `tensors`."""
+    return any(seqlen * t.stride(1) + t.shape[-1] >= 2**31 for t in tensors)
+
+
+def _launch_args(tiles: TileConfig | None) -> dict:
+    if tiles is None:
+        return {}
+    return {"BLOCK_M": tiles.block_m, "BLOCK_N": tiles.block_n, "num_warps": tiles.num_warps,
+            "num_stages": tiles.num_stages}
+
+
+# ---------------------------------------------------------------------------------- public API
+def attention_fwd(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, window: int | None = None,
+    causal: bool = True, *, tiles: TileConfig | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """o [B,T,Hq,Dv] (q.dtype) and lse [B,T,Hq] (float32, natural log) of scaled-dot-product attention.
+
+    causal: query t sees keys <= t; window=w further limits it to keys >= t-w+1. causal=False is full
+    attention. `tiles` pins one launch config (tests); None autotunes.
+    """
+    group = _check_qkv(q, k, v)
+    _check_mode(scale, window, causal)
+    q, k, v = _unit_last(q), _unit_last(k), _unit_last(v)
+    batch, seqlen, num_q_heads, dk = q.shape
+    dv = v.shape[-1]
+    o = torch.empty(batch, seqlen, num_q_heads, dv, dtype=q.dtype, device=q.device)
+    lse = torch.empty(batch, seqlen, num_q_heads, dtype=torch.float32, device=q.device)
+    if o.numel() == 0:
+        return o, lse
+    args = (
+        q, k, v, o, lse, *_bthd(q), *_bthd(k), *_bthd(v), *_bthd(o), *lse.stride(),
+        seqlen, num_q_heads, group, seqlen if window is None else min(window, seqlen), float(scale) * LOG2E,
+    )
+    consts = dict(DK=dk, DV=dv, BLOCK_DK=max(16, next_pow2(dk)), BLOCK_DV=max(16, next_pow2(dv)),
+                  CAUSAL=bool(causal), HAS_WINDOW=window is not None,
+                  UPCAST=interpreting() and q.dtype == torch.bfloat16, ROW64=_needs_row64(seqlen, q, k, v),
+                  INTERP=interpreting())
+
+    def grid(meta):
+        return (triton.cdiv(seqlen, meta["BLOCK_M"]), batch * num_q_heads)
+
+    kernel = _fwd_tuned if tiles is None else _fwd_kernel
+    kernel[grid](*args, **consts, **_launch_args(tiles))
+    return o, lse
+
+
+def attention_bwd(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, o: torch.Tensor, lse: torch.Tensor, do: torch.Tensor,
+    scale: float, window: int | None = None, causal: bool = True, *,
+    tiles_dkdv: TileConfig | None = None, tiles_dq: TileConfig | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(dq, dk, dv) in the input dtypes; dk/dv are summed over the G query heads of each KV head."""
+    group = _check_qkv(q, k, v)
+    _check_mode(scale, window, causal)
+    expected_o = (*q.shape[:3], v.shape[-1])
+    for name, t in (("o", o), ("do", do)):
+        if tuple(t.shape) != expected_o:
+            raise ValueError(f"{name} shape {tuple(t.shape)} must be {expected_o}")
+    if tuple(lse.shape) != tuple(q.shape[:3]) or lse.dtype != torch.float32:
+        raise ValueError(f"lse must be float32 {tuple(q.shape[:3])}, got {lse.dtype} {tuple(lse.shape)}")
+    q, k, v, o, do = (_unit_last(t) for t in (q, k, v, o, do))
+    batch, seqlen, num_q_heads, dk = q.shape
+    num_kv_heads, dv = k.shape[2], v.shape[-1]
+    dq = torch.empty_like(q)
+    dk_out = torch.empty_like(k)
+    dv_out = torch.empty_like(v)
+    if q.numel() == 0 or v.numel() == 0:
+        return dq.zero_(), dk_out.zero_(), dv_out.zero_()
+    lse = lse.contiguous()
+    delta = torch.empty_like(lse)
+    block_dk, block_dv = max(16, next_pow2(dk)), max(16, next_pow2(dv))
+    prep_rows = max(16, 4096 // block_dv)  # o and do tiles stay at 64 fp32 registers per thread
+    _bwd_preprocess_kernel[(triton.cdiv(seqlen, prep_rows), batch * num_q_heads)](
+        o, do, delta, *_bthd(o), *_bthd(do), *lse.stride(), seqlen, num_q_heads,
+        DV=dv, BLOCK_DV=block_dv, BLOCK_M=prep_rows,
+    )
+    win = seqlen if window is None else min(window, seqlen)  # w >= T is plain causal; keeps int32 bounds safe
+    qk_scale = float(scale) * LOG2E
+    consts = dict(DK=dk, DV=dv, BLOCK_DK=block_dk, BLOCK_DV=block_dv, CAUSAL=bool(causal),
+                  HAS_WINDOW=window is not None, UPCAST=interpreting() and q.dtype == torch.bfloat16,
+                  ROW64=_needs_row64(seqlen, q, k, v, do), INTERP=interpreting())
+    common = (*_bthd(q), *_bthd(k), *_bthd(v), *_bthd(do), *lse.stride())
+
+    def grid_dkdv(meta):
+        return (triton.cdiv(seqlen, meta["BLOCK_N"]), batch * num_kv_heads)
+
+    kernel = _dkdv_tuned if tiles_dkdv is None else _bwd_dkdv_kernel
+    kernel[grid_dkdv](
+        q, k, v, do, lse, delta, dk_out, dv_out, *common, *_bthd(dk_out), *_bthd(dv_out),
+        seqlen, num_kv_heads, group, win, qk_scale, float(scale), **consts, **_launch_args(tiles_dkdv),
+    )
+
+    def grid_dq(meta):
+        return (triton.cdiv(seqlen, meta["BLOCK_M"]), batch * num_q_heads)
+
+    kernel = _dq_tuned if tiles_dq is None else _bwd_dq_kernel
+    kernel[grid_dq](
+        q, k, v, do, lse, delta, dq, *common, *_bthd(dq),
+        seqlen, num_q_heads, group, win, qk_scale, float(scale), **consts, **_launch_args(tiles_dq),
+    )
+    return dq, dk_out, dv_out
+
+
+class _FlashAttention(torch.autograd.Function):
+    """Differentiable wrapper: the forward keeps (o, lse) so the backward never recomputes softmax stats."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, causal: bool, scale: float, window: int | None):
+        o, lse = attention_fwd(q, k, v, scale, window, causal)
+        ctx.save_for_backward(q, k, v, o, lse)
+        ctx.causal, ctx.scale, ctx.window = causal, scale, window
+        return o
+
+    @staticmethod
+    def backward(ctx, do):
+        q, k, v, o, lse = ctx.saved_tensors
+        dq, dk, dv = attention_bwd(q, k, v, o, lse, do.contiguous(), ctx.scale, ctx.window, ctx.causal)
+        return dq, dk, dv, None, None, None
+
+
+def flash_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = True, scale: float | None = None,
+    window: int | None = None,
+) -> torch.Tensor:
+    """FlashAttention-2 over BTHD tensors, differentiable in q, k, v; scale defaults to Dk**-0.5."""
+    if q.dim() != 4:
+        raise ValueError(f"q must be [B, T, Hq, Dk], got shape {tuple(q.shape)}")
+    sc = q.shape[-1] ** -0.5 if scale is None else float(scale)
+    return _FlashAttention.apply(q, k, v, bool(causal), sc, window)
+
+
+def _num_sms(device: torch.device) -> int:
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).multi_processor_count
+    return _DEFAULT_NUM_SMS
+
+
+def _split_plan(programs: int, max_len: int, num_sms: int, num_splits: int | None) -> tuple[int, int]:
+    """(splits, tokens per split): enough splits that `programs` x splits fills the SMs once."""
+    if num_splits is None:
+        num_splits = triton.cdiv(num_sms, max(1, programs))
+        num_splits = min(num_splits, triton.cdiv(max_len, _MIN_SPLIT_TOKENS), _MAX_DECODE_SPLITS)
+    elif num_splits < 1:
+        raise ValueError(f"num_splits={num_splits} must be >= 1")
+    num_splits = max(1, min(num_splits, max_len))
+    unit = 16 if interpreting() else 128  # split edges on tile edges: only each split's last tile is partial
+    split_len = triton.cdiv(triton.cdiv(max_len, num_splits), unit) * unit
+    return triton.cdiv(max_len, split_len), split_len
+
+
+def flash_attention_decode(
+    q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, cache_seqlens: torch.Tensor,
+    scale: float | None = None, *, num_splits: int | None = None,
+) -> torch.Tensor:
+    """One query token per sequence against its cache: o [B,Hq,Dv] = attention over k_cache[b, :L].
+
+    Split-KV: partials over cache chunks, merged by lse. cache_seqlens values are checked only for
+    CPU tensors; on a GPU that would cost a device sync per step (lengths are clamped to Tmax there).
+    """
+    if q.dim() != 3:
+        raise ValueError(f"q must be [B, Hq, Dk], got shape {tuple(q.shape)}")
+    group = check_heads(q[:, None], k_cache, v_cache)
+    if k_cache.shape[:3] != v_cache.shape[:3]:
+        raise ValueError(
+            f"k_cache {tuple(k_cache.shape)} and v_cache {tuple(v_cache.shape)} must agree in [B, Tmax, Hkv]"
+        )
+    if q.shape[0] != k_cache.shape[0] or q.shape[-1] != k_cache.shape[-1]:
+        raise ValueError(f"q {tuple(q.shape)} does not match k_cache {tuple(k_cache.shape)} in B or Dk")
+    _check_dtypes(q=q, k_cache=k_cache, v_cache=v_cache)
+    batch, num_q_heads, dk = q.shape
+    max_len, num_kv_heads, dv = k_cache.shape[1], k_cache.shape[2], v_cache.shape[-1]
+    if cache_seqlens.shape != (batch,) or cache_seqlens.dtype != torch.int32:
+        raise ValueError(
+            f"cache_seqlens must be int32 [{batch}], got {cache_seqlens.dtype} {tuple(cache_seqlens.shape)}"
+        )
+    if cache_seqlens.device != q.device:
+        raise ValueError(f"cache_seqlens is on {cache_seqlens.device}, q on {q.device}")
+    if max_len < 1:
+        raise ValueError(f"k_cache Tmax={max_len} must be >= 1")
+    if cache_seqlens.device.type == "cpu" and batch > 0:
+        low, high = int(cache_seqlens.min()), int(cache_seqlens.max())
+        if low < 1 or high > max_len:
+            raise ValueError(f"cache_seqlens values must lie in 1..{max_len}, got {low}..{high}")
+    sc = dk**-0.5 if scale is None else float(scale)
+    _check_mode(sc, None, True)
+    q, k_cache, v_cache = _unit_last(q), _unit_last(k_cache), _unit_last(v_cache)
+    out = torch.empty(batch, num_q_heads, dv, dtype=q.dtype, device=q.device)
+    if out.numel() == 0:
+        return out
+    splits, split_len = _split_plan(batch * num_kv_heads, max_len, _num_sms(q.device), num_splits)
+    o_part = torch.empty(batch, num_q_heads, splits, dv, dtype=torch.float32, device=q.device)
+    lse_part = torch.empty(batch, num_q_heads, splits, dtype=torch.float32, device=q.device)
+    block_dk, block_dv = max(16, next_pow2(dk)), max(16, next_pow2(dv))
+    _decode_split_tuned[(splits, batch * num_kv_heads)](
+        q, k_cache, v_cache, cache_seqlens, o_part, lse_part,
+        q.stride(0), q.stride(1), *_bthd(k_cache), *_bthd(v_cache), *o_part.stride()[:3], *lse_part.stride(),
+        num_kv_heads, group, max_len, split_len, sc * LOG2E,
+        DK=dk, DV=dv, BLOCK_DK=block_dk, BLOCK_DV=block_dv, BLOCK_G=max(16, next_pow2(group)),
+        UPCAST=interpreting() and q.dtype == torch.bfloat16, ROW64=_needs_row64(max_len, k_cache, v_cache),
+        INTERP=interpreting(),
+    )
+    _decode_combine_kernel[(batch * num_q_heads,)](
+        o_part, lse_part, out, *o_part.stride()[:3], *lse_part.stride(), out.stride(0), out.stride(1),
+        num_q_heads, splits, DV=dv, BLOCK_DV=block_dv, BLOCK_S=max(16, next_pow2(splits)), num_warps=8,
+    )
+    return out

@@ -1,0 +1,392 @@
+"""kernels/flash.py against the float64 reference, on Triton's CPU interpreter.
+
+Shapes are small but awkward on purpose: T not a multiple of any tile (and T=1), windows that
+leave masked edge tiles on both sides of unmasked middle tiles, G=1 and G>1 (G=3 too), Dk != Dv
+with non-power-of-two head dims, batch 2, and pinned tile shapes (BLOCK_M < BLOCK_N and the
+reverse) so the tile-skipping bounds are exercised in both relations the GPU configs use.
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+from kernels.flash import TileConfig, attention_bwd, attention_fwd, flash_attention, flash_attention_decode
+from nsa_bench import reference
+
+FP32_TOL = 1e-4
+HALF_TOL = 1e-2
+
+
+def _rel(out: torch.Tensor, ref: torch.Tensor) -> float:
+    ref = ref.double()
+    return ((out.double() - ref).norm() / ref.norm()).item()
+
+
+def _qkv(b: int, t: int, hq: int, hkv: int, dk: int, dv: int, seed: int = 0) -> tuple[torch.Tensor, ...]:
+    gen = torch.Generator().manual_seed(seed)
+    q = torch.randn(b, t, hq, dk, generator=gen, dtype=torch.float64)
+    k = torch.randn(b, t, hkv, dk, generator=gen, dtype=torch.float64)
+    v = torch.randn(b, t, hkv, dv, generator=gen, dtype=torch.float64)
+    do = torch.randn(b, t, hq, dv, generator=gen, dtype=torch.float64)
+    return q, k, v, do
+
+
+def _full_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
+    """Non-causal GQA attention in plain einsum: the reference module only has the causal kind."""
+    group = q.shape[2] // k.shape[2]
+    k = k.repeat_interleave(group, dim=2)
+    v = v.repeat_interleave(group, dim=2)
+    p = torch.softmax(torch.einsum("bthd,bshd->bhts", q, k) * scale, dim=-1)
+    return torch.einsum("bhts,bshd->bthd", p, v)
+
+
+def _reference(q, k, v, scale, window, causal):
+    if not causal:
+        return _full_attention(q, k, v, scale)
+    if window is None:
+        return reference.causal_attention(q, k, v, scale)
+    return reference.window_attention(q, k, v, window, scale)
+
+
+def _reference_grads(q, k, v, do, scale, window, causal):
+    """(o, dq, dk, dv) in float64 by autograd through the reference."""
+    leaves = [x.clone().requires_grad_() for x in (q, k, v)]
+    o = _reference(*leaves, scale, window, causal)
+    o.backward(do)
+    return (o.detach(), *(x.grad for x in leaves))
+
+
+def _close(out: torch.Tensor, ref: torch.Tensor, tol: float, what: str) -> None:
+    """Relative error; a reference that is exactly zero (T=1: dq = dk = 0) is checked absolutely."""
+    if ref.double().norm() == 0:
+        assert out.double().abs().max().item() < tol, what
+    else:
+        err = _rel(out, ref)
+        assert err < tol, f"{what}: rel err {err:.3g}"
+
+
+# (B, T, Hq, Hkv, Dk, Dv, window, causal)
+CASES = [
+    pytest.param(2, 37, 4, 2, 32, 16, None, True, id="gqa2-T37-dk32dv16"),
+    pytest.param(1, 1, 2, 1, 32, 32, None, True, id="T1"),
+    pytest.param(2, 100, 4, 1, 48, 32, 64, True, id="gqa4-T100-dk48dv32-w64"),
+    pytest.param(1, 100, 2, 2, 16, 16, 5, True, id="g1-T100-w5"),
+    pytest.param(1, 37, 2, 2, 16, 24, 1, True, id="w1-dv24"),
+    pytest.param(1, 50, 2, 1, 32, 32, 100, True, id="w-longer-than-T"),
+    pytest.param(2, 37, 3, 1, 32, 16, None, False, id="full-g3"),
+]
+
+
+@pytest.mark.parametrize("b,t,hq,hkv,dk,dv,window,causal", CASES)
+def test_forward_and_backward_fp32(b, t, hq, hkv, dk, dv, window, causal):
+    q, k, v, do = _qkv(b, t, hq, hkv, dk, dv)
+    scale = dk**-0.5
+    o_ref, dq_ref, dk_ref, dv_ref = _reference_grads(q, k, v, do, scale, window, causal)
+    qf, kf, vf, dof = (x.float() for x in (q, k, v, do))
+    o, lse = attention_fwd(qf, kf, vf, scale, window, causal)
+    assert o.dtype == torch.float32 and o.shape == (b, t, hq, dv)
+    assert lse.dtype == torch.float32 and lse.shape == (b, t, hq)
+    _close(o, o_ref, FP32_TOL, "o")
+    dq, dk_out, dv_out = attention_bwd(qf, kf, vf, o, lse, dof, scale, window, causal)
+    assert dk_out.shape == k.shape and dv_out.shape == v.shape
+    _close(dq, dq_ref, FP32_TOL, "dq")
+    _close(dk_out, dk_ref, FP32_TOL, "dk")
+    _close(dv_out, dv_ref, FP32_TOL, "dv")
+
+
+def test_autotune_prune_splits_narrow_and_wide_heads():
+    """Wide heads (padded Dk + Dv > 256) get only the configs built to fit their registers."""
+    import triton
+
+    from kernels.flash import _Candidates
+
+    narrow, wide = triton.Config({"BLOCK_M": 128, "BLOCK_N": 64}), triton.Config({"BLOCK_M": 64, "BLOCK_N": 16})
+    candidates = _Candidates((narrow, wide), frozenset([wide]))
+    configs = list(candidates.configs)
+    assert candidates.prune(configs, {}, BLOCK_DK=128, BLOCK_DV=128) == [narrow]
+    assert candidates.prune(configs, {}, BLOCK_DK=256, BLOCK_DV=128) == [wide]
+
+
+def test_lse_is_natural_log_sum_exp():
+    q, k, v, _ = _qkv(1, 21, 2, 1, 16, 16)
+    scale = 0.3
+    _, lse = attention_fwd(q.float(), k.float(), v.float(), scale, window=6)
+    logits = torch.einsum("bthd,bshd->bhts", q, k.repeat_interleave(2, dim=2)) * scale
+    pos = torch.arange(21)
+    allowed = (pos[None, :] <= pos[:, None]) & (pos[None, :] > pos[:, None] - 6)
+    expected = torch.logsumexp(logits.masked_fill(~allowed, float("-inf")), dim=-1).transpose(1, 2)
+    assert (lse.double() - expected).abs().max().item() < 1e-5
+
+
+# A window of 2 mod BLOCK_M puts the last query that sees a KV tile exactly on a query-tile start.
+@pytest.mark.parametrize(
+    "fwd_tiles,dkdv_tiles,dq_tiles,window",
+    [
+        pytest.param(TileConfig(16, 32), TileConfig(32, 16), TileConfig(16, 32), 34, id="m<n-fwd"),
+        pytest.param(TileConfig(64, 16), TileConfig(16, 64), TileConfig(64, 16), 18, id="m>n-fwd"),
+        pytest.param(TileConfig(16, 16), TileConfig(16, 16), TileConfig(16, 16), 24, id="square"),
+    ],
+)
+def test_pinned_tile_shapes(fwd_tiles, dkdv_tiles, dq_tiles, window):
+    b, t, hq, hkv, dk, dv = 1, 90, 2, 1, 16, 32
+    q, k, v, do = _qkv(b, t, hq, hkv, dk, dv, seed=3)
+    scale = dk**-0.5
+    o_ref, dq_ref, dk_ref, dv_ref = _reference_grads(q, k, v, do, scale, window, True)
+    qf, kf, vf, dof = (x.float() for x in (q, k, v, do))
+    o, lse = attention_fwd(qf, kf, vf, scale, window, tiles=fwd_tiles)
+    _close(o, o_ref, FP32_TOL, "o")
+    dq, dk_out, dv_out = attention_bwd(qf, kf, vf, o, lse, dof, scale, window, tiles_dkdv=dkdv_tiles,
+                                       tiles_dq=dq_tiles)
+    _close(dq, dq_ref, FP32_TOL, "dq")
+    _close(dk_out, dk_ref, FP32_TOL, "dk")
+    _close(dv_out, dv_ref, FP32_TOL, "dv")
+
+
+@pytest.mark.parametrize("causal", [True, False])
+def test_flash_attention_autograd(causal):
+    q, k, v, do = _qkv(2, 29, 4, 2, 32, 16, seed=1)
+    _, dq_ref, dk_ref, dv_ref = _reference_grads(q, k, v, do, 32**-0.5, None, causal)
+    leaves = [x.float().requires_grad_() for x in (q, k, v)]
+    o = flash_attention(*leaves, causal=causal)
+    o.backward(do.float())
+    for name, leaf, ref in zip(("dq", "dk", "dv"), leaves, (dq_ref, dk_ref, dv_ref)):
+        _close(leaf.grad, ref, FP32_TOL, name)
+
+
+def test_flash_attention_window_and_explicit_scale():
+    q, k, v, do = _qkv(1, 45, 2, 1, 24, 16, seed=2)
+    _, dq_ref, dk_ref, dv_ref = _reference_grads(q, k, v, do, 0.5, 9, True)
+    leaves = [x.float().requires_grad_() for x in (q, k, v)]
+    flash_attention(*leaves, scale=0.5, window=9).backward(do.float())
+    for name, leaf, ref in zip(("dq", "dk", "dv"), leaves, (dq_ref, dk_ref, dv_ref)):
+        _close(leaf.grad, ref, FP32_TOL, name)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_forward_and_backward(dtype):
+    b, t, hq, hkv, dk, dv, window = 2, 37, 4, 2, 32, 16, 20
+    q, k, v, do = _qkv(b, t, hq, hkv, dk, dv, seed=4)
+    q, k, v, do = (x.to(dtype).double() for x in (q, k, v, do))  # the reference sees the rounded inputs
+    scale = dk**-0.5
+    o_ref, dq_ref, dk_ref, dv_ref = _reference_grads(q, k, v, do, scale, window, True)
+    qh, kh, vh, doh = (x.to(dtype) for x in (q, k, v, do))
+    o, lse = attention_fwd(qh, kh, vh, scale, window)
+    assert o.dtype == dtype and lse.dtype == torch.float32
+    _close(o, o_ref, HALF_TOL, "o")
+    grads = attention_bwd(qh, kh, vh, o, lse, doh, scale, window)
+    for name, grad, ref, inp in zip(("dq", "dk", "dv"), grads, (dq_ref, dk_ref, dv_ref), (qh, kh, vh)):
+        assert grad.dtype == dtype and grad.shape == inp.shape
+        _close(grad, ref, HALF_TOL, name)
+
+
+def test_strided_inputs():
+    """Views into a packed qkv buffer (unit head-dim stride, other strides arbitrary) need no copy."""
+    gen = torch.Generator().manual_seed(6)
+    packed = torch.randn(2, 23, 2, 16 * 3, generator=gen)
+    q, k, v = packed[..., :16], packed[..., 16:32], packed[..., 32:]
+    o, _ = attention_fwd(q, k, v, 0.25)
+    _close(o, reference.causal_attention(q.double(), k.double(), v.double(), 0.25), FP32_TOL, "o")
+
+
+def test_int64_row_offsets(monkeypatch):
+    """The int64 address path (planes past 2^31 elements) forced on at small T, fwd + bwd + decode."""
+    from kernels import flash
+
+    monkeypatch.setattr(flash, "_needs_row64", lambda *args: True)
+    q, k, v, do = _qkv(1, 40, 4, 2, 16, 32, seed=10)
+    o_ref, dq_ref, dk_ref, dv_ref = _reference_grads(q, k, v, do, 0.25, 12, True)
+    qf, kf, vf, dof = (x.float() for x in (q, k, v, do))
+    o, lse = attention_fwd(qf, kf, vf, 0.25, 12)
+    _close(o, o_ref, FP32_TOL, "o")
+    for name, grad, ref in zip(("dq", "dk", "dv"), attention_bwd(qf, kf, vf, o, lse, dof, 0.25, 12),
+                               (dq_ref, dk_ref, dv_ref)):
+        _close(grad, ref, FP32_TOL, name)
+    lengths = torch.tensor([40], dtype=torch.int32)
+    out = flash_attention_decode(qf[:, -1], kf, vf, lengths, scale=0.25, num_splits=2)
+    full, _ = attention_fwd(qf, kf, vf, 0.25)
+    assert (out - full[:, -1]).abs().max().item() < 1e-5
+
+
+# ---------------------------------------------------------------------------------- decode
+def _decode_reference(q, k_cache, v_cache, lengths, scale):
+    """Row L-1 of causal attention over each prefix, with q placed at that row."""
+    rows = []
+    for b, length in enumerate(lengths):
+        filler = torch.randn(1, length - 1, *q.shape[1:], dtype=torch.float64)
+        q_seq = torch.cat([filler, q[b : b + 1, None].double()], dim=1)
+        out = reference.causal_attention(q_seq, k_cache[b : b + 1, :length].double(),
+                                         v_cache[b : b + 1, :length].double(), scale)
+        rows.append(out[0, -1])
+    return torch.stack(rows)
+
+
+@pytest.mark.parametrize(
+    "hq,hkv,dk,dv,num_splits",
+    [
+        pytest.param(4, 2, 32, 16, None, id="gqa2-auto-splits"),
+        pytest.param(2, 2, 48, 32, 3, id="g1-dk48-3splits"),
+        pytest.param(6, 2, 16, 16, 5, id="g3-5splits"),
+    ],
+)
+def test_decode_matches_last_row(hq, hkv, dk, dv, num_splits):
+    lengths = [1, 7, 70]
+    max_len = 70
+    gen = torch.Generator().manual_seed(7)
+    q = torch.randn(3, hq, dk, generator=gen)
+    k_cache = torch.randn(3, max_len, hkv, dk, generator=gen)
+    v_cache = torch.randn(3, max_len, hkv, dv, generator=gen)
+    seqlens = torch.tensor(lengths, dtype=torch.int32)
+    out = flash_attention_decode(q, k_cache, v_cache, seqlens, num_splits=num_splits)
+    assert out.shape == (3, hq, dv) and out.dtype == torch.float32
+    _close(out, _decode_reference(q, k_cache, v_cache, lengths, dk**-0.5), FP32_TOL, "decode")
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_decode_half_precision_and_scale(dtype):
+    lengths = [5, 1]
+    gen = torch.Generator().manual_seed(8)
+    q = torch.randn(2, 4, 32, generator=gen).to(dtype)
+    k_cache = torch.randn(2, 40, 1, 32, generator=gen).to(dtype)
+    v_cache = torch.randn(2, 40, 1, 16, generator=gen).to(dtype)
+    out = flash_attention_decode(q, k_cache, v_cache, torch.tensor(lengths, dtype=torch.int32), scale=0.4,
+                                 num_splits=2)
+    assert out.dtype == dtype
+    _close(out, _decode_reference(q, k_cache, v_cache, lengths, 0.4), HALF_TOL, "decode")
+
+
+def test_decode_agrees_with_forward_last_row():
+    q, k, v, _ = _qkv(1, 41, 4, 2, 32, 16, seed=9)
+    qf, kf, vf = q.float(), k.float(), v.float()
+    o, _ = attention_fwd(qf, kf, vf, 32**-0.5)
+    out = flash_attention_decode(qf[:, -1], kf, vf, torch.tensor([41], dtype=torch.int32), num_splits=3)
+    assert (out - o[:, -1]).abs().max().item() < 1e-5
+
+
+# ---------------------------------------------------------------------------------- bad input
+def _good() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return torch.randn(1, 8, 4, 16), torch.randn(1, 8, 2, 16), torch.randn(1, 8, 2, 16)
+
+
+@pytest.mark.parametrize(
+    "mutate,kwargs,match",
+    [
+        pytest.param(lambda q, k, v: (q[0], k, v), {}, "B, T, H, D", id="q-3d"),
+        pytest.param(lambda q, k, v: (q[:, :, :3], k, v), {}, "Hq=3", id="hq-not-multiple"),
+        pytest.param(lambda q, k, v: (q, k[:, :5], v[:, :5]), {}, "B, T", id="t-mismatch"),
+        pytest.param(lambda q, k, v: (q, k, v[:, :, :1]), {}, "Hkv", id="kv-heads-mismatch"),
+        pytest.param(lambda q, k, v: (q, k[..., :8], v), {}, "Dk", id="dk-mismatch"),
+        pytest.param(lambda q, k, v: (q, k, torch.randn(1, 8, 2, 512)), {}, "Dv=512", id="dv-too-big"),
+        pytest.param(lambda q, k, v: (q, k, v.half()), {}, "dtype", id="dtype-mismatch"),
+        pytest.param(lambda q, k, v: (q.double(), k.double(), v.double()), {}, "float64", id="float64"),
+        pytest.param(lambda q, k, v: (q, k, v), {"window": 0}, "window=0", id="window-0"),
+        pytest.param(lambda q, k, v: (q, k, v), {"window": 4, "causal": False}, "causal", id="window-noncausal"),
+        pytest.param(lambda q, k, v: (q, k, v), {"scale": -1.0}, "scale", id="negative-scale"),
+    ],
+)
+def test_forward_rejects_bad_input(mutate, kwargs, match):
+    q, k, v = mutate(*_good())
+    args = {"scale": 0.25, **kwargs}
+    with pytest.raises(ValueError, match=match):
+        attention_fwd(q, k, v, **args)
+
+
+def test_backward_rejects_bad_lse():
+    q, k, v = _good()
+    o, lse = attention_fwd(q, k, v, 0.25)
+    with pytest.raises(ValueError, match="lse"):
+        attention_bwd(q, k, v, o, lse[:, :4], torch.randn_like(o), 0.25)
+    with pytest.raises(ValueError, match="do shape"):
+        attention_bwd(q, k, v, o, lse, torch.randn(1, 8, 4, 8), 0.25)
+
+
+@pytest.mark.parametrize(
+    "seqlens,match",
+    [
+        pytest.param(torch.tensor([0, 3], dtype=torch.int32), "cache_seqlens", id="zero-length"),
+        pytest.param(torch.tensor([3, 11], dtype=torch.int32), "cache_seqlens", id="longer-than-cache"),
+        pytest.param(torch.tensor([3, 4], dtype=torch.int64), "int32", id="int64"),
+        pytest.param(torch.tensor([3], dtype=torch.int32), "int32", id="wrong-batch"),
+    ],
+)
+def test_decode_rejects_bad_seqlens(seqlens, match):
+    q, k_cache, v_cache = torch.randn(2, 4, 16), torch.randn(2, 10, 2, 16), torch.randn(2, 10, 2, 16)
+    with pytest.raises(ValueError, match=match):
+        flash_attention_decode(q, k_cache, v_cache, seqlens)
+
+
+def test_decode_rejects_bad_shapes():
+    seqlens = torch.tensor([3, 4], dtype=torch.int32)
+    k_cache, v_cache = torch.randn(2, 10, 2, 16), torch.randn(2, 10, 2, 16)
+    with pytest.raises(ValueError, match="q must be"):
+        flash_attention_decode(torch.randn(2, 1, 4, 16), k_cache, v_cache, seqlens)
+    with pytest.raises(ValueError, match="Hq=3"):
+        flash_attention_decode(torch.randn(2, 3, 16), k_cache, v_cache, seqlens)
+    with pytest.raises(ValueError, match="does not match"):
+        flash_attention_decode(torch.randn(3, 4, 16), k_cache, v_cache, seqlens)
+
+
+# ---------------------------------------------------------------------------------- GPU build
+# The interpreter accepts code the GPU compiler rejects, so every kernel is also compiled for sm_90
+# (Hopper) with Triton's bundled ptxas: no GPU is needed to build, only to run. Subprocess, because
+# TRITON_INTERPRET is read when the kernels are decorated.
+_SM90_BUILD = textwrap.dedent(
+    """
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    import kernels.flash as f
+
+    POINTERS_IN = {"q", "k", "v", "o", "do", "dq", "dk", "dv", "out"}
+    POINTERS_F32 = {"lse", "delta", "o_part", "lse_part"}
+
+    def build(fn, consts, config):
+        consts = {**consts, **config.kwargs}
+        sig = {}
+        for name in fn.arg_names:
+            if name in consts:
+                sig[name] = "constexpr"
+            elif name in POINTERS_IN:
+                sig[name] = "*bf16"
+            elif name in POINTERS_F32:
+                sig[name] = "*fp32"
+            elif name == "seqlens":
+                sig[name] = "*i32"
+            elif name in ("qk_scale", "scale"):
+                sig[name] = "fp32"
+            else:
+                sig[name] = "i32"
+        options = {"num_warps": config.num_warps, "num_stages": config.num_stages}
+        triton.compile(ASTSource(fn, sig, consts), target=GPUTarget("cuda", 90, 32), options=options)
+
+    for dk, dv in ((128, 128), (192, 128)):
+        heads = dict(DK=dk, DV=dv, BLOCK_DK=f.next_pow2(dk), BLOCK_DV=f.next_pow2(dv))
+        mode = dict(CAUSAL=True, HAS_WINDOW=True, UPCAST=False, ROW64=False, INTERP=False)
+        for fn, cands in ((f._fwd_kernel, f._FWD), (f._bwd_dkdv_kernel, f._DKDV), (f._bwd_dq_kernel, f._DQ)):
+            config = cands.prune(list(cands.configs), {}, BLOCK_DK=heads["BLOCK_DK"], BLOCK_DV=heads["BLOCK_DV"])[0]
+            build(fn, {**heads, **mode}, config)
+    decode = dict(DK=192, DV=128, BLOCK_DK=256, BLOCK_DV=128, BLOCK_G=16, UPCAST=False, ROW64=False, INTERP=False)
+    build(f._decode_split_kernel, decode, f._DECODE_CONFIGS[0])
+    build(f._decode_combine_kernel, dict(DV=128, BLOCK_DV=128, BLOCK_S=64), triton.Config({}, num_warps=8))
+    build(f._bwd_preprocess_kernel, dict(DV=128, BLOCK_DV=128, BLOCK_M=32), triton.Config({}, num_warps=4))
+    print("built")
+    """
+)
+
+
+def test_kernels_build_for_sm90():
+    spec = importlib.util.find_spec("triton.backends.nvidia")
+    if spec is None or not (Path(spec.origin).parent / "bin" / "ptxas").exists():
+        pytest.skip("Triton's NVIDIA backend (bundled ptxas) is not installed")
+    env = {**os.environ, "TRITON_INTERPRET": "0"}
+    root = Path(__file__).resolve().parents[1]
+    result = subprocess.run([sys.executable, "-c", _SM90_BUILD], env=env, cwd=root, capture_output=True, text=True,
+                            timeout=600)
+    assert result.returncode == 0 and "built" in result.stdout, result.stderr[-3000:]
