@@ -279,25 +279,12 @@ def _fwd_tile(
     acc, m_i, l_i, q_a, q_b, K, V, b, hkv, pos, lo, hi, Tc, Hkv, qk_scale,
     DK: tl.constexpr, DV: tl.constexpr, DK_A: tl.constexpr, DK_B: tl.constexpr, BLOCK_DV: tl.constexpr,
     BLOCK_CMP: tl.constexpr, STRIDE_CMP: tl.constexpr, BLOCK_N: tl.constexpr,
-    MASKED: tl.constexpr, WITH_OUTPUT: tl.constexpr, UPCAST: tl.constexpr, INTERP: tl.constexpr,
+    MASKED: tl.constexpr, WITH_OUTPUT: tl.constexpr, UPCAST: tl.constexpr,
 ):
-    """Online-softmax sweep over compressed blocks [lo, hi); MASKED applies the per-row visibility.
-
-    INTERP: Triton 3.6's interpreter cannot take a runtime range() bound under numpy >= 2.4, so
-    it walks a while loop; the GPU keeps the pipelined for loop.
-    """
-    if INTERP:
-        n0 = lo
-        while n0 < hi:
-            acc, m_i, l_i = _fwd_step(acc, m_i, l_i, n0, q_a, q_b, K, V, b, hkv, pos, Tc, Hkv, qk_scale, DK, DV,
-                                      DK_A, DK_B, BLOCK_DV, BLOCK_CMP, STRIDE_CMP, BLOCK_N, MASKED, WITH_OUTPUT,
-                                      UPCAST)
-            n0 += BLOCK_N
-    else:
-        for n0 in range(lo, hi, BLOCK_N):
-            acc, m_i, l_i = _fwd_step(acc, m_i, l_i, n0, q_a, q_b, K, V, b, hkv, pos, Tc, Hkv, qk_scale, DK, DV,
-                                      DK_A, DK_B, BLOCK_DV, BLOCK_CMP, STRIDE_CMP, BLOCK_N, MASKED, WITH_OUTPUT,
-                                      UPCAST)
+    """Online-softmax sweep over compressed blocks [lo, hi); MASKED applies the per-row visibility."""
+    for n0 in range(lo, hi, BLOCK_N):
+        acc, m_i, l_i = _fwd_step(acc, m_i, l_i, n0, q_a, q_b, K, V, b, hkv, pos, Tc, Hkv, qk_scale, DK, DV,
+                                  DK_A, DK_B, BLOCK_DV, BLOCK_CMP, STRIDE_CMP, BLOCK_N, MASKED, WITH_OUTPUT, UPCAST)
     return acc, m_i, l_i
 
 
@@ -310,7 +297,7 @@ def _cmp_fwd_kernel(
     Q, K, V, O, LSE, T, Tc, Hkv, qk_scale,
     G: tl.constexpr, G_PAD: tl.constexpr, DK: tl.constexpr, DV: tl.constexpr,
     DK_A: tl.constexpr, DK_B: tl.constexpr, BLOCK_DV: tl.constexpr, BLOCK_CMP: tl.constexpr,
-    STRIDE_CMP: tl.constexpr, WITH_OUTPUT: tl.constexpr, UPCAST: tl.constexpr, INTERP: tl.constexpr,
+    STRIDE_CMP: tl.constexpr, WITH_OUTPUT: tl.constexpr, UPCAST: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     BLOCK_T: tl.constexpr = BLOCK_M // G_PAD
@@ -334,11 +321,11 @@ def _cmp_fwd_kernel(
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc, m_i, l_i = _fwd_tile(
         acc, m_i, l_i, q_a, q_b, K, V, b, hkv, pos, 0, n_unmasked, Tc, Hkv, qk_scale,
-        DK, DV, DK_A, DK_B, BLOCK_DV, BLOCK_CMP, STRIDE_CMP, BLOCK_N, False, WITH_OUTPUT, UPCAST, INTERP,
+        DK, DV, DK_A, DK_B, BLOCK_DV, BLOCK_CMP, STRIDE_CMP, BLOCK_N, False, WITH_OUTPUT, UPCAST,
     )
     acc, m_i, l_i = _fwd_tile(
         acc, m_i, l_i, q_a, q_b, K, V, b, hkv, pos, n_unmasked, n_any, Tc, Hkv, qk_scale,
-        DK, DV, DK_A, DK_B, BLOCK_DV, BLOCK_CMP, STRIDE_CMP, BLOCK_N, True, WITH_OUTPUT, UPCAST, INTERP,
+        DK, DV, DK_A, DK_B, BLOCK_DV, BLOCK_CMP, STRIDE_CMP, BLOCK_N, True, WITH_OUTPUT, UPCAST,
     )
     seen = l_i > 0.0
     l_safe = tl.where(seen, l_i, 1.0)
@@ -367,7 +354,7 @@ def _launch_fwd(q: torch.Tensor, k_cmp: torch.Tensor, v_cmp: torch.Tensor, cfg: 
         q, k_cmp, v_cmp, o if with_output else lse, lse, t, tc, hkv, scale * _LOG2E,
         G=group, G_PAD=g_pad, DK=dk, DV=dv, DK_A=dk_a, DK_B=dk_b, BLOCK_DV=next_pow2(dv),
         BLOCK_CMP=cfg.block_cmp, STRIDE_CMP=cfg.stride_cmp, WITH_OUTPUT=with_output,
-        UPCAST=interpreting() and q.dtype == torch.bfloat16, INTERP=interpreting(),
+        UPCAST=interpreting() and q.dtype == torch.bfloat16,
     )
     return o, lse
 
@@ -455,7 +442,7 @@ def _select_kernel(
     Q, K, LSE, IDX, T, Tc, Hkv, qk_scale,
     G: tl.constexpr, G_PAD: tl.constexpr, DK: tl.constexpr, DK_A: tl.constexpr, DK_B: tl.constexpr,
     BLOCK_CMP: tl.constexpr, STRIDE_CMP: tl.constexpr, BLOCK_SLC: tl.constexpr, N_SLC: tl.constexpr,
-    WIDTH: tl.constexpr, UPCAST: tl.constexpr, INTERP: tl.constexpr, BLOCK_M: tl.constexpr,
+    WIDTH: tl.constexpr, UPCAST: tl.constexpr, BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
 ):
     """Scores selection blocks tile by tile and keeps a running top-WIDTH per query position.
@@ -496,22 +483,12 @@ def _select_kernel(
 
     top = tl.full([BLOCK_T, WIDTH], -1, dtype=tl.int64)
     carry = tl.zeros([BLOCK_M, WIDTH], dtype=tl.float32)
-    if INTERP:  # the interpreter cannot take a runtime range() bound (see _fwd_tile)
-        j0 = 0
-        while j0 < n_candidates:
-            top, carry = _select_step(
-                top, carry, j0, q_a, q_b, K, b, hkv, lse2, pos, current, pos_ok, w_here, w_next, n_any, Tc, Hkv,
-                qk_scale, DK, DK_A, DK_B, BLOCK_CMP, STRIDE_CMP, PER_SLC, SLC_PER_TILE, G_PAD, WIDTH, BLOCK_T,
-                BLOCK_N, UPCAST,
-            )
-            j0 += SLC_PER_TILE
-    else:
-        for j0 in range(0, n_candidates, SLC_PER_TILE):
-            top, carry = _select_step(
-                top, carry, j0, q_a, q_b, K, b, hkv, lse2, pos, current, pos_ok, w_here, w_next, n_any, Tc, Hkv,
-                qk_scale, DK, DK_A, DK_B, BLOCK_CMP, STRIDE_CMP, PER_SLC, SLC_PER_TILE, G_PAD, WIDTH, BLOCK_T,
-                BLOCK_N, UPCAST,
-            )
+    for j0 in range(0, n_candidates, SLC_PER_TILE):
+        top, carry = _select_step(
+            top, carry, j0, q_a, q_b, K, b, hkv, lse2, pos, current, pos_ok, w_here, w_next, n_any, Tc, Hkv,
+            qk_scale, DK, DK_A, DK_B, BLOCK_CMP, STRIDE_CMP, PER_SLC, SLC_PER_TILE, G_PAD, WIDTH, BLOCK_T,
+            BLOCK_N, UPCAST,
+        )
 
     chosen = tl.where(top >= 0, 0x7FFFFFFF - (top & 0x7FFFFFFF), -1).to(tl.int32)
     out_row = (b * T + pos_t) * Hkv + hkv
@@ -564,7 +541,7 @@ def select_blocks(
         q, k_cmp if tc > 0 else q, lse, block_idx, t, tc, hkv, scale * _LOG2E,
         G=group, G_PAD=g_pad, DK=dk, DK_A=dk_a, DK_B=dk_b, BLOCK_CMP=cfg.block_cmp,
         STRIDE_CMP=cfg.stride_cmp, BLOCK_SLC=cfg.block_slc, N_SLC=cfg.n_slc, WIDTH=width,
-        UPCAST=interpreting() and q.dtype == torch.bfloat16, INTERP=interpreting(), BLOCK_M=block_m,
+        UPCAST=interpreting() and q.dtype == torch.bfloat16, BLOCK_M=block_m,
         BLOCK_N=block_n, num_warps=4, num_stages=2,
     )
     return block_idx
@@ -610,18 +587,11 @@ def _dq_tile(
     dq_a, dq_b, q_a, q_b, do, lse2, delta, K, V, b, hkv, pos, lo, hi, Tc, Hkv, qk_scale,
     DK: tl.constexpr, DV: tl.constexpr, DK_A: tl.constexpr, DK_B: tl.constexpr, BLOCK_DV: tl.constexpr,
     BLOCK_CMP: tl.constexpr, STRIDE_CMP: tl.constexpr, BLOCK_N: tl.constexpr,
-    MASKED: tl.constexpr, UPCAST: tl.constexpr, INTERP: tl.constexpr,
+    MASKED: tl.constexpr, UPCAST: tl.constexpr,
 ):
-    if INTERP:  # the interpreter cannot take a runtime range() bound (see _fwd_tile)
-        n0 = lo
-        while n0 < hi:
-            dq_a, dq_b = _dq_step(dq_a, dq_b, n0, q_a, q_b, do, lse2, delta, K, V, b, hkv, pos, Tc, Hkv, qk_scale,
-                                  DK, DV, DK_A, DK_B, BLOCK_DV, BLOCK_CMP, STRIDE_CMP, BLOCK_N, MASKED, UPCAST)
-            n0 += BLOCK_N
-    else:
-        for n0 in range(lo, hi, BLOCK_N):
-            dq_a, dq_b = _dq_step(dq_a, dq_b, n0, q_a, q_b, do, lse2, delta, K, V, b, hkv, pos, Tc, Hkv, qk_scale,
-                                  DK, DV, DK_A, DK_B, BLOCK_DV, BLOCK_CMP, STRIDE_CMP, BLOCK_N, MASKED, UPCAST)
+    for n0 in range(lo, hi, BLOCK_N):
+        dq_a, dq_b = _dq_step(dq_a, dq_b, n0, q_a, q_b, do, lse2, delta, K, V, b, hkv, pos, Tc, Hkv, qk_scale,
+                              DK, DV, DK_A, DK_B, BLOCK_DV, BLOCK_CMP, STRIDE_CMP, BLOCK_N, MASKED, UPCAST)
     return dq_a, dq_b
 
 
@@ -634,7 +604,7 @@ def _cmp_bwd_dq_kernel(
     Q, K, V, DO, LSE, DELTA, DQ, T, Tc, Hkv, qk_scale, scale,
     G: tl.constexpr, G_PAD: tl.constexpr, DK: tl.constexpr, DV: tl.constexpr,
     DK_A: tl.constexpr, DK_B: tl.constexpr, BLOCK_DV: tl.constexpr, BLOCK_CMP: tl.constexpr,
-    STRIDE_CMP: tl.constexpr, UPCAST: tl.constexpr, INTERP: tl.constexpr,
+    STRIDE_CMP: tl.constexpr, UPCAST: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     BLOCK_T: tl.constexpr = BLOCK_M // G_PAD
@@ -658,9 +628,9 @@ def _cmp_bwd_dq_kernel(
     dq_a = tl.zeros([BLOCK_M, DK_A], dtype=tl.float32)
     dq_b = tl.zeros([BLOCK_M, DK_B], dtype=tl.float32)
     dq_a, dq_b = _dq_tile(dq_a, dq_b, q_a, q_b, do, lse2, delta, K, V, b, hkv, pos, 0, n_unmasked, Tc, Hkv, qk_scale,
-                          DK, DV, DK_A, DK_B, BLOCK_DV, BLOCK_CMP, STRIDE_CMP, BLOCK_N, False, UPCAST, INTERP)
+                          DK, DV, DK_A, DK_B, BLOCK_DV, BLOCK_CMP, STRIDE_CMP, BLOCK_N, False, UPCAST)
     dq_a, dq_b = _dq_tile(dq_a, dq_b, q_a, q_b, do, lse2, delta, K, V, b, hkv, pos, n_unmasked, n_any, Tc, Hkv,
-                          qk_scale, DK, DV, DK_A, DK_B, BLOCK_DV, BLOCK_CMP, STRIDE_CMP, BLOCK_N, True, UPCAST, INTERP)
+                          qk_scale, DK, DV, DK_A, DK_B, BLOCK_DV, BLOCK_CMP, STRIDE_CMP, BLOCK_N, True, UPCAST)
     _store_cols(DQ, row, row_ok, dq_a * scale, DK, 0, DK_A)
     _store_cols(DQ, row, row_ok, dq_b * scale, DK, DK_A, DK_B)
 
@@ -698,22 +668,14 @@ def _dkv_tile(
     dk_a, dk_b, dv, k_a, k_b, v, Q, DO, LSE, DELTA, b, hkv, offs_n, lo, hi, T, Hkv, qk_scale,
     G: tl.constexpr, G_PAD: tl.constexpr, DK: tl.constexpr, DV: tl.constexpr, DK_A: tl.constexpr,
     DK_B: tl.constexpr, BLOCK_DV: tl.constexpr, BLOCK_CMP: tl.constexpr, STRIDE_CMP: tl.constexpr,
-    BLOCK_M: tl.constexpr, MASKED: tl.constexpr, UPCAST: tl.constexpr, INTERP: tl.constexpr,
+    BLOCK_M: tl.constexpr, MASKED: tl.constexpr, UPCAST: tl.constexpr,
 ):
     """Accumulate dk/dv of one compressed tile over query rows (positions x G heads) from lo to hi."""
     BLOCK_T: tl.constexpr = BLOCK_M // G_PAD
-    if INTERP:  # the interpreter cannot take a runtime range() bound (see _fwd_tile)
-        t0 = lo
-        while t0 < hi:
-            dk_a, dk_b, dv = _dkv_step(dk_a, dk_b, dv, t0, k_a, k_b, v, Q, DO, LSE, DELTA, b, hkv, offs_n, T, Hkv,
-                                       qk_scale, G, G_PAD, DK, DV, DK_A, DK_B, BLOCK_DV, BLOCK_CMP, STRIDE_CMP,
-                                       BLOCK_M, MASKED, UPCAST)
-            t0 += BLOCK_T
-    else:
-        for t0 in range(lo, hi, BLOCK_T):
-            dk_a, dk_b, dv = _dkv_step(dk_a, dk_b, dv, t0, k_a, k_b, v, Q, DO, LSE, DELTA, b, hkv, offs_n, T, Hkv,
-                                       qk_scale, G, G_PAD, DK, DV, DK_A, DK_B, BLOCK_DV, BLOCK_CMP, STRIDE_CMP,
-                                       BLOCK_M, MASKED, UPCAST)
+    for t0 in range(lo, hi, BLOCK_T):
+        dk_a, dk_b, dv = _dkv_step(dk_a, dk_b, dv, t0, k_a, k_b, v, Q, DO, LSE, DELTA, b, hkv, offs_n, T, Hkv,
+                                   qk_scale, G, G_PAD, DK, DV, DK_A, DK_B, BLOCK_DV, BLOCK_CMP, STRIDE_CMP,
+                                   BLOCK_M, MASKED, UPCAST)
     return dk_a, dk_b, dv
 
 
@@ -726,7 +688,7 @@ def _cmp_bwd_dkv_kernel(
     Q, K, V, DO, LSE, DELTA, DKC, DVC, T, Tc, Hkv, qk_scale, scale,
     G: tl.constexpr, G_PAD: tl.constexpr, DK: tl.constexpr, DV: tl.constexpr,
     DK_A: tl.constexpr, DK_B: tl.constexpr, BLOCK_DV: tl.constexpr, BLOCK_CMP: tl.constexpr,
-    STRIDE_CMP: tl.constexpr, UPCAST: tl.constexpr, INTERP: tl.constexpr,
+    STRIDE_CMP: tl.constexpr, UPCAST: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     """One compressed tile x one KV group; loops over the positions that see it (t >= i*d + l - 1)."""
@@ -752,10 +714,10 @@ def _cmp_bwd_dkv_kernel(
     dv = tl.zeros([BLOCK_N, BLOCK_DV], dtype=tl.float32)
     dk_a, dk_b, dv = _dkv_tile(dk_a, dk_b, dv, k_a, k_b, v, Q, DO, LSE, DELTA, b, hkv, offs_n, t_start, t_mid, T, Hkv,
                                qk_scale, G, G_PAD, DK, DV, DK_A, DK_B, BLOCK_DV, BLOCK_CMP, STRIDE_CMP, BLOCK_M, True,
-                               UPCAST, INTERP)
+                               UPCAST)
     dk_a, dk_b, dv = _dkv_tile(dk_a, dk_b, dv, k_a, k_b, v, Q, DO, LSE, DELTA, b, hkv, offs_n, t_mid, T, T, Hkv,
                                qk_scale, G, G_PAD, DK, DV, DK_A, DK_B, BLOCK_DV, BLOCK_CMP, STRIDE_CMP, BLOCK_M, False,
-                               UPCAST, INTERP)
+                               UPCAST)
     _store_cols(DKC, kv_row, n_ok, dk_a * scale, DK, 0, DK_A)
     _store_cols(DKC, kv_row, n_ok, dk_b * scale, DK, DK_A, DK_B)
     _store_cols(DVC, kv_row, n_ok, dv, DV, 0, BLOCK_DV)
@@ -790,7 +752,6 @@ def compressed_bwd(
     common = dict(
         G=group, G_PAD=g_pad, DK=dk, DV=dv, DK_A=dk_a, DK_B=dk_b, BLOCK_DV=next_pow2(dv),
         BLOCK_CMP=cfg.block_cmp, STRIDE_CMP=cfg.stride_cmp, UPCAST=interpreting() and q.dtype == torch.bfloat16,
-        INTERP=interpreting(),
     )
     dq = torch.empty_like(q)
     _cmp_bwd_dq_kernel[lambda meta: (triton.cdiv(t, meta["BLOCK_M"] // g_pad), b * hkv)](

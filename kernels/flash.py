@@ -221,21 +221,13 @@ def _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, stride_kt, stride_vt, offs_m, o
                start, end, seqlen, window, qk_scale,
                DK: tl.constexpr, DV: tl.constexpr, PAD_DK: tl.constexpr, PAD_DV: tl.constexpr,
                MASKED: tl.constexpr, CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, UPCAST: tl.constexpr,
-               ROW64: tl.constexpr, INTERP: tl.constexpr, BLOCK_N: tl.constexpr):
+               ROW64: tl.constexpr, BLOCK_N: tl.constexpr):
     """Online-softmax update of (acc, l, m) over key tiles [start, end)."""
-    if INTERP:  # the interpreter cannot take a runtime range() bound under numpy >= 2.4
-        n0 = start
-        while n0 < end:
-            acc, l_i, m_i = _fwd_step(acc, l_i, m_i, q, k_base, v_base, stride_kt, stride_vt, offs_m, offs_n,
-                                      offs_dk, offs_dv, n0, seqlen, window, qk_scale, DK, DV, PAD_DK, PAD_DV,
-                                      MASKED, CAUSAL, HAS_WINDOW, UPCAST, ROW64)
-            n0 += BLOCK_N
-    else:
-        for n0 in range(start, end, BLOCK_N):
-            n0 = tl.multiple_of(n0, BLOCK_N)
-            acc, l_i, m_i = _fwd_step(acc, l_i, m_i, q, k_base, v_base, stride_kt, stride_vt, offs_m, offs_n,
-                                      offs_dk, offs_dv, n0, seqlen, window, qk_scale, DK, DV, PAD_DK, PAD_DV,
-                                      MASKED, CAUSAL, HAS_WINDOW, UPCAST, ROW64)
+    for n0 in range(start, end, BLOCK_N):
+        n0 = tl.multiple_of(n0, BLOCK_N)
+        acc, l_i, m_i = _fwd_step(acc, l_i, m_i, q, k_base, v_base, stride_kt, stride_vt, offs_m, offs_n,
+                                  offs_dk, offs_dv, n0, seqlen, window, qk_scale, DK, DV, PAD_DK, PAD_DV,
+                                  MASKED, CAUSAL, HAS_WINDOW, UPCAST, ROW64)
     return acc, l_i, m_i
 
 
@@ -247,7 +239,7 @@ def _fwd_kernel(
     seqlen, num_q_heads, group, window, qk_scale,
     DK: tl.constexpr, DV: tl.constexpr, BLOCK_DK: tl.constexpr, BLOCK_DV: tl.constexpr,
     CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, UPCAST: tl.constexpr, ROW64: tl.constexpr,
-    INTERP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     # Heaviest causal tiles (last queries) first: better tail balance across SMs.
     pid_m = tl.num_programs(0) - 1 - tl.program_id(0)
@@ -277,13 +269,13 @@ def _fwd_kernel(
     lo, clean_lo, clean_hi, hi = _key_range(m0, seqlen, window, CAUSAL, HAS_WINDOW, BLOCK_M, BLOCK_N)
     acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q_tile, k_base, v_base, stride_kt, stride_vt, offs_m, offs_n,
                                offs_dk, offs_dv, lo, clean_lo, seqlen, window, qk_scale, DK, DV, PAD_DK, PAD_DV,
-                               True, CAUSAL, HAS_WINDOW, UPCAST, ROW64, INTERP, BLOCK_N)
+                               True, CAUSAL, HAS_WINDOW, UPCAST, ROW64, BLOCK_N)
     acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q_tile, k_base, v_base, stride_kt, stride_vt, offs_m, offs_n,
                                offs_dk, offs_dv, clean_lo, clean_hi, seqlen, window, qk_scale, DK, DV, PAD_DK,
-                               PAD_DV, False, CAUSAL, HAS_WINDOW, UPCAST, ROW64, INTERP, BLOCK_N)
+                               PAD_DV, False, CAUSAL, HAS_WINDOW, UPCAST, ROW64, BLOCK_N)
     acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q_tile, k_base, v_base, stride_kt, stride_vt, offs_m, offs_n,
                                offs_dk, offs_dv, clean_hi, hi, seqlen, window, qk_scale, DK, DV, PAD_DK, PAD_DV,
-                               True, CAUSAL, HAS_WINDOW, UPCAST, ROW64, INTERP, BLOCK_N)
+                               True, CAUSAL, HAS_WINDOW, UPCAST, ROW64, BLOCK_N)
 
     l_safe = tl.where(l_i > 0.0, l_i, 1.0)
     out = acc / l_safe[:, None]
@@ -368,7 +360,7 @@ def _bwd_dkdv_kernel(
     seqlen, num_kv_heads, group, window, qk_scale, scale,
     DK: tl.constexpr, DV: tl.constexpr, BLOCK_DK: tl.constexpr, BLOCK_DV: tl.constexpr,
     CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, UPCAST: tl.constexpr, ROW64: tl.constexpr,
-    INTERP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     """One KV tile of one KV head; sums over the G query heads of its group, so no atomics."""
     pid_n = tl.program_id(0)
@@ -404,24 +396,13 @@ def _bwd_dkdv_kernel(
     # One flat loop over (query head of the group, query tile), every tile masked: nesting a head loop
     # around clean/edge tile loops made Hopper builds spill hundreds of bytes of registers.
     num_tiles = tl.cdiv(hi - lo, BLOCK_M)
-    if INTERP:  # the interpreter cannot take a runtime range() bound under numpy >= 2.4
-        it = 0
-        while it < num_tiles * group:
-            g = it // num_tiles
-            dk_acc, dv_acc = _dkdv_step(
-                dk_acc, dv_acc, k_tile, v_tile, q_group + g * stride_qh, do_group + g * stride_doh,
-                lse_group + g * stride_lh, delta_group + g * stride_lh, stride_qt, stride_dot, stride_lt, keys,
-                offs_m, offs_dk, offs_dv, lo + (it - g * num_tiles) * BLOCK_M, seqlen, window, qk_scale,
-                DK, DV, PAD_DK, PAD_DV, True, CAUSAL, HAS_WINDOW, UPCAST, ROW64)
-            it += 1
-    else:
-        for it in range(0, num_tiles * group):
-            g = it // num_tiles
-            dk_acc, dv_acc = _dkdv_step(
-                dk_acc, dv_acc, k_tile, v_tile, q_group + g * stride_qh, do_group + g * stride_doh,
-                lse_group + g * stride_lh, delta_group + g * stride_lh, stride_qt, stride_dot, stride_lt, keys,
-                offs_m, offs_dk, offs_dv, lo + (it - g * num_tiles) * BLOCK_M, seqlen, window, qk_scale,
-                DK, DV, PAD_DK, PAD_DV, True, CAUSAL, HAS_WINDOW, UPCAST, ROW64)
+    for it in range(0, num_tiles * group):
+        g = it // num_tiles
+        dk_acc, dv_acc = _dkdv_step(
+            dk_acc, dv_acc, k_tile, v_tile, q_group + g * stride_qh, do_group + g * stride_doh,
+            lse_group + g * stride_lh, delta_group + g * stride_lh, stride_qt, stride_dot, stride_lt, keys,
+            offs_m, offs_dk, offs_dv, lo + (it - g * num_tiles) * BLOCK_M, seqlen, window, qk_scale,
+            DK, DV, PAD_DK, PAD_DV, True, CAUSAL, HAS_WINDOW, UPCAST, ROW64)
     row_ok = keys[:, None] < seqlen
     dk_ptrs = (dk + batch * stride_dkb + kv_head.to(tl.int64) * stride_dkh + n0.to(tl.int64) * stride_dkt
                + local_n[:, None] * stride_dkt + offs_dk[None, :])
@@ -436,21 +417,13 @@ def _dq_tiles(dq, q_tile, do_tile, lse2, delta, k_base, v_base, stride_kt, strid
               offs_dv, start, end, seqlen, window, qk_scale,
               DK: tl.constexpr, DV: tl.constexpr, PAD_DK: tl.constexpr, PAD_DV: tl.constexpr,
               MASKED: tl.constexpr, CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, UPCAST: tl.constexpr,
-              ROW64: tl.constexpr, INTERP: tl.constexpr, BLOCK_N: tl.constexpr):
+              ROW64: tl.constexpr, BLOCK_N: tl.constexpr):
     """Accumulate dq (unscaled) of one query tile over key tiles [start, end)."""
-    if INTERP:  # the interpreter cannot take a runtime range() bound under numpy >= 2.4
-        n0 = start
-        while n0 < end:
-            dq = _dq_step(dq, q_tile, do_tile, lse2, delta, k_base, v_base, stride_kt, stride_vt, offs_m, offs_n,
-                          offs_dk, offs_dv, n0, seqlen, window, qk_scale, DK, DV, PAD_DK, PAD_DV, MASKED, CAUSAL,
-                          HAS_WINDOW, UPCAST, ROW64)
-            n0 += BLOCK_N
-    else:
-        for n0 in range(start, end, BLOCK_N):
-            n0 = tl.multiple_of(n0, BLOCK_N)
-            dq = _dq_step(dq, q_tile, do_tile, lse2, delta, k_base, v_base, stride_kt, stride_vt, offs_m, offs_n,
-                          offs_dk, offs_dv, n0, seqlen, window, qk_scale, DK, DV, PAD_DK, PAD_DV, MASKED, CAUSAL,
-                          HAS_WINDOW, UPCAST, ROW64)
+    for n0 in range(start, end, BLOCK_N):
+        n0 = tl.multiple_of(n0, BLOCK_N)
+        dq = _dq_step(dq, q_tile, do_tile, lse2, delta, k_base, v_base, stride_kt, stride_vt, offs_m, offs_n,
+                      offs_dk, offs_dv, n0, seqlen, window, qk_scale, DK, DV, PAD_DK, PAD_DV, MASKED, CAUSAL,
+                      HAS_WINDOW, UPCAST, ROW64)
     return dq
 
 
@@ -487,7 +460,7 @@ def _bwd_dq_kernel(
     seqlen, num_q_heads, group, window, qk_scale, scale,
     DK: tl.constexpr, DV: tl.constexpr, BLOCK_DK: tl.constexpr, BLOCK_DV: tl.constexpr,
     CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, UPCAST: tl.constexpr, ROW64: tl.constexpr,
-    INTERP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     pid_m = tl.num_programs(0) - 1 - tl.program_id(0)
     pid_bh = tl.program_id(1)
@@ -523,13 +496,13 @@ def _bwd_dq_kernel(
     lo, clean_lo, clean_hi, hi = _key_range(m0, seqlen, window, CAUSAL, HAS_WINDOW, BLOCK_M, BLOCK_N)
     dq_acc = _dq_tiles(dq_acc, q_tile, do_tile, lse2, delta_rows, k_base, v_base, stride_kt, stride_vt, offs_m,
                        offs_n, offs_dk, offs_dv, lo, clean_lo, seqlen, window, qk_scale, DK, DV, PAD_DK, PAD_DV,
-                       True, CAUSAL, HAS_WINDOW, UPCAST, ROW64, INTERP, BLOCK_N)
+                       True, CAUSAL, HAS_WINDOW, UPCAST, ROW64, BLOCK_N)
     dq_acc = _dq_tiles(dq_acc, q_tile, do_tile, lse2, delta_rows, k_base, v_base, stride_kt, stride_vt, offs_m,
                        offs_n, offs_dk, offs_dv, clean_lo, clean_hi, seqlen, window, qk_scale, DK, DV, PAD_DK,
-                       PAD_DV, False, CAUSAL, HAS_WINDOW, UPCAST, ROW64, INTERP, BLOCK_N)
+                       PAD_DV, False, CAUSAL, HAS_WINDOW, UPCAST, ROW64, BLOCK_N)
     dq_acc = _dq_tiles(dq_acc, q_tile, do_tile, lse2, delta_rows, k_base, v_base, stride_kt, stride_vt, offs_m,
                        offs_n, offs_dk, offs_dv, clean_hi, hi, seqlen, window, qk_scale, DK, DV, PAD_DK, PAD_DV,
-                       True, CAUSAL, HAS_WINDOW, UPCAST, ROW64, INTERP, BLOCK_N)
+                       True, CAUSAL, HAS_WINDOW, UPCAST, ROW64, BLOCK_N)
     dq_ptrs = (dq + batch * stride_dqb + head * stride_dqh + row_off * stride_dqt
                + local_m[:, None] * stride_dqt + offs_dk[None, :])
     tl.store(dq_ptrs, (dq_acc * scale).to(dq.dtype.element_ty),
@@ -554,8 +527,7 @@ def _decode_split_kernel(
     stride_pb, stride_ph, stride_ps, stride_lb, stride_lh, stride_ls,
     num_kv_heads, group, max_len, split_len, qk_scale,
     DK: tl.constexpr, DV: tl.constexpr, BLOCK_DK: tl.constexpr, BLOCK_DV: tl.constexpr,
-    BLOCK_G: tl.constexpr, UPCAST: tl.constexpr, ROW64: tl.constexpr, INTERP: tl.constexpr,
-    BLOCK_N: tl.constexpr,
+    BLOCK_G: tl.constexpr, UPCAST: tl.constexpr, ROW64: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     """Partial attention of all G query heads of one KV head over one cache chunk (flash-decoding)."""
     pid_s = tl.program_id(0)
@@ -585,18 +557,10 @@ def _decode_split_kernel(
     m_i = tl.full([BLOCK_G], -1.0e30, dtype=tl.float32)
     PAD_DK: tl.constexpr = BLOCK_DK != DK
     PAD_DV: tl.constexpr = BLOCK_DV != DV
-    if INTERP:  # the interpreter cannot take a runtime range() bound under numpy >= 2.4
-        n0 = start
-        while n0 < end:
-            acc, l_i, m_i = _fwd_step(acc, l_i, m_i, q_tile, k_base, v_base, stride_kt, stride_vt, offs_g, offs_n,
-                                      offs_dk, offs_dv, n0, end, 0, qk_scale, DK, DV, PAD_DK, PAD_DV,
-                                      True, False, False, UPCAST, ROW64)
-            n0 += BLOCK_N
-    else:
-        for n0 in range(start, end, BLOCK_N):
-            acc, l_i, m_i = _fwd_step(acc, l_i, m_i, q_tile, k_base, v_base, stride_kt, stride_vt, offs_g, offs_n,
-                                      offs_dk, offs_dv, n0, end, 0, qk_scale, DK, DV, PAD_DK, PAD_DV,
-                                      True, False, False, UPCAST, ROW64)
+    for n0 in range(start, end, BLOCK_N):
+        acc, l_i, m_i = _fwd_step(acc, l_i, m_i, q_tile, k_base, v_base, stride_kt, stride_vt, offs_g, offs_n,
+                                  offs_dk, offs_dv, n0, end, 0, qk_scale, DK, DV, PAD_DK, PAD_DV,
+                                  True, False, False, UPCAST, ROW64)
 
     has_keys = l_i > 0.0
     out = acc / tl.where(has_keys, l_i, 1.0)[:, None]
@@ -718,8 +682,7 @@ def attention_fwd(
     )
     consts = dict(DK=dk, DV=dv, BLOCK_DK=max(16, next_pow2(dk)), BLOCK_DV=max(16, next_pow2(dv)),
                   CAUSAL=bool(causal), HAS_WINDOW=window is not None,
-                  UPCAST=interpreting() and q.dtype == torch.bfloat16, ROW64=_needs_row64(seqlen, q, k, v),
-                  INTERP=interpreting())
+                  UPCAST=interpreting() and q.dtype == torch.bfloat16, ROW64=_needs_row64(seqlen, q, k, v))
 
     def grid(meta):
         return (triton.cdiv(seqlen, meta["BLOCK_M"]), batch * num_q_heads)
@@ -763,7 +726,7 @@ def attention_bwd(
     qk_scale = float(scale) * LOG2E
     consts = dict(DK=dk, DV=dv, BLOCK_DK=block_dk, BLOCK_DV=block_dv, CAUSAL=bool(causal),
                   HAS_WINDOW=window is not None, UPCAST=interpreting() and q.dtype == torch.bfloat16,
-                  ROW64=_needs_row64(seqlen, q, k, v, do), INTERP=interpreting())
+                  ROW64=_needs_row64(seqlen, q, k, v, do))
     common = (*_bthd(q), *_bthd(k), *_bthd(v), *_bthd(do), *lse.stride())
 
     def grid_dkdv(meta):
@@ -882,7 +845,6 @@ def flash_attention_decode(
         num_kv_heads, group, max_len, split_len, sc * LOG2E,
         DK=dk, DV=dv, BLOCK_DK=block_dk, BLOCK_DV=block_dv, BLOCK_G=max(16, next_pow2(group)),
         UPCAST=interpreting() and q.dtype == torch.bfloat16, ROW64=_needs_row64(max_len, k_cache, v_cache),
-        INTERP=interpreting(),
     )
     _decode_combine_kernel[(batch * num_q_heads,)](
         o_part, lse_part, out, *o_part.stride()[:3], *lse_part.stride(), out.stride(0), out.stride(1),

@@ -279,7 +279,7 @@ def _selected_dkdv_body(
     dk_ptr, dv_ptr, dk_part_ptr, dv_part_ptr,
     T, HQ, HKV, G, DK, DV, NUM_BLOCKS, SEGMENT, qk_scale_log2, scale,
     G_IN: tl.constexpr, DK_PAD: tl.constexpr, DV_PAD: tl.constexpr, BLOCK_SLC: tl.constexpr,
-    UPCAST: tl.constexpr, INTERP: tl.constexpr, ATOMIC: tl.constexpr,
+    UPCAST: tl.constexpr, ATOMIC: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr,
 ):
     """dk/dv of BLOCK_N keys of block j from segment program_id(1) of j's query list.
@@ -335,19 +335,10 @@ def _selected_dkdv_body(
 
         dk = tl.zeros([BLOCK_N, DK_PAD], dtype=tl.float32)
         dv = tl.zeros([BLOCK_N, DV_PAD], dtype=tl.float32)
-        if INTERP:
-            # Triton 3.6's interpreter cannot take a runtime range() bound under numpy >= 2.4
-            start = begin
-            while start < end:
-                dk, dv = _dkdv_step(q_ptr, do_ptr, lse_ptr, delta_ptr, qlist_ptr, k, v, dk, dv, pos, pos_ok,
-                                    start, end, b, g, r_query, r_head, head_ok, T, HQ, G, DK, DV, qk_scale_log2,
-                                    DK_PAD, DV_PAD, UPCAST)
-                start += QUERIES
-        else:
-            for start in range(begin, end, QUERIES):
-                dk, dv = _dkdv_step(q_ptr, do_ptr, lse_ptr, delta_ptr, qlist_ptr, k, v, dk, dv, pos, pos_ok,
-                                    start, end, b, g, r_query, r_head, head_ok, T, HQ, G, DK, DV, qk_scale_log2,
-                                    DK_PAD, DV_PAD, UPCAST)
+        for start in range(begin, end, QUERIES):
+            dk, dv = _dkdv_step(q_ptr, do_ptr, lse_ptr, delta_ptr, qlist_ptr, k, v, dk, dv, pos, pos_ok,
+                                start, end, b, g, r_query, r_head, head_ok, T, HQ, G, DK, DV, qk_scale_log2,
+                                DK_PAD, DV_PAD, UPCAST)
         dk = dk * scale
 
         dk_mask = pos_ok[:, None] & dk_ok[None, :]
@@ -372,7 +363,7 @@ def _dkdv_reduce_kernel(
     offsets_ptr, slots_ptr, dk_part_ptr, dv_part_ptr, dk_ptr, dv_ptr,
     T, HKV, DK, DV, NUM_BLOCKS, SEGMENT,
     BLOCK_SLC: tl.constexpr, DK_PAD: tl.constexpr, DV_PAD: tl.constexpr,
-    INTERP: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_N: tl.constexpr,
 ):
     """dk/dv of the keys of a multi-segment list: its fp32 partials summed in segment order."""
     CHUNKS: tl.constexpr = BLOCK_SLC // BLOCK_N
@@ -395,18 +386,10 @@ def _dkdv_reduce_kernel(
         first = tl.load(slots_ptr + bucket).to(tl.int64)
         dk = tl.zeros([BLOCK_N, DK_PAD], dtype=tl.float32)
         dv = tl.zeros([BLOCK_N, DV_PAD], dtype=tl.float32)
-        if INTERP:  # see _selected_dkdv_body
-            s = 0
-            while s < segments:
-                part_row = (first + s) * BLOCK_SLC + key
-                dk += tl.load(dk_part_ptr + part_row[:, None] * DK + dk_offs[None, :], mask=dk_mask, other=0.0)
-                dv += tl.load(dv_part_ptr + part_row[:, None] * DV + dv_offs[None, :], mask=dv_mask, other=0.0)
-                s += 1
-        else:
-            for s in range(0, segments):
-                part_row = (first + s) * BLOCK_SLC + key
-                dk += tl.load(dk_part_ptr + part_row[:, None] * DK + dk_offs[None, :], mask=dk_mask, other=0.0)
-                dv += tl.load(dv_part_ptr + part_row[:, None] * DV + dv_offs[None, :], mask=dv_mask, other=0.0)
+        for s in range(0, segments):
+            part_row = (first + s) * BLOCK_SLC + key
+            dk += tl.load(dk_part_ptr + part_row[:, None] * DK + dk_offs[None, :], mask=dk_mask, other=0.0)
+            dv += tl.load(dv_part_ptr + part_row[:, None] * DV + dv_offs[None, :], mask=dv_mask, other=0.0)
         kv_row = b * T * HKV + g + pos * HKV
         tl.store(dk_ptr + kv_row[:, None] * DK + dk_offs[None, :], dk.to(dk_ptr.dtype.element_ty), mask=dk_mask)
         tl.store(dv_ptr + kv_row[:, None] * DV + dv_offs[None, :], dv.to(dv_ptr.dtype.element_ty), mask=dv_mask)
@@ -603,7 +586,7 @@ def selected_bwd(
     segments = -(-t // segment)  # a list holds at most T queries
     dkdv_args = dict(
         G_IN=next_pow2(group), DK_PAD=dims["DK_PAD"], DV_PAD=dims["DV_PAD"], BLOCK_SLC=block_slc,
-        UPCAST=dims["UPCAST"], INTERP=interpreting(),
+        UPCAST=dims["UPCAST"],
     )
 
     def grid(meta: dict) -> tuple[int, int, int]:
@@ -623,8 +606,7 @@ def selected_bwd(
             reduce_block = min(block_slc, 32)
             _dkdv_reduce_kernel[(num_blocks * (block_slc // reduce_block), b * hkv)](
                 offsets, slots, dk_part, dv_part, dk, dv, t, hkv, dk_dim, dv_dim, num_blocks, segment,
-                BLOCK_SLC=block_slc, DK_PAD=dims["DK_PAD"], DV_PAD=dims["DV_PAD"], INTERP=interpreting(),
-                BLOCK_N=reduce_block,
+                BLOCK_SLC=block_slc, DK_PAD=dims["DK_PAD"], DV_PAD=dims["DV_PAD"], BLOCK_N=reduce_block,
             )
     else:
         dk = torch.zeros(k.shape, dtype=torch.float32, device=k.device)

@@ -20,6 +20,8 @@ import torch
 from kernels.flash import TileConfig, attention_bwd, attention_fwd, flash_attention, flash_attention_decode
 from nsa_bench import reference
 
+# Triton 3.6's interpreter turns its 1-element scalar handles into Python ints (runtime range() bounds):
+# numpy 2.3 warns on every such loop, numpy >= 2.4 refuses (hence the project's numpy<2.4 pin).
 FP32_TOL = 1e-4
 HALF_TOL = 1e-2
 
@@ -368,11 +370,11 @@ _SM90_BUILD = textwrap.dedent(
 
     for dk, dv in ((128, 128), (192, 128)):
         heads = dict(DK=dk, DV=dv, BLOCK_DK=f.next_pow2(dk), BLOCK_DV=f.next_pow2(dv))
-        mode = dict(CAUSAL=True, HAS_WINDOW=True, UPCAST=False, ROW64=False, INTERP=False)
+        mode = dict(CAUSAL=True, HAS_WINDOW=True, UPCAST=False, ROW64=False)
         for fn, cands in ((f._fwd_kernel, f._FWD), (f._bwd_dkdv_kernel, f._DKDV), (f._bwd_dq_kernel, f._DQ)):
             config = cands.prune(list(cands.configs), {}, BLOCK_DK=heads["BLOCK_DK"], BLOCK_DV=heads["BLOCK_DV"])[0]
             build(fn, {**heads, **mode}, config)
-    decode = dict(DK=192, DV=128, BLOCK_DK=256, BLOCK_DV=128, BLOCK_G=16, UPCAST=False, ROW64=False, INTERP=False)
+    decode = dict(DK=192, DV=128, BLOCK_DK=256, BLOCK_DV=128, BLOCK_G=16, UPCAST=False, ROW64=False)
     build(f._decode_split_kernel, decode, f._DECODE_CONFIGS[0])
     build(f._decode_combine_kernel, dict(DV=128, BLOCK_DV=128, BLOCK_S=64), triton.Config({}, num_warps=8))
     build(f._bwd_preprocess_kernel, dict(DV=128, BLOCK_DV=128, BLOCK_M=32), triton.Config({}, num_warps=4))
