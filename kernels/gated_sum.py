@@ -15,18 +15,30 @@ _BLOCK_ROWS = 16
 
 
 @triton.jit
-def _gated_sum_fwd_kernel(
-    gates, o_cmp, o_slc, o_win, out, rows, dim,
-    BLOCK_ROWS: tl.constexpr, BLOCK_D: tl.constexpr,
-):
+def _tile(rows, dim, BLOCK_ROWS: tl.constexpr, BLOCK_D: tl.constexpr):
+    """This program's rows (int64), their validity, the [rows, dim] mask and element offsets."""
     row = tl.program_id(0).to(tl.int64) * BLOCK_ROWS + tl.arange(0, BLOCK_ROWS).to(tl.int64)
     col = tl.arange(0, BLOCK_D)
     row_ok = row < rows
     mask = row_ok[:, None] & (col[None, :] < dim)
-    offs = row[:, None] * dim + col[None, :]
+    return row, row_ok, mask, row[:, None] * dim + col[None, :]
+
+
+@triton.jit
+def _load_gates(gates, row, row_ok):
     g0 = tl.load(gates + row * 3 + 0, mask=row_ok, other=0.0).to(tl.float32)
     g1 = tl.load(gates + row * 3 + 1, mask=row_ok, other=0.0).to(tl.float32)
     g2 = tl.load(gates + row * 3 + 2, mask=row_ok, other=0.0).to(tl.float32)
+    return g0, g1, g2
+
+
+@triton.jit
+def _gated_sum_fwd_kernel(
+    gates, o_cmp, o_slc, o_win, out, rows, dim,
+    BLOCK_ROWS: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    row, row_ok, mask, offs = _tile(rows, dim, BLOCK_ROWS, BLOCK_D)
+    g0, g1, g2 = _load_gates(gates, row, row_ok)
     acc = g0[:, None] * tl.load(o_cmp + offs, mask=mask, other=0.0).to(tl.float32)
     acc += g1[:, None] * tl.load(o_slc + offs, mask=mask, other=0.0).to(tl.float32)
     acc += g2[:, None] * tl.load(o_win + offs, mask=mask, other=0.0).to(tl.float32)
@@ -38,15 +50,9 @@ def _gated_sum_bwd_kernel(
     gates, o_cmp, o_slc, o_win, do, d_gates, do_cmp, do_slc, do_win, rows, dim,
     BLOCK_ROWS: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
-    row = tl.program_id(0).to(tl.int64) * BLOCK_ROWS + tl.arange(0, BLOCK_ROWS).to(tl.int64)
-    col = tl.arange(0, BLOCK_D)
-    row_ok = row < rows
-    mask = row_ok[:, None] & (col[None, :] < dim)
-    offs = row[:, None] * dim + col[None, :]
+    row, row_ok, mask, offs = _tile(rows, dim, BLOCK_ROWS, BLOCK_D)
     grad = tl.load(do + offs, mask=mask, other=0.0).to(tl.float32)
-    g0 = tl.load(gates + row * 3 + 0, mask=row_ok, other=0.0).to(tl.float32)
-    g1 = tl.load(gates + row * 3 + 1, mask=row_ok, other=0.0).to(tl.float32)
-    g2 = tl.load(gates + row * 3 + 2, mask=row_ok, other=0.0).to(tl.float32)
+    g0, g1, g2 = _load_gates(gates, row, row_ok)
     tl.store(do_cmp + offs, (g0[:, None] * grad).to(do_cmp.dtype.element_ty), mask=mask)
     tl.store(do_slc + offs, (g1[:, None] * grad).to(do_slc.dtype.element_ty), mask=mask)
     tl.store(do_win + offs, (g2[:, None] * grad).to(do_win.dtype.element_ty), mask=mask)

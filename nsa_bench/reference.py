@@ -125,17 +125,31 @@ def compressed_attention(
     q: torch.Tensor, k_cmp: torch.Tensor, v_cmp: torch.Tensor, cfg: NSAConfig, scale: float | None = None
 ) -> torch.Tensor:
     """Branch "cmp": o_cmp [B,T,Hq,Dv]; a query that sees no compressed block gets 0."""
+    def rows(qc, pos, kw, vw, sc, t0, t1):
+        return _cmp_rows(qc, pos, kw, vw, cfg, sc)[0]
+
+    return _over_rows(q, k_cmp, v_cmp, scale, k_cmp.shape[1], rows)
+
+
+def _over_rows(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float | None, keys_per_row: int,
+    rows: Callable[..., torch.Tensor], max_chunk: int | None = None,
+) -> torch.Tensor:
+    """A branch over all query rows: `rows(q_chunk, positions, k, v, scale, t0, t1)` per chunk, in the
+    working dtype, chunked so each chunk's scores stay within the element budget."""
     sc = _scale(scale, q.shape[-1])
     wd = _work_dtype(q.dtype)
-    qw, kw, vw = q.to(wd), k_cmp.to(wd), v_cmp.to(wd)
+    qw, kw, vw = q.to(wd), k.to(wd), v.to(wd)
     b, t, hq, _ = q.shape
     pos_all = torch.arange(t, device=q.device)
+    chunk = _chunk_size(b, hq, keys_per_row)
+    if max_chunk is not None:
+        chunk = max(1, min(chunk, max_chunk))
 
-    def rows(t0: int, t1: int) -> torch.Tensor:
-        return _cmp_rows(qw[:, t0:t1], pos_all[t0:t1], kw, vw, cfg, sc)[0]
+    def part(t0: int, t1: int) -> torch.Tensor:
+        return rows(qw[:, t0:t1], pos_all[t0:t1], kw, vw, sc, t0, t1)
 
-    chunk = _chunk_size(b, hq, k_cmp.shape[1])
-    return _by_chunks(rows, t, chunk, _needs_grad(q, k_cmp, v_cmp)).to(q.dtype)
+    return _by_chunks(part, t, chunk, _needs_grad(q, k, v)).to(q.dtype)
 
 
 # ---------------------------------------------------------------- section 3: scores and selection
@@ -243,17 +257,10 @@ def selected_attention(
     scale: float | None = None,
 ) -> torch.Tensor:
     """Branch "slc": each query attends to keys p <= t in its group's selected blocks."""
-    sc = _scale(scale, q.shape[-1])
-    wd = _work_dtype(q.dtype)
-    qw, kw, vw = q.to(wd), k.to(wd), v.to(wd)
-    b, t, hq, _ = q.shape
-    pos_all = torch.arange(t, device=q.device)
+    def rows(qc, pos, kw, vw, sc, t0, t1):
+        return _slc_rows(qc, pos, kw, vw, block_idx[:, t0:t1], cfg, sc)
 
-    def rows(t0: int, t1: int) -> torch.Tensor:
-        return _slc_rows(qw[:, t0:t1], pos_all[t0:t1], kw, vw, block_idx[:, t0:t1], cfg, sc)
-
-    chunk = _chunk_size(b, hq * 2, t)
-    return _by_chunks(rows, t, chunk, _needs_grad(q, k, v)).to(q.dtype)
+    return _over_rows(q, k, v, scale, 2 * q.shape[1], rows)
 
 
 # ---------------------------------------------------------------- section 5: sliding window
@@ -273,18 +280,12 @@ def window_attention(
 ) -> torch.Tensor:
     """Branch "win": query t attends to keys max(0, t-w+1) .. t. `cfg` may be a bare window size."""
     window = cfg if isinstance(cfg, int) else cfg.window
-    sc = _scale(scale, q.shape[-1])
-    wd = _work_dtype(q.dtype)
-    qw, kw, vw = q.to(wd), k.to(wd), v.to(wd)
-    b, t, hq, _ = q.shape
-    pos_all = torch.arange(t, device=q.device)
 
-    def rows(t0: int, t1: int) -> torch.Tensor:
-        return _win_rows(qw[:, t0:t1], pos_all[t0:t1], kw, vw, window, sc)
+    def rows(qc, pos, kw, vw, sc, t0, t1):
+        return _win_rows(qc, pos, kw, vw, window, sc)
 
-    chunk = _chunk_size(b, hq * 2, min(t, window) + 64)
-    chunk = max(1, min(chunk, max(window, 64)))
-    return _by_chunks(rows, t, chunk, _needs_grad(q, k, v)).to(q.dtype)
+    # a chunk of C rows reads C + w - 1 keys: cap C near w so the key span stays about 2w
+    return _over_rows(q, k, v, scale, 2 * (min(q.shape[1], window) + 64), rows, max_chunk=max(window, 64))
 
 
 def causal_attention(

@@ -2,24 +2,15 @@
 from __future__ import annotations
 
 import json
-import sys
 
 import matplotlib.pyplot as plt
 import pandas as pd
 import pytest
 import torch
 
-import cli
+from cli_runner import run_cli
 from nsa_bench import calibrate, plots
 from nsa_bench.gpus import gpu_spec
-
-
-def run_cli(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
-    monkeypatch.setattr(sys, "argv", ["nsa-bench", *args])
-    with pytest.raises(SystemExit) as info:
-        cli.main()
-    out = capsys.readouterr()
-    return info.value.code, out.out, out.err
 
 
 def sample(name: str = "NVIDIA H100 80GB HBM3", flops: float = 700e12, bandwidth: float = 2.9e12):

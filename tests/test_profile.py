@@ -9,14 +9,13 @@ import contextlib
 import json
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import torch
 
-import cli
+from cli_runner import run_cli
 from nsa_bench import cost, nvtx, profile
 from nsa_bench.backends import Workload
 from nsa_bench.runner import shape_of
@@ -36,14 +35,6 @@ KERNEL_A = ('"0","4242","python3.11","127.0.0.1","_fwd_kernel","1","7","(128, 1,
 KERNEL_B = ('"1","4242","python3.11","127.0.0.1","gated_sum_kernel","1","7","(256, 1, 1)","(2048, 1, 1)","0","9.0",'
             '"500,000","100,000","10,000","0","0","0","0","10","20","30","4","5","6"')
 SAMPLE_CSV = "\n".join(["==PROF== Connected to process 4242", HEADER, UNITS, KERNEL_A, KERNEL_B, ""])
-
-
-def run_cli(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
-    monkeypatch.setattr(sys, "argv", ["nsa-bench", *args])
-    with pytest.raises(SystemExit) as info:
-        cli.main()
-    out = capsys.readouterr()
-    return info.value.code, out.out, out.err
 
 
 def fwd_point(seqlen: int = 65536) -> Point:
