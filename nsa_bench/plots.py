@@ -11,6 +11,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.lines import Line2D  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
@@ -119,19 +120,26 @@ def plot_roofline(frame: pd.DataFrame, folder: Path, gpu: GPUSpec, calibration_d
         ax.plot(xs, np.minimum(measured.matmul_flops, measured.copy_bytes_per_s * xs) / 1e12, color="black",
                 lw=1.0, ls="--", label=f"measured ceiling ({measured.device_name}, env --calibrate)")
     markers = {"fwd": "o", "bwd": "s", "fwdbwd": "D", "decode": "^"}
-    for (backend, stage), group in usable.groupby(["backend", "stage"], sort=True):
-        label = backend if stage == STAGE_TOTAL else f"{backend}: {stage}"
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    handles = []
+    for i, ((backend, stage), group) in enumerate(usable.groupby(["backend", "stage"], sort=True)):
+        color = colors[i % len(colors)]
+        total = stage == STAGE_TOTAL
         for mode, sub in group.groupby("mode"):
-            ax.scatter(sub["intensity"], sub["tflops_at"], marker=markers.get(mode, "o"),
-                       s=36 if stage == STAGE_TOTAL else 14, alpha=0.85 if stage == STAGE_TOTAL else 0.5,
-                       label=f"{label} [{mode}]")
+            ax.scatter(sub["intensity"], sub["tflops_at"], marker=markers.get(mode, "o"), color=color,
+                       s=40 if total else 16, alpha=0.9 if total else 0.6)
+        handles.append(Line2D([], [], ls="", marker="o", color=color, label=backend if total else f"{backend}: {stage}"))
+    present = [m for m in markers if m in set(usable["mode"])]
+    handles += [Line2D([], [], ls="", marker=markers[m], color="grey", label=f"[{m}]") for m in present]
+    ceiling_handles, _ = ax.get_legend_handles_labels()
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("arithmetic intensity (FLOP / byte of HBM traffic, cost model)")
     ax.set_ylabel("TFLOP/s")
     ax.set_title(f"Roofline ({_kind(usable)})")
     ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=6, ncol=2, loc="lower right")
+    ax.legend(handles=ceiling_handles + handles, fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0),
+              borderaxespad=0.0)
     return _save(fig, folder, "roofline")
 
 
@@ -160,6 +168,7 @@ def plot_stages(frame: pd.DataFrame, folder: Path) -> list[Path]:
         ax.set_xticklabels(labels, fontsize=8)
         ax.set_yscale("log" if bottom.max() / max(bottom.min(), 1e-9) > 50 else "linear")
         ax.set_title(mode)
+        ax.set_xlabel("sequence length")
         ax.set_ylabel("ms")
         ax.grid(alpha=0.3, axis="y")
         ax.legend(fontsize=7)
