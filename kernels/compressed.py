@@ -37,9 +37,14 @@ def _configs(tiles: tuple[tuple[int, int, int], ...]) -> list[triton.Config]:
 # Tiles that compile for sm_90 without register spills both at the paper shape (G=16, Dk=192,
 # Dv=128, bf16) and at G=1, Dk=Dv=64 (fp16), checked with ptxas/cuobjdump from Triton's wheel.
 # Larger tiles spill there (q, do and fp32 accumulators of 192 + 128 columns stay in registers).
+# Exception: the forward's (32, 16, 4) spills 8 B with wide heads and an output; `_prune_fwd_rows`
+# drops it there (it is the cheapest tile for narrow heads and for select_blocks' lse-only pass).
 _FWD_TILES = ((64, 32, 4), (64, 16, 4), (64, 16, 8), (128, 16, 8), (32, 64, 8), (32, 32, 8), (32, 16, 4))
 _DQ_TILES = ((32, 16, 8), (32, 32, 8), (32, 64, 8))
 _DKV_TILES = ((32, 16, 4), (64, 16, 8))
+
+
+_WIDE_HEADS = 256  # DK_A + DK_B + BLOCK_DV beyond this (paper: 128 + 64 + 128) is "wide"
 
 
 def _prune_rows(configs: list[triton.Config], named_args: dict, **kwargs) -> list[triton.Config]:
@@ -47,6 +52,17 @@ def _prune_rows(configs: list[triton.Config], named_args: dict, **kwargs) -> lis
     g_pad = kwargs.get("G_PAD", named_args.get("G_PAD", 1))
     kept = [c for c in configs if c.kwargs["BLOCK_M"] >= g_pad]
     return kept or [triton.Config({"BLOCK_M": g_pad, "BLOCK_N": 16}, num_warps=8, num_stages=2)]
+
+
+def _prune_fwd_rows(configs: list[triton.Config], named_args: dict, **kwargs) -> list[triton.Config]:
+    """`_prune_rows`, and with wide heads and an output (q of 192 columns plus a 128-column fp32
+    accumulator) no 4-warp 32-row tile: ptxas builds it at 128 registers and spills on sm_90,
+    while the 8-warp 32-row tiles and the 4-warp 64-row tiles do not."""
+    kept = _prune_rows(configs, named_args, **kwargs)
+    wide = kwargs.get("DK_A", 0) + kwargs.get("DK_B", 0) + kwargs.get("BLOCK_DV", 0) > _WIDE_HEADS
+    if not (wide and kwargs.get("WITH_OUTPUT", True)):
+        return kept
+    return [c for c in kept if not (c.kwargs["BLOCK_M"] <= 32 and c.num_warps < 8)] or kept
 
 
 # ------------------------------------------------------------------ validation
@@ -290,7 +306,7 @@ def _fwd_tile(
 
 @triton.autotune(
     configs=_configs(_FWD_TILES), key=["G_PAD", "DK_A", "DK_B", "BLOCK_DV", "BLOCK_CMP", "STRIDE_CMP", "WITH_OUTPUT"],
-    prune_configs_by={"early_config_prune": _prune_rows},
+    prune_configs_by={"early_config_prune": _prune_fwd_rows},
 )
 @triton.jit
 def _cmp_fwd_kernel(

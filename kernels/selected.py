@@ -64,32 +64,96 @@ def _launcher(kernel, grid, interp_meta: dict):
     return kernel[grid]
 
 
-def _prune_block_k(configs, named_args, **kwargs):
-    """A key chunk must divide l' (both powers of two, so <= suffices); at most 4 unrolled chunks."""
-    block_slc = kwargs.get("BLOCK_SLC", named_args.get("BLOCK_SLC"))
-    kept = [c for c in configs if block_slc // 4 <= c.kwargs["BLOCK_K"] <= block_slc]
-    return kept or configs[:1]
+_SHARED_MEMORY_BYTES = 227 * 1024  # an H100's opt-in shared memory per block
+_WIDE_HEADS = 256  # DK_PAD + DV_PAD beyond this (192 + 128 pads to 256 + 128) is "wide"
+# Limits below were read off sm_90 compiles (ptxas register/stack usage, tests/gpu_compile.py) at
+# G=16, Dk/Dv = 192/128 and 128/128, l' = 32..256, n = 16 and 64, and G=1, Dk=Dv=64.
+_BLOCK_SHARE_MAX = 1024  # bytes of one selected block's K+V per thread (fwd and dq)
+_BLOCK_SHARE_FEW_CHUNKS = 512  # dq: above this share, at most two unrolled chunks
+
+
+def _block_params(named_args: dict, kwargs: dict) -> tuple[int, int, int, int]:
+    """(BLOCK_SLC, DK_PAD + DV_PAD, G_PAD, element bytes) of a launch, as the prune hooks see it."""
+    def arg(name: str, default: int) -> int:
+        return kwargs.get(name, named_args.get(name, default))
+
+    q = named_args.get("q_ptr")
+    elem = q.element_size() if hasattr(q, "element_size") else 2
+    return arg("BLOCK_SLC", 64), arg("DK_PAD", 0) + arg("DV_PAD", 0), arg("G_PAD", 16), elem
+
+
+def _gather_prune(configs, named_args, kwargs, dq: bool):
+    """Configs of the group-centric kernels (forward, dq) that divide l', fit and do not spill.
+
+    The chunk loop is unrolled inside the slot loop, so the pipeliner keeps a whole selected
+    block of K and V (l' x (DK_PAD + DV_PAD)) in flight per stage:
+    - shared memory: (num_stages - 1) blocks plus the q/do tiles' staging must fit 227 KiB
+      (l' = 256 at 192/128 needs ~400 KB with 3 stages);
+    - registers: a thread's share of one block (its gather addresses and masks) above 1 KiB
+      spills (4 warps at l' = 256, 192/128: BLOCK_K=128 by 120 B), so it takes more warps;
+    - dq holds more (q, do, an fp32 dq row block): above 512 B per thread it spills with 4
+      unrolled chunks (l' = 256, 8 warps, n = 64: BLOCK_K=64 spills, 128 does not), and with
+      wide heads ptxas caps a 4-warp single-chunk 3-stage dq at 128 registers and spills 8 B
+      (paper shape; the 2-stage and 8-warp ones do not).
+    BLOCK_K must divide l' (powers of two, so <= suffices); at most 4 unrolled chunks.
+    """
+    block_slc, heads_pad, g_pad, elem = _block_params(named_args, kwargs)
+    block_bytes = block_slc * heads_pad * elem
+    wide = heads_pad > _WIDE_HEADS
+
+    def shared_bytes(c) -> int:
+        return (c.num_stages - 1) * block_bytes + 2 * g_pad * heads_pad * elem
+
+    def spills(c) -> bool:
+        share = block_bytes // (32 * c.num_warps)
+        chunks = block_slc // c.kwargs["BLOCK_K"]
+        if share > _BLOCK_SHARE_MAX:
+            return True
+        if dq and share > _BLOCK_SHARE_FEW_CHUNKS and chunks > 2:
+            return True
+        return dq and wide and c.num_warps < 8 and chunks == 1 and c.num_stages > 2
+
+    legal = [c for c in configs if block_slc // 4 <= c.kwargs["BLOCK_K"] <= block_slc] or configs[:1]
+    fitting = [c for c in legal if shared_bytes(c) <= _SHARED_MEMORY_BYTES]
+    if not fitting:  # no prefetch buffers at all: one stage is the least shared memory there is
+        fitting = [triton.Config(dict(c.kwargs), num_warps=c.num_warps, num_stages=1) for c in legal
+                   if c.num_stages == min(x.num_stages for x in legal)]
+    return [c for c in fitting if not spills(c)] or [max(fitting, key=lambda c: (c.num_warps, c.kwargs["BLOCK_K"]))]
+
+
+def _prune_fwd(configs, named_args, **kwargs):
+    """Forward configs: see `_gather_prune`."""
+    return _gather_prune(configs, named_args, kwargs, dq=False)
+
+
+def _prune_dq(configs, named_args, **kwargs):
+    """dq configs: see `_gather_prune` (dq keeps more live state than the forward)."""
+    return _gather_prune(configs, named_args, kwargs, dq=True)
 
 
 def _prune_block_n(configs, named_args, **kwargs):
-    """BLOCK_N must divide l'. With wide heads (Dk + Dv > 256, e.g. 192 + 128) the dk/dv
-    accumulators fill the registers: keep 8 warps and BLOCK_M * BLOCK_N <= 2048 (the others
-    spill hundreds of bytes per thread on sm_90 at Dk=192, Dv=128)."""
+    """BLOCK_N must divide l'. With wide heads (DK_PAD + DV_PAD > 256, e.g. 256 + 128) the dk/dv
+    accumulators and the gathered q/do rows fill the registers: keep 8 warps and at most 32
+    gathered rows per step (max(BLOCK_M, G_IN)); on sm_90 at Dk=192, Dv=128 the 4-warp configs
+    and the 64-row ones spill (40 to 1000 B per thread), 32 x 32 and 32 x 64 with 8 warps do not."""
     block_slc = kwargs.get("BLOCK_SLC", named_args.get("BLOCK_SLC"))
-    wide = kwargs.get("DK_PAD", 0) + kwargs.get("DV_PAD", 0) > 256
+    g_in = kwargs.get("G_IN", named_args.get("G_IN", 1))
+    wide = kwargs.get("DK_PAD", 0) + kwargs.get("DV_PAD", 0) > _WIDE_HEADS
+    legal = [c for c in configs if c.kwargs["BLOCK_N"] <= block_slc] or configs[:1]
     kept = [
-        c for c in configs
-        if c.kwargs["BLOCK_N"] <= block_slc
-        and not (wide and (c.num_warps < 8 or c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"] > 2048))
+        c for c in legal
+        if not (wide and (c.num_warps < 8 or max(c.kwargs["BLOCK_M"], g_in) > 32))
     ]
-    return kept or configs[:1]
+    # fallback (e.g. G = 64, whose 64 gathered rows spill at any tile): the lightest 8-warp config
+    return kept or [min(legal, key=lambda c: (c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"], -c.num_warps,
+                                              c.num_stages))]
 
 
 # ---------------------------------------------------------------- forward
 @triton.autotune(
     configs=_fwd_configs(),
     key=["G_PAD", "DK_PAD", "DV_PAD", "BLOCK_SLC"],
-    prune_configs_by={"early_config_prune": _prune_block_k},
+    prune_configs_by={"early_config_prune": _prune_fwd},
 )
 @triton.jit
 def _selected_fwd_kernel(
@@ -177,7 +241,7 @@ def _delta_kernel(o_ptr, do_ptr, delta_ptr, ROWS, DV, BLOCK_R: tl.constexpr, DV_
 @triton.autotune(
     configs=_fwd_configs(),
     key=["G_PAD", "DK_PAD", "DV_PAD", "BLOCK_SLC"],
-    prune_configs_by={"early_config_prune": _prune_block_k},
+    prune_configs_by={"early_config_prune": _prune_dq},
 )
 @triton.jit
 def _selected_dq_kernel(

@@ -11,30 +11,16 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from gpu_compile import (CASES, LARGE_BLOCK_CFG, SELFTEST, Case, CaseReport, CompileResult, compile_cases,
-                         paper_shape)
+from gpu_compile import CASES, SELFTEST, Case, CaseReport, CompileResult, compile_cases
 
 # Known problems, reported to the lead (case label -> reason). The marks are strict: once fixed,
-# the test XPASSes and fails, so the entry must be removed. All are autotune configs the GPU would
-# try; every launch still has a usable config (test_every_launch_has_a_usable_config passes).
-KNOWN_SPILLS: dict[str, str] = {
-    paper_shape("nsa_attention").label:
-        "kernels/compressed.py _cmp_fwd_kernel BLOCK_M=32 BLOCK_N=16 w4 s2 (stack 8 B); kernels/selected.py "
-        "_selected_dq_kernel BLOCK_K=64 w4 s3 (8 B), _selected_dkdv_body BLOCK_M=64 BLOCK_N=32 w8 s1/s2 (96/40 B)",
-    paper_shape("selected_bwd_atomic").label:
-        "kernels/selected.py _selected_dq_kernel BLOCK_K=64 w4 s3 (stack 8 B), _selected_dkdv_body ATOMIC "
-        "BLOCK_M=64 BLOCK_N=32 w8 s1/s2 (32 B)",
-    paper_shape("nsa_attention", LARGE_BLOCK_CFG).label:
-        "l'=256: kernels/selected.py _selected_fwd_kernel BLOCK_K=128 w4 s2 (120 B), _selected_dq_kernel 6 of 8 "
-        "configs (24-248 B), _selected_dkdv_body BLOCK_M=64 BLOCK_N=32 w8 (96/40 B); _cmp_fwd_kernel "
-        "BLOCK_M=32 BLOCK_N=16 (8 B)",
-}
+# the test XPASSes and fails, so the entry must be removed. None are open: the spills and
+# shared-memory overflows once listed here (compressed `_cmp_fwd_kernel` 32x16 w4, selected
+# fwd/dq/dkdv configs at the paper shape and at l'=256) are pruned by the kernels'
+# `prune_configs_by` hooks (`_prune_fwd_rows`, `_prune_fwd`, `_prune_dq`, `_prune_block_n`).
+KNOWN_SPILLS: dict[str, str] = {}
 # Configs that compile but cannot launch on an H100 (shared memory over 227 KiB, register file).
-KNOWN_OVERSIZE: dict[str, str] = {
-    paper_shape("nsa_attention", LARGE_BLOCK_CFG).label:
-        "l'=256: kernels/selected.py _selected_fwd_kernel and _selected_dq_kernel with num_stages=3 need "
-        "~400 KB shared memory (4 configs each); the autotuner skips them as OutOfResources",
-}
+KNOWN_OVERSIZE: dict[str, str] = {}
 
 # Modules whose kernels each entry point must reach (a launch path silently skipped is a bug here).
 EXPECTED_MODULES = {
