@@ -24,7 +24,7 @@ def on_cpu(backend: Backend) -> Backend:
 
 
 def test_reference_backend_is_checked_and_timed():
-    spec = replace(TINY, modes=("fwd", "bwd", "decode"))
+    spec = replace(TINY, modes=("fwd", "bwd", "fwdbwd", "decode"))
     points, _ = spec.points()
     ref = on_cpu(get_backend("nsa-ref"))
     for point in points:
@@ -33,6 +33,27 @@ def test_reference_backend_is_checked_and_timed():
         assert rows[0].max_rel_err < 1e-6
         assert rows[0].ms_median > 0 and rows[0].samples == 2
         assert rows[0].flops > 0 and rows[0].tflops > 0 and rows[0].predicted_ms > 0
+
+
+@pytest.mark.parametrize("name", ["nsa-triton", "fa2-triton"])
+def test_triton_backends_through_the_runner(name):
+    """Our kernels (CPU interpreter) go through the same check/time/stage path a GPU run takes."""
+    spec = replace(TINY, seqlens=(70,), head_dims=((32, 16),), block_cmp=(16,), stride_cmp=(8,), block_slc=(32,),
+                   window=(24,), modes=("fwd", "bwd", "fwdbwd", "decode"), check_seqlen=70)
+    backend = on_cpu(get_backend(name))
+    for point in spec.points()[0]:
+        rows = rows_for(Task(point, backend), spec, H100, CPU, baseline_ms=None)
+        total = rows[0]
+        assert total.status == "ok", (point.mode, total.message)
+        assert total.max_rel_err < 2e-3 and total.ms_median > 0
+        stages = {r.stage for r in rows[1:]}
+        if name == "nsa-triton" and point.mode == "fwd":
+            assert stages == {"compress", "cmp_attn", "select", "slc_attn", "win_attn", "gated_sum"}
+            select = next(r for r in rows if r.stage == "select")
+            assert select.flops > 0 and select.predicted_ms > 0  # scoring + top-n costs merged
+        if name == "nsa-triton" and point.mode == "bwd":
+            assert stages == {"compress", "cmp_attn", "slc_attn", "win_attn", "gated_sum"}
+        assert all(r.status == "ok" and r.ms_median > 0 for r in rows[1:])
 
 
 def test_wrong_backend_fails_the_check_and_is_not_timed():
