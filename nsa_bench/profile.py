@@ -66,7 +66,6 @@ class ProfileError(Exception):
     """The profile cannot run or failed: the message is the one line the CLI prints."""
 
 
-# ------------------------------------------------------------------ NVTX helpers (for backends too)
 # ------------------------------------------------------------------ choosing the point
 def point_from_options(options: Mapping[str, str | None]) -> tuple[Any, str]:
     """(Point, backend name) from sweep-style flags that must each hold one value (OptionError if not)."""
