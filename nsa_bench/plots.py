@@ -130,7 +130,8 @@ def plot_roofline(frame: pd.DataFrame, folder: Path, gpu: GPUSpec, calibration_d
                        s=40 if total else 16, alpha=0.9 if total else 0.6)
         handles.append(Line2D([], [], ls="", marker="o", color=color, label=backend if total else f"{backend}: {stage}"))
     present = [m for m in markers if m in set(usable["mode"])]
-    handles += [Line2D([], [], ls="", marker=markers[m], color="grey", label=f"[{m}]") for m in present]
+    handles += [Line2D([], [], ls="", marker=markers[m], color="black", markerfacecolor="none", label=f"[{m}]")
+                for m in present]
     ceiling_handles, _ = ax.get_legend_handles_labels()
     ax.set_xscale("log")
     ax.set_yscale("log")
