@@ -116,5 +116,5 @@ def summary_table(csv_file: Path) -> str:
     table = table.reindex(index=ms.index)
     kind = "measured" if (totals["status"] == STATUS_OK).any() else "predicted"
     with pd.option_context("display.width", 160, "display.max_columns", 20):
-        return (f"Speedup vs baseline ({kind}):\n{table.round(2).to_string()}\n\n"
-                f"Time per call, ms ({kind}):\n{ms.round(3).to_string()}")
+        return (f"Speedup vs baseline ({kind}):\n{table.to_string(float_format=lambda x: f'{x:.2f}')}\n\n"
+                f"Time per call, ms ({kind}):\n{ms.to_string(float_format=lambda x: f'{x:.4g}')}")
