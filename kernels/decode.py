@@ -45,6 +45,84 @@ _DEFAULT_SMS = 132
 
 
 # ------------------------------------------------------------------------------------ kernels
+# Small jit helpers shared by the kernels below; Triton inlines them, so they cost nothing.
+@triton.jit
+def _batch_and_head(pid, num_heads):
+    """(batch, head) of a batch-major program id, as int64 so the offsets built from them cannot wrap."""
+    return (pid // num_heads).to(tl.int64), (pid % num_heads).to(tl.int64)
+
+
+@triton.jit
+def _cache_len(seqlens_ptr, b, tmax, LEAST: tl.constexpr):
+    """seqlens[b] clamped to [LEAST, tmax], so a bad length can never address outside the cache."""
+    return tl.minimum(tl.maximum(tl.load(seqlens_ptr + b), LEAST), tmax)
+
+
+@triton.jit
+def _num_cmp_blocks(length, BLOCK_CMP: tl.constexpr, STRIDE_CMP: tl.constexpr):
+    """Compressed blocks complete within the first `length` tokens (NSA_SPEC section 1)."""
+    return tl.where(length >= BLOCK_CMP, (length - BLOCK_CMP) // STRIDE_CMP + 1, 0)
+
+
+@triton.jit
+def _load_group_queries(q_ptr, b, kvh, stride_qb, stride_qh,
+                        GROUP: tl.constexpr, DK: tl.constexpr, G_PAD: tl.constexpr, DK_PAD: tl.constexpr,
+                        UPCAST: tl.constexpr):
+    """The G query heads of KV head kvh as one [G_PAD, DK_PAD] tile (padding is 0) for `tl.dot`."""
+    rows = tl.arange(0, G_PAD)
+    dk = tl.arange(0, DK_PAD)
+    heads = kvh * GROUP + rows
+    q = tl.load(q_ptr + b * stride_qb + heads[:, None] * stride_qh + dk[None, :],
+                mask=(rows < GROUP)[:, None] & (dk[None, :] < DK), other=0.0)
+    if UPCAST:
+        q = q.to(tl.float32)
+    return q
+
+
+@triton.jit
+def _score_key_tile(q, k_base, v_base, keys64, key_ok, stride_kt, stride_vt, qk_scale,
+                    DK: tl.constexpr, DV: tl.constexpr, DK_PAD: tl.constexpr, DV_PAD: tl.constexpr,
+                    UPCAST: tl.constexpr):
+    """Base-2 logits [G_PAD, tile] of q against one tile of keys (masked keys -inf), and their values."""
+    dk = tl.arange(0, DK_PAD)
+    dv = tl.arange(0, DV_PAD)
+    k = tl.load(k_base + keys64[:, None] * stride_kt + dk[None, :],
+                mask=key_ok[:, None] & (dk[None, :] < DK), other=0.0)
+    v = tl.load(v_base + keys64[:, None] * stride_vt + dv[None, :],
+                mask=key_ok[:, None] & (dv[None, :] < DV), other=0.0)
+    if UPCAST:
+        k = k.to(tl.float32)
+        v = v.to(tl.float32)
+    s = tl.dot(q, tl.trans(k)) * qk_scale
+    s = tl.where(key_ok[None, :], s, float("-inf"))
+    return s, v
+
+
+@triton.jit
+def _online_softmax_step(s, v, m_i, l_i, acc):
+    """Fold one tile of base-2 logits and its values into the running (max, sum, output)."""
+    m_new = tl.maximum(m_i, tl.max(s, axis=1))
+    m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+    alpha = tl.exp2(m_i - m_safe)
+    p = tl.exp2(s - m_safe[:, None])
+    l_i = l_i * alpha + tl.sum(p, axis=1)
+    acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+    return m_new, l_i, acc
+
+
+@triton.jit
+def _store_partial(o_part_ptr, lse_part_ptr, part_rows, row_ok, m_i, l_i, acc,
+                   DV: tl.constexpr, DV_PAD: tl.constexpr):
+    """Normalise one split's output and store it with its lse; a row that saw no key: o = 0, lse = -inf."""
+    has_keys = l_i > 0.0
+    lse = tl.where(has_keys, m_i + tl.log2(tl.where(has_keys, l_i, 1.0)), float("-inf"))
+    o = acc / tl.where(has_keys, l_i, 1.0)[:, None]
+    dv = tl.arange(0, DV_PAD)
+    tl.store(lse_part_ptr + part_rows, lse, mask=row_ok)
+    tl.store(o_part_ptr + part_rows[:, None] * DV + dv[None, :], o,
+             mask=row_ok[:, None] & (dv[None, :] < DV))
+
+
 @triton.jit
 def _compress_kernel(
     k_ptr, v_ptr, kc_ptr, vc_ptr, new_len_ptr, old_len_ptr,
@@ -60,15 +138,12 @@ def _compress_kernel(
     """Mean-compress blocks [tc(old_len), tc(new_len)) of one (batch, head): k and v together."""
     pid_bh = tl.program_id(0)
     pid_i = tl.program_id(1)
-    b = (pid_bh // num_heads).to(tl.int64)
-    h = (pid_bh % num_heads).to(tl.int64)
-    new_len = tl.minimum(tl.maximum(tl.load(new_len_ptr + b), 0), tmax)
-    tc_new = tl.where(new_len >= BLOCK_CMP, (new_len - BLOCK_CMP) // STRIDE_CMP + 1, 0)
-    tc_new = tl.minimum(tc_new, tc_max)
+    b, h = _batch_and_head(pid_bh, num_heads)
+    new_len = _cache_len(new_len_ptr, b, tmax, 0)
+    tc_new = tl.minimum(_num_cmp_blocks(new_len, BLOCK_CMP, STRIDE_CMP), tc_max)
     first = 0
     if HAS_OLD:
-        old_len = tl.minimum(tl.maximum(tl.load(old_len_ptr + b), 0), tmax)
-        first = tl.where(old_len >= BLOCK_CMP, (old_len - BLOCK_CMP) // STRIDE_CMP + 1, 0)
+        first = _num_cmp_blocks(_cache_len(old_len_ptr, b, tmax, 0), BLOCK_CMP, STRIDE_CMP)
     blocks = first + pid_i * BLOCK_I + tl.arange(0, BLOCK_I)
     block_ok = blocks < tc_new
     tokens0 = blocks.to(tl.int64) * STRIDE_CMP
@@ -108,21 +183,13 @@ def _cmp_partial_kernel(
     """Compressed attention of one KV head's G query heads over one chunk of visible blocks."""
     pid_bh = tl.program_id(0)
     split = tl.program_id(1)
-    b = (pid_bh // num_kv_heads).to(tl.int64)
-    kvh = (pid_bh % num_kv_heads).to(tl.int64)
-    seqlen = tl.minimum(tl.maximum(tl.load(seqlens_ptr + b), 1), tmax)
-    tc_vis = tl.where(seqlen >= BLOCK_CMP, (seqlen - BLOCK_CMP) // STRIDE_CMP + 1, 0)
-    tc_vis = tl.minimum(tc_vis, tc_max)
+    b, kvh = _batch_and_head(pid_bh, num_kv_heads)
+    seqlen = _cache_len(seqlens_ptr, b, tmax, 1)
+    tc_vis = tl.minimum(_num_cmp_blocks(seqlen, BLOCK_CMP, STRIDE_CMP), tc_max)
 
     rows = tl.arange(0, G_PAD)
     row_ok = rows < GROUP
-    dk = tl.arange(0, DK_PAD)
-    dv = tl.arange(0, DV_PAD)
-    heads = kvh * GROUP + rows
-    q = tl.load(q_ptr + b * stride_qb + heads[:, None] * stride_qh + dk[None, :],
-                mask=row_ok[:, None] & (dk[None, :] < DK), other=0.0)
-    if UPCAST:
-        q = q.to(tl.float32)
+    q = _load_group_queries(q_ptr, b, kvh, stride_qb, stride_qh, GROUP, DK, G_PAD, DK_PAD, UPCAST)
     kc_base = kc_ptr + b * stride_kcb + kvh * stride_kch
     vc_base = vc_ptr + b * stride_vcb + kvh * stride_vch
     logit_rows = logits_ptr + (pid_bh.to(tl.int64) * GROUP + rows)[:, None] * tc_max
@@ -134,31 +201,13 @@ def _cmp_partial_kernel(
         cols = (split * TILES_PER_SPLIT + it) * BLOCK_C + tl.arange(0, BLOCK_C)
         col_ok = cols < tc_vis
         cols64 = cols.to(tl.int64)
-        k = tl.load(kc_base + cols64[:, None] * stride_kct + dk[None, :],
-                    mask=col_ok[:, None] & (dk[None, :] < DK), other=0.0)
-        v = tl.load(vc_base + cols64[:, None] * stride_vct + dv[None, :],
-                    mask=col_ok[:, None] & (dv[None, :] < DV), other=0.0)
-        if UPCAST:
-            k = k.to(tl.float32)
-            v = v.to(tl.float32)
-        s = tl.dot(q, tl.trans(k)) * qk_scale
-        s = tl.where(col_ok[None, :], s, float("-inf"))
+        s, v = _score_key_tile(q, kc_base, vc_base, cols64, col_ok, stride_kct, stride_vct, qk_scale,
+                               DK, DV, DK_PAD, DV_PAD, UPCAST)
         tl.store(logit_rows + cols64[None, :], s, mask=row_ok[:, None] & col_ok[None, :])
-        m_new = tl.maximum(m_i, tl.max(s, axis=1))
-        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-        alpha = tl.exp2(m_i - m_safe)
-        p = tl.exp2(s - m_safe[:, None])
-        l_i = l_i * alpha + tl.sum(p, axis=1)
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
-        m_i = m_new
+        m_i, l_i, acc = _online_softmax_step(s, v, m_i, l_i, acc)
 
-    has_keys = l_i > 0.0
-    lse = tl.where(has_keys, m_i + tl.log2(tl.where(has_keys, l_i, 1.0)), float("-inf"))
-    o = acc / tl.where(has_keys, l_i, 1.0)[:, None]
     part_rows = (pid_bh.to(tl.int64) * NSPLIT + split) * GROUP + rows
-    tl.store(lse_part_ptr + part_rows, lse, mask=row_ok)
-    tl.store(o_part_ptr + part_rows[:, None] * DV + dv[None, :], o,
-             mask=row_ok[:, None] & (dv[None, :] < DV))
+    _store_partial(o_part_ptr, lse_part_ptr, part_rows, row_ok, m_i, l_i, acc, DV, DV_PAD)
 
 
 @triton.jit
@@ -179,9 +228,8 @@ def _select_kernel(
     """
     pid_bh = tl.program_id(0)
     b = (pid_bh // num_kv_heads).to(tl.int64)
-    seqlen = tl.minimum(tl.maximum(tl.load(seqlens_ptr + b), 1), tmax)
-    tc_vis = tl.where(seqlen >= BLOCK_CMP, (seqlen - BLOCK_CMP) // STRIDE_CMP + 1, 0)
-    tc_vis = tl.minimum(tc_vis, tc_max)
+    seqlen = _cache_len(seqlens_ptr, b, tmax, 1)
+    tc_vis = tl.minimum(_num_cmp_blocks(seqlen, BLOCK_CMP, STRIDE_CMP), tc_max)
     current = (seqlen - 1) // BLOCK_SLC
 
     # full lse of every head of the group from the split partials
@@ -245,9 +293,8 @@ def _slc_win_kernel(
     """One l'-token work unit: unit < n is the unit-th selected block, the rest window chunks."""
     pid_bh = tl.program_id(0)
     unit = tl.program_id(1)
-    b = (pid_bh // num_kv_heads).to(tl.int64)
-    kvh = (pid_bh % num_kv_heads).to(tl.int64)
-    seqlen = tl.minimum(tl.maximum(tl.load(seqlens_ptr + b), 1), tmax)
+    b, kvh = _batch_and_head(pid_bh, num_kv_heads)
+    seqlen = _cache_len(seqlens_ptr, b, tmax, 1)
 
     is_slc = unit < N_SLC
     block = tl.load(block_idx_ptr + pid_bh.to(tl.int64) * N_SLC + unit, mask=is_slc, other=-1)
@@ -260,13 +307,7 @@ def _slc_win_kernel(
 
     rows = tl.arange(0, G_PAD)
     row_ok = rows < GROUP
-    dk = tl.arange(0, DK_PAD)
-    dv = tl.arange(0, DV_PAD)
-    heads = kvh * GROUP + rows
-    q = tl.load(q_ptr + b * stride_qb + heads[:, None] * stride_qh + dk[None, :],
-                mask=row_ok[:, None] & (dk[None, :] < DK), other=0.0)
-    if UPCAST:
-        q = q.to(tl.float32)
+    q = _load_group_queries(q_ptr, b, kvh, stride_qb, stride_qh, GROUP, DK, G_PAD, DK_PAD, UPCAST)
     k_base = k_ptr + b * stride_kb + kvh * stride_kh
     v_base = v_ptr + b * stride_vb + kvh * stride_vh
 
@@ -276,31 +317,12 @@ def _slc_win_kernel(
     for it in range(BLOCK_SLC // BLOCK_N):
         keys = start + it * BLOCK_N + tl.arange(0, BLOCK_N)
         key_ok = (keys >= start) & (keys < end)
-        keys64 = keys.to(tl.int64)
-        k = tl.load(k_base + keys64[:, None] * stride_kt + dk[None, :],
-                    mask=key_ok[:, None] & (dk[None, :] < DK), other=0.0)
-        v = tl.load(v_base + keys64[:, None] * stride_vt + dv[None, :],
-                    mask=key_ok[:, None] & (dv[None, :] < DV), other=0.0)
-        if UPCAST:
-            k = k.to(tl.float32)
-            v = v.to(tl.float32)
-        s = tl.dot(q, tl.trans(k)) * qk_scale
-        s = tl.where(key_ok[None, :], s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, axis=1))
-        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-        alpha = tl.exp2(m_i - m_safe)
-        p = tl.exp2(s - m_safe[:, None])
-        l_i = l_i * alpha + tl.sum(p, axis=1)
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
-        m_i = m_new
+        s, v = _score_key_tile(q, k_base, v_base, keys.to(tl.int64), key_ok, stride_kt, stride_vt, qk_scale,
+                               DK, DV, DK_PAD, DV_PAD, UPCAST)
+        m_i, l_i, acc = _online_softmax_step(s, v, m_i, l_i, acc)
 
-    has_keys = l_i > 0.0
-    lse = tl.where(has_keys, m_i + tl.log2(tl.where(has_keys, l_i, 1.0)), float("-inf"))
-    o = acc / tl.where(has_keys, l_i, 1.0)[:, None]
     part_rows = (pid_bh.to(tl.int64) * NUM_UNITS + unit) * GROUP + rows
-    tl.store(lse_part_ptr + part_rows, lse, mask=row_ok)
-    tl.store(o_part_ptr + part_rows[:, None] * DV + dv[None, :], o,
-             mask=row_ok[:, None] & (dv[None, :] < DV))
+    _store_partial(o_part_ptr, lse_part_ptr, part_rows, row_ok, m_i, l_i, acc, DV, DV_PAD)
 
 
 @triton.jit
@@ -331,8 +353,7 @@ def _combine_kernel(
 ):
     """o = g0 * o_cmp + g1 * o_slc + g2 * o_win for one (batch, query head)."""
     pid = tl.program_id(0)
-    b = (pid // num_q_heads).to(tl.int64)
-    h = (pid % num_q_heads).to(tl.int64)
+    b, h = _batch_and_head(pid, num_q_heads)
     pid_bh = b * (num_q_heads // GROUP) + h // GROUP
     g = h % GROUP
     cmp_first = pid_bh * NSPLIT * GROUP + g
