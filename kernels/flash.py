@@ -70,6 +70,14 @@ def _candidates(narrow: list[TileConfig], wide: list[TileConfig], interp: TileCo
     return _Candidates(tuple(config(c) for c in narrow) + wide_configs, frozenset(wide_configs))
 
 
+def _autotuned(kernel, candidates: _Candidates):
+    """`kernel` autotuned over `candidates`, tuned once per head widths and masking mode."""
+    return triton.autotune(
+        configs=list(candidates.configs), key=["BLOCK_DK", "BLOCK_DV", "CAUSAL", "HAS_WINDOW"],
+        prune_configs_by={"early_config_prune": candidates.prune},
+    )(kernel)
+
+
 _FWD = _candidates(
     narrow=[TileConfig(128, 64, 8, 3), TileConfig(128, 64, 8, 4), TileConfig(128, 32, 8, 3), TileConfig(64, 64, 4, 3)],
     wide=[TileConfig(64, 32, 8, 2), TileConfig(64, 32, 8, 3), TileConfig(64, 16, 4, 2), TileConfig(128, 16, 8, 2)],
@@ -124,6 +132,69 @@ def _row_offsets(rows, stride, ROW64: tl.constexpr):
     else:
         off = rows * stride
     return off
+
+
+@triton.jit
+def _load_row_pair(a_base, b_base, stride_a, stride_b, rows, num_rows, cols_a, cols_b,
+                   NUM_A: tl.constexpr, NUM_B: tl.constexpr, CHECK_ROWS: tl.constexpr, PAD_A: tl.constexpr,
+                   PAD_B: tl.constexpr, UPCAST: tl.constexpr, ROW64: tl.constexpr):
+    """Two tiles that share their rows (k and v, or q and do): row i of each at base + rows[i] * stride.
+
+    UPCAST turns them to fp32 for the interpreter, whose bf16 arithmetic is wrong.
+    """
+    a = _load_tile(a_base + _row_offsets(rows, stride_a, ROW64)[:, None] + cols_a[None, :], rows, num_rows,
+                   cols_a, NUM_A, CHECK_ROWS, PAD_A)
+    b = _load_tile(b_base + _row_offsets(rows, stride_b, ROW64)[:, None] + cols_b[None, :], rows, num_rows,
+                   cols_b, NUM_B, CHECK_ROWS, PAD_B)
+    if UPCAST:
+        a = a.to(tl.float32)
+        b = b.to(tl.float32)
+    return a, b
+
+
+@triton.jit
+def _load_row_stats(lse_ptrs, delta_ptrs, rows, num_rows, CHECK_ROWS: tl.constexpr):
+    """Per-row lse (turned to log2 units, as the kernels' exp2 wants) and delta of the backward."""
+    if CHECK_ROWS:
+        lse2 = tl.load(lse_ptrs, mask=rows < num_rows, other=0.0) * 1.4426950408889634
+        delta = tl.load(delta_ptrs, mask=rows < num_rows, other=0.0)
+    else:
+        lse2 = tl.load(lse_ptrs) * 1.4426950408889634
+        delta = tl.load(delta_ptrs)
+    return lse2, delta
+
+
+@triton.jit
+def _store_rows(base, stride, rows, num_rows, cols, num_cols, x):
+    """Store x [rows, cols] at base + rows[i] * stride + cols[j] in base's dtype; every store is masked."""
+    tl.store(base + rows[:, None] * stride + cols[None, :], x.to(base.dtype.element_ty),
+             mask=(rows[:, None] < num_rows) & (cols[None, :] < num_cols))
+
+
+@triton.jit
+def _band_segment(segment: tl.constexpr, lo, clean_lo, clean_hi, hi):
+    """[start, end) of one of the three runs of key tiles _key_range yields: 0 and 2 masked, 1 clean."""
+    if segment == 0:
+        start, end = lo, clean_lo
+    elif segment == 1:
+        start, end = clean_lo, clean_hi
+    else:
+        start, end = clean_hi, hi
+    return start, end
+
+
+@triton.jit
+def _query_tile_ids(num_q_heads, group, BLOCK_M: tl.constexpr):
+    """(batch, head, kv_head, m0) of a program that owns one query tile of one query head.
+
+    Programs launch heaviest causal tiles (last queries) first: better tail balance across SMs.
+    """
+    pid_m = tl.num_programs(0) - 1 - tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    batch = (pid_bh // num_q_heads).to(tl.int64)
+    head = pid_bh % num_q_heads
+    kv_head = (head // group).to(tl.int64)
+    return batch, head.to(tl.int64), kv_head, pid_m * BLOCK_M
 
 
 @triton.jit
@@ -191,6 +262,15 @@ def _band_mask_t(keys, rows, seqlen, window, CAUSAL: tl.constexpr, HAS_WINDOW: t
 
 # ---------------------------------------------------------------------------------- forward
 @triton.jit
+def _softmax_init(ROWS: tl.constexpr, COLS: tl.constexpr):
+    """Empty online-softmax state (acc, l, m); m starts finite so a fully masked tile gives p = 0, not NaN."""
+    acc = tl.zeros([ROWS, COLS], dtype=tl.float32)
+    l_i = tl.zeros([ROWS], dtype=tl.float32)
+    m_i = tl.full([ROWS], -1.0e30, dtype=tl.float32)
+    return acc, l_i, m_i
+
+
+@triton.jit
 def _fwd_step(acc, l_i, m_i, q, k_base, v_base, stride_kt, stride_vt, offs_m, offs_n, offs_dk, offs_dv,
               n0, seqlen, window, qk_scale,
               DK: tl.constexpr, DV: tl.constexpr, PAD_DK: tl.constexpr, PAD_DV: tl.constexpr,
@@ -198,13 +278,8 @@ def _fwd_step(acc, l_i, m_i, q, k_base, v_base, stride_kt, stride_vt, offs_m, of
               ROW64: tl.constexpr):
     """One key tile of the online softmax; m is kept in log2 units."""
     keys = n0 + offs_n
-    k_ptrs = k_base + _row_offsets(keys, stride_kt, ROW64)[:, None] + offs_dk[None, :]
-    v_ptrs = v_base + _row_offsets(keys, stride_vt, ROW64)[:, None] + offs_dv[None, :]
-    k = _load_tile(k_ptrs, keys, seqlen, offs_dk, DK, MASKED, PAD_DK)
-    v = _load_tile(v_ptrs, keys, seqlen, offs_dv, DV, MASKED, PAD_DV)
-    if UPCAST:
-        k = k.to(tl.float32)
-        v = v.to(tl.float32)
+    k, v = _load_row_pair(k_base, v_base, stride_kt, stride_vt, keys, seqlen, offs_dk, offs_dv, DK, DV, MASKED,
+                          PAD_DK, PAD_DV, UPCAST, ROW64)
     qk = tl.dot(q, tl.trans(k)) * qk_scale
     if MASKED:
         qk = tl.where(_band_mask(offs_m, keys, seqlen, window, CAUSAL, HAS_WINDOW), qk, float("-inf"))
@@ -241,13 +316,7 @@ def _fwd_kernel(
     CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, UPCAST: tl.constexpr, ROW64: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
-    # Heaviest causal tiles (last queries) first: better tail balance across SMs.
-    pid_m = tl.num_programs(0) - 1 - tl.program_id(0)
-    pid_bh = tl.program_id(1)
-    batch = (pid_bh // num_q_heads).to(tl.int64)
-    head = pid_bh % num_q_heads
-    kv_head = (head // group).to(tl.int64)
-    m0 = pid_m * BLOCK_M
+    batch, head, kv_head, m0 = _query_tile_ids(num_q_heads, group, BLOCK_M)
     offs_m = m0 + tl.arange(0, BLOCK_M)
     offs_n = tl.arange(0, BLOCK_N)
     offs_dk = tl.arange(0, BLOCK_DK)
@@ -255,7 +324,7 @@ def _fwd_kernel(
     PAD_DK: tl.constexpr = BLOCK_DK != DK
     PAD_DV: tl.constexpr = BLOCK_DV != DV
 
-    q_base = q + batch * stride_qb + head.to(tl.int64) * stride_qh + m0.to(tl.int64) * stride_qt
+    q_base = q + batch * stride_qb + head * stride_qh + m0.to(tl.int64) * stride_qt
     q_ptrs = q_base + tl.arange(0, BLOCK_M)[:, None] * stride_qt + offs_dk[None, :]
     q_tile = _load_tile(q_ptrs, offs_m, seqlen, offs_dk, DK, True, PAD_DK)
     if UPCAST:
@@ -263,34 +332,22 @@ def _fwd_kernel(
     k_base = k + batch * stride_kb + kv_head * stride_kh
     v_base = v + batch * stride_vb + kv_head * stride_vh
 
-    acc = tl.zeros([BLOCK_M, BLOCK_DV], dtype=tl.float32)
-    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
-    m_i = tl.full([BLOCK_M], -1.0e30, dtype=tl.float32)  # finite: a fully masked tile gives p = 0, not NaN
+    acc, l_i, m_i = _softmax_init(BLOCK_M, BLOCK_DV)
     lo, clean_lo, clean_hi, hi = _key_range(m0, seqlen, window, CAUSAL, HAS_WINDOW, BLOCK_M, BLOCK_N)
-    acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q_tile, k_base, v_base, stride_kt, stride_vt, offs_m, offs_n,
-                               offs_dk, offs_dv, lo, clean_lo, seqlen, window, qk_scale, DK, DV, PAD_DK, PAD_DV,
-                               True, CAUSAL, HAS_WINDOW, UPCAST, ROW64, BLOCK_N)
-    acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q_tile, k_base, v_base, stride_kt, stride_vt, offs_m, offs_n,
-                               offs_dk, offs_dv, clean_lo, clean_hi, seqlen, window, qk_scale, DK, DV, PAD_DK,
-                               PAD_DV, False, CAUSAL, HAS_WINDOW, UPCAST, ROW64, BLOCK_N)
-    acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q_tile, k_base, v_base, stride_kt, stride_vt, offs_m, offs_n,
-                               offs_dk, offs_dv, clean_hi, hi, seqlen, window, qk_scale, DK, DV, PAD_DK, PAD_DV,
-                               True, CAUSAL, HAS_WINDOW, UPCAST, ROW64, BLOCK_N)
+    for segment in tl.static_range(3):
+        start, end = _band_segment(segment, lo, clean_lo, clean_hi, hi)
+        acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q_tile, k_base, v_base, stride_kt, stride_vt, offs_m, offs_n,
+                                   offs_dk, offs_dv, start, end, seqlen, window, qk_scale, DK, DV, PAD_DK, PAD_DV,
+                                   segment != 1, CAUSAL, HAS_WINDOW, UPCAST, ROW64, BLOCK_N)
 
     l_safe = tl.where(l_i > 0.0, l_i, 1.0)
-    out = acc / l_safe[:, None]
-    row_ok = offs_m < seqlen
-    o_ptrs = (o + batch * stride_ob + head.to(tl.int64) * stride_oh + m0.to(tl.int64) * stride_ot
-              + tl.arange(0, BLOCK_M)[:, None] * stride_ot + offs_dv[None, :])
-    tl.store(o_ptrs, out.to(o.dtype.element_ty), mask=row_ok[:, None] & (offs_dv[None, :] < DV))
-    lse_ptrs = lse + batch * stride_lb + head.to(tl.int64) * stride_lh + offs_m.to(tl.int64) * stride_lt
-    tl.store(lse_ptrs, (m_i + tl.math.log2(l_safe)) * 0.6931471805599453, mask=row_ok)
+    _store_rows(o + batch * stride_ob + head * stride_oh + m0.to(tl.int64) * stride_ot, stride_ot,
+                tl.arange(0, BLOCK_M), seqlen - m0, offs_dv, DV, acc / l_safe[:, None])
+    lse_ptrs = lse + batch * stride_lb + head * stride_lh + offs_m.to(tl.int64) * stride_lt
+    tl.store(lse_ptrs, (m_i + tl.math.log2(l_safe)) * 0.6931471805599453, mask=offs_m < seqlen)
 
 
-_fwd_tuned = triton.autotune(
-    configs=list(_FWD.configs), key=["BLOCK_DK", "BLOCK_DV", "CAUSAL", "HAS_WINDOW"],
-    prune_configs_by={"early_config_prune": _FWD.prune},
-)(_fwd_kernel)
+_fwd_tuned = _autotuned(_fwd_kernel, _FWD)
 
 
 # ---------------------------------------------------------------------------------- backward
@@ -322,24 +379,13 @@ def _dkdv_step(dk, dv, k_tile, v_tile, q_base, do_base, lse_base, delta_base, st
                keys, offs_m, offs_dk, offs_dv, m0, seqlen, window, qk_scale,
                DK: tl.constexpr, DV: tl.constexpr, PAD_DK: tl.constexpr, PAD_DV: tl.constexpr,
                MASKED: tl.constexpr, CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, UPCAST: tl.constexpr,
-              ROW64: tl.constexpr):
+               ROW64: tl.constexpr):
     """dk (unscaled) and dv contributions of one query tile to one KV tile."""
     rows = m0 + offs_m
-    q_tile = _load_tile(q_base + _row_offsets(rows, stride_qt, ROW64)[:, None] + offs_dk[None, :],
-                        rows, seqlen, offs_dk, DK, MASKED, PAD_DK)
-    do_tile = _load_tile(do_base + _row_offsets(rows, stride_dot, ROW64)[:, None] + offs_dv[None, :],
-                         rows, seqlen, offs_dv, DV, MASKED, PAD_DV)
-    lse_ptrs = lse_base + _row_offsets(rows, stride_lt, ROW64)
-    delta_ptrs = delta_base + _row_offsets(rows, stride_lt, ROW64)
-    if MASKED:
-        lse2 = tl.load(lse_ptrs, mask=rows < seqlen, other=0.0) * 1.4426950408889634
-        delta = tl.load(delta_ptrs, mask=rows < seqlen, other=0.0)
-    else:
-        lse2 = tl.load(lse_ptrs) * 1.4426950408889634
-        delta = tl.load(delta_ptrs)
-    if UPCAST:
-        q_tile = q_tile.to(tl.float32)
-        do_tile = do_tile.to(tl.float32)
+    q_tile, do_tile = _load_row_pair(q_base, do_base, stride_qt, stride_dot, rows, seqlen, offs_dk, offs_dv, DK, DV,
+                                     MASKED, PAD_DK, PAD_DV, UPCAST, ROW64)
+    lse2, delta = _load_row_stats(lse_base + _row_offsets(rows, stride_lt, ROW64),
+                                  delta_base + _row_offsets(rows, stride_lt, ROW64), rows, seqlen, MASKED)
     # Transposed orientation [BLOCK_N, BLOCK_M]: rows are this program's keys.
     p_t = tl.math.exp2(tl.dot(k_tile, tl.trans(q_tile)) * qk_scale - lse2[None, :])
     if MASKED:
@@ -376,15 +422,11 @@ def _bwd_dkdv_kernel(
     PAD_DV: tl.constexpr = BLOCK_DV != DV
     local_n = tl.arange(0, BLOCK_N)
 
-    k_ptrs = (k + batch * stride_kb + kv_head.to(tl.int64) * stride_kh + n0.to(tl.int64) * stride_kt
-              + local_n[:, None] * stride_kt + offs_dk[None, :])
-    v_ptrs = (v + batch * stride_vb + kv_head.to(tl.int64) * stride_vh + n0.to(tl.int64) * stride_vt
-              + local_n[:, None] * stride_vt + offs_dv[None, :])
-    k_tile = _load_tile(k_ptrs, keys, seqlen, offs_dk, DK, True, PAD_DK)
-    v_tile = _load_tile(v_ptrs, keys, seqlen, offs_dv, DV, True, PAD_DV)
-    if UPCAST:
-        k_tile = k_tile.to(tl.float32)
-        v_tile = v_tile.to(tl.float32)
+    # Tile-local row offsets (int32) from int64 tile bases.
+    k_tile, v_tile = _load_row_pair(
+        k + batch * stride_kb + kv_head.to(tl.int64) * stride_kh + n0.to(tl.int64) * stride_kt,
+        v + batch * stride_vb + kv_head.to(tl.int64) * stride_vh + n0.to(tl.int64) * stride_vt,
+        stride_kt, stride_vt, local_n, seqlen - n0, offs_dk, offs_dv, DK, DV, True, PAD_DK, PAD_DV, UPCAST, False)
     dk_acc = tl.zeros([BLOCK_N, BLOCK_DK], dtype=tl.float32)
     dv_acc = tl.zeros([BLOCK_N, BLOCK_DV], dtype=tl.float32)
     lo, hi = _query_range(n0, seqlen, window, CAUSAL, HAS_WINDOW, BLOCK_M, BLOCK_N)
@@ -403,13 +445,10 @@ def _bwd_dkdv_kernel(
             lse_group + g * stride_lh, delta_group + g * stride_lh, stride_qt, stride_dot, stride_lt, keys,
             offs_m, offs_dk, offs_dv, lo + (it - g * num_tiles) * BLOCK_M, seqlen, window, qk_scale,
             DK, DV, PAD_DK, PAD_DV, True, CAUSAL, HAS_WINDOW, UPCAST, ROW64)
-    row_ok = keys[:, None] < seqlen
-    dk_ptrs = (dk + batch * stride_dkb + kv_head.to(tl.int64) * stride_dkh + n0.to(tl.int64) * stride_dkt
-               + local_n[:, None] * stride_dkt + offs_dk[None, :])
-    dv_ptrs = (dv + batch * stride_dvb + kv_head.to(tl.int64) * stride_dvh + n0.to(tl.int64) * stride_dvt
-               + local_n[:, None] * stride_dvt + offs_dv[None, :])
-    tl.store(dk_ptrs, (dk_acc * scale).to(dk.dtype.element_ty), mask=row_ok & (offs_dk[None, :] < DK))
-    tl.store(dv_ptrs, dv_acc.to(dv.dtype.element_ty), mask=row_ok & (offs_dv[None, :] < DV))
+    _store_rows(dk + batch * stride_dkb + kv_head.to(tl.int64) * stride_dkh + n0.to(tl.int64) * stride_dkt,
+                stride_dkt, local_n, seqlen - n0, offs_dk, DK, dk_acc * scale)
+    _store_rows(dv + batch * stride_dvb + kv_head.to(tl.int64) * stride_dvh + n0.to(tl.int64) * stride_dvt,
+                stride_dvt, local_n, seqlen - n0, offs_dv, DV, dv_acc)
 
 
 @triton.jit
@@ -432,16 +471,11 @@ def _dq_step(dq, q_tile, do_tile, lse2, delta, k_base, v_base, stride_kt, stride
              offs_dv, n0, seqlen, window, qk_scale,
              DK: tl.constexpr, DV: tl.constexpr, PAD_DK: tl.constexpr, PAD_DV: tl.constexpr,
              MASKED: tl.constexpr, CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, UPCAST: tl.constexpr,
-              ROW64: tl.constexpr):
+             ROW64: tl.constexpr):
     """dq contribution of one key tile."""
     keys = n0 + offs_n
-    k_ptrs = k_base + _row_offsets(keys, stride_kt, ROW64)[:, None] + offs_dk[None, :]
-    v_ptrs = v_base + _row_offsets(keys, stride_vt, ROW64)[:, None] + offs_dv[None, :]
-    k_tile = _load_tile(k_ptrs, keys, seqlen, offs_dk, DK, MASKED, PAD_DK)
-    v_tile = _load_tile(v_ptrs, keys, seqlen, offs_dv, DV, MASKED, PAD_DV)
-    if UPCAST:
-        k_tile = k_tile.to(tl.float32)
-        v_tile = v_tile.to(tl.float32)
+    k_tile, v_tile = _load_row_pair(k_base, v_base, stride_kt, stride_vt, keys, seqlen, offs_dk, offs_dv, DK, DV,
+                                    MASKED, PAD_DK, PAD_DV, UPCAST, ROW64)
     p = tl.math.exp2(tl.dot(q_tile, tl.trans(k_tile)) * qk_scale - lse2[:, None])
     if MASKED:
         p = tl.where(_band_mask(offs_m, keys, seqlen, window, CAUSAL, HAS_WINDOW), p, 0.0)
@@ -462,13 +496,7 @@ def _bwd_dq_kernel(
     CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, UPCAST: tl.constexpr, ROW64: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
-    pid_m = tl.num_programs(0) - 1 - tl.program_id(0)
-    pid_bh = tl.program_id(1)
-    batch = (pid_bh // num_q_heads).to(tl.int64)
-    head = pid_bh % num_q_heads
-    kv_head = (head // group).to(tl.int64)
-    head = head.to(tl.int64)
-    m0 = pid_m * BLOCK_M
+    batch, head, kv_head, m0 = _query_tile_ids(num_q_heads, group, BLOCK_M)
     local_m = tl.arange(0, BLOCK_M)
     offs_m = m0 + local_m
     offs_n = tl.arange(0, BLOCK_N)
@@ -478,45 +506,29 @@ def _bwd_dq_kernel(
     PAD_DV: tl.constexpr = BLOCK_DV != DV
     row_off = m0.to(tl.int64)
 
-    q_tile = _load_tile(q + batch * stride_qb + head * stride_qh + row_off * stride_qt
-                        + local_m[:, None] * stride_qt + offs_dk[None, :], offs_m, seqlen, offs_dk, DK, True, PAD_DK)
-    do_tile = _load_tile(do + batch * stride_dob + head * stride_doh + row_off * stride_dot
-                         + local_m[:, None] * stride_dot + offs_dv[None, :], offs_m, seqlen, offs_dv, DV, True,
-                         PAD_DV)
+    # Tile-local row offsets (int32) from int64 tile bases.
+    q_tile, do_tile = _load_row_pair(
+        q + batch * stride_qb + head * stride_qh + row_off * stride_qt,
+        do + batch * stride_dob + head * stride_doh + row_off * stride_dot,
+        stride_qt, stride_dot, local_m, seqlen - m0, offs_dk, offs_dv, DK, DV, True, PAD_DK, PAD_DV, UPCAST, False)
     stat_off = batch * stride_lb + head * stride_lh + offs_m.to(tl.int64) * stride_lt
-    lse2 = tl.load(lse + stat_off, mask=offs_m < seqlen, other=0.0) * 1.4426950408889634
-    delta_rows = tl.load(delta + stat_off, mask=offs_m < seqlen, other=0.0)
-    if UPCAST:
-        q_tile = q_tile.to(tl.float32)
-        do_tile = do_tile.to(tl.float32)
+    lse2, delta_rows = _load_row_stats(lse + stat_off, delta + stat_off, offs_m, seqlen, True)
     k_base = k + batch * stride_kb + kv_head * stride_kh
     v_base = v + batch * stride_vb + kv_head * stride_vh
 
     dq_acc = tl.zeros([BLOCK_M, BLOCK_DK], dtype=tl.float32)
     lo, clean_lo, clean_hi, hi = _key_range(m0, seqlen, window, CAUSAL, HAS_WINDOW, BLOCK_M, BLOCK_N)
-    dq_acc = _dq_tiles(dq_acc, q_tile, do_tile, lse2, delta_rows, k_base, v_base, stride_kt, stride_vt, offs_m,
-                       offs_n, offs_dk, offs_dv, lo, clean_lo, seqlen, window, qk_scale, DK, DV, PAD_DK, PAD_DV,
-                       True, CAUSAL, HAS_WINDOW, UPCAST, ROW64, BLOCK_N)
-    dq_acc = _dq_tiles(dq_acc, q_tile, do_tile, lse2, delta_rows, k_base, v_base, stride_kt, stride_vt, offs_m,
-                       offs_n, offs_dk, offs_dv, clean_lo, clean_hi, seqlen, window, qk_scale, DK, DV, PAD_DK,
-                       PAD_DV, False, CAUSAL, HAS_WINDOW, UPCAST, ROW64, BLOCK_N)
-    dq_acc = _dq_tiles(dq_acc, q_tile, do_tile, lse2, delta_rows, k_base, v_base, stride_kt, stride_vt, offs_m,
-                       offs_n, offs_dk, offs_dv, clean_hi, hi, seqlen, window, qk_scale, DK, DV, PAD_DK, PAD_DV,
-                       True, CAUSAL, HAS_WINDOW, UPCAST, ROW64, BLOCK_N)
-    dq_ptrs = (dq + batch * stride_dqb + head * stride_dqh + row_off * stride_dqt
-               + local_m[:, None] * stride_dqt + offs_dk[None, :])
-    tl.store(dq_ptrs, (dq_acc * scale).to(dq.dtype.element_ty),
-             mask=(offs_m[:, None] < seqlen) & (offs_dk[None, :] < DK))
+    for segment in tl.static_range(3):
+        start, end = _band_segment(segment, lo, clean_lo, clean_hi, hi)
+        dq_acc = _dq_tiles(dq_acc, q_tile, do_tile, lse2, delta_rows, k_base, v_base, stride_kt, stride_vt, offs_m,
+                           offs_n, offs_dk, offs_dv, start, end, seqlen, window, qk_scale, DK, DV, PAD_DK, PAD_DV,
+                           segment != 1, CAUSAL, HAS_WINDOW, UPCAST, ROW64, BLOCK_N)
+    _store_rows(dq + batch * stride_dqb + head * stride_dqh + row_off * stride_dqt, stride_dqt, local_m,
+                seqlen - m0, offs_dk, DK, dq_acc * scale)
 
 
-_dkdv_tuned = triton.autotune(
-    configs=list(_DKDV.configs), key=["BLOCK_DK", "BLOCK_DV", "CAUSAL", "HAS_WINDOW"],
-    prune_configs_by={"early_config_prune": _DKDV.prune},
-)(_bwd_dkdv_kernel)
-_dq_tuned = triton.autotune(
-    configs=list(_DQ.configs), key=["BLOCK_DK", "BLOCK_DV", "CAUSAL", "HAS_WINDOW"],
-    prune_configs_by={"early_config_prune": _DQ.prune},
-)(_bwd_dq_kernel)
+_dkdv_tuned = _autotuned(_bwd_dkdv_kernel, _DKDV)
+_dq_tuned = _autotuned(_bwd_dq_kernel, _DQ)
 
 
 # ---------------------------------------------------------------------------------- decode
@@ -552,9 +564,7 @@ def _decode_split_kernel(
     k_base = k + batch * stride_kb + kv_head * stride_kh
     v_base = v + batch * stride_vb + kv_head * stride_vh
 
-    acc = tl.zeros([BLOCK_G, BLOCK_DV], dtype=tl.float32)
-    l_i = tl.zeros([BLOCK_G], dtype=tl.float32)
-    m_i = tl.full([BLOCK_G], -1.0e30, dtype=tl.float32)
+    acc, l_i, m_i = _softmax_init(BLOCK_G, BLOCK_DV)
     PAD_DK: tl.constexpr = BLOCK_DK != DK
     PAD_DV: tl.constexpr = BLOCK_DV != DV
     for n0 in range(start, end, BLOCK_N):

@@ -74,6 +74,27 @@ def _close(out: torch.Tensor, ref: torch.Tensor, tol: float, what: str) -> None:
         assert err < tol, f"{what}: rel err {err:.3g}"
 
 
+def _close_grads(grads, refs, tol: float) -> None:
+    """(dq, dk, dv) against their references."""
+    for name, grad, ref in zip(("dq", "dk", "dv"), grads, refs, strict=True):
+        _close(grad, ref, tol, name)
+
+
+def _check_fwd_bwd_fp32(q, k, v, do, scale, window, causal=True, *, fwd_tiles=None, dkdv_tiles=None,
+                        dq_tiles=None):
+    """attention_fwd then attention_bwd on fp32 copies, each against the float64 reference.
+
+    Returns (o, lse, (dq, dk, dv)) for the callers' own checks.
+    """
+    o_ref, *grad_refs = _reference_grads(q, k, v, do, scale, window, causal)
+    qf, kf, vf, dof = (x.float() for x in (q, k, v, do))
+    o, lse = attention_fwd(qf, kf, vf, scale, window, causal, tiles=fwd_tiles)
+    _close(o, o_ref, FP32_TOL, "o")
+    grads = attention_bwd(qf, kf, vf, o, lse, dof, scale, window, causal, tiles_dkdv=dkdv_tiles, tiles_dq=dq_tiles)
+    _close_grads(grads, grad_refs, FP32_TOL)
+    return o, lse, grads
+
+
 # (B, T, Hq, Hkv, Dk, Dv, window, causal)
 CASES = [
     pytest.param(2, 37, 4, 2, 32, 16, None, True, id="gqa2-T37-dk32dv16"),
@@ -89,18 +110,10 @@ CASES = [
 @pytest.mark.parametrize("b,t,hq,hkv,dk,dv,window,causal", CASES)
 def test_forward_and_backward_fp32(b, t, hq, hkv, dk, dv, window, causal):
     q, k, v, do = _qkv(b, t, hq, hkv, dk, dv)
-    scale = dk**-0.5
-    o_ref, dq_ref, dk_ref, dv_ref = _reference_grads(q, k, v, do, scale, window, causal)
-    qf, kf, vf, dof = (x.float() for x in (q, k, v, do))
-    o, lse = attention_fwd(qf, kf, vf, scale, window, causal)
+    o, lse, (dq, dk_out, dv_out) = _check_fwd_bwd_fp32(q, k, v, do, dk**-0.5, window, causal)
     assert o.dtype == torch.float32 and o.shape == (b, t, hq, dv)
     assert lse.dtype == torch.float32 and lse.shape == (b, t, hq)
-    _close(o, o_ref, FP32_TOL, "o")
-    dq, dk_out, dv_out = attention_bwd(qf, kf, vf, o, lse, dof, scale, window, causal)
-    assert dk_out.shape == k.shape and dv_out.shape == v.shape
-    _close(dq, dq_ref, FP32_TOL, "dq")
-    _close(dk_out, dk_ref, FP32_TOL, "dk")
-    _close(dv_out, dv_ref, FP32_TOL, "dv")
+    assert dq.shape == q.shape and dk_out.shape == k.shape and dv_out.shape == v.shape
 
 
 def test_autotune_prune_splits_narrow_and_wide_heads():
@@ -139,16 +152,8 @@ def test_lse_is_natural_log_sum_exp():
 def test_pinned_tile_shapes(fwd_tiles, dkdv_tiles, dq_tiles, window):
     b, t, hq, hkv, dk, dv = 1, 90, 2, 1, 16, 32
     q, k, v, do = _qkv(b, t, hq, hkv, dk, dv, seed=3)
-    scale = dk**-0.5
-    o_ref, dq_ref, dk_ref, dv_ref = _reference_grads(q, k, v, do, scale, window, True)
-    qf, kf, vf, dof = (x.float() for x in (q, k, v, do))
-    o, lse = attention_fwd(qf, kf, vf, scale, window, tiles=fwd_tiles)
-    _close(o, o_ref, FP32_TOL, "o")
-    dq, dk_out, dv_out = attention_bwd(qf, kf, vf, o, lse, dof, scale, window, tiles_dkdv=dkdv_tiles,
-                                       tiles_dq=dq_tiles)
-    _close(dq, dq_ref, FP32_TOL, "dq")
-    _close(dk_out, dk_ref, FP32_TOL, "dk")
-    _close(dv_out, dv_ref, FP32_TOL, "dv")
+    _check_fwd_bwd_fp32(q, k, v, do, dk**-0.5, window, fwd_tiles=fwd_tiles, dkdv_tiles=dkdv_tiles,
+                        dq_tiles=dq_tiles)
 
 
 @pytest.mark.parametrize("causal", [True, False])
@@ -158,8 +163,7 @@ def test_flash_attention_autograd(causal):
     leaves = [x.float().requires_grad_() for x in (q, k, v)]
     o = flash_attention(*leaves, causal=causal)
     o.backward(do.float())
-    for name, leaf, ref in zip(("dq", "dk", "dv"), leaves, (dq_ref, dk_ref, dv_ref)):
-        _close(leaf.grad, ref, FP32_TOL, name)
+    _close_grads([leaf.grad for leaf in leaves], (dq_ref, dk_ref, dv_ref), FP32_TOL)
 
 
 def test_flash_attention_window_and_explicit_scale():
@@ -167,8 +171,7 @@ def test_flash_attention_window_and_explicit_scale():
     _, dq_ref, dk_ref, dv_ref = _reference_grads(q, k, v, do, 0.5, 9, True)
     leaves = [x.float().requires_grad_() for x in (q, k, v)]
     flash_attention(*leaves, scale=0.5, window=9).backward(do.float())
-    for name, leaf, ref in zip(("dq", "dk", "dv"), leaves, (dq_ref, dk_ref, dv_ref)):
-        _close(leaf.grad, ref, FP32_TOL, name)
+    _close_grads([leaf.grad for leaf in leaves], (dq_ref, dk_ref, dv_ref), FP32_TOL)
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
@@ -183,9 +186,9 @@ def test_half_precision_forward_and_backward(dtype):
     assert o.dtype == dtype and lse.dtype == torch.float32
     _close(o, o_ref, HALF_TOL, "o")
     grads = attention_bwd(qh, kh, vh, o, lse, doh, scale, window)
-    for name, grad, ref, inp in zip(("dq", "dk", "dv"), grads, (dq_ref, dk_ref, dv_ref), (qh, kh, vh)):
+    for grad, inp in zip(grads, (qh, kh, vh), strict=True):
         assert grad.dtype == dtype and grad.shape == inp.shape
-        _close(grad, ref, HALF_TOL, name)
+    _close_grads(grads, (dq_ref, dk_ref, dv_ref), HALF_TOL)
 
 
 def test_strided_inputs():
@@ -203,13 +206,8 @@ def test_int64_row_offsets(monkeypatch):
 
     monkeypatch.setattr(flash, "_needs_row64", lambda *args: True)
     q, k, v, do = _qkv(1, 40, 4, 2, 16, 32, seed=10)
-    o_ref, dq_ref, dk_ref, dv_ref = _reference_grads(q, k, v, do, 0.25, 12, True)
-    qf, kf, vf, dof = (x.float() for x in (q, k, v, do))
-    o, lse = attention_fwd(qf, kf, vf, 0.25, 12)
-    _close(o, o_ref, FP32_TOL, "o")
-    for name, grad, ref in zip(("dq", "dk", "dv"), attention_bwd(qf, kf, vf, o, lse, dof, 0.25, 12),
-                               (dq_ref, dk_ref, dv_ref)):
-        _close(grad, ref, FP32_TOL, name)
+    _check_fwd_bwd_fp32(q, k, v, do, 0.25, 12)
+    qf, kf, vf = q.float(), k.float(), v.float()
     lengths = torch.tensor([40], dtype=torch.int32)
     out = flash_attention_decode(qf[:, -1], kf, vf, lengths, scale=0.25, num_splits=2)
     full, _ = attention_fwd(qf, kf, vf, 0.25)
