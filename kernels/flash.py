@@ -70,11 +70,15 @@ def _candidates(narrow: list[TileConfig], wide: list[TileConfig], interp: TileCo
     return _Candidates(tuple(config(c) for c in narrow) + wide_configs, frozenset(wide_configs))
 
 
-def _autotuned(kernel, candidates: _Candidates):
-    """`kernel` autotuned over `candidates`, tuned once per head widths and masking mode."""
+def _autotuned(kernel, candidates: _Candidates, restore_value: list[str] | None = None):
+    """`kernel` autotuned over `candidates`, tuned once per head widths and masking mode.
+
+    restore_value names outputs the kernel reads back (accumulation): the tuner saves them before
+    and restores them after each timed run, so tuning does not add into them repeatedly.
+    """
     return triton.autotune(
         configs=list(candidates.configs), key=["BLOCK_DK", "BLOCK_DV", "CAUSAL", "HAS_WINDOW"],
-        prune_configs_by={"early_config_prune": candidates.prune},
+        prune_configs_by={"early_config_prune": candidates.prune}, restore_value=restore_value,
     )(kernel)
 
 
@@ -307,15 +311,29 @@ def _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, stride_kt, stride_vt, offs_m, o
 
 
 @triton.jit
+def _gated_epilogue(o_tile, o_ptrs, gate_ptrs, rows, num_rows, cols, num_cols, ACCUMULATE: tl.constexpr):
+    """gate * o_tile, plus what o_ptrs already hold when ACCUMULATE; fp32, masked like the store."""
+    gate = tl.load(gate_ptrs, mask=rows < num_rows, other=0.0).to(tl.float32)
+    result = gate[:, None] * o_tile
+    if ACCUMULATE:
+        previous = tl.load(o_ptrs, mask=(rows[:, None] < num_rows) & (cols[None, :] < num_cols), other=0.0)
+        result += previous.to(tl.float32)
+    return result
+
+
+@triton.jit
 def _fwd_kernel(
-    q, k, v, o, lse,
+    q, k, v, o, lse, gates,
     stride_qb, stride_qt, stride_qh, stride_kb, stride_kt, stride_kh, stride_vb, stride_vt, stride_vh,
-    stride_ob, stride_ot, stride_oh, stride_lb, stride_lt, stride_lh,
+    stride_ob, stride_ot, stride_oh, stride_lb, stride_lt, stride_lh, stride_gb, stride_gt, stride_gh,
     seqlen, num_q_heads, group, window, qk_scale,
     DK: tl.constexpr, DV: tl.constexpr, BLOCK_DK: tl.constexpr, BLOCK_DV: tl.constexpr,
     CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, UPCAST: tl.constexpr, ROW64: tl.constexpr,
+    GATED: tl.constexpr, ACCUMULATE: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
+    """One query tile of one head. GATED: o is the final NSA output and gets gates[t, h] * attention
+    (added to o's contents when ACCUMULATE); `gates` already points at the branch's gate column."""
     batch, head, kv_head, m0 = _query_tile_ids(num_q_heads, group, BLOCK_M)
     offs_m = m0 + tl.arange(0, BLOCK_M)
     offs_n = tl.arange(0, BLOCK_N)
@@ -341,13 +359,22 @@ def _fwd_kernel(
                                    segment != 1, CAUSAL, HAS_WINDOW, UPCAST, ROW64, BLOCK_N)
 
     l_safe = tl.where(l_i > 0.0, l_i, 1.0)
-    _store_rows(o + batch * stride_ob + head * stride_oh + m0.to(tl.int64) * stride_ot, stride_ot,
-                tl.arange(0, BLOCK_M), seqlen - m0, offs_dv, DV, acc / l_safe[:, None])
+    o_tile = acc / l_safe[:, None]
+    o_base = o + batch * stride_ob + head * stride_oh + m0.to(tl.int64) * stride_ot
+    if GATED:
+        tile_rows = tl.arange(0, BLOCK_M)
+        gate_ptrs = gates + batch * stride_gb + head * stride_gh + offs_m.to(tl.int64) * stride_gt
+        o_tile = _gated_epilogue(o_tile, o_base + tile_rows[:, None] * stride_ot + offs_dv[None, :], gate_ptrs,
+                                 tile_rows, seqlen - m0, offs_dv, DV, ACCUMULATE)
+    _store_rows(o_base, stride_ot, tl.arange(0, BLOCK_M), seqlen - m0, offs_dv, DV, o_tile)
     lse_ptrs = lse + batch * stride_lb + head * stride_lh + offs_m.to(tl.int64) * stride_lt
     tl.store(lse_ptrs, (m_i + tl.math.log2(l_safe)) * 0.6931471805599453, mask=offs_m < seqlen)
 
 
 _fwd_tuned = _autotuned(_fwd_kernel, _FWD)
+# Accumulating launches read `o`: a separate tuner restores it around each timed run. (Tuning then
+# clones `o` once per new key; the default path keeps the tuner without that copy.)
+_fwd_tuned_accumulate = _autotuned(_fwd_kernel, _FWD, restore_value=["o"])
 
 
 # ---------------------------------------------------------------------------------- backward
@@ -646,6 +673,33 @@ def _check_mode(scale: float, window: int | None, causal: bool) -> None:
             raise ValueError(f"window={window} requires causal=True (a sliding window looks only back)")
 
 
+def _check_gated(q: torch.Tensor, out_shape: tuple[int, int, int, int], out: torch.Tensor | None,
+                 gates: torch.Tensor | None, gate_index: int, accumulate: bool) -> None:
+    """Arguments of attention_fwd's fused gated epilogue; all None/defaults means no epilogue."""
+    if isinstance(gate_index, bool) or not isinstance(gate_index, int) or not 0 <= gate_index <= 2:
+        raise ValueError(f"gate_index={gate_index!r} must be an int in 0..2")
+    if not isinstance(accumulate, bool):
+        raise ValueError(f"accumulate={accumulate!r} must be a bool")
+    if out is None:
+        if gates is not None:
+            raise ValueError("gates given without out: the gated epilogue needs both")
+        if accumulate:
+            raise ValueError("accumulate=True needs out (the tensor to accumulate into)")
+        return
+    if gates is None:
+        raise ValueError("gates is required when out is given")
+    gates_shape = (*out_shape[:3], 3)
+    for name, t, shape in (("out", out, out_shape), ("gates", gates, gates_shape)):
+        if tuple(t.shape) != shape:
+            raise ValueError(f"{name} shape {tuple(t.shape)} must be {shape}")
+        if t.dtype not in _SUPPORTED_DTYPES:
+            raise ValueError(f"{name}.dtype={t.dtype} unsupported (use one of {_SUPPORTED_DTYPES})")
+        if t.device != q.device:
+            raise ValueError(f"{name} is on {t.device}, q on {q.device}")
+        if not t.is_contiguous():
+            raise ValueError(f"{name} must be contiguous (strides {t.stride()})")
+
+
 def _unit_last(x: torch.Tensor) -> torch.Tensor:
     """Kernels index the head dim with stride 1; any other stride is made contiguous once."""
     return x if x.stride(-1) == 1 else x.contiguous()
@@ -670,34 +724,48 @@ def _launch_args(tiles: TileConfig | None) -> dict:
 # ---------------------------------------------------------------------------------- public API
 def attention_fwd(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, window: int | None = None,
-    causal: bool = True, *, tiles: TileConfig | None = None,
+    causal: bool = True, *, tiles: TileConfig | None = None, out: torch.Tensor | None = None,
+    gates: torch.Tensor | None = None, gate_index: int = 0, accumulate: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """o [B,T,Hq,Dv] (q.dtype) and lse [B,T,Hq] (float32, natural log) of scaled-dot-product attention.
 
     causal: query t sees keys <= t; window=w further limits it to keys >= t-w+1. causal=False is full
     attention. `tiles` pins one launch config (tests); None autotunes.
+
+    Fused gated epilogue (no-grad NSA forward, so no branch output is materialised): with `out`
+    [B,T,Hq,Dv] and `gates` [B,T,Hq,3] the kernel writes out = (out if accumulate else 0) +
+    gates[..., gate_index] * o, in fp32 then out's dtype, and returns (out, lse).
     """
     group = _check_qkv(q, k, v)
     _check_mode(scale, window, causal)
-    q, k, v = _unit_last(q), _unit_last(k), _unit_last(v)
     batch, seqlen, num_q_heads, dk = q.shape
     dv = v.shape[-1]
-    o = torch.empty(batch, seqlen, num_q_heads, dv, dtype=q.dtype, device=q.device)
+    _check_gated(q, (batch, seqlen, num_q_heads, dv), out, gates, gate_index, accumulate)
+    q, k, v = _unit_last(q), _unit_last(k), _unit_last(v)
+    gated = out is not None
+    o = out if gated else torch.empty(batch, seqlen, num_q_heads, dv, dtype=q.dtype, device=q.device)
     lse = torch.empty(batch, seqlen, num_q_heads, dtype=torch.float32, device=q.device)
     if o.numel() == 0:
         return o, lse
+    # Ungated launches get lse as a never-read stand-in for `gates` (GATED=False drops every use).
+    gate_column = gates[..., gate_index] if gated else lse
+    gate_strides = _bthd(gates) if gated else (0, 0, 0)
     args = (
-        q, k, v, o, lse, *_bthd(q), *_bthd(k), *_bthd(v), *_bthd(o), *lse.stride(),
+        q, k, v, o, lse, gate_column, *_bthd(q), *_bthd(k), *_bthd(v), *_bthd(o), *lse.stride(), *gate_strides,
         seqlen, num_q_heads, group, seqlen if window is None else min(window, seqlen), float(scale) * LOG2E,
     )
     consts = dict(DK=dk, DV=dv, BLOCK_DK=max(16, next_pow2(dk)), BLOCK_DV=max(16, next_pow2(dv)),
                   CAUSAL=bool(causal), HAS_WINDOW=window is not None,
-                  UPCAST=interpreting() and q.dtype == torch.bfloat16, ROW64=_needs_row64(seqlen, q, k, v))
+                  UPCAST=interpreting() and q.dtype == torch.bfloat16, ROW64=_needs_row64(seqlen, q, k, v),
+                  GATED=gated, ACCUMULATE=gated and accumulate)
 
     def grid(meta):
         return (triton.cdiv(seqlen, meta["BLOCK_M"]), batch * num_q_heads)
 
-    kernel = _fwd_tuned if tiles is None else _fwd_kernel
+    if tiles is not None:
+        kernel = _fwd_kernel
+    else:
+        kernel = _fwd_tuned_accumulate if consts["ACCUMULATE"] else _fwd_tuned
     kernel[grid](*args, **consts, **_launch_args(tiles))
     return o, lse
 

@@ -269,6 +269,146 @@ def test_decode_agrees_with_forward_last_row():
     assert (out - o[:, -1]).abs().max().item() < 1e-5
 
 
+# ---------------------------------------------------------------------------------- fused gated epilogue
+GATED_TOL = 1e-5
+
+
+def _gates(b: int, t: int, hq: int, seed: int) -> torch.Tensor:
+    """Random gates of both signs away from zero, so a dropped or misplaced gate shows."""
+    gen = torch.Generator().manual_seed(seed)
+    return torch.rand(b, t, hq, 3, generator=gen) * 1.5 + 0.25
+
+
+def _random_out(b: int, t: int, hq: int, dv: int, dtype: torch.dtype, seed: int) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randn(b, t, hq, dv, generator=gen).to(dtype)
+
+
+# (B, T, Hq, Hkv, Dk, Dv, window, causal, tiles): T never a multiple of the tile; G=1, 2, 3; Dk != Dv.
+GATED_CASES = [
+    pytest.param(2, 37, 4, 2, 32, 16, None, True, None, id="gqa2-T37-dk32dv16"),
+    pytest.param(1, 45, 2, 2, 16, 24, 9, True, None, id="g1-T45-w9-dv24"),
+    pytest.param(1, 53, 3, 1, 24, 32, None, False, TileConfig(16, 32), id="full-g3-m16n32"),
+    pytest.param(1, 1, 2, 1, 32, 16, None, True, None, id="T1"),
+]
+
+
+@pytest.mark.parametrize("b,t,hq,hkv,dk,dv,window,causal,tiles", GATED_CASES)
+@pytest.mark.parametrize("accumulate", [False, True])
+def test_gated_epilogue_matches_unfused(b, t, hq, hkv, dk, dv, window, causal, tiles, accumulate):
+    """out = (out if accumulate else 0) + gates[..., i] * o, with o and lse from the unfused launch."""
+    q, k, v, _ = _qkv(b, t, hq, hkv, dk, dv, seed=7)
+    q, k, v = q.float(), k.float(), v.float()
+    scale = dk**-0.5
+    gates = _gates(b, t, hq, seed=8)
+    o, lse = attention_fwd(q, k, v, scale, window, causal, tiles=tiles)
+    for gate_index in range(3):
+        start = _random_out(b, t, hq, dv, torch.float32, seed=9 + gate_index)
+        out = start.clone()
+        returned, lse_gated = attention_fwd(q, k, v, scale, window, causal, tiles=tiles, out=out, gates=gates,
+                                            gate_index=gate_index, accumulate=accumulate)
+        assert returned is out
+        expected = gates[..., gate_index:gate_index + 1].double() * o.double()
+        if accumulate:
+            expected = expected + start.double()
+        _close(out, expected, GATED_TOL, f"gate {gate_index}")
+        assert torch.equal(lse_gated, lse)
+
+
+def test_gated_epilogue_accumulates_all_three_branches():
+    """Three launches with gate_index 0, 1, 2 (the NSA use) sum to the gated sum of their outputs."""
+    q, k, v, _ = _qkv(1, 29, 4, 2, 16, 32, seed=10)
+    q, k, v = q.float(), k.float(), v.float()
+    gates = _gates(1, 29, 4, seed=11)
+    modes = [dict(window=None), dict(window=5), dict(window=None, causal=False)]
+    out = _random_out(1, 29, 4, 32, torch.float32, seed=12)  # overwritten by the first launch
+    expected = torch.zeros(1, 29, 4, 32, dtype=torch.float64)
+    for gate_index, mode in enumerate(modes):
+        o, _ = attention_fwd(q, k, v, 0.3, **mode)
+        expected += gates[..., gate_index:gate_index + 1].double() * o.double()
+        attention_fwd(q, k, v, 0.3, **mode, out=out, gates=gates, gate_index=gate_index, accumulate=gate_index > 0)
+    _close(out, expected, GATED_TOL, "sum of three")
+
+
+@pytest.mark.parametrize(
+    "in_dtype,out_dtype,gate_dtype",
+    [
+        pytest.param(torch.float32, torch.float16, torch.float32, id="fp32-in-fp16-out"),
+        pytest.param(torch.float16, torch.float32, torch.float16, id="fp16-in-fp32-out"),
+        pytest.param(torch.bfloat16, torch.float32, torch.bfloat16, id="bf16-in-fp32-out"),
+        pytest.param(torch.float32, torch.bfloat16, torch.float32, id="fp32-in-bf16-out"),
+    ],
+)
+def test_gated_epilogue_mixed_dtypes(in_dtype, out_dtype, gate_dtype):
+    """out's dtype is independent of q's: math in fp32, one rounding to out's dtype at the store."""
+    b, t, hq, hkv, dk, dv = 1, 37, 4, 2, 32, 16
+    q, k, v, _ = _qkv(b, t, hq, hkv, dk, dv, seed=13)
+    q, k, v = (x.to(in_dtype) for x in (q, k, v))
+    gates = _gates(b, t, hq, seed=14).to(gate_dtype)
+    o, lse = attention_fwd(q, k, v, 0.2, window=11)
+    start = _random_out(b, t, hq, dv, out_dtype, seed=15)
+    out = start.clone()
+    _, lse_gated = attention_fwd(q, k, v, 0.2, window=11, out=out, gates=gates, gate_index=2, accumulate=True)
+    assert out.dtype == out_dtype
+    expected = start.double() + gates[..., 2:3].double() * o.double()
+    # Exact when out and o are fp32; otherwise one rounding of o (q's dtype) and one of out.
+    tol = GATED_TOL if torch.float32 == out_dtype == in_dtype else HALF_TOL
+    _close(out, expected, tol, "mixed dtypes")
+    assert torch.equal(lse_gated, lse)
+
+
+def test_gated_epilogue_empty_sequence_and_zero_gates():
+    """T=0 returns out untouched; a gate of 0 leaves an accumulated out bit-for-bit unchanged."""
+    q, k, v, _ = _qkv(1, 0, 2, 1, 16, 16)
+    out = torch.empty(1, 0, 2, 16)
+    returned, lse = attention_fwd(q.float(), k.float(), v.float(), 0.25, out=out, gates=torch.empty(1, 0, 2, 3))
+    assert returned is out and lse.shape == (1, 0, 2)
+    q, k, v, _ = _qkv(1, 19, 2, 1, 16, 16, seed=16)
+    start = _random_out(1, 19, 2, 16, torch.float32, seed=17)
+    out = start.clone()
+    attention_fwd(q.float(), k.float(), v.float(), 0.25, window=3, out=out, gates=torch.zeros(1, 19, 2, 3),
+                  gate_index=1, accumulate=True)
+    assert torch.equal(out, start)
+
+
+def _gated_args() -> dict:
+    return {"out": torch.randn(1, 8, 4, 16), "gates": torch.rand(1, 8, 4, 3)}
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        pytest.param({"gates": torch.rand(1, 8, 4, 3)}, "gates given without out", id="gates-without-out"),
+        pytest.param({"out": torch.randn(1, 8, 4, 16)}, "gates is required", id="out-without-gates"),
+        pytest.param({"accumulate": True}, "accumulate=True needs out", id="accumulate-without-out"),
+        pytest.param({**_gated_args(), "gate_index": 3}, "gate_index=3", id="gate-index-3"),
+        pytest.param({**_gated_args(), "gate_index": -1}, "gate_index=-1", id="gate-index-negative"),
+        pytest.param({**_gated_args(), "gate_index": True}, "gate_index=True", id="gate-index-bool"),
+        pytest.param({**_gated_args(), "accumulate": 1}, "accumulate=1", id="accumulate-int"),
+        pytest.param({**_gated_args(), "out": torch.randn(1, 8, 4, 8)}, r"out shape \(1, 8, 4, 8\)",
+                     id="out-shape"),
+        pytest.param({**_gated_args(), "gates": torch.rand(1, 8, 4, 2)}, r"gates shape \(1, 8, 4, 2\)",
+                     id="gates-shape"),
+        pytest.param({**_gated_args(), "out": torch.randn(1, 8, 4, 16, dtype=torch.float64)}, "out.dtype",
+                     id="out-float64"),
+        pytest.param({**_gated_args(), "gates": torch.rand(1, 8, 4, 3).to(torch.int32)}, "gates.dtype",
+                     id="gates-int"),
+        pytest.param({**_gated_args(), "out": torch.randn(1, 4, 8, 16).transpose(1, 2)}, "out must be contiguous",
+                     id="out-strided"),
+        pytest.param({**_gated_args(), "gates": torch.rand(1, 8, 3, 4).transpose(2, 3)},
+                     "gates must be contiguous", id="gates-strided"),
+        pytest.param({**_gated_args(), "out": torch.randn(1, 8, 4, 16, device="meta")}, "out is on meta",
+                     id="out-device"),
+        pytest.param({**_gated_args(), "gates": torch.rand(1, 8, 4, 3, device="meta")}, "gates is on meta",
+                     id="gates-device"),
+    ],
+)
+def test_gated_epilogue_rejects_bad_arguments(kwargs, match):
+    q, k, v = _good()
+    with pytest.raises(ValueError, match=match):
+        attention_fwd(q, k, v, 0.25, **kwargs)
+
+
 # ---------------------------------------------------------------------------------- bad input
 def _good() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     return torch.randn(1, 8, 4, 16), torch.randn(1, 8, 2, 16), torch.randn(1, 8, 2, 16)
@@ -345,7 +485,7 @@ _SM90_BUILD = textwrap.dedent(
     import kernels.flash as f
 
     POINTERS_IN = {"q", "k", "v", "o", "do", "dq", "dk", "dv", "out"}
-    POINTERS_F32 = {"lse", "delta", "o_part", "lse_part"}
+    POINTERS_F32 = {"lse", "delta", "o_part", "lse_part", "gates"}
 
     def build(fn, consts, config):
         consts = {**consts, **config.kwargs}
@@ -369,9 +509,12 @@ _SM90_BUILD = textwrap.dedent(
     for dk, dv in ((128, 128), (192, 128)):
         heads = dict(DK=dk, DV=dv, BLOCK_DK=f.next_pow2(dk), BLOCK_DV=f.next_pow2(dv))
         mode = dict(CAUSAL=True, HAS_WINDOW=True, UPCAST=False, ROW64=False)
-        for fn, cands in ((f._fwd_kernel, f._FWD), (f._bwd_dkdv_kernel, f._DKDV), (f._bwd_dq_kernel, f._DQ)):
+        fwd_modes = [dict(GATED=False, ACCUMULATE=False), dict(GATED=True, ACCUMULATE=True)]
+        kernels = [(f._fwd_kernel, f._FWD, m) for m in fwd_modes]
+        kernels += [(f._bwd_dkdv_kernel, f._DKDV, {}), (f._bwd_dq_kernel, f._DQ, {})]
+        for fn, cands, extra in kernels:
             config = cands.prune(list(cands.configs), {}, BLOCK_DK=heads["BLOCK_DK"], BLOCK_DV=heads["BLOCK_DV"])[0]
-            build(fn, {**heads, **mode}, config)
+            build(fn, {**heads, **mode, **extra}, config)
     decode = dict(DK=192, DV=128, BLOCK_DK=256, BLOCK_DV=128, BLOCK_G=16, UPCAST=False, ROW64=False)
     build(f._decode_split_kernel, decode, f._DECODE_CONFIGS[0])
     build(f._decode_combine_kernel, dict(DV=128, BLOCK_DV=128, BLOCK_S=64), triton.Config({}, num_warps=8))
