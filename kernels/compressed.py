@@ -119,27 +119,42 @@ def _check_like(name: str, x: torch.Tensor, shape: tuple[int, ...], dtype: torch
 
 # ------------------------------------------------------------------ section 1: mean compression
 @triton.jit
+def _batch_head(H):
+    """(b as int64, head) of this program: grid axis 1 runs over B * H."""
+    pid_bh = tl.program_id(1)
+    return (pid_bh // H).to(tl.int64), pid_bh % H
+
+
+@triton.jit
+def _bh_tile(H, BLOCK: tl.constexpr, BLOCK_D: tl.constexpr):
+    """(b, h, token offsets, column offsets) of a program of the (tokens, B*H, columns) grid."""
+    b, h = _batch_head(H)
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    offs_d = tl.program_id(2) * BLOCK_D + tl.arange(0, BLOCK_D)
+    return b, h, offs, offs_d
+
+
+@triton.jit
+def _token_ptrs(X, b, N, tok, h, H, offs_d, D: tl.constexpr):
+    """Pointers to x[b, tok, h, offs_d] of a contiguous [B, N, H, D] tensor (b int64)."""
+    return X + ((b * N + tok) * H + h)[:, None] * D + offs_d[None, :]
+
+
+@triton.jit
 def _compress_fwd_kernel(
     X, XC, T, Tc, H,
     D: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_CMP: tl.constexpr, STRIDE_CMP: tl.constexpr,
     BLOCK_C: tl.constexpr,
 ):
-    pid_c = tl.program_id(0)
-    pid_bh = tl.program_id(1)
-    b = (pid_bh // H).to(tl.int64)
-    h = pid_bh % H
-    offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
-    offs_d = tl.program_id(2) * BLOCK_D + tl.arange(0, BLOCK_D)
+    b, h, offs_c, offs_d = _bh_tile(H, BLOCK_C, BLOCK_D)
     c_ok = offs_c < Tc
     mask = c_ok[:, None] & (offs_d < D)[None, :]
     acc = tl.zeros([BLOCK_C, BLOCK_D], dtype=tl.float32)
     for r in range(BLOCK_CMP):
         tok = offs_c * STRIDE_CMP + r
-        ptrs = X + ((b * T + tok) * H + h)[:, None] * D + offs_d[None, :]
-        acc += tl.load(ptrs, mask=mask, other=0.0).to(tl.float32)
+        acc += tl.load(_token_ptrs(X, b, T, tok, h, H, offs_d, D), mask=mask, other=0.0).to(tl.float32)
     out = acc * (1.0 / BLOCK_CMP)
-    ptrs = XC + ((b * Tc + offs_c) * H + h)[:, None] * D + offs_d[None, :]
-    tl.store(ptrs, out.to(XC.dtype.element_ty), mask=mask)
+    tl.store(_token_ptrs(XC, b, Tc, offs_c, h, H, offs_d, D), out.to(XC.dtype.element_ty), mask=mask)
 
 
 @triton.jit
@@ -149,23 +164,16 @@ def _compress_bwd_kernel(
     BLOCK_T: tl.constexpr,
 ):
     """dx[t] = sum over the blocks i containing t of dx_cmp[i] / l; those are i = t//d - m, m < l/d."""
-    pid_t = tl.program_id(0)
-    pid_bh = tl.program_id(1)
-    b = (pid_bh // H).to(tl.int64)
-    h = pid_bh % H
-    offs_t = pid_t * BLOCK_T + tl.arange(0, BLOCK_T)
-    offs_d = tl.program_id(2) * BLOCK_D + tl.arange(0, BLOCK_D)
+    b, h, offs_t, offs_d = _bh_tile(H, BLOCK_T, BLOCK_D)
     t_ok = offs_t < T
     d_ok = (offs_d < D)[None, :]
     acc = tl.zeros([BLOCK_T, BLOCK_D], dtype=tl.float32)
     for m in range(BLOCK_CMP // STRIDE_CMP):
         blk = offs_t // STRIDE_CMP - m
         ok = t_ok & (blk >= 0) & (blk < Tc)
-        ptrs = DXC + ((b * Tc + blk) * H + h)[:, None] * D + offs_d[None, :]
-        acc += tl.load(ptrs, mask=ok[:, None] & d_ok, other=0.0).to(tl.float32)
+        acc += tl.load(_token_ptrs(DXC, b, Tc, blk, h, H, offs_d, D), mask=ok[:, None] & d_ok, other=0.0).to(tl.float32)
     out = acc * (1.0 / BLOCK_CMP)
-    ptrs = DX + ((b * T + offs_t) * H + h)[:, None] * D + offs_d[None, :]
-    tl.store(ptrs, out.to(DX.dtype.element_ty), mask=t_ok[:, None] & d_ok)
+    tl.store(_token_ptrs(DX, b, T, offs_t, h, H, offs_d, D), out.to(DX.dtype.element_ty), mask=t_ok[:, None] & d_ok)
 
 
 def compress_fwd(x: torch.Tensor, block_cmp: int, stride_cmp: int) -> torch.Tensor:
@@ -232,14 +240,49 @@ def _num_visible(t, Tc, BLOCK_CMP: tl.constexpr, STRIDE_CMP: tl.constexpr):
 
 
 @triton.jit
-def _group_rows(pid_t, T, G: tl.constexpr, G_PAD: tl.constexpr, BLOCK_M: tl.constexpr):
-    """Rows of a group-centric tile: (position, head-in-group) pairs, position-major."""
-    BLOCK_T: tl.constexpr = BLOCK_M // G_PAD
+def _query_tile(T, Hkv, BLOCK_T: tl.constexpr):
+    """(b, hkv, first and last position) of this program's BLOCK_T positions of one KV group.
+
+    Programs are issued last tile first: later positions see more blocks, so they start early.
+    """
+    pid_t = tl.num_programs(0) - 1 - tl.program_id(0)
+    b, hkv = _batch_head(Hkv)
+    t_first = pid_t * BLOCK_T
+    return b, hkv, t_first, tl.minimum(t_first + BLOCK_T, T) - 1
+
+
+@triton.jit
+def _group_rows(t0, b, hkv, T, Hkv, G: tl.constexpr, G_PAD: tl.constexpr, BLOCK_M: tl.constexpr):
+    """Rows of a group-centric tile from position t0: (position, head-in-group) pairs, position-major.
+
+    Returns each row's position, its int64 row index into [B, T, Hq], and whether it is real.
+    """
     rows = tl.arange(0, BLOCK_M)
-    pos = pid_t * BLOCK_T + rows // G_PAD
+    pos = t0 + rows // G_PAD
     grp = rows % G_PAD
     row_ok = (pos < T) & (grp < G)
-    return pos, grp, row_ok
+    return pos, (b * T + pos) * (Hkv * G) + hkv * G + grp, row_ok
+
+
+@triton.jit
+def _kv_tile(n0, b, hkv, Tc, Hkv, BLOCK_N: tl.constexpr):
+    """Compressed blocks [n0, n0 + BLOCK_N) of KV head hkv: (offsets, which exist, rows into [B, Tc, Hkv])."""
+    offs_n = n0 + tl.arange(0, BLOCK_N)
+    return offs_n, offs_n < Tc, (b * Tc + offs_n) * Hkv + hkv
+
+
+@triton.jit
+def _sees(pos, blk, BLOCK_CMP: tl.constexpr, STRIDE_CMP: tl.constexpr):
+    """Whether position pos sees compressed block blk (its last token blk*d + l - 1 <= pos); broadcasts."""
+    return blk * STRIDE_CMP + BLOCK_CMP - 1 <= pos
+
+
+@triton.jit
+def _block_ranges(t_first, t_last, Tc, BLOCK_CMP: tl.constexpr, STRIDE_CMP: tl.constexpr, BLOCK_N: tl.constexpr):
+    """(end of the whole BLOCK_N tiles every row of [t_first, t_last] sees, end of what any row sees)."""
+    n_all = _num_visible(t_first, Tc, BLOCK_CMP, STRIDE_CMP)
+    n_any = _num_visible(t_last, Tc, BLOCK_CMP, STRIDE_CMP)
+    return (n_all // BLOCK_N) * BLOCK_N, n_any
 
 
 @triton.jit
@@ -258,6 +301,38 @@ def _store_cols(X, row, row_ok, x, D: tl.constexpr, COL0: tl.constexpr, WIDTH: t
     tl.store(X + row[:, None] * D + cols[None, :], x.to(X.dtype.element_ty), mask=row_ok[:, None] & (cols < D)[None, :])
 
 
+@triton.jit
+def _load_split(X, row, row_ok, D: tl.constexpr, D_A: tl.constexpr, D_B: tl.constexpr, UPCAST: tl.constexpr):
+    """Rows of a [*, D] tensor as the two column chunks of `_split_head_dim`."""
+    return _load_cols(X, row, row_ok, D, 0, D_A, UPCAST), _load_cols(X, row, row_ok, D, D_A, D_B, UPCAST)
+
+
+@triton.jit
+def _store_split(X, row, row_ok, x_a, x_b, D: tl.constexpr, D_A: tl.constexpr, D_B: tl.constexpr):
+    """Inverse of `_load_split`, casting to X's dtype."""
+    _store_cols(X, row, row_ok, x_a, D, 0, D_A)
+    _store_cols(X, row, row_ok, x_b, D, D_A, D_B)
+
+
+@triton.jit
+def _dot_t(x_a, x_b, y_a, y_b):
+    """x @ y^T for x and y split into the same two column chunks."""
+    return tl.dot(x_a, tl.trans(y_a)) + tl.dot(x_b, tl.trans(y_b))
+
+
+@triton.jit
+def _load_lse2(LSE, row, row_ok):
+    """lse in the exp2 domain; +inf for padding rows, so their exp2(s - lse2) is 0."""
+    return tl.load(LSE + row, mask=row_ok, other=float("inf")) * 1.4426950408889634
+
+
+@triton.jit
+def _load_grad_rows(DO, LSE, DELTA, row, row_ok, DV: tl.constexpr, BLOCK_DV: tl.constexpr, UPCAST: tl.constexpr):
+    """What the backward needs per query row besides q: (do, lse2, delta)."""
+    do = _load_cols(DO, row, row_ok, DV, 0, BLOCK_DV, UPCAST)
+    return do, _load_lse2(LSE, row, row_ok), tl.load(DELTA + row, mask=row_ok, other=0.0)
+
+
 # ------------------------------------------------------------------ section 2: compressed attention forward
 @triton.jit
 def _fwd_step(
@@ -267,14 +342,11 @@ def _fwd_step(
     MASKED: tl.constexpr, WITH_OUTPUT: tl.constexpr, UPCAST: tl.constexpr,
 ):
     """One online-softmax step over compressed blocks [n0, n0 + BLOCK_N)."""
-    offs_n = n0 + tl.arange(0, BLOCK_N)
-    n_ok = offs_n < Tc
-    kv_row = (b * Tc + offs_n) * Hkv + hkv
-    k_a = _load_cols(K, kv_row, n_ok, DK, 0, DK_A, UPCAST)
-    k_b = _load_cols(K, kv_row, n_ok, DK, DK_A, DK_B, UPCAST)
-    qk = (tl.dot(q_a, tl.trans(k_a)) + tl.dot(q_b, tl.trans(k_b))) * qk_scale
+    offs_n, n_ok, kv_row = _kv_tile(n0, b, hkv, Tc, Hkv, BLOCK_N)
+    k_a, k_b = _load_split(K, kv_row, n_ok, DK, DK_A, DK_B, UPCAST)
+    qk = _dot_t(q_a, q_b, k_a, k_b) * qk_scale
     if MASKED:
-        visible = (offs_n[None, :] * STRIDE_CMP + BLOCK_CMP - 1 <= pos[:, None]) & n_ok[None, :]
+        visible = _sees(pos[:, None], offs_n[None, :], BLOCK_CMP, STRIDE_CMP) & n_ok[None, :]
         qk = tl.where(visible, qk, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(qk, 1))
         m_ref = tl.where(m_new == float("-inf"), 0.0, m_new)  # a row with nothing seen yet stays 0
@@ -316,21 +388,10 @@ def _cmp_fwd_kernel(
     STRIDE_CMP: tl.constexpr, WITH_OUTPUT: tl.constexpr, UPCAST: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
-    BLOCK_T: tl.constexpr = BLOCK_M // G_PAD
-    pid_t = tl.num_programs(0) - 1 - tl.program_id(0)  # later positions see more blocks: start them first
-    pid_bh = tl.program_id(1)
-    b = (pid_bh // Hkv).to(tl.int64)
-    hkv = pid_bh % Hkv
-    pos, grp, row_ok = _group_rows(pid_t, T, G, G_PAD, BLOCK_M)
-    row = (b * T + pos) * (Hkv * G) + hkv * G + grp  # int64 row index into [B, T, Hq]
-    q_a = _load_cols(Q, row, row_ok, DK, 0, DK_A, UPCAST)
-    q_b = _load_cols(Q, row, row_ok, DK, DK_A, DK_B, UPCAST)
-
-    t_first = pid_t * BLOCK_T
-    t_last = tl.minimum(t_first + BLOCK_T, T) - 1
-    n_all = _num_visible(t_first, Tc, BLOCK_CMP, STRIDE_CMP)  # seen by every row of the tile
-    n_any = _num_visible(t_last, Tc, BLOCK_CMP, STRIDE_CMP)  # seen by at least one row
-    n_unmasked = (n_all // BLOCK_N) * BLOCK_N
+    b, hkv, t_first, t_last = _query_tile(T, Hkv, BLOCK_M // G_PAD)
+    pos, row, row_ok = _group_rows(t_first, b, hkv, T, Hkv, G, G_PAD, BLOCK_M)
+    q_a, q_b = _load_split(Q, row, row_ok, DK, DK_A, DK_B, UPCAST)
+    n_unmasked, n_any = _block_ranges(t_first, t_last, Tc, BLOCK_CMP, STRIDE_CMP, BLOCK_N)
 
     acc = tl.zeros([BLOCK_M, BLOCK_DV], dtype=tl.float32)
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
@@ -432,12 +493,10 @@ def _select_step(
 ):
     """Score selection blocks [j0, j0 + SLC_PER_TILE) and merge them into the running top-WIDTH."""
     col = tl.arange(0, WIDTH)[None, :]
-    offs_n = j0 * PER_SLC + tl.arange(0, BLOCK_N)
-    kv_row = (b * Tc + offs_n) * Hkv + hkv
-    k_a = _load_cols(K, kv_row, offs_n < n_any, DK, 0, DK_A, UPCAST)
-    k_b = _load_cols(K, kv_row, offs_n < n_any, DK, DK_A, DK_B, UPCAST)
-    qk = (tl.dot(q_a, tl.trans(k_a)) + tl.dot(q_b, tl.trans(k_b))) * qk_scale
-    visible = (offs_n[None, :] * STRIDE_CMP + BLOCK_CMP - 1 <= pos[:, None]) & (offs_n < Tc)[None, :]
+    offs_n, n_ok, kv_row = _kv_tile(j0 * PER_SLC, b, hkv, Tc, Hkv, BLOCK_N)
+    k_a, k_b = _load_split(K, kv_row, offs_n < n_any, DK, DK_A, DK_B, UPCAST)
+    qk = _dot_t(q_a, q_b, k_a, k_b) * qk_scale
+    visible = _sees(pos[:, None], offs_n[None, :], BLOCK_CMP, STRIDE_CMP) & n_ok[None, :]
     p = tl.where(visible, tl.math.exp2(qk - lse2[:, None]), 0.0)
     per_head = _dot_split(p, w_here) + carry
     carry = _dot_split(p, w_next)
@@ -473,15 +532,10 @@ def _select_kernel(
     PER_SLC: tl.constexpr = BLOCK_SLC // STRIDE_CMP
     PER_CMP: tl.constexpr = BLOCK_CMP // STRIDE_CMP
     SLC_PER_TILE: tl.constexpr = BLOCK_N // PER_SLC
-    pid_t = tl.num_programs(0) - 1 - tl.program_id(0)  # later positions see more blocks: start them first
-    pid_bh = tl.program_id(1)
-    b = (pid_bh // Hkv).to(tl.int64)
-    hkv = pid_bh % Hkv
-    pos, grp, row_ok = _group_rows(pid_t, T, G, G_PAD, BLOCK_M)
-    row = (b * T + pos) * (Hkv * G) + hkv * G + grp
-    q_a = _load_cols(Q, row, row_ok, DK, 0, DK_A, UPCAST)
-    q_b = _load_cols(Q, row, row_ok, DK, DK_A, DK_B, UPCAST)
-    lse2 = tl.load(LSE + row, mask=row_ok, other=float("inf")) * 1.4426950408889634
+    b, hkv, t_first, t_last = _query_tile(T, Hkv, BLOCK_T)
+    pos, row, row_ok = _group_rows(t_first, b, hkv, T, Hkv, G, G_PAD, BLOCK_M)
+    q_a, q_b = _load_split(Q, row, row_ok, DK, DK_A, DK_B, UPCAST)
+    lse2 = _load_lse2(LSE, row, row_ok)
 
     cmp_rel = tl.arange(0, BLOCK_N)[:, None]
     col = tl.arange(0, WIDTH)[None, :]
@@ -489,8 +543,6 @@ def _select_kernel(
     w_here = tl.where(in_tile, _overlap(cmp_rel, col, PER_CMP, PER_SLC), 0).to(tl.float16)
     w_next = tl.where(in_tile, _overlap(cmp_rel, col + SLC_PER_TILE, PER_CMP, PER_SLC), 0).to(tl.float16)
 
-    t_first = pid_t * BLOCK_T
-    t_last = tl.minimum(t_first + BLOCK_T, T) - 1
     n_any = _num_visible(t_last, Tc, BLOCK_CMP, STRIDE_CMP)
     n_candidates = t_last // BLOCK_SLC + 1
     pos_t = t_first + tl.arange(0, BLOCK_T)
@@ -583,16 +635,13 @@ def _dq_step(
     MASKED: tl.constexpr, UPCAST: tl.constexpr,
 ):
     """dq contribution of compressed blocks [n0, n0 + BLOCK_N) (unscaled: the caller applies scale)."""
-    offs_n = n0 + tl.arange(0, BLOCK_N)
-    n_ok = offs_n < Tc
-    kv_row = (b * Tc + offs_n) * Hkv + hkv
-    k_a = _load_cols(K, kv_row, n_ok, DK, 0, DK_A, UPCAST)
-    k_b = _load_cols(K, kv_row, n_ok, DK, DK_A, DK_B, UPCAST)
+    offs_n, n_ok, kv_row = _kv_tile(n0, b, hkv, Tc, Hkv, BLOCK_N)
+    k_a, k_b = _load_split(K, kv_row, n_ok, DK, DK_A, DK_B, UPCAST)
     v = _load_cols(V, kv_row, n_ok, DV, 0, BLOCK_DV, UPCAST)
-    qk = tl.dot(q_a, tl.trans(k_a)) + tl.dot(q_b, tl.trans(k_b))
+    qk = _dot_t(q_a, q_b, k_a, k_b)
     p = tl.math.exp2(qk * qk_scale - lse2[:, None])
     if MASKED:
-        visible = (offs_n[None, :] * STRIDE_CMP + BLOCK_CMP - 1 <= pos[:, None]) & n_ok[None, :]
+        visible = _sees(pos[:, None], offs_n[None, :], BLOCK_CMP, STRIDE_CMP) & n_ok[None, :]
         p = tl.where(visible, p, 0.0)
     ds = (p * (tl.dot(do, tl.trans(v)) - delta[:, None])).to(k_a.dtype)
     return dq_a + tl.dot(ds, k_a), dq_b + tl.dot(ds, k_b)
@@ -623,32 +672,18 @@ def _cmp_bwd_dq_kernel(
     STRIDE_CMP: tl.constexpr, UPCAST: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
-    BLOCK_T: tl.constexpr = BLOCK_M // G_PAD
-    pid_t = tl.num_programs(0) - 1 - tl.program_id(0)  # later positions see more blocks: start them first
-    pid_bh = tl.program_id(1)
-    b = (pid_bh // Hkv).to(tl.int64)
-    hkv = pid_bh % Hkv
-    pos, grp, row_ok = _group_rows(pid_t, T, G, G_PAD, BLOCK_M)
-    row = (b * T + pos) * (Hkv * G) + hkv * G + grp
-    q_a = _load_cols(Q, row, row_ok, DK, 0, DK_A, UPCAST)
-    q_b = _load_cols(Q, row, row_ok, DK, DK_A, DK_B, UPCAST)
-    do = _load_cols(DO, row, row_ok, DV, 0, BLOCK_DV, UPCAST)
-    lse2 = tl.load(LSE + row, mask=row_ok, other=float("inf")) * 1.4426950408889634
-    delta = tl.load(DELTA + row, mask=row_ok, other=0.0)
-
-    t_first = pid_t * BLOCK_T
-    t_last = tl.minimum(t_first + BLOCK_T, T) - 1
-    n_all = _num_visible(t_first, Tc, BLOCK_CMP, STRIDE_CMP)
-    n_any = _num_visible(t_last, Tc, BLOCK_CMP, STRIDE_CMP)
-    n_unmasked = (n_all // BLOCK_N) * BLOCK_N
+    b, hkv, t_first, t_last = _query_tile(T, Hkv, BLOCK_M // G_PAD)
+    pos, row, row_ok = _group_rows(t_first, b, hkv, T, Hkv, G, G_PAD, BLOCK_M)
+    q_a, q_b = _load_split(Q, row, row_ok, DK, DK_A, DK_B, UPCAST)
+    do, lse2, delta = _load_grad_rows(DO, LSE, DELTA, row, row_ok, DV, BLOCK_DV, UPCAST)
+    n_unmasked, n_any = _block_ranges(t_first, t_last, Tc, BLOCK_CMP, STRIDE_CMP, BLOCK_N)
     dq_a = tl.zeros([BLOCK_M, DK_A], dtype=tl.float32)
     dq_b = tl.zeros([BLOCK_M, DK_B], dtype=tl.float32)
     dq_a, dq_b = _dq_tile(dq_a, dq_b, q_a, q_b, do, lse2, delta, K, V, b, hkv, pos, 0, n_unmasked, Tc, Hkv, qk_scale,
                           DK, DV, DK_A, DK_B, BLOCK_DV, BLOCK_CMP, STRIDE_CMP, BLOCK_N, False, UPCAST)
     dq_a, dq_b = _dq_tile(dq_a, dq_b, q_a, q_b, do, lse2, delta, K, V, b, hkv, pos, n_unmasked, n_any, Tc, Hkv,
                           qk_scale, DK, DV, DK_A, DK_B, BLOCK_DV, BLOCK_CMP, STRIDE_CMP, BLOCK_N, True, UPCAST)
-    _store_cols(DQ, row, row_ok, dq_a * scale, DK, 0, DK_A)
-    _store_cols(DQ, row, row_ok, dq_b * scale, DK, DK_A, DK_B)
+    _store_split(DQ, row, row_ok, dq_a * scale, dq_b * scale, DK, DK_A, DK_B)
 
 
 @triton.jit
@@ -659,20 +694,13 @@ def _dkv_step(
     BLOCK_M: tl.constexpr, MASKED: tl.constexpr, UPCAST: tl.constexpr,
 ):
     """dk/dv contribution of query rows at positions [t0, t0 + BLOCK_M // G_PAD) x the G heads."""
-    rows = tl.arange(0, BLOCK_M)
-    grp = rows % G_PAD
-    pos = t0 + rows // G_PAD
-    row_ok = (pos < T) & (grp < G)
-    row = (b * T + pos) * (Hkv * G) + hkv * G + grp
-    q_a = _load_cols(Q, row, row_ok, DK, 0, DK_A, UPCAST)
-    q_b = _load_cols(Q, row, row_ok, DK, DK_A, DK_B, UPCAST)
-    do = _load_cols(DO, row, row_ok, DV, 0, BLOCK_DV, UPCAST)
-    lse2 = tl.load(LSE + row, mask=row_ok, other=float("inf")) * 1.4426950408889634
-    delta = tl.load(DELTA + row, mask=row_ok, other=0.0)
-    qk_t = tl.dot(k_a, tl.trans(q_a)) + tl.dot(k_b, tl.trans(q_b))  # [BLOCK_N, BLOCK_M]
+    pos, row, row_ok = _group_rows(t0, b, hkv, T, Hkv, G, G_PAD, BLOCK_M)
+    q_a, q_b = _load_split(Q, row, row_ok, DK, DK_A, DK_B, UPCAST)
+    do, lse2, delta = _load_grad_rows(DO, LSE, DELTA, row, row_ok, DV, BLOCK_DV, UPCAST)
+    qk_t = _dot_t(k_a, k_b, q_a, q_b)  # [BLOCK_N, BLOCK_M]
     p_t = tl.math.exp2(qk_t * qk_scale - lse2[None, :])
     if MASKED:
-        visible = offs_n[:, None] * STRIDE_CMP + BLOCK_CMP - 1 <= pos[None, :]
+        visible = _sees(pos[None, :], offs_n[:, None], BLOCK_CMP, STRIDE_CMP)
         p_t = tl.where(visible, p_t, 0.0)
     dv += tl.dot(p_t.to(do.dtype), do)
     ds_t = (p_t * (tl.dot(v, tl.trans(do)) - delta[None, :])).to(q_a.dtype)
@@ -709,16 +737,10 @@ def _cmp_bwd_dkv_kernel(
 ):
     """One compressed tile x one KV group; loops over the positions that see it (t >= i*d + l - 1)."""
     BLOCK_T: tl.constexpr = BLOCK_M // G_PAD
-    pid_n = tl.program_id(0)
-    pid_bh = tl.program_id(1)
-    b = (pid_bh // Hkv).to(tl.int64)
-    hkv = pid_bh % Hkv
-    n_first = pid_n * BLOCK_N
-    offs_n = n_first + tl.arange(0, BLOCK_N)
-    n_ok = offs_n < Tc
-    kv_row = (b * Tc + offs_n) * Hkv + hkv
-    k_a = _load_cols(K, kv_row, n_ok, DK, 0, DK_A, UPCAST)
-    k_b = _load_cols(K, kv_row, n_ok, DK, DK_A, DK_B, UPCAST)
+    b, hkv = _batch_head(Hkv)
+    n_first = tl.program_id(0) * BLOCK_N
+    offs_n, n_ok, kv_row = _kv_tile(n_first, b, hkv, Tc, Hkv, BLOCK_N)
+    k_a, k_b = _load_split(K, kv_row, n_ok, DK, DK_A, DK_B, UPCAST)
     v = _load_cols(V, kv_row, n_ok, DV, 0, BLOCK_DV, UPCAST)
 
     t_start = n_first * STRIDE_CMP + BLOCK_CMP - 1  # first position that sees the tile's first block
@@ -734,8 +756,7 @@ def _cmp_bwd_dkv_kernel(
     dk_a, dk_b, dv = _dkv_tile(dk_a, dk_b, dv, k_a, k_b, v, Q, DO, LSE, DELTA, b, hkv, offs_n, t_mid, T, T, Hkv,
                                qk_scale, G, G_PAD, DK, DV, DK_A, DK_B, BLOCK_DV, BLOCK_CMP, STRIDE_CMP, BLOCK_M, False,
                                UPCAST)
-    _store_cols(DKC, kv_row, n_ok, dk_a * scale, DK, 0, DK_A)
-    _store_cols(DKC, kv_row, n_ok, dk_b * scale, DK, DK_A, DK_B)
+    _store_split(DKC, kv_row, n_ok, dk_a * scale, dk_b * scale, DK, DK_A, DK_B)
     _store_cols(DVC, kv_row, n_ok, dv, DV, 0, BLOCK_DV)
 
 

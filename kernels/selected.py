@@ -149,6 +149,80 @@ def _prune_block_n(configs, named_args, **kwargs):
                                               c.num_stages))]
 
 
+# ---------------------------------------------------------------- tile helpers
+@triton.jit
+def _row_tile(ptr, row, row_ok, D, D_PAD: tl.constexpr):
+    """Pointers to rows `row` (int64) of a row-major [*, D] tensor, D_PAD columns, and the mask of real ones."""
+    cols = tl.arange(0, D_PAD)
+    return ptr + row[:, None] * D + cols[None, :], row_ok[:, None] & (cols < D)[None, :]
+
+
+@triton.jit
+def _load_cols(ptr, row, row_ok, cols, col_ok, D, UPCAST: tl.constexpr):
+    """Columns `cols` (valid where col_ok) of rows `row` of a row-major [*, D] tensor, 0 where masked;
+    fp32 if UPCAST. For kernels that keep the column offsets and masks for their own loops."""
+    x = tl.load(ptr + row[:, None] * D + cols[None, :], mask=row_ok[:, None] & col_ok[None, :], other=0.0)
+    if UPCAST:
+        x = x.to(tl.float32)
+    return x
+
+
+@triton.jit
+def _load_rows(ptr, row, row_ok, D, D_PAD: tl.constexpr, UPCAST: tl.constexpr):
+    """Rows of a row-major [*, D] tensor, zero-filled past D and in masked rows; fp32 if UPCAST."""
+    cols = tl.arange(0, D_PAD)
+    return _load_cols(ptr, row, row_ok, cols, cols < D, D, UPCAST)
+
+
+@triton.jit
+def _store_rows(ptr, row, row_ok, x, D, D_PAD: tl.constexpr):
+    """Store x [rows, D_PAD] into rows `row` of a row-major [*, D] tensor in its dtype."""
+    ptrs, mask = _row_tile(ptr, row, row_ok, D, D_PAD)
+    tl.store(ptrs, x.to(ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _kv_rows(b, g, pos, T, HKV):
+    """Rows of keys `pos` of (batch b, KV head g) in the [B*T*HKV] row space of k and v."""
+    return b * T * HKV + g + pos * HKV
+
+
+@triton.jit
+def _head_cols(DK, DV, DK_PAD: tl.constexpr, DV_PAD: tl.constexpr):
+    """Column offsets of K and V tiles and which are real: (dk_offs, dk_ok, dv_offs, dv_ok)."""
+    dk_offs = tl.arange(0, DK_PAD)
+    dv_offs = tl.arange(0, DV_PAD)
+    return dk_offs, dk_offs < DK, dv_offs, dv_offs < DV
+
+
+@triton.jit
+def _group_program(T, HQ, G, G_PAD: tl.constexpr):
+    """(t, g, b) of a program of the (T, Hkv, B) grid, the rows [B*T*Hq] of its G query heads, which exist."""
+    t = tl.program_id(0).to(tl.int64)
+    g = tl.program_id(1).to(tl.int64)
+    b = tl.program_id(2).to(tl.int64)
+    heads = tl.arange(0, G_PAD)
+    return t, g, b, ((b * T + t) * HQ + g * G + heads).to(tl.int64), heads < G
+
+
+@triton.jit
+def _slot_setup(idx_ptr, t, g, b, T, HKV, N_SLOTS: tl.constexpr, N_PAD: tl.constexpr):
+    """What the slot loop of program (t, g, b) needs: (pointer to row (b, t, g) of block_idx, its slot
+    numbers, the row itself -1 padded to N_PAD, `_kv_rows` of key 0 of (b, g))."""
+    idx_row_ptr = idx_ptr + ((b * T + t) * HKV + g) * N_SLOTS
+    kv_base = _kv_rows(b, g, 0, T, HKV)
+    row_slots = tl.arange(0, N_PAD)
+    idx_row = tl.load(idx_row_ptr + row_slots, mask=row_slots < N_SLOTS, other=-1)
+    return idx_row_ptr, row_slots, idx_row, kv_base
+
+
+@triton.jit
+def _load_lse2_delta(lse_ptr, delta_ptr, row, row_ok):
+    """The backward's per-row statistics: (lse in the exp2 domain, delta); 0 in masked rows."""
+    lse2 = tl.load(lse_ptr + row, mask=row_ok, other=0.0) * 1.4426950408889634
+    return lse2, tl.load(delta_ptr + row, mask=row_ok, other=0.0)
+
+
 # ---------------------------------------------------------------- forward
 @triton.autotune(
     configs=_fwd_configs(),
@@ -162,34 +236,19 @@ def _selected_fwd_kernel(
     N_SLOTS: tl.constexpr, G_PAD: tl.constexpr, DK_PAD: tl.constexpr, DV_PAD: tl.constexpr,
     BLOCK_SLC: tl.constexpr, N_PAD: tl.constexpr, UPCAST: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
-    t = tl.program_id(0).to(tl.int64)
-    g = tl.program_id(1).to(tl.int64)
-    b = tl.program_id(2).to(tl.int64)
-
-    heads = tl.arange(0, G_PAD)
-    head_ok = heads < G
-    dk_offs = tl.arange(0, DK_PAD)
-    dv_offs = tl.arange(0, DV_PAD)
-    dk_ok = dk_offs < DK
-    dv_ok = dv_offs < DV
-
-    # the G query heads of group g at position t: [G_PAD, DK_PAD], loaded once
-    q_row = ((b * T + t) * HQ + g * G + heads).to(tl.int64)
-    q = tl.load(q_ptr + q_row[:, None] * DK + dk_offs[None, :], mask=head_ok[:, None] & dk_ok[None, :], other=0.0)
-    if UPCAST:
-        q = q.to(tl.float32)
-
-    idx_row_ptr = idx_ptr + ((b * T + t) * HKV + g) * N_SLOTS
-    kv_base = b * T * HKV + g  # row of key 0 of (b, g) in the [B*T*HKV] row space
+    t, g, b, row, head_ok = _group_program(T, HQ, G, G_PAD)
+    dk_offs, dk_ok, dv_offs, dv_ok = _head_cols(DK, DV, DK_PAD, DV_PAD)
+    q = _load_cols(q_ptr, row, head_ok, dk_offs, dk_ok, DK, UPCAST)  # the G query heads of group g at t, once
+    idx_row_ptr, row_slots, idx_row, kv_base = _slot_setup(idx_ptr, t, g, b, T, HKV, N_SLOTS, N_PAD)
 
     m_i = tl.full([G_PAD], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([G_PAD], dtype=tl.float32)
     acc = tl.zeros([G_PAD, DV_PAD], dtype=tl.float32)
 
     # the slot loop is the innermost runtime loop (chunks are unrolled), so the GPU pipeliner
-    # prefetches the next selected block while this one is in the tensor cores
-    row_slots = tl.arange(0, N_PAD)
-    idx_row = tl.load(idx_row_ptr + row_slots, mask=row_slots < N_SLOTS, other=-1)
+    # prefetches the next selected block while this one is in the tensor cores. Its body calls no
+    # @triton.jit helper: the debug labels LLVM puts around inlined code split ptxas' basic blocks
+    # (+46 registers per thread at the paper shape, BLOCK_K = l', 4 warps), so it repeats in dq.
     for slot in range(0, N_SLOTS):
         # a slot is used iff 0 <= j <= t // l' and j does not repeat an earlier slot
         j = tl.load(idx_row_ptr + slot)
@@ -219,22 +278,18 @@ def _selected_fwd_kernel(
     has_key = l_i > 0.0
     o = acc / tl.where(has_key, l_i, 1.0)[:, None]
     lse = tl.where(has_key, (m_i + tl.log2(tl.where(has_key, l_i, 1.0))) * 0.6931471805599453, float("-inf"))
-    o_row = ((b * T + t) * HQ + g * G + heads).to(tl.int64)
-    tl.store(o_ptr + o_row[:, None] * DV + dv_offs[None, :], o.to(o_ptr.dtype.element_ty),
-             mask=head_ok[:, None] & dv_ok[None, :])
-    tl.store(lse_ptr + o_row, lse, mask=head_ok)
+    _store_rows(o_ptr, row, head_ok, o, DV, DV_PAD)
+    tl.store(lse_ptr + row, lse, mask=head_ok)
 
 
 # ---------------------------------------------------------------- backward: delta = rowsum(o * do)
 @triton.jit
 def _delta_kernel(o_ptr, do_ptr, delta_ptr, ROWS, DV, BLOCK_R: tl.constexpr, DV_PAD: tl.constexpr):
     rows = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
-    cols = tl.arange(0, DV_PAD)
-    mask = (rows < ROWS)[:, None] & (cols < DV)[None, :]
-    offs = rows[:, None] * DV + cols[None, :]
-    o = tl.load(o_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-    do = tl.load(do_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-    tl.store(delta_ptr + rows, tl.sum(o * do, axis=1), mask=rows < ROWS)
+    rows_ok = rows < ROWS
+    o = _load_rows(o_ptr, rows, rows_ok, DV, DV_PAD, True)
+    do = _load_rows(do_ptr, rows, rows_ok, DV, DV_PAD, True)
+    tl.store(delta_ptr + rows, tl.sum(o * do, axis=1), mask=rows_ok)
 
 
 # ---------------------------------------------------------------- backward: dq (query-centric)
@@ -250,32 +305,14 @@ def _selected_dq_kernel(
     N_SLOTS: tl.constexpr, G_PAD: tl.constexpr, DK_PAD: tl.constexpr, DV_PAD: tl.constexpr,
     BLOCK_SLC: tl.constexpr, N_PAD: tl.constexpr, UPCAST: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
-    t = tl.program_id(0).to(tl.int64)
-    g = tl.program_id(1).to(tl.int64)
-    b = tl.program_id(2).to(tl.int64)
-
-    heads = tl.arange(0, G_PAD)
-    head_ok = heads < G
-    dk_offs = tl.arange(0, DK_PAD)
-    dv_offs = tl.arange(0, DV_PAD)
-    dk_ok = dk_offs < DK
-    dv_ok = dv_offs < DV
-
-    row = ((b * T + t) * HQ + g * G + heads).to(tl.int64)
-    q = tl.load(q_ptr + row[:, None] * DK + dk_offs[None, :], mask=head_ok[:, None] & dk_ok[None, :], other=0.0)
-    do = tl.load(do_ptr + row[:, None] * DV + dv_offs[None, :], mask=head_ok[:, None] & dv_ok[None, :], other=0.0)
-    if UPCAST:
-        q = q.to(tl.float32)
-        do = do.to(tl.float32)
-    lse2 = tl.load(lse_ptr + row, mask=head_ok, other=0.0) * 1.4426950408889634
-    delta = tl.load(delta_ptr + row, mask=head_ok, other=0.0)
-
-    idx_row_ptr = idx_ptr + ((b * T + t) * HKV + g) * N_SLOTS
-    kv_base = b * T * HKV + g
+    t, g, b, row, head_ok = _group_program(T, HQ, G, G_PAD)
+    dk_offs, dk_ok, dv_offs, dv_ok = _head_cols(DK, DV, DK_PAD, DV_PAD)
+    q = _load_cols(q_ptr, row, head_ok, dk_offs, dk_ok, DK, UPCAST)
+    do = _load_cols(do_ptr, row, head_ok, dv_offs, dv_ok, DV, UPCAST)
+    lse2, delta = _load_lse2_delta(lse_ptr, delta_ptr, row, head_ok)
+    idx_row_ptr, row_slots, idx_row, kv_base = _slot_setup(idx_ptr, t, g, b, T, HKV, N_SLOTS, N_PAD)
     dq = tl.zeros([G_PAD, DK_PAD], dtype=tl.float32)
 
-    row_slots = tl.arange(0, N_PAD)
-    idx_row = tl.load(idx_row_ptr + row_slots, mask=row_slots < N_SLOTS, other=-1)
     for slot in range(0, N_SLOTS):
         # a slot is used iff 0 <= j <= t // l' and j does not repeat an earlier slot
         j = tl.load(idx_row_ptr + slot)
@@ -283,7 +320,7 @@ def _selected_dq_kernel(
         used = (j >= 0) & (j.to(tl.int64) * BLOCK_SLC <= t) & (repeats == 0)
         for c in tl.static_range(BLOCK_SLC // BLOCK_K):
             pos = j.to(tl.int64) * BLOCK_SLC + c * BLOCK_K + tl.arange(0, BLOCK_K)
-            key_ok = used & (pos <= t)
+            key_ok = used & (pos <= t)  # causal: only bites in the query's own block
             kv_row = kv_base + pos * HKV
             k = tl.load(k_ptr + kv_row[:, None] * DK + dk_offs[None, :],
                         mask=key_ok[:, None] & dk_ok[None, :], other=0.0)
@@ -299,9 +336,7 @@ def _selected_dq_kernel(
             ds = p * (dp - delta[:, None])
             dq += tl.dot(ds.to(k.dtype), k)
 
-    dq = dq * scale
-    tl.store(dq_ptr + row[:, None] * DK + dk_offs[None, :], dq.to(dq_ptr.dtype.element_ty),
-             mask=head_ok[:, None] & dk_ok[None, :])
+    _store_rows(dq_ptr, row, head_ok, dq * scale, DK, DK_PAD)
 
 
 # ---------------------------------------------------------------- backward: dk, dv (block-centric)
@@ -312,21 +347,13 @@ def _dkdv_step(
     DK_PAD: tl.constexpr, DV_PAD: tl.constexpr, UPCAST: tl.constexpr,
 ):
     """One step of the block-centric backward: gather the next queries' G heads, add to dk/dv."""
-    dk_offs = tl.arange(0, DK_PAD)
-    dv_offs = tl.arange(0, DV_PAD)
     entry = start + r_query
     row_ok = (entry < end) & head_ok
     t = tl.load(qlist_ptr + entry, mask=row_ok, other=0).to(tl.int64)
     q_row = (b * T + t) * HQ + g * G + r_head
-    q = tl.load(q_ptr + q_row[:, None] * DK + dk_offs[None, :],
-                mask=row_ok[:, None] & (dk_offs < DK)[None, :], other=0.0)
-    do = tl.load(do_ptr + q_row[:, None] * DV + dv_offs[None, :],
-                 mask=row_ok[:, None] & (dv_offs < DV)[None, :], other=0.0)
-    if UPCAST:
-        q = q.to(tl.float32)
-        do = do.to(tl.float32)
-    lse2 = tl.load(lse_ptr + q_row, mask=row_ok, other=0.0) * 1.4426950408889634
-    delta = tl.load(delta_ptr + q_row, mask=row_ok, other=0.0)
+    q = _load_rows(q_ptr, q_row, row_ok, DK, DK_PAD, UPCAST)
+    do = _load_rows(do_ptr, q_row, row_ok, DV, DV_PAD, UPCAST)
+    lse2, delta = _load_lse2_delta(lse_ptr, delta_ptr, q_row, row_ok)
     s = tl.dot(q, tl.trans(k)) * qk_scale_log2  # [ROWS, BLOCK_N]
     live = row_ok[:, None] & pos_ok[None, :] & (pos[None, :] <= t[:, None])
     p = tl.where(live, tl.exp2(s - lse2[:, None]), 0.0)
@@ -378,19 +405,12 @@ def _selected_dkdv_body(
         active = (begin < end) | (segment == 0)
 
     if active:
-        dk_offs = tl.arange(0, DK_PAD)
-        dv_offs = tl.arange(0, DV_PAD)
-        dk_ok = dk_offs < DK
-        dv_ok = dv_offs < DV
         key = chunk * BLOCK_N + tl.arange(0, BLOCK_N)  # key offset inside block j
         pos = j * BLOCK_SLC + key
         pos_ok = pos < T
-        kv_row = b * T * HKV + g + pos * HKV
-        k = tl.load(k_ptr + kv_row[:, None] * DK + dk_offs[None, :], mask=pos_ok[:, None] & dk_ok[None, :], other=0.0)
-        v = tl.load(v_ptr + kv_row[:, None] * DV + dv_offs[None, :], mask=pos_ok[:, None] & dv_ok[None, :], other=0.0)
-        if UPCAST:
-            k = k.to(tl.float32)
-            v = v.to(tl.float32)
+        kv_row = _kv_rows(b, g, pos, T, HKV)
+        k = _load_rows(k_ptr, kv_row, pos_ok, DK, DK_PAD, UPCAST)
+        v = _load_rows(v_ptr, kv_row, pos_ok, DV, DV_PAD, UPCAST)
 
         r = tl.arange(0, ROWS)
         r_query = r // G_IN
@@ -405,21 +425,19 @@ def _selected_dkdv_body(
                                 DK_PAD, DV_PAD, UPCAST)
         dk = dk * scale
 
-        dk_mask = pos_ok[:, None] & dk_ok[None, :]
-        dv_mask = pos_ok[:, None] & dv_ok[None, :]
-        dk_where = dk_ptr + kv_row[:, None] * DK + dk_offs[None, :]
-        dv_where = dv_ptr + kv_row[:, None] * DV + dv_offs[None, :]
         if ATOMIC:
+            dk_where, dk_mask = _row_tile(dk_ptr, kv_row, pos_ok, DK, DK_PAD)
+            dv_where, dv_mask = _row_tile(dv_ptr, kv_row, pos_ok, DV, DV_PAD)
             tl.atomic_add(dk_where, dk, mask=dk_mask, sem="relaxed")
             tl.atomic_add(dv_where, dv, mask=dv_mask, sem="relaxed")
         else:
             if list_end - list_begin <= SEGMENT:
-                tl.store(dk_where, dk.to(dk_ptr.dtype.element_ty), mask=dk_mask)
-                tl.store(dv_where, dv.to(dv_ptr.dtype.element_ty), mask=dv_mask)
-            else:
+                _store_rows(dk_ptr, kv_row, pos_ok, dk, DK, DK_PAD)
+                _store_rows(dv_ptr, kv_row, pos_ok, dv, DV, DV_PAD)
+            else:  # fp32 partials: stored as they are
                 part_row = (tl.load(slots_ptr + bucket) + segment).to(tl.int64) * BLOCK_SLC + key
-                tl.store(dk_part_ptr + part_row[:, None] * DK + dk_offs[None, :], dk, mask=dk_mask)
-                tl.store(dv_part_ptr + part_row[:, None] * DV + dv_offs[None, :], dv, mask=dv_mask)
+                _store_rows(dk_part_ptr, part_row, pos_ok, dk, DK, DK_PAD)
+                _store_rows(dv_part_ptr, part_row, pos_ok, dv, DV, DV_PAD)
 
 
 @triton.jit
@@ -441,22 +459,19 @@ def _dkdv_reduce_kernel(
     count = tl.load(offsets_ptr + bucket + 1) - tl.load(offsets_ptr + bucket)
     segments = (count + SEGMENT - 1) // SEGMENT
     if segments > 1:
-        dk_offs = tl.arange(0, DK_PAD)
-        dv_offs = tl.arange(0, DV_PAD)
         key = chunk * BLOCK_N + tl.arange(0, BLOCK_N)
         pos = j * BLOCK_SLC + key
-        dk_mask = (pos < T)[:, None] & (dk_offs < DK)[None, :]
-        dv_mask = (pos < T)[:, None] & (dv_offs < DV)[None, :]
+        pos_ok = pos < T
         first = tl.load(slots_ptr + bucket).to(tl.int64)
         dk = tl.zeros([BLOCK_N, DK_PAD], dtype=tl.float32)
         dv = tl.zeros([BLOCK_N, DV_PAD], dtype=tl.float32)
         for s in range(0, segments):
             part_row = (first + s) * BLOCK_SLC + key
-            dk += tl.load(dk_part_ptr + part_row[:, None] * DK + dk_offs[None, :], mask=dk_mask, other=0.0)
-            dv += tl.load(dv_part_ptr + part_row[:, None] * DV + dv_offs[None, :], mask=dv_mask, other=0.0)
-        kv_row = b * T * HKV + g + pos * HKV
-        tl.store(dk_ptr + kv_row[:, None] * DK + dk_offs[None, :], dk.to(dk_ptr.dtype.element_ty), mask=dk_mask)
-        tl.store(dv_ptr + kv_row[:, None] * DV + dv_offs[None, :], dv.to(dv_ptr.dtype.element_ty), mask=dv_mask)
+            dk += _load_rows(dk_part_ptr, part_row, pos_ok, DK, DK_PAD, False)
+            dv += _load_rows(dv_part_ptr, part_row, pos_ok, DV, DV_PAD, False)
+        kv_row = _kv_rows(b, g, pos, T, HKV)
+        _store_rows(dk_ptr, kv_row, pos_ok, dk, DK, DK_PAD)
+        _store_rows(dv_ptr, kv_row, pos_ok, dv, DV, DV_PAD)
 
 
 _DKDV_KEY = ["G_IN", "DK_PAD", "DV_PAD", "BLOCK_SLC"]
