@@ -12,6 +12,7 @@ exactly 0 for such a row without special cases: the backward and the block scori
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import triton
@@ -376,18 +377,28 @@ def _fwd_tile(
     return acc, m_i, l_i
 
 
-@triton.autotune(
-    configs=_configs(_FWD_TILES), key=["G_PAD", "DK_A", "DK_B", "BLOCK_DV", "BLOCK_CMP", "STRIDE_CMP", "WITH_OUTPUT"],
-    prune_configs_by={"early_config_prune": _prune_fwd_rows},
-)
+@triton.jit
+def _gated_epilogue(o, O, GATES, row, row_ok, DV: tl.constexpr, BLOCK_DV: tl.constexpr, ACCUMULATE: tl.constexpr):
+    """gates[row] * o (GATES points at the branch's column of a contiguous [.., 3] tensor), plus
+    what O's rows already hold when ACCUMULATE; fp32. Padding rows load 0 and are never stored."""
+    gate = tl.load(GATES + row * 3, mask=row_ok, other=0.0).to(tl.float32)
+    result = gate[:, None] * o
+    if ACCUMULATE:
+        result += _load_cols(O, row, row_ok, DV, 0, BLOCK_DV, True)
+    return result
+
+
 @triton.jit
 def _cmp_fwd_kernel(
-    Q, K, V, O, LSE, T, Tc, Hkv, qk_scale,
+    Q, K, V, O, LSE, GATES, T, Tc, Hkv, qk_scale,
     G: tl.constexpr, G_PAD: tl.constexpr, DK: tl.constexpr, DV: tl.constexpr,
     DK_A: tl.constexpr, DK_B: tl.constexpr, BLOCK_DV: tl.constexpr, BLOCK_CMP: tl.constexpr,
     STRIDE_CMP: tl.constexpr, WITH_OUTPUT: tl.constexpr, UPCAST: tl.constexpr,
+    GATED: tl.constexpr, ACCUMULATE: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
+    """GATED: O is the final NSA output and gets gates[row, gate_index] * o (added to its contents
+    when ACCUMULATE) instead of o; without it the compiled code is the plain branch forward."""
     b, hkv, t_first, t_last = _query_tile(T, Hkv, BLOCK_M // G_PAD)
     pos, row, row_ok = _group_rows(t_first, b, hkv, T, Hkv, G, G_PAD, BLOCK_M)
     q_a, q_b = _load_split(Q, row, row_ok, DK, DK_A, DK_B, UPCAST)
@@ -409,17 +420,52 @@ def _cmp_fwd_kernel(
     lse = tl.where(seen, (m_i + tl.math.log2(l_safe)) * 0.6931471805599453, float("inf"))
     tl.store(LSE + row, lse, mask=row_ok)
     if WITH_OUTPUT:
-        _store_cols(O, row, row_ok, acc / l_safe[:, None], DV, 0, BLOCK_DV)
+        o = acc / l_safe[:, None]
+        if GATED:
+            o = _gated_epilogue(o, O, GATES, row, row_ok, DV, BLOCK_DV, ACCUMULATE)
+        _store_cols(O, row, row_ok, o, DV, 0, BLOCK_DV)
+
+
+def _fwd_autotune(restore_value: list[str] | None = None):
+    """The forward's tuner. restore_value names outputs an accumulating launch reads back: the tuner
+    saves them before and restores them after each timed run, so tuning does not add into them twice."""
+    return triton.autotune(
+        configs=_configs(_FWD_TILES), key=["G_PAD", "DK_A", "DK_B", "BLOCK_DV", "BLOCK_CMP", "STRIDE_CMP", "WITH_OUTPUT"],
+        prune_configs_by={"early_config_prune": _prune_fwd_rows}, restore_value=restore_value,
+    )
+
+
+_cmp_fwd_tuned = _fwd_autotune()(_cmp_fwd_kernel)
+# Accumulating launches read O: a separate tuner restores it around each timed run (it clones O once
+# per new key; the default path keeps the tuner without that copy).
+_cmp_fwd_tuned_accumulate = _fwd_autotune(restore_value=["O"])(_cmp_fwd_kernel)
+
+
+@dataclass(frozen=True)
+class _Gated:
+    """Where the fused epilogue writes: out [B,T,Hq,Dv], the gate column gate_index of gates [B,T,Hq,3]."""
+
+    out: torch.Tensor
+    gates: torch.Tensor
+    gate_index: int
+    accumulate: bool
 
 
 def _launch_fwd(q: torch.Tensor, k_cmp: torch.Tensor, v_cmp: torch.Tensor, cfg: NSAConfig, group: int,
-                scale: float, with_output: bool) -> tuple[torch.Tensor, torch.Tensor]:
+                scale: float, with_output: bool, gated: _Gated | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     b, t, hq, dk = q.shape
     tc, hkv, dv = k_cmp.shape[1], k_cmp.shape[2], v_cmp.shape[-1]
     if tc == 0 or b * t * hq == 0:  # nothing visible anywhere: the kernel would only write these
-        o = q.new_zeros(b, t, hq, dv) if with_output else q.new_empty(0)
-        return o, torch.full((b, t, hq), float("inf"), dtype=torch.float32, device=q.device)
-    o = q.new_empty(b, t, hq, dv) if with_output else q.new_empty(0)  # every row is written: no memset
+        lse = torch.full((b, t, hq), float("inf"), dtype=torch.float32, device=q.device)
+        if gated is not None:
+            if not gated.accumulate:
+                gated.out.zero_()  # o = 0 everywhere, so the gated contribution is 0
+            return gated.out, lse
+        return (q.new_zeros(b, t, hq, dv) if with_output else q.new_empty(0)), lse
+    if gated is not None:
+        o = gated.out  # every row is written (or read and written): no memset
+    else:
+        o = q.new_empty(b, t, hq, dv) if with_output else q.new_empty(0)  # every row is written: no memset
     lse = torch.empty(b, t, hq, dtype=torch.float32, device=q.device)
     g_pad = next_pow2(group)
     dk_a, dk_b = _split_head_dim(dk)
@@ -427,23 +473,66 @@ def _launch_fwd(q: torch.Tensor, k_cmp: torch.Tensor, v_cmp: torch.Tensor, cfg: 
     def grid(meta: dict) -> tuple[int, int]:
         return (triton.cdiv(t, meta["BLOCK_M"] // g_pad), b * hkv)
 
-    _cmp_fwd_kernel[grid](
-        q, k_cmp, v_cmp, o if with_output else lse, lse, t, tc, hkv, scale * _LOG2E,
+    # Ungated launches get lse as a never-read stand-in for GATES (GATED=False drops every use).
+    gate_column = gated.gates[..., gated.gate_index] if gated is not None else lse
+    accumulate = gated is not None and gated.accumulate
+    kernel = _cmp_fwd_tuned_accumulate if accumulate else _cmp_fwd_tuned
+    kernel[grid](
+        q, k_cmp, v_cmp, o if with_output else lse, lse, gate_column, t, tc, hkv, scale * _LOG2E,
         G=group, G_PAD=g_pad, DK=dk, DV=dv, DK_A=dk_a, DK_B=dk_b, BLOCK_DV=next_pow2(dv),
         BLOCK_CMP=cfg.block_cmp, STRIDE_CMP=cfg.stride_cmp, WITH_OUTPUT=with_output,
-        UPCAST=interpreting() and q.dtype == torch.bfloat16,
+        UPCAST=interpreting() and q.dtype == torch.bfloat16, GATED=gated is not None, ACCUMULATE=accumulate,
     )
     return o, lse
 
 
+def _check_gated(q: torch.Tensor, out_shape: tuple[int, int, int, int], out: torch.Tensor | None,
+                 gates: torch.Tensor | None, gate_index: int, accumulate: bool) -> _Gated | None:
+    """Arguments of compressed_fwd's fused gated epilogue; None when it is off (out not given)."""
+    if isinstance(gate_index, bool) or not isinstance(gate_index, int) or not 0 <= gate_index <= 2:
+        raise ValueError(f"gate_index={gate_index!r} must be an int in 0..2")
+    if not isinstance(accumulate, bool):
+        raise ValueError(f"accumulate={accumulate!r} must be a bool")
+    if out is None:
+        if gates is not None:
+            raise ValueError("gates given without out: the gated epilogue needs both")
+        if accumulate:
+            raise ValueError("accumulate=True needs out (the tensor to accumulate into)")
+        return None
+    if gates is None:
+        raise ValueError("gates is required when out is given")
+    gates_shape = (*out_shape[:3], 3)
+    for name, x, shape in (("out", out, out_shape), ("gates", gates, gates_shape)):
+        if not isinstance(x, torch.Tensor):
+            raise ValueError(f"{name} must be a tensor, got {type(x).__name__}")
+        if tuple(x.shape) != shape:
+            raise ValueError(f"{name} shape {tuple(x.shape)} must be {shape}")
+        if x.dtype not in _DTYPES:
+            raise ValueError(f"{name} dtype {x.dtype} unsupported (float16, bfloat16 or float32)")
+        if x.device != q.device:
+            raise ValueError(f"{name} is on {x.device}, q on {q.device}")
+        if not x.is_contiguous():
+            raise ValueError(f"{name} must be contiguous (strides {x.stride()})")
+    return _Gated(out, gates, gate_index, accumulate)
+
+
 def compressed_fwd(
-    q: torch.Tensor, k_cmp: torch.Tensor, v_cmp: torch.Tensor, cfg: NSAConfig, scale: float
+    q: torch.Tensor, k_cmp: torch.Tensor, v_cmp: torch.Tensor, cfg: NSAConfig, scale: float, *,
+    out: torch.Tensor | None = None, gates: torch.Tensor | None = None, gate_index: int = 0,
+    accumulate: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Branch "cmp": (o [B,T,Hq,Dv] in q.dtype, lse [B,T,Hq] fp32); no visible block: o = 0, lse = +inf."""
+    """Branch "cmp": (o [B,T,Hq,Dv] in q.dtype, lse [B,T,Hq] fp32); no visible block: o = 0, lse = +inf.
+
+    Fused gated epilogue (no-grad NSA forward, so the branch output is never materialised): with
+    `out` [B,T,Hq,Dv] and `gates` [B,T,Hq,3] (contiguous, any supported dtype) the kernel writes
+    out = (out if accumulate else 0) + gates[..., gate_index] * o, in fp32 then out's dtype, and
+    returns (out, lse); lse is unchanged.
+    """
     group = _check_attention_inputs(q, k_cmp, v_cmp, cfg)
     scale = _check_scale(scale)
+    gated = _check_gated(q, (*q.shape[:3], v_cmp.shape[-1]), out, gates, gate_index, accumulate)
     q, k_cmp, v_cmp = q.contiguous(), k_cmp.contiguous(), v_cmp.contiguous()
-    return _launch_fwd(q, k_cmp, v_cmp, cfg, group, scale, with_output=True)
+    return _launch_fwd(q, k_cmp, v_cmp, cfg, group, scale, with_output=True, gated=gated)
 
 
 # ------------------------------------------------------------------ section 3: block scores + top-n selection

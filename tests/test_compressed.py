@@ -6,6 +6,7 @@ from dataclasses import dataclass
 import pytest
 import torch
 
+from kernels import compressed
 from kernels.compressed import compress_bwd, compress_fwd, compressed_bwd, compressed_fwd, select_blocks
 from nsa_bench import reference
 from nsa_bench.config import NSAConfig
@@ -146,6 +147,110 @@ def test_compressed_bwd_matches_autograd(case, dtype):
             assert _rel(got, leaf.grad) < tol, name
         else:
             assert got.abs().sum() == 0, name
+
+
+# ------------------------------------------------------------------ section 2: fused gated epilogue
+def _gated_inputs(case: Case, out_dtype: torch.dtype, gate_dtype: torch.dtype, accumulate: bool, seed: int):
+    """(out, gates): a random out to accumulate onto, else NaN so every element must be written."""
+    gen = torch.Generator().manual_seed(seed)
+    shape = (case.batch, case.seqlen, case.kv_heads * case.group)
+    gates = torch.rand(*shape, 3, generator=gen).to(gate_dtype)
+    out = torch.randn(*shape, case.dv, generator=gen) if accumulate else torch.full((*shape, case.dv), float("nan"))
+    return out.to(out_dtype), gates
+
+
+GATED_CASES = [  # case, q/k/v dtype, out dtype, gates dtype, gate_index
+    (Case(2, 77, 2, 2, 32, 16, CFG_A), torch.float32, torch.float32, torch.float32, 0),  # T % tile, Dk != Dv, G > 1
+    (Case(1, 100, 1, 1, 40, 24, CFG_A), torch.float32, torch.float32, torch.float32, 2),  # G = 1, Dk = 32 + 16
+    (Case(1, 70, 2, 3, 32, 16, CFG_B), torch.float32, torch.float16, torch.float32, 1),  # fp16 out, padded heads
+    (Case(1, 61, 1, 2, 16, 32, CFG_B), torch.float16, torch.float32, torch.float16, 1),  # fp16 inputs, fp32 out
+    (Case(1, 50, 2, 2, 32, 16, CFG_A), torch.bfloat16, torch.bfloat16, torch.bfloat16, 2),
+    (Case(1, 1, 2, 1, 16, 16, CFG_A), torch.float32, torch.float32, torch.float32, 0),  # T = 1: no block at all
+]
+
+
+@pytest.mark.parametrize("case, dtype, out_dtype, gate_dtype, gate_index", GATED_CASES)
+@pytest.mark.parametrize("accumulate", [False, True])
+def test_gated_epilogue_matches_unfused(case, dtype, out_dtype, gate_dtype, gate_index, accumulate):
+    """out = (out if accumulate else 0) + gates[..., i] * o, o and lse from the unfused launch."""
+    q, k_cmp, v_cmp = _attention_inputs(case, dtype, seed=7 * case.seqlen + case.group)
+    scale = case.dk**-0.5
+    o, lse = compressed_fwd(q, k_cmp, v_cmp, case.cfg, scale)
+    out, gates = _gated_inputs(case, out_dtype, gate_dtype, accumulate, seed=case.seqlen)
+    before = out.clone()
+    returned, lse_gated = compressed_fwd(q, k_cmp, v_cmp, case.cfg, scale, out=out, gates=gates,
+                                         gate_index=gate_index, accumulate=accumulate)
+    assert returned is out and out.dtype == out_dtype
+    assert torch.equal(lse_gated, lse)
+    expected = gates[..., gate_index : gate_index + 1].double() * o.double()
+    if accumulate:
+        expected = expected + before.double()
+    assert not torch.isnan(out).any()
+    blind = min(case.seqlen, case.cfg.block_cmp - 1)  # rows with no block add exactly 0
+    assert torch.equal(out[:, :blind], before[:, :blind] if accumulate else torch.zeros_like(out[:, :blind]))
+    exact = dtype == out_dtype == gate_dtype == torch.float32
+    assert _rel(out, expected) < (1e-5 if exact else 1e-2)
+
+
+def test_gated_epilogue_accumulates_three_launches():
+    """gate_index 0, then 1 and 2 accumulating (the NSA use): the gated sum of three outputs."""
+    case = Case(1, 90, 2, 2, 32, 16, CFG_B)
+    scale = 0.2
+    out = torch.full((1, 90, 4, 16), float("nan"))
+    gates = torch.rand(1, 90, 4, 3, generator=torch.Generator().manual_seed(3))
+    expected = torch.zeros(out.shape, dtype=torch.float64)
+    for gate_index in range(3):
+        q, k_cmp, v_cmp = _attention_inputs(case, torch.float32, seed=40 + gate_index)
+        o, _ = compressed_fwd(q, k_cmp, v_cmp, case.cfg, scale)
+        expected += gates[..., gate_index : gate_index + 1].double() * o.double()
+        compressed_fwd(q, k_cmp, v_cmp, case.cfg, scale, out=out, gates=gates, gate_index=gate_index,
+                       accumulate=gate_index > 0)
+    assert _rel(out, expected) < 1e-5
+
+
+def test_gated_accumulate_tuner_restores_out():
+    """On the GPU the tuner times several configs: an accumulating launch must get O restored."""
+    assert compressed._cmp_fwd_tuned_accumulate.restore_value == ["O"]
+    assert "O" in compressed._cmp_fwd_kernel.arg_names
+    assert not compressed._cmp_fwd_tuned.restore_value  # the default path keeps no copy of O
+
+
+def _gated_args() -> dict:
+    return {"out": torch.zeros(1, 64, 2, 16), "gates": torch.rand(1, 64, 2, 3)}
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        pytest.param({"out": torch.zeros(1, 64, 2, 16)}, "gates is required", id="out-without-gates"),
+        pytest.param({"gates": torch.rand(1, 64, 2, 3)}, "gates given without out", id="gates-without-out"),
+        pytest.param({"accumulate": True}, "accumulate=True needs out", id="accumulate-without-out"),
+        pytest.param({**_gated_args(), "gate_index": 3}, "gate_index=3", id="gate-index-3"),
+        pytest.param({**_gated_args(), "gate_index": -1}, "gate_index=-1", id="gate-index-negative"),
+        pytest.param({**_gated_args(), "gate_index": True}, "gate_index=True", id="gate-index-bool"),
+        pytest.param({**_gated_args(), "accumulate": 1}, "accumulate=1", id="accumulate-int"),
+        pytest.param({**_gated_args(), "out": torch.zeros(1, 64, 2, 32)}, r"out shape \(1, 64, 2, 32\)",
+                     id="out-shape"),
+        pytest.param({**_gated_args(), "gates": torch.rand(1, 64, 2, 2)}, r"gates shape \(1, 64, 2, 2\)",
+                     id="gates-shape"),
+        pytest.param({**_gated_args(), "out": torch.zeros(1, 64, 2, 16, dtype=torch.float64)}, "out dtype",
+                     id="out-dtype"),
+        pytest.param({**_gated_args(), "gates": torch.ones(1, 64, 2, 3, dtype=torch.int32)}, "gates dtype",
+                     id="gates-dtype"),
+        pytest.param({**_gated_args(), "out": torch.zeros(1, 2, 64, 16).transpose(1, 2)}, "out must be contiguous",
+                     id="out-strided"),
+        pytest.param({**_gated_args(), "gates": torch.rand(1, 64, 3, 2).transpose(2, 3)},
+                     "gates must be contiguous", id="gates-strided"),
+        pytest.param({**_gated_args(), "out": torch.zeros(1, 64, 2, 16, device="meta")}, "out is on meta",
+                     id="out-device"),
+        pytest.param({**_gated_args(), "gates": [[0.5]]}, "gates must be a tensor", id="gates-not-tensor"),
+    ],
+)
+def test_gated_bad_arguments_raise_value_error(kwargs, message):
+    case = Case(1, 64, 1, 2, 16, 16, CFG_A)
+    q, k_cmp, v_cmp = _attention_inputs(case, torch.float32, seed=1)
+    with pytest.raises(ValueError, match=message):
+        compressed_fwd(q, k_cmp, v_cmp, case.cfg, 0.25, **kwargs)
 
 
 # ------------------------------------------------------------------ section 3: selection
