@@ -98,8 +98,29 @@ def nsa_attention(
         k_cmp, v_cmp = compress_kv(k, v, cfg)
     if block_idx is not None:
         block_idx = block_idx.to(torch.int32).contiguous()
-    return _NSA.apply(q, k, v, gates, k_cmp.contiguous(), v_cmp.contiguous(), block_idx, cfg,
-                      _scale(scale, q.shape[-1]))
+    k_cmp, v_cmp, sc = k_cmp.contiguous(), v_cmp.contiguous(), _scale(scale, q.shape[-1])
+    if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v, gates, k_cmp, v_cmp)):
+        return _NSA.apply(q, k, v, gates, k_cmp, v_cmp, block_idx, cfg, sc)
+    return _forward_gated_in_place(q, k, v, gates, k_cmp, v_cmp, block_idx, cfg, sc)
+
+
+def _forward_gated_in_place(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, gates: torch.Tensor, k_cmp: torch.Tensor,
+    v_cmp: torch.Tensor, block_idx: torch.Tensor | None, cfg: NSAConfig, scale: float,
+) -> torch.Tensor:
+    """Inference forward: each branch kernel adds its gated output straight into `o`.
+
+    Nothing is saved for a backward, so the three [B,T,Hq,Dv] branch outputs are never materialised:
+    beyond inputs and output the forward holds only k_cmp/v_cmp, block_idx and three lse vectors.
+    """
+    out = torch.empty(*q.shape[:3], v.shape[-1], dtype=q.dtype, device=q.device)
+    _, lse_cmp = compressed.compressed_fwd(q, k_cmp, v_cmp, cfg, scale, out=out, gates=gates, gate_index=0)
+    if block_idx is None:
+        block_idx = compressed.select_blocks(q, k_cmp, cfg, scale, lse=lse_cmp)
+    selected.selected_fwd(q, k, v, block_idx, cfg.block_slc, scale, out=out, gates=gates, gate_index=1,
+                          accumulate=True)
+    flash.attention_fwd(q, k, v, scale, window=cfg.window, out=out, gates=gates, gate_index=2, accumulate=True)
+    return out
 
 
 def _forward_parts(

@@ -27,6 +27,7 @@ __all__ = ["selected_fwd", "selected_bwd", "invert_selection"]
 
 _LOG2E = 1.4426950408889634  # kernels work in the exp2 domain; the literals there are log2(e) and ln(2)
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+_NUM_GATES = 3  # gates [B, T, Hq, 3]: one per NSA branch (cmp, slc, win)
 
 
 # ---------------------------------------------------------------- autotune configs
@@ -224,18 +225,31 @@ def _load_lse2_delta(lse_ptr, delta_ptr, row, row_ok):
 
 
 # ---------------------------------------------------------------- forward
-@triton.autotune(
-    configs=_fwd_configs(),
-    key=["G_PAD", "DK_PAD", "DV_PAD", "BLOCK_SLC"],
-    prune_configs_by={"early_config_prune": _prune_fwd},
-)
+@triton.jit
+def _gated_epilogue(o, o_ptr, gate_ptr, row, head_ok, dv_offs, dv_ok, DV, NUM_GATES: tl.constexpr,
+                    ACCUMULATE: tl.constexpr):
+    """gates[row, branch] * o in fp32, plus what o_ptr's rows already hold when ACCUMULATE.
+    `gate_ptr` points at the branch's column of the contiguous [rows, NUM_GATES] gates."""
+    gate = tl.load(gate_ptr + row * NUM_GATES, mask=head_ok, other=0.0).to(tl.float32)
+    o = o * gate[:, None]
+    if ACCUMULATE:
+        o += _load_cols(o_ptr, row, head_ok, dv_offs, dv_ok, DV, True)
+    return o
+
+
 @triton.jit
 def _selected_fwd_kernel(
-    q_ptr, k_ptr, v_ptr, idx_ptr, o_ptr, lse_ptr,
+    q_ptr, k_ptr, v_ptr, idx_ptr, o_ptr, lse_ptr, gate_ptr,
     T, HQ, HKV, G, DK, DV, qk_scale_log2,
     N_SLOTS: tl.constexpr, G_PAD: tl.constexpr, DK_PAD: tl.constexpr, DV_PAD: tl.constexpr,
-    BLOCK_SLC: tl.constexpr, N_PAD: tl.constexpr, UPCAST: tl.constexpr, BLOCK_K: tl.constexpr,
+    BLOCK_SLC: tl.constexpr, N_PAD: tl.constexpr, UPCAST: tl.constexpr,
+    GATED: tl.constexpr, ACCUMULATE: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
+    """One (query position, KV group, batch): the group's G heads over their selected blocks.
+
+    GATED: o_ptr is the final NSA output and gets gates[row, branch] * o (added to its contents when
+    ACCUMULATE); gate_ptr then points at the branch's gate column. Ungated, gate_ptr is never read.
+    """
     t, g, b, row, head_ok = _group_program(T, HQ, G, G_PAD)
     dk_offs, dk_ok, dv_offs, dv_ok = _head_cols(DK, DV, DK_PAD, DV_PAD)
     q = _load_cols(q_ptr, row, head_ok, dk_offs, dk_ok, DK, UPCAST)  # the G query heads of group g at t, once
@@ -278,8 +292,22 @@ def _selected_fwd_kernel(
     has_key = l_i > 0.0
     o = acc / tl.where(has_key, l_i, 1.0)[:, None]
     lse = tl.where(has_key, (m_i + tl.log2(tl.where(has_key, l_i, 1.0))) * 0.6931471805599453, float("-inf"))
+    if GATED:
+        o = _gated_epilogue(o, o_ptr, gate_ptr, row, head_ok, dv_offs, dv_ok, DV, 3, ACCUMULATE)  # 3: _NUM_GATES
     _store_rows(o_ptr, row, head_ok, o, DV, DV_PAD)
     tl.store(lse_ptr + row, lse, mask=head_ok)
+
+
+_FWD_KEY = ["G_PAD", "DK_PAD", "DV_PAD", "BLOCK_SLC"]
+_selected_fwd_tuned = triton.autotune(
+    configs=_fwd_configs(), key=_FWD_KEY, prune_configs_by={"early_config_prune": _prune_fwd},
+)(_selected_fwd_kernel)
+# Accumulating launches read o: their tuner restores it around each timed run, so tuning does not
+# add into it repeatedly (that costs a copy of o per new key, which the default tuner avoids).
+_selected_fwd_accumulate_tuned = triton.autotune(
+    configs=_fwd_configs(), key=_FWD_KEY, prune_configs_by={"early_config_prune": _prune_fwd},
+    restore_value=["o_ptr"],
+)(_selected_fwd_kernel)
 
 
 # ---------------------------------------------------------------- backward: delta = rowsum(o * do)
@@ -519,6 +547,33 @@ def _validate(
     return group
 
 
+def _check_gated(q: torch.Tensor, v: torch.Tensor, out: torch.Tensor | None, gates: torch.Tensor | None,
+                 gate_index: int, accumulate: bool) -> None:
+    """Arguments of selected_fwd's fused gated epilogue; all None/defaults means no epilogue."""
+    if isinstance(gate_index, bool) or not isinstance(gate_index, int) or not 0 <= gate_index < _NUM_GATES:
+        raise ValueError(f"gate_index={gate_index!r} must be an int in 0..{_NUM_GATES - 1}")
+    if not isinstance(accumulate, bool):
+        raise ValueError(f"accumulate={accumulate!r} must be a bool")
+    if out is None:
+        if gates is not None:
+            raise ValueError("gates given without out: the gated epilogue needs both")
+        if accumulate:
+            raise ValueError("accumulate=True needs out (the tensor to accumulate into)")
+        return
+    if gates is None:
+        raise ValueError("gates is required when out is given")
+    out_shape = (*q.shape[:3], v.shape[-1])
+    for name, x, shape in (("out", out, out_shape), ("gates", gates, (*q.shape[:3], _NUM_GATES))):
+        if tuple(x.shape) != shape:
+            raise ValueError(f"{name} shape {tuple(x.shape)} must be {shape}")
+        if x.dtype not in _DTYPES:
+            raise ValueError(f"{name}.dtype={x.dtype} unsupported (use one of {_DTYPES})")
+        if x.device != q.device:
+            raise ValueError(f"{name} is on {x.device}, q on {q.device}")
+        if not x.is_contiguous():
+            raise ValueError(f"{name} must be contiguous (strides {x.stride()})")
+
+
 def _launch_dims(q: torch.Tensor, v: torch.Tensor, group: int, block_slc: int, n: int) -> dict:
     """Constexpr tile sizes: heads padded to >= 16 rows (tl.dot), head dims to powers of two."""
     return dict(
@@ -532,25 +587,37 @@ def _launch_dims(q: torch.Tensor, v: torch.Tensor, group: int, block_slc: int, n
 
 
 def selected_fwd(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_idx: torch.Tensor, block_slc: int, scale: float
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_idx: torch.Tensor, block_slc: int, scale: float,
+    *, out: torch.Tensor | None = None, gates: torch.Tensor | None = None, gate_index: int = 0,
+    accumulate: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Selected attention forward: (o [B,T,Hq,Dv] in q.dtype, lse [B,T,Hq] fp32, natural log).
 
     A row with no usable key gets o = 0 and lse = -inf (the log of an empty sum).
+
+    Fused gated epilogue (no-grad NSA forward, so the branch output is never materialised): with
+    `out` [B,T,Hq,Dv] and `gates` [B,T,Hq,3] (contiguous, fp16/bf16/fp32) the kernel writes
+    out = (out if accumulate else 0) + gates[..., gate_index] * o, in fp32 then out's dtype, and
+    returns (out, lse). Each element of out is written by one program, so there is no race.
     """
     group = _validate(q, k, v, block_idx, block_slc, scale)
+    _check_gated(q, v, out, gates, gate_index, accumulate)
     q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
     idx = block_idx.to(torch.int32).contiguous()
     b, t, hq, dk = q.shape
     hkv, dv, n = k.shape[2], v.shape[-1], idx.shape[-1]
-    o = torch.empty(b, t, hq, dv, dtype=q.dtype, device=q.device)
+    gated = out is not None
+    o = out if gated else torch.empty(b, t, hq, dv, dtype=q.dtype, device=q.device)
     lse = torch.empty(b, t, hq, dtype=torch.float32, device=q.device)
     if o.numel() == 0:
         return o, lse
-    _launcher(_selected_fwd_kernel, (t, hkv, b), {"BLOCK_K": min(block_slc, 64)})(
-        q, k, v, idx, o, lse,
+    # Ungated launches get lse as a never-read stand-in for the gate column (GATED=False drops it).
+    gate_column = gates[..., gate_index] if gated else lse
+    kernel = _selected_fwd_accumulate_tuned if gated and accumulate else _selected_fwd_tuned
+    _launcher(kernel, (t, hkv, b), {"BLOCK_K": min(block_slc, 64)})(
+        q, k, v, idx, o, lse, gate_column,
         t, hq, hkv, group, dk, dv, float(scale) * _LOG2E,
-        N_SLOTS=n, **_launch_dims(q, v, group, block_slc, n),
+        N_SLOTS=n, **_launch_dims(q, v, group, block_slc, n), GATED=gated, ACCUMULATE=gated and accumulate,
     )
     return o, lse
 

@@ -330,7 +330,8 @@ def _qkv(case: Case, grad: bool = False) -> tuple[Any, Any, Any]:
 
 
 def _run_nsa_attention(case: Case) -> None:
-    """Forward and backward through autograd: compression, all three branches, the gated sum."""
+    """Forward and backward through autograd (all three branches, the gated sum), then the in-place
+    inference forward (the branch kernels' gated-accumulate epilogues)."""
     import torch
 
     from kernels import nsa
@@ -339,6 +340,8 @@ def _run_nsa_attention(case: Case) -> None:
     gates = _meta(*q.shape[:3], 3, dtype=q.dtype, grad=True)
     out = nsa.nsa_attention(q, k, v, gates, case.cfg)
     out.backward(torch.empty_like(out))
+    with torch.no_grad():  # the inference forward: each branch kernel adds its gated output in place
+        nsa.nsa_attention(q.detach(), k.detach(), v.detach(), gates.detach(), case.cfg)
 
 
 def _run_select_blocks(case: Case) -> None:

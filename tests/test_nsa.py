@@ -72,6 +72,20 @@ def test_compressed_kv_passed_in_gets_gradients():
     assert rel(kc32.grad, kc64.grad) < 1e-3 and rel(vc32.grad, vc64.grad) < 1e-3
 
 
+def test_inference_forward_adds_gated_branches_in_place(monkeypatch):
+    q, k, v, gates, _ = (x.float() for x in make(9, 2, 90, 2, 2, 32, 16))
+    leaves = [x.clone().requires_grad_(True) for x in (q, k, v, gates)]
+    with_grad = kernels.nsa_attention(*leaves, SMALL).detach()
+
+    def no_separate_gated_sum(*args):
+        raise AssertionError("the inference forward must not materialise the branch outputs")
+
+    monkeypatch.setattr(nsa_kernels, "gated_sum_fwd", no_separate_gated_sum)
+    with torch.no_grad():
+        in_place = kernels.nsa_attention(q, k, v, gates, SMALL)
+    assert rel(in_place, with_grad) < 1e-5
+
+
 def test_stage_callables_run():
     q, k, v, gates, do = (x.float() for x in make(7, 1, 70, 1, 2, 16, 16))
     fwd = nsa_kernels.forward_stages(q, k, v, gates, SMALL)

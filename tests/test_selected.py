@@ -287,6 +287,92 @@ def test_backward_rejects_mismatched_lse() -> None:
         selected_bwd(q, k, v, o, lse[:, :4], torch.ones_like(o), idx, 32, 0.25)
 
 
+# ---------------------------------------------------------------- fused gated epilogue
+GATED_CASES = [
+    # T not a multiple of the tile, G = 1, Dk != Dv, rows with no usable key
+    Case(batch=1, seqlen=45, kv_heads=2, group=1, dk=32, dv=16, block_slc=32, n_slc=2),
+    Case(batch=2, seqlen=37, kv_heads=1, group=3, dk=16, dv=48, block_slc=32, n_slc=3),
+]
+
+
+def _gates(case: Case, dtype: torch.dtype, seed: int) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    return torch.rand(case.batch, case.seqlen, case.kv_heads * case.group, 3, generator=gen).to(dtype)
+
+
+@pytest.mark.parametrize("case", GATED_CASES, ids=lambda c: f"T{c.seqlen}-G{c.group}-D{c.dk}x{c.dv}")
+@pytest.mark.parametrize("accumulate", [False, True], ids=["store", "accumulate"])
+def test_gated_epilogue_matches_unfused(case: Case, accumulate: bool) -> None:
+    """out = (out if accumulate else 0) + gates[..., i] * o, o from the unfused path; lse unchanged."""
+    q, k, v = _inputs(case, torch.float32, seed=81)
+    block_idx = _random_selection(case, seed=82, empty_rows=True)
+    scale = case.dk**-0.5
+    o, lse = selected_fwd(q, k, v, block_idx, case.block_slc, scale)
+    assert (o.abs().amax(dim=-1) == 0).any(), "some rows should have no usable key"
+    gates = _gates(case, torch.float32, seed=83)
+    for gate_index in (1, 2):
+        start = torch.randn(o.shape, generator=torch.Generator().manual_seed(84 + gate_index))
+        out = start.clone() if accumulate else torch.full_like(o, float("nan"))  # NaN: must be overwritten
+        got, got_lse = selected_fwd(q, k, v, block_idx, case.block_slc, scale, out=out, gates=gates,
+                                    gate_index=gate_index, accumulate=accumulate)
+        want = gates[..., gate_index : gate_index + 1] * o + (start if accumulate else 0)
+        assert got is out
+        assert _rel(got, want) < 1e-5, gate_index
+        torch.testing.assert_close(got_lse, lse, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize(
+    "in_dtype, out_dtype", [(torch.float32, torch.float16), (torch.float16, torch.float32)],
+    ids=["fp32-in-fp16-out", "fp16-in-fp32-out"],
+)
+def test_gated_epilogue_mixed_dtypes(in_dtype: torch.dtype, out_dtype: torch.dtype) -> None:
+    """The epilogue computes in fp32 and stores in out's dtype, whatever q's dtype."""
+    case = GATED_CASES[1]
+    q, k, v = _inputs(case, in_dtype, seed=91)
+    block_idx = _random_selection(case, seed=92)
+    scale = case.dk**-0.5
+    o, _ = selected_fwd(q, k, v, block_idx, case.block_slc, scale)
+    gates = _gates(case, out_dtype, seed=93)
+    start = torch.randn(o.shape, generator=torch.Generator().manual_seed(94)).to(out_dtype)
+    out = start.clone()
+    got, _ = selected_fwd(q, k, v, block_idx, case.block_slc, scale, out=out, gates=gates, gate_index=0,
+                          accumulate=True)
+    want = gates[..., 0:1].double() * o.double() + start.double()
+    assert got.dtype == out_dtype
+    # fp16 rounding (of out, or of the unfused o, which the fused path never rounds) bounds the match
+    assert _rel(got, want) < 1e-3
+
+
+def _gated_kwargs(out_shape=(1, 8, 2, 16), gates_shape=(1, 8, 2, 3), **overrides) -> dict:
+    kwargs = {"out": torch.zeros(out_shape), "gates": torch.ones(gates_shape), "gate_index": 0, "accumulate": False}
+    return {**kwargs, **overrides}
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"gates": torch.ones(1, 8, 2, 3)}, "gates given without out"),
+        ({"accumulate": True}, "accumulate=True needs out"),
+        ({"out": torch.zeros(1, 8, 2, 16)}, "gates is required"),
+        (_gated_kwargs(gate_index=3), "gate_index=3"),
+        (_gated_kwargs(gate_index=-1), "gate_index=-1"),
+        (_gated_kwargs(gate_index=True), "gate_index=True"),
+        (_gated_kwargs(accumulate=1), "accumulate=1"),
+        (_gated_kwargs(out_shape=(1, 8, 2, 32)), "out shape (1, 8, 2, 32)"),
+        (_gated_kwargs(gates_shape=(1, 8, 2, 2)), "gates shape (1, 8, 2, 2)"),
+        ({**_gated_kwargs(), "out": torch.zeros(1, 8, 2, 16, dtype=torch.float64)}, "out.dtype=torch.float64"),
+        ({**_gated_kwargs(), "gates": torch.ones(1, 8, 2, 3, dtype=torch.int32)}, "gates.dtype=torch.int32"),
+        ({**_gated_kwargs(), "out": torch.zeros(1, 8, 16, 2).transpose(2, 3)}, "out must be contiguous"),
+        ({**_gated_kwargs(), "gates": torch.ones(1, 8, 3, 2).transpose(2, 3)}, "gates must be contiguous"),
+        ({**_gated_kwargs(), "out": torch.zeros(1, 8, 2, 16, device="meta")}, "out is on meta"),
+    ],
+)
+def test_gated_bad_input_raises_value_error(kwargs: dict, match: str) -> None:
+    q, k, v, idx = _valid_args()
+    with pytest.raises(ValueError, match=match.replace(".", r"\.").replace("(", r"\(").replace(")", r"\)")):
+        selected_fwd(q, k, v, idx, 32, 0.25, **kwargs)
+
+
 # Records the wrappers' real launches on meta tensors and compiles them for sm_90 with Triton's
 # bundled ptxas (tests/gpu_compile.py), no GPU needed: catches what the interpreter lets through
 # (non-power-of-two tiles, operand dtypes, host/kernel argument mismatches). To keep the test
@@ -311,6 +397,8 @@ for b, t, hkv, g, dk, dv, dt, slc, n in shapes:
 
     def host():
         S.selected_fwd(q, k, v, idx, slc, dk ** -0.5)
+        S.selected_fwd(q, k, v, idx, slc, dk ** -0.5, out=o, gates=meta(b, t, hkv * g, 3), gate_index=1,
+                       accumulate=True)
         for deterministic in (True, False):
             S.selected_bwd(q, k, v, o, lse, do, idx, slc, dk ** -0.5, deterministic=deterministic)
 
