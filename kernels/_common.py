@@ -53,3 +53,35 @@ def check_heads(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> int:
         if not MIN_HEAD_DIM <= dim <= MAX_HEAD_DIM:
             raise ValueError(f"{name}={dim} unsupported by the Triton kernels ({MIN_HEAD_DIM}..{MAX_HEAD_DIM})")
     return group
+
+
+GATE_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+
+
+def check_gated(q: torch.Tensor, out_shape: tuple[int, ...], out: torch.Tensor | None, gates: torch.Tensor | None,
+                gate_index: int, accumulate: bool) -> bool:
+    """Arguments of a branch forward's fused gated epilogue (out += gates[..., i] * o); True when it is on."""
+    if isinstance(gate_index, bool) or not isinstance(gate_index, int) or not 0 <= gate_index <= 2:
+        raise ValueError(f"gate_index={gate_index!r} must be an int in 0..2")
+    if not isinstance(accumulate, bool):
+        raise ValueError(f"accumulate={accumulate!r} must be a bool")
+    if out is None:
+        if gates is not None:
+            raise ValueError("gates given without out: the gated epilogue needs both")
+        if accumulate:
+            raise ValueError("accumulate=True needs out (the tensor to accumulate into)")
+        return False
+    if gates is None:
+        raise ValueError("gates is required when out is given")
+    for name, x, shape in (("out", out, tuple(out_shape)), ("gates", gates, (*out_shape[:3], 3))):
+        if not isinstance(x, torch.Tensor):
+            raise ValueError(f"{name} must be a tensor, got {type(x).__name__}")
+        if tuple(x.shape) != shape:
+            raise ValueError(f"{name} shape {tuple(x.shape)} must be {shape}")
+        if x.dtype not in GATE_DTYPES:
+            raise ValueError(f"{name} dtype={x.dtype} unsupported (float16, bfloat16 or float32)")
+        if x.device != q.device:
+            raise ValueError(f"{name} is on {x.device}, q on {q.device}")
+        if not x.is_contiguous():
+            raise ValueError(f"{name} must be contiguous (strides {x.stride()})")
+    return True

@@ -18,7 +18,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels._common import check_heads, check_kernel_config, interpreting, next_pow2
+from kernels._common import check_gated, check_heads, check_kernel_config, interpreting, next_pow2
 from nsa_bench.config import NSAConfig
 
 __all__ = ["compress_fwd", "compress_bwd", "compressed_fwd", "compressed_bwd", "select_blocks"]
@@ -486,36 +486,6 @@ def _launch_fwd(q: torch.Tensor, k_cmp: torch.Tensor, v_cmp: torch.Tensor, cfg: 
     return o, lse
 
 
-def _check_gated(q: torch.Tensor, out_shape: tuple[int, int, int, int], out: torch.Tensor | None,
-                 gates: torch.Tensor | None, gate_index: int, accumulate: bool) -> _Gated | None:
-    """Arguments of compressed_fwd's fused gated epilogue; None when it is off (out not given)."""
-    if isinstance(gate_index, bool) or not isinstance(gate_index, int) or not 0 <= gate_index <= 2:
-        raise ValueError(f"gate_index={gate_index!r} must be an int in 0..2")
-    if not isinstance(accumulate, bool):
-        raise ValueError(f"accumulate={accumulate!r} must be a bool")
-    if out is None:
-        if gates is not None:
-            raise ValueError("gates given without out: the gated epilogue needs both")
-        if accumulate:
-            raise ValueError("accumulate=True needs out (the tensor to accumulate into)")
-        return None
-    if gates is None:
-        raise ValueError("gates is required when out is given")
-    gates_shape = (*out_shape[:3], 3)
-    for name, x, shape in (("out", out, out_shape), ("gates", gates, gates_shape)):
-        if not isinstance(x, torch.Tensor):
-            raise ValueError(f"{name} must be a tensor, got {type(x).__name__}")
-        if tuple(x.shape) != shape:
-            raise ValueError(f"{name} shape {tuple(x.shape)} must be {shape}")
-        if x.dtype not in _DTYPES:
-            raise ValueError(f"{name} dtype {x.dtype} unsupported (float16, bfloat16 or float32)")
-        if x.device != q.device:
-            raise ValueError(f"{name} is on {x.device}, q on {q.device}")
-        if not x.is_contiguous():
-            raise ValueError(f"{name} must be contiguous (strides {x.stride()})")
-    return _Gated(out, gates, gate_index, accumulate)
-
-
 def compressed_fwd(
     q: torch.Tensor, k_cmp: torch.Tensor, v_cmp: torch.Tensor, cfg: NSAConfig, scale: float, *,
     out: torch.Tensor | None = None, gates: torch.Tensor | None = None, gate_index: int = 0,
@@ -530,7 +500,8 @@ def compressed_fwd(
     """
     group = _check_attention_inputs(q, k_cmp, v_cmp, cfg)
     scale = _check_scale(scale)
-    gated = _check_gated(q, (*q.shape[:3], v_cmp.shape[-1]), out, gates, gate_index, accumulate)
+    gated_on = check_gated(q, (*q.shape[:3], v_cmp.shape[-1]), out, gates, gate_index, accumulate)
+    gated = _Gated(out, gates, gate_index, accumulate) if gated_on else None
     q, k_cmp, v_cmp = q.contiguous(), k_cmp.contiguous(), v_cmp.contiguous()
     return _launch_fwd(q, k_cmp, v_cmp, cfg, group, scale, with_output=True, gated=gated)
 

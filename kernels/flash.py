@@ -17,7 +17,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels._common import check_heads, interpreting, next_pow2
+from kernels._common import check_gated, check_heads, interpreting, next_pow2
 
 __all__ = ["attention_fwd", "attention_bwd", "flash_attention", "flash_attention_decode"]
 
@@ -673,33 +673,6 @@ def _check_mode(scale: float, window: int | None, causal: bool) -> None:
             raise ValueError(f"window={window} requires causal=True (a sliding window looks only back)")
 
 
-def _check_gated(q: torch.Tensor, out_shape: tuple[int, int, int, int], out: torch.Tensor | None,
-                 gates: torch.Tensor | None, gate_index: int, accumulate: bool) -> None:
-    """Arguments of attention_fwd's fused gated epilogue; all None/defaults means no epilogue."""
-    if isinstance(gate_index, bool) or not isinstance(gate_index, int) or not 0 <= gate_index <= 2:
-        raise ValueError(f"gate_index={gate_index!r} must be an int in 0..2")
-    if not isinstance(accumulate, bool):
-        raise ValueError(f"accumulate={accumulate!r} must be a bool")
-    if out is None:
-        if gates is not None:
-            raise ValueError("gates given without out: the gated epilogue needs both")
-        if accumulate:
-            raise ValueError("accumulate=True needs out (the tensor to accumulate into)")
-        return
-    if gates is None:
-        raise ValueError("gates is required when out is given")
-    gates_shape = (*out_shape[:3], 3)
-    for name, t, shape in (("out", out, out_shape), ("gates", gates, gates_shape)):
-        if tuple(t.shape) != shape:
-            raise ValueError(f"{name} shape {tuple(t.shape)} must be {shape}")
-        if t.dtype not in _SUPPORTED_DTYPES:
-            raise ValueError(f"{name}.dtype={t.dtype} unsupported (use one of {_SUPPORTED_DTYPES})")
-        if t.device != q.device:
-            raise ValueError(f"{name} is on {t.device}, q on {q.device}")
-        if not t.is_contiguous():
-            raise ValueError(f"{name} must be contiguous (strides {t.stride()})")
-
-
 def _unit_last(x: torch.Tensor) -> torch.Tensor:
     """Kernels index the head dim with stride 1; any other stride is made contiguous once."""
     return x if x.stride(-1) == 1 else x.contiguous()
@@ -740,7 +713,7 @@ def attention_fwd(
     _check_mode(scale, window, causal)
     batch, seqlen, num_q_heads, dk = q.shape
     dv = v.shape[-1]
-    _check_gated(q, (batch, seqlen, num_q_heads, dv), out, gates, gate_index, accumulate)
+    check_gated(q, (batch, seqlen, num_q_heads, dv), out, gates, gate_index, accumulate)
     q, k, v = _unit_last(q), _unit_last(k), _unit_last(v)
     gated = out is not None
     o = out if gated else torch.empty(batch, seqlen, num_q_heads, dv, dtype=q.dtype, device=q.device)

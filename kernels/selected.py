@@ -21,7 +21,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels._common import MAX_N_SLC, SUPPORTED_BLOCK_SLC, check_heads, interpreting, next_pow2
+from kernels._common import MAX_N_SLC, SUPPORTED_BLOCK_SLC, check_gated, check_heads, interpreting, next_pow2
 
 __all__ = ["selected_fwd", "selected_bwd", "invert_selection"]
 
@@ -547,33 +547,6 @@ def _validate(
     return group
 
 
-def _check_gated(q: torch.Tensor, v: torch.Tensor, out: torch.Tensor | None, gates: torch.Tensor | None,
-                 gate_index: int, accumulate: bool) -> None:
-    """Arguments of selected_fwd's fused gated epilogue; all None/defaults means no epilogue."""
-    if isinstance(gate_index, bool) or not isinstance(gate_index, int) or not 0 <= gate_index < _NUM_GATES:
-        raise ValueError(f"gate_index={gate_index!r} must be an int in 0..{_NUM_GATES - 1}")
-    if not isinstance(accumulate, bool):
-        raise ValueError(f"accumulate={accumulate!r} must be a bool")
-    if out is None:
-        if gates is not None:
-            raise ValueError("gates given without out: the gated epilogue needs both")
-        if accumulate:
-            raise ValueError("accumulate=True needs out (the tensor to accumulate into)")
-        return
-    if gates is None:
-        raise ValueError("gates is required when out is given")
-    out_shape = (*q.shape[:3], v.shape[-1])
-    for name, x, shape in (("out", out, out_shape), ("gates", gates, (*q.shape[:3], _NUM_GATES))):
-        if tuple(x.shape) != shape:
-            raise ValueError(f"{name} shape {tuple(x.shape)} must be {shape}")
-        if x.dtype not in _DTYPES:
-            raise ValueError(f"{name}.dtype={x.dtype} unsupported (use one of {_DTYPES})")
-        if x.device != q.device:
-            raise ValueError(f"{name} is on {x.device}, q on {q.device}")
-        if not x.is_contiguous():
-            raise ValueError(f"{name} must be contiguous (strides {x.stride()})")
-
-
 def _launch_dims(q: torch.Tensor, v: torch.Tensor, group: int, block_slc: int, n: int) -> dict:
     """Constexpr tile sizes: heads padded to >= 16 rows (tl.dot), head dims to powers of two."""
     return dict(
@@ -601,7 +574,7 @@ def selected_fwd(
     returns (out, lse). Each element of out is written by one program, so there is no race.
     """
     group = _validate(q, k, v, block_idx, block_slc, scale)
-    _check_gated(q, v, out, gates, gate_index, accumulate)
+    check_gated(q, (*q.shape[:3], v.shape[-1]), out, gates, gate_index, accumulate)
     q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
     idx = block_idx.to(torch.int32).contiguous()
     b, t, hq, dk = q.shape
