@@ -11,8 +11,6 @@ from kernels.compressed import compress_bwd, compress_fwd, compressed_bwd, compr
 from nsa_bench import reference
 from nsa_bench.config import NSAConfig
 
-# Runtime range() bounds in the interpreter go through int() of a 1-element array: numpy < 2.4
-# (pinned in the test extra) only warns each time such a loop starts; the loops are the GPU ones.
 CFG_A = NSAConfig(block_cmp=32, stride_cmp=16, block_slc=64, n_slc=4, window=64)
 CFG_B = NSAConfig(block_cmp=16, stride_cmp=8, block_slc=32, n_slc=3, window=64)
 CFG_SPILL = NSAConfig(block_cmp=64, stride_cmp=8, block_slc=32, n_slc=4, window=64)  # l/d = 8 > l'/d = 4

@@ -20,8 +20,6 @@ import torch
 from kernels.flash import TileConfig, attention_bwd, attention_fwd, flash_attention, flash_attention_decode
 from nsa_bench import reference
 
-# Triton 3.6's interpreter turns its 1-element scalar handles into Python ints (runtime range() bounds):
-# numpy 2.3 warns on every such loop, numpy >= 2.4 refuses (hence the project's numpy<2.4 pin).
 FP32_TOL = 1e-4
 HALF_TOL = 1e-2
 

@@ -14,8 +14,6 @@ from kernels.selected import invert_selection, selected_bwd, selected_fwd
 from nsa_bench import reference
 from nsa_bench.config import NSAConfig
 
-# Runtime range() bounds in the interpreter go through int() of a 1-element array: numpy < 2.4
-# (pinned in the test extra) only warns each time such a loop starts; the loops are the GPU ones.
 
 @dataclass(frozen=True)
 class Case:
