@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 import pandas as pd
 
-from nsa_bench.schema import FIELDS, KEY_FIELDS, Row
+from nsa_bench.schema import FIELDS, KEY_FIELDS, STATUS_OK, Row
 
 CSV_NAME = "results.csv"
 ENV_NAME = "env.json"
@@ -73,16 +73,19 @@ def read_rows(path: Path) -> pd.DataFrame:
     return frame
 
 
-def done_keys(path: Path) -> set[tuple]:
-    """Key tuples of the total rows already in a CSV: what --resume skips."""
+def done_rows(path: Path) -> dict[tuple, float | None]:
+    """Key tuple -> time (measured median, else prediction) of every row already in a CSV: what
+    --resume skips, read once, with the baseline times resumed points need for their speedup."""
     if not path.exists() or path.stat().st_size == 0:
-        return set()
+        return {}
     frame = read_rows(path)
-    return {tuple(str(v) for v in rec) for rec in frame[list(KEY_FIELDS)].itertuples(index=False)}
+    times = frame["ms_median"].where(frame["status"] == STATUS_OK, frame["predicted_ms"])
+    keys = frame[list(KEY_FIELDS)].astype(str).itertuples(index=False, name=None)
+    return {key: (None if value != value else float(value)) for key, value in zip(keys, times)}
 
 
 def row_key(row: Row) -> tuple:
-    """The key tuple of a row, as strings (comparable with `done_keys`)."""
+    """The key tuple of a row, as strings (comparable with `done_rows`)."""
     data = row.as_dict()
     return tuple(str(data[k]) for k in KEY_FIELDS)
 

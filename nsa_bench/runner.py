@@ -20,7 +20,7 @@ from nsa_bench.gpus import GPUSpec
 from nsa_bench.inputs import make_inputs
 from nsa_bench.nvtx import annotate
 from nsa_bench.schema import (
-    KEY_FIELDS, STAGE_TOTAL, STATUS_CHECK_FAILED, STATUS_ERROR, STATUS_OK, STATUS_OOM, STATUS_PREDICTED,
+    STAGE_TOTAL, STATUS_CHECK_FAILED, STATUS_ERROR, STATUS_OK, STATUS_OOM, STATUS_PREDICTED,
     STATUS_UNSUPPORTED, Row,
 )
 from nsa_bench.spec import Point, SweepSpec
@@ -236,7 +236,7 @@ def run_sweep(
 ) -> Outcome:
     """Run every task of `spec`, appending rows to out_dir/results.csv (measure=None: predictions)."""
     csv_file = out_dir / results.CSV_NAME
-    done = results.done_keys(csv_file) if resume else set()
+    done = results.done_rows(csv_file) if resume else {}
     points, invalid = spec.points()
     backends = order_backends(spec.backends, spec.baseline)
     written = skipped = 0
@@ -253,7 +253,7 @@ def run_sweep(
             if key in done:
                 skipped += 1
                 if task.backend.name == spec.baseline:
-                    baseline_ms[task.point] = _resumed_baseline(csv_file, key)
+                    baseline_ms[task.point] = done[key]
                 continue
             ref_ms = None if task.backend.name == spec.baseline else baseline_ms.get(task.point)
             rows = rows_for(task, spec, gpu, measure, ref_ms)
@@ -270,13 +270,3 @@ def run_sweep(
         return Outcome(csv_file, written, skipped, interrupted=True)
     return Outcome(csv_file, written, skipped, interrupted=False)
 
-
-def _resumed_baseline(csv_file: Path, key: tuple) -> float | None:
-    """The baseline time of a point already in the CSV, so resumed rows still get a speedup."""
-    frame = results.read_rows(csv_file)
-    match = frame[(frame[list(KEY_FIELDS)].astype(str).apply(tuple, axis=1)) == key]
-    if match.empty:
-        return None
-    rec = match.iloc[-1]
-    value = rec["ms_median"] if rec["status"] == STATUS_OK else rec["predicted_ms"]
-    return None if value != value else float(value)
