@@ -1,6 +1,6 @@
 """Triton NSA and FlashAttention-2 kernels: the public API of NSA_SPEC.md plus the dense baseline.
 
-Names resolve lazily (PEP 562) so `import kernels` stays cheap and does not pull in Triton until a
+Names resolve lazily (PEP 562) so `import nsa_kernels` stays cheap and does not pull in Triton until a
 kernel is used; set TRITON_INTERPRET=1 before the first use to run on the CPU interpreter.
 """
 from __future__ import annotations
@@ -11,12 +11,12 @@ from typing import Any
 from nsa_bench.config import NSAConfig
 
 _EXPORTS = {
-    "compress_kv": "kernels.nsa",
-    "select_blocks": "kernels.nsa",
-    "nsa_attention": "kernels.nsa",
-    "nsa_decode": "kernels.decode",
-    "flash_attention": "kernels.flash",
-    "flash_attention_decode": "kernels.flash",
+    "compress_kv": "nsa_kernels.nsa",
+    "select_blocks": "nsa_kernels.nsa",
+    "nsa_attention": "nsa_kernels.nsa",
+    "nsa_decode": "nsa_kernels.decode",
+    "flash_attention": "nsa_kernels.flash",
+    "flash_attention_decode": "nsa_kernels.flash",
 }
 
 __all__ = ["NSAConfig", *_EXPORTS]
@@ -25,5 +25,5 @@ __all__ = ["NSAConfig", *_EXPORTS]
 def __getattr__(name: str) -> Any:
     module = _EXPORTS.get(name)
     if module is None:
-        raise AttributeError(f"module 'kernels' has no attribute {name!r}")
+        raise AttributeError(f"module 'nsa_kernels' has no attribute {name!r}")
     return getattr(importlib.import_module(module), name)

@@ -18,7 +18,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels._common import check_gated, check_heads, check_kernel_config, interpreting, next_pow2
+from ._common import check_gated, check_heads, check_kernel_config, interpreting, next_pow2
 from nsa_bench.config import NSAConfig
 
 __all__ = ["compress_fwd", "compress_bwd", "compressed_fwd", "compressed_bwd", "select_blocks"]

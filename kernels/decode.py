@@ -29,7 +29,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels._common import check_heads, check_kernel_config, interpreting, next_pow2
+from ._common import check_heads, check_kernel_config, interpreting, next_pow2
 from nsa_bench.config import NSAConfig
 
 __all__ = ["nsa_decode", "nsa_decode_with_selection", "compress_cache", "CompressedKVCache"]

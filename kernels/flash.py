@@ -17,7 +17,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels._common import check_gated, check_heads, interpreting, next_pow2
+from ._common import check_gated, check_heads, interpreting, next_pow2
 
 __all__ = ["attention_fwd", "attention_bwd", "flash_attention", "flash_attention_decode"]
 

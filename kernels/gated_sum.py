@@ -9,7 +9,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels._common import next_pow2
+from ._common import next_pow2
 
 _BLOCK_ROWS = 16
 

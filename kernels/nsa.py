@@ -11,9 +11,9 @@ from typing import Any, Callable
 
 import torch
 
-from kernels import compressed, flash, selected
-from kernels._common import check_heads, check_kernel_config
-from kernels.gated_sum import gated_sum_bwd, gated_sum_fwd
+from . import compressed, flash, selected
+from ._common import check_heads, check_kernel_config
+from .gated_sum import gated_sum_bwd, gated_sum_fwd
 from nsa_bench.config import NSAConfig
 
 __all__ = ["compress_kv", "select_blocks", "nsa_attention", "forward_stages", "backward_stages"]

@@ -21,7 +21,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels._common import MAX_N_SLC, SUPPORTED_BLOCK_SLC, check_gated, check_heads, interpreting, next_pow2
+from ._common import MAX_N_SLC, SUPPORTED_BLOCK_SLC, check_gated, check_heads, interpreting, next_pow2
 
 __all__ = ["selected_fwd", "selected_bwd", "invert_selection"]
 

@@ -18,7 +18,6 @@ from typing import Any, Callable
 
 from nsa_bench.gpus import GPUSpec, gpu_spec
 
-CALIBRATION_DIR = Path(__file__).resolve().parent.parent / "results" / "calibration"
 MATMUL_SIZES = (4096, 8192, 16384)
 COPY_MIN_BYTES = 1 << 30  # 1 GiB, and at least 16 x L2
 
@@ -68,8 +67,13 @@ def key_for(device_name: str) -> str:
         return sanitize(device_name)
 
 
+def calibration_dir() -> Path:
+    """./results/calibration of the current directory: measured ceilings never go inside the install."""
+    return Path.cwd() / "results" / "calibration"
+
+
 def path_for(key: str, directory: Path | None = None) -> Path:
-    return (directory or CALIBRATION_DIR) / f"{key}.json"
+    return (directory or calibration_dir()) / f"{key}.json"
 
 
 def save(calibration: Calibration, directory: Path | None = None) -> Path:

@@ -5,15 +5,17 @@ command line; adding a suite is adding one file. Precedence: SweepSpec defaults 
 """
 from __future__ import annotations
 
+import importlib.resources
 import tomllib
 from dataclasses import replace
+from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Callable, Mapping
 
 from nsa_bench.parse import parse_head_dims, parse_names, parse_sizes
 from nsa_bench.spec import DTYPES, MODES, SweepSpec
 
-SUITES_DIR = Path(__file__).resolve().parent.parent / "suites"
+SUITES_PACKAGE = "nsa_bench.suites_data"  # where a wheel puts the repo's suites/ (package data)
 
 
 class OptionError(ValueError):
@@ -64,15 +66,24 @@ OPTIONS: Mapping[str, tuple[str, Callable[[str], object]]] = {
 }
 
 
+def suites_dir() -> Traversable:
+    """The named suites: a wheel's package data, else the checkout's `suites/` folder (an editable
+    install cannot map a subpackage to a folder outside its parent, so it has no package data)."""
+    try:
+        return importlib.resources.files(SUITES_PACKAGE)
+    except ModuleNotFoundError:
+        return Path(__file__).resolve().parent.parent / "suites"
+
+
 def suite_names() -> tuple[str, ...]:
-    return tuple(sorted(p.stem for p in SUITES_DIR.glob("*.toml")))
+    return tuple(sorted(p.name[: -len(".toml")] for p in suites_dir().iterdir() if p.name.endswith(".toml")))
 
 
 def load_suite(name: str) -> dict[str, object]:
     """Read suites/NAME.toml (or a path to a .toml file) as flag -> value."""
-    path = Path(name)
-    if path.suffix != ".toml":
-        path = SUITES_DIR / f"{name}.toml"
+    path: Path | Traversable = Path(name)
+    if Path(name).suffix != ".toml":
+        path = suites_dir().joinpath(f"{name}.toml")
     if not path.is_file():
         raise OptionError("suite", name, f"no such suite (choose from {', '.join(suite_names())})")
     try:

@@ -20,7 +20,9 @@ from nsa_bench.runner import Outcome, Task, cuda_measure, run_sweep
 from nsa_bench.schema import STAGE_TOTAL, STATUS_OK, STATUS_PREDICTED
 from nsa_bench.spec import SweepSpec
 
-RESULTS_ROOT = Path(__file__).resolve().parent.parent / "results"
+def results_root() -> Path:
+    """Where runs go without --out: ./results of the current directory, never inside the install."""
+    return Path.cwd() / "results"
 
 
 class SweepError(ValueError):
@@ -33,7 +35,7 @@ class SweepError(ValueError):
 
 def default_out_dir(suite: str | None) -> Path:
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    return RESULTS_ROOT / f"{stamp}-{Path(suite).stem if suite else 'sweep'}"
+    return results_root() / f"{stamp}-{Path(suite).stem if suite else 'sweep'}"
 
 
 def prepare_out_dir(out: Path, resume: bool) -> Path:

@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-import cli
+from nsa_bench import cli
 
 
 def run_cli(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:

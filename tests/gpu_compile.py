@@ -90,7 +90,7 @@ class CompileResult:
     name: str
     config: str
     launch: int = 0  # index of the launch within its case: configs of one launch share it
-    module: str = ""  # the module defining the kernel, e.g. "kernels.flash"
+    module: str = ""  # the module defining the kernel, e.g. "nsa_kernels.flash"
     num_warps: int = 4
     error: str | None = None
     registers: int | None = None
@@ -334,7 +334,7 @@ def _run_nsa_attention(case: Case) -> None:
     inference forward (the branch kernels' gated-accumulate epilogues)."""
     import torch
 
-    from kernels import nsa
+    from nsa_kernels import nsa
 
     q, k, v = _qkv(case, grad=True)
     gates = _meta(*q.shape[:3], 3, dtype=q.dtype, grad=True)
@@ -345,7 +345,7 @@ def _run_nsa_attention(case: Case) -> None:
 
 
 def _run_select_blocks(case: Case) -> None:
-    from kernels import nsa
+    from nsa_kernels import nsa
 
     q, k, _ = _qkv(case)
     k_cmp = _meta(case.batch, case.cfg.num_cmp_blocks(case.seqlen), case.kv_heads, case.dk, dtype=q.dtype)
@@ -356,7 +356,7 @@ def _run_flash_attention(case: Case) -> None:
     """The dense causal fa2-triton baseline, forward and backward."""
     import torch
 
-    from kernels import flash
+    from nsa_kernels import flash
 
     q, k, v = _qkv(case, grad=True)
     out = flash.flash_attention(q, k, v, causal=True)
@@ -367,7 +367,7 @@ def _run_selected_bwd_atomic(case: Case) -> None:
     """The non-deterministic (atomic dk/dv) selected backward, which nsa_attention does not use."""
     import torch
 
-    from kernels import selected
+    from nsa_kernels import selected
 
     q, k, v = _qkv(case)
     b, t, hq = q.shape[:3]
@@ -389,7 +389,7 @@ def _decode_inputs(case: Case) -> tuple[Any, ...]:
 
 
 def _run_flash_attention_decode(case: Case) -> None:
-    from kernels import flash
+    from nsa_kernels import flash
 
     q, k, v, seqlens = _decode_inputs(case)
     flash.flash_attention_decode(q, k, v, seqlens)
@@ -397,7 +397,7 @@ def _run_flash_attention_decode(case: Case) -> None:
 
 def _run_nsa_decode(case: Case) -> None:
     """Decode that compresses the cache itself, plus a CompressedKVCache step (the HAS_OLD variant)."""
-    from kernels import decode
+    from nsa_kernels import decode
 
     q, k, v, seqlens = _decode_inputs(case)
     gates = _meta(*q.shape[:2], 3, dtype=q.dtype)
@@ -408,7 +408,7 @@ def _run_nsa_decode(case: Case) -> None:
 
 
 def _run_nsa_decode_cmp_cache(case: Case) -> None:
-    from kernels import decode
+    from nsa_kernels import decode
 
     q, k, v, seqlens = _decode_inputs(case)
     gates = _meta(*q.shape[:2], 3, dtype=q.dtype)
@@ -475,7 +475,7 @@ def _kernel_modules() -> list[ModuleType]:
     import importlib
 
     names = ("compressed", "decode", "flash", "gated_sum", "nsa", "selected")
-    return [importlib.import_module(f"kernels.{name}") for name in names] + [sys.modules[__name__]]
+    return [importlib.import_module(f"nsa_kernels.{name}") for name in names] + [sys.modules[__name__]]
 
 
 def run_case(case: Case, compiler: KernelCompiler) -> CaseReport:

@@ -21,7 +21,7 @@ def sample(name: str = "NVIDIA H100 80GB HBM3", flops: float = 700e12, bandwidth
 
 def test_calibrate_without_gpu_is_one_line_exit_1(monkeypatch, capsys, tmp_path):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    monkeypatch.setattr(calibrate, "CALIBRATION_DIR", tmp_path)
+    monkeypatch.setattr(calibrate, "calibration_dir", lambda: tmp_path)
     code, out, err = run_cli(monkeypatch, capsys, "env", "--calibrate")
     assert code == 1
     lines = err.strip().splitlines()
@@ -31,7 +31,7 @@ def test_calibrate_without_gpu_is_one_line_exit_1(monkeypatch, capsys, tmp_path)
 
 
 def test_calibrate_with_a_measurement_prints_and_stores(monkeypatch, capsys, tmp_path):
-    monkeypatch.setattr(calibrate, "CALIBRATION_DIR", tmp_path)
+    monkeypatch.setattr(calibrate, "calibration_dir", lambda: tmp_path)
     monkeypatch.setattr(calibrate, "calibrate", lambda reps=20: sample())
     code, out, err = run_cli(monkeypatch, capsys, "env", "--calibrate")
     assert code == 0, err

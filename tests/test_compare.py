@@ -63,7 +63,7 @@ def make_run(folder: Path, *, nsa_scale: dict[tuple[str, int], float] | None = N
 
 
 def invoke(*args: str):
-    import cli
+    from nsa_bench import cli
 
     return CliRunner().invoke(cli.cli, ["compare", *args])
 

@@ -6,8 +6,8 @@ from dataclasses import dataclass
 import pytest
 import torch
 
-from kernels import compressed
-from kernels.compressed import compress_bwd, compress_fwd, compressed_bwd, compressed_fwd, select_blocks
+from nsa_kernels import compressed
+from nsa_kernels.compressed import compress_bwd, compress_fwd, compressed_bwd, compressed_fwd, select_blocks
 from nsa_bench import reference
 from nsa_bench.config import NSAConfig
 

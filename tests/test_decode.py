@@ -1,4 +1,4 @@
-"""kernels.decode vs the float64 reference (CPU interpreter; small shapes).
+"""nsa_kernels.decode vs the float64 reference (CPU interpreter; small shapes).
 
 Selection and attention are checked separately (NSA_SPEC "Numerical agreement"): the decode
 returns the blocks it selected; we check that selection is *valid* against float64 scores (sizes,
@@ -13,7 +13,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from kernels.decode import CompressedKVCache, compress_cache, nsa_decode, nsa_decode_with_selection
+from nsa_kernels.decode import CompressedKVCache, compress_cache, nsa_decode, nsa_decode_with_selection
 from nsa_bench import reference
 from nsa_bench.config import NSAConfig
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from kernels.flash import TileConfig, attention_bwd, attention_fwd, flash_attention, flash_attention_decode
+from nsa_kernels.flash import TileConfig, attention_bwd, attention_fwd, flash_attention, flash_attention_decode
 from nsa_bench import reference
 
 FP32_TOL = 1e-4
@@ -118,7 +118,7 @@ def test_autotune_prune_splits_narrow_and_wide_heads():
     """Wide heads (padded Dk + Dv > 256) get only the configs built to fit their registers."""
     import triton
 
-    from kernels.flash import _Candidates
+    from nsa_kernels.flash import _Candidates
 
     narrow, wide = triton.Config({"BLOCK_M": 128, "BLOCK_N": 64}), triton.Config({"BLOCK_M": 64, "BLOCK_N": 16})
     candidates = _Candidates((narrow, wide), frozenset([wide]))
@@ -200,7 +200,7 @@ def test_strided_inputs():
 
 def test_int64_row_offsets(monkeypatch):
     """The int64 address path (planes past 2^31 elements) forced on at small T, fwd + bwd + decode."""
-    from kernels import flash
+    from nsa_kernels import flash
 
     monkeypatch.setattr(flash, "_needs_row64", lambda *args: True)
     q, k, v, do = _qkv(1, 40, 4, 2, 16, 32, seed=10)
@@ -480,7 +480,7 @@ _SM90_BUILD = textwrap.dedent(
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    import kernels.flash as f
+    import nsa_kernels.flash as f
 
     POINTERS_IN = {"q", "k", "v", "o", "do", "dq", "dk", "dv", "out"}
     POINTERS_F32 = {"lse", "delta", "o_part", "lse_part", "gates"}

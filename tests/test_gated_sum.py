@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from kernels.gated_sum import gated_sum_bwd, gated_sum_fwd
+from nsa_kernels.gated_sum import gated_sum_bwd, gated_sum_fwd
 
 
 @pytest.mark.parametrize("shape", [(2, 37, 3, 16), (1, 5, 2, 24)])

@@ -1,11 +1,11 @@
-"""The public Triton NSA API (kernels) vs the float64 reference, forward and gradients, one shared selection."""
+"""The public Triton NSA API (nsa_kernels) vs the float64 reference, forward and gradients, one shared selection."""
 from __future__ import annotations
 
 import pytest
 import torch
 
-import kernels
-from kernels import nsa as nsa_kernels
+import nsa_kernels
+from nsa_kernels import nsa as nsa_module
 from nsa_bench import reference as R
 from nsa_bench.config import NSAConfig
 
@@ -44,7 +44,7 @@ def test_forward_and_gradients_fp32(b, t, hkv, g, dk, dv):
     want = R.nsa_attention(*leaves64, SMALL, block_idx=idx)
     want.backward(do)
     leaves32 = [x.float().requires_grad_(True) for x in (q, k, v, gates)]
-    got = kernels.nsa_attention(*leaves32, SMALL, block_idx=idx)
+    got = nsa_kernels.nsa_attention(*leaves32, SMALL, block_idx=idx)
     assert got.dtype == torch.float32 and got.shape == want.shape
     assert rel(got, want) < 1e-4
     got.backward(do.float())
@@ -54,8 +54,8 @@ def test_forward_and_gradients_fp32(b, t, hkv, g, dk, dv):
 
 def test_fp16_and_own_selection():
     q, k, v, gates, _ = make(5, 1, 96, 2, 2, 32, 32)
-    got = kernels.nsa_attention(*(x.half() for x in (q, k, v, gates)), SMALL)
-    idx = kernels.select_blocks(q.half(), kernels.compress_kv(k.half(), v.half(), SMALL)[0], SMALL)
+    got = nsa_kernels.nsa_attention(*(x.half() for x in (q, k, v, gates)), SMALL)
+    idx = nsa_kernels.select_blocks(q.half(), nsa_kernels.compress_kv(k.half(), v.half(), SMALL)[0], SMALL)
     want = R.nsa_attention(q, k, v, gates, SMALL, block_idx=idx)
     assert got.dtype == torch.float16
     assert rel(got, want) < 1e-2
@@ -67,7 +67,7 @@ def test_compressed_kv_passed_in_gets_gradients():
     kc64, vc64 = (x.clone().requires_grad_(True) for x in R.compress_kv(k, v, SMALL))
     R.nsa_attention(q, k, v, gates, SMALL, block_idx=idx, k_cmp=kc64, v_cmp=vc64).backward(do)
     kc32, vc32 = (x.detach().float().requires_grad_(True) for x in (kc64, vc64))
-    kernels.nsa_attention(q.float(), k.float(), v.float(), gates.float(), SMALL, block_idx=idx, k_cmp=kc32,
+    nsa_kernels.nsa_attention(q.float(), k.float(), v.float(), gates.float(), SMALL, block_idx=idx, k_cmp=kc32,
                           v_cmp=vc32).backward(do.float())
     assert rel(kc32.grad, kc64.grad) < 1e-3 and rel(vc32.grad, vc64.grad) < 1e-3
 
@@ -75,24 +75,24 @@ def test_compressed_kv_passed_in_gets_gradients():
 def test_inference_forward_adds_gated_branches_in_place(monkeypatch):
     q, k, v, gates, _ = (x.float() for x in make(9, 2, 90, 2, 2, 32, 16))
     leaves = [x.clone().requires_grad_(True) for x in (q, k, v, gates)]
-    with_grad = kernels.nsa_attention(*leaves, SMALL).detach()
+    with_grad = nsa_kernels.nsa_attention(*leaves, SMALL).detach()
 
     def no_separate_gated_sum(*args):
         raise AssertionError("the inference forward must not materialise the branch outputs")
 
-    monkeypatch.setattr(nsa_kernels, "gated_sum_fwd", no_separate_gated_sum)
+    monkeypatch.setattr(nsa_module, "gated_sum_fwd", no_separate_gated_sum)
     with torch.no_grad():
-        in_place = kernels.nsa_attention(q, k, v, gates, SMALL)
+        in_place = nsa_kernels.nsa_attention(q, k, v, gates, SMALL)
     assert rel(in_place, with_grad) < 1e-5
 
 
 def test_stage_callables_run():
     q, k, v, gates, do = (x.float() for x in make(7, 1, 70, 1, 2, 16, 16))
-    fwd = nsa_kernels.forward_stages(q, k, v, gates, SMALL)
+    fwd = nsa_module.forward_stages(q, k, v, gates, SMALL)
     assert list(fwd) == ["compress", "cmp_attn", "select", "slc_attn", "win_attn", "gated_sum"]
     out = fwd["gated_sum"]()
-    assert rel(out, kernels.nsa_attention(q, k, v, gates, SMALL)) < 1e-6
-    bwd = nsa_kernels.backward_stages(q, k, v, gates, do, SMALL)
+    assert rel(out, nsa_kernels.nsa_attention(q, k, v, gates, SMALL)) < 1e-6
+    bwd = nsa_module.backward_stages(q, k, v, gates, do, SMALL)
     assert set(bwd) == {"gated_sum", "cmp_attn", "compress", "slc_attn", "win_attn"}
     for stage in bwd.values():
         stage()
@@ -101,8 +101,8 @@ def test_stage_callables_run():
 def test_bad_inputs_raise_value_error():
     q, k, v, gates, _ = (x.float() for x in make(8, 1, 40, 1, 2, 16, 16))
     with pytest.raises(ValueError, match="block_slc"):
-        kernels.nsa_attention(q, k, v, gates, NSAConfig(block_cmp=16, stride_cmp=8, block_slc=48, n_slc=3))
+        nsa_kernels.nsa_attention(q, k, v, gates, NSAConfig(block_cmp=16, stride_cmp=8, block_slc=48, n_slc=3))
     with pytest.raises(ValueError, match="gates"):
-        kernels.nsa_attention(q, k, v, gates[..., :2], SMALL)
+        nsa_kernels.nsa_attention(q, k, v, gates[..., :2], SMALL)
     with pytest.raises(ValueError, match="k_cmp"):
-        kernels.nsa_attention(q, k, v, gates, SMALL, k_cmp=k[:, :3])
+        nsa_kernels.nsa_attention(q, k, v, gates, SMALL, k_cmp=k[:, :3])

@@ -18,7 +18,7 @@ PNG_URI = re.compile(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"')
 
 
 def invoke(*args: str):
-    import cli
+    from nsa_bench import cli
 
     return CliRunner().invoke(cli.cli, list(args))
 

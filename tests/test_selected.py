@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from kernels.selected import invert_selection, selected_bwd, selected_fwd
+from nsa_kernels.selected import invert_selection, selected_bwd, selected_fwd
 from nsa_bench import reference
 from nsa_bench.config import NSAConfig
 
@@ -211,7 +211,7 @@ def test_backward_is_deterministic() -> None:
 @pytest.mark.parametrize("deterministic", [True, False], ids=["partials", "atomics"])
 def test_backward_with_lists_split_into_segments(monkeypatch: pytest.MonkeyPatch, deterministic: bool) -> None:
     """16-query segments: block 0's 75-query list spans five, other lists one or two."""
-    import kernels.selected as selected_module
+    import nsa_kernels.selected as selected_module
 
     monkeypatch.setattr(selected_module, "_segment_len", lambda n_slc, block_slc: 16)
     case = Case(batch=1, seqlen=75, kv_heads=2, group=2, dk=48, dv=32, block_slc=32, n_slc=3)
@@ -378,7 +378,7 @@ def test_gated_bad_input_raises_value_error(kwargs: dict, match: str) -> None:
 _H100_COMPILE = r"""
 import torch
 import tests.gpu_compile as gc
-import kernels.selected as S
+import nsa_kernels.selected as S
 
 shapes = [  # B, T, Hkv, G, Dk, Dv, dtype, l', n
     (1, 65536, 4, 16, 192, 128, torch.bfloat16, 64, 16),  # the paper's setting

@@ -10,16 +10,16 @@ from nsa_bench.spec import Point
 
 
 def _build(point: Point, inputs: Inputs) -> Workload:
-    import kernels
+    import nsa_kernels
 
     if point.mode == "decode":
         def run() -> torch.Tensor:
-            return kernels.flash_attention_decode(inputs.q, inputs.k, inputs.v, inputs.cache_seqlens)
+            return nsa_kernels.flash_attention_decode(inputs.q, inputs.k, inputs.v, inputs.cache_seqlens)
 
         return Workload(run=run, impl="triton", result=lambda: (run(),))
 
     def forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, gates: torch.Tensor) -> torch.Tensor:
-        return kernels.flash_attention(q, k, v, causal=True)
+        return nsa_kernels.flash_attention(q, k, v, causal=True)
 
     return autograd_workload(inputs, forward, "triton", grad_gates=False)
 

@@ -17,21 +17,21 @@ STAGE_COSTS = {
 
 
 def _build(point: Point, inputs: Inputs) -> Workload:
-    import kernels
-    from kernels import nsa
+    import nsa_kernels
+    from nsa_kernels import nsa
 
     cfg = point.cfg
     if point.mode == "decode":
-        k_cmp, v_cmp = kernels.compress_kv(inputs.k, inputs.v, cfg)  # kept current by the cache in serving
+        k_cmp, v_cmp = nsa_kernels.compress_kv(inputs.k, inputs.v, cfg)  # kept current by the cache in serving
 
         def run() -> torch.Tensor:
-            return kernels.nsa_decode(inputs.q, inputs.k, inputs.v, inputs.gates, inputs.cache_seqlens, cfg,
+            return nsa_kernels.nsa_decode(inputs.q, inputs.k, inputs.v, inputs.gates, inputs.cache_seqlens, cfg,
                                       k_cmp_cache=k_cmp, v_cmp_cache=v_cmp)
 
         return Workload(run=run, impl="triton", result=lambda: (run(),))
 
     def forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, gates: torch.Tensor) -> torch.Tensor:
-        return kernels.nsa_attention(q, k, v, gates, cfg, block_idx=inputs.block_idx)
+        return nsa_kernels.nsa_attention(q, k, v, gates, cfg, block_idx=inputs.block_idx)
 
     if point.mode == "fwd":
         stages = nsa.forward_stages(inputs.q, inputs.k, inputs.v, inputs.gates, cfg, block_idx=inputs.block_idx)

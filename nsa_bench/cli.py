@@ -1,0 +1,256 @@
+"""`nsa-bench`: the command line. Thin on purpose: it parses flags and delegates to nsa_bench modules."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from nsa_bench import suites
+from nsa_bench.suites import OptionError
+
+_LIST = "comma list"
+
+
+def _bad(flag: str, message: str) -> click.BadParameter:
+    return click.BadParameter(message, param_hint=f"'--{flag}'")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.version_option(package_name="nsa-bench")
+def cli() -> None:
+    """Benchmark DeepSeek's Native Sparse Attention (Triton kernels) against FlashAttention-2.
+
+    \b
+    nsa-bench sweep --seqlen 8k..64k            the paper configuration, fwd/bwd/decode
+    nsa-bench sweep --suite smoke               a quick check
+    nsa-bench plot results/<run>                redraw a run's plots
+    nsa-bench compare BASE CURRENT              regression gate (exit 1 on a confirmed SLOWER)
+    nsa-bench report results/<run>              self-contained HTML + markdown report
+    nsa-bench profile --seqlen 64k              one point under Nsight Compute
+    nsa-bench env [--calibrate]                 GPU, versions, backends; measured ceilings
+    """
+
+
+@cli.command()
+@click.option("--suite", metavar="NAME", help=f"named sweep from suites/ ({', '.join(suites.suite_names())}) or a .toml path; flags override it")
+@click.option("--seqlen", metavar="SPEC", help="sequence lengths: 8k..64k (doubling), 8k,16k, 1k..8k:+1k  [default: 8k..64k]")
+@click.option("--batch", metavar="LIST", help=f"batch sizes, {_LIST}  [default: 1]")
+@click.option("--kv-heads", metavar="LIST", help=f"KV heads = GQA groups (paper g), {_LIST}  [default: 4]")
+@click.option("--group-size", metavar="LIST", help=f"query heads per KV head (paper h), {_LIST}  [default: 16]")
+@click.option("--head-dim", metavar="LIST", help="head dims qk-v, e.g. 192-128,128  [default: 192-128]")
+@click.option("--block-cmp", metavar="LIST", help="compression block l  [default: 32]")
+@click.option("--stride-cmp", metavar="LIST", help="compression stride d (divides l and l')  [default: 16]")
+@click.option("--block-slc", metavar="LIST", help="selection block l'  [default: 64]")
+@click.option("--n-slc", metavar="LIST", help="selected blocks n (>= 3)  [default: 16]")
+@click.option("--window", metavar="LIST", help="sliding window w  [default: 512]")
+@click.option("--mode", metavar="LIST", help="fwd, bwd, fwdbwd, decode  [default: fwd,bwd,decode]")
+@click.option("--backend", metavar="LIST", help="backends to run (see `nsa-bench env`)  [default: fa2,nsa-triton]")
+@click.option("--baseline", metavar="NAME", help="backend the speedup column is relative to  [default: fa2]")
+@click.option("--dtype", metavar="LIST", help="bfloat16, float16, float32  [default: bfloat16]")
+@click.option("--reps", metavar="N", help="timed repetitions per point  [default: 30]")
+@click.option("--warmup", metavar="N", help="untimed warm-up calls per point  [default: 5]")
+@click.option("--seed", metavar="N", help="seed of the random inputs  [default: 0]")
+@click.option("--gpu", metavar="NAME", help="GPU spec for predictions and roofline floors (h100, h200, a100, ...)  [default: the GPU present, else h100]")
+@click.option("--check-seqlen", metavar="N", help="length at which each backend is checked against the reference  [default: 1024]")
+@click.option("--cuda-graph", is_flag=True, default=None, help="time decode by CUDA-graph replay (no launch overhead)")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), help="run folder  [default: a new folder under results/]")
+@click.option("--resume", is_flag=True, help="skip points already in --out's results.csv")
+@click.option("--no-plots", is_flag=True, help="write the CSV only")
+@click.option("--quiet", is_flag=True, help="no progress bar")
+def sweep(suite: str | None, out: Path | None, resume: bool, no_plots: bool, quiet: bool, cuda_graph: bool | None,
+          **flags: str | None) -> None:
+    """Run a sweep: the product of the axes x modes x backends, one CSV row per point, then plots.
+
+    Without a CUDA GPU nothing is measured: rows carry the cost model's predictions for --gpu.
+    """
+    from nsa_bench import backends, sweep as sweep_mod
+
+    options = {name.replace("_", "-"): value for name, value in flags.items()}
+    try:
+        spec = suites.build_spec(suite, options)
+    except OptionError as exc:
+        raise _bad(exc.flag, str(exc).split(": ", 1)[1]) from None
+    if cuda_graph:
+        from dataclasses import replace
+
+        spec = replace(spec, cuda_graph=True)
+    known = tuple(backends.registry())
+    unknown = [b for b in spec.backends if b not in known]
+    if unknown:
+        raise _bad("backend", f"unknown {', '.join(map(repr, unknown))} (choose from {', '.join(known)})")
+    if spec.baseline not in known:
+        raise _bad("baseline", f"unknown {spec.baseline!r} (choose from {', '.join(known)})")
+    points, invalid = spec.points()
+    if not points:
+        raise _bad(_flag_of(invalid[0][1]), f"no valid configuration: {invalid[0][1]}")
+    out = out or sweep_mod.default_out_dir(suite)
+    try:
+        outcome = sweep_mod.execute(spec, out, resume, plots=not no_plots, progress=not quiet)
+    except sweep_mod.SweepError as exc:
+        raise _bad(exc.flag, str(exc)) from None
+    if outcome.interrupted:
+        sys.exit(130)
+    click.echo(sweep_mod.summary_table(outcome.csv))
+    skipped = f", {outcome.skipped} already done" if outcome.skipped else ""
+    click.echo(f"\n{outcome.rows_written} rows{skipped} -> {outcome.csv}")
+
+
+def _flag_of(reason: str) -> str:
+    """The flag behind an NSAConfig error (its message names the field)."""
+    for field in ("stride_cmp", "block_cmp", "block_slc", "n_slc", "window"):
+        if field in reason:
+            return field.replace("_", "-")
+    return "sweep"
+
+
+@cli.command()
+@click.argument("run", type=click.Path(path_type=Path))
+@click.option("--gpu", metavar="NAME", help="GPU spec for the roofline ceilings  [default: the run's GPU, else h100]")
+def plot(run: Path, gpu: str | None) -> None:
+    """Redraw the plots of a run folder (or CSV): speedup, roofline, NSA time by stage."""
+    from nsa_bench import plots, results
+
+    try:
+        written = plots.plot_run(run, gpu)
+    except results.ResultsError as exc:
+        raise _bad("run", str(exc)) from None
+    except ValueError as exc:
+        raise _bad("gpu", str(exc)) from None
+    for path in written:
+        click.echo(str(path))
+
+
+@cli.command()
+@click.option("--calibrate", is_flag=True, help="measure the GPU's bf16 matmul FLOP/s and copy bandwidth, store them "
+              "under results/calibration/ (roofline plots draw them as measured ceilings)")
+@click.pass_context
+def env(ctx: click.Context, calibrate: bool) -> None:
+    """The GPU, its clocks, library versions, and which backends can run here (or why not)."""
+    if calibrate:
+        from nsa_bench import calibrate as calibrate_mod
+
+        try:
+            click.echo(calibrate_mod.run())
+        except calibrate_mod.CalibrationError as exc:
+            click.echo(f"nsa-bench: error: {exc}", err=True)
+            ctx.exit(1)
+        return
+    from nsa_bench import environment, envreport
+
+    click.echo(envreport.render(environment.collect()))
+
+
+@cli.command()
+@click.option("--backend", metavar="NAME", help="backend to profile  [default: nsa-triton]")
+@click.option("--mode", metavar="MODE", help="fwd, bwd, fwdbwd or decode  [default: fwd]")
+@click.option("--seqlen", metavar="N", help="sequence length, e.g. 64k  [default: 64k]")
+@click.option("--batch", metavar="N", help="batch size  [default: 1]")
+@click.option("--kv-heads", metavar="N", help="KV heads  [default: 4]")
+@click.option("--group-size", metavar="N", help="query heads per KV head  [default: 16]")
+@click.option("--head-dim", metavar="QK-V", help="head dims, e.g. 192-128  [default: 192-128]")
+@click.option("--block-cmp", metavar="N", help="compression block l  [default: 32]")
+@click.option("--stride-cmp", metavar="N", help="compression stride d  [default: 16]")
+@click.option("--block-slc", metavar="N", help="selection block l'  [default: 64]")
+@click.option("--n-slc", metavar="N", help="selected blocks n  [default: 16]")
+@click.option("--window", metavar="N", help="sliding window w  [default: 512]")
+@click.option("--dtype", metavar="NAME", help="bfloat16, float16, float32  [default: bfloat16]")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), help="folder for profile.csv, the plot and "
+              "ncu's reports  [default: a new folder under results/]")
+@click.pass_context
+def profile(ctx: click.Context, out: Path | None, **flags: str | None) -> None:
+    """Run one point under Nsight Compute (ncu): per-kernel DRAM bytes, FLOPs and intensity vs the cost model.
+
+    Needs `ncu` on PATH and a CUDA GPU. Writes profile.csv and profile_intensity.png/svg.
+    """
+    from nsa_bench import profile as profile_mod
+
+    options = {name.replace("_", "-"): value for name, value in flags.items()}
+    try:
+        point, backend = profile_mod.point_from_options(options)
+    except OptionError as exc:
+        raise _bad(exc.flag, str(exc).split(": ", 1)[1]) from None
+    if out is None:
+        from datetime import datetime
+
+        from nsa_bench.sweep import results_root
+
+        out = results_root() / f"{datetime.now():%Y%m%d-%H%M%S}-profile-{backend}-{point.mode}-{point.seqlen}"
+    try:
+        outcome = profile_mod.run_profile(point, backend, out)
+    except profile_mod.ProfileError as exc:
+        click.echo(f"nsa-bench: error: {exc}", err=True)
+        ctx.exit(1)
+    click.echo(profile_mod.summary(outcome))
+
+
+# -- compare/report commands --
+@cli.command("compare")
+@click.argument("baseline", type=click.Path(path_type=Path))
+@click.argument("current", type=click.Path(path_type=Path))
+@click.option("--metric", type=click.Choice(["speedup", "ms", "predicted_ms"]), default="speedup",
+              show_default=True, help="speedup vs FA2 of the same run (higher is better), ms_median, or "
+              "predicted_ms (cost model, for CPU runs).")
+@click.option("--threshold", type=float, default=5.0, show_default=True,
+              help="Percent change below which a point is SAME.")
+@click.option("--sigmas", type=float, default=3.0, show_default=True,
+              help="A change must exceed this many combined noise units to be FASTER/SLOWER.")
+@click.option("--all-stages", is_flag=True, help="Also gate the per-branch breakdown rows.")
+@click.option("--rerun", is_flag=True, help="Re-measure suspect points on this GPU before deciding.")
+@click.option("--allow-different-gpu", is_flag=True, help="Compare runs made on different GPUs.")
+@click.option("--md", "md_path", type=click.Path(dir_okay=False, path_type=Path), help="Also write the markdown here.")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), help="Write JSON here.")
+@click.pass_context
+def compare_command(ctx: click.Context, baseline: Path, current: Path, metric: str, threshold: float,
+                    sigmas: float, all_stages: bool, rerun: bool, allow_different_gpu: bool,
+                    md_path: Path | None, json_path: Path | None) -> None:
+    """Regression gate: label each point of CURRENT vs BASELINE; exit 1 only on a confirmed SLOWER."""
+    from nsa_bench import compare
+
+    try:
+        options = compare.Options(metric=metric, threshold=threshold / 100, sigmas=sigmas,
+                                  all_stages=all_stages, allow_different_gpu=allow_different_gpu)
+        result, markdown = compare.run_compare(baseline, current, options, rerun=rerun, md_path=md_path,
+                                               json_path=json_path)
+    except compare.CompareError as exc:
+        click.echo(f"nsa-bench: error: {exc}", err=True)
+        ctx.exit(compare.EXIT_USAGE)
+    click.echo(markdown, nl=False)
+    ctx.exit(result.exit_code)
+
+
+@cli.command("report")
+@click.argument("directory", type=click.Path(path_type=Path))
+@click.pass_context
+def report_command(ctx: click.Context, directory: Path) -> None:
+    """Write DIRECTORY/report.html (self-contained, plots embedded) and DIRECTORY/report.md."""
+    from nsa_bench import report
+
+    try:
+        files = report.build_report(directory)
+    except report.ReportError as exc:
+        click.echo(f"nsa-bench: error: {exc}", err=True)
+        ctx.exit(2)
+    for warning in files.warnings:
+        click.echo(f"warning: {warning}", err=True)
+    click.echo(f"wrote {files.html} and {files.markdown} ({len(files.plots)} plots embedded)")
+
+
+def main() -> None:
+    """Console entry point: user mistakes end in one line and exit code 2, never a traceback."""
+    try:
+        code = cli.main(standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("Aborted.", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        click.echo(f"nsa-bench: error: {exc.format_message()}", err=True)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        click.echo("Interrupted.", err=True)
+        sys.exit(130)
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+if __name__ == "__main__":
+    main()
