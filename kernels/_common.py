@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 
 import torch
+import triton
 
 from nsa_bench.config import NSAConfig
 
@@ -20,6 +21,29 @@ MIN_HEAD_DIM = 16
 def interpreting() -> bool:
     """True under Triton's CPU interpreter (TRITON_INTERPRET=1): one autotune config, fp32 tiles."""
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+# Autotune key arguments every tuned kernel takes (and does not read): log2 buckets of the sequence
+# length and of batch x heads, the grid's other axis. Without them the correctness check's small
+# problem would choose the configs of a 64k point. Kernels list them in do_not_specialize, so a
+# bucket value never compiles a new variant.
+TUNING_ARGS = ("SEQ_BUCKET", "ROWS_BUCKET")
+
+
+def size_bucket(n: int) -> int:
+    """Power-of-two bucket of a size (its bit length): 1k and 2k-1 share one, 64k has its own."""
+    return max(int(n), 1).bit_length()
+
+
+def tuning_buckets(seqlen: int, rows: int) -> dict[str, int]:
+    """The TUNING_ARGS of one launch: buckets of the sequence length and of batch x heads."""
+    return {"SEQ_BUCKET": size_bucket(seqlen), "ROWS_BUCKET": size_bucket(rows)}
+
+
+def autotune(configs: list, key: list[str], **kwargs):
+    """triton.autotune keyed also on TUNING_ARGS, its choices kept in Triton's on-disk cache, so a
+    later process (or the sweep after `nsa-bench precompile`) reuses them instead of re-tuning."""
+    return triton.autotune(configs=configs, key=[*key, *TUNING_ARGS], cache_results=True, **kwargs)
 
 
 def next_pow2(x: int) -> int:

@@ -18,7 +18,9 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import check_gated, check_heads, check_kernel_config, interpreting, next_pow2
+from ._common import (
+    TUNING_ARGS, autotune, check_gated, check_heads, check_kernel_config, interpreting, next_pow2, tuning_buckets,
+)
 from nsa_bench.config import NSAConfig
 
 __all__ = ["compress_fwd", "compress_bwd", "compressed_fwd", "compressed_bwd", "select_blocks"]
@@ -388,9 +390,9 @@ def _gated_epilogue(o, O, GATES, row, row_ok, DV: tl.constexpr, BLOCK_DV: tl.con
     return result
 
 
-@triton.jit
+@triton.jit(do_not_specialize=TUNING_ARGS)
 def _cmp_fwd_kernel(
-    Q, K, V, O, LSE, GATES, T, Tc, Hkv, qk_scale,
+    Q, K, V, O, LSE, GATES, T, Tc, Hkv, qk_scale, SEQ_BUCKET, ROWS_BUCKET,
     G: tl.constexpr, G_PAD: tl.constexpr, DK: tl.constexpr, DV: tl.constexpr,
     DK_A: tl.constexpr, DK_B: tl.constexpr, BLOCK_DV: tl.constexpr, BLOCK_CMP: tl.constexpr,
     STRIDE_CMP: tl.constexpr, WITH_OUTPUT: tl.constexpr, UPCAST: tl.constexpr,
@@ -429,7 +431,7 @@ def _cmp_fwd_kernel(
 def _fwd_autotune(restore_value: list[str] | None = None):
     """The forward's tuner. restore_value names outputs an accumulating launch reads back: the tuner
     saves them before and restores them after each timed run, so tuning does not add into them twice."""
-    return triton.autotune(
+    return autotune(
         configs=_configs(_FWD_TILES), key=["G_PAD", "DK_A", "DK_B", "BLOCK_DV", "BLOCK_CMP", "STRIDE_CMP", "WITH_OUTPUT"],
         prune_configs_by={"early_config_prune": _prune_fwd_rows}, restore_value=restore_value,
     )
@@ -479,6 +481,7 @@ def _launch_fwd(q: torch.Tensor, k_cmp: torch.Tensor, v_cmp: torch.Tensor, cfg: 
     kernel = _cmp_fwd_tuned_accumulate if accumulate else _cmp_fwd_tuned
     kernel[grid](
         q, k_cmp, v_cmp, o if with_output else lse, lse, gate_column, t, tc, hkv, scale * _LOG2E,
+        **tuning_buckets(t, b * hq),
         G=group, G_PAD=g_pad, DK=dk, DV=dv, DK_A=dk_a, DK_B=dk_b, BLOCK_DV=next_pow2(dv),
         BLOCK_CMP=cfg.block_cmp, STRIDE_CMP=cfg.stride_cmp, WITH_OUTPUT=with_output,
         UPCAST=interpreting() and q.dtype == torch.bfloat16, GATED=gated is not None, ACCUMULATE=accumulate,
@@ -720,13 +723,13 @@ def _dq_tile(
     return dq_a, dq_b
 
 
-@triton.autotune(
+@autotune(
     configs=_configs(_DQ_TILES), key=["G_PAD", "DK_A", "DK_B", "BLOCK_DV", "BLOCK_CMP", "STRIDE_CMP"],
     prune_configs_by={"early_config_prune": _prune_rows},
 )
-@triton.jit
+@triton.jit(do_not_specialize=TUNING_ARGS)
 def _cmp_bwd_dq_kernel(
-    Q, K, V, DO, LSE, DELTA, DQ, T, Tc, Hkv, qk_scale, scale,
+    Q, K, V, DO, LSE, DELTA, DQ, T, Tc, Hkv, qk_scale, scale, SEQ_BUCKET, ROWS_BUCKET,
     G: tl.constexpr, G_PAD: tl.constexpr, DK: tl.constexpr, DV: tl.constexpr,
     DK_A: tl.constexpr, DK_B: tl.constexpr, BLOCK_DV: tl.constexpr, BLOCK_CMP: tl.constexpr,
     STRIDE_CMP: tl.constexpr, UPCAST: tl.constexpr,
@@ -783,13 +786,13 @@ def _dkv_tile(
     return dk_a, dk_b, dv
 
 
-@triton.autotune(
+@autotune(
     configs=_configs(_DKV_TILES), key=["G_PAD", "DK_A", "DK_B", "BLOCK_DV", "BLOCK_CMP", "STRIDE_CMP"],
     prune_configs_by={"early_config_prune": _prune_rows},
 )
-@triton.jit
+@triton.jit(do_not_specialize=TUNING_ARGS)
 def _cmp_bwd_dkv_kernel(
-    Q, K, V, DO, LSE, DELTA, DKC, DVC, T, Tc, Hkv, qk_scale, scale,
+    Q, K, V, DO, LSE, DELTA, DKC, DVC, T, Tc, Hkv, qk_scale, scale, SEQ_BUCKET, ROWS_BUCKET,
     G: tl.constexpr, G_PAD: tl.constexpr, DK: tl.constexpr, DV: tl.constexpr,
     DK_A: tl.constexpr, DK_B: tl.constexpr, BLOCK_DV: tl.constexpr, BLOCK_CMP: tl.constexpr,
     STRIDE_CMP: tl.constexpr, UPCAST: tl.constexpr,
@@ -849,6 +852,7 @@ def compressed_bwd(
     common = dict(
         G=group, G_PAD=g_pad, DK=dk, DV=dv, DK_A=dk_a, DK_B=dk_b, BLOCK_DV=next_pow2(dv),
         BLOCK_CMP=cfg.block_cmp, STRIDE_CMP=cfg.stride_cmp, UPCAST=interpreting() and q.dtype == torch.bfloat16,
+        **tuning_buckets(t, b * hq),
     )
     dq = torch.empty_like(q)
     _cmp_bwd_dq_kernel[lambda meta: (triton.cdiv(t, meta["BLOCK_M"] // g_pad), b * hkv)](

@@ -17,7 +17,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import check_gated, check_heads, interpreting, next_pow2
+from ._common import TUNING_ARGS, autotune, check_gated, check_heads, interpreting, next_pow2, tuning_buckets
 
 __all__ = ["attention_fwd", "attention_bwd", "flash_attention", "flash_attention_decode"]
 
@@ -76,7 +76,7 @@ def _autotuned(kernel, candidates: _Candidates, restore_value: list[str] | None 
     restore_value names outputs the kernel reads back (accumulation): the tuner saves them before
     and restores them after each timed run, so tuning does not add into them repeatedly.
     """
-    return triton.autotune(
+    return autotune(
         configs=list(candidates.configs), key=["BLOCK_DK", "BLOCK_DV", "CAUSAL", "HAS_WINDOW"],
         prune_configs_by={"early_config_prune": candidates.prune}, restore_value=restore_value,
     )(kernel)
@@ -321,12 +321,12 @@ def _gated_epilogue(o_tile, o_ptrs, gate_ptrs, rows, num_rows, cols, num_cols, A
     return result
 
 
-@triton.jit
+@triton.jit(do_not_specialize=TUNING_ARGS)
 def _fwd_kernel(
     q, k, v, o, lse, gates,
     stride_qb, stride_qt, stride_qh, stride_kb, stride_kt, stride_kh, stride_vb, stride_vt, stride_vh,
     stride_ob, stride_ot, stride_oh, stride_lb, stride_lt, stride_lh, stride_gb, stride_gt, stride_gh,
-    seqlen, num_q_heads, group, window, qk_scale,
+    seqlen, num_q_heads, group, window, qk_scale, SEQ_BUCKET, ROWS_BUCKET,
     DK: tl.constexpr, DV: tl.constexpr, BLOCK_DK: tl.constexpr, BLOCK_DV: tl.constexpr,
     CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, UPCAST: tl.constexpr, ROW64: tl.constexpr,
     GATED: tl.constexpr, ACCUMULATE: tl.constexpr,
@@ -424,13 +424,13 @@ def _dkdv_step(dk, dv, k_tile, v_tile, q_base, do_base, lse_base, delta_base, st
     return dk, dv
 
 
-@triton.jit
+@triton.jit(do_not_specialize=TUNING_ARGS)
 def _bwd_dkdv_kernel(
     q, k, v, do, lse, delta, dk, dv,
     stride_qb, stride_qt, stride_qh, stride_kb, stride_kt, stride_kh, stride_vb, stride_vt, stride_vh,
     stride_dob, stride_dot, stride_doh, stride_lb, stride_lt, stride_lh,
     stride_dkb, stride_dkt, stride_dkh, stride_dvb, stride_dvt, stride_dvh,
-    seqlen, num_kv_heads, group, window, qk_scale, scale,
+    seqlen, num_kv_heads, group, window, qk_scale, scale, SEQ_BUCKET, ROWS_BUCKET,
     DK: tl.constexpr, DV: tl.constexpr, BLOCK_DK: tl.constexpr, BLOCK_DV: tl.constexpr,
     CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, UPCAST: tl.constexpr, ROW64: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
@@ -512,13 +512,13 @@ def _dq_step(dq, q_tile, do_tile, lse2, delta, k_base, v_base, stride_kt, stride
     return dq
 
 
-@triton.jit
+@triton.jit(do_not_specialize=TUNING_ARGS)
 def _bwd_dq_kernel(
     q, k, v, do, lse, delta, dq,
     stride_qb, stride_qt, stride_qh, stride_kb, stride_kt, stride_kh, stride_vb, stride_vt, stride_vh,
     stride_dob, stride_dot, stride_doh, stride_lb, stride_lt, stride_lh,
     stride_dqb, stride_dqt, stride_dqh,
-    seqlen, num_q_heads, group, window, qk_scale, scale,
+    seqlen, num_q_heads, group, window, qk_scale, scale, SEQ_BUCKET, ROWS_BUCKET,
     DK: tl.constexpr, DV: tl.constexpr, BLOCK_DK: tl.constexpr, BLOCK_DV: tl.constexpr,
     CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, UPCAST: tl.constexpr, ROW64: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
@@ -559,12 +559,12 @@ _dq_tuned = _autotuned(_bwd_dq_kernel, _DQ)
 
 
 # ---------------------------------------------------------------------------------- decode
-@triton.jit
+@triton.jit(do_not_specialize=TUNING_ARGS)
 def _decode_split_kernel(
     q, k, v, seqlens, o_part, lse_part,
     stride_qb, stride_qh, stride_kb, stride_kt, stride_kh, stride_vb, stride_vt, stride_vh,
     stride_pb, stride_ph, stride_ps, stride_lb, stride_lh, stride_ls,
-    num_kv_heads, group, max_len, split_len, qk_scale,
+    num_kv_heads, group, max_len, split_len, qk_scale, SEQ_BUCKET, ROWS_BUCKET,
     DK: tl.constexpr, DV: tl.constexpr, BLOCK_DK: tl.constexpr, BLOCK_DV: tl.constexpr,
     BLOCK_G: tl.constexpr, UPCAST: tl.constexpr, ROW64: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
@@ -633,7 +633,7 @@ def _decode_combine_kernel(
              mask=offs_dv < DV)
 
 
-_decode_split_tuned = triton.autotune(configs=_DECODE_CONFIGS, key=["BLOCK_DK", "BLOCK_DV", "BLOCK_G"])(
+_decode_split_tuned = autotune(configs=_DECODE_CONFIGS, key=["BLOCK_DK", "BLOCK_DV", "BLOCK_G"])(
     _decode_split_kernel
 )
 
@@ -726,6 +726,7 @@ def attention_fwd(
     args = (
         q, k, v, o, lse, gate_column, *_bthd(q), *_bthd(k), *_bthd(v), *_bthd(o), *lse.stride(), *gate_strides,
         seqlen, num_q_heads, group, seqlen if window is None else min(window, seqlen), float(scale) * LOG2E,
+        *tuning_buckets(seqlen, batch * num_q_heads).values(),
     )
     consts = dict(DK=dk, DV=dv, BLOCK_DK=max(16, next_pow2(dk)), BLOCK_DV=max(16, next_pow2(dv)),
                   CAUSAL=bool(causal), HAS_WINDOW=window is not None,
@@ -779,6 +780,7 @@ def attention_bwd(
                   HAS_WINDOW=window is not None, UPCAST=interpreting() and q.dtype == torch.bfloat16,
                   ROW64=_needs_row64(seqlen, q, k, v, do))
     common = (*_bthd(q), *_bthd(k), *_bthd(v), *_bthd(do), *lse.stride())
+    buckets = tuning_buckets(seqlen, batch * num_q_heads).values()
 
     def grid_dkdv(meta):
         return (triton.cdiv(seqlen, meta["BLOCK_N"]), batch * num_kv_heads)
@@ -786,7 +788,7 @@ def attention_bwd(
     kernel = _dkdv_tuned if tiles_dkdv is None else _bwd_dkdv_kernel
     kernel[grid_dkdv](
         q, k, v, do, lse, delta, dk_out, dv_out, *common, *_bthd(dk_out), *_bthd(dv_out),
-        seqlen, num_kv_heads, group, win, qk_scale, float(scale), **consts, **_launch_args(tiles_dkdv),
+        seqlen, num_kv_heads, group, win, qk_scale, float(scale), *buckets, **consts, **_launch_args(tiles_dkdv),
     )
 
     def grid_dq(meta):
@@ -795,7 +797,7 @@ def attention_bwd(
     kernel = _dq_tuned if tiles_dq is None else _bwd_dq_kernel
     kernel[grid_dq](
         q, k, v, do, lse, delta, dq, *common, *_bthd(dq),
-        seqlen, num_q_heads, group, win, qk_scale, float(scale), **consts, **_launch_args(tiles_dq),
+        seqlen, num_q_heads, group, win, qk_scale, float(scale), *buckets, **consts, **_launch_args(tiles_dq),
     )
     return dq, dk_out, dv_out
 
@@ -893,7 +895,7 @@ def flash_attention_decode(
     _decode_split_tuned[(splits, batch * num_kv_heads)](
         q, k_cache, v_cache, cache_seqlens, o_part, lse_part,
         q.stride(0), q.stride(1), *_bthd(k_cache), *_bthd(v_cache), *o_part.stride()[:3], *lse_part.stride(),
-        num_kv_heads, group, max_len, split_len, sc * LOG2E,
+        num_kv_heads, group, max_len, split_len, sc * LOG2E, **tuning_buckets(max_len, batch * num_q_heads),
         DK=dk, DV=dv, BLOCK_DK=block_dk, BLOCK_DV=block_dv, BLOCK_G=max(16, next_pow2(group)),
         UPCAST=interpreting() and q.dtype == torch.bfloat16, ROW64=_needs_row64(max_len, k_cache, v_cache),
     )

@@ -21,7 +21,10 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import MAX_N_SLC, SUPPORTED_BLOCK_SLC, check_gated, check_heads, interpreting, next_pow2
+from ._common import (
+    MAX_N_SLC, SUPPORTED_BLOCK_SLC, TUNING_ARGS, autotune, check_gated, check_heads, interpreting, next_pow2,
+    tuning_buckets,
+)
 
 __all__ = ["selected_fwd", "selected_bwd", "invert_selection"]
 
@@ -237,10 +240,10 @@ def _gated_epilogue(o, o_ptr, gate_ptr, row, head_ok, dv_offs, dv_ok, DV, NUM_GA
     return o
 
 
-@triton.jit
+@triton.jit(do_not_specialize=TUNING_ARGS)
 def _selected_fwd_kernel(
     q_ptr, k_ptr, v_ptr, idx_ptr, o_ptr, lse_ptr, gate_ptr,
-    T, HQ, HKV, G, DK, DV, qk_scale_log2,
+    T, HQ, HKV, G, DK, DV, qk_scale_log2, SEQ_BUCKET, ROWS_BUCKET,
     N_SLOTS: tl.constexpr, G_PAD: tl.constexpr, DK_PAD: tl.constexpr, DV_PAD: tl.constexpr,
     BLOCK_SLC: tl.constexpr, N_PAD: tl.constexpr, UPCAST: tl.constexpr,
     GATED: tl.constexpr, ACCUMULATE: tl.constexpr, BLOCK_K: tl.constexpr,
@@ -299,12 +302,12 @@ def _selected_fwd_kernel(
 
 
 _FWD_KEY = ["G_PAD", "DK_PAD", "DV_PAD", "BLOCK_SLC"]
-_selected_fwd_tuned = triton.autotune(
+_selected_fwd_tuned = autotune(
     configs=_fwd_configs(), key=_FWD_KEY, prune_configs_by={"early_config_prune": _prune_fwd},
 )(_selected_fwd_kernel)
 # Accumulating launches read o: their tuner restores it around each timed run, so tuning does not
 # add into it repeatedly (that costs a copy of o per new key, which the default tuner avoids).
-_selected_fwd_accumulate_tuned = triton.autotune(
+_selected_fwd_accumulate_tuned = autotune(
     configs=_fwd_configs(), key=_FWD_KEY, prune_configs_by={"early_config_prune": _prune_fwd},
     restore_value=["o_ptr"],
 )(_selected_fwd_kernel)
@@ -321,15 +324,15 @@ def _delta_kernel(o_ptr, do_ptr, delta_ptr, ROWS, DV, BLOCK_R: tl.constexpr, DV_
 
 
 # ---------------------------------------------------------------- backward: dq (query-centric)
-@triton.autotune(
+@autotune(
     configs=_fwd_configs(),
     key=["G_PAD", "DK_PAD", "DV_PAD", "BLOCK_SLC"],
     prune_configs_by={"early_config_prune": _prune_dq},
 )
-@triton.jit
+@triton.jit(do_not_specialize=TUNING_ARGS)
 def _selected_dq_kernel(
     q_ptr, k_ptr, v_ptr, idx_ptr, do_ptr, lse_ptr, delta_ptr, dq_ptr,
-    T, HQ, HKV, G, DK, DV, qk_scale_log2, scale,
+    T, HQ, HKV, G, DK, DV, qk_scale_log2, scale, SEQ_BUCKET, ROWS_BUCKET,
     N_SLOTS: tl.constexpr, G_PAD: tl.constexpr, DK_PAD: tl.constexpr, DV_PAD: tl.constexpr,
     BLOCK_SLC: tl.constexpr, N_PAD: tl.constexpr, UPCAST: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
@@ -392,11 +395,11 @@ def _dkdv_step(
     return dk, dv
 
 
-@triton.jit
+@triton.jit(do_not_specialize=TUNING_ARGS)
 def _selected_dkdv_body(
     q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, offsets_ptr, qlist_ptr, slots_ptr,
     dk_ptr, dv_ptr, dk_part_ptr, dv_part_ptr,
-    T, HQ, HKV, G, DK, DV, NUM_BLOCKS, SEGMENT, qk_scale_log2, scale,
+    T, HQ, HKV, G, DK, DV, NUM_BLOCKS, SEGMENT, qk_scale_log2, scale, SEQ_BUCKET, ROWS_BUCKET,
     G_IN: tl.constexpr, DK_PAD: tl.constexpr, DV_PAD: tl.constexpr, BLOCK_SLC: tl.constexpr,
     UPCAST: tl.constexpr, ATOMIC: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr,
@@ -503,11 +506,11 @@ def _dkdv_reduce_kernel(
 
 
 _DKDV_KEY = ["G_IN", "DK_PAD", "DV_PAD", "BLOCK_SLC"]
-_dkdv_kernel = triton.autotune(
+_dkdv_kernel = autotune(
     configs=_dkdv_configs(), key=_DKDV_KEY, prune_configs_by={"early_config_prune": _prune_block_n},
 )(_selected_dkdv_body)
 # the atomic variant accumulates into its outputs, so autotuning must zero them between trials
-_dkdv_atomic_kernel = triton.autotune(
+_dkdv_atomic_kernel = autotune(
     configs=_dkdv_configs(), key=_DKDV_KEY, prune_configs_by={"early_config_prune": _prune_block_n},
     reset_to_zero=["dk_ptr", "dv_ptr"],
 )(_selected_dkdv_body)
@@ -589,7 +592,7 @@ def selected_fwd(
     kernel = _selected_fwd_accumulate_tuned if gated and accumulate else _selected_fwd_tuned
     _launcher(kernel, (t, hkv, b), {"BLOCK_K": min(block_slc, 64)})(
         q, k, v, idx, o, lse, gate_column,
-        t, hq, hkv, group, dk, dv, float(scale) * _LOG2E,
+        t, hq, hkv, group, dk, dv, float(scale) * _LOG2E, **tuning_buckets(t, b * hq),
         N_SLOTS=n, **_launch_dims(q, v, group, block_slc, n), GATED=gated, ACCUMULATE=gated and accumulate,
     )
     return o, lse
@@ -695,7 +698,7 @@ def selected_bwd(
 
     _launcher(_selected_dq_kernel, (t, hkv, b), {"BLOCK_K": min(block_slc, 64)})(
         q, k, v, idx, do, lse, delta, dq,
-        t, hq, hkv, group, dk_dim, dv_dim, qk_scale_log2, float(scale),
+        t, hq, hkv, group, dk_dim, dv_dim, qk_scale_log2, float(scale), **tuning_buckets(t, b * hq),
         N_SLOTS=n, **dims,
     )
 
@@ -705,7 +708,7 @@ def selected_bwd(
     segments = -(-t // segment)  # a list holds at most T queries
     dkdv_args = dict(
         G_IN=next_pow2(group), DK_PAD=dims["DK_PAD"], DV_PAD=dims["DV_PAD"], BLOCK_SLC=block_slc,
-        UPCAST=dims["UPCAST"],
+        UPCAST=dims["UPCAST"], **tuning_buckets(t, b * hq),
     )
 
     def grid(meta: dict) -> tuple[int, int, int]:

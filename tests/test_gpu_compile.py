@@ -3,7 +3,7 @@
 The CPU interpreter accepts code the GPU compiler rejects and hides register pressure; these tests
 compile, for sm_90, every config the GPU autotuner would try for the launches the host wrappers
 make at the paper configuration (and two more shapes), and read the cubin's resource usage.
-See tests/gpu_compile.py for how (a TRITON_INTERPRET=0 worker, meta tensors, recorded launches).
+See nsa_kernels.compile_check for how (a TRITON_INTERPRET=0 worker, meta tensors, recorded launches).
 """
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from gpu_compile import CASES, SELFTEST, Case, CaseReport, CompileResult, compile_cases
+from gpu_compile import CASES, SELFTEST
+from nsa_kernels.compile_check import Case, CaseReport, CompileResult, compile_cases
 
 # Known problems, reported to the lead (case label -> reason). The marks are strict: once fixed,
 # the test XPASSes and fails, so the entry must be removed. None are open: the spills and

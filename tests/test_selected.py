@@ -372,12 +372,12 @@ def test_gated_bad_input_raises_value_error(kwargs: dict, match: str) -> None:
 
 
 # Records the wrappers' real launches on meta tensors and compiles them for sm_90 with Triton's
-# bundled ptxas (tests/gpu_compile.py), no GPU needed: catches what the interpreter lets through
+# bundled ptxas (nsa_kernels.compile_check), no GPU needed: catches what the interpreter lets through
 # (non-power-of-two tiles, operand dtypes, host/kernel argument mismatches). To keep the test
 # short it compiles the first autotune config of each launch, and the last one at the paper shape.
 _H100_COMPILE = r"""
 import torch
-import tests.gpu_compile as gc
+import nsa_kernels.compile_check as gc
 import nsa_kernels.selected as S
 
 shapes = [  # B, T, Hkv, G, Dk, Dv, dtype, l', n
