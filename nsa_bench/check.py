@@ -41,6 +41,10 @@ def _dense_decode(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, seqlens: to
 def expected(family: str, inputs: Inputs) -> tuple[torch.Tensor, ...]:
     """What a backend of `family` must produce on `inputs` (computed in float64)."""
     point, cfg = inputs.point, inputs.point.cfg
+    if point.is_layer:
+        from nsa_bench.layer import expected_layer
+
+        return expected_layer(family, inputs)
     x = inputs.cast(torch.float64)
     if point.mode == "decode":
         if family == "nsa":

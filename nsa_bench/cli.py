@@ -44,9 +44,13 @@ def cli() -> None:
 @click.option("--block-slc", metavar="LIST", help="selection block l'  [default: 64]")
 @click.option("--n-slc", metavar="LIST", help="selected blocks n (>= 3)  [default: 16]")
 @click.option("--window", metavar="LIST", help="sliding window w  [default: 512]")
-@click.option("--mode", metavar="LIST", help="fwd, bwd, fwdbwd, decode  [default: fwd,bwd,decode]")
+@click.option("--mode", metavar="LIST", help="fwd, bwd, fwdbwd, decode; layer-fwd, layer-bwd (one model layer: projections "
+              "+ attention)  [default: fwd,bwd,decode]")
+@click.option("--d-model", metavar="LIST", help="model width of the layer modes (x is [B, T, d_model])  [default: 2560, "
+              "the NSA paper's model]")
 @click.option("--backend", metavar="LIST", help="backends to run (see `nsa-bench env`)  [default: fa2,nsa-triton]")
-@click.option("--baseline", metavar="NAME", help="backend the speedup column is relative to  [default: fa2]")
+@click.option("--baseline", metavar="LIST", help="dense backends to compare against, e.g. fa2,cudnn: all run, the summary "
+              "shows NSA against each; the CSV's speedup column is vs the first  [default: fa2]")
 @click.option("--dtype", metavar="LIST", help="bfloat16, float16, float32  [default: bfloat16]")
 @click.option("--reps", metavar="N", help="timed repetitions per point  [default: 30]")
 @click.option("--warmup", metavar="N", help="untimed warm-up calls per point  [default: 5]")
@@ -79,8 +83,9 @@ def sweep(suite: str | None, out: Path | None, resume: bool, no_plots: bool, qui
     unknown = [b for b in spec.backends if b not in known]
     if unknown:
         raise _bad("backend", f"unknown {', '.join(map(repr, unknown))} (choose from {', '.join(known)})")
-    if spec.baseline not in known:
-        raise _bad("baseline", f"unknown {spec.baseline!r} (choose from {', '.join(known)})")
+    unknown = [b for b in spec.baselines if b not in known]
+    if unknown:
+        raise _bad("baseline", f"unknown {', '.join(map(repr, unknown))} (choose from {', '.join(known)})")
     points, invalid = spec.points()
     if not points:
         raise _bad(_flag_of(invalid[0][1]), f"no valid configuration: {invalid[0][1]}")

@@ -395,6 +395,7 @@ def spec_for_key(key: dict[str, str], settings: dict) -> "SweepSpec":
         group_sizes=(number["group_size"],), head_dims=((number["head_dim_qk"], number["head_dim_v"]),),
         block_cmp=(number["block_cmp"],), stride_cmp=(number["stride_cmp"],), block_slc=(number["block_slc"],),
         n_slc=(number["n_slc"],), window=(number["window"],), modes=(key["mode"],), dtypes=(key["dtype"],),
+        d_models=(int(key.get("d_model") or 0) or defaults.d_models[0],),
         backends=tuple(dict.fromkeys((baseline, key["backend"]))), baseline=baseline,
         reps=int(settings.get("reps", defaults.reps)), warmup=int(settings.get("warmup", defaults.warmup)),
         seed=int(settings.get("seed", defaults.seed)), gpu=settings.get("gpu") or None,

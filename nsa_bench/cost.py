@@ -371,6 +371,68 @@ def dense_cost(shape: Shape, mode: str) -> Cost:
     return Cost((decode,))
 
 
+# ---------------------------------------------------------------- one attention layer
+LAYER_MODES = ("layer-fwd", "layer-bwd")
+PROJECTION_STAGES = ("qkv_proj", "gate_mlp", "out_proj")  # a layer's stages other than attention
+
+
+def layer_attention_stages(mode: str, nsa: bool) -> tuple[str, ...]:
+    """The attention stages inside a layer mode's cost (what a measured "attention" stage covers)."""
+    if mode not in LAYER_MODES:
+        raise ValueError(f"mode={mode!r} is not one of {LAYER_MODES}")
+    if not nsa:
+        return (DENSE_STAGE,)
+    return NSA_FWD_STAGES if mode == "layer-fwd" else NSA_BWD_STAGES
+
+
+def _linear(name: str, rows: int, d_in: int, d_out: int, e: int, backward: bool,
+            dx_accumulates: bool = False) -> StageCost:
+    """Y [rows, d_out] = X [rows, d_in] @ W [d_in, d_out], forward or backward (dX and dW).
+
+    Backward reads dY, X and W, writes dW, and writes dX (or reads and writes it when an earlier
+    stage already wrote that gradient).
+    """
+    flops = 2 * rows * d_in * d_out
+    if not backward:
+        return _stage(name, flops, e * (rows * d_in + d_in * d_out + rows * d_out))
+    dx = (2 if dx_accumulates else 1) * rows * d_in
+    return _stage(name, 2 * flops, e * (rows * d_out + rows * d_in + 2 * d_in * d_out + dx))
+
+
+def _projections(shape: Shape, d_model: int, gated: bool, backward: bool) -> tuple[StageCost, ...]:
+    """q/k/v projections (one stage: three GEMMs over the same x), the gate MLP, the output projection."""
+    e, rows, hq, hkv = shape.dtype_bytes, shape.batch * shape.seqlen, shape.q_heads, shape.kv_heads
+    dk, dv = shape.head_dim_qk, shape.head_dim_v
+    qkv_width = hq * dk + hkv * dk + hkv * dv
+    out = [_linear("qkv_proj", rows, d_model, qkv_width, e, backward)]  # x (and dx) moved once
+    if gated:
+        gate = _linear("gate_mlp", rows, d_model, 3 * hq, e, backward, dx_accumulates=True)
+        if backward:  # dz = dg * g * (1 - g): 3 FLOPs an element, reading the saved sigmoid output g
+            gate = _stage("gate_mlp", int(gate.flops) + 3 * rows * 3 * hq, int(gate.bytes) + e * rows * 3 * hq)
+        out.append(gate)
+    out.append(_linear("out_proj", rows, hq * dv, d_model, e, backward))
+    return tuple(out)
+
+
+def layer_cost(shape: Shape, d_model: int, mode: str, cfg: NSAConfig | None) -> Cost:
+    """One attention layer: x [B, T, d_model] -> qkv_proj (-> gate_mlp, NSA only) -> attention -> out_proj.
+
+    `cfg` given: NSA's attention stages (nsa_cost) and its gate MLP, a linear d_model -> 3 * Hq with a
+    sigmoid (the sigmoid, like softmax's exp, counts no FLOPs); None: dense causal attention
+    (dense_cost). Projections are GEMMs, 2 FLOPs per multiply-add; forward reads x and W and writes Y
+    once; backward computes dX and dW (2x the forward FLOPs), qkv_proj writes dx and gate_mlp adds
+    into it. Stages are listed in forward order in both modes.
+    """
+    if mode not in LAYER_MODES:
+        raise ValueError(f"mode={mode!r} is not one of {LAYER_MODES}")
+    _check_positive_int("layer_cost", "d_model", d_model)
+    inner = "fwd" if mode == "layer-fwd" else "bwd"
+    attention = nsa_cost(shape, cfg, inner) if cfg is not None else dense_cost(shape, inner)
+    proj = _projections(shape, d_model, gated=cfg is not None, backward=inner == "bwd")
+    *before, out_proj = proj
+    return Cost((*before, *attention.stages, out_proj))
+
+
 # ---------------------------------------------------------------- roofline floors
 def stage_floor_seconds(stage: StageCost, gpu: GPUSpec) -> float:
     """The least time a stage can take: compute-bound or memory-bound, whichever is slower."""

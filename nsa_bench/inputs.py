@@ -2,10 +2,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 import torch
 
-from nsa_bench.spec import Point
+from nsa_bench.spec import LAYER_MODES, Point
+
+if TYPE_CHECKING:
+    from nsa_bench.layer import LayerInputs
 
 TORCH_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 
@@ -15,7 +19,8 @@ class Inputs:
     """Tensors for one point. Forward/backward: q [B,T,Hq,Dk], k/v [B,T,Hkv,D*], gates [B,T,Hq,3],
     do = the upstream gradient. Decode: q [B,Hq,Dk], gates [B,Hq,3], k/v are the caches and
     cache_seqlens [B] int32 (every sequence holds T tokens). `block_idx` optionally fixes NSA's selection
-    so a kernel and the reference are compared on the same blocks."""
+    so a kernel and the reference are compared on the same blocks. Layer modes: `layer` holds x and the
+    projection weights, q/k/v/gates are the attention inputs those projections give, `do` is dy [B,T,d_model]."""
 
     point: Point
     q: torch.Tensor
@@ -25,13 +30,16 @@ class Inputs:
     do: torch.Tensor | None = None
     cache_seqlens: torch.Tensor | None = None
     block_idx: torch.Tensor | None = None
+    layer: "LayerInputs | None" = None
 
     def cast(self, dtype: torch.dtype) -> "Inputs":
         """Same values in another float dtype (indices untouched), detached, no grad."""
         def conv(t: torch.Tensor | None) -> torch.Tensor | None:
             return None if t is None else t.detach().to(dtype)
 
-        return replace(self, q=conv(self.q), k=conv(self.k), v=conv(self.v), gates=conv(self.gates), do=conv(self.do))
+        layer = None if self.layer is None else self.layer.cast(dtype)
+        return replace(self, q=conv(self.q), k=conv(self.k), v=conv(self.v), gates=conv(self.gates), do=conv(self.do),
+                       layer=layer)
 
     def with_block_idx(self, block_idx: torch.Tensor) -> "Inputs":
         return replace(self, block_idx=block_idx)
@@ -39,6 +47,10 @@ class Inputs:
 
 def make_inputs(point: Point, device: torch.device | str, seed: int) -> Inputs:
     """Random inputs for `point` on `device` in the point's dtype, reproducible from `seed`."""
+    if point.mode in LAYER_MODES:
+        from nsa_bench.layer import make_layer_inputs
+
+        return make_layer_inputs(point, device, seed)
     dtype = TORCH_DTYPES[point.dtype]
     gen = torch.Generator(device="cpu").manual_seed(seed)
     b, t, hkv, hq = point.batch, point.seqlen, point.kv_heads, point.q_heads

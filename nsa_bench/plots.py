@@ -18,8 +18,9 @@ import pandas as pd  # noqa: E402
 from nsa_bench import results  # noqa: E402
 from nsa_bench.gpus import GPUSpec, gpu_spec  # noqa: E402
 from nsa_bench.schema import STAGE_TOTAL, STATUS_OK, STATUS_PREDICTED  # noqa: E402
+from nsa_bench.spec import LAYER_MODES  # noqa: E402
 
-MODE_ORDER = ("fwd", "bwd", "fwdbwd", "decode")
+MODE_ORDER = ("fwd", "bwd", "fwdbwd", "decode", "layer-fwd", "layer-bwd")
 _USABLE = (STATUS_OK, STATUS_PREDICTED)
 
 
@@ -119,7 +120,7 @@ def plot_roofline(frame: pd.DataFrame, folder: Path, gpu: GPUSpec, calibration_d
     if measured is not None:
         ax.plot(xs, np.minimum(measured.matmul_flops, measured.copy_bytes_per_s * xs) / 1e12, color="black",
                 lw=1.0, ls="--", label=f"measured ceiling ({measured.device_name}, env --calibrate)")
-    markers = {"fwd": "o", "bwd": "s", "fwdbwd": "D", "decode": "^"}
+    markers = {"fwd": "o", "bwd": "s", "fwdbwd": "D", "decode": "^", "layer-fwd": "P", "layer-bwd": "X"}
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     handles = []
     for i, ((backend, stage), group) in enumerate(usable.groupby(["backend", "stage"], sort=True)):
@@ -147,6 +148,7 @@ def plot_roofline(frame: pd.DataFrame, folder: Path, gpu: GPUSpec, calibration_d
 def plot_stages(frame: pd.DataFrame, folder: Path) -> list[Path]:
     """NSA time by stage as stacked bars per seqlen, one panel per mode (backends that report stages)."""
     stages = frame[(frame["stage"] != STAGE_TOTAL) & frame["status"].isin(_USABLE)].copy()
+    stages = stages[~stages["mode"].isin(LAYER_MODES)]  # layer modes: plot_layer
     if stages.empty:
         return []
     stages["ms"] = _time_ms(stages)
@@ -177,6 +179,88 @@ def plot_stages(frame: pd.DataFrame, folder: Path) -> list[Path]:
     return _save(fig, folder, "stages")
 
 
+def plot_baselines(frame: pd.DataFrame, folder: Path) -> list[Path]:
+    """NSA's speedup against each dense baseline (times from the CSV), one panel per mode; layer panels add
+    the Amdahl bound (dashed). Drawn when several dense backends ran or a layer mode did."""
+    from nsa_bench import baselines
+
+    dense, nsa = baselines.dense_backends(frame), baselines.nsa_backends(frame)
+    layers = baselines.layer_table(frame)
+    if not dense or not nsa or (len(dense) < 2 and layers.empty):
+        return []
+    table = baselines.baseline_speedups(frame).reset_index()
+    bounds = layers.reset_index() if not layers.empty else pd.DataFrame(columns=["mode"])
+    modes = [m for m in MODE_ORDER if m in set(table["mode"])]
+    fig, axes = plt.subplots(1, len(modes), figsize=(4.6 * len(modes), 3.8), squeeze=False)
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    extra = [c for c in table.columns if c not in ("mode", "seqlen") and " vs " not in c and c != "fastest dense"]
+    for ax, mode in zip(axes[0], modes):
+        part = table[table["mode"] == mode]
+        for keys, group in part.groupby(extra, sort=True) if extra else [((), part)]:
+            keys = keys if isinstance(keys, tuple) else (keys,)
+            suffix = f" ({', '.join(f'{c}={k}' for c, k in zip(extra, keys))})" if extra else ""
+            group = group.sort_values("seqlen")
+            for i, column in enumerate(c for c in table.columns if " vs " in c):
+                if group[column].notna().any():
+                    ax.plot(group["seqlen"], group[column], marker="o", color=colors[i % len(colors)],
+                            label=column + suffix)
+            bound_part = bounds[bounds["mode"] == mode]
+            for column, key in zip(extra, keys):
+                bound_part = bound_part[bound_part[column] == key] if column in bound_part else bound_part
+            for i, column in enumerate(c for c in bounds.columns if c.startswith("bound vs ")):
+                rows = bound_part.sort_values("seqlen")
+                if rows[column].notna().any():
+                    ax.plot(rows["seqlen"], rows[column], ls="--", color=colors[i % len(colors)], alpha=0.7,
+                            label=f"{column} (attention free)")
+        ax.axhline(1.0, color="grey", lw=0.8, ls="--")
+        _log2_x(ax, part["seqlen"].to_numpy())
+        ax.set_title(mode)
+        ax.set_xlabel("sequence length")
+        ax.set_ylabel("NSA speedup")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=6)
+    fig.suptitle(f"NSA against each dense baseline ({_kind(frame[frame['status'].isin(_USABLE)])})")
+    return _save(fig, folder, "speedup_baselines")
+
+
+def plot_layer(frame: pd.DataFrame, folder: Path) -> list[Path]:
+    """Layer modes: each backend's layer time split into projections (qkv, gate MLP, out) and attention
+    (the rest of the layer), one bar per backend at each seqlen, one panel per layer mode."""
+    from nsa_bench.cost import PROJECTION_STAGES
+
+    rows = frame[frame["mode"].isin(LAYER_MODES) & frame["status"].isin(_USABLE)].copy()
+    if rows.empty:
+        return []
+    rows["ms"] = _time_ms(rows)
+    modes = [m for m in LAYER_MODES if m in set(rows["mode"])]
+    fig, axes = plt.subplots(1, len(modes), figsize=(5.2 * len(modes), 4), squeeze=False)
+    for ax, mode in zip(axes[0], modes):
+        part = rows[rows["mode"] == mode]
+        total = part[part["stage"] == STAGE_TOTAL].pivot_table(index="seqlen", columns="backend", values="ms",
+                                                               aggfunc="last", sort=False)
+        proj = part[part["stage"].isin(PROJECTION_STAGES)].pivot_table(index="seqlen", columns="backend", values="ms",
+                                                                       aggfunc="sum", sort=False)
+        names = [b for b in total.columns if b in proj.columns]
+        seqlens = sorted(total.index)
+        width = 0.8 / max(len(names), 1)
+        for i, name in enumerate(names):
+            x = np.arange(len(seqlens)) + (i - (len(names) - 1) / 2) * width
+            p_ms = proj[name].reindex(seqlens).to_numpy()
+            a_ms = (total[name].reindex(seqlens) - proj[name].reindex(seqlens)).to_numpy()
+            ax.bar(x, p_ms, width, color="#999999", label="projections" if i == 0 else None)
+            ax.bar(x, a_ms, width, bottom=p_ms, color=f"C{i}", label=f"{name}: attention")
+        ax.set_xticks(range(len(seqlens)))
+        ax.set_xticklabels([f"{s // 1024}k" if s % 1024 == 0 else str(s) for s in seqlens])
+        ax.set_title(mode)
+        ax.set_xlabel("sequence length")
+        ax.set_ylabel("ms per layer")
+        ax.grid(alpha=0.3, axis="y")
+        ax.legend(fontsize=7)
+    widths = sorted({int(w) for w in rows["d_model"]})
+    fig.suptitle(f"One attention layer, d_model={', '.join(map(str, widths))} ({_kind(rows)})")
+    return _save(fig, folder, "layer")
+
+
 def resolve_gpu(frame: pd.DataFrame, gpu: str | None) -> GPUSpec:
     """The GPU whose ceilings the roofline draws: --gpu, else the run's GPU, else H100."""
     if gpu:
@@ -197,4 +281,5 @@ def plot_run(run_dir: Path, gpu: str | None = None) -> list[Path]:
     folder = run_dir / results.PLOTS_DIR
     folder.mkdir(parents=True, exist_ok=True)
     spec = resolve_gpu(frame, gpu)
-    return [*plot_speedup(frame, folder), *plot_roofline(frame, folder, spec), *plot_stages(frame, folder)]
+    return [*plot_speedup(frame, folder), *plot_roofline(frame, folder, spec), *plot_stages(frame, folder),
+            *plot_baselines(frame, folder), *plot_layer(frame, folder)]

@@ -11,7 +11,7 @@ import html
 import json
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
@@ -313,6 +313,24 @@ class _Content:
     warnings: tuple[str, ...]
     baseline: str
     predicted: bool
+    against_each: pd.DataFrame = field(default_factory=pd.DataFrame)  # NSA vs every dense backend (nsa_bench.baselines)
+    layers: pd.DataFrame = field(default_factory=pd.DataFrame)  # layer modes: speedup, Amdahl bound, attention share
+    baseline_notes: tuple[str, ...] = ()  # strongest dense kernel, padding at Dk != Dv
+
+
+def _baselines_section(frame: pd.DataFrame) -> dict:
+    """The dense-baselines section's tables and notes, from the same functions as the sweep summary."""
+    from nsa_bench import baselines
+
+    notes = tuple(n for n in (baselines.strongest_dense(frame), *baselines.padding_notes(frame)) if n)
+    tables = {"against_each": baselines.baseline_speedups(frame), "layers": baselines.layer_table(frame)}
+    return {name: table.reset_index() if not table.empty else table for name, table in tables.items()} | {
+        "baseline_notes": notes}
+
+
+LAYER_NOTE = ("Layer modes: one attention layer (projections, NSA's gate MLP, attention, output projection). "
+              "The bound is the layer speedup if NSA's attention took no time (dense layer time / NSA's "
+              "projections + gate MLP).")
 
 
 def _load(directory: Path, plotter: Plotter) -> _Content:
@@ -342,6 +360,7 @@ def _load(directory: Path, plotter: Plotter) -> _Content:
         detail=detail, detail_constant=detail_constant, counts=counts, plots=tuple(plots), warnings=tuple(warnings),
         baseline=", ".join(baselines) or "the baseline backend",
         predicted=bool((statuses == STATUS_PREDICTED).any()),
+        **_baselines_section(frame),
     )
 
 
@@ -372,6 +391,9 @@ def render_html(content: _Content) -> str:
         ("summary", "Summary", f"<p>Speedup vs {html.escape(content.baseline)} (higher is better).</p>"
          + html_table(content.summary) + "<h3>Time (ms)</h3>" + html_table(content.times)
          + "<h3>Rows per status</h3>" + html_table(content.counts)),
+        ("baselines", "Dense baselines", "".join(f"<p>{html.escape(n)}</p>" for n in content.baseline_notes)
+         + "<h3>NSA speedup against each dense baseline</h3>" + html_table(content.against_each)
+         + f"<h3>One attention layer</h3><p>{html.escape(LAYER_NOTE)}</p>" + html_table(content.layers)),
         ("plots", "Plots", "".join(plot_html(p) for p in main_plots) or "<p><em>no plots</em></p>"),
         ("breakdown", "Per-branch breakdown", "".join(plot_html(p) for p in breakdown_plots)
          + html_table(content.breakdown)),
@@ -398,6 +420,9 @@ def render_markdown(content: _Content, directory: Path) -> str:
     parts += [f"**Warning:** {w}\n" for w in content.warnings]
     parts += ["## Summary\n", f"Speedup vs {content.baseline} (higher is better).\n", markdown_table(content.summary),
               "### Time (ms)\n", markdown_table(content.times), "### Rows per status\n", markdown_table(content.counts),
+              "## Dense baselines\n", *(f"{n}\n" for n in content.baseline_notes),
+              "### NSA speedup against each dense baseline\n", markdown_table(content.against_each),
+              "### One attention layer\n", LAYER_NOTE + "\n", markdown_table(content.layers),
               "## Plots\n", *(plot_markdown(p, directory) for p in main_plots),
               "## Per-branch breakdown\n", *(plot_markdown(p, directory) for p in breakdown_plots),
               markdown_table(content.breakdown),

@@ -64,6 +64,8 @@ def read_rows(path: Path) -> pd.DataFrame:
         frame = pd.read_csv(file, dtype={c: str for c in _TEXT_COLUMNS})
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
         raise ResultsError(f"{file}: not a results CSV ({exc})") from exc
+    if "d_model" not in frame.columns:  # runs made before layer modes existed: attention-only rows
+        frame["d_model"] = 0
     missing = [c for c in KEY_FIELDS if c not in frame.columns]
     if missing:
         raise ResultsError(f"{file}: not a results CSV, missing columns {', '.join(missing)}")

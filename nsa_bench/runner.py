@@ -66,6 +66,8 @@ def shape_of(point: Point) -> cost.Shape:
 
 
 def cost_of(point: Point, family: str) -> cost.Cost:
+    if point.is_layer:
+        return cost.layer_cost(shape_of(point), point.d_model, point.mode, point.cfg if family == "nsa" else None)
     if family == "nsa":
         return cost.nsa_cost(shape_of(point), point.cfg, point.mode)
     return cost.dense_cost(shape_of(point), point.mode)
@@ -97,11 +99,13 @@ def predicted_rows(task: Task, gpu: GPUSpec, baseline_ms: float | None) -> list[
     point, backend = task.point, task.backend
     work = cost_of(point, backend.family)
     message = f"predicted for {gpu.name} by the cost model (no CUDA GPU)"
+    if backend.family == "dense":
+        message += f"; an ideal dense kernel at the true Dk={point.head_dim_qk}, Dv={point.head_dim_v}"
     total = figures(work, gpu, None)
     speedup = baseline_ms / total["predicted_ms"] if baseline_ms and total["predicted_ms"] else None
     rows = [base_row(point, backend, impl="cost-model", status=STATUS_PREDICTED, message=message,
                      speedup=speedup, gpu=gpu.name, **total)]
-    if backend.family == "nsa":
+    if backend.family == "nsa" or point.is_layer:
         for stage in work.stages:
             rows.append(base_row(point, backend, stage=stage.stage, impl="cost-model", status=STATUS_PREDICTED,
                                  message=message, gpu=gpu.name, **figures(stage, gpu, None)))
@@ -223,7 +227,7 @@ def _baseline_ms(rows: list[Row]) -> float | None:
 def invalid_rows(spec: SweepSpec, invalid: list[tuple[dict[str, object], str]], gpu: GPUSpec) -> list[Row]:
     """Rows for combinations that are not a valid NSA configuration (reported, not dropped)."""
     return [Row(backend=name, stage=STAGE_TOTAL, impl="", status=STATUS_UNSUPPORTED, message=f"invalid configuration: {why}",
-                gpu=gpu.name, **combo) for combo, why in invalid for name in spec.backends]
+                gpu=gpu.name, **combo) for combo, why in invalid for name in spec.run_backends]
 
 
 def cuda_measure() -> Measure:
@@ -238,7 +242,7 @@ def run_sweep(
     csv_file = out_dir / results.CSV_NAME
     done = results.done_rows(csv_file) if resume else {}
     points, invalid = spec.points()
-    backends = order_backends(spec.backends, spec.baseline)
+    backends = order_backends(spec.run_backends, spec.baseline)
     written = skipped = 0
     if not resume or not done:
         for row in invalid_rows(spec, invalid, gpu):

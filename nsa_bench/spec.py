@@ -11,7 +11,14 @@ from dataclasses import asdict, dataclass, fields, replace
 
 from nsa_bench.config import NSAConfig
 
-MODES = ("fwd", "bwd", "fwdbwd", "decode")
+ATTENTION_MODES = ("fwd", "bwd", "fwdbwd", "decode")
+# One attention layer of a model: x [B, T, d_model] -> q/k/v projections (NSA: and its gate MLP) ->
+# attention -> output projection. Points of other modes carry d_model = 0 (not applicable).
+LAYER_MODES = ("layer-fwd", "layer-bwd")
+MODES = ATTENTION_MODES + LAYER_MODES
+# The NSA paper's model (arXiv 2502.11089, section 4.1 "Pretraining Setup"): 30 layers, hidden
+# dimension 2560, 64 heads in 4 GQA groups, Dk = 192, Dv = 128.
+PAPER_D_MODEL = 2560
 DTYPES = ("bfloat16", "float16", "float32")
 
 
@@ -32,6 +39,11 @@ class Point:
     n_slc: int
     window: int
     dtype: str
+    d_model: int = 0  # model width of a layer mode; 0 for attention-only modes
+
+    @property
+    def is_layer(self) -> bool:
+        return self.mode in LAYER_MODES
 
     @property
     def cfg(self) -> NSAConfig:
@@ -50,6 +62,7 @@ class Point:
             f"{self.mode} T={self.seqlen} B={self.batch} Hkv={self.kv_heads} G={self.group_size} "
             f"D={self.head_dim_qk}-{self.head_dim_v} l={self.block_cmp} d={self.stride_cmp} "
             f"l'={self.block_slc} n={self.n_slc} w={self.window} {self.dtype}"
+            + (f" d_model={self.d_model}" if self.is_layer else "")
         )
 
     def with_seqlen(self, seqlen: int, batch: int | None = None) -> "Point":
@@ -76,7 +89,9 @@ class SweepSpec:
     modes: tuple[str, ...] = ("fwd", "bwd", "decode")
     dtypes: tuple[str, ...] = ("bfloat16",)
     backends: tuple[str, ...] = ("fa2", "nsa-triton")
-    baseline: str = "fa2"
+    baseline: str = "fa2"  # the CSV's speedup/baseline columns are relative to this one
+    more_baselines: tuple[str, ...] = ()  # further baselines (--baseline fa2,cudnn): run, and shown in summaries
+    d_models: tuple[int, ...] = (PAPER_D_MODEL,)
     reps: int = 30
     warmup: int = 5
     seed: int = 0
@@ -90,7 +105,7 @@ class SweepSpec:
             if value < (0 if name == "warmup" else 1):
                 raise ValueError(f"{name}={value} must be {'>= 0' if name == 'warmup' else '>= 1'}")
         for name in ("seqlens", "batches", "kv_heads", "group_sizes", "block_cmp", "stride_cmp",
-                     "block_slc", "n_slc", "window"):
+                     "block_slc", "n_slc", "window", "d_models"):
             values = getattr(self, name)
             if not values:
                 raise ValueError(f"{name} is empty")
@@ -104,16 +119,35 @@ class SweepSpec:
             if dtype not in DTYPES:
                 raise ValueError(f"dtype {dtype!r} unknown (choose from {', '.join(DTYPES)})")
 
+    @property
+    def baselines(self) -> tuple[str, ...]:
+        """Every baseline, the CSV's (`baseline`) first."""
+        return tuple(dict.fromkeys((self.baseline, *self.more_baselines)))
+
+    @property
+    def run_backends(self) -> tuple[str, ...]:
+        """The backends a sweep runs: --backend plus any baseline it does not name."""
+        return tuple(dict.fromkeys((*self.backends, *self.baselines)))
+
     def points(self) -> tuple[list[Point], list[tuple[dict[str, object], str]]]:
-        """(valid points, [(combination, why it is invalid)]) in sweep order: mode outermost, seqlen innermost."""
+        """(valid points, [(combination, why it is invalid)]) in sweep order: mode outermost, seqlen innermost.
+
+        d_model only applies to layer modes: other modes get one point with d_model = 0 however many
+        --d-model values there are.
+        """
         valid: list[Point] = []
         invalid: list[tuple[dict[str, object], str]] = []
+        seen: set[Point] = set()
         for combo in itertools.product(
             self.modes, self.dtypes, self.batches, self.kv_heads, self.group_sizes, self.head_dims,
-            self.block_cmp, self.stride_cmp, self.block_slc, self.n_slc, self.window, self.seqlens,
+            self.block_cmp, self.stride_cmp, self.block_slc, self.n_slc, self.window, self.d_models, self.seqlens,
         ):
-            mode, dtype, batch, hkv, group, (dqk, dv), l, d, lp, n, w, seqlen = combo
-            point = Point(mode, seqlen, batch, hkv, group, dqk, dv, l, d, lp, n, w, dtype)
+            mode, dtype, batch, hkv, group, (dqk, dv), l, d, lp, n, w, width, seqlen = combo
+            point = Point(mode, seqlen, batch, hkv, group, dqk, dv, l, d, lp, n, w, dtype,
+                          width if mode in LAYER_MODES else 0)
+            if point in seen:
+                continue
+            seen.add(point)
             try:
                 point.cfg
             except ValueError as exc:

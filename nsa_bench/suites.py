@@ -57,7 +57,8 @@ OPTIONS: Mapping[str, tuple[str, Callable[[str], object]]] = {
     "mode": ("modes", lambda text: parse_names(text, MODES)),
     "dtype": ("dtypes", _dtypes),
     "backend": ("backends", parse_names),
-    "baseline": ("baseline", lambda text: text.strip()),
+    "baseline": ("baseline", parse_names),  # a list: the first fills the CSV's speedup column (see build_spec)
+    "d-model": ("d_models", _ints),
     "reps": ("reps", _one_int),
     "warmup": ("warmup", lambda text: int(text)),
     "seed": ("seed", lambda text: int(text)),
@@ -109,6 +110,9 @@ def build_spec(suite: str | None, flags: Mapping[str, object | None], base: Swee
                 values[field] = raw if isinstance(raw, bool) else parse(str(raw))
             except ValueError as exc:
                 raise OptionError(flag, raw, str(exc)) from None
+    if isinstance(values.get("baseline"), tuple):  # --baseline fa2,cudnn: the first, then the others
+        first, *others = values["baseline"]
+        values["baseline"], values["more_baselines"] = first, tuple(others)
     spec = base or SweepSpec()
     try:
         return replace(spec, **values)

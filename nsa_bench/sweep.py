@@ -13,12 +13,12 @@ import click
 import pandas as pd
 import torch
 
-from nsa_bench import environment, results
+from nsa_bench import baselines, environment, results
 from nsa_bench.gpus import GPUSpec, gpu_spec
 from nsa_bench.plots import plot_run
 from nsa_bench.runner import Outcome, Task, cuda_measure, run_sweep
 from nsa_bench.schema import STAGE_TOTAL, STATUS_OK, STATUS_PREDICTED
-from nsa_bench.spec import SweepSpec
+from nsa_bench.spec import LAYER_MODES, SweepSpec
 
 def results_root() -> Path:
     """Where runs go without --out: ./results of the current directory, never inside the install."""
@@ -109,7 +109,7 @@ def summary_table(csv_file: Path) -> str:
     if totals.empty:
         return "(no measured or predicted rows)"
     config_cols = [c for c in ("batch", "group_size", "head_dim_qk", "block_slc", "n_slc", "dtype")
-                   if totals[c].nunique() > 1]
+                   if totals[c].nunique() > 1] + _layer_width_column(totals)
     table = totals.pivot_table(index=["mode", *config_cols, "seqlen"], columns="backend", values="speedup",
                                aggfunc="first", sort=False)
     times = totals.assign(ms=totals["ms_median"].where(totals["status"] == STATUS_OK, totals["predicted_ms"]))
@@ -118,5 +118,13 @@ def summary_table(csv_file: Path) -> str:
     table = table.reindex(index=ms.index)
     kind = "measured" if (totals["status"] == STATUS_OK).any() else "predicted"
     with pd.option_context("display.width", 160, "display.max_columns", 20):
-        return (f"Speedup vs baseline ({kind}):\n{table.to_string(float_format=lambda x: f'{x:.2f}')}\n\n"
+        text = (f"Speedup vs baseline ({kind}):\n{table.to_string(float_format=lambda x: f'{x:.2f}')}\n\n"
                 f"Time per call, ms ({kind}):\n{ms.to_string(float_format=lambda x: f'{x:.4g}')}")
+    extra = baselines.summary_text(frame)
+    return f"{text}\n\n{extra}" if extra else text
+
+
+def _layer_width_column(totals: pd.DataFrame) -> list[str]:
+    """["d_model"] when layer points of several widths ran (attention-only rows all carry 0)."""
+    layer = totals[totals["mode"].isin(LAYER_MODES)]
+    return ["d_model"] if layer["d_model"].nunique() > 1 else []

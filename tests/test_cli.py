@@ -22,6 +22,8 @@ from cli_runner import run_cli
         (["--suite", "nope"], "--suite", "nope"),
         (["--gpu", "tpu"], "--gpu", "tpu"),
         (["--mode", "sideways"], "--mode", "sideways"),
+        (["--baseline", "fa2,warp-drive"], "--baseline", "warp-drive"),
+        (["--d-model", "0"], "--d-model", "0"),
     ],
 )
 def test_bad_input_is_one_line_exit_2(monkeypatch, capsys, tmp_path, args, flag, value):
@@ -88,6 +90,28 @@ def test_plot_command(monkeypatch, capsys, tmp_path):
 def test_env_lists_backends(monkeypatch, capsys):
     code, out, _ = run_cli(monkeypatch, capsys, "env")
     assert code == 0
-    for name in ("fa2", "nsa-triton", "nsa-ref", "fa2-triton"):
+    for name in ("fa2", "nsa-triton", "nsa-ref", "fa2-triton", "cudnn", "fa3", "flex"):
         assert name in out
     assert "needs a CUDA GPU" in out
+    lines = {line.split()[0]: line for line in out.splitlines() if line.startswith("  ")}
+    assert "FlashAttention-3" in lines["fa3"] and "cuDNN SDPA" in lines["cudnn"] and "flex_attention" in lines["flex"]
+
+
+def test_predicted_layer_sweep_against_several_baselines(monkeypatch, capsys, tmp_path):
+    out_dir = tmp_path / "run"
+    code, out, _ = run_cli(monkeypatch, capsys, "sweep", "--seqlen", "8k,64k", "--mode", "layer-fwd,layer-bwd",
+                           "--backend", "nsa-triton", "--baseline", "fa2,cudnn", "--out", str(out_dir), "--quiet")
+    assert code == 0
+    frame = pd.read_csv(out_dir / "results.csv")
+    assert set(frame["backend"]) == {"fa2", "cudnn", "nsa-triton"}  # baselines run without --backend naming them
+    assert set(frame["d_model"]) == {2560} and (frame["status"] == "predicted").all()
+    totals = frame[frame["stage"] == "total"]
+    assert set(totals["baseline"]) == {"fa2"}  # the CSV's speedup column stays relative to the first baseline
+    stages = set(frame[(frame["backend"] == "cudnn") & (frame["mode"] == "layer-fwd")]["stage"])
+    assert stages == {"total", "qkv_proj", "attention", "out_proj"}
+    for words in ("every dense backend predicts the same", "Amdahl bound", "bound vs fa2",
+                  "Strongest dense kernel: not named from predictions", "fa2: V zero-padded"):
+        assert words in out, words
+    assert (out_dir / "plots" / "speedup_baselines.png").exists()
+    spec = json.loads((out_dir / "spec.json").read_text())
+    assert spec["baseline"] == "fa2" and spec["more_baselines"] == ["cudnn"] and spec["d_models"] == [2560]

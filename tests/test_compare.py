@@ -331,6 +331,8 @@ def test_spec_for_key_is_one_point_with_its_baseline() -> None:
     assert not invalid and len(points) == 1
     assert (points[0].mode, points[0].seqlen, points[0].batch, points[0].dtype) == ("bwd", 1000, 2, "float16")
     assert spec.backends == ("fa2", "nsa-triton") and (spec.reps, spec.warmup) == (7, 2)
+    layer = compare.spec_for_key(key | {"mode": "layer-bwd", "d_model": "1024"}, {"baseline": "fa2"})
+    assert [(p.mode, p.d_model) for p in layer.points()[0]] == [("layer-bwd", 1024)]
 
 
 def test_sweep_remeasure_returns_the_suspect_rows(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -10,6 +10,7 @@ from nsa_bench import reference
 from nsa_bench.config import NSAConfig
 from nsa_bench.cost import (
     MODES,
+    PROJECTION_STAGES,
     Cost,
     Shape,
     StageCost,
@@ -19,6 +20,8 @@ from nsa_bench.cost import (
     dense_cost,
     floor_seconds,
     keys_at,
+    layer_attention_stages,
+    layer_cost,
     nsa_cost,
     stage_floor_seconds,
     visible_keys,
@@ -378,3 +381,81 @@ def test_bad_mode_and_seqlen_raise():
             func(0, PAPER_CFG)
     with pytest.raises(ValueError, match="position"):
         keys_at(-1, PAPER_CFG)
+
+
+# ---------------------------------------------------------------- one attention layer
+def _projection_flops(shape: Shape, d_model: int, gated: bool, backward: bool) -> dict[str, float]:
+    """FLOPs of the layer's projections as torch counts them (FlopCounterMode) on the real GEMMs."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    rows = shape.batch * shape.seqlen
+    widths = {"qkv_proj": [shape.q_heads * shape.head_dim_qk, shape.kv_heads * shape.head_dim_qk,
+                           shape.kv_heads * shape.head_dim_v],
+              "gate_mlp": [3 * shape.q_heads] if gated else [], "out_proj": []}
+    counted = {}
+    for stage, outs in widths.items():
+        d_in = shape.q_heads * shape.head_dim_v if stage == "out_proj" else d_model
+        outs = [d_model] if stage == "out_proj" else outs
+        if not outs:
+            continue
+        x = torch.randn(rows, d_in, requires_grad=backward)
+        weights = [torch.randn(d_in, n, requires_grad=backward) for n in outs]
+        ys = [x @ w for w in weights]
+        counter = FlopCounterMode(display=False)
+        with counter:
+            if backward:
+                torch.autograd.backward(ys, [torch.ones_like(y) for y in ys])
+            else:
+                [x @ w for w in weights]
+        counted[stage] = counter.get_total_flops()
+    return counted
+
+
+@pytest.mark.parametrize("mode", ["layer-fwd", "layer-bwd"])
+@pytest.mark.parametrize("gated", [True, False])
+def test_layer_projection_flops_are_torchs_gemm_count(mode, gated):
+    shape = Shape(batch=2, seqlen=37, kv_heads=2, group_size=3, head_dim_qk=24, head_dim_v=16)
+    cost = layer_cost(shape, 40, mode, PAPER_CFG if gated else None)
+    counted = _projection_flops(shape, 40, gated, mode == "layer-bwd")
+    for stage, flops in counted.items():
+        extra = 3 * 2 * 37 * 3 * 6 if (stage == "gate_mlp" and mode == "layer-bwd") else 0  # sigmoid' = 3 FLOPs/elt
+        assert cost.stage(stage).flops == flops + extra
+    assert ("gate_mlp" in cost.stage_names) is gated
+
+
+@pytest.mark.parametrize("mode,inner", [("layer-fwd", "fwd"), ("layer-bwd", "bwd")])
+def test_layer_cost_is_projections_plus_the_attention_cost(mode, inner):
+    shape = Shape(batch=1, seqlen=1000, kv_heads=2, group_size=4, head_dim_qk=64, head_dim_v=32)
+    for cfg, attention in ((PAPER_CFG, nsa_cost(shape, PAPER_CFG, inner)), (None, dense_cost(shape, inner))):
+        layer = layer_cost(shape, 256, mode, cfg)
+        assert layer.stage_names[0] == "qkv_proj" and layer.stage_names[-1] == "out_proj"
+        inside = [s for s in layer.stages if s.stage not in PROJECTION_STAGES]
+        assert tuple(inside) == attention.stages
+        assert tuple(s.stage for s in inside) == layer_attention_stages(mode, nsa=cfg is not None)
+        assert floor_seconds(layer, GPUS["h100"]) > floor_seconds(attention, GPUS["h100"])
+
+
+def test_layer_projection_bytes_by_hand():
+    e, rows, d = 2, 10, 8  # B*T = 10 rows, d_model 8; Hq = 2, Hkv = 1, Dk = 4, Dv = 2
+    shape = Shape(batch=2, seqlen=5, kv_heads=1, group_size=2, head_dim_qk=4, head_dim_v=2)
+    qkv_width, gates, o_width = 2 * 4 + 4 + 2, 6, 2 * 2
+    fwd = layer_cost(shape, d, "layer-fwd", PAPER_CFG)
+    assert fwd.stage("qkv_proj").bytes == e * (rows * d + d * qkv_width + rows * qkv_width)
+    assert fwd.stage("gate_mlp").bytes == e * (rows * d + d * gates + rows * gates)
+    assert fwd.stage("out_proj").bytes == e * (rows * o_width + o_width * d + rows * d)
+    bwd = layer_cost(shape, d, "layer-bwd", PAPER_CFG)
+    # reads dq/dk/dv, x, W; writes dW and dx (the first gradient of x)
+    assert bwd.stage("qkv_proj").bytes == e * (rows * qkv_width + rows * d + 2 * d * qkv_width + rows * d)
+    # reads dgates, the saved gates, x, W_g; writes dW_g; adds into dx (read + write)
+    assert bwd.stage("gate_mlp").bytes == e * (2 * rows * gates + rows * d + 2 * d * gates + 2 * rows * d)
+    assert bwd.stage("out_proj").bytes == e * (rows * d + rows * o_width + 2 * o_width * d + rows * o_width)
+
+
+def test_layer_cost_rejects_bad_input():
+    shape = Shape(1, 64, 1, 1, 16, 16)
+    with pytest.raises(ValueError, match="mode"):
+        layer_cost(shape, 32, "fwd", None)
+    with pytest.raises(ValueError, match="d_model"):
+        layer_cost(shape, 0, "layer-fwd", None)
+    with pytest.raises(ValueError, match="mode"):
+        layer_attention_stages("decode", nsa=True)

@@ -51,3 +51,27 @@ def test_invalid_combinations_are_reported_not_dropped():
     assert len(points) == len(spec.modes)
     assert len(invalid) == len(spec.modes)
     assert "stride_cmp=24" in invalid[0][1]
+
+
+def test_baseline_list_first_is_the_csv_baseline_and_all_run():
+    spec = build_spec(None, {"baseline": "fa2,cudnn", "backend": "nsa-triton"})
+    assert spec.baseline == "fa2" and spec.more_baselines == ("cudnn",)
+    assert spec.baselines == ("fa2", "cudnn")
+    assert spec.run_backends == ("nsa-triton", "fa2", "cudnn")  # baselines run even when --backend omits them
+    assert build_spec(None, {"baseline": "cudnn"}).more_baselines == ()
+
+
+def test_d_model_applies_to_layer_modes_only():
+    spec = build_spec(None, {"mode": "fwd,layer-fwd,layer-bwd", "d-model": "1024,2560", "seqlen": "1k"})
+    points, invalid = spec.points()
+    assert not invalid
+    assert [(p.mode, p.d_model) for p in points] == [
+        ("fwd", 0), ("layer-fwd", 1024), ("layer-fwd", 2560), ("layer-bwd", 1024), ("layer-bwd", 2560)]
+    assert "d_model=1024" in points[1].label() and "d_model" not in points[0].label()
+    assert SweepSpec().d_models == (2560,)  # the NSA paper's model (spec.PAPER_D_MODEL)
+
+
+def test_bad_d_model_names_its_flag():
+    with pytest.raises(OptionError) as info:
+        build_spec(None, {"d-model": "0"})
+    assert info.value.flag == "d-model"

@@ -52,6 +52,7 @@ class Backend:
     build: Callable[[Point, Inputs], Workload]
     impl_hint: Callable[[], str] = lambda: ""  # what would run here (for `nsa-bench env`)
     supports: Callable[[Point], str | None] = lambda point: None  # None when the point is in its scope, else why not
+    pads: Callable[[Point], str] = lambda point: ""  # the padding it runs the point with ("": the true shapes)
 
 
 @functools.cache

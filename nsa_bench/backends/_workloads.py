@@ -1,7 +1,8 @@
 """Turn a forward function into the Workload of each mode (shared by the backends).
 
 Backward is timed alone: the forward runs once outside the timed region and each rep replays the
-backward of the same graph (retain_graph), with grads cleared untimed before every rep.
+backward of the same graph (retain_graph), with grads cleared untimed before every rep. Layer modes
+wrap the same forward in one model layer (nsa_bench.layer), so every autograd backend runs them.
 """
 from __future__ import annotations
 
@@ -20,8 +21,15 @@ def autograd_workload(
     stages: Mapping[str, Callable[[], Any]] | None = None,
     stage_costs: Mapping[str, tuple[str, ...]] | None = None,
 ) -> Workload:
-    """fwd / bwd / fwdbwd workload for `forward(q, k, v, gates) -> o` on `inputs`."""
+    """fwd / bwd / fwdbwd / layer-fwd / layer-bwd workload for `forward(q, k, v, gates) -> o` on `inputs`.
+
+    `grad_gates` marks gated (NSA) attention: its gates get gradients, and its layer has the gate MLP.
+    """
     mode = inputs.point.mode
+    if inputs.point.is_layer:
+        from nsa_bench.layer import layer_workload
+
+        return layer_workload(inputs, forward, impl, gated=grad_gates, note=note)
     extras = {"stages": dict(stages or {}), "stage_costs": dict(stage_costs or {}), "note": note}
     if mode == "fwd":
         def run_fwd() -> torch.Tensor:

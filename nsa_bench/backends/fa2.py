@@ -77,6 +77,12 @@ def _attention(causal: bool) -> Callable[[torch.Tensor, torch.Tensor, torch.Tens
     return lambda q, k, v: _sdpa_flash(q, k, v, causal)
 
 
+def padding(point: Point) -> str:
+    """What fa2 pads at `point` ("" when it runs the true shapes)."""
+    dqk, dv = point.head_dim_qk, point.head_dim_v
+    return f"V zero-padded from {dv} to {dqk} (FA2 needs Dk == Dv)" if dv != dqk else ""
+
+
 def _build(point: Point, inputs: Inputs) -> Workload:
     dqk, dv = point.head_dim_qk, point.head_dim_v
     if dqk > 256:
@@ -84,7 +90,7 @@ def _build(point: Point, inputs: Inputs) -> Workload:
     repeats = _kv_repeats(inputs)
     kv_note = (f"KV heads repeated x{repeats} (this torch's flash SDPA has no GQA): "
                f"{'outside the timed call' if point.mode == 'decode' else 'inside the timed call'}") if repeats > 1 else ""
-    pad_note = f"V zero-padded from {dv} to {dqk} (FA2 needs Dk == Dv)" if dv != dqk else ""
+    pad_note = padding(point)
     note = "; ".join(n for n in (pad_note, kv_note) if n)
     impl = _impl_name() + ("(kv-expanded)" if kv_note else "")
     if point.mode == "decode":
@@ -121,9 +127,10 @@ def _decode(inputs: Inputs, impl: str, note: str) -> Workload:
 BACKEND = Backend(
     name="fa2",
     family="dense",
-    modes=("fwd", "bwd", "fwdbwd", "decode"),
+    modes=("fwd", "bwd", "fwdbwd", "decode", "layer-fwd", "layer-bwd"),
     description="CUDA FlashAttention-2 (flash_attn, else SDPA pinned to its flash kernel)",
     availability=cuda_required,
     build=_build,
     impl_hint=_impl_name,
+    pads=padding,
 )

@@ -27,7 +27,7 @@ def _build(point: Point, inputs: Inputs) -> Workload:
 BACKEND = Backend(
     name="fa2-triton",
     family="dense",
-    modes=("fwd", "bwd", "fwdbwd", "decode"),
+    modes=("fwd", "bwd", "fwdbwd", "decode", "layer-fwd", "layer-bwd"),
     description="our Triton FlashAttention-2 (causal, GQA, Dk != Dv without padding)",
     availability=cuda_required,
     build=_build,

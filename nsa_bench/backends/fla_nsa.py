@@ -123,7 +123,7 @@ def _build(point: Point, inputs: Inputs) -> Workload:
 BACKEND = Backend(
     name="fla-nsa",
     family="nsa",
-    modes=("fwd", "bwd", "fwdbwd"),
+    modes=("fwd", "bwd", "fwdbwd", "layer-fwd", "layer-bwd"),
     description="flash-linear-attention's Triton NSA (fla-core; needs l = d = l', G a power of two >= 16)",
     availability=availability,
     build=_build,

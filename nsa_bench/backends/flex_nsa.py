@@ -273,7 +273,7 @@ def _build(point: Point, inputs: Inputs) -> Workload:
 BACKEND = Backend(
     name="flex-nsa",
     family="nsa",
-    modes=("fwd", "bwd", "fwdbwd"),
+    modes=("fwd", "bwd", "fwdbwd", "layer-fwd", "layer-bwd"),
     description="NSA prototyped with PyTorch FlexAttention (3 flex_attention calls + gated sum)",
     availability=availability,
     build=_build,

@@ -27,7 +27,7 @@ def _build(point: Point, inputs: Inputs) -> Workload:
 BACKEND = Backend(
     name="nsa-ref",
     family="nsa",
-    modes=("fwd", "bwd", "fwdbwd", "decode"),
+    modes=("fwd", "bwd", "fwdbwd", "decode", "layer-fwd", "layer-bwd"),
     description="reference NSA in plain PyTorch (chunked; slow, exact)",
     availability=cuda_required,
     build=_build,

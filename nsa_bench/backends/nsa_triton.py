@@ -47,7 +47,7 @@ def _build(point: Point, inputs: Inputs) -> Workload:
 BACKEND = Backend(
     name="nsa-triton",
     family="nsa",
-    modes=("fwd", "bwd", "fwdbwd", "decode"),
+    modes=("fwd", "bwd", "fwdbwd", "decode", "layer-fwd", "layer-bwd"),
     description="our Triton NSA kernels (compression, cmp attention + scoring, top-n, selected, window, gated sum)",
     availability=cuda_required,
     build=_build,
