@@ -23,12 +23,15 @@ kernel source, signature, constexprs and options; Triton's on-disk cache makes r
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import importlib
 import json
 import os
 import re
 import subprocess
 import sys
 import tempfile
+import time
 import traceback
 from dataclasses import dataclass, field
 from types import ModuleType
@@ -36,6 +39,7 @@ from typing import Any, Callable
 
 import triton
 import triton.language as tl
+from triton import knobs
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource, make_backend
 from triton.runtime.autotuner import Autotuner, Heuristics
@@ -47,6 +51,7 @@ _RESULT_TAG = "@@gpu_compile@@ "
 _USAGE = re.compile(r"REG:(\d+)\s+STACK:(\d+)\s+SHARED:(\d+)\s+LOCAL:(\d+)")
 H100_MAX_SHARED_BYTES = 227 * 1024  # opt-in dynamic shared memory per block (Triton's launch check)
 H100_REGISTERS_PER_SM = 65536
+DEFAULT_CAPABILITY = 90  # sm_90 (H100, H200): what is compiled for when no GPU is present
 PAPER_CFG = NSAConfig(block_cmp=32, stride_cmp=16, block_slc=64, n_slc=16, window=512)
 
 
@@ -95,6 +100,8 @@ class CompileResult:
     local_bytes: int | None = None  # per-thread local memory: where register spills live
     stack_bytes: int | None = None
     shared_bytes: int | None = None
+    seconds: float = 0.0  # wall time of this compile (0 when it came from this worker's memory)
+    cpu_seconds: float = 0.0  # CPU time, ptxas included: what the precompile estimate is calibrated on
 
     @property
     def ok(self) -> bool:
@@ -249,19 +256,46 @@ def _resource_usage(cubin: bytes) -> tuple[int, ...] | None:
     return tuple(max(column) for column in zip(*rows)) if rows else None
 
 
+def _cpu_seconds() -> float:
+    """CPU time of this process and its finished children (ptxas runs as a child)."""
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
+
+
 def _short_error(exc: BaseException) -> str:
     text = "".join(traceback.format_exception_only(type(exc), exc)).strip()
     return text if len(text) <= 4000 else text[:2000] + "\n...\n" + text[-2000:]
 
 
 class KernelCompiler:
-    """Compiles launches for sm_90, caching by (kernel source, signature, constexprs, attrs, options)."""
+    """Compiles launches for one CUDA capability (sm_90 by default), caching by (kernel source,
+    signature, constexprs, attrs, options): the parts of Triton's own on-disk cache key that vary."""
 
-    def __init__(self) -> None:
-        self.target = GPUTarget("cuda", 90, 32)
+    def __init__(self, capability: int = DEFAULT_CAPABILITY) -> None:
+        self.target = GPUTarget("cuda", capability, 32)
         self.backend = make_backend(self.target)
         self._binders: dict[int, Callable] = {}
         self._cache: dict[tuple, CompileResult] = {}
+
+    def bind(self, jit: JITFunction, args: tuple, kwargs: dict) -> tuple[tuple, Any, Any, Any, Any]:
+        """(key, signature, constexprs, attrs, options) exactly as JITFunction.run computes them before
+        it compiles: the same binder, the same debug and instrumentation options from Triton's knobs."""
+        kwargs = {**kwargs, "debug": kwargs.get("debug", jit.debug) or knobs.runtime.debug,
+                  "instrumentation_mode": knobs.compilation.instrumentation_mode}
+        binder = self._binders.get(id(jit))
+        if binder is None:
+            binder = create_function_from_signature(jit.signature, jit.params, self.backend)
+            self._binders[id(jit)] = binder
+        bound, specialization, options = binder(*args, **kwargs)
+        options, signature, constexprs, attrs = jit._pack_args(self.backend, kwargs, bound, specialization, options)
+        key = (jit.cache_key, tuple(signature.items()), repr(sorted(constexprs.items())),
+               repr(sorted(attrs.items())), options.hash())
+        return key, signature, constexprs, attrs, options
+
+    def digest(self, jit: JITFunction, args: tuple, kwargs: dict) -> str:
+        """A short name of one compile: equal digests compile to the same binary (deduplication)."""
+        key = self.bind(jit, args, kwargs)[0]
+        return hashlib.sha256(repr(key).encode()).hexdigest()[:24]
 
     def compile_launch(self, launch: Launch, index: int = 0) -> list[CompileResult]:
         """Every config of `launch` (its index in the case is `index`); failures come back as results."""
@@ -281,34 +315,26 @@ class KernelCompiler:
     def _compile(self, name: str, jit: JITFunction, args: tuple, kwargs: dict) -> CompileResult:
         label = _config_label(kwargs)
         warps = kwargs.get("num_warps", 4)
-        kwargs = {**kwargs, "debug": kwargs.get("debug", jit.debug) or False}
-        kwargs.setdefault("instrumentation_mode", "")
-        try:
-            binder = self._binders.get(id(jit))
-            if binder is None:
-                binder = create_function_from_signature(jit.signature, jit.params, self.backend)
-                self._binders[id(jit)] = binder
-            # exactly what JITFunction.run does before compiling on a GPU
-            bound, specialization, options = binder(*args, **kwargs)
-            options, signature, constexprs, attrs = jit._pack_args(self.backend, kwargs, bound, specialization,
-                                                                   options)
+        try:  # exactly what JITFunction.run does before compiling on a GPU
+            key, signature, constexprs, attrs, options = self.bind(jit, args, kwargs)
         except Exception as exc:
             return CompileResult(name, label, num_warps=warps, error=f"bind: {_short_error(exc)}")
-        key = (jit.cache_key, tuple(signature.items()), repr(sorted(constexprs.items())),
-               repr(sorted(attrs.items())), options.hash())
         if key not in self._cache:
+            wall, cpu = time.perf_counter(), _cpu_seconds()
             try:
                 compiled = triton.compile(ASTSource(jit, signature, constexprs, attrs), target=self.target,
                                           options=options.__dict__)
             except Exception as exc:
                 self._cache[key] = CompileResult(name, label, num_warps=warps, error=_short_error(exc))
             else:
+                spent = {"seconds": time.perf_counter() - wall, "cpu_seconds": _cpu_seconds() - cpu}
                 usage = _resource_usage(compiled.asm["cubin"])
                 reg, stack, _, local = usage if usage else (None, None, None, None)
                 self._cache[key] = CompileResult(name, label, num_warps=compiled.metadata.num_warps, registers=reg,
                                                  local_bytes=local, stack_bytes=stack,
-                                                 shared_bytes=compiled.metadata.shared)
-        return self._cache[key]
+                                                 shared_bytes=compiled.metadata.shared, **spent)
+            return self._cache[key]
+        return dataclasses.replace(self._cache[key], seconds=0.0, cpu_seconds=0.0)
 
 
 # ------------------------------------------------------------------------------ entry points (worker)
@@ -476,27 +502,161 @@ def _kernel_modules() -> list[ModuleType]:
     return [importlib.import_module(f"nsa_kernels.{name}") for name in names] + [sys.modules[__name__]]
 
 
+def entry_point(entry: str) -> Callable[[Case], None]:
+    """The host code of an entry: a key of ENTRIES, or "package.module:NAME" for entry points defined
+    outside the kernels (the benchmark's backends: `module.compile_entry(NAME)` returns the callable),
+    so what the sweep will launch is recorded by the same machinery as the compile check."""
+    if entry in ENTRIES:
+        return ENTRIES[entry]
+    module, sep, name = entry.partition(":")
+    if not sep:
+        raise KeyError(f"unknown compile entry {entry!r} (choose from {', '.join(ENTRIES)} or module:name)")
+    return importlib.import_module(module).compile_entry(name)
+
+
+def _record(case: Case) -> list[Launch]:
+    return record_launches(_kernel_modules(), lambda: entry_point(case.entry)(case))
+
+
 def run_case(case: Case, compiler: KernelCompiler) -> CaseReport:
     """Record the entry point's launches at `case`'s shape and compile every config (worker side)."""
     try:
-        modules = _kernel_modules()
-        launches = record_launches(modules, lambda: ENTRIES[case.entry](case))
+        launches = _record(case)
     except Exception as exc:
         return CaseReport(case, (), host_error="".join(traceback.format_exception(exc))[-4000:])
     results = tuple(r for i, launch in enumerate(launches) for r in compiler.compile_launch(launch, i))
     return CaseReport(case, results)
 
 
+# ------------------------------------------------------------------------------ jobs (precompile, worker)
+@dataclass(frozen=True)
+class Variant:
+    """One config of one recorded launch, planned but not compiled. `digest` names the compile (equal
+    digests, in any case, compile to the same binary); empty when the host side failed (`error`)."""
+
+    launch: int
+    index: int
+    name: str
+    config: str
+    digest: str
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class Tuning:
+    """An autotuned launch: the key its autotuner looks up and the configs it benchmarks on a miss."""
+
+    kernel: str
+    key: str
+    configs: int
+
+
+@dataclass(frozen=True)
+class CasePlan:
+    """What one case launches: every variant to compile and every autotuner lookup."""
+
+    case: Case
+    launches: int
+    variants: tuple[Variant, ...]
+    tunings: tuple[Tuning, ...]
+    host_error: str | None = None
+
+
+def _kernel_name(kernel: Any) -> str:
+    while isinstance(kernel, (Autotuner, Heuristics)):
+        kernel = kernel.fn
+    return getattr(kernel, "__name__", repr(kernel))
+
+
+def tuning_of(launch: Launch, configs: int) -> Tuning | None:
+    """The autotune lookup this launch makes, keyed as Autotuner.run keys it (key arguments, then the
+    dtype of every tensor argument); None when no autotuner with several configs is involved."""
+    tuner = launch.kernel
+    while isinstance(tuner, Heuristics):
+        tuner = tuner.fn
+    if not isinstance(tuner, Autotuner) or len(tuner.configs) < 2:
+        return None
+    named = {**dict(zip(tuner.arg_names, launch.args)), **launch.kwargs}
+    named = {k: v for k, v in named.items() if k in tuner.arg_names}
+    key = [named[k] for k in tuner.keys if k in named] + [str(v.dtype) for v in named.values() if hasattr(v, "dtype")]
+    return Tuning(_kernel_name(tuner), repr(tuple(key)), configs)
+
+
+class _Session:
+    """Worker-side state for precompile requests: one compiler, each case's launches recorded once."""
+
+    def __init__(self, compiler: KernelCompiler) -> None:
+        self.compiler = compiler
+        self._launches: dict[Case, list[Launch]] = {}
+        self._variants: dict[tuple[Case, int], list[tuple[Any, dict]]] = {}
+
+    def launches(self, case: Case) -> list[Launch]:
+        if case not in self._launches:
+            self._launches[case] = _record(case)
+        return self._launches[case]
+
+    def variants(self, case: Case, launch: int) -> list[tuple[Any, dict]]:
+        if (case, launch) not in self._variants:
+            self._variants[case, launch] = expand(self.launches(case)[launch])
+        return self._variants[case, launch]
+
+    def plan(self, case: Case) -> CasePlan:
+        try:
+            launches = self.launches(case)
+        except Exception as exc:
+            return CasePlan(case, 0, (), (), host_error="".join(traceback.format_exception(exc))[-4000:])
+        variants: list[Variant] = []
+        tunings: list[Tuning] = []
+        for i, launch in enumerate(launches):
+            name = _kernel_name(launch.kernel)
+            try:
+                expanded = self.variants(case, i)
+            except Exception as exc:
+                variants.append(Variant(i, 0, name, _config_label(launch.kwargs), "", f"expand: {_short_error(exc)}"))
+                continue
+            tuning = tuning_of(launch, len(expanded))
+            if tuning is not None:
+                tunings.append(tuning)
+            for j, (jit, kw) in enumerate(expanded):
+                try:
+                    variants.append(Variant(i, j, name, _config_label(kw), self.compiler.digest(jit, launch.args, kw)))
+                except Exception as exc:
+                    variants.append(Variant(i, j, name, _config_label(kw), "", f"bind: {_short_error(exc)}"))
+        return CasePlan(case, len(launches), tuple(variants), tuple(tunings))
+
+    def compile(self, case: Case, launch: int, index: int) -> CompileResult:
+        recorded = self.launches(case)[launch]
+        jit, kw = self.variants(case, launch)[index]
+        name = _kernel_name(recorded.kernel)
+        result = self.compiler._compile(name, jit, recorded.args, kw)
+        return dataclasses.replace(result, name=name, config=_config_label(kw), launch=launch,
+                                   module=getattr(jit, "__module__", "") or "")
+
+
+def _answer(request: dict, compiler: KernelCompiler, session: _Session) -> dict:
+    op = request.get("op")
+    if op is None:  # a bare Case: compile all of it (the compile check)
+        report = run_case(Case.from_json(json.dumps(request)), compiler)
+        return {"results": [dataclasses.asdict(r) for r in report.results], "host_error": report.host_error}
+    case = Case.from_json(json.dumps(request["case"]))
+    if op == "plan":
+        return dataclasses.asdict(session.plan(case))
+    if op == "compile":
+        return dataclasses.asdict(session.compile(case, request["launch"], request["index"]))
+    raise ValueError(f"unknown worker request {op!r}")
+
+
 def _worker_main() -> None:
-    """Read one Case per stdin line, answer one tagged JSON CaseReport per stdout line."""
+    """Read one JSON request per stdin line, answer one tagged JSON line on stdout."""
     if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
         raise SystemExit("gpu_compile worker needs TRITON_INTERPRET=0")
-    compiler = KernelCompiler()
+    capability = int(sys.argv[sys.argv.index("--capability") + 1]) if "--capability" in sys.argv else DEFAULT_CAPABILITY
+    compiler = KernelCompiler(capability)
+    session = _Session(compiler)
     for line in sys.stdin:
         if not line.strip():
             continue
-        report = run_case(Case.from_json(line), compiler)
-        payload = {"results": [dataclasses.asdict(r) for r in report.results], "host_error": report.host_error}
+        payload = _answer(json.loads(line), compiler, session)
         sys.stdout.write(_RESULT_TAG + json.dumps(payload) + "\n")
         sys.stdout.flush()
 
@@ -505,28 +665,40 @@ def _worker_main() -> None:
 class CompileWorker:
     """A GPU-mode worker subprocess that compiles Cases on request (use as a context manager)."""
 
-    def __init__(self) -> None:
+    def __init__(self, capability: int = DEFAULT_CAPABILITY) -> None:
         env = {**os.environ, "TRITON_INTERPRET": "0"}
         self._proc = subprocess.Popen(
-            [sys.executable, "-m", __name__, "--worker"], env=env, text=True,
+            [sys.executable, "-m", __name__, "--worker", "--capability", str(capability)], env=env, text=True,
             stdin=subprocess.PIPE, stdout=subprocess.PIPE,
         )
         self._reports: dict[Case, CaseReport] = {}
 
+    def request(self, payload: str, what: str) -> dict:
+        """Send one JSON request line, return the tagged answer (other output of the worker is skipped)."""
+        assert self._proc.stdin is not None and self._proc.stdout is not None
+        self._proc.stdin.write(payload + "\n")
+        self._proc.stdin.flush()
+        for line in self._proc.stdout:
+            if line.startswith(_RESULT_TAG):
+                return json.loads(line[len(_RESULT_TAG):])
+        raise RuntimeError(f"gpu_compile worker exited (rc={self._proc.wait()}) while {what}")
+
     def compile_case(self, case: Case) -> CaseReport:
         if case not in self._reports:
-            assert self._proc.stdin is not None and self._proc.stdout is not None
-            self._proc.stdin.write(case.to_json() + "\n")
-            self._proc.stdin.flush()
-            for line in self._proc.stdout:
-                if line.startswith(_RESULT_TAG):
-                    raw = json.loads(line[len(_RESULT_TAG):])
-                    results = tuple(CompileResult(**r) for r in raw["results"])
-                    self._reports[case] = CaseReport(case, results, raw["host_error"])
-                    break
-            else:
-                raise RuntimeError(f"gpu_compile worker exited (rc={self._proc.wait()}) while compiling {case.label}")
+            raw = self.request(case.to_json(), f"compiling {case.label}")
+            results = tuple(CompileResult(**r) for r in raw["results"])
+            self._reports[case] = CaseReport(case, results, raw["host_error"])
         return self._reports[case]
+
+    def plan(self, case: Case) -> CasePlan:
+        """Record `case` and name every variant it would compile, without compiling."""
+        raw = self.request(json.dumps({"op": "plan", "case": json.loads(case.to_json())}), f"planning {case.label}")
+        return CasePlan(case, raw["launches"], tuple(Variant(**v) for v in raw["variants"]),
+                        tuple(Tuning(**t) for t in raw["tunings"]), raw["host_error"])
+
+    def compile_variant(self, case: Case, launch: int, index: int) -> CompileResult:
+        payload = json.dumps({"op": "compile", "case": json.loads(case.to_json()), "launch": launch, "index": index})
+        return CompileResult(**self.request(payload, f"compiling {case.label} launch {launch} config {index}"))
 
     def close(self) -> None:
         if self._proc.stdin is not None:
@@ -575,6 +747,130 @@ def compile_cases(cases: tuple[Case, ...], workers: int = 2) -> dict[Case, CaseR
     if failures:
         raise failures[0]
     return {case: reports[case] for case in cases}
+
+
+# ------------------------------------------------------------------------------ precompile (parent side)
+@dataclass(frozen=True)
+class Precompiled:
+    """Every case's plan and one result per distinct compile (variants shared by cases compile once)."""
+
+    plans: dict[Case, CasePlan]
+    results: tuple[CompileResult, ...]
+    workers: int
+    plan_seconds: float
+    compile_seconds: float
+
+    @property
+    def variants(self) -> int:
+        """Variants over all cases, before deduplication."""
+        return sum(len(p.variants) for p in self.plans.values())
+
+    @property
+    def failed(self) -> tuple[CompileResult, ...]:
+        return tuple(r for r in self.results if not r.ok)
+
+    @property
+    def host_errors(self) -> dict[Case, str]:
+        return {c: p.host_error for c, p in self.plans.items() if p.host_error}
+
+
+def distinct_variants(plans: list[CasePlan]) -> tuple[list[tuple[Case, Variant]], list[CompileResult]]:
+    """(the first case naming each distinct compile, results for variants the host side failed on)."""
+    seen: dict[str, tuple[Case, Variant]] = {}
+    broken: list[CompileResult] = []
+    for plan in plans:
+        for variant in plan.variants:
+            if variant.error:
+                broken.append(CompileResult(variant.name, variant.config, variant.launch, error=variant.error))
+            elif variant.digest not in seen:
+                seen[variant.digest] = (plan.case, variant)
+    return list(seen.values()), broken
+
+
+class WorkerPool:
+    """`workers` CompileWorkers, each driven by one thread pulling from a shared queue (dynamic balance:
+    compile times differ by kernel and config). Use as a context manager."""
+
+    def __init__(self, workers: int, capability: int = DEFAULT_CAPABILITY) -> None:
+        self._workers = [CompileWorker(capability) for _ in range(max(1, workers))]
+
+    def map(self, work: Callable[[CompileWorker, Any], Any], items: list,
+            done: Callable[[int, Any], None] | None = None) -> list:
+        import queue
+        import threading
+
+        todo: "queue.Queue[int]" = queue.Queue()
+        for i in range(len(items)):
+            todo.put(i)
+        out: list = [None] * len(items)
+        failures: list[BaseException] = []
+        lock = threading.Lock()
+
+        def drain(worker: CompileWorker) -> None:
+            try:
+                while not failures:
+                    try:
+                        i = todo.get_nowait()
+                    except queue.Empty:
+                        return
+                    out[i] = work(worker, items[i])
+                    if done is not None:
+                        with lock:
+                            done(i, out[i])
+            except BaseException as exc:  # surfaced below, in the caller's thread
+                failures.append(exc)
+
+        threads = [threading.Thread(target=drain, args=(w,)) for w in self._workers[:max(1, len(items))]]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        if failures:
+            raise failures[0]
+        return out
+
+    def close(self) -> None:
+        for worker in self._workers:
+            worker.close()
+
+    def __enter__(self) -> "WorkerPool":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def precompile_cases(cases: list[Case], workers: int, capability: int = DEFAULT_CAPABILITY, compile: bool = True,
+                     progress: Callable[[int, int], None] | None = None) -> Precompiled:
+    """Plan every case, then compile each distinct variant once, on `workers` processes in parallel.
+
+    Compiling goes through `triton.compile` with Triton's own cache manager, so every binary lands in
+    Triton's on-disk cache under the key JITFunction.run computes for the same launch: a later process
+    that launches these kernels at these shapes loads them instead of compiling. `compile=False` only
+    plans (what a dry run needs). `progress(done, total)` is called as compiles finish.
+    """
+    import time
+
+    cases = list(dict.fromkeys(cases))
+    start = time.perf_counter()
+    with WorkerPool(workers if compile else min(workers, max(1, len(cases))), capability) as pool:
+        plans = pool.map(lambda worker, case: worker.plan(case), cases)
+        planned = time.perf_counter()
+        jobs, broken = distinct_variants(plans)
+        results: list[CompileResult] = []
+        if compile and jobs:
+            finished = [0]
+
+            def done(i: int, result: CompileResult) -> None:
+                finished[0] += 1
+                if progress is not None:
+                    progress(finished[0], len(jobs))
+
+            results = pool.map(lambda worker, job: worker.compile_variant(job[0], job[1].launch, job[1].index),
+                               jobs, done)
+        end = time.perf_counter()
+    return Precompiled(dict(zip(cases, plans)), tuple(results + broken), max(1, workers), planned - start,
+                       end - planned)
 
 
 if __name__ == "__main__":

@@ -10,10 +10,27 @@ from typing import Sequence
 import torch
 
 from nsa_bench import reference
+from nsa_bench import selection as selection_rule
 from nsa_bench.inputs import Inputs
+from nsa_bench.spec import Point
 
 # ||out - ref|| / ||ref||; float32 allows tf32 dots on a GPU.
 TOLERANCE = {"float32": 2e-3, "float16": 1e-2, "bfloat16": 1e-2}
+
+
+def check_point(point: Point, check_seqlen: int) -> Point:
+    """The reduced point a backend is checked at: at most `check_seqlen` tokens, batch at most 2."""
+    return point.with_seqlen(min(point.seqlen, check_seqlen), batch=min(point.batch, 2))
+
+
+def selection_violation(block_idx: torch.Tensor, inputs: Inputs) -> str | None:
+    """Why a backend's own selection on `inputs` breaks NSA_SPEC's validity rule against the float64
+    reference's block scores (None when it is valid)."""
+    point = inputs.point
+    q, k, v = (t.detach().double() for t in (inputs.q, inputs.k, inputs.v))
+    k_cmp, _ = reference.compress_kv(k, v, point.cfg)
+    scores = reference.block_scores(q, k_cmp, point.cfg)
+    return selection_rule.violation(block_idx, scores, point.cfg, selection_rule.SCORE_TOLERANCE[point.dtype])
 
 
 def shared_selection(inputs: Inputs) -> Inputs:

@@ -24,6 +24,8 @@ def cli() -> None:
     \b
     nsa-bench sweep --seqlen 8k..64k            the paper configuration, fwd/bwd/decode
     nsa-bench sweep --suite smoke               a quick check
+    nsa-bench sweep --suite paper --dry-run     the plan and its estimated wall time, nothing run
+    nsa-bench precompile --suite paper          compile every kernel config a sweep will launch
     nsa-bench plot results/<run>                redraw a run's plots
     nsa-bench compare BASE CURRENT              regression gate (exit 1 on a confirmed SLOWER)
     nsa-bench report results/<run>              self-contained HTML + markdown report
@@ -57,28 +59,31 @@ def cli() -> None:
 @click.option("--seed", metavar="N", help="seed of the random inputs  [default: 0]")
 @click.option("--gpu", metavar="NAME", help="GPU spec for predictions and roofline floors (h100, h200, a100, ...)  [default: the GPU present, else h100]")
 @click.option("--check-seqlen", metavar="N", help="length at which each backend is checked against the reference  [default: 1024]")
-@click.option("--cuda-graph", is_flag=True, default=None, help="time decode by CUDA-graph replay (no launch overhead)")
+@click.option("--cuda-graph/--no-cuda-graph", default=None, help="time decode by CUDA-graph replay, or by eager "
+              "launches (a backend that cannot be captured falls back to eager and its row says so)  [default: graph]")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), help="run folder  [default: a new folder under results/]")
 @click.option("--resume", is_flag=True, help="skip points already in --out's results.csv")
 @click.option("--no-plots", is_flag=True, help="write the CSV only")
 @click.option("--quiet", is_flag=True, help="no progress bar")
+@click.option("--time-budget", metavar="DURATION", help="wall-clock budget for the whole sweep (300s, 5m, 4m30s): "
+              "points whose estimate would not fit become `skipped` rows; then env.json, plots, summary, exit 0")
+@click.option("--dry-run", is_flag=True, help="print the plan (tasks in run order, predicted time of each, "
+              "compile/tune/input/check overheads, total wall time) and run nothing")
+@click.option("--no-precompile", is_flag=True, help="on a GPU, skip compiling every kernel config in parallel first")
+@click.option("--workers", metavar="N", help="precompile worker processes  [default: CPU cores minus 2]")
 def sweep(suite: str | None, out: Path | None, resume: bool, no_plots: bool, quiet: bool, cuda_graph: bool | None,
+          time_budget: str | None, dry_run: bool, no_precompile: bool, workers: str | None,
           **flags: str | None) -> None:
     """Run a sweep: the product of the axes x modes x backends, one CSV row per point, then plots.
 
     Without a CUDA GPU nothing is measured: rows carry the cost model's predictions for --gpu.
+    On a GPU every kernel config the sweep will launch is compiled first, in parallel (see `precompile`).
     """
     from nsa_bench import backends, sweep as sweep_mod
 
-    options = {name.replace("_", "-"): value for name, value in flags.items()}
-    try:
-        spec = suites.build_spec(suite, options)
-    except OptionError as exc:
-        raise _bad(exc.flag, str(exc).split(": ", 1)[1]) from None
-    if cuda_graph:
-        from dataclasses import replace
-
-        spec = replace(spec, cuda_graph=True)
+    spec = _spec_from(suite, flags, cuda_graph)
+    budget_s = _duration("time-budget", time_budget)
+    n_workers = _workers(workers)
     known = tuple(backends.registry())
     unknown = [b for b in spec.backends if b not in known]
     if unknown:
@@ -89,9 +94,19 @@ def sweep(suite: str | None, out: Path | None, resume: bool, no_plots: bool, qui
     points, invalid = spec.points()
     if not points:
         raise _bad(_flag_of(invalid[0][1]), f"no valid configuration: {invalid[0][1]}")
+    if dry_run:
+        from nsa_bench import plan
+
+        try:
+            gpu = sweep_mod.target_gpu(spec.gpu, measuring=sweep_mod.cuda_present())
+        except sweep_mod.SweepError as exc:
+            raise _bad(exc.flag, str(exc)) from None
+        click.echo(plan.dry_run(spec, gpu, n_workers, budget_s, plots=not no_plots, precompile=not no_precompile))
+        return
     out = out or sweep_mod.default_out_dir(suite)
     try:
-        outcome = sweep_mod.execute(spec, out, resume, plots=not no_plots, progress=not quiet)
+        outcome = sweep_mod.execute(spec, out, resume, plots=not no_plots, progress=not quiet,
+                                    precompile_workers=None if no_precompile else n_workers, budget_s=budget_s)
     except sweep_mod.SweepError as exc:
         raise _bad(exc.flag, str(exc)) from None
     if outcome.interrupted:
@@ -101,12 +116,82 @@ def sweep(suite: str | None, out: Path | None, resume: bool, no_plots: bool, qui
     click.echo(f"\n{outcome.rows_written} rows{skipped} -> {outcome.csv}")
 
 
+def _spec_from(suite: str | None, flags: dict[str, str | None], cuda_graph: bool | None = None):
+    """The SweepSpec of a suite and the axis flags given (one-line errors naming the flag)."""
+    options = {name.replace("_", "-"): value for name, value in flags.items()}
+    try:
+        spec = suites.build_spec(suite, options)
+    except OptionError as exc:
+        raise _bad(exc.flag, str(exc).split(": ", 1)[1]) from None
+    if cuda_graph is not None:
+        from dataclasses import replace
+
+        spec = replace(spec, cuda_graph=cuda_graph)
+    return spec
+
+
+def _duration(flag: str, text: str | None) -> float | None:
+    if text is None:
+        return None
+    from nsa_bench.budget import parse_duration
+
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise _bad(flag, f"{text!r}: {exc}") from None
+
+
+def _workers(text: str | None) -> int:
+    from nsa_bench.precompile import default_workers
+
+    if text is None:
+        return default_workers()
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise _bad("workers", f"{text!r}: must be a whole number >= 1")
+    return value
+
+
 def _flag_of(reason: str) -> str:
     """The flag behind an NSAConfig error (its message names the field)."""
     for field in ("stride_cmp", "block_cmp", "block_slc", "n_slc", "window"):
         if field in reason:
             return field.replace("_", "-")
     return "sweep"
+
+
+# `precompile` takes the sweep's axis flags (the same click options), plus --workers.
+_PRECOMPILE_FLAGS = {"suite", "seqlen", "batch", "kv_heads", "group_size", "head_dim", "block_cmp", "stride_cmp",
+                     "block_slc", "n_slc", "window", "mode", "backend", "dtype", "check_seqlen", "workers", "quiet"}
+
+
+def _precompile(suite: str | None, workers: str | None, quiet: bool, **flags: str | None) -> None:
+    """Compile every kernel variant and autotune config the given sweep will launch, in parallel.
+
+    For the GPU present (its capability; sm_90 without one), in worker processes, into Triton's on-disk
+    cache: the sweep's first calls then load binaries instead of compiling. Prints how many and how long.
+    """
+    from nsa_bench import precompile
+
+    from nsa_bench import backends
+
+    spec = _spec_from(suite, flags)
+    unknown = [b for b in spec.backends if b not in backends.registry()]
+    if unknown:
+        raise _bad("backend", f"unknown {', '.join(map(repr, unknown))} (choose from {', '.join(backends.registry())})")
+    result = precompile.run(spec, _workers(workers), click.echo, progress=not quiet)
+    if result is not None and (result.failed or result.host_errors):
+        sys.exit(1)
+
+
+cli.add_command(click.Command(
+    "precompile", callback=_precompile, help=_precompile.__doc__, short_help="compile a sweep's kernels in parallel",
+    context_settings={"max_content_width": 110},
+    params=[p for p in sweep.params if p.name in _PRECOMPILE_FLAGS],
+))
 
 
 @cli.command()

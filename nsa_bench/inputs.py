@@ -1,6 +1,7 @@
 """Seeded random inputs for one point (never zeros: zeros hide indexing bugs)."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
@@ -45,30 +46,60 @@ class Inputs:
         return replace(self, block_idx=block_idx)
 
 
+def input_shapes(point: Point) -> dict[str, tuple[int, ...]]:
+    """The shape of each float input of `point` (decode: one query per sequence over full caches)."""
+    b, t, hkv, hq = point.batch, point.seqlen, point.kv_heads, point.q_heads
+    if point.mode in LAYER_MODES:  # x, the weights and (layer-bwd) dy; q/k/v/gates are their projections
+        d, dk, dv = point.d_model, point.head_dim_qk, point.head_dim_v
+        shapes = {"x": (b, t, d), "w_q": (d, hq * dk), "w_k": (d, hkv * dk), "w_v": (d, hkv * dv),
+                  "w_g": (d, hq * 3), "w_o": (hq * dv, d)}
+        return {**shapes, "dy": (b, t, d)} if point.mode == "layer-bwd" else shapes
+    shapes = {"k": (b, t, hkv, point.head_dim_qk), "v": (b, t, hkv, point.head_dim_v)}
+    if point.mode == "decode":
+        return {**shapes, "q": (b, hq, point.head_dim_qk), "gates": (b, hq, 3)}
+    shapes.update(q=(b, t, hq, point.head_dim_qk), gates=(b, t, hq, 3))
+    if point.mode in ("bwd", "fwdbwd"):
+        shapes["do"] = (b, t, hq, point.head_dim_v)
+    return shapes
+
+
+def input_samples(point: Point) -> int:
+    """Random numbers drawn for `point`'s inputs (what input generation costs)."""
+    return sum(math.prod(shape) for shape in input_shapes(point).values())
+
+
 def make_inputs(point: Point, device: torch.device | str, seed: int) -> Inputs:
-    """Random inputs for `point` on `device` in the point's dtype, reproducible from `seed`."""
+    """Random inputs for `point`, drawn on `device` itself from a generator seeded with `seed`: the same
+    seed on the same device gives the same inputs, and no GPU time waits on host-side random numbers.
+
+    Draws in float32 (every device's generator has it) in a fixed order, then casts to the point's dtype.
+    """
     if point.mode in LAYER_MODES:
         from nsa_bench.layer import make_layer_inputs
 
         return make_layer_inputs(point, device, seed)
     dtype = TORCH_DTYPES[point.dtype]
-    gen = torch.Generator(device="cpu").manual_seed(seed)
-    b, t, hkv, hq = point.batch, point.seqlen, point.kv_heads, point.q_heads
+    gen = torch.Generator(device=device).manual_seed(seed)
 
-    def randn(*shape: int) -> torch.Tensor:
-        return torch.randn(*shape, generator=gen, dtype=torch.float32).to(device=device, dtype=dtype)
+    def draw(name: str, shape: tuple[int, ...]) -> torch.Tensor:
+        sample = torch.rand if name == "gates" else torch.randn  # gates in [0, 1), like sigmoid outputs
+        return sample(shape, generator=gen, device=device, dtype=torch.float32).to(dtype)
 
-    def rand(*shape: int) -> torch.Tensor:
-        return torch.rand(*shape, generator=gen, dtype=torch.float32).to(device=device, dtype=dtype)
-
-    k = randn(b, t, hkv, point.head_dim_qk)
-    v = randn(b, t, hkv, point.head_dim_v)
+    drawn = {name: draw(name, shape) for name, shape in input_shapes(point).items()}
     if point.mode == "decode":
-        q = randn(b, hq, point.head_dim_qk)
-        gates = rand(b, hq, 3)
-        seqlens = torch.full((b,), t, dtype=torch.int32, device=device)
-        return Inputs(point, q, k, v, gates, cache_seqlens=seqlens)
-    q = randn(b, t, hq, point.head_dim_qk)
-    gates = rand(b, t, hq, 3)
-    do = randn(b, t, hq, point.head_dim_v) if point.mode in ("bwd", "fwdbwd") else None
-    return Inputs(point, q, k, v, gates, do=do)
+        seqlens = torch.full((point.batch,), point.seqlen, dtype=torch.int32, device=device)
+        return Inputs(point, drawn["q"], drawn["k"], drawn["v"], drawn["gates"], cache_seqlens=seqlens)
+    return Inputs(point, drawn["q"], drawn["k"], drawn["v"], drawn["gates"], do=drawn.get("do"))
+
+
+def empty_inputs(point: Point, device: torch.device | str = "meta", with_block_idx: bool = False) -> Inputs:
+    """Inputs of `point`'s shapes without values (on `meta`: no memory), for recording kernel launches."""
+    dtype = TORCH_DTYPES[point.dtype]
+    made = {name: torch.empty(shape, device=device, dtype=dtype) for name, shape in input_shapes(point).items()}
+    block_idx = None
+    if with_block_idx and point.mode != "decode":
+        block_idx = torch.empty(point.batch, point.seqlen, point.kv_heads, point.n_slc, dtype=torch.int32,
+                                device=device)
+    seqlens = torch.empty(point.batch, dtype=torch.int32, device=device) if point.mode == "decode" else None
+    return Inputs(point, made["q"], made["k"], made["v"], made["gates"], do=made.get("do"), cache_seqlens=seqlens,
+                  block_idx=block_idx)

@@ -208,7 +208,7 @@ class Model:
 
 def model_for(part: str, point: Any, family: str, stage_costs: Mapping[str, Sequence[str]]) -> Model | None:
     """Modelled FLOPs and bytes of `part` ("total" or a stage callable's name), None when the model has no such stage."""
-    from nsa_bench.runner import cost_of
+    from nsa_bench.point_cost import cost_of
 
     work = cost_of(point, family)
     if part == PART_TOTAL:

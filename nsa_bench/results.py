@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 import pandas as pd
 
-from nsa_bench.schema import FIELDS, KEY_FIELDS, STATUS_OK, Row
+from nsa_bench.schema import FIELDS, KEY_FIELDS, STATUS_OK, STATUS_SKIPPED, Row
 
 CSV_NAME = "results.csv"
 ENV_NAME = "env.json"
@@ -81,6 +81,7 @@ def done_rows(path: Path) -> dict[tuple, float | None]:
     if not path.exists() or path.stat().st_size == 0:
         return {}
     frame = read_rows(path)
+    frame = frame[frame["status"] != STATUS_SKIPPED]  # skipped for time: a resumed run measures them
     times = frame["ms_median"].where(frame["status"] == STATUS_OK, frame["predicted_ms"])
     keys = frame[list(KEY_FIELDS)].astype(str).itertuples(index=False, name=None)
     return {key: (None if value != value else float(value)) for key, value in zip(keys, times)}

@@ -16,16 +16,18 @@ import torch
 
 from nsa_bench import check, cost, results
 from nsa_bench.backends import Backend, Unsupported, registry
+from nsa_bench.budget import Budget
 from nsa_bench.gpus import GPUSpec
 from nsa_bench.inputs import make_inputs
 from nsa_bench.nvtx import annotate
+from nsa_bench.point_cost import cost_of
 from nsa_bench.schema import (
-    STAGE_TOTAL, STATUS_CHECK_FAILED, STATUS_ERROR, STATUS_OK, STATUS_OOM, STATUS_PREDICTED,
+    STAGE_TOTAL, STATUS_CHECK_FAILED, STATUS_ERROR, STATUS_OK, STATUS_OOM, STATUS_PREDICTED, STATUS_SKIPPED,
     STATUS_UNSUPPORTED, Row,
 )
 from nsa_bench.spec import Point, SweepSpec
 from nsa_bench.telemetry import Reading, Telemetry, combine
-from nsa_bench.timing import Timing, time_cuda
+from nsa_bench.timing import GraphCaptureError, Timing, time_cuda
 
 
 @dataclass(frozen=True)
@@ -51,26 +53,19 @@ def order_backends(names: tuple[str, ...], baseline: str) -> list[Backend]:
     return [backends[name] for name in ordered]
 
 
+def run_order(points: list[Point]) -> list[Point]:
+    """Longest sequence first (each mode's headline length), the spec's order among equal lengths: a run
+    cut short (time budget, a lost machine) holds the headline points of every mode."""
+    return sorted(points, key=lambda point: -point.seqlen)
+
+
 def tasks(points: list[Point], backends: list[Backend]) -> Iterator[Task]:
-    for point in points:
+    """Every point on every backend, in run order: the backends of one point back to back, baseline first."""
+    for point in run_order(points):
         for backend in backends:
             yield Task(point, backend)
 
 
-# ------------------------------------------------------------------ cost model glue
-def shape_of(point: Point) -> cost.Shape:
-    return cost.Shape(
-        batch=point.batch, seqlen=point.seqlen, kv_heads=point.kv_heads, group_size=point.group_size,
-        head_dim_qk=point.head_dim_qk, head_dim_v=point.head_dim_v, dtype_bytes=point.dtype_bytes,
-    )
-
-
-def cost_of(point: Point, family: str) -> cost.Cost:
-    if point.is_layer:
-        return cost.layer_cost(shape_of(point), point.d_model, point.mode, point.cfg if family == "nsa" else None)
-    if family == "nsa":
-        return cost.nsa_cost(shape_of(point), point.cfg, point.mode)
-    return cost.dense_cost(shape_of(point), point.mode)
 
 
 def base_row(point: Point, backend: Backend, **values: object) -> Row:
@@ -126,16 +121,20 @@ class Measure:
         return self.telemetry.read() if self.telemetry is not None else Reading()
 
 
-def _check(task: Task, spec: SweepSpec, device: str) -> float:
-    """Max relative error of the backend vs the float64 reference at a reduced length."""
-    point = task.point.with_seqlen(min(task.point.seqlen, spec.check_seqlen), batch=min(task.point.batch, 2))
+def _check(task: Task, spec: SweepSpec, device: str) -> tuple[float, str | None]:
+    """Max relative error of the backend vs the float64 reference at a reduced length, and what is wrong
+    with the backend's own selection there (None: valid, or the backend does not select)."""
+    point = check.check_point(task.point, spec.check_seqlen)
     inputs = make_inputs(point, device, spec.seed + 1)
     if task.backend.family == "nsa":
         inputs = check.shared_selection(inputs)
     workload = task.backend.build(point, inputs)
     got = workload.result()
     want = check.expected(task.backend.family, inputs)
-    return check.max_rel_error(got, want)
+    problem = None
+    if workload.selection is not None and point.mode != "decode":
+        problem = check.selection_violation(workload.selection(), inputs)
+    return check.max_rel_error(got, want), problem
 
 
 def measured_rows(task: Task, spec: SweepSpec, gpu: GPUSpec, measure: Measure,
@@ -147,21 +146,29 @@ def measured_rows(task: Task, spec: SweepSpec, gpu: GPUSpec, measure: Measure,
         return measure.timer(fn, reps=spec.reps, warmup=spec.warmup, before_each=workload.before_each,
                              cuda_graph=use_graph)
 
-    err = _check(task, spec, measure.device)
+    err, problem = _check(task, spec, measure.device)
     tolerance = check.TOLERANCE[point.dtype]
-    if not err <= tolerance:
+    if not err <= tolerance or problem:
+        why = [f"relative error {err:.3g} > {tolerance:g} vs the float64 reference"] if not err <= tolerance else []
+        why += [f"selection invalid: {problem}"] if problem else []
         return [base_row(point, backend, status=STATUS_CHECK_FAILED, max_rel_err=err, gpu=measure.device_name or gpu.name,
-                         message=f"relative error {err:.3g} > {tolerance:g} vs the float64 reference; not timed")]
+                         message="; ".join(why) + "; not timed")]
     inputs = make_inputs(point, measure.device, spec.seed)
     workload = annotate(backend.build(point, inputs), f"nsa-bench:{backend.name}:{point.mode}")
     use_graph = spec.cuda_graph and point.mode == "decode"
+    note = workload.note
     before = measure.read()
-    timing = timed(workload.run, use_graph)
+    try:
+        timing = timed(workload.run, use_graph)
+    except GraphCaptureError as exc:  # time eager launches instead, and say so
+        use_graph = False
+        note = "; ".join(n for n in (note, f"CUDA-graph capture failed ({exc}): timed eager launches") if n)
+        timing = timed(workload.run, False)
     reading = combine(before, measure.read())
     work = cost_of(point, backend.family)
     speedup = baseline_ms / timing.ms_median if baseline_ms else None
     common = _reading_columns(reading) | {"gpu": measure.device_name or gpu.name, "cuda_graph": use_graph}
-    rows = [base_row(point, backend, impl=workload.impl, status=STATUS_OK, message=workload.note, speedup=speedup,
+    rows = [base_row(point, backend, impl=workload.impl, status=STATUS_OK, message=note, speedup=speedup,
                      max_rel_err=err, **_timing_columns(timing), **figures(work, gpu, timing.ms_median), **common)]
     for name, stage_fn in workload.stages.items():
         stage_timing = timed(stage_fn, False)
@@ -230,15 +237,30 @@ def invalid_rows(spec: SweepSpec, invalid: list[tuple[dict[str, object], str]], 
                 gpu=gpu.name, **combo) for combo, why in invalid for name in spec.run_backends]
 
 
+def _over_budget(budget: Budget | None, task: Task, later: list[Task], done: dict, baseline: str) -> str | None:
+    """The budget's reason to skip `task` (None: run it); a baseline must fit with the rest of its point."""
+    if budget is None:
+        return None
+    is_baseline = task.backend.name == baseline
+    rest = [t.backend for t in later if t.point == task.point and
+            results.row_key(base_row(t.point, t.backend)) not in done] if is_baseline else []
+    return budget.skip_reason(task.point, task.backend, rest, baseline=is_baseline)
+
+
 def cuda_measure() -> Measure:
     return Measure(device="cuda", timer=time_cuda, telemetry=Telemetry(), device_name=torch.cuda.get_device_name(0))
 
 
 def run_sweep(
     spec: SweepSpec, out_dir: Path, gpu: GPUSpec, measure: Measure | None, resume: bool,
-    progress: Callable[[list[Task]], Iterator[Task]] | None = None,
+    progress: Callable[[list[Task]], Iterator[Task]] | None = None, budget: Budget | None = None,
+    on_task_done: Callable[[Task, list[Row]], None] | None = None,
 ) -> Outcome:
-    """Run every task of `spec`, appending rows to out_dir/results.csv (measure=None: predictions)."""
+    """Run every task of `spec`, appending rows to out_dir/results.csv (measure=None: predictions).
+
+    With a `budget` (measured runs only), a task whose estimate does not fit in the time left becomes a
+    `skipped` row; `on_task_done` is called after each task's rows are written.
+    """
     csv_file = out_dir / results.CSV_NAME
     done = results.done_rows(csv_file) if resume else {}
     points, invalid = spec.points()
@@ -251,8 +273,9 @@ def run_sweep(
     all_tasks = list(tasks(points, backends))
     baseline_ms: dict[Point, float | None] = {}
     iterator = progress(all_tasks) if progress else iter(all_tasks)
+    budget = budget if measure is not None else None
     try:
-        for task in iterator:
+        for index, task in enumerate(iterator):
             key = results.row_key(base_row(task.point, task.backend))
             if key in done:
                 skipped += 1
@@ -260,7 +283,13 @@ def run_sweep(
                     baseline_ms[task.point] = done[key]
                 continue
             ref_ms = None if task.backend.name == spec.baseline else baseline_ms.get(task.point)
-            rows = rows_for(task, spec, gpu, measure, ref_ms)
+            why = _over_budget(budget, task, all_tasks[index + 1:], done, spec.baseline)
+            if why:
+                rows = [failure_row(task, STATUS_SKIPPED, why, gpu)]
+            else:
+                rows = rows_for(task, spec, gpu, measure, ref_ms)
+                if budget is not None:
+                    budget.observe(task.backend, rows)
             if task.backend.name == spec.baseline:
                 baseline_ms[task.point] = _baseline_ms(rows)
                 rows = [replace(r, speedup=1.0, baseline=spec.baseline) if r.stage == STAGE_TOTAL and
@@ -270,6 +299,8 @@ def run_sweep(
             for row in rows:
                 results.append_row(csv_file, row)
                 written += 1
+            if on_task_done is not None:
+                on_task_done(task, rows)
     except KeyboardInterrupt:
         return Outcome(csv_file, written, skipped, interrupted=True)
     return Outcome(csv_file, written, skipped, interrupted=False)

@@ -15,7 +15,9 @@ STATUS_CHECK_FAILED = "check_failed"  # output differs from the reference: not t
 STATUS_OOM = "oom"
 STATUS_UNSUPPORTED = "unsupported"  # the backend cannot run this point (shape, missing package)
 STATUS_ERROR = "error"  # anything else that went wrong at this point
-STATUSES = (STATUS_OK, STATUS_PREDICTED, STATUS_CHECK_FAILED, STATUS_OOM, STATUS_UNSUPPORTED, STATUS_ERROR)
+STATUS_SKIPPED = "skipped"  # not run: it would not fit in the --time-budget (--resume runs it later)
+STATUSES = (STATUS_OK, STATUS_PREDICTED, STATUS_CHECK_FAILED, STATUS_OOM, STATUS_UNSUPPORTED, STATUS_ERROR,
+            STATUS_SKIPPED)
 
 STAGE_TOTAL = "total"
 

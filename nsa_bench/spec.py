@@ -96,7 +96,7 @@ class SweepSpec:
     warmup: int = 5
     seed: int = 0
     gpu: str | None = None
-    cuda_graph: bool = False
+    cuda_graph: bool = True  # decode by CUDA-graph replay (--no-cuda-graph: eager launches)
     check_seqlen: int = 1024
 
     def __post_init__(self) -> None:

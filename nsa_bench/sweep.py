@@ -5,6 +5,7 @@ The CLI only parses flags into a SweepSpec and calls `execute`; compare's --reru
 from __future__ import annotations
 
 import sys
+import time
 from datetime import datetime
 from pathlib import Path
 from typing import Callable, Iterator
@@ -13,10 +14,12 @@ import click
 import pandas as pd
 import torch
 
-from nsa_bench import baselines, environment, results
+from nsa_bench import baselines, environment, precompile, results
+from nsa_bench.budget import Budget, Estimator
 from nsa_bench.gpus import GPUSpec, gpu_spec
 from nsa_bench.plots import plot_run
 from nsa_bench.runner import Outcome, Task, cuda_measure, run_sweep
+from nsa_bench.tuning_log import TuningLog
 from nsa_bench.schema import STAGE_TOTAL, STATUS_OK, STATUS_PREDICTED
 from nsa_bench.spec import LAYER_MODES, SweepSpec
 
@@ -72,22 +75,50 @@ def progress_bar(tasks: list[Task]) -> Iterator[Task]:
         yield from bar
 
 
+def cuda_present() -> bool:
+    return torch.cuda.is_available()
+
+
 def execute(spec: SweepSpec, out: Path, resume: bool, plots: bool = True,
-            echo: Callable[[str], None] = click.echo, progress: bool = True) -> Outcome:
-    """Run `spec` into `out`; returns what was written. Without a CUDA GPU the rows are predictions."""
-    measuring = torch.cuda.is_available()
+            echo: Callable[[str], None] = click.echo, progress: bool = True,
+            precompile_workers: int | None = None, budget_s: float | None = None) -> Outcome:
+    """Run `spec` into `out`; returns what was written. Without a CUDA GPU the rows are predictions.
+
+    On a GPU: precompile on `precompile_workers` processes first (None: skip), then run the tasks within
+    `budget_s` seconds counted from here (None: no budget), recording the autotuners' choices in
+    tuning.json as tasks finish.
+    """
+    started = time.monotonic()
+    measuring = cuda_present()
     gpu = target_gpu(spec.gpu, measuring)
     out = prepare_out_dir(out, resume)
     if not measuring:
         echo(f"No CUDA GPU found: writing the cost model's predictions for {gpu.name} (--gpu); measured columns stay empty.")
+        if budget_s:
+            echo("(--time-budget applies to measured runs only: predictions take no time.)")
     env = environment.collect()
     env["target_gpu"] = {"key": gpu.key, "name": gpu.name, "peak_flops": gpu.peak_flops,
                          "hbm_bytes_per_s": gpu.hbm_bytes_per_s}
     env["measured"] = measuring
     results.write_json(out / results.ENV_NAME, env)
     results.write_json(out / results.SPEC_NAME, spec.to_dict())
+    plans = None
+    if measuring and precompile_workers:
+        compiled = precompile.run(spec, precompile_workers, echo, progress=progress)
+        plans = compiled.plans if compiled is not None else None
+    budget = None
+    if measuring and budget_s:
+        estimator = Estimator(spec, gpu, plans)
+        budget = Budget(budget_s, estimator, reserve_s=estimator.finish_s(plots), start=started)
+        echo(f"Time budget {budget_s:.0f} s: {budget.left():.0f} s left for the points after start-up and precompile.")
+    log = TuningLog(out) if measuring and set(spec.run_backends) & set(precompile.PRECOMPILED_BACKENDS) else None
+
+    def task_done(task: Task, rows: list) -> None:
+        if log is not None:
+            log.update(f"{task.backend.name} {task.point.label()}")
+
     outcome = run_sweep(spec, out, gpu, measure=cuda_measure() if measuring else None, resume=resume,
-                        progress=progress_bar if progress else None)
+                        progress=progress_bar if progress else None, budget=budget, on_task_done=task_done)
     if outcome.interrupted:
         echo(f"Interrupted: {outcome.rows_written} rows kept in {outcome.csv} (continue with --resume).")
         return outcome
@@ -115,6 +146,8 @@ def summary_table(csv_file: Path) -> str:
     times = totals.assign(ms=totals["ms_median"].where(totals["status"] == STATUS_OK, totals["predicted_ms"]))
     ms = times.pivot_table(index=["mode", *config_cols, "seqlen"], columns="backend", values="ms", aggfunc="first",
                            sort=False)
+    modes = list(dict.fromkeys(totals["mode"]))  # rows run longest first; the table reads shortest first
+    ms = ms.reindex(sorted(ms.index, key=lambda key: (modes.index(key[0]), *key[1:])))
     table = table.reindex(index=ms.index)
     kind = "measured" if (totals["status"] == STATUS_OK).any() else "predicted"
     with pd.option_context("display.width", 160, "display.max_columns", 20):

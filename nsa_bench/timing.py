@@ -13,6 +13,10 @@ from typing import Any, Callable
 import torch
 
 
+class GraphCaptureError(RuntimeError):
+    """`fn` could not be captured in a CUDA graph (a host sync, an uncapturable op): time it eagerly."""
+
+
 @dataclass(frozen=True)
 class Timing:
     ms_median: float
@@ -66,7 +70,11 @@ def time_cuda(
     flush = _l2_flush_buffer(device_l2_bytes()) if flush_l2 else None
     call = fn
     if cuda_graph:
-        call = _graphed(fn, before_each)
+        try:
+            call = _graphed(fn, before_each)
+        except Exception as exc:  # the caller falls back to eager launches and says so
+            torch.cuda.synchronize()
+            raise GraphCaptureError(f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from exc
     for _ in range(warmup):
         if before_each is not None:
             before_each()

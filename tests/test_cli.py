@@ -24,6 +24,8 @@ from cli_runner import run_cli
         (["--mode", "sideways"], "--mode", "sideways"),
         (["--baseline", "fa2,warp-drive"], "--baseline", "warp-drive"),
         (["--d-model", "0"], "--d-model", "0"),
+        (["--time-budget", "soon"], "--time-budget", "soon"),
+        (["--workers", "0"], "--workers", "0"),
     ],
 )
 def test_bad_input_is_one_line_exit_2(monkeypatch, capsys, tmp_path, args, flag, value):
@@ -38,8 +40,20 @@ def test_bad_input_is_one_line_exit_2(monkeypatch, capsys, tmp_path, args, flag,
 def test_help_lists_flags(monkeypatch, capsys):
     code, out, _ = run_cli(monkeypatch, capsys, "sweep", "--help")
     assert code == 0
-    for flag in ("--seqlen", "--head-dim", "--block-slc", "--resume", "--suite", "--gpu", "--baseline"):
+    for flag in ("--seqlen", "--head-dim", "--block-slc", "--resume", "--suite", "--gpu", "--baseline", "--dry-run",
+                 "--time-budget", "--no-precompile", "--workers", "--no-cuda-graph"):
         assert flag in out
+    code, out, _ = run_cli(monkeypatch, capsys, "precompile", "--help")
+    assert code == 0 and "--workers" in out and "--seqlen" in out and "--time-budget" not in out
+
+
+def test_decode_graph_replay_is_the_default_and_can_be_turned_off(monkeypatch, capsys, tmp_path):
+    for flags, expected in (([], True), (["--no-cuda-graph"], False)):
+        out_dir = tmp_path / f"run{expected}"
+        code, _, _ = run_cli(monkeypatch, capsys, "sweep", "--mode", "decode", "--seqlen", "8k", "--out", str(out_dir),
+                             "--quiet", "--no-plots", *flags)
+        assert code == 0
+        assert json.loads((out_dir / "spec.json").read_text())["cuda_graph"] is expected
 
 
 def test_predicted_sweep_without_gpu(monkeypatch, capsys, tmp_path):

@@ -13,7 +13,8 @@ from nsa_bench.backends import Backend, get_backend
 from nsa_bench.backends._workloads import autograd_workload
 from nsa_bench.gpus import gpu_spec
 from nsa_bench.inputs import make_inputs
-from nsa_bench.runner import Measure, Task, cost_of, rows_for
+from nsa_bench.point_cost import cost_of
+from nsa_bench.runner import Measure, Task, rows_for
 from nsa_bench.spec import Point, SweepSpec
 from nsa_bench.timing import time_wallclock
 

@@ -6,6 +6,7 @@ already installed here, and runs the smoke suite from an empty temporary folder.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -25,7 +26,11 @@ def _run(*args: str | Path, cwd: Path | None = None, env: dict | None = None) ->
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("wheel")
-    _run(sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", out, REPO)
+    # build from a copy: setuptools writes build/ and *.egg-info next to the sources it builds
+    source = tmp_path_factory.mktemp("source") / "nsa-bench"
+    shutil.copytree(REPO, source, ignore=shutil.ignore_patterns(
+        ".git", ".venv", "build", "results", "*.egg-info", "__pycache__", ".pytest_cache"))
+    _run(sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", out, source)
     (found,) = out.glob("nsa_bench-*.whl")
     return found
 

@@ -18,7 +18,7 @@ import torch
 from cli_runner import run_cli
 from nsa_bench import cost, nvtx, profile
 from nsa_bench.backends import Workload
-from nsa_bench.runner import shape_of
+from nsa_bench.point_cost import shape_of
 from nsa_bench.spec import Point
 
 HEADER = ('"ID","Process ID","Process Name","Host Name","Kernel Name","Context","Stream","Block Size","Grid Size",'

@@ -4,14 +4,15 @@ from __future__ import annotations
 from dataclasses import replace
 
 import pytest
+import torch
 
 from nsa_bench import results
 from nsa_bench.backends import Backend, Unsupported, get_backend, registry
 from nsa_bench.gpus import gpu_spec
-from nsa_bench.runner import Measure, Task, rows_for, run_sweep
+from nsa_bench.runner import Measure, Task, rows_for, run_sweep, tasks
 from nsa_bench.schema import FIELDS
 from nsa_bench.spec import SweepSpec
-from nsa_bench.timing import time_wallclock
+from nsa_bench.timing import GraphCaptureError, time_wallclock
 
 CPU = Measure(device="cpu", timer=time_wallclock)
 H100 = gpu_spec("h100")
@@ -139,3 +140,66 @@ def test_sweep_survives_a_failing_backend_and_ctrl_c(tmp_path, monkeypatch):
         ratio = at.loc["fa2", "ms_median"] / at.loc["nsa-ref", "ms_median"]
         assert at.loc["nsa-ref", "speedup"] == pytest.approx(ratio, rel=1e-3)
         assert at.loc["nsa-ref", "baseline"] == "fa2"
+
+
+def test_tasks_run_longest_first_with_each_points_backends_together():
+    spec = replace(TINY, seqlens=(24, 40, 32), modes=("fwd", "decode"))
+    backends = [get_backend("fa2"), get_backend("nsa-ref")]
+    order = [(t.point.seqlen, t.point.mode, t.backend.name) for t in tasks(spec.points()[0], backends)]
+    assert order[:4] == [(40, "fwd", "fa2"), (40, "fwd", "nsa-ref"), (40, "decode", "fa2"), (40, "decode", "nsa-ref")]
+    assert [s for s, _, _ in order] == sorted((s for s, _, _ in order), reverse=True)
+
+
+def _decode_rows(timer):
+    spec = replace(TINY, modes=("decode",))
+    assert spec.cuda_graph  # graph replay is the default
+    point = spec.points()[0][0]
+    return rows_for(Task(point, on_cpu(get_backend("nsa-ref"))), spec, H100, Measure("cpu", timer), None)
+
+
+def test_decode_is_timed_by_graph_replay_and_falls_back_to_eager_when_capture_fails():
+    calls: list[bool] = []
+
+    def capturing(fn, reps, warmup, before_each=None, cuda_graph=False):
+        calls.append(cuda_graph)
+        return time_wallclock(fn, reps, warmup, before_each)
+
+    row = _decode_rows(capturing)[0]
+    assert calls == [True] and row.status == "ok" and row.cuda_graph is True and row.message == ""
+
+    calls.clear()
+
+    def refusing(fn, reps, warmup, before_each=None, cuda_graph=False):
+        calls.append(cuda_graph)
+        if cuda_graph:
+            raise GraphCaptureError("RuntimeError: operation not permitted when stream is capturing")
+        return time_wallclock(fn, reps, warmup, before_each)
+
+    row = _decode_rows(refusing)[0]
+    assert calls == [True, False]
+    assert row.status == "ok" and row.cuda_graph is False and row.ms_median > 0
+    assert "CUDA-graph capture failed (RuntimeError: operation not permitted" in row.message
+    assert "timed eager launches" in row.message
+
+
+def test_invalid_selection_fails_the_check_and_is_not_timed():
+    """A backend whose own selection breaks NSA_SPEC's rule is check_failed with the reason, untimed."""
+    ref = on_cpu(get_backend("nsa-ref"))
+
+    def build(point, inputs):
+        good = ref.build(point, inputs)
+
+        def planted() -> torch.Tensor:
+            idx = good.selection().clone()
+            row = idx[0, -1, 0]  # t = 31: blocks {0, 2, 3}, all forced
+            row[row == 0] = 1
+            return idx
+
+        return replace(good, selection=planted)
+
+    point = replace(TINY, modes=("fwd",)).points()[0][0]
+    row = rows_for(Task(point, replace(ref, build=build)), TINY, H100, CPU, None)[0]
+    assert row.status == "check_failed" and row.ms_median is None
+    assert row.max_rel_err < 1e-6  # the output itself is right: the selection check caught it
+    assert "selection invalid: query t=31 (b=0, group 0) misses forced block(s) [0]" in row.message
+    assert row.message.endswith("not timed")

@@ -30,7 +30,9 @@ class Workload:
     `run` is the timed operation; `before_each` runs untimed before every rep (e.g. clearing grads);
     `result` returns the tensors checked against the reference (fwd: (o,), bwd: grads of q, k, v, gates,
     decode: (o,)); `stages` are self-contained callables timed one by one for the per-branch breakdown,
-    each mapped to the cost-model stages it covers by `stage_costs`.
+    each mapped to the cost-model stages it covers by `stage_costs`. `selection`, for NSA backends that
+    choose their own blocks, returns the block_idx [B, T, Hkv, n] their selection computes from the
+    inputs (checked against the reference's block scores by NSA_SPEC's validity rule).
     """
 
     run: Callable[[], Any]
@@ -40,6 +42,7 @@ class Workload:
     stages: Mapping[str, Callable[[], Any]] = field(default_factory=dict)
     stage_costs: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     note: str = ""
+    selection: Callable[[], Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -53,6 +56,7 @@ class Backend:
     impl_hint: Callable[[], str] = lambda: ""  # what would run here (for `nsa-bench env`)
     supports: Callable[[Point], str | None] = lambda point: None  # None when the point is in its scope, else why not
     pads: Callable[[Point], str] = lambda point: ""  # the padding it runs the point with ("": the true shapes)
+    staged_modes: tuple[str, ...] = ()  # modes whose workloads time per-stage rows too (what a run's estimate needs)
 
 
 @functools.cache

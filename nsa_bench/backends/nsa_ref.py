@@ -1,6 +1,8 @@
 """`nsa-ref`: the plain-PyTorch reference NSA, timed like any backend — a slow but exact baseline."""
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 
 from nsa_bench import reference
@@ -21,7 +23,11 @@ def _build(point: Point, inputs: Inputs) -> Workload:
     def forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, gates: torch.Tensor) -> torch.Tensor:
         return reference.nsa_attention(q, k, v, gates, cfg, block_idx=inputs.block_idx)
 
-    return autograd_workload(inputs, forward, "pytorch", grad_gates=True)
+    def selection() -> torch.Tensor:
+        k_cmp, _ = reference.compress_kv(inputs.k, inputs.v, cfg)
+        return reference.select_blocks(inputs.q, k_cmp, cfg)
+
+    return replace(autograd_workload(inputs, forward, "pytorch", grad_gates=True), selection=selection)
 
 
 BACKEND = Backend(

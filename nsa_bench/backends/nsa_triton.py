@@ -1,6 +1,8 @@
 """`nsa-triton`: our Triton NSA kernels (kernels/), with each stage timed for the per-branch breakdown."""
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 
 from nsa_bench.backends import Backend, Workload, cuda_required
@@ -40,8 +42,14 @@ def _build(point: Point, inputs: Inputs) -> Workload:
                                      block_idx=inputs.block_idx)
     else:
         stages = {}
-    return autograd_workload(inputs, forward, "triton", grad_gates=True, stages=stages,
-                             stage_costs=STAGE_COSTS.get(point.mode, {}))
+    def selection() -> torch.Tensor:  # the kernels' own compression and selection, checked on the device
+        with torch.no_grad():
+            k_cmp, _ = nsa_kernels.compress_kv(inputs.k, inputs.v, cfg)
+            return nsa_kernels.select_blocks(inputs.q, k_cmp, cfg)
+
+    workload = autograd_workload(inputs, forward, "triton", grad_gates=True, stages=stages,
+                                 stage_costs=STAGE_COSTS.get(point.mode, {}))
+    return replace(workload, selection=selection)
 
 
 BACKEND = Backend(
@@ -52,4 +60,5 @@ BACKEND = Backend(
     availability=cuda_required,
     build=_build,
     impl_hint=lambda: "triton",
+    staged_modes=("fwd", "bwd"),
 )

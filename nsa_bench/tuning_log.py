@@ -1,0 +1,40 @@
+"""tuning.json in a run folder: the config every autotuned kernel ran with, rewritten as tasks finish.
+
+Each autotuner's key holds the size buckets of the launch (SEQ_BUCKET = bit length of T, ROWS_BUCKET =
+bit length of B x heads) besides its shape arguments and tensor dtypes, so a row maps to its configs
+by its point; `first_tuned_in` names the task after which a choice first appeared (the task that tuned
+it, or read it from Triton's disk cache). The file is replaced atomically, so a run cut off at any
+moment leaves a complete one.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+TUNING_NAME = "tuning.json"
+
+
+class TuningLog:
+    """Writes out_dir/tuning.json from `nsa_kernels.tuning.chosen_configs()` after each task."""
+
+    def __init__(self, out_dir: Path) -> None:
+        self.path = Path(out_dir) / TUNING_NAME
+        self._first: dict[tuple[str, str], str] = {}
+
+    def update(self, task: str) -> int:
+        """Rewrite the file with every choice made so far in this process; returns how many there are."""
+        from nsa_kernels import tuning
+
+        entries = []
+        for choice in tuning.chosen_configs():
+            record = choice.as_dict()
+            key = (choice.kernel, json.dumps(record["key"], sort_keys=True, default=str))
+            entries.append({**record, "first_tuned_in": self._first.setdefault(key, task)})
+        payload = {"about": "config each autotuned kernel ran with, per autotune key (size buckets, shape "
+                            "arguments, tensor dtypes); nsa_kernels.tuning.chosen_configs()",
+                   "configs": entries}
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        tmp.write_text(json.dumps(payload, indent=1, sort_keys=True, default=str) + "\n")
+        os.replace(tmp, self.path)
+        return len(entries)
