@@ -62,6 +62,7 @@ def shape_of(point: Point) -> cost.Shape:
     return cost.Shape(
         batch=point.batch, seqlen=point.seqlen, kv_heads=point.kv_heads, group_size=point.group_size,
         head_dim_qk=point.head_dim_qk, head_dim_v=point.head_dim_v, dtype_bytes=point.dtype_bytes,
+        doc_lens=point.documents() if point.packed else (),
     )
 
 
@@ -195,7 +196,7 @@ def rows_for(task: Task, spec: SweepSpec, gpu: GPUSpec, measure: Measure | None,
     if point.mode not in backend.modes:
         return [failure_row(task, STATUS_UNSUPPORTED, f"{backend.name} has no {point.mode} mode", gpu)]
     why_not = backend.availability() if measure is not None else None
-    why_not = why_not or backend.supports(point)
+    why_not = why_not or backend.supports(point) or backend.varlen_refusal(point)
     if why_not:
         return [failure_row(task, STATUS_UNSUPPORTED, why_not, gpu)]
     if measure is None:

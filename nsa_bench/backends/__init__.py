@@ -53,6 +53,17 @@ class Backend:
     impl_hint: Callable[[], str] = lambda: ""  # what would run here (for `nsa-bench env`)
     supports: Callable[[Point], str | None] = lambda point: None  # None when the point is in its scope, else why not
     pads: Callable[[Point], str] = lambda point: ""  # the padding it runs the point with ("": the true shapes)
+    varlen: bool = False  # whether it runs packed points (--doc-lens: Inputs.cu_seqlens, docs/varlen.md)
+    no_varlen: str = ""  # why not, when it does not ("": a generic reason)
+
+    def varlen_refusal(self, point: Point) -> str | None:
+        """Why this backend cannot run `point` as a packed batch (None: it can, or the point is dense).
+
+        A backend that ignored cu_seqlens would attend across documents, so it must say so instead.
+        """
+        if not point.packed or self.varlen:
+            return None
+        return self.no_varlen or f"{self.name} has no packed-batch (cu_seqlens) path: --doc-lens {point.doc_lens} unsupported"
 
 
 @functools.cache
