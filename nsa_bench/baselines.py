@@ -162,7 +162,7 @@ def _geomean_ratio(times: pd.DataFrame, name: str, ran: list[str]) -> float:
 def _point_of(record: dict) -> Point:
     values = {f.name: record[f.name] for f in fields(Point)}
     for name, value in values.items():
-        if name not in ("mode", "dtype"):
+        if name not in ("mode", "dtype", "doc_lens"):
             values[name] = int(value)
     return Point(**values)
 

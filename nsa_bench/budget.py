@@ -102,7 +102,7 @@ def parse_duration(text: str) -> float:
 def runnable(backend: Backend, point: Point) -> bool:
     """Whether a GPU run would measure this task (a missing GPU does not count: the plan is for one)."""
     why = backend.availability()
-    return point.mode in backend.modes and why in (None, cuda_required()) and backend.supports(point) is None
+    return point.mode in backend.modes and why in (None, cuda_required()) and backend.out_of_scope(point) is None
 
 
 def bench_seconds(kernel_ms: float, cal: Calibration = CALIBRATION) -> float:

@@ -38,8 +38,9 @@ def shared_selection(inputs: Inputs) -> Inputs:
     if inputs.point.mode == "decode":
         return inputs
     q, k, v = (t.detach().double() for t in (inputs.q, inputs.k, inputs.v))
-    k_cmp, _ = reference.compress_kv(k, v, inputs.point.cfg)
-    return inputs.with_block_idx(reference.select_blocks(q, k_cmp, inputs.point.cfg))
+    cu = inputs.cu_seqlens  # packed points: block numbers local to each document
+    k_cmp, _ = reference.compress_kv(k, v, inputs.point.cfg, cu)
+    return inputs.with_block_idx(reference.select_blocks(q, k_cmp, inputs.point.cfg, cu_seqlens=cu))
 
 
 def _dense_decode(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, seqlens: torch.Tensor) -> torch.Tensor:
@@ -69,9 +70,9 @@ def expected(family: str, inputs: Inputs) -> tuple[torch.Tensor, ...]:
         return (_dense_decode(x.q, x.k, x.v, x.cache_seqlens),)
     leaves = [t.detach().requires_grad_(point.mode != "fwd") for t in (x.q, x.k, x.v, x.gates)]
     if family == "nsa":
-        out = reference.nsa_attention(*leaves, cfg, block_idx=x.block_idx)
+        out = reference.nsa_attention(*leaves, cfg, block_idx=x.block_idx, cu_seqlens=x.cu_seqlens)
     else:
-        out = reference.causal_attention(*leaves[:3])
+        out = reference.causal_attention(*leaves[:3], cu_seqlens=x.cu_seqlens)
     if point.mode == "fwd":
         return (out.detach(),)
     out.backward(x.do)

@@ -39,6 +39,8 @@ def cli() -> None:
 @click.option("--seqlen", metavar="SPEC", help="sequence lengths: 8k..64k (doubling), 8k,16k, 1k..8k:+1k  [default: 8k..64k]")
 @click.option("--batch", metavar="LIST", help=f"batch sizes, {_LIST}  [default: 1]")
 @click.option("--kv-heads", metavar="LIST", help=f"KV heads = GQA groups (paper g), {_LIST}  [default: 4]")
+@click.option("--q-heads", metavar="LIST", help="query heads, held fixed while --group-size varies: Hkv = Hq / G "
+              "(instead of --kv-heads)")
 @click.option("--group-size", metavar="LIST", help=f"query heads per KV head (paper h), {_LIST}  [default: 16]")
 @click.option("--head-dim", metavar="LIST", help="head dims qk-v, e.g. 192-128,128  [default: 192-128]")
 @click.option("--block-cmp", metavar="LIST", help="compression block l  [default: 32]")
@@ -50,6 +52,9 @@ def cli() -> None:
               "+ attention)  [default: fwd,bwd,decode]")
 @click.option("--d-model", metavar="LIST", help="model width of the layer modes (x is [B, T, d_model])  [default: 2560, "
               "the NSA paper's model]")
+@click.option("--doc-lens", metavar="LIST", help="documents packed into each row of --seqlen tokens (a varlen batch, "
+              "cu_seqlens): none, fixed:N, uniform:N (lengths 1..2N-1), lognormal:N[:SIGMA] (mean N, sigma 1); "
+              "@SEED seeds the lengths; the document that passes the row's end is cut to fill it  [default: none]")
 @click.option("--backend", metavar="LIST", help="backends to run (see `nsa-bench env`)  [default: fa2,nsa-triton]")
 @click.option("--baseline", metavar="LIST", help="dense backends to compare against, e.g. fa2,cudnn: all run, the summary "
               "shows NSA against each; the CSV's speedup column is vs the first  [default: fa2]")

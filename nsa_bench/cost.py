@@ -20,11 +20,16 @@ Conventions (stated once, used everywhere):
   j <= t // l' of each query and KV head) are written by `scoring` and read by `topn`; a kernel
   that fuses them saves that traffic.
 - Decode assumes the compressed KV cache is kept up to date (at most one new block a step).
+- Packed batches (`Shape.doc_lens`, docs/varlen.md): every per-sequence count (visible keys,
+  compressed blocks, covered tokens, selection candidates) is summed over the sequences, each with its
+  own length; per-token tensors are those of the B*T tokens. Decode of a packed batch is a decode
+  batch of its N sequences, sequence i over a cache of L_i tokens.
 """
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 from nsa_bench.config import NSAConfig
 from nsa_bench.gpus import GPUSpec
@@ -55,10 +60,28 @@ class Shape:
     head_dim_qk: int
     head_dim_v: int
     dtype_bytes: int = 2
+    doc_lens: tuple[int, ...] = ()  # a packed batch's sequence lengths (sum = batch * seqlen); (): B rows of T
 
     def __post_init__(self) -> None:
         for name in ("batch", "seqlen", "kv_heads", "group_size", "head_dim_qk", "head_dim_v", "dtype_bytes"):
             _check_positive_int("Shape", name, getattr(self, name))
+        if self.doc_lens:
+            for length in self.doc_lens:
+                _check_positive_int("Shape", "doc_lens[i]", length)
+            if sum(self.doc_lens) != self.batch * self.seqlen:
+                raise ValueError(f"Shape.doc_lens sum to {sum(self.doc_lens)}, not batch * seqlen = "
+                                 f"{self.batch * self.seqlen}")
+
+    @property
+    def sequences(self) -> tuple[tuple[int, int], ...]:
+        """(length, how many sequences have it): the sequences attention runs over, each alone."""
+        if not self.doc_lens:
+            return ((self.seqlen, self.batch),)
+        return tuple(sorted(Counter(self.doc_lens).items()))
+
+    @property
+    def num_sequences(self) -> int:
+        return sum(count for _, count in self.sequences)
 
     @property
     def q_heads(self) -> int:
@@ -216,6 +239,20 @@ def decode_tokens_exact(seqlen: int, cfg: NSAConfig) -> int:
     return keys["cmp"] + keys["slc"] + keys["win"]
 
 
+def _summed(shape: Shape, per_sequence: Callable[[int], int]) -> int:
+    """sum over the shape's sequences of per_sequence(length)."""
+    return sum(count * per_sequence(length) for length, count in shape.sequences)
+
+
+def _summed_keys(shape: Shape, per_sequence: Callable[[int], dict[str, int]]) -> dict[str, int]:
+    """Branch-wise sums over the shape's sequences of per_sequence(length) (visible keys, decode keys)."""
+    total: dict[str, int] = {}
+    for length, count in shape.sequences:
+        for name, value in per_sequence(length).items():
+            total[name] = total.get(name, 0) + count * value
+    return total
+
+
 # ---------------------------------------------------------------- stage costs
 @dataclass(frozen=True)
 class _Elements:
@@ -237,13 +274,18 @@ class _Elements:
 def _elements(shape: Shape, cfg: NSAConfig) -> _Elements:
     b, t, hkv, hq = shape.batch, shape.seqlen, shape.kv_heads, shape.q_heads
     dk, dv = shape.head_dim_qk, shape.head_dim_v
-    tc = cfg.num_cmp_blocks(t)
-    covered = (tc - 1) * cfg.stride_cmp + cfg.block_cmp if tc else 0
+
+    def covered_tokens(length: int) -> int:
+        tc = cfg.num_cmp_blocks(length)
+        return (tc - 1) * cfg.stride_cmp + cfg.block_cmp if tc else 0
+
+    tc = _summed(shape, cfg.num_cmp_blocks)  # compressed blocks of all sequences
+    covered = _summed(shape, covered_tokens)
     return _Elements(
         q=b * t * hq * dk, k=b * t * hkv * dk, v=b * t * hkv * dv, o=b * t * hq * dv, rows=b * t * hq,
-        k_cmp=b * tc * hkv * dk, v_cmp=b * tc * hkv * dv,
-        k_covered=b * covered * hkv * dk, v_covered=b * covered * hkv * dv,
-        block_idx=b * t * hkv * cfg.n_slc, scores=b * hkv * candidate_blocks(t, cfg),
+        k_cmp=tc * hkv * dk, v_cmp=tc * hkv * dv,
+        k_covered=covered * hkv * dk, v_covered=covered * hkv * dv,
+        block_idx=b * t * hkv * cfg.n_slc, scores=hkv * _summed(shape, lambda n: candidate_blocks(n, cfg)),
     )
 
 
@@ -261,8 +303,8 @@ def _stage(name: str, flops: int, nbytes: int) -> StageCost:
 
 def _nsa_forward(shape: Shape, cfg: NSAConfig) -> tuple[StageCost, ...]:
     e, el = shape.dtype_bytes, _elements(shape, cfg)
-    heads = shape.batch * shape.q_heads
-    keys = visible_keys(shape.seqlen, cfg)
+    heads = shape.q_heads  # keys are summed over the sequences (batch included)
+    keys = _summed_keys(shape, lambda n: visible_keys(n, cfg))
     per_key = _fwd_per_key(shape)
     chunks_per_cmp = cfg.block_cmp // cfg.stride_cmp  # d-chunks a compressed block adds its p to
     attn_out = e * el.o + _FP32 * el.rows  # o and lse written
@@ -282,8 +324,8 @@ def _nsa_forward(shape: Shape, cfg: NSAConfig) -> tuple[StageCost, ...]:
 
 def _nsa_backward(shape: Shape, cfg: NSAConfig) -> tuple[StageCost, ...]:
     e, el = shape.dtype_bytes, _elements(shape, cfg)
-    heads = shape.batch * shape.q_heads
-    keys = visible_keys(shape.seqlen, cfg)
+    heads = shape.q_heads  # keys are summed over the sequences (batch included)
+    keys = _summed_keys(shape, lambda n: visible_keys(n, cfg))
     per_key = _bwd_per_key(shape)
     saved = e * 2 * el.o + _FP32 * el.rows  # o and do of the branch, lse
     return (
@@ -303,23 +345,23 @@ def _nsa_backward(shape: Shape, cfg: NSAConfig) -> tuple[StageCost, ...]:
 
 
 def _nsa_decode(shape: Shape, cfg: NSAConfig) -> tuple[StageCost, ...]:
-    e, b, hkv, hq = shape.dtype_bytes, shape.batch, shape.kv_heads, shape.q_heads
+    e, b, hkv, hq = shape.dtype_bytes, shape.num_sequences, shape.kv_heads, shape.q_heads
     dk, dv = shape.head_dim_qk, shape.head_dim_v
-    keys = keys_at(shape.seqlen - 1, cfg)
+    keys = _summed_keys(shape, lambda n: keys_at(n - 1, cfg))  # the new token of each sequence, summed
     per_key = _fwd_per_key(shape)
     q1, o1, gates1 = b * hq * dk, b * hq * dv, 3 * b * hq
-    scores = b * hkv * cfg.num_slc_blocks(shape.seqlen)
+    scores = hkv * _summed(shape, cfg.num_slc_blocks)
     block_idx = b * hkv * cfg.n_slc
     kv_token = hkv * (dk + dv)  # elements of one token's K and V, all KV heads
     chunks_per_cmp = cfg.block_cmp // cfg.stride_cmp
     return (
         # attention + scoring fused: reads q and the whole compressed cache, writes o_cmp and S
-        _stage("cmp_attn", b * hq * keys["cmp"] * (per_key + chunks_per_cmp),
-               e * (q1 + b * keys["cmp"] * kv_token + o1) + _FP32 * scores),
+        _stage("cmp_attn", hq * keys["cmp"] * (per_key + chunks_per_cmp),
+               e * (q1 + keys["cmp"] * kv_token + o1) + _FP32 * scores),
         _stage("topn", 0, _FP32 * scores + _INT32 * block_idx),
-        _stage("slc_attn", b * hq * keys["slc"] * per_key,
-               e * (q1 + b * keys["slc"] * kv_token + o1) + _INT32 * block_idx),
-        _stage("win_attn", b * hq * keys["win"] * per_key, e * (q1 + b * keys["win"] * kv_token + o1)),
+        _stage("slc_attn", hq * keys["slc"] * per_key,
+               e * (q1 + keys["slc"] * kv_token + o1) + _INT32 * block_idx),
+        _stage("win_attn", hq * keys["win"] * per_key, e * (q1 + keys["win"] * kv_token + o1)),
         _stage("gated_sum", 5 * o1, e * (4 * o1 + gates1)),
     )
 
@@ -355,7 +397,7 @@ def dense_cost(shape: Shape, mode: str) -> Cost:
     e, b, t, hkv, hq = shape.dtype_bytes, shape.batch, shape.seqlen, shape.kv_heads, shape.q_heads
     dk, dv = shape.head_dim_qk, shape.head_dim_v
     q, k, v, o, rows = b * t * hq * dk, b * t * hkv * dk, b * t * hkv * dv, b * t * hq * dv, b * t * hq
-    pairs = b * hq * t * (t + 1) // 2
+    pairs = hq * _summed(shape, lambda n: n * (n + 1) // 2)  # causal within each sequence
     forward = _stage(DENSE_STAGE, pairs * _fwd_per_key(shape), e * (q + k + v + o) + _FP32 * rows)
     # reads q, k, v, o, do, lse; writes dq, dk, dv
     backward = _stage(DENSE_STAGE, pairs * _bwd_per_key(shape), e * (2 * (q + k + v) + 2 * o) + _FP32 * rows)
@@ -366,8 +408,10 @@ def dense_cost(shape: Shape, mode: str) -> Cost:
     if mode == "fwdbwd":
         return Cost(_prefixed("fwd", (forward,)) + _prefixed("bwd", (backward,)))
     # decode: the query at t-1 reads the whole K and V cache once
-    decode = _stage(DENSE_STAGE, b * hq * t * _fwd_per_key(shape),
-                    e * (b * hq * dk + b * t * hkv * (dk + dv) + b * hq * dv))
+    # (packed: each of the N sequences' new token reads its own cache)
+    n = shape.num_sequences
+    decode = _stage(DENSE_STAGE, hq * b * t * _fwd_per_key(shape),
+                    e * (n * hq * dk + b * t * hkv * (dk + dv) + n * hq * dv))
     return Cost((decode,))
 
 

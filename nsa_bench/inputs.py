@@ -32,6 +32,7 @@ class Inputs:
     cache_seqlens: torch.Tensor | None = None
     block_idx: torch.Tensor | None = None
     layer: "LayerInputs | None" = None
+    cu_seqlens: torch.Tensor | None = None  # packed points (nsa_bench.packed_inputs): tensors are [1, B*T, ...]
 
     def cast(self, dtype: torch.dtype) -> "Inputs":
         """Same values in another float dtype (indices untouched), detached, no grad."""
@@ -74,6 +75,10 @@ def make_inputs(point: Point, device: torch.device | str, seed: int) -> Inputs:
 
     Draws in float32 (every device's generator has it) in a fixed order, then casts to the point's dtype.
     """
+    if point.packed:  # documents packed into each row: the dense point's tensors as one varlen batch
+        from nsa_bench.packed_inputs import packed_inputs
+
+        return packed_inputs(point, device, seed)
     if point.mode in LAYER_MODES:
         from nsa_bench.layer import make_layer_inputs
 

@@ -113,8 +113,8 @@ def expected_layer(family: str, inputs: Inputs) -> tuple[torch.Tensor, ...]:
 
     def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, gates: Any) -> torch.Tensor:
         if gated:
-            return reference.nsa_attention(q, k, v, gates, point.cfg, block_idx=x.block_idx)
-        return reference.causal_attention(q, k, v)
+            return reference.nsa_attention(q, k, v, gates, point.cfg, block_idx=x.block_idx, cu_seqlens=x.cu_seqlens)
+        return reference.causal_attention(q, k, v, cu_seqlens=x.cu_seqlens)
 
     y = layer_fn(point, attend, gated)(*leaves)
     if not backward:

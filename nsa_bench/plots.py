@@ -46,7 +46,7 @@ def _series_label(rec: pd.Series, backend: str, varying: list[str]) -> str:
 def _varying(frame: pd.DataFrame) -> list[str]:
     """Configuration columns (besides seqlen) that take several values in the run."""
     cols = ["batch", "kv_heads", "group_size", "head_dim_qk", "head_dim_v", "block_cmp", "stride_cmp",
-            "block_slc", "n_slc", "window", "dtype"]
+            "block_slc", "n_slc", "window", "dtype", "doc_lens"]
     return [c for c in cols if c in frame and frame[c].nunique() > 1]
 
 

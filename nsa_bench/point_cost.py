@@ -12,6 +12,7 @@ def shape_of(point: Point) -> cost.Shape:
     return cost.Shape(
         batch=point.batch, seqlen=point.seqlen, kv_heads=point.kv_heads, group_size=point.group_size,
         head_dim_qk=point.head_dim_qk, head_dim_v=point.head_dim_v, dtype_bytes=point.dtype_bytes,
+        doc_lens=point.documents() if point.packed else (),
     )
 
 

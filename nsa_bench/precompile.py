@@ -48,7 +48,7 @@ def target_capability() -> int:
 
 def precompiled(backend: Backend, point: Point) -> bool:
     """Whether precompile covers this backend at this point (it runs our kernels and the point is in scope)."""
-    return backend.name in PRECOMPILED_BACKENDS and point.mode in backend.modes and backend.supports(point) is None
+    return backend.name in PRECOMPILED_BACKENDS and point.mode in backend.modes and backend.out_of_scope(point) is None
 
 
 # ------------------------------------------------------------------ cases (parent side)

@@ -1,6 +1,9 @@
 """Plain-PyTorch NSA, exactly as NSA_SPEC.md defines it: the yardstick for every kernel.
 
-Any dtype (float64 included) and any device. Work is done in query chunks whose size keeps
+Any dtype (float64 included) and any device. Every forward function also takes `cu_seqlens` (int32
+[N+1], flash-attn's varlen convention) with tensors [1, total_T, H, D]: a packed batch whose
+sequences are computed one by one, each exactly as a batch of one (docs/varlen.md); that per-sequence
+loop is the definition of varlen NSA, so nothing can cross a sequence boundary. Work is done in query chunks whose size keeps
 each chunk's score tensor under a fixed element budget, so memory grows with T, not T^2, and
 the reference can run at a few thousand tokens on a GPU. Internally it computes in at least
 float32 and returns the input dtype. With autograd on, each chunk is checkpointed so the
@@ -14,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
+from nsa_bench import varlen
 from nsa_bench.config import NSAConfig
 
 __all__ = [
@@ -95,10 +99,37 @@ def _needs_grad(*tensors: torch.Tensor | None) -> bool:
     return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
+def _per_sequence(
+    cu_seqlens: torch.Tensor, q: torch.Tensor, piece: Callable[[int, int, int], torch.Tensor],
+    empty: Callable[[], torch.Tensor],
+) -> torch.Tensor:
+    """piece(i, start, end) of every non-empty sequence of a packed batch, concatenated along dim 1."""
+    parts = [piece(i, s, e) for i, (s, e) in enumerate(varlen.spans(cu_seqlens, q.shape[1], q.shape[0])) if e > s]
+    return torch.cat(parts, dim=1) if parts else empty()
+
+
+def _cmp_slices(cu_seqlens: torch.Tensor, cfg: NSAConfig, k_cmp: torch.Tensor) -> list[slice]:
+    """The slice of each sequence's compressed blocks in a packed k_cmp (checks its length)."""
+    return [slice(s, e) for s, e in varlen.cmp_spans(cu_seqlens, cfg, k_cmp.shape[1])]
+
+
 # ---------------------------------------------------------------- section 1: compression
-def compress_kv(k: torch.Tensor, v: torch.Tensor, cfg: NSAConfig) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean over each compressed block [i*d, i*d + l): k_cmp [B,Tc,Hkv,Dk], v_cmp [B,Tc,Hkv,Dv]."""
-    return _compress(k, cfg), _compress(v, cfg)
+def compress_kv(
+    k: torch.Tensor, v: torch.Tensor, cfg: NSAConfig, cu_seqlens: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean over each compressed block [i*d, i*d + l): k_cmp [B,Tc,Hkv,Dk], v_cmp [B,Tc,Hkv,Dv].
+
+    Packed (cu_seqlens): each sequence's blocks, local to it, concatenated: [1, sum_i Tc(L_i), Hkv, D]
+    (offsets `varlen.cmp_cu_seqlens`); a sequence shorter than l adds none.
+    """
+    if cu_seqlens is None:
+        return _compress(k, cfg), _compress(v, cfg)
+    parts = varlen.spans(cu_seqlens, k.shape[1], k.shape[0])
+
+    def packed(x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([_compress(x[:, s:e], cfg) for s, e in parts] or [x.new_zeros(1, 0, *x.shape[2:])], dim=1)
+
+    return packed(k), packed(v)
 
 
 def _compress(x: torch.Tensor, cfg: NSAConfig) -> torch.Tensor:
@@ -122,9 +153,19 @@ def _cmp_rows(
 
 
 def compressed_attention(
-    q: torch.Tensor, k_cmp: torch.Tensor, v_cmp: torch.Tensor, cfg: NSAConfig, scale: float | None = None
+    q: torch.Tensor, k_cmp: torch.Tensor, v_cmp: torch.Tensor, cfg: NSAConfig, scale: float | None = None,
+    cu_seqlens: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Branch "cmp": o_cmp [B,T,Hq,Dv]; a query that sees no compressed block gets 0."""
+    """Branch "cmp": o_cmp [B,T,Hq,Dv]; a query that sees no compressed block gets 0.
+
+    Packed (cu_seqlens): k_cmp/v_cmp in compress_kv's packed layout; each query sees its own sequence's blocks.
+    """
+    if cu_seqlens is not None:
+        cmp = _cmp_slices(cu_seqlens, cfg, k_cmp)
+        return _per_sequence(
+            cu_seqlens, q, lambda i, s, e: compressed_attention(q[:, s:e], k_cmp[:, cmp[i]], v_cmp[:, cmp[i]], cfg, scale),
+            lambda: q.new_zeros(1, 0, q.shape[2], v_cmp.shape[-1]))
+
     def rows(qc, pos, kw, vw, sc, t0, t1):
         return _cmp_rows(qc, pos, kw, vw, cfg, sc)[0]
 
@@ -194,14 +235,35 @@ def _select_rows(scores: torch.Tensor, pos: torch.Tensor, cfg: NSAConfig) -> tor
 
 
 def block_scores(
-    q: torch.Tensor, k_cmp: torch.Tensor, cfg: NSAConfig, scale: float | None = None
+    q: torch.Tensor, k_cmp: torch.Tensor, cfg: NSAConfig, scale: float | None = None,
+    cu_seqlens: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Group block scores S [B,T,Hkv,ceil(T/l')] (float64) — what selection ranks."""
-    return _scores_and_selection(q, k_cmp, cfg, scale)[0]
+    """Group block scores S [B,T,Hkv,ceil(T/l')] (float64) — what selection ranks.
+
+    Packed (cu_seqlens): [1, total_T, Hkv, max_i ceil(L_i/l')], column j = the sequence's own block j;
+    columns past a sequence's last block hold -inf (no such block).
+    """
+    if cu_seqlens is None:
+        return _scores_and_selection(q, k_cmp, cfg, scale)[0]
+    cmp = _cmp_slices(cu_seqlens, cfg, k_cmp)
+    width = max([cfg.num_slc_blocks(n) for n in varlen.seqlens(cu_seqlens)] or [0])
+
+    def piece(i: int, s: int, e: int) -> torch.Tensor:
+        scores = _scores_and_selection(q[:, s:e], k_cmp[:, cmp[i]], cfg, scale)[0]
+        return F.pad(scores, (0, width - scores.shape[-1]), value=float("-inf"))
+
+    return _per_sequence(cu_seqlens, q, piece, lambda: q.new_zeros(1, 0, k_cmp.shape[2], width, dtype=torch.float64))
 
 
-def select_from_scores(scores: torch.Tensor, cfg: NSAConfig) -> torch.Tensor:
-    """Selection from group scores [B,T,Hkv,Nslc] for rows at positions 0..T-1."""
+def select_from_scores(scores: torch.Tensor, cfg: NSAConfig, cu_seqlens: torch.Tensor | None = None) -> torch.Tensor:
+    """Selection from group scores [B,T,Hkv,Nslc] for rows at positions 0..T-1 (packed: local positions)."""
+    if cu_seqlens is not None:
+        def piece(i: int, s: int, e: int) -> torch.Tensor:
+            local = scores[:, s:e, :, : cfg.num_slc_blocks(e - s)]
+            return _select_rows(local, torch.arange(e - s, device=scores.device), cfg)
+
+        return _per_sequence(cu_seqlens, scores, piece,
+                             lambda: torch.zeros(1, 0, scores.shape[2], cfg.n_slc, dtype=torch.int32, device=scores.device))
     pos = torch.arange(scores.shape[1], device=scores.device)
     return _select_rows(scores, pos, cfg)
 
@@ -227,8 +289,19 @@ def _scores_and_selection(
 
 
 @torch.no_grad()
-def select_blocks(q: torch.Tensor, k_cmp: torch.Tensor, cfg: NSAConfig, scale: float | None = None) -> torch.Tensor:
-    """Section 3: block_idx [B,T,Hkv,n] int32, -1 padded. Scores are computed in float64."""
+def select_blocks(
+    q: torch.Tensor, k_cmp: torch.Tensor, cfg: NSAConfig, scale: float | None = None,
+    cu_seqlens: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Section 3: block_idx [B,T,Hkv,n] int32, -1 padded. Scores are computed in float64.
+
+    Packed (cu_seqlens): [1, total_T, Hkv, n], block numbers local to each query's own sequence.
+    """
+    if cu_seqlens is not None:
+        cmp = _cmp_slices(cu_seqlens, cfg, k_cmp)
+        return _per_sequence(
+            cu_seqlens, q, lambda i, s, e: _scores_and_selection(q[:, s:e], k_cmp[:, cmp[i]], cfg, scale)[1],
+            lambda: torch.zeros(1, 0, k_cmp.shape[2], cfg.n_slc, dtype=torch.int32, device=q.device))
     return _scores_and_selection(q, k_cmp, cfg, scale)[1]
 
 
@@ -254,9 +327,19 @@ def _slc_rows(
 
 def selected_attention(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_idx: torch.Tensor, cfg: NSAConfig,
-    scale: float | None = None,
+    scale: float | None = None, cu_seqlens: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Branch "slc": each query attends to keys p <= t in its group's selected blocks."""
+    """Branch "slc": each query attends to keys p <= t in its group's selected blocks.
+
+    Packed (cu_seqlens): block_idx [1, total_T, Hkv, n] numbers blocks within each query's sequence.
+    """
+    if cu_seqlens is not None:
+        _check_packed_block_idx(block_idx, k)
+        return _per_sequence(
+            cu_seqlens, q,
+            lambda i, s, e: selected_attention(q[:, s:e], k[:, s:e], v[:, s:e], block_idx[:, s:e], cfg, scale),
+            lambda: q.new_zeros(1, 0, q.shape[2], v.shape[-1]))
+
     def rows(qc, pos, kw, vw, sc, t0, t1):
         return _slc_rows(qc, pos, kw, vw, block_idx[:, t0:t1], cfg, sc)
 
@@ -276,9 +359,16 @@ def _win_rows(
 
 
 def window_attention(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cfg: NSAConfig | int, scale: float | None = None
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cfg: NSAConfig | int, scale: float | None = None,
+    cu_seqlens: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Branch "win": query t attends to keys max(0, t-w+1) .. t. `cfg` may be a bare window size."""
+    """Branch "win": query t attends to keys max(0, t-w+1) .. t. `cfg` may be a bare window size.
+
+    Packed (cu_seqlens): t and the window are positions within the query's own sequence.
+    """
+    if cu_seqlens is not None:
+        return _per_sequence(cu_seqlens, q, lambda i, s, e: window_attention(q[:, s:e], k[:, s:e], v[:, s:e], cfg, scale),
+                             lambda: q.new_zeros(1, 0, q.shape[2], v.shape[-1]))
     window = cfg if isinstance(cfg, int) else cfg.window
 
     def rows(qc, pos, kw, vw, sc, t0, t1):
@@ -289,9 +379,16 @@ def window_attention(
 
 
 def causal_attention(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float | None = None
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float | None = None,
+    cu_seqlens: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Dense causal attention (GQA, Dk != Dv allowed): the FlashAttention-2 baseline's semantics."""
+    """Dense causal attention (GQA, Dk != Dv allowed): the FlashAttention-2 baseline's semantics.
+
+    Packed (cu_seqlens): causal within each sequence, as flash_attn_varlen_func(causal=True).
+    """
+    if cu_seqlens is not None:
+        return _per_sequence(cu_seqlens, q, lambda i, s, e: causal_attention(q[:, s:e], k[:, s:e], v[:, s:e], scale),
+                             lambda: q.new_zeros(1, 0, q.shape[2], v.shape[-1]))
     return window_attention(q, k, v, max(1, q.shape[1]), scale)
 
 
@@ -300,20 +397,35 @@ def nsa_attention(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, gates: torch.Tensor, cfg: NSAConfig,
     scale: float | None = None, block_idx: torch.Tensor | None = None,
     k_cmp: torch.Tensor | None = None, v_cmp: torch.Tensor | None = None,
+    cu_seqlens: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Sections 1-6: o [B,T,Hq,Dv] = g0*o_cmp + g1*o_slc + g2*o_win; differentiable (section 8)."""
+    """Sections 1-6: o [B,T,Hq,Dv] = g0*o_cmp + g1*o_slc + g2*o_win; differentiable (section 8).
+
+    Packed (cu_seqlens, int32 [N+1]; tensors [1, total_T, H, D]): every sequence alone, as a batch of
+    one; block_idx, k_cmp and v_cmp, when given, in the packed layouts of select_blocks and compress_kv.
+    """
     _check_shapes(q, k, v, gates)
     if (k_cmp is None) != (v_cmp is None):
         raise ValueError("pass both k_cmp and v_cmp, or neither")
+    if cu_seqlens is not None:
+        varlen.spans(cu_seqlens, q.shape[1], q.shape[0])
+        if block_idx is not None:
+            _check_packed_block_idx(block_idx, k)
     if k_cmp is None:
-        k_cmp, v_cmp = compress_kv(k, v, cfg)
+        k_cmp, v_cmp = compress_kv(k, v, cfg, cu_seqlens)
     if block_idx is None:
-        block_idx = select_blocks(q, k_cmp, cfg, scale)
-    o_cmp = compressed_attention(q, k_cmp, v_cmp, cfg, scale)
-    o_slc = selected_attention(q, k, v, block_idx, cfg, scale)
-    o_win = window_attention(q, k, v, cfg, scale)
+        block_idx = select_blocks(q, k_cmp, cfg, scale, cu_seqlens)
+    o_cmp = compressed_attention(q, k_cmp, v_cmp, cfg, scale, cu_seqlens)
+    o_slc = selected_attention(q, k, v, block_idx, cfg, scale, cu_seqlens)
+    o_win = window_attention(q, k, v, cfg, scale, cu_seqlens)
     g = gates.to(o_cmp.dtype)
     return g[..., 0:1] * o_cmp + g[..., 1:2] * o_slc + g[..., 2:3] * o_win
+
+
+def _check_packed_block_idx(block_idx: torch.Tensor, k: torch.Tensor) -> None:
+    if block_idx.dim() != 4 or tuple(block_idx.shape[:3]) != tuple(k.shape[:3]):
+        raise ValueError(f"block_idx must be [1, total_T, Hkv, n] = [{', '.join(map(str, k.shape[:3]))}, n] "
+                         f"in a packed batch, got {tuple(block_idx.shape)}")
 
 
 def _check_shapes(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, gates: torch.Tensor) -> None:
@@ -333,7 +445,12 @@ def nsa_decode(
     cache_seqlens: torch.Tensor, cfg: NSAConfig, scale: float | None = None,
     k_cmp_cache: torch.Tensor | None = None, v_cmp_cache: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """One new token per sequence: row L-1 of the forward over k_cache[b, :L]. Returns [B,Hq,Dv]."""
+    """One new token per sequence: row L-1 of the forward over k_cache[b, :L]. Returns [B,Hq,Dv].
+
+    Decode has no cu_seqlens: N packed sequences decode as a batch of N, with caches
+    `varlen.pad_packed(k, cu_seqlens)` ([N, max L_i, Hkv, D]), cache_seqlens = their lengths and q the
+    new tokens; the output for sequence i equals the packed forward's row cu_seqlens[i+1] - 1.
+    """
     if (k_cmp_cache is None) != (v_cmp_cache is None):
         raise ValueError("pass both k_cmp_cache and v_cmp_cache, or neither")
     sc = _scale(scale, q.shape[-1])

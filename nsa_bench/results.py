@@ -18,7 +18,8 @@ CSV_NAME = "results.csv"
 ENV_NAME = "env.json"
 SPEC_NAME = "spec.json"
 PLOTS_DIR = "plots"
-_TEXT_COLUMNS = ("impl", "message", "baseline", "gpu", "throttle_reasons", "stage", "backend", "mode", "dtype")
+_TEXT_COLUMNS = ("impl", "message", "baseline", "gpu", "throttle_reasons", "stage", "backend", "mode", "dtype",
+                 "doc_lens")
 
 
 class ResultsError(ValueError):
@@ -66,6 +67,8 @@ def read_rows(path: Path) -> pd.DataFrame:
         raise ResultsError(f"{file}: not a results CSV ({exc})") from exc
     if "d_model" not in frame.columns:  # runs made before layer modes existed: attention-only rows
         frame["d_model"] = 0
+    if "doc_lens" not in frame.columns:  # runs made before packed batches: one dense sequence per row
+        frame["doc_lens"] = "none"
     missing = [c for c in KEY_FIELDS if c not in frame.columns]
     if missing:
         raise ResultsError(f"{file}: not a results CSV, missing columns {', '.join(missing)}")

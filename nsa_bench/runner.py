@@ -202,7 +202,7 @@ def rows_for(task: Task, spec: SweepSpec, gpu: GPUSpec, measure: Measure | None,
     if point.mode not in backend.modes:
         return [failure_row(task, STATUS_UNSUPPORTED, f"{backend.name} has no {point.mode} mode", gpu)]
     why_not = backend.availability() if measure is not None else None
-    why_not = why_not or backend.supports(point)
+    why_not = why_not or backend.out_of_scope(point)
     if why_not:
         return [failure_row(task, STATUS_UNSUPPORTED, why_not, gpu)]
     if measure is None:

@@ -24,7 +24,7 @@ STAGE_TOTAL = "total"
 # Columns that identify a configuration: rows of two runs match on these.
 KEY_FIELDS = (
     "mode", "backend", "stage", "seqlen", "batch", "kv_heads", "group_size", "head_dim_qk",
-    "head_dim_v", "block_cmp", "stride_cmp", "block_slc", "n_slc", "window", "dtype", "d_model",
+    "head_dim_v", "block_cmp", "stride_cmp", "block_slc", "n_slc", "window", "dtype", "d_model", "doc_lens",
 )
 
 
@@ -72,6 +72,7 @@ class Row:
     throttled: bool = False
     throttle_reasons: str = ""
     d_model: int = 0  # model width of a layer mode (layer-fwd, layer-bwd); 0 for attention-only modes
+    doc_lens: str = "none"  # documents packed into each row (nsa_bench.doclens); "none": one dense sequence a row
 
     def as_dict(self) -> dict[str, object]:
         return asdict(self)

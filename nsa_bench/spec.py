@@ -9,6 +9,7 @@ from __future__ import annotations
 import itertools
 from dataclasses import asdict, dataclass, fields, replace
 
+from nsa_bench import doclens
 from nsa_bench.config import NSAConfig
 
 ATTENTION_MODES = ("fwd", "bwd", "fwdbwd", "decode")
@@ -40,6 +41,7 @@ class Point:
     window: int
     dtype: str
     d_model: int = 0  # model width of a layer mode; 0 for attention-only modes
+    doc_lens: str = doclens.NONE  # documents packed into each row (nsa_bench.doclens); "none": one sequence a row
 
     @property
     def is_layer(self) -> bool:
@@ -48,6 +50,15 @@ class Point:
     @property
     def cfg(self) -> NSAConfig:
         return NSAConfig(self.block_cmp, self.stride_cmp, self.block_slc, self.n_slc, self.window)
+
+    @property
+    def packed(self) -> bool:
+        """Whether the batch is packed documents (a varlen batch with cu_seqlens)."""
+        return self.doc_lens != doclens.NONE
+
+    def documents(self) -> tuple[int, ...]:
+        """The sequence lengths of this point: its documents, row after row (dense: B rows of T)."""
+        return doclens.documents(self.doc_lens, self.seqlen, self.batch)
 
     @property
     def q_heads(self) -> int:
@@ -63,10 +74,14 @@ class Point:
             f"D={self.head_dim_qk}-{self.head_dim_v} l={self.block_cmp} d={self.stride_cmp} "
             f"l'={self.block_slc} n={self.n_slc} w={self.window} {self.dtype}"
             + (f" d_model={self.d_model}" if self.is_layer else "")
+            + (f" docs={self.doc_lens}" if self.packed else "")
         )
 
     def with_seqlen(self, seqlen: int, batch: int | None = None) -> "Point":
-        return replace(self, seqlen=seqlen, batch=self.batch if batch is None else batch)
+        """The point at another length (and batch); a packed point's mean document length scales with it,
+        so a short correctness check sees about as many documents per row as the point itself."""
+        docs = doclens.parse_doc_lens(self.doc_lens).scaled(seqlen / self.seqlen).text()
+        return replace(self, seqlen=seqlen, batch=self.batch if batch is None else batch, doc_lens=docs)
 
     def as_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -92,6 +107,8 @@ class SweepSpec:
     baseline: str = "fa2"  # the CSV's speedup/baseline columns are relative to this one
     more_baselines: tuple[str, ...] = ()  # further baselines (--baseline fa2,cudnn): run, and shown in summaries
     d_models: tuple[int, ...] = (PAPER_D_MODEL,)
+    doc_lens: tuple[str, ...] = (doclens.NONE,)  # canonical nsa_bench.doclens values
+    q_heads: tuple[int, ...] = ()  # when given, Hkv = Hq // G per point instead of the kv_heads axis
     reps: int = 30
     warmup: int = 5
     seed: int = 0
@@ -105,13 +122,19 @@ class SweepSpec:
             if value < (0 if name == "warmup" else 1):
                 raise ValueError(f"{name}={value} must be {'>= 0' if name == 'warmup' else '>= 1'}")
         for name in ("seqlens", "batches", "kv_heads", "group_sizes", "block_cmp", "stride_cmp",
-                     "block_slc", "n_slc", "window", "d_models"):
+                     "block_slc", "n_slc", "window", "d_models", "doc_lens"):
             values = getattr(self, name)
             if not values:
                 raise ValueError(f"{name} is empty")
+            if name == "doc_lens":
+                for value in values:
+                    doclens.parse_doc_lens(value)
+                continue
             bad = [v for v in values if v <= 0]
             if bad:
                 raise ValueError(f"{name}: {bad[0]} must be positive")
+        if any(h <= 0 for h in self.q_heads):
+            raise ValueError(f"q_heads: {min(self.q_heads)} must be positive")
         for mode in self.modes:
             if mode not in MODES:
                 raise ValueError(f"mode {mode!r} unknown (choose from {', '.join(MODES)})")
@@ -133,21 +156,27 @@ class SweepSpec:
         """(valid points, [(combination, why it is invalid)]) in sweep order: mode outermost, seqlen innermost.
 
         d_model only applies to layer modes: other modes get one point with d_model = 0 however many
-        --d-model values there are.
+        --d-model values there are. With q_heads, each (Hq, G) gives Hkv = Hq // G (a fixed model width in
+        query heads); an Hq that G does not divide is an invalid combination.
         """
         valid: list[Point] = []
         invalid: list[tuple[dict[str, object], str]] = []
         seen: set[Point] = set()
         for combo in itertools.product(
-            self.modes, self.dtypes, self.batches, self.kv_heads, self.group_sizes, self.head_dims,
-            self.block_cmp, self.stride_cmp, self.block_slc, self.n_slc, self.window, self.d_models, self.seqlens,
+            self.modes, self.dtypes, self.batches, self.q_heads or self.kv_heads, self.group_sizes, self.head_dims,
+            self.block_cmp, self.stride_cmp, self.block_slc, self.n_slc, self.window, self.d_models, self.doc_lens,
+            self.seqlens,
         ):
-            mode, dtype, batch, hkv, group, (dqk, dv), l, d, lp, n, w, width, seqlen = combo
+            mode, dtype, batch, heads, group, (dqk, dv), l, d, lp, n, w, width, docs, seqlen = combo
+            hkv = heads // group if self.q_heads else heads
             point = Point(mode, seqlen, batch, hkv, group, dqk, dv, l, d, lp, n, w, dtype,
-                          width if mode in LAYER_MODES else 0)
+                          width if mode in LAYER_MODES else 0, docs)
             if point in seen:
                 continue
             seen.add(point)
+            if self.q_heads and (hkv < 1 or heads % group):
+                invalid.append((point.as_dict(), f"q_heads={heads} is not a multiple of group_size={group}"))
+                continue
             try:
                 point.cfg
             except ValueError as exc:

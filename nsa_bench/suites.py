@@ -12,6 +12,7 @@ from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Callable, Mapping
 
+from nsa_bench.doclens import parse_doc_lens_list
 from nsa_bench.parse import parse_head_dims, parse_names, parse_sizes
 from nsa_bench.spec import DTYPES, MODES, SweepSpec
 
@@ -47,6 +48,7 @@ OPTIONS: Mapping[str, tuple[str, Callable[[str], object]]] = {
     "seqlen": ("seqlens", parse_sizes),
     "batch": ("batches", _ints),
     "kv-heads": ("kv_heads", _ints),
+    "q-heads": ("q_heads", _ints),  # fixed query heads: Hkv = Hq // G (excludes kv-heads; see build_spec)
     "group-size": ("group_sizes", _ints),
     "head-dim": ("head_dims", parse_head_dims),
     "block-cmp": ("block_cmp", _ints),
@@ -59,6 +61,7 @@ OPTIONS: Mapping[str, tuple[str, Callable[[str], object]]] = {
     "backend": ("backends", parse_names),
     "baseline": ("baseline", parse_names),  # a list: the first fills the CSV's speedup column (see build_spec)
     "d-model": ("d_models", _ints),
+    "doc-lens": ("doc_lens", parse_doc_lens_list),
     "reps": ("reps", _one_int),
     "warmup": ("warmup", lambda text: int(text)),
     "seed": ("seed", lambda text: int(text)),
@@ -103,13 +106,19 @@ def build_spec(suite: str | None, flags: Mapping[str, object | None], base: Swee
     values: dict[str, object] = {}
     layers = [load_suite(suite)] if suite else []
     layers.append({k: v for k, v in flags.items() if v is not None})
+    heads_from = ""  # "kv-heads" or "q-heads": whichever a later layer set wins over an earlier one's other
     for layer in layers:
+        if "q-heads" in layer and "kv-heads" in layer:
+            raise OptionError("q-heads", layer["q-heads"], "--q-heads fixes Hq and derives Hkv = Hq / G: leave --kv-heads out")
         for flag, raw in layer.items():
             field, parse = OPTIONS[flag]
             try:
                 values[field] = raw if isinstance(raw, bool) else parse(str(raw))
             except ValueError as exc:
                 raise OptionError(flag, raw, str(exc)) from None
+            heads_from = flag if flag in ("kv-heads", "q-heads") else heads_from
+    if heads_from == "kv-heads":
+        values["q_heads"] = ()
     if isinstance(values.get("baseline"), tuple):  # --baseline fa2,cudnn: the first, then the others
         first, *others = values["baseline"]
         values["baseline"], values["more_baselines"] = first, tuple(others)

@@ -139,7 +139,7 @@ def summary_table(csv_file: Path) -> str:
     totals = frame[(frame["stage"] == STAGE_TOTAL) & frame["status"].isin((STATUS_OK, STATUS_PREDICTED))]
     if totals.empty:
         return "(no measured or predicted rows)"
-    config_cols = [c for c in ("batch", "group_size", "head_dim_qk", "block_slc", "n_slc", "dtype")
+    config_cols = [c for c in ("batch", "group_size", "head_dim_qk", "block_slc", "n_slc", "dtype", "doc_lens")
                    if totals[c].nunique() > 1] + _layer_width_column(totals)
     table = totals.pivot_table(index=["mode", *config_cols, "seqlen"], columns="backend", values="speedup",
                                aggfunc="first", sort=False)

@@ -1,4 +1,5 @@
-"""CSV I/O across schema versions: runs written before layer modes (no d_model column) still read and resume."""
+"""CSV I/O across schema versions: runs written before layer modes (no d_model column) or before packed batches
+(no doc_lens column) still read and resume."""
 from __future__ import annotations
 
 import pandas as pd
@@ -14,8 +15,8 @@ def _row(**changes: object) -> Row:
     return Row(**(values | changes))
 
 
-def test_d_model_is_the_last_column_and_a_key():
-    assert FIELDS[-1] == "d_model" and KEY_FIELDS[-1] == "d_model"
+def test_new_columns_are_appended_keys():
+    assert FIELDS[-2:] == ("d_model", "doc_lens") and KEY_FIELDS[-2:] == ("d_model", "doc_lens")
 
 
 def test_csv_without_d_model_reads_as_attention_only_rows(tmp_path):
@@ -34,3 +35,20 @@ def test_layer_rows_resume_by_their_width(tmp_path):
     done = done_rows(csv)
     assert row_key(_row(mode="layer-fwd", d_model=2560)) in done
     assert row_key(_row(mode="layer-fwd", d_model=1024)) not in done
+
+
+def test_csv_without_doc_lens_reads_as_dense_rows(tmp_path):
+    old = tmp_path / "results.csv"
+    append_row(old, _row())
+    pd.read_csv(old).drop(columns=["doc_lens"]).to_csv(old, index=False)
+    read = read_rows(old)
+    assert list(read["doc_lens"]) == ["none"]
+    assert set(done_rows(old)) == {row_key(_row())}
+
+
+def test_packed_rows_resume_by_their_documents(tmp_path):
+    csv = tmp_path / "results.csv"
+    append_row(csv, _row(doc_lens="uniform:4k"))
+    done = done_rows(csv)
+    assert row_key(_row(doc_lens="uniform:4k")) in done
+    assert row_key(_row(doc_lens="uniform:4k@1")) not in done and row_key(_row()) not in done

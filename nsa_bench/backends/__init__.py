@@ -57,6 +57,21 @@ class Backend:
     supports: Callable[[Point], str | None] = lambda point: None  # None when the point is in its scope, else why not
     pads: Callable[[Point], str] = lambda point: ""  # the padding it runs the point with ("": the true shapes)
     staged_modes: tuple[str, ...] = ()  # modes whose workloads time per-stage rows too (what a run's estimate needs)
+    varlen: bool = False  # whether it runs packed points (--doc-lens: Inputs.cu_seqlens, docs/varlen.md)
+    no_varlen: str = ""  # why not, when it does not ("": a generic reason)
+
+    def out_of_scope(self, point: Point) -> str | None:
+        """Why this backend does not run `point` at all (None: in scope): its own limits, then packing."""
+        return self.supports(point) or self.varlen_refusal(point)
+
+    def varlen_refusal(self, point: Point) -> str | None:
+        """Why this backend cannot run `point` as a packed batch (None: it can, or the point is dense).
+
+        A backend that ignored cu_seqlens would attend across documents, so it must say so instead.
+        """
+        if not point.packed or self.varlen:
+            return None
+        return self.no_varlen or f"{self.name} has no packed-batch (cu_seqlens) path: --doc-lens {point.doc_lens} unsupported"
 
 
 @functools.cache

@@ -21,7 +21,7 @@ def _build(point: Point, inputs: Inputs) -> Workload:
         return Workload(run=run, impl="pytorch", result=lambda: (run(),))
 
     def forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, gates: torch.Tensor) -> torch.Tensor:
-        return reference.nsa_attention(q, k, v, gates, cfg, block_idx=inputs.block_idx)
+        return reference.nsa_attention(q, k, v, gates, cfg, block_idx=inputs.block_idx, cu_seqlens=inputs.cu_seqlens)
 
     def selection() -> torch.Tensor:
         k_cmp, _ = reference.compress_kv(inputs.k, inputs.v, cfg)
@@ -38,4 +38,5 @@ BACKEND = Backend(
     availability=cuda_required,
     build=_build,
     impl_hint=lambda: "pytorch",
+    varlen=True,  # cu_seqlens in every mode; packed decode is a decode batch of the documents
 )

@@ -61,4 +61,5 @@ BACKEND = Backend(
     build=_build,
     impl_hint=lambda: "triton",
     staged_modes=("fwd", "bwd"),
+    no_varlen="nsa-triton: packed batches (--doc-lens) unsupported: the Triton kernels take no cu_seqlens yet (varlen kernels are the next step of issue 17)",
 )
