@@ -2,7 +2,8 @@
 
 Without a CUDA GPU nothing is measured: every row carries the cost model's prediction for the chosen
 GPU spec (status `predicted`). A failing point becomes a row with a status and a message and the
-sweep goes on; Ctrl-C stops after the rows already written, which form a valid CSV.
+sweep goes on; Ctrl-C (or SIGTERM) stops after the rows already written, which form a valid CSV: each
+task's rows are committed together (`resume.commit`), so --resume knows exactly what is complete.
 """
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from typing import Callable, Iterator
 
 import torch
 
-from nsa_bench import check, cost, results
+from nsa_bench import check, cost, interrupts, results, resume as resume_mod
 from nsa_bench.backends import Backend, Unsupported, registry
 from nsa_bench.gpus import GPUSpec
 from nsa_bench.inputs import make_inputs
@@ -30,10 +31,13 @@ from nsa_bench.timing import Timing, time_cuda
 
 @dataclass(frozen=True)
 class Task:
-    """One point on one backend: the unit of progress and of --resume."""
+    """One point on one backend: the unit of progress and of --resume. `invalid`: why the point is not a
+    valid NSA configuration (NSA backends report it; dense backends, which use none of those parameters,
+    run it)."""
 
     point: Point
     backend: Backend
+    invalid: str = ""
 
 
 @dataclass(frozen=True)
@@ -42,6 +46,8 @@ class Outcome:
     rows_written: int
     skipped: int
     interrupted: bool
+    rows_on_disk: int = 0  # rows in the CSV when the sweep stopped (kept by --resume + written now)
+    signal: int = 0  # the signal that interrupted it (SIGINT, SIGTERM), 0 when it ran to the end
 
 
 def order_backends(names: tuple[str, ...], baseline: str) -> list[Backend]:
@@ -51,10 +57,10 @@ def order_backends(names: tuple[str, ...], baseline: str) -> list[Backend]:
     return [backends[name] for name in ordered]
 
 
-def tasks(points: list[Point], backends: list[Backend]) -> Iterator[Task]:
+def tasks(points: list[Point], backends: list[Backend], invalid: dict[Point, str] | None = None) -> Iterator[Task]:
     for point in points:
         for backend in backends:
-            yield Task(point, backend)
+            yield Task(point, backend, (invalid or {}).get(point, ""))
 
 
 # ------------------------------------------------------------------ cost model glue
@@ -188,6 +194,8 @@ def rows_for(task: Task, spec: SweepSpec, gpu: GPUSpec, measure: Measure | None,
              baseline_ms: float | None) -> list[Row]:
     """All rows of one task; every failure becomes a status row instead of stopping the sweep."""
     backend, point = task.backend, task.point
+    if task.invalid and backend.family == "nsa":
+        return [failure_row(task, STATUS_UNSUPPORTED, f"invalid configuration: {task.invalid}", gpu)]
     if point.mode not in backend.modes:
         return [failure_row(task, STATUS_UNSUPPORTED, f"{backend.name} has no {point.mode} mode", gpu)]
     why_not = backend.availability() if measure is not None else None
@@ -220,12 +228,6 @@ def _baseline_ms(rows: list[Row]) -> float | None:
     return total.ms_median if total.status == STATUS_OK else total.predicted_ms
 
 
-def invalid_rows(spec: SweepSpec, invalid: list[tuple[dict[str, object], str]], gpu: GPUSpec) -> list[Row]:
-    """Rows for combinations that are not a valid NSA configuration (reported, not dropped)."""
-    return [Row(backend=name, stage=STAGE_TOTAL, impl="", status=STATUS_UNSUPPORTED, message=f"invalid configuration: {why}",
-                gpu=gpu.name, **combo) for combo, why in invalid for name in spec.backends]
-
-
 def cuda_measure() -> Measure:
     return Measure(device="cuda", timer=time_cuda, telemetry=Telemetry(), device_name=torch.cuda.get_device_name(0))
 
@@ -234,26 +236,31 @@ def run_sweep(
     spec: SweepSpec, out_dir: Path, gpu: GPUSpec, measure: Measure | None, resume: bool,
     progress: Callable[[list[Task]], Iterator[Task]] | None = None,
 ) -> Outcome:
-    """Run every task of `spec`, appending rows to out_dir/results.csv (measure=None: predictions)."""
+    """Run every task of `spec`, appending rows to out_dir/results.csv (measure=None: predictions).
+
+    With `resume`, tasks complete in the folder are skipped and partial ones run again (`resume.recover`).
+    """
     csv_file = out_dir / results.CSV_NAME
-    done = results.done_rows(csv_file) if resume else {}
-    points, invalid = spec.points()
+    baseline = spec.baseline if spec.baseline in spec.backends else None
+    if resume:
+        state = resume_mod.recover(out_dir, baseline)
+    else:
+        resume_mod.start_fresh(out_dir)
+        state = resume_mod.Recovered(frozenset(), {}, 0, 0)
+    everything = spec.all_points()
+    invalid = {point: why for point, why in everything if why}
     backends = order_backends(spec.backends, spec.baseline)
     written = skipped = 0
-    if not resume or not done:
-        for row in invalid_rows(spec, invalid, gpu):
-            results.append_row(csv_file, row)
-            written += 1
-    all_tasks = list(tasks(points, backends))
+    all_tasks = list(tasks([point for point, _ in everything], backends, invalid))
     baseline_ms: dict[Point, float | None] = {}
     iterator = progress(all_tasks) if progress else iter(all_tasks)
     try:
         for task in iterator:
-            key = results.row_key(base_row(task.point, task.backend))
-            if key in done:
+            key = resume_mod.task_key(base_row(task.point, task.backend).as_dict())
+            if key in state.done:
                 skipped += 1
                 if task.backend.name == spec.baseline:
-                    baseline_ms[task.point] = done[key]
+                    baseline_ms[task.point] = state.times.get(key)
                 continue
             ref_ms = None if task.backend.name == spec.baseline else baseline_ms.get(task.point)
             rows = rows_for(task, spec, gpu, measure, ref_ms)
@@ -263,10 +270,9 @@ def run_sweep(
                         r.status in (STATUS_OK, STATUS_PREDICTED) else r for r in rows]
             elif ref_ms:
                 rows = [replace(r, baseline=spec.baseline) if r.speedup is not None else r for r in rows]
-            for row in rows:
-                results.append_row(csv_file, row)
-                written += 1
-    except KeyboardInterrupt:
-        return Outcome(csv_file, written, skipped, interrupted=True)
-    return Outcome(csv_file, written, skipped, interrupted=False)
-
+            resume_mod.commit(out_dir, key, rows)
+            written += len(rows)
+    except KeyboardInterrupt as exc:
+        return Outcome(csv_file, written, skipped, interrupted=True, rows_on_disk=state.rows + written,
+                       signal=interrupts.signal_of(exc))
+    return Outcome(csv_file, written, skipped, interrupted=False, rows_on_disk=state.rows + written)

@@ -104,10 +104,10 @@ class SweepSpec:
             if dtype not in DTYPES:
                 raise ValueError(f"dtype {dtype!r} unknown (choose from {', '.join(DTYPES)})")
 
-    def points(self) -> tuple[list[Point], list[tuple[dict[str, object], str]]]:
-        """(valid points, [(combination, why it is invalid)]) in sweep order: mode outermost, seqlen innermost."""
-        valid: list[Point] = []
-        invalid: list[tuple[dict[str, object], str]] = []
+    def all_points(self) -> list[tuple[Point, str | None]]:
+        """Every point of the product in sweep order (mode outermost, seqlen innermost), each with why it is
+        not a valid NSA configuration (None when it is)."""
+        everything: list[tuple[Point, str | None]] = []
         for combo in itertools.product(
             self.modes, self.dtypes, self.batches, self.kv_heads, self.group_sizes, self.head_dims,
             self.block_cmp, self.stride_cmp, self.block_slc, self.n_slc, self.window, self.seqlens,
@@ -117,10 +117,16 @@ class SweepSpec:
             try:
                 point.cfg
             except ValueError as exc:
-                invalid.append((point.as_dict(), str(exc)))
+                everything.append((point, str(exc).removeprefix("NSAConfig.")))
                 continue
-            valid.append(point)
-        return valid, invalid
+            everything.append((point, None))
+        return everything
+
+    def points(self) -> tuple[list[Point], list[tuple[dict[str, object], str]]]:
+        """(valid points, [(combination, why it is invalid)]) in sweep order: mode outermost, seqlen innermost."""
+        everything = self.all_points()
+        return ([p for p, why in everything if why is None],
+                [(p.as_dict(), why) for p, why in everything if why is not None])
 
     def to_dict(self) -> dict[str, object]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
