@@ -29,7 +29,7 @@ from pathlib import Path
 CHUNK = 48  # characters written per chunk
 PAUSE_S = 0.0008  # between chunks
 ROW_PAUSE_S = 0.002  # computing one task's rows
-LANDED = {"mid_write": False}  # where the last interruption landed (reported with END)
+LANDED: dict = {"mid_write": False, "where": ""}  # where the last interruption landed (reported with END)
 
 
 def install_slow_path() -> None:
@@ -57,13 +57,23 @@ def install_slow_path() -> None:
     runner.rows_for = slow_rows_for
     results.append_text = slow_append_text
 
+    from nsa_bench import interrupts
+
+    original_raise = interrupts._raise
+
+    def noting_raise(signum, frame):
+        LANDED["where"] = f"{Path(frame.f_code.co_filename).name}:{frame.f_code.co_name}"
+        original_raise(signum, frame)
+
+    interrupts._raise = noting_raise
+
 
 def run_command(args: list[str]) -> tuple[int, str]:
     from nsa_bench import cli
 
     sys.argv = ["nsa-bench", *args]
     err = io.StringIO()
-    LANDED["mid_write"] = False
+    LANDED.update(mid_write=False, where="")
     code: object = 0
     with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
         try:
