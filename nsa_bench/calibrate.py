@@ -86,13 +86,15 @@ def save(calibration: Calibration, directory: Path | None = None) -> Path:
 def load(key: str, directory: Path | None = None) -> Calibration | None:
     """The stored calibration for `key`, or None when there is none (or it is unreadable)."""
     path = path_for(key, directory)
-    if not path.is_file():
-        return None
     try:
-        data = json.loads(path.read_text())
+        if not path.is_file():
+            return None
+        data = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(data, dict):
+            return None
         known = set(Calibration.__dataclass_fields__)
         return Calibration(**{k: v for k, v in data.items() if k in known})
-    except (ValueError, TypeError):
+    except (OSError, ValueError, TypeError, RecursionError):  # unreadable: as if never calibrated
         return None
 
 

@@ -6,14 +6,20 @@ from pathlib import Path
 
 import click
 
-from nsa_bench import suites
+from nsa_bench import interrupts, limits, suites
+from nsa_bench.messages import one_line, show
 from nsa_bench.suites import OptionError
 
 _LIST = "comma list"
 
 
-def _bad(flag: str, message: str) -> click.BadParameter:
-    return click.BadParameter(message, param_hint=f"'--{flag}'")
+def _bad(flag: str | None, message: str) -> click.UsageError:
+    """A one-line usage error; with a flag, it is named the way click names it."""
+    return click.UsageError(message if flag is None else f"invalid value for --{flag}: {message}")
+
+
+def _range(field: str) -> str:
+    return limits.bounds_text(field)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
@@ -24,8 +30,8 @@ def cli() -> None:
     \b
     nsa-bench sweep --seqlen 8k..64k            the paper configuration, fwd/bwd/decode
     nsa-bench sweep --suite smoke               a quick check
-    nsa-bench sweep --suite paper --dry-run     the plan and its estimated wall time, nothing run
-    nsa-bench precompile --suite paper          compile every kernel config a sweep will launch
+    nsa-bench sweep --suite paper --dry-run     the plan: tasks, predicted times, overheads, total
+    nsa-bench precompile --suite paper          compile a sweep's kernels in parallel (a GPU run does it first)
     nsa-bench plot results/<run>                redraw a run's plots
     nsa-bench compare BASE CURRENT              regression gate (exit 1 on a confirmed SLOWER)
     nsa-bench report results/<run>              self-contained HTML + markdown report
@@ -36,22 +42,22 @@ def cli() -> None:
 
 @cli.command()
 @click.option("--suite", metavar="NAME", help=f"named sweep from suites/ ({', '.join(suites.suite_names())}) or a .toml path; flags override it")
-@click.option("--seqlen", metavar="SPEC", help="sequence lengths: 8k..64k (doubling), 8k,16k, 1k..8k:+1k  [default: 8k..64k]")
-@click.option("--batch", metavar="LIST", help=f"batch sizes, {_LIST}  [default: 1]")
-@click.option("--kv-heads", metavar="LIST", help=f"KV heads = GQA groups (paper g), {_LIST}  [default: 4]")
-@click.option("--q-heads", metavar="LIST", help="query heads, held fixed while --group-size varies: Hkv = Hq / G "
-              "(instead of --kv-heads)")
-@click.option("--group-size", metavar="LIST", help=f"query heads per KV head (paper h), {_LIST}  [default: 16]")
-@click.option("--head-dim", metavar="LIST", help="head dims qk-v, e.g. 192-128,128  [default: 192-128]")
-@click.option("--block-cmp", metavar="LIST", help="compression block l  [default: 32]")
-@click.option("--stride-cmp", metavar="LIST", help="compression stride d (divides l and l')  [default: 16]")
-@click.option("--block-slc", metavar="LIST", help="selection block l'  [default: 64]")
-@click.option("--n-slc", metavar="LIST", help="selected blocks n (>= 3)  [default: 16]")
-@click.option("--window", metavar="LIST", help="sliding window w  [default: 512]")
+@click.option("--seqlen", metavar="SPEC", help=f"sequence lengths: 8k..64k (doubling), 8k,16k, 1k..8k:+1k; each {_range('seqlens')}  [default: 8k..64k]")
+@click.option("--batch", metavar="LIST", help=f"batch sizes, {_LIST}, {_range('batches')}  [default: 1]")
+@click.option("--kv-heads", metavar="LIST", help=f"KV heads = GQA groups (paper g), {_LIST}, {_range('kv_heads')}  [default: 4]")
+@click.option("--q-heads", metavar="LIST", help=f"query heads, held fixed while --group-size varies: Hkv = Hq / G "
+              f"(instead of --kv-heads), {_range('q_heads')}")
+@click.option("--group-size", metavar="LIST", help=f"query heads per KV head (paper h), {_LIST}, {_range('group_sizes')}  [default: 16]")
+@click.option("--head-dim", metavar="LIST", help=f"head dims qk-v, e.g. 192-128,128; each {_range('head_dims')}  [default: 192-128]")
+@click.option("--block-cmp", metavar="LIST", help=f"compression block l, {_range('block_cmp')}  [default: 32]")
+@click.option("--stride-cmp", metavar="LIST", help=f"compression stride d (divides l and l'), {_range('stride_cmp')}  [default: 16]")
+@click.option("--block-slc", metavar="LIST", help=f"selection block l', {_range('block_slc')}  [default: 64]")
+@click.option("--n-slc", metavar="LIST", help=f"selected blocks n (>= 3), {_range('n_slc')}  [default: 16]")
+@click.option("--window", metavar="LIST", help=f"sliding window w, {_range('window')}  [default: 512]")
 @click.option("--mode", metavar="LIST", help="fwd, bwd, fwdbwd, decode; layer-fwd, layer-bwd (one model layer: projections "
               "+ attention)  [default: fwd,bwd,decode]")
-@click.option("--d-model", metavar="LIST", help="model width of the layer modes (x is [B, T, d_model])  [default: 2560, "
-              "the NSA paper's model]")
+@click.option("--d-model", metavar="LIST", help=f"model width of the layer modes (x is [B, T, d_model]), {_range('d_models')}  "
+              "[default: 2560, the NSA paper's model]")
 @click.option("--doc-lens", metavar="LIST", help="documents packed into each row of --seqlen tokens (a varlen batch, "
               "cu_seqlens): none, fixed:N, uniform:N (lengths 1..2N-1), lognormal:N[:SIGMA] (mean N, sigma 1); "
               "@SEED seeds the lengths; the document that passes the row's end is cut to fill it  [default: none]")
@@ -59,15 +65,19 @@ def cli() -> None:
 @click.option("--baseline", metavar="LIST", help="dense backends to compare against, e.g. fa2,cudnn: all run, the summary "
               "shows NSA against each; the CSV's speedup column is vs the first  [default: fa2]")
 @click.option("--dtype", metavar="LIST", help="bfloat16, float16, float32  [default: bfloat16]")
-@click.option("--reps", metavar="N", help="timed repetitions per point  [default: 30]")
-@click.option("--warmup", metavar="N", help="untimed warm-up calls per point  [default: 5]")
-@click.option("--seed", metavar="N", help="seed of the random inputs  [default: 0]")
+@click.option("--reps", metavar="N", help=f"timed repetitions per point, {_range('reps')}  [default: 30]")
+@click.option("--warmup", metavar="N", help=f"untimed warm-up calls per point, {_range('warmup')}  [default: 5]")
+@click.option("--seed", metavar="N", help="seed of the random inputs, 0..2^63-1  [default: 0]")
 @click.option("--gpu", metavar="NAME", help="GPU spec for predictions and roofline floors (h100, h200, a100, ...)  [default: the GPU present, else h100]")
-@click.option("--check-seqlen", metavar="N", help="length at which each backend is checked against the reference  [default: 1024]")
+@click.option("--check-seqlen", metavar="N", help=f"length at which each backend is checked against the reference, {_range('check_seqlen')}  [default: 1024]")
 @click.option("--cuda-graph/--no-cuda-graph", default=None, help="time decode by CUDA-graph replay, or by eager "
               "launches (a backend that cannot be captured falls back to eager and its row says so)  [default: graph]")
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), help="run folder  [default: a new folder under results/]")
-@click.option("--resume", is_flag=True, help="skip points already in --out's results.csv")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), help="run folder  [default: a new folder under ./results/]")
+@click.option("--resume", is_flag=True, help="continue the run in --out: complete points are kept, partial and "
+              "time-budget-skipped ones run again; refused when --out holds a sweep with other settings or another GPU")
+@click.option("--max-points", metavar="N", help=f"refuse a sweep of more points (configurations x modes) than this, "
+              f"checked before anything is allocated; up to {limits.MAX_POINTS_CEILING:,}  "
+              f"[default: {limits.DEFAULT_MAX_POINTS:,}]")
 @click.option("--no-plots", is_flag=True, help="write the CSV only")
 @click.option("--quiet", is_flag=True, help="no progress bar")
 @click.option("--time-budget", metavar="DURATION", help="wall-clock budget for the whole sweep (300s, 5m, 4m30s): "
@@ -76,17 +86,19 @@ def cli() -> None:
               "compile/tune/input/check overheads, total wall time) and run nothing")
 @click.option("--no-precompile", is_flag=True, help="on a GPU, skip compiling every kernel config in parallel first")
 @click.option("--workers", metavar="N", help="precompile worker processes  [default: CPU cores minus 2]")
-def sweep(suite: str | None, out: Path | None, resume: bool, no_plots: bool, quiet: bool, cuda_graph: bool | None,
-          time_budget: str | None, dry_run: bool, no_precompile: bool, workers: str | None,
+def sweep(suite: str | None, out: Path | None, resume: bool, max_points: str | None, no_plots: bool, quiet: bool,
+          cuda_graph: bool | None, time_budget: str | None, dry_run: bool, no_precompile: bool, workers: str | None,
           **flags: str | None) -> None:
     """Run a sweep: the product of the axes x modes x backends, one CSV row per point, then plots.
 
     Without a CUDA GPU nothing is measured: rows carry the cost model's predictions for --gpu.
     On a GPU every kernel config the sweep will launch is compiled first, in parallel (see `precompile`).
+    Sizes have upper bounds (shown with each flag) far past what one GPU holds.
     """
     from nsa_bench import backends, sweep as sweep_mod
 
-    spec = _spec_from(suite, flags, cuda_graph)
+    options = {name.replace("_", "-"): value for name, value in flags.items()}
+    spec = _spec_from(suite, options, cuda_graph, max_points)
     budget_s = _duration("time-budget", time_budget)
     n_workers = _workers(workers)
     known = tuple(backends.registry())
@@ -97,8 +109,9 @@ def sweep(suite: str | None, out: Path | None, resume: bool, no_plots: bool, qui
     if unknown:
         raise _bad("baseline", f"unknown {', '.join(map(repr, unknown))} (choose from {', '.join(known)})")
     points, invalid = spec.points()
-    if not points:
-        raise _bad(_flag_of(invalid[0][1]), f"no valid configuration: {invalid[0][1]}")
+    nsa_backends = [b for b in spec.run_backends if backends.registry()[b].family == "nsa"]
+    if not points and nsa_backends:
+        raise _bad(None, str(suites.InvalidConfiguration(invalid[0][1], options, suite)))
     if dry_run:
         from nsa_bench import plan
 
@@ -115,19 +128,24 @@ def sweep(suite: str | None, out: Path | None, resume: bool, no_plots: bool, qui
     except sweep_mod.SweepError as exc:
         raise _bad(exc.flag, str(exc)) from None
     if outcome.interrupted:
-        sys.exit(130)
-    click.echo(sweep_mod.summary_table(outcome.csv))
+        sys.exit(128 + (outcome.signal or 2))
+    click.echo(sweep_mod.summary_table(outcome.csv, spec.baseline))
     skipped = f", {outcome.skipped} already done" if outcome.skipped else ""
     click.echo(f"\n{outcome.rows_written} rows{skipped} -> {outcome.csv}")
 
 
-def _spec_from(suite: str | None, flags: dict[str, str | None], cuda_graph: bool | None = None):
-    """The SweepSpec of a suite and the axis flags given (one-line errors naming the flag)."""
-    options = {name.replace("_", "-"): value for name, value in flags.items()}
+def _spec_from(suite: str | None, options: dict[str, str | None], cuda_graph: bool | None = None,
+               max_points: str | None = None):
+    """The SweepSpec of a suite and the axis flags given (one-line errors naming the flag), refused before
+    any point is made when its product is over --max-points."""
     try:
+        limit = _max_points(max_points)
         spec = suites.build_spec(suite, options)
     except OptionError as exc:
-        raise _bad(exc.flag, str(exc).split(": ", 1)[1]) from None
+        raise _bad(None, str(exc)) from None
+    too_many = limits.too_many_points(spec, limit)
+    if too_many:
+        raise _bad("max-points" if max_points else None, too_many)
     if cuda_graph is not None:
         from dataclasses import replace
 
@@ -143,7 +161,7 @@ def _duration(flag: str, text: str | None) -> float | None:
     try:
         return parse_duration(text)
     except ValueError as exc:
-        raise _bad(flag, f"{text!r}: {exc}") from None
+        raise _bad(flag, f"{show(text)}: {exc}") from None
 
 
 def _workers(text: str | None) -> int:
@@ -155,38 +173,48 @@ def _workers(text: str | None) -> int:
         value = int(text)
     except ValueError:
         value = 0
-    if value < 1:
-        raise _bad("workers", f"{text!r}: must be a whole number >= 1")
+    if not 1 <= value <= 1024:
+        raise _bad("workers", f"{show(text)}: must be a whole number from 1 to 1024")
     return value
 
 
-def _flag_of(reason: str) -> str:
-    """The flag behind an NSAConfig error (its message names the field)."""
-    for field in ("stride_cmp", "block_cmp", "block_slc", "n_slc", "window"):
-        if field in reason:
-            return field.replace("_", "-")
-    return "sweep"
+def _max_points(text: str | None) -> int:
+    if text is None:
+        return limits.DEFAULT_MAX_POINTS
+    from nsa_bench.parse import parse_sizes
+
+    try:
+        values = parse_sizes(text)
+        if len(values) != 1:
+            raise ValueError("takes a single number")
+    except ValueError as exc:
+        raise OptionError("max-points", text, str(exc)) from None
+    if values[0] > limits.MAX_POINTS_CEILING:
+        raise OptionError("max-points", text, f"must be at most {limits.MAX_POINTS_CEILING:,} (the task list must fit in memory)")
+    return values[0]
 
 
 # `precompile` takes the sweep's axis flags (the same click options), plus --workers.
-_PRECOMPILE_FLAGS = {"suite", "seqlen", "batch", "kv_heads", "group_size", "head_dim", "block_cmp", "stride_cmp",
-                     "block_slc", "n_slc", "window", "mode", "backend", "dtype", "check_seqlen", "workers", "quiet"}
+_PRECOMPILE_FLAGS = {"suite", "seqlen", "batch", "kv_heads", "q_heads", "group_size", "head_dim", "block_cmp",
+                     "stride_cmp", "block_slc", "n_slc", "window", "mode", "d_model", "doc_lens", "backend", "baseline",
+                     "dtype", "check_seqlen", "max_points", "workers", "quiet"}
 
 
-def _precompile(suite: str | None, workers: str | None, quiet: bool, **flags: str | None) -> None:
+def _precompile(suite: str | None, workers: str | None, quiet: bool, max_points: str | None,
+                **flags: str | None) -> None:
     """Compile every kernel variant and autotune config the given sweep will launch, in parallel.
 
     For the GPU present (its capability; sm_90 without one), in worker processes, into Triton's on-disk
     cache: the sweep's first calls then load binaries instead of compiling. Prints how many and how long.
     """
-    from nsa_bench import precompile
+    from nsa_bench import backends, precompile
 
-    from nsa_bench import backends
-
-    spec = _spec_from(suite, flags)
-    unknown = [b for b in spec.backends if b not in backends.registry()]
+    options = {name.replace("_", "-"): value for name, value in flags.items()}
+    spec = _spec_from(suite, options, max_points=max_points)
+    known = tuple(backends.registry())
+    unknown = [b for b in spec.run_backends if b not in known]
     if unknown:
-        raise _bad("backend", f"unknown {', '.join(map(repr, unknown))} (choose from {', '.join(backends.registry())})")
+        raise _bad("backend", f"unknown {', '.join(map(repr, unknown))} (choose from {', '.join(known)})")
     result = precompile.run(spec, _workers(workers), click.echo, progress=not quiet)
     if result is not None and (result.failed or result.host_errors):
         sys.exit(1)
@@ -205,13 +233,20 @@ cli.add_command(click.Command(
 def plot(run: Path, gpu: str | None) -> None:
     """Redraw the plots of a run folder (or CSV): speedup, roofline, NSA time by stage."""
     from nsa_bench import plots, results
+    from nsa_bench.gpus import gpu_spec
+    from nsa_bench.parse import parse_name
 
+    if gpu is not None:
+        try:
+            gpu_spec(parse_name(gpu))
+        except ValueError as exc:
+            raise _bad("gpu", f"{show(gpu)}: {exc}") from None
     try:
         written = plots.plot_run(run, gpu)
     except results.ResultsError as exc:
-        raise _bad("run", str(exc)) from None
-    except ValueError as exc:
-        raise _bad("gpu", str(exc)) from None
+        raise _bad(None, f"RUN {show(str(run), 120)}: {exc}") from None
+    if not written:
+        raise _bad(None, f"RUN {show(str(run), 120)}: nothing to plot (no row has a measured or predicted time)")
     for path in written:
         click.echo(str(path))
 
@@ -244,11 +279,11 @@ def env(ctx: click.Context, calibrate: bool) -> None:
 @click.option("--kv-heads", metavar="N", help="KV heads  [default: 4]")
 @click.option("--group-size", metavar="N", help="query heads per KV head  [default: 16]")
 @click.option("--head-dim", metavar="QK-V", help="head dims, e.g. 192-128  [default: 192-128]")
-@click.option("--block-cmp", metavar="N", help="compression block l  [default: 32]")
+@click.option("--block-cmp", metavar="N", help=f"compression block l, {_range('block_cmp')}  [default: 32]")
 @click.option("--stride-cmp", metavar="N", help="compression stride d  [default: 16]")
-@click.option("--block-slc", metavar="N", help="selection block l'  [default: 64]")
+@click.option("--block-slc", metavar="N", help=f"selection block l', {_range('block_slc')}  [default: 64]")
 @click.option("--n-slc", metavar="N", help="selected blocks n  [default: 16]")
-@click.option("--window", metavar="N", help="sliding window w  [default: 512]")
+@click.option("--window", metavar="N", help=f"sliding window w, {_range('window')}  [default: 512]")
 @click.option("--dtype", metavar="NAME", help="bfloat16, float16, float32  [default: bfloat16]")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), help="folder for profile.csv, the plot and "
               "ncu's reports  [default: a new folder under results/]")
@@ -264,7 +299,7 @@ def profile(ctx: click.Context, out: Path | None, **flags: str | None) -> None:
     try:
         point, backend = profile_mod.point_from_options(options)
     except OptionError as exc:
-        raise _bad(exc.flag, str(exc).split(": ", 1)[1]) from None
+        raise _bad(None, str(exc)) from None
     if out is None:
         from datetime import datetime
 
@@ -331,20 +366,47 @@ def report_command(ctx: click.Context, directory: Path) -> None:
     click.echo(f"wrote {files.html} and {files.markdown} ({len(files.plots)} plots embedded)")
 
 
-def main() -> None:
-    """Console entry point: user mistakes end in one line and exit code 2, never a traceback."""
+def _invoke(args: list[str]) -> int:
+    """Parse and run one command; unlike click's own main, a KeyboardInterrupt stays one (so the caller
+    can tell Ctrl-C from SIGTERM) and nothing is printed on the way out."""
     try:
-        code = cli.main(standalone_mode=False)
+        with cli.make_context("nsa-bench", args) as ctx:
+            cli.invoke(ctx)
+    except click.exceptions.Exit as exc:  # --help, --version, ctx.exit(code)
+        return exc.exit_code
+    return 0
+
+
+def main() -> None:
+    """Console entry point: user mistakes end in one line and exit code 2, never a traceback.
+
+    SIGTERM stops a command the way Ctrl-C does (exit 128 + the signal's number). An error that is not
+    the user's (a bug) still ends in one line, with exit code 1, saying how to see the traceback.
+    """
+    import os
+
+    try:
+        with interrupts.as_keyboard_interrupt():
+            code = _invoke(sys.argv[1:])
+    except click.exceptions.NoArgsIsHelpError as exc:  # bare `nsa-bench`: the help is the answer
+        click.echo(exc.ctx.get_help())
+        sys.exit(0)
     except click.exceptions.Abort:
         click.echo("Aborted.", err=True)
         sys.exit(130)
     except click.ClickException as exc:
-        click.echo(f"nsa-bench: error: {exc.format_message()}", err=True)
+        click.echo(f"nsa-bench: error: {one_line(exc.format_message())}", err=True)
         sys.exit(exc.exit_code)
-    except KeyboardInterrupt:
-        click.echo("Interrupted.", err=True)
-        sys.exit(130)
-    sys.exit(code if isinstance(code, int) else 0)
+    except KeyboardInterrupt as exc:
+        click.echo(f"Interrupted ({interrupts.Interrupted(interrupts.signal_of(exc))}).", err=True)
+        sys.exit(interrupts.exit_code(exc))
+    except Exception as exc:  # noqa: BLE001 - the last line of defence against a traceback
+        if os.environ.get("NSA_BENCH_TRACEBACK"):
+            raise
+        click.echo(one_line(f"nsa-bench: internal error: {type(exc).__name__}: {exc} (a bug: please report it; "
+                            "NSA_BENCH_TRACEBACK=1 shows the traceback)"), err=True)
+        sys.exit(1)
+    sys.exit(code)
 
 
 if __name__ == "__main__":

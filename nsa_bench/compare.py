@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 
-from nsa_bench.results import ENV_NAME, SPEC_NAME, ResultsError, read_json, read_rows, run_dir
+from nsa_bench.results import ENV_NAME, SPEC_NAME, ResultsError, absent_columns, read_json, read_rows, run_dir
 from nsa_bench.schema import KEY_FIELDS, STAGE_TOTAL, STATUS_OK, STATUS_PREDICTED
 
 if TYPE_CHECKING:
@@ -202,16 +202,20 @@ def classify(baseline: float, current: float, noise: float, threshold: float, si
 # --- loading -----------------------------------------------------------------------------------
 
 def _gpu_name(env: dict, frame: pd.DataFrame) -> str | None:
-    """The run's GPU: env.json's `gpu` (a name or a dict with `name`), else the CSV's gpu column."""
-    if "gpu" in env:
-        gpu = env["gpu"]
-        if isinstance(gpu, dict):
-            gpu = gpu.get("name")
-        return str(gpu) if gpu else None
+    """The run's GPU, named as its rows name it: the measured card (env.json's `gpu`), or for a run
+    predicted without a GPU the spec it predicted for (`target_gpu`); without env.json (a copied CSV),
+    the CSV's gpu column. None when nothing says."""
+    name: object = None
+    if env.get("measured") is False and isinstance(env.get("target_gpu"), dict):
+        name = env["target_gpu"].get("name")
+    elif "gpu" in env:
+        name = env["gpu"].get("name") if isinstance(env["gpu"], dict) else env["gpu"]
+    if name:
+        return str(name)
     if "gpu" in frame.columns:
         names = sorted({g for g in frame["gpu"].astype(str) if g and g != "nan"})
-        if len(names) == 1:
-            return names[0]
+        if names:
+            return " + ".join(names)
     return None
 
 
@@ -265,7 +269,7 @@ def _eligible(run: Run, options: Options) -> _Eligible:
     """The run's rows that carry the metric, keyed; why the others are skipped."""
     metric = METRICS[options.metric]
     frame = run.frame
-    if metric.column not in frame.columns:
+    if metric.column not in frame.columns or metric.column in absent_columns(frame):
         raise CompareError(f"{run.label}: {run.path} has no {metric.column!r} column (schema mismatch)")
     records = frame.to_dict("records")
     keys = [tuple(_key_text(r[c]) for c in KEY_FIELDS) for r in records]
@@ -333,11 +337,17 @@ def env_differences(baseline: dict, current: dict) -> list[tuple[str, str, str]]
 
 def compare_runs(baseline: Run, current: Run, options: Options, notes: Sequence[str] = ()) -> Comparison:
     """Label every point the two runs share; CompareError when nothing can be compared."""
+    base, cur = _eligible(baseline, options), _eligible(current, options)  # schema problems first
     if baseline.gpu != current.gpu and not options.allow_different_gpu:
+        unknown = [run for run in (baseline, current) if run.gpu is None]
+        if unknown:
+            raise CompareError(
+                f"cannot tell the GPU of the {unknown[0].label} run ({unknown[0].path}: no env.json naming it and "
+                f"no gpu column); the {(current if unknown[0] is baseline else baseline).label} ran on "
+                f"{(current if unknown[0] is baseline else baseline).gpu} (pass --allow-different-gpu to compare anyway)")
         raise CompareError(
-            f"different GPUs: baseline {baseline.gpu or 'none/unknown'} vs current "
-            f"{current.gpu or 'none/unknown'} (pass --allow-different-gpu to compare anyway)")
-    base, cur = _eligible(baseline, options), _eligible(current, options)
+            f"different GPUs: baseline {baseline.gpu} vs current {current.gpu} "
+            "(pass --allow-different-gpu to compare anyway)")
     metric = METRICS[options.metric]
     common = [k for k in base.values if k in cur.values]
     if not common:

@@ -89,10 +89,7 @@ def point_from_options(options: Mapping[str, str | None]) -> tuple[Any, str]:
         raise OptionError("backend", backend, f"unknown (choose from {', '.join(known)})")
     points, invalid = spec.points()
     if not points:
-        combo, why = invalid[0]
-        flag = next((f for f in ("stride-cmp", "block-cmp", "block-slc", "n-slc", "window")
-                     if f.replace("-", "_") in why), "block-cmp")
-        raise OptionError(flag, given.get(flag, ""), why)
+        raise suites.InvalidConfiguration(invalid[0][1], options)
     return points[0], backend
 
 

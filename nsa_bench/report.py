@@ -17,7 +17,7 @@ from pathlib import Path
 import pandas as pd
 
 from nsa_bench.results import (CSV_NAME, ENV_NAME, PLOTS_DIR, SPEC_NAME, ResultsError, read_json,
-                               read_rows)
+                               read_rows_nonempty)
 from nsa_bench.schema import KEY_FIELDS, STAGE_TOTAL, STATUS_OK, STATUS_PREDICTED
 
 HTML_NAME = "report.html"
@@ -165,7 +165,7 @@ def detail_table(frame: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, str]]:
         values = {_cell(v) for v in table[column]}
         if column in ("mode", "seqlen", "backend", "stage", "status") or len(values) > 1:
             keep.append(column)
-        elif values != {""}:
+        elif values and values != {""}:
             constant[column] = values.pop()
     return table[keep], constant
 
@@ -334,10 +334,14 @@ LAYER_NOTE = ("Layer modes: one attention layer (projections, NSA's gate MLP, at
 
 
 def _load(directory: Path, plotter: Plotter) -> _Content:
-    if not directory.is_dir():
+    try:
+        is_dir = directory.is_dir()
+    except (OSError, ValueError):
+        is_dir = False
+    if not is_dir:
         raise ReportError(f"{directory} is not a run folder (expected a folder holding {CSV_NAME})")
     try:
-        frame = read_rows(directory)
+        frame = read_rows_nonempty(directory)
         spec = read_json(directory / SPEC_NAME)
         env = read_json(directory / ENV_NAME)
     except ResultsError as exc:
@@ -348,6 +352,7 @@ def _load(directory: Path, plotter: Plotter) -> _Content:
         raise ReportError(f"{directory / CSV_NAME}: not a results CSV, missing column status")
     target = env.get("target_gpu")
     gpu = target.get("key") if isinstance(target, dict) else None  # the spec the sweep predicted for
+    gpu = gpu if isinstance(gpu, str) and gpu else None
     plots, warnings = _ensure_plots(directory, gpu, plotter)
     statuses = frame["status"].astype(str)
     baselines = sorted({b for b in frame.get("baseline", pd.Series(dtype=str)) if b})

@@ -2,7 +2,8 @@
 
 Without a CUDA GPU nothing is measured: every row carries the cost model's prediction for the chosen
 GPU spec (status `predicted`). A failing point becomes a row with a status and a message and the
-sweep goes on; Ctrl-C stops after the rows already written, which form a valid CSV.
+sweep goes on; Ctrl-C (or SIGTERM) stops after the rows already written, which form a valid CSV: each
+task's rows are committed together (`resume.commit`), so --resume knows exactly what is complete.
 """
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from typing import Callable, Iterator
 
 import torch
 
-from nsa_bench import check, cost, results
+from nsa_bench import check, cost, interrupts, results, resume as resume_mod
 from nsa_bench.backends import Backend, Unsupported, registry
 from nsa_bench.budget import Budget
 from nsa_bench.gpus import GPUSpec
@@ -32,10 +33,13 @@ from nsa_bench.timing import GraphCaptureError, Timing, time_cuda
 
 @dataclass(frozen=True)
 class Task:
-    """One point on one backend: the unit of progress and of --resume."""
+    """One point on one backend: the unit of progress and of --resume. `invalid`: why the point is not a
+    valid NSA configuration (NSA backends report it; dense backends, which use none of those parameters,
+    run it)."""
 
     point: Point
     backend: Backend
+    invalid: str = ""
 
 
 @dataclass(frozen=True)
@@ -44,6 +48,8 @@ class Outcome:
     rows_written: int
     skipped: int
     interrupted: bool
+    rows_on_disk: int = 0  # rows in the CSV when the sweep stopped (kept by --resume + written now)
+    signal: int = 0  # the signal that interrupted it (SIGINT, SIGTERM), 0 when it ran to the end
 
 
 def order_backends(names: tuple[str, ...], baseline: str) -> list[Backend]:
@@ -59,11 +65,11 @@ def run_order(points: list[Point]) -> list[Point]:
     return sorted(points, key=lambda point: -point.seqlen)
 
 
-def tasks(points: list[Point], backends: list[Backend]) -> Iterator[Task]:
+def tasks(points: list[Point], backends: list[Backend], invalid: dict[Point, str] | None = None) -> Iterator[Task]:
     """Every point on every backend, in run order: the backends of one point back to back, baseline first."""
     for point in run_order(points):
         for backend in backends:
-            yield Task(point, backend)
+            yield Task(point, backend, (invalid or {}).get(point, ""))
 
 
 
@@ -199,6 +205,8 @@ def rows_for(task: Task, spec: SweepSpec, gpu: GPUSpec, measure: Measure | None,
              baseline_ms: float | None) -> list[Row]:
     """All rows of one task; every failure becomes a status row instead of stopping the sweep."""
     backend, point = task.backend, task.point
+    if task.invalid and backend.family == "nsa":
+        return [failure_row(task, STATUS_UNSUPPORTED, f"invalid configuration: {task.invalid}", gpu)]
     if point.mode not in backend.modes:
         return [failure_row(task, STATUS_UNSUPPORTED, f"{backend.name} has no {point.mode} mode", gpu)]
     why_not = backend.availability() if measure is not None else None
@@ -231,19 +239,14 @@ def _baseline_ms(rows: list[Row]) -> float | None:
     return total.ms_median if total.status == STATUS_OK else total.predicted_ms
 
 
-def invalid_rows(spec: SweepSpec, invalid: list[tuple[dict[str, object], str]], gpu: GPUSpec) -> list[Row]:
-    """Rows for combinations that are not a valid NSA configuration (reported, not dropped)."""
-    return [Row(backend=name, stage=STAGE_TOTAL, impl="", status=STATUS_UNSUPPORTED, message=f"invalid configuration: {why}",
-                gpu=gpu.name, **combo) for combo, why in invalid for name in spec.run_backends]
-
-
-def _over_budget(budget: Budget | None, task: Task, later: list[Task], done: dict, baseline: str) -> str | None:
-    """The budget's reason to skip `task` (None: run it); a baseline must fit with the rest of its point."""
-    if budget is None:
+def _over_budget(budget: Budget | None, task: Task, later: list[Task], done: frozenset, baseline: str) -> str | None:
+    """The budget's reason to skip `task` (None: run it); a baseline must fit with the rest of its point.
+    An NSA task on an invalid configuration costs nothing: it only writes its `unsupported` row."""
+    if budget is None or (task.invalid and task.backend.family == "nsa"):
         return None
     is_baseline = task.backend.name == baseline
-    rest = [t.backend for t in later if t.point == task.point and
-            results.row_key(base_row(t.point, t.backend)) not in done] if is_baseline else []
+    rest = [t.backend for t in later if t.point == task.point and not (t.invalid and t.backend.family == "nsa")
+            and resume_mod.task_key(base_row(t.point, t.backend).as_dict()) not in done] if is_baseline else []
     return budget.skip_reason(task.point, task.backend, rest, baseline=is_baseline)
 
 
@@ -258,32 +261,35 @@ def run_sweep(
 ) -> Outcome:
     """Run every task of `spec`, appending rows to out_dir/results.csv (measure=None: predictions).
 
-    With a `budget` (measured runs only), a task whose estimate does not fit in the time left becomes a
-    `skipped` row; `on_task_done` is called after each task's rows are written.
+    With `resume`, tasks complete in the folder are skipped and partial ones run again (`resume.recover`;
+    `skipped` tasks of a time budget count as not done). With a `budget` (measured runs only), a task whose
+    estimate does not fit in the time left becomes a `skipped` row; `on_task_done` is called after each
+    task's rows are written.
     """
     csv_file = out_dir / results.CSV_NAME
-    done = results.done_rows(csv_file) if resume else {}
-    points, invalid = spec.points()
+    if resume:
+        state = resume_mod.recover(out_dir, spec.baseline)
+    else:
+        resume_mod.start_fresh(out_dir)
+        state = resume_mod.Recovered(frozenset(), {}, 0, 0)
+    everything = spec.all_points()
+    invalid = {point: why for point, why in everything if why}
     backends = order_backends(spec.run_backends, spec.baseline)
     written = skipped = 0
-    if not resume or not done:
-        for row in invalid_rows(spec, invalid, gpu):
-            results.append_row(csv_file, row)
-            written += 1
-    all_tasks = list(tasks(points, backends))
+    all_tasks = list(tasks([point for point, _ in everything], backends, invalid))
     baseline_ms: dict[Point, float | None] = {}
     iterator = progress(all_tasks) if progress else iter(all_tasks)
     budget = budget if measure is not None else None
     try:
         for index, task in enumerate(iterator):
-            key = results.row_key(base_row(task.point, task.backend))
-            if key in done:
+            key = resume_mod.task_key(base_row(task.point, task.backend).as_dict())
+            if key in state.done:
                 skipped += 1
                 if task.backend.name == spec.baseline:
-                    baseline_ms[task.point] = done[key]
+                    baseline_ms[task.point] = state.times.get(key)
                 continue
             ref_ms = None if task.backend.name == spec.baseline else baseline_ms.get(task.point)
-            why = _over_budget(budget, task, all_tasks[index + 1:], done, spec.baseline)
+            why = _over_budget(budget, task, all_tasks[index + 1:], state.done, spec.baseline)
             if why:
                 rows = [failure_row(task, STATUS_SKIPPED, why, gpu)]
             else:
@@ -296,12 +302,11 @@ def run_sweep(
                         r.status in (STATUS_OK, STATUS_PREDICTED) else r for r in rows]
             elif ref_ms:
                 rows = [replace(r, baseline=spec.baseline) if r.speedup is not None else r for r in rows]
-            for row in rows:
-                results.append_row(csv_file, row)
-                written += 1
+            resume_mod.commit(out_dir, key, rows)
+            written += len(rows)
             if on_task_done is not None:
                 on_task_done(task, rows)
-    except KeyboardInterrupt:
-        return Outcome(csv_file, written, skipped, interrupted=True)
-    return Outcome(csv_file, written, skipped, interrupted=False)
-
+    except KeyboardInterrupt as exc:
+        return Outcome(csv_file, written, skipped, interrupted=True, rows_on_disk=state.rows + written,
+                       signal=interrupts.signal_of(exc))
+    return Outcome(csv_file, written, skipped, interrupted=False, rows_on_disk=state.rows + written)

@@ -135,6 +135,9 @@ class SweepSpec:
                 raise ValueError(f"{name}: {bad[0]} must be positive")
         if any(h <= 0 for h in self.q_heads):
             raise ValueError(f"q_heads: {min(self.q_heads)} must be positive")
+        uneven = [(h, g) for h in self.q_heads for g in self.group_sizes if h % g]
+        if uneven:  # Hkv = Hq // G must be whole for every combination
+            raise ValueError(f"q_heads: {uneven[0][0]} is not a multiple of group size {uneven[0][1]}")
         for mode in self.modes:
             if mode not in MODES:
                 raise ValueError(f"mode {mode!r} unknown (choose from {', '.join(MODES)})")
@@ -152,15 +155,10 @@ class SweepSpec:
         """The backends a sweep runs: --backend plus any baseline it does not name."""
         return tuple(dict.fromkeys((*self.backends, *self.baselines)))
 
-    def points(self) -> tuple[list[Point], list[tuple[dict[str, object], str]]]:
-        """(valid points, [(combination, why it is invalid)]) in sweep order: mode outermost, seqlen innermost.
-
-        d_model only applies to layer modes: other modes get one point with d_model = 0 however many
-        --d-model values there are. With q_heads, each (Hq, G) gives Hkv = Hq // G (a fixed model width in
-        query heads); an Hq that G does not divide is an invalid combination.
-        """
-        valid: list[Point] = []
-        invalid: list[tuple[dict[str, object], str]] = []
+    def all_points(self) -> list[tuple[Point, str | None]]:
+        """Every point of the product in sweep order (mode outermost, seqlen innermost), each with why it is
+        not a valid NSA configuration (None when it is)."""
+        everything: list[tuple[Point, str | None]] = []
         seen: set[Point] = set()
         for combo in itertools.product(
             self.modes, self.dtypes, self.batches, self.q_heads or self.kv_heads, self.group_sizes, self.head_dims,
@@ -174,16 +172,19 @@ class SweepSpec:
             if point in seen:
                 continue
             seen.add(point)
-            if self.q_heads and (hkv < 1 or heads % group):
-                invalid.append((point.as_dict(), f"q_heads={heads} is not a multiple of group_size={group}"))
-                continue
             try:
                 point.cfg
             except ValueError as exc:
-                invalid.append((point.as_dict(), str(exc)))
+                everything.append((point, str(exc).removeprefix("NSAConfig.")))
                 continue
-            valid.append(point)
-        return valid, invalid
+            everything.append((point, None))
+        return everything
+
+    def points(self) -> tuple[list[Point], list[tuple[dict[str, object], str]]]:
+        """(valid points, [(combination, why it is invalid)]) in sweep order: mode outermost, seqlen innermost."""
+        everything = self.all_points()
+        return ([p for p, why in everything if why is None],
+                [(p.as_dict(), why) for p, why in everything if why is not None])
 
     def to_dict(self) -> dict[str, object]:
         return {f.name: getattr(self, f.name) for f in fields(self)}

@@ -4,6 +4,9 @@ The CLI only parses flags into a SweepSpec and calls `execute`; compare's --reru
 """
 from __future__ import annotations
 
+import re
+import secrets
+import signal
 import sys
 import time
 from datetime import datetime
@@ -14,14 +17,15 @@ import click
 import pandas as pd
 import torch
 
-from nsa_bench import baselines, environment, precompile, results
+from nsa_bench import baselines, environment, precompile, results, resume as resume_mod
 from nsa_bench.budget import Budget, Estimator
 from nsa_bench.gpus import GPUSpec, gpu_spec
+from nsa_bench.messages import one_line, show
 from nsa_bench.plots import plot_run
 from nsa_bench.runner import Outcome, Task, cuda_measure, run_sweep
-from nsa_bench.tuning_log import TuningLog
 from nsa_bench.schema import STAGE_TOTAL, STATUS_OK, STATUS_PREDICTED
 from nsa_bench.spec import LAYER_MODES, SweepSpec
+from nsa_bench.tuning_log import TuningLog
 
 def results_root() -> Path:
     """Where runs go without --out: ./results of the current directory, never inside the install."""
@@ -29,24 +33,34 @@ def results_root() -> Path:
 
 
 class SweepError(ValueError):
-    """A sweep that cannot start (the message names the flag)."""
+    """A sweep that cannot start (the message names the flag; flag None: no single flag is to blame)."""
 
-    def __init__(self, flag: str, message: str) -> None:
+    def __init__(self, flag: str | None, message: str) -> None:
         super().__init__(message)
         self.flag = flag
 
 
 def default_out_dir(suite: str | None) -> Path:
+    """results/<time>-<suite>-<random>: two sweeps started in the same second get different folders."""
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    return results_root() / f"{stamp}-{Path(suite).stem if suite else 'sweep'}"
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "-", Path(suite).stem if suite else "sweep")[:40].strip("-.") or "sweep"
+    while True:
+        out = results_root() / f"{stamp}-{name}-{secrets.token_hex(3)}"
+        if not out.exists():
+            return out
 
 
 def prepare_out_dir(out: Path, resume: bool) -> Path:
     """Create the run folder; refuse to mix a new run into an old CSV unless resuming."""
-    csv_file = out / results.CSV_NAME
-    if csv_file.exists() and csv_file.stat().st_size > 0 and not resume:
-        raise SweepError("out", f"{out} already holds a run: pass --resume to continue it, or choose another --out")
-    out.mkdir(parents=True, exist_ok=True)
+    where = show(str(out), 120)
+    try:
+        if not resume and resume_mod.has_run(out):
+            raise SweepError("out", f"{where} already holds a run: pass --resume to continue it, or choose another --out")
+        out.mkdir(parents=True, exist_ok=True)
+        if not out.is_dir():
+            raise SweepError("out", f"{where} is not a folder")
+    except OSError as exc:
+        raise SweepError("out", f"cannot create the run folder {where}: {exc.strerror or exc}") from None
     return out
 
 
@@ -79,11 +93,17 @@ def cuda_present() -> bool:
     return torch.cuda.is_available()
 
 
+def _stderr(line: str) -> None:
+    click.echo(line, err=True)
+
+
 def execute(spec: SweepSpec, out: Path, resume: bool, plots: bool = True,
             echo: Callable[[str], None] = click.echo, progress: bool = True,
-            precompile_workers: int | None = None, budget_s: float | None = None) -> Outcome:
+            warn: Callable[[str], None] = _stderr, precompile_workers: int | None = None,
+            budget_s: float | None = None) -> Outcome:
     """Run `spec` into `out`; returns what was written. Without a CUDA GPU the rows are predictions.
 
+    `echo` takes the progress lines, `warn` what goes wrong (an interruption, failed plots: stderr).
     On a GPU: precompile on `precompile_workers` processes first (None: skip), then run the tasks within
     `budget_s` seconds counted from here (None: no budget), recording the autotuners' choices in
     tuning.json as tasks finish.
@@ -92,6 +112,16 @@ def execute(spec: SweepSpec, out: Path, resume: bool, plots: bool = True,
     measuring = cuda_present()
     gpu = target_gpu(spec.gpu, measuring)
     out = prepare_out_dir(out, resume)
+    device = torch.cuda.get_device_name(0) if measuring else None
+    previous: dict = {}
+    spec_record = spec.to_dict()
+    try:
+        if resume and resume_mod.has_run(out):
+            resume_mod.check_compatible(out, spec, gpu.key, device)
+            previous = results.read_json(out / results.ENV_NAME)
+            spec_record = resume_mod.merged_spec(results.read_json(out / results.SPEC_NAME), spec)
+    except (resume_mod.ResumeError, results.ResultsError) as exc:
+        raise SweepError(None, str(exc)) from None
     if not measuring:
         echo(f"No CUDA GPU found: writing the cost model's predictions for {gpu.name} (--gpu); measured columns stay empty.")
         if budget_s:
@@ -100,38 +130,51 @@ def execute(spec: SweepSpec, out: Path, resume: bool, plots: bool = True,
     env["target_gpu"] = {"key": gpu.key, "name": gpu.name, "peak_flops": gpu.peak_flops,
                          "hbm_bytes_per_s": gpu.hbm_bytes_per_s}
     env["measured"] = measuring
-    results.write_json(out / results.ENV_NAME, env)
-    results.write_json(out / results.SPEC_NAME, spec.to_dict())
-    plans = None
-    if measuring and precompile_workers:
-        compiled = precompile.run(spec, precompile_workers, echo, progress=progress)
-        plans = compiled.plans if compiled is not None else None
-    budget = None
-    if measuring and budget_s:
-        estimator = Estimator(spec, gpu, plans)
-        budget = Budget(budget_s, estimator, reserve_s=estimator.finish_s(plots), start=started)
-        echo(f"Time budget {budget_s:.0f} s: {budget.left():.0f} s left for the points after start-up and precompile.")
-    log = TuningLog(out) if measuring and set(spec.run_backends) & set(precompile.PRECOMPILED_BACKENDS) else None
+    if previous:  # a resumed run keeps the record of where it started, and notes each resumption
+        resumed = previous.get("resumed") if isinstance(previous.get("resumed"), list) else []
+        env = {**previous, "resumed": [*resumed, {"timestamp": env["timestamp"], "command": env["command"]}]}
+    try:
+        results.write_json(out / results.ENV_NAME, env)
+        results.write_json(out / results.SPEC_NAME, spec_record)
+        plans = None
+        if measuring and precompile_workers:
+            compiled = precompile.run(spec, precompile_workers, echo, progress=progress)
+            plans = compiled.plans if compiled is not None else None
+        budget = None
+        if measuring and budget_s:
+            estimator = Estimator(spec, gpu, plans)
+            budget = Budget(budget_s, estimator, reserve_s=estimator.finish_s(plots), start=started)
+            echo(f"Time budget {budget_s:.0f} s: {budget.left():.0f} s left for the points after start-up and precompile.")
+        log = TuningLog(out) if measuring and set(spec.run_backends) & set(precompile.PRECOMPILED_BACKENDS) else None
 
-    def task_done(task: Task, rows: list) -> None:
-        if log is not None:
-            log.update(f"{task.backend.name} {task.point.label()}")
+        def task_done(task: Task, rows: list) -> None:
+            if log is not None:
+                log.update(f"{task.backend.name} {task.point.label()}")
 
-    outcome = run_sweep(spec, out, gpu, measure=cuda_measure() if measuring else None, resume=resume,
-                        progress=progress_bar if progress else None, budget=budget, on_task_done=task_done)
+        outcome = run_sweep(spec, out, gpu, measure=cuda_measure() if measuring else None, resume=resume,
+                            progress=progress_bar if progress else None, budget=budget, on_task_done=task_done)
+    except resume_mod.ResumeError as exc:
+        raise SweepError(None, str(exc)) from None
+    except OSError as exc:
+        raise SweepError("out", f"cannot write into {show(str(out), 120)}: {exc.strerror or exc} "
+                                "(rows written so far are kept: fix it and continue with --resume)") from None
     if outcome.interrupted:
-        echo(f"Interrupted: {outcome.rows_written} rows kept in {outcome.csv} (continue with --resume).")
+        name = signal.Signals(outcome.signal).name if outcome.signal else "interrupted"
+        warn(f"Interrupted ({name}): {outcome.rows_on_disk} rows kept in {outcome.csv} "
+             f"(continue with --out {out} --resume).")
         return outcome
     if plots and outcome.csv.exists():
         try:
             written = plot_run(out, gpu.key)
-            echo(f"Plots: {', '.join(p.name for p in written if p.suffix == '.png')} in {out / results.PLOTS_DIR}")
+            echo(f"Plots: {', '.join(p.name for p in written if p.suffix == '.png') or 'none (no plottable rows)'} "
+                 f"in {out / results.PLOTS_DIR}")
         except Exception as exc:  # plotting must never cost the measurements
-            echo(f"Plots failed ({type(exc).__name__}: {exc}); the CSV is intact: retry with `nsa-bench plot {out}`.")
+            warn(one_line(f"Plots failed ({type(exc).__name__}: {exc}); the CSV is intact: retry with "
+                          f"`nsa-bench plot {out}`."))
     return outcome
 
 
-def summary_table(csv_file: Path) -> str:
+def summary_table(csv_file: Path, baseline: str | None = None) -> str:
     """Speedup per mode x seqlen (rows) and backend (columns), from the total rows of a run."""
     if not csv_file.exists():
         return "(no rows)"
@@ -139,7 +182,16 @@ def summary_table(csv_file: Path) -> str:
     totals = frame[(frame["stage"] == STAGE_TOTAL) & frame["status"].isin((STATUS_OK, STATUS_PREDICTED))]
     if totals.empty:
         return "(no measured or predicted rows)"
-    config_cols = [c for c in ("batch", "group_size", "head_dim_qk", "block_slc", "n_slc", "dtype", "doc_lens")
+    if baseline is not None and baseline not in set(totals["backend"]):
+        ran = ", ".join(sorted(set(frame["backend"])))
+        why = "was not among the backends run" if baseline not in set(frame["backend"]) else "has no usable row"
+        totals = totals.assign(speedup=float("nan"))
+        note = (f"No speedups: the baseline {baseline!r} {why} ({ran}); add it to --backend or pass "
+                f"--baseline {sorted(set(totals['backend']))[0]}.\n\n")
+    else:
+        note = ""
+    config_cols = [c for c in ("batch", "kv_heads", "group_size", "head_dim_qk", "head_dim_v", "block_cmp",
+                               "stride_cmp", "block_slc", "n_slc", "window", "dtype", "doc_lens")
                    if totals[c].nunique() > 1] + _layer_width_column(totals)
     table = totals.pivot_table(index=["mode", *config_cols, "seqlen"], columns="backend", values="speedup",
                                aggfunc="first", sort=False)
@@ -151,8 +203,9 @@ def summary_table(csv_file: Path) -> str:
     table = table.reindex(index=ms.index)
     kind = "measured" if (totals["status"] == STATUS_OK).any() else "predicted"
     with pd.option_context("display.width", 160, "display.max_columns", 20):
-        text = (f"Speedup vs baseline ({kind}):\n{table.to_string(float_format=lambda x: f'{x:.2f}')}\n\n"
-                f"Time per call, ms ({kind}):\n{ms.to_string(float_format=lambda x: f'{x:.4g}')}")
+        speedups = "" if note else (f"Speedup vs baseline ({kind}):\n"
+                                    f"{table.to_string(float_format=lambda x: f'{x:.2f}')}\n\n")
+        text = f"{note}{speedups}Time per call, ms ({kind}):\n{ms.to_string(float_format=lambda x: f'{x:.4g}')}"
     extra = baselines.summary_text(frame)
     return f"{text}\n\n{extra}" if extra else text
 

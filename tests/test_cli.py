@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import signal
 
 import pandas as pd
 import pytest
@@ -129,3 +130,87 @@ def test_predicted_layer_sweep_against_several_baselines(monkeypatch, capsys, tm
     assert (out_dir / "plots" / "speedup_baselines.png").exists()
     spec = json.loads((out_dir / "spec.json").read_text())
     assert spec["baseline"] == "fa2" and spec["more_baselines"] == ["cudnn"] and spec["d_models"] == [2560]
+
+
+def test_bare_command_prints_help_without_an_error(monkeypatch, capsys):
+    code, out, err = run_cli(monkeypatch, capsys)
+    assert code == 0 and "Usage: nsa-bench" in out and "sweep" in out
+    assert "error" not in (out + err).lower()
+
+
+def test_warmup_text_is_said_in_words(monkeypatch, capsys, tmp_path):
+    code, _, err = run_cli(monkeypatch, capsys, "sweep", "--warmup", "abc", "--out", str(tmp_path / "r"))
+    assert code == 2 and "--warmup" in err and "'abc' is not a whole number" in err and "invalid literal" not in err
+
+
+def test_sweep_help_states_the_bounds(monkeypatch, capsys):
+    _, out, _ = run_cli(monkeypatch, capsys, "sweep", "--help")
+    for text in ("1..16m", "1..4k", "1..100000", "--max-points", "10,000"):
+        assert text in out
+
+
+def test_baseline_runs_even_when_backend_leaves_it_out(monkeypatch, capsys, tmp_path):
+    code, out, _ = run_cli(monkeypatch, capsys, "sweep", "--seqlen", "1k", "--backend", "nsa-triton", "--out",
+                           str(tmp_path / "r"), "--quiet", "--no-plots")
+    assert code == 0 and "Speedup vs baseline (predicted)" in out
+    assert set(pd.read_csv(tmp_path / "r" / "results.csv")["backend"]) == {"fa2", "nsa-triton"}
+
+
+def test_summary_says_why_there_are_no_speedups_when_the_baseline_has_no_usable_row(monkeypatch, capsys, tmp_path):
+    from nsa_bench.sweep import summary_table
+
+    run_cli(monkeypatch, capsys, "sweep", "--seqlen", "1k", "--mode", "fwd", "--out", str(tmp_path / "r"), "--quiet",
+            "--no-plots")
+    csv = tmp_path / "r" / "results.csv"
+    frame = pd.read_csv(csv)
+    frame.loc[frame["backend"] == "fa2", "status"] = "error"
+    frame.to_csv(csv, index=False)
+    text = summary_table(csv, "fa2")
+    assert "No speedups: the baseline 'fa2' has no usable row" in text and "Time per call, ms (predicted)" in text
+
+
+def test_default_run_folders_never_collide(monkeypatch, capsys, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    for _ in range(2):  # within the same second
+        assert run_cli(monkeypatch, capsys, "sweep", "--suite", "smoke", "--quiet", "--no-plots")[0] == 0
+    runs = sorted((tmp_path / "results").iterdir())
+    assert len(runs) == 2 and all(r.name.split("-")[2] == "smoke" and len(r.name.split("-")[3]) == 6 for r in runs)
+
+
+def test_csv_lines_end_in_newline_only(monkeypatch, capsys, tmp_path):
+    run_cli(monkeypatch, capsys, "sweep", "--suite", "smoke", "--out", str(tmp_path / "r"), "--quiet", "--no-plots")
+    data = (tmp_path / "r" / "results.csv").read_bytes()
+    assert b"\r" not in data and data.count(b"\n") == 47
+
+
+def test_nsa_only_invalid_setting_still_runs_fa2(monkeypatch, capsys, tmp_path):
+    code, _, _ = run_cli(monkeypatch, capsys, "sweep", "--seqlen", "1k", "--n-slc", "2,16", "--mode", "fwd",
+                         "--out", str(tmp_path / "r"), "--quiet", "--no-plots")
+    assert code == 0
+    frame = pd.read_csv(tmp_path / "r" / "results.csv")
+    at2 = frame[frame["n_slc"] == 2].set_index("backend")
+    assert at2.loc["fa2", "status"] == "predicted" and at2.loc["fa2", "predicted_ms"] > 0
+    assert at2.loc["nsa-triton", "status"] == "unsupported" and "n_slc must be >= 3" in at2.loc["nsa-triton", "message"]
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_interrupt_counts_the_rows_on_disk_on_stderr(monkeypatch, capsys, tmp_path, signum):
+    from nsa_bench import runner
+    from nsa_bench.interrupts import Interrupted
+
+    original, calls = runner.rows_for, []
+
+    def interrupted_fifth(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 5:
+            raise Interrupted(signum)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(runner, "rows_for", interrupted_fifth)
+    code, out, err = run_cli(monkeypatch, capsys, "sweep", "--suite", "smoke", "--out", str(tmp_path / "r"), "--quiet")
+    assert code == 128 + signum
+    on_disk = len(pd.read_csv(tmp_path / "r" / "results.csv"))
+    assert err.strip() == (f"Interrupted ({signal.Signals(signum).name}): {on_disk} rows kept in "
+                           f"{tmp_path / 'r' / 'results.csv'} (continue with --out {tmp_path / 'r'} --resume).")
+    # 4 tasks, longest sequence first: fa2 and nsa-triton at 2k fwd (total + 7 stages), then bwd (total + 5)
+    assert "Interrupted" not in out and on_disk == (1 + 8) + (1 + 6)

@@ -362,3 +362,47 @@ def test_run_compare_writes_outputs(tmp_path: Path) -> None:
 def test_csv_columns_are_the_schema(tmp_path: Path) -> None:
     """The synthetic runs go through the real writer, so the tests see the real schema."""
     assert tuple(pd.read_csv(make_run(tmp_path / "a") / CSV_NAME).columns) == FIELDS
+
+
+# --- any CSV of the documented schema (issue 14) -----------------------------------------------
+
+def test_csv_without_a_stage_column_is_all_total_rows(tmp_path: Path) -> None:
+    base = make_run(tmp_path / "base")
+    frame = pd.read_csv(base / CSV_NAME)
+    totals = tmp_path / "totals.csv"
+    frame[frame["stage"] == "total"].drop(columns=["stage"]).to_csv(totals, index=False)
+    out = invoke(str(base), str(totals))
+    assert out.exit_code == 0, out.output
+    assert "points compared: 4; SLOWER 0, AMBIGUOUS 0, FASTER 0, SAME 4" in out.output
+
+
+def test_copied_csv_without_env_json_reads_the_gpu_from_its_rows(tmp_path: Path) -> None:
+    base = make_run(tmp_path / "base")
+    copy = tmp_path / "copy.csv"
+    copy.write_bytes((base / CSV_NAME).read_bytes())
+    out = invoke(str(base), str(copy))
+    assert out.exit_code == 0, out.output
+    assert "GPU: NVIDIA H100 80GB HBM3" in out.output.split("current:")[1].splitlines()[0]
+
+
+def test_predicted_run_and_its_copied_csv_are_the_same_gpu(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    from nsa_bench import cli  # a real predicted sweep: env.json has gpu None, rows name the spec
+
+    assert CliRunner().invoke(cli.cli, ["sweep", "--suite", "smoke", "--out", str(run), "--quiet", "--no-plots"]).exit_code == 0
+    copy = tmp_path / "copy.csv"
+    copy.write_bytes((run / CSV_NAME).read_bytes())
+    out = invoke(str(run), str(copy), "--metric", "predicted_ms")
+    assert out.exit_code == 0, out.output
+
+
+def test_schema_mismatch_is_reported_before_the_gpu(tmp_path: Path) -> None:
+    base = make_run(tmp_path / "base")
+    bare = tmp_path / "bare.csv"
+    pd.read_csv(base / CSV_NAME).drop(columns=["speedup", "gpu"]).to_csv(bare, index=False)
+    line = _one_line_error(invoke(str(base), str(bare)))
+    assert "'speedup' column" in line and "GPU" not in line
+    unknown = tmp_path / "unknown.csv"
+    pd.read_csv(base / CSV_NAME).drop(columns=["gpu"]).to_csv(unknown, index=False)
+    line = _one_line_error(invoke(str(base), str(unknown)))
+    assert "cannot tell the GPU of the current run" in line and "different GPUs" not in line

@@ -28,10 +28,15 @@ def test_check_length_scales_the_documents():
 
 
 def test_q_heads_fix_the_model_width():
-    spec = build_spec(None, {"q-heads": "64", "group-size": "1,3,16", "seqlen": "8k", "mode": "fwd"})
+    spec = build_spec(None, {"q-heads": "64", "group-size": "1,16", "seqlen": "8k", "mode": "fwd"})
     points, invalid = spec.points()
     assert [(p.kv_heads, p.group_size, p.q_heads) for p in points] == [(64, 1, 64), (4, 16, 64)]
-    assert len(invalid) == 1 and "q_heads=64 is not a multiple of group_size=3" in invalid[0][1]
+    assert not invalid
+
+
+def test_q_heads_a_group_size_does_not_divide_is_a_flag_error():
+    with pytest.raises(OptionError, match="q-heads.*64 is not a multiple of group size 3"):
+        build_spec(None, {"q-heads": "64", "group-size": "1,3,16", "seqlen": "8k", "mode": "fwd"})
 
 
 def test_gqa_suite_holds_hq_at_64():

@@ -1,54 +1,99 @@
-"""CSV I/O across schema versions: runs written before layer modes (no d_model column) or before packed batches
-(no doc_lens column) still read and resume."""
+"""Run files: '\\n' line ends, one write per task, strict cells, lenient absence (no `stage`: all totals)."""
 from __future__ import annotations
 
-import pandas as pd
+from dataclasses import replace
+from pathlib import Path
 
-from nsa_bench.results import append_row, done_rows, read_rows, row_key
+import pandas as pd
+import pytest
+
+from nsa_bench import results, resume
 from nsa_bench.schema import FIELDS, KEY_FIELDS, Row
 
+ROW = Row(mode="fwd", backend="fa2", impl="x", stage="total", seqlen=1024, batch=1, kv_heads=4, group_size=16,
+          head_dim_qk=192, head_dim_v=128, block_cmp=32, stride_cmp=16, block_slc=64, n_slc=16, window=512,
+          dtype="bfloat16", predicted_ms=0.5, status="predicted", message="a, \"quoted\" message")
 
+
+def test_rows_are_written_with_newlines_in_one_append(tmp_path: Path, monkeypatch):
+    writes = []
+    original = results.append_text
+    monkeypatch.setattr(results, "append_text", lambda path, text: (writes.append(text), original(path, text)))
+    results.append_rows(tmp_path / "r.csv", [ROW, ROW])
+    assert len(writes) == 1 and writes[0].count("\n") == 3 and "\r" not in writes[0]
+    frame = results.read_rows(tmp_path / "r.csv")
+    assert list(frame.columns) == list(FIELDS) and frame["message"][0] == ROW.message
+
+
+def test_missing_columns_take_their_defaults(tmp_path: Path):
+    csv = tmp_path / "minimal.csv"
+    csv.write_text("mode,backend,seqlen,batch,kv_heads,group_size,head_dim_qk,head_dim_v,block_cmp,stride_cmp,"
+                   "block_slc,n_slc,window,dtype,predicted_ms\nfwd,fa2,1024,1,4,16,192,128,32,16,64,16,512,bf16,0.5\n")
+    frame = results.read_rows(csv)
+    assert frame["stage"][0] == "total" and frame["status"][0] == "predicted" and frame["ms_median"].isna().all()
+    assert "stage" in results.absent_columns(frame) and "predicted_ms" not in results.absent_columns(frame)
+
+
+@pytest.mark.parametrize("column,value,needle", [
+    ("ms_median", "fast", "is not a number"), ("flops", "-1", "must not be negative"), ("seqlen", "", "whole number"),
+    ("seqlen", "1.5", "whole number"), ("batch", "99999", "out of range"), ("mode", "sideways", "is not a mode"),
+    ("status", "fine", "is not a status"), ("backend", " ", "is empty"),
+])
+def test_a_bad_cell_is_named_by_line_and_column(tmp_path: Path, column, value, needle):
+    csv = tmp_path / "r.csv"
+    results.append_rows(csv, [ROW, ROW])
+    lines = csv.read_text().splitlines()
+    cells = lines[2].split(",")
+    cells[FIELDS.index(column)] = value
+    csv.write_text("\n".join([*lines[:2], ",".join(cells)]) + "\n")
+    with pytest.raises(results.ResultsError, match=f"line 3: column {column}: .*{needle}"):
+        results.read_rows(csv)
+
+
+@pytest.mark.parametrize("text,needle", [("[1]", "holds list"), ("null", "holds null"), ("{", "not valid JSON"),
+                                         ("[" * 50000, "not valid JSON")])
+def test_json_files_must_be_objects(tmp_path: Path, text, needle):
+    (tmp_path / "env.json").write_text(text)
+    with pytest.raises(results.ResultsError, match=needle):
+        results.read_json(tmp_path / "env.json")
+    assert results.read_json(tmp_path / "absent.json") == {}
+
+
+def test_json_is_replaced_atomically(tmp_path: Path):
+    results.write_json(tmp_path / "spec.json", {"a": 1})
+    assert results.read_json(tmp_path / "spec.json") == {"a": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["spec.json"]
+
+
+# ---- schema versions: runs written before layer modes (no d_model) or packed batches (no doc_lens)
 def _row(**changes: object) -> Row:
-    values = dict(mode="fwd", backend="fa2", impl="sdpa-flash", stage="total", seqlen=1024, batch=1, kv_heads=4,
-                  group_size=16, head_dim_qk=192, head_dim_v=128, block_cmp=32, stride_cmp=16, block_slc=64, n_slc=16,
-                  window=512, dtype="bfloat16", ms_median=1.5, status="ok")
-    return Row(**(values | changes))
+    return replace(ROW, **changes)
 
 
 def test_new_columns_are_appended_keys():
     assert FIELDS[-2:] == ("d_model", "doc_lens") and KEY_FIELDS[-2:] == ("d_model", "doc_lens")
 
 
-def test_csv_without_d_model_reads_as_attention_only_rows(tmp_path):
+@pytest.mark.parametrize("column,default", [("d_model", 0), ("doc_lens", "none")])
+def test_csv_without_a_later_key_column_reads_with_its_default(tmp_path: Path, column, default):
     old = tmp_path / "results.csv"
-    append_row(old, _row())
-    frame = pd.read_csv(old).drop(columns=["d_model"])
-    frame.to_csv(old, index=False)
-    read = read_rows(old)
-    assert list(read["d_model"]) == [0]
-    assert set(done_rows(old)) == {row_key(_row())}  # --resume recognises the old row
+    results.append_rows(old, [ROW])
+    pd.read_csv(old).drop(columns=[column]).to_csv(old, index=False)
+    read = results.read_rows(old)
+    assert list(read[column]) == [default] and column in results.absent_columns(read)
 
 
-def test_layer_rows_resume_by_their_width(tmp_path):
-    csv = tmp_path / "results.csv"
-    append_row(csv, _row(mode="layer-fwd", d_model=2560))
-    done = done_rows(csv)
-    assert row_key(_row(mode="layer-fwd", d_model=2560)) in done
-    assert row_key(_row(mode="layer-fwd", d_model=1024)) not in done
+def test_layer_width_and_documents_tell_tasks_apart():
+    key = resume.task_key(_row().as_dict())
+    assert resume.task_key(_row(mode="layer-fwd", d_model=2560).as_dict()) != resume.task_key(
+        _row(mode="layer-fwd", d_model=1024).as_dict())
+    assert resume.task_key(_row(doc_lens="uniform:4k").as_dict()) not in (
+        key, resume.task_key(_row(doc_lens="uniform:4k@1").as_dict()))
 
 
-def test_csv_without_doc_lens_reads_as_dense_rows(tmp_path):
-    old = tmp_path / "results.csv"
-    append_row(old, _row())
-    pd.read_csv(old).drop(columns=["doc_lens"]).to_csv(old, index=False)
-    read = read_rows(old)
-    assert list(read["doc_lens"]) == ["none"]
-    assert set(done_rows(old)) == {row_key(_row())}
-
-
-def test_packed_rows_resume_by_their_documents(tmp_path):
-    csv = tmp_path / "results.csv"
-    append_row(csv, _row(doc_lens="uniform:4k"))
-    done = done_rows(csv)
-    assert row_key(_row(doc_lens="uniform:4k")) in done
-    assert row_key(_row(doc_lens="uniform:4k@1")) not in done and row_key(_row()) not in done
+def test_a_bad_d_model_cell_is_named(tmp_path: Path):
+    csv = tmp_path / "r.csv"
+    results.append_rows(csv, [_row(mode="layer-fwd", d_model=2560)])
+    csv.write_text(csv.read_text().replace(",2560,", ",wide,"))
+    with pytest.raises(results.ResultsError, match="column d_model: 'wide' is not 0 or a model width"):
+        results.read_rows(csv)
