@@ -6,6 +6,7 @@ import torch
 
 import nsa_kernels
 from nsa_kernels import nsa as nsa_module
+from nsa_kernels.variants import V1, V2
 from nsa_bench import reference as R
 from nsa_bench.config import NSAConfig
 
@@ -33,18 +34,23 @@ def shared_idx(q, k, v, cfg):
     return R.select_blocks(q, k_cmp, cfg)
 
 
-@pytest.mark.parametrize(
-    "b,t,hkv,g,dk,dv",
-    [(2, 77, 1, 2, 32, 16), (1, 100, 2, 1, 16, 16), (1, 1, 1, 2, 16, 32)],
-)
-def test_forward_and_gradients_fp32(b, t, hkv, g, dk, dv):
+# Every kernel of both variants is checked branch by branch (test_compressed/selected/flash); here each
+# variant is joined end to end, v1 on all but the slowest shape (G=1 runs 200 one-position programs).
+_NSA_SHAPES = {"G2-Dk32-Dv16": (2, 77, 1, 2, 32, 16), "G1": (1, 100, 2, 1, 16, 16), "T1": (1, 1, 1, 2, 16, 32),
+               "paper-heads": (1, 45, 1, 16, 192, 128)}  # the paper's head layout; T a multiple of no block
+_NSA_RUNS = [pytest.param(*shape, variants, id=f"{name}-{variants.label}")
+             for name, shape in _NSA_SHAPES.items() for variants in (V1, V2) if (name, variants) != ("G1", V1)]
+
+
+@pytest.mark.parametrize("b,t,hkv,g,dk,dv,variants", _NSA_RUNS)
+def test_forward_and_gradients_fp32(b, t, hkv, g, dk, dv, variants):
     q, k, v, gates, do = make(t + g, b, t, hkv, g, dk, dv)
     idx = shared_idx(q, k, v, SMALL)
     leaves64 = [x.clone().requires_grad_(True) for x in (q, k, v, gates)]
     want = R.nsa_attention(*leaves64, SMALL, block_idx=idx)
     want.backward(do)
     leaves32 = [x.float().requires_grad_(True) for x in (q, k, v, gates)]
-    got = nsa_kernels.nsa_attention(*leaves32, SMALL, block_idx=idx)
+    got = nsa_module.nsa_attention_variants(*leaves32, SMALL, variants, block_idx=idx)
     assert got.dtype == torch.float32 and got.shape == want.shape
     assert rel(got, want) < 1e-4
     got.backward(do.float())

@@ -1,4 +1,9 @@
-"""`nsa-triton`: our Triton NSA kernels (kernels/), with each stage timed for the per-branch breakdown."""
+"""`nsa-triton`: our Triton NSA kernels (kernels/), with each stage timed for the per-branch breakdown.
+
+Which implementation of each redesigned kernel runs comes from NSA_KERNEL_VARIANT (read when a point is
+built: "v1", "v2" = the default, or per-kernel overrides such as "v2,cmp_dkv=v1"; kernels/README.md);
+rows record it in `impl` as "triton:<label>", e.g. "triton:v2" or "triton:v2+cmp_dkv=v1".
+"""
 from __future__ import annotations
 
 import torch
@@ -16,11 +21,28 @@ STAGE_COSTS = {
 }
 
 
+def _variants():
+    """The kernel variants NSA_KERNEL_VARIANT names (a bad value is a ValueError naming the variable)."""
+    from nsa_kernels.variants import KernelVariants
+
+    return KernelVariants.from_env()
+
+
+def _impl() -> str:
+    """What `nsa-bench env` shows: the impl rows would record, or why NSA_KERNEL_VARIANT is unusable."""
+    try:
+        return f"triton:{_variants().label}"
+    except ValueError as exc:
+        return f"triton (unusable: {exc})"
+
+
 def _build(point: Point, inputs: Inputs) -> Workload:
     import nsa_kernels
     from nsa_kernels import nsa
 
     cfg = point.cfg
+    variants = _variants()
+    impl = f"triton:{variants.label}"
     if point.mode == "decode":
         k_cmp, v_cmp = nsa_kernels.compress_kv(inputs.k, inputs.v, cfg)  # kept current by the cache in serving
 
@@ -28,19 +50,20 @@ def _build(point: Point, inputs: Inputs) -> Workload:
             return nsa_kernels.nsa_decode(inputs.q, inputs.k, inputs.v, inputs.gates, inputs.cache_seqlens, cfg,
                                       k_cmp_cache=k_cmp, v_cmp_cache=v_cmp)
 
-        return Workload(run=run, impl="triton", result=lambda: (run(),))
+        return Workload(run=run, impl=impl, result=lambda: (run(),))
 
     def forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, gates: torch.Tensor) -> torch.Tensor:
-        return nsa_kernels.nsa_attention(q, k, v, gates, cfg, block_idx=inputs.block_idx)
+        return nsa.nsa_attention_variants(q, k, v, gates, cfg, variants, block_idx=inputs.block_idx)
 
     if point.mode == "fwd":
-        stages = nsa.forward_stages(inputs.q, inputs.k, inputs.v, inputs.gates, cfg, block_idx=inputs.block_idx)
+        stages = nsa.forward_stages(inputs.q, inputs.k, inputs.v, inputs.gates, cfg, block_idx=inputs.block_idx,
+                                    variants=variants)
     elif point.mode == "bwd":
         stages = nsa.backward_stages(inputs.q, inputs.k, inputs.v, inputs.gates, inputs.do, cfg,
-                                     block_idx=inputs.block_idx)
+                                     block_idx=inputs.block_idx, variants=variants)
     else:
         stages = {}
-    return autograd_workload(inputs, forward, "triton", grad_gates=True, stages=stages,
+    return autograd_workload(inputs, forward, impl, grad_gates=True, stages=stages,
                              stage_costs=STAGE_COSTS.get(point.mode, {}))
 
 
@@ -51,5 +74,5 @@ BACKEND = Backend(
     description="our Triton NSA kernels (compression, cmp attention + scoring, top-n, selected, window, gated sum)",
     availability=cuda_required,
     build=_build,
-    impl_hint=lambda: "triton",
+    impl_hint=_impl,
 )
