@@ -51,6 +51,18 @@ def next_pow2(x: int) -> int:
     return 1 << max(0, int(x) - 1).bit_length()
 
 
+def split_head_dim(dk: int) -> tuple[int, int]:
+    """Two power-of-two column chunks covering Dk (192 -> 128 + 64, 128 -> 64 + 64, 16 -> 16 + 16 masked).
+
+    A non-power-of-two Dk padded to one tile wastes up to half of every q.k dot and its registers
+    (the paper's Dk = 192 would run as 256); two exact chunks summed into one accumulator do not.
+    """
+    if dk & (dk - 1) == 0:
+        return (dk // 2, dk // 2) if dk >= 32 else (16, 16)
+    first = 1 << (dk.bit_length() - 1)
+    return first, max(16, next_pow2(dk - first))
+
+
 def check_kernel_config(cfg: NSAConfig) -> None:
     """Refuse block parameters the Triton kernels do not implement, naming the field."""
     if cfg.block_cmp not in SUPPORTED_BLOCK_CMP:

@@ -190,10 +190,13 @@ def record_launches(modules: list[ModuleType], host_code: Callable[[], Any]) -> 
     return launches
 
 
+_TILE_SIZES = ("POSITIONS",)  # autotuned sizes not named BLOCK_* (selected.py's v2 tiles)
+
+
 def _config_label(kwargs: dict) -> str:
     """BLOCK_* sizes, warps, stages, and the boolean switches that are on (CAUSAL, HAS_WINDOW, ...)."""
     flags = sorted(k for k, v in kwargs.items() if k.isupper() and v is True)
-    shown = {k: v for k, v in kwargs.items() if k.isupper() and k.startswith("BLOCK")}
+    shown = {k: v for k, v in kwargs.items() if k.isupper() and (k.startswith("BLOCK") or k in _TILE_SIZES)}
     shown.update({k: kwargs[k] for k in ("num_warps", "num_stages") if k in kwargs})
     return " ".join(flags + [f"{k}={v}" for k, v in sorted(shown.items())]) or "-"
 

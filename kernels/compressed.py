@@ -21,6 +21,7 @@ import triton.language as tl
 from ._common import (
     TUNING_ARGS, autotune, check_gated, check_heads, check_kernel_config, interpreting, next_pow2, tuning_buckets,
 )
+from ._common import split_head_dim as _split_head_dim
 from .variants import check_variant
 from nsa_bench.config import NSAConfig
 
@@ -224,18 +225,6 @@ def compress_bwd(dx_cmp: torch.Tensor, seqlen: int, block_cmp: int, stride_cmp: 
 
 
 # ------------------------------------------------------------------ shared tile helpers
-def _split_head_dim(dk: int) -> tuple[int, int]:
-    """Two power-of-two column chunks covering Dk (192 -> 128 + 64, 128 -> 64 + 64, 16 -> 16 + 16 masked).
-
-    A non-power-of-two Dk padded to one tile wastes up to half of every q.k dot and its registers
-    (the paper's Dk = 192 would run as 256); two exact chunks summed into one accumulator do not.
-    """
-    if dk & (dk - 1) == 0:
-        return (dk // 2, dk // 2) if dk >= 32 else (16, 16)
-    first = 1 << (dk.bit_length() - 1)
-    return first, max(16, next_pow2(dk - first))
-
-
 @triton.jit
 def _num_visible(t, Tc, BLOCK_CMP: tl.constexpr, STRIDE_CMP: tl.constexpr):
     """Compressed blocks seen by position t: i with i*d + l - 1 <= t (t may be negative-safe)."""

@@ -58,7 +58,7 @@ class _NSA(torch.autograd.Function):
         o_cmp, lse_cmp = compressed.compressed_fwd(q, k_cmp, v_cmp, cfg, scale)
         if block_idx is None:
             block_idx = compressed.select_blocks(q, k_cmp, cfg, scale, lse=lse_cmp)
-        o_slc, lse_slc = selected.selected_fwd(q, k, v, block_idx, cfg.block_slc, scale)
+        o_slc, lse_slc = selected.selected_fwd(q, k, v, block_idx, cfg.block_slc, scale, variant=variants.slc_fwd)
         o_win, lse_win = flash.attention_fwd(q, k, v, scale, window=cfg.window)
         ctx.save_for_backward(q, k, v, gates, k_cmp, v_cmp, block_idx, o_cmp, lse_cmp, o_slc, lse_slc, o_win, lse_win)
         ctx.cfg, ctx.scale, ctx.variants = cfg, scale, variants
@@ -71,7 +71,8 @@ class _NSA(torch.autograd.Function):
         d_gates, do_cmp, do_slc, do_win = gated_sum_bwd(gates, o_cmp, o_slc, o_win, do.contiguous())
         dq, dk_cmp, dv_cmp = compressed.compressed_bwd(q, k_cmp, v_cmp, o_cmp, lse_cmp, do_cmp, cfg, scale,
                                                        dkv_variant=variants.cmp_dkv)
-        dq_slc, dk, dv = selected.selected_bwd(q, k, v, o_slc, lse_slc, do_slc, block_idx, cfg.block_slc, scale)
+        dq_slc, dk, dv = selected.selected_bwd(q, k, v, o_slc, lse_slc, do_slc, block_idx, cfg.block_slc, scale,
+                                               dq_variant=variants.slc_dq)
         dq_win, dk_win, dv_win = flash.attention_bwd(q, k, v, o_win, lse_win, do_win, scale, window=cfg.window)
         dq = (dq.float() + dq_slc.float() + dq_win.float()).to(q.dtype)
         dk = (dk.float() + dk_win.float()).to(k.dtype)
@@ -134,7 +135,7 @@ def _forward_gated_in_place(
     if block_idx is None:
         block_idx = compressed.select_blocks(q, k_cmp, cfg, scale, lse=lse_cmp)
     selected.selected_fwd(q, k, v, block_idx, cfg.block_slc, scale, out=out, gates=gates, gate_index=1,
-                          accumulate=True)
+                          accumulate=True, variant=variants.slc_fwd)
     flash.attention_fwd(q, k, v, scale, window=cfg.window, out=out, gates=gates, gate_index=2, accumulate=True)
     return out
 
@@ -149,7 +150,7 @@ def _forward_parts(
         v_cmp = compressed.compress_fwd(v, cfg.block_cmp, cfg.stride_cmp)
         o_cmp, lse_cmp = compressed.compressed_fwd(q, k_cmp, v_cmp, cfg, scale)
         idx = block_idx if block_idx is not None else compressed.select_blocks(q, k_cmp, cfg, scale, lse=lse_cmp)
-        o_slc, lse_slc = selected.selected_fwd(q, k, v, idx, cfg.block_slc, scale)
+        o_slc, lse_slc = selected.selected_fwd(q, k, v, idx, cfg.block_slc, scale, variant=variants.slc_fwd)
         o_win, lse_win = flash.attention_fwd(q, k, v, scale, window=cfg.window)
     return {"k_cmp": k_cmp, "v_cmp": v_cmp, "o_cmp": o_cmp, "lse_cmp": lse_cmp, "idx": idx, "o_slc": o_slc,
             "lse_slc": lse_slc, "o_win": o_win, "lse_win": lse_win}
@@ -168,7 +169,7 @@ def forward_stages(
                              compressed.compress_fwd(v, cfg.block_cmp, cfg.stride_cmp)),
         "cmp_attn": lambda: compressed.compressed_fwd(q, f["k_cmp"], f["v_cmp"], cfg, sc),
         "select": lambda: compressed.select_blocks(q, f["k_cmp"], cfg, sc, lse=f["lse_cmp"]),
-        "slc_attn": lambda: selected.selected_fwd(q, k, v, f["idx"], cfg.block_slc, sc),
+        "slc_attn": lambda: selected.selected_fwd(q, k, v, f["idx"], cfg.block_slc, sc, variant=variants.slc_fwd),
         "win_attn": lambda: flash.attention_fwd(q, k, v, sc, window=cfg.window),
         "gated_sum": lambda: gated_sum_fwd(gates, f["o_cmp"], f["o_slc"], f["o_win"]),
     }
@@ -194,6 +195,6 @@ def backward_stages(
         "compress": lambda: (compressed.compress_bwd(dk_cmp, seqlen, cfg.block_cmp, cfg.stride_cmp),
                              compressed.compress_bwd(dv_cmp, seqlen, cfg.block_cmp, cfg.stride_cmp)),
         "slc_attn": lambda: selected.selected_bwd(q, k, v, f["o_slc"], f["lse_slc"], do_slc, f["idx"], cfg.block_slc,
-                                                  sc),
+                                                  sc, dq_variant=variants.slc_dq),
         "win_attn": lambda: flash.attention_bwd(q, k, v, f["o_win"], f["lse_win"], do_win, sc, window=cfg.window),
     }

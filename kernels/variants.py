@@ -20,6 +20,8 @@ ENV_VAR = "NSA_KERNEL_VARIANT"
 # kernel -> what its v2 changes (kernels/README.md has the table)
 KERNELS = {
     "cmp_dkv": "compressed dK/dV backward: (key tile x query chunk) grid, fp32 partials summed in order",
+    "slc_fwd": "selected forward: tiles of 1-4 positions over the union of their selections, Dk 128+64",
+    "slc_dq": "selected dq: the forward's position tiles (1-2 positions), Dk 128+64",
 }
 
 
@@ -35,6 +37,8 @@ class KernelVariants:
     """The variant of every redesigned kernel; fields are the names of `KERNELS`."""
 
     cmp_dkv: str = DEFAULT
+    slc_fwd: str = DEFAULT
+    slc_dq: str = DEFAULT
 
     def __post_init__(self) -> None:
         for field in dataclasses.fields(self):
