@@ -21,7 +21,7 @@ import triton.language as tl
 from ._common import (
     TUNING_ARGS, autotune, check_gated, check_heads, check_kernel_config, interpreting, next_pow2, tuning_buckets,
 )
-from ._common import split_head_dim as _split_head_dim
+from ._common import check_dq_chain, split_head_dim as _split_head_dim
 from .variants import check_variant
 from nsa_bench.config import NSAConfig
 
@@ -988,15 +988,17 @@ def _launch_dkv_v2(q, k_cmp, v_cmp, do, lse, delta, dk_cmp, dv_cmp, qk_scale: fl
 
 def compressed_bwd(
     q: torch.Tensor, k_cmp: torch.Tensor, v_cmp: torch.Tensor, o: torch.Tensor, lse: torch.Tensor,
-    do: torch.Tensor, cfg: NSAConfig, scale: float, *, dkv_variant: str = "v2",
+    do: torch.Tensor, cfg: NSAConfig, scale: float, *, dkv_variant: str = "v2", dq_out: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Backward of compressed_fwd: (dq, dk_cmp, dv_cmp) in the input dtypes; dk/dv summed over G heads.
 
     Deterministic (no atomics): dq per query tile; dk_cmp/dv_cmp per compressed tile, and in
     dkv_variant "v2" (default) per (compressed tile, query chunk) with the chunks' fp32 partials
     summed in a fixed order. "v1" is the single-axis 16-block-tile kernel (kernels/variants.py).
+    dq_out: where dq goes (q's shape, contiguous, any float dtype; NSA passes its fp32 accumulator).
     """
     check_variant("dkv_variant", dkv_variant)
+    check_dq_chain(q, dq_out, None)
     group = _check_attention_inputs(q, k_cmp, v_cmp, cfg)
     scale = _check_scale(scale)
     b, t, hq, dk = q.shape
@@ -1007,7 +1009,8 @@ def compressed_bwd(
     q, k_cmp, v_cmp = q.contiguous(), k_cmp.contiguous(), v_cmp.contiguous()
     o, do, lse = o.contiguous(), do.contiguous().to(q.dtype), lse.contiguous()
     if tc == 0 or b * t * hq == 0:
-        return torch.zeros_like(q), torch.zeros_like(k_cmp), torch.zeros_like(v_cmp)
+        dq = dq_out.zero_() if dq_out is not None else torch.zeros_like(q)
+        return dq, torch.zeros_like(k_cmp), torch.zeros_like(v_cmp)
     rows = b * t * hq
     delta = torch.empty(b, t, hq, dtype=torch.float32, device=q.device)
     block_r = 32 if interpreting() else 64
@@ -1020,7 +1023,7 @@ def compressed_bwd(
         BLOCK_CMP=cfg.block_cmp, STRIDE_CMP=cfg.stride_cmp, UPCAST=interpreting() and q.dtype == torch.bfloat16,
         **tuning_buckets(t, b * hq),
     )
-    dq = torch.empty_like(q)
+    dq = dq_out if dq_out is not None else torch.empty_like(q)
     _cmp_bwd_dq_kernel[lambda meta: (triton.cdiv(t, meta["BLOCK_M"] // g_pad), b * hkv)](
         q, k_cmp, v_cmp, do, lse, delta, dq, t, tc, hkv, scale * _LOG2E, scale, **common,
     )

@@ -17,7 +17,10 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import TUNING_ARGS, autotune, check_gated, check_heads, interpreting, next_pow2, tuning_buckets
+from ._common import (
+    TUNING_ARGS, autotune, check_dq_chain, check_gated, check_heads, interpreting, next_pow2, same_memory,
+    tuning_buckets,
+)
 
 __all__ = ["attention_fwd", "attention_bwd", "flash_attention", "flash_attention_decode"]
 
@@ -514,15 +517,16 @@ def _dq_step(dq, q_tile, do_tile, lse2, delta, k_base, v_base, stride_kt, stride
 
 @triton.jit(do_not_specialize=TUNING_ARGS)
 def _bwd_dq_kernel(
-    q, k, v, do, lse, delta, dq,
+    q, k, v, do, lse, delta, dq, dq_add,
     stride_qb, stride_qt, stride_qh, stride_kb, stride_kt, stride_kh, stride_vb, stride_vt, stride_vh,
     stride_dob, stride_dot, stride_doh, stride_lb, stride_lt, stride_lh,
-    stride_dqb, stride_dqt, stride_dqh,
+    stride_dqb, stride_dqt, stride_dqh, stride_ab, stride_at, stride_ah,
     seqlen, num_q_heads, group, window, qk_scale, scale, SEQ_BUCKET, ROWS_BUCKET,
     DK: tl.constexpr, DV: tl.constexpr, BLOCK_DK: tl.constexpr, BLOCK_DV: tl.constexpr,
     CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, UPCAST: tl.constexpr, ROW64: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    ADD_DQ: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
+    """ADD_DQ: dq_add's fp32 rows (NSA's other branches' dq) are added to this tile's dq before the store."""
     batch, head, kv_head, m0 = _query_tile_ids(num_q_heads, group, BLOCK_M)
     local_m = tl.arange(0, BLOCK_M)
     offs_m = m0 + local_m
@@ -550,8 +554,13 @@ def _bwd_dq_kernel(
         dq_acc = _dq_tiles(dq_acc, q_tile, do_tile, lse2, delta_rows, k_base, v_base, stride_kt, stride_vt, offs_m,
                            offs_n, offs_dk, offs_dv, start, end, seqlen, window, qk_scale, DK, DV, PAD_DK, PAD_DV,
                            segment != 1, CAUSAL, HAS_WINDOW, UPCAST, ROW64, BLOCK_N)
+    dq_acc = dq_acc * scale
+    if ADD_DQ:
+        add_ptrs = (dq_add + batch * stride_ab + head * stride_ah + row_off * stride_at
+                    + local_m[:, None] * stride_at + offs_dk[None, :])
+        dq_acc += tl.load(add_ptrs, mask=(local_m[:, None] < seqlen - m0) & (offs_dk[None, :] < DK), other=0.0)
     _store_rows(dq + batch * stride_dqb + head * stride_dqh + row_off * stride_dqt, stride_dqt, local_m,
-                seqlen - m0, offs_dk, DK, dq_acc * scale)
+                seqlen - m0, offs_dk, DK, dq_acc)
 
 
 _dkdv_tuned = _autotuned(_bwd_dkdv_kernel, _DKDV)
@@ -748,8 +757,13 @@ def attention_bwd(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, o: torch.Tensor, lse: torch.Tensor, do: torch.Tensor,
     scale: float, window: int | None = None, causal: bool = True, *,
     tiles_dkdv: TileConfig | None = None, tiles_dq: TileConfig | None = None,
+    dq_out: torch.Tensor | None = None, dq_add: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(dq, dk, dv) in the input dtypes; dk/dv are summed over the G query heads of each KV head."""
+    """(dq, dk, dv) in the input dtypes; dk/dv are summed over the G query heads of each KV head.
+
+    dq_out / dq_add (`_common.check_dq_chain`): dq is written to dq_out as this attention's dq plus
+    dq_add (fp32), so NSA's window branch finishes the sum of its three branches' dq in its epilogue.
+    """
     group = _check_qkv(q, k, v)
     _check_mode(scale, window, causal)
     expected_o = (*q.shape[:3], v.shape[-1])
@@ -761,10 +775,16 @@ def attention_bwd(
     q, k, v, o, do = (_unit_last(t) for t in (q, k, v, o, do))
     batch, seqlen, num_q_heads, dk = q.shape
     num_kv_heads, dv = k.shape[2], v.shape[-1]
-    dq = torch.empty_like(q)
+    dq = check_dq_chain(q, dq_out, dq_add)
+    if dq is None:
+        dq = torch.empty_like(q)
+    if dq_add is not None and same_memory(dq_add, dq):
+        raise ValueError("dq_add must not be dq_out here (the dq autotuner reruns the kernel)")
     dk_out = torch.empty_like(k)
     dv_out = torch.empty_like(v)
     if q.numel() == 0 or v.numel() == 0:
+        if dq_add is not None:
+            return dq.copy_(dq_add), dk_out.zero_(), dv_out.zero_()
         return dq.zero_(), dk_out.zero_(), dv_out.zero_()
     lse = lse.contiguous()
     delta = torch.empty_like(lse)
@@ -795,9 +815,11 @@ def attention_bwd(
         return (triton.cdiv(seqlen, meta["BLOCK_M"]), batch * num_q_heads)
 
     kernel = _dq_tuned if tiles_dq is None else _bwd_dq_kernel
+    add = dq_add if dq_add is not None else dq
     kernel[grid_dq](
-        q, k, v, do, lse, delta, dq, *common, *_bthd(dq),
-        seqlen, num_q_heads, group, win, qk_scale, float(scale), *buckets, **consts, **_launch_args(tiles_dq),
+        q, k, v, do, lse, delta, dq, add, *common, *_bthd(dq), *_bthd(add),
+        seqlen, num_q_heads, group, win, qk_scale, float(scale), *buckets, **consts, ADD_DQ=dq_add is not None,
+        **_launch_args(tiles_dq),
     )
     return dq, dk_out, dv_out
 

@@ -69,12 +69,21 @@ class _NSA(torch.autograd.Function):
         q, k, v, gates, k_cmp, v_cmp, block_idx, o_cmp, lse_cmp, o_slc, lse_slc, o_win, lse_win = ctx.saved_tensors
         cfg, scale, variants = ctx.cfg, ctx.scale, ctx.variants
         d_gates, do_cmp, do_slc, do_win = gated_sum_bwd(gates, o_cmp, o_slc, o_win, do.contiguous())
-        dq, dk_cmp, dv_cmp = compressed.compressed_bwd(q, k_cmp, v_cmp, o_cmp, lse_cmp, do_cmp, cfg, scale,
-                                                       dkv_variant=variants.cmp_dkv)
-        dq_slc, dk, dv = selected.selected_bwd(q, k, v, o_slc, lse_slc, do_slc, block_idx, cfg.block_slc, scale,
-                                               dq_variant=variants.slc_dq)
-        dq_win, dk_win, dv_win = flash.attention_bwd(q, k, v, o_win, lse_win, do_win, scale, window=cfg.window)
-        dq = (dq.float() + dq_slc.float() + dq_win.float()).to(q.dtype)
+        if variants.dq_sum == "v2":  # one fp32 dq accumulator through the three dq kernels (tuning notes)
+            dq_sum = torch.empty(q.shape, dtype=torch.float32, device=q.device)
+            _, dk_cmp, dv_cmp = compressed.compressed_bwd(q, k_cmp, v_cmp, o_cmp, lse_cmp, do_cmp, cfg, scale,
+                                                          dkv_variant=variants.cmp_dkv, dq_out=dq_sum)
+            _, dk, dv = selected.selected_bwd(q, k, v, o_slc, lse_slc, do_slc, block_idx, cfg.block_slc, scale,
+                                              dq_variant=variants.slc_dq, dq_out=dq_sum, dq_add=dq_sum)
+            dq, dk_win, dv_win = flash.attention_bwd(q, k, v, o_win, lse_win, do_win, scale, window=cfg.window,
+                                                     dq_add=dq_sum)
+        else:
+            dq, dk_cmp, dv_cmp = compressed.compressed_bwd(q, k_cmp, v_cmp, o_cmp, lse_cmp, do_cmp, cfg, scale,
+                                                           dkv_variant=variants.cmp_dkv)
+            dq_slc, dk, dv = selected.selected_bwd(q, k, v, o_slc, lse_slc, do_slc, block_idx, cfg.block_slc,
+                                                   scale, dq_variant=variants.slc_dq)
+            dq_win, dk_win, dv_win = flash.attention_bwd(q, k, v, o_win, lse_win, do_win, scale, window=cfg.window)
+            dq = (dq.float() + dq_slc.float() + dq_win.float()).to(q.dtype)
         dk = (dk.float() + dk_win.float()).to(k.dtype)
         dv = (dv.float() + dv_win.float()).to(v.dtype)
         return dq, dk, dv, d_gates, dk_cmp, dv_cmp, None, None, None, None
@@ -188,13 +197,19 @@ def backward_stages(
         _, dk_cmp, dv_cmp = compressed.compressed_bwd(q, f["k_cmp"], f["v_cmp"], f["o_cmp"], f["lse_cmp"], do_cmp,
                                                       cfg, sc, dkv_variant=variants.cmp_dkv)
     seqlen = k.shape[1]
+    # dq_sum v2: each stage moves the fp32 accumulator as in the backward (the cmp stage writes it, the
+    # slc stage reads and writes one, the window stage reads it); two buffers keep reps idempotent.
+    chain = variants.dq_sum == "v2"
+    acc_in = torch.zeros(q.shape, dtype=torch.float32, device=q.device) if chain else None
+    acc_out = torch.empty_like(acc_in) if chain else None
     return {
         "gated_sum": lambda: gated_sum_bwd(gates, f["o_cmp"], f["o_slc"], f["o_win"], do),
         "cmp_attn": lambda: compressed.compressed_bwd(q, f["k_cmp"], f["v_cmp"], f["o_cmp"], f["lse_cmp"], do_cmp,
-                                                      cfg, sc, dkv_variant=variants.cmp_dkv),
+                                                      cfg, sc, dkv_variant=variants.cmp_dkv, dq_out=acc_out),
         "compress": lambda: (compressed.compress_bwd(dk_cmp, seqlen, cfg.block_cmp, cfg.stride_cmp),
                              compressed.compress_bwd(dv_cmp, seqlen, cfg.block_cmp, cfg.stride_cmp)),
         "slc_attn": lambda: selected.selected_bwd(q, k, v, f["o_slc"], f["lse_slc"], do_slc, f["idx"], cfg.block_slc,
-                                                  sc, dq_variant=variants.slc_dq),
-        "win_attn": lambda: flash.attention_bwd(q, k, v, f["o_win"], f["lse_win"], do_win, sc, window=cfg.window),
+                                                  sc, dq_variant=variants.slc_dq, dq_out=acc_out, dq_add=acc_in),
+        "win_attn": lambda: flash.attention_bwd(q, k, v, f["o_win"], f["lse_win"], do_win, sc, window=cfg.window,
+                                                dq_add=acc_in),
     }

@@ -23,7 +23,7 @@ import triton.language as tl
 
 from ._common import (
     MAX_N_SLC, SUPPORTED_BLOCK_SLC, TUNING_ARGS, autotune, check_gated, check_heads, interpreting, next_pow2,
-    split_head_dim, tuning_buckets,
+    check_dq_chain, same_memory, split_head_dim, tuning_buckets,
 )
 from .variants import check_variant
 
@@ -325,18 +325,16 @@ def _delta_kernel(o_ptr, do_ptr, delta_ptr, ROWS, DV, BLOCK_R: tl.constexpr, DV_
 
 
 # ---------------------------------------------------------------- backward: dq (query-centric)
-@autotune(
-    configs=_fwd_configs(),
-    key=["G_PAD", "DK_PAD", "DV_PAD", "BLOCK_SLC"],
-    prune_configs_by={"early_config_prune": _prune_dq},
-)
 @triton.jit(do_not_specialize=TUNING_ARGS)
 def _selected_dq_kernel(
-    q_ptr, k_ptr, v_ptr, idx_ptr, do_ptr, lse_ptr, delta_ptr, dq_ptr,
+    q_ptr, k_ptr, v_ptr, idx_ptr, do_ptr, lse_ptr, delta_ptr, dq_ptr, dq_add_ptr,
     T, HQ, HKV, G, DK, DV, qk_scale_log2, scale, SEQ_BUCKET, ROWS_BUCKET,
     N_SLOTS: tl.constexpr, G_PAD: tl.constexpr, DK_PAD: tl.constexpr, DV_PAD: tl.constexpr,
-    BLOCK_SLC: tl.constexpr, N_PAD: tl.constexpr, UPCAST: tl.constexpr, BLOCK_K: tl.constexpr,
+    BLOCK_SLC: tl.constexpr, N_PAD: tl.constexpr, UPCAST: tl.constexpr, ADD_DQ: tl.constexpr,
+    BLOCK_K: tl.constexpr,
 ):
+    """ADD_DQ: dq_add_ptr's fp32 rows (the other branches' dq so far) are added before the store; it may
+    be dq_ptr itself (each row is read and written by this program only)."""
     t, g, b, row, head_ok = _group_program(T, HQ, G, G_PAD)
     dk_offs, dk_ok, dv_offs, dv_ok = _head_cols(DK, DV, DK_PAD, DV_PAD)
     q = _load_cols(q_ptr, row, head_ok, dk_offs, dk_ok, DK, UPCAST)
@@ -368,7 +366,21 @@ def _selected_dq_kernel(
             ds = p * (dp - delta[:, None])
             dq += tl.dot(ds.to(k.dtype), k)
 
-    _store_rows(dq_ptr, row, head_ok, dq * scale, DK, DK_PAD)
+    dq = dq * scale
+    if ADD_DQ:
+        dq += _load_cols(dq_add_ptr, row, head_ok, dk_offs, dk_ok, DK, False)
+    _store_rows(dq_ptr, row, head_ok, dq, DK, DK_PAD)
+
+
+_DQ_KEY = ["G_PAD", "DK_PAD", "DV_PAD", "BLOCK_SLC", "ADD_DQ"]
+# An in-place accumulating launch (dq_ptr is dq_add_ptr) reads what it writes: its tuner restores dq.
+_selected_dq_accumulate_tuned = autotune(
+    configs=_fwd_configs(), key=_DQ_KEY, prune_configs_by={"early_config_prune": _prune_dq},
+    restore_value=["dq_ptr"],
+)(_selected_dq_kernel)
+_selected_dq_kernel = autotune(
+    configs=_fwd_configs(), key=_DQ_KEY, prune_configs_by={"early_config_prune": _prune_dq},
+)(_selected_dq_kernel)
 
 
 # ---------------------------------------------------------------- backward: dk, dv (block-centric)
@@ -691,17 +703,16 @@ _selected_fwd_tile_accumulate_tuned = autotune(  # restores o around each timed 
 )(_selected_fwd_tile_kernel)
 
 
-@autotune(configs=_tile_configs((1, 2)), key=_TILE_KEY, prune_configs_by={"early_config_prune": _prune_dq_tiles})
 @triton.jit(do_not_specialize=TUNING_ARGS)
 def _selected_dq_tile_kernel(
-    q_ptr, k_ptr, v_ptr, idx_ptr, do_ptr, lse_ptr, delta_ptr, dq_ptr,
+    q_ptr, k_ptr, v_ptr, idx_ptr, do_ptr, lse_ptr, delta_ptr, dq_ptr, dq_add_ptr,
     T, HQ, HKV, G, DK, DV, qk_scale_log2, scale, SEQ_BUCKET, ROWS_BUCKET,
     N_SLOTS: tl.constexpr, G_PAD: tl.constexpr, DK_A: tl.constexpr, DK_B: tl.constexpr, DV_PAD: tl.constexpr,
-    BLOCK_SLC: tl.constexpr, N_PAD: tl.constexpr, UPCAST: tl.constexpr,
+    BLOCK_SLC: tl.constexpr, N_PAD: tl.constexpr, UPCAST: tl.constexpr, ADD_DQ: tl.constexpr,
     POSITIONS: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     """v2 dq: the forward's tile and union loop (dq tries POSITIONS <= 2: its masked-row MMA work grows
-    with POSITIONS and would exceed the L2 time at 4)."""
+    with POSITIONS and would exceed the L2 time at 4). ADD_DQ as in `_selected_dq_kernel`."""
     ROWS: tl.constexpr = POSITIONS * G_PAD
     t0, g, b, pos, row, row_ok, idx_rows, flat, kv_base, t_last = _tile_setup(
         idx_ptr, T, HQ, HKV, G, N_SLOTS, G_PAD, N_PAD, POSITIONS)
@@ -744,12 +755,26 @@ def _selected_dq_tile_kernel(
             dq_a += tl.dot(ds, k_a)
             dq_b += tl.dot(ds, k_b)
 
-    cols = tl.arange(0, DK_A)
-    tl.store(dq_ptr + row[:, None] * DK + cols[None, :], (dq_a * scale).to(dq_ptr.dtype.element_ty),
-             mask=row_ok[:, None] & (cols < DK)[None, :])
-    cols = DK_A + tl.arange(0, DK_B)
-    tl.store(dq_ptr + row[:, None] * DK + cols[None, :], (dq_b * scale).to(dq_ptr.dtype.element_ty),
-             mask=row_ok[:, None] & (cols < DK)[None, :])
+    dq_a = dq_a * scale
+    dq_b = dq_b * scale
+    if ADD_DQ:
+        add_a, add_b = _load_split_cols(dq_add_ptr, row, row_ok, DK, DK_A, DK_B, False)
+        dq_a += add_a
+        dq_b += add_b
+    tl.store(dq_ptr + row[:, None] * DK + cols_a[None, :], dq_a.to(dq_ptr.dtype.element_ty),
+             mask=row_ok[:, None] & (cols_a < DK)[None, :])
+    tl.store(dq_ptr + row[:, None] * DK + cols_b[None, :], dq_b.to(dq_ptr.dtype.element_ty),
+             mask=row_ok[:, None] & (cols_b < DK)[None, :])
+
+
+_DQ_TILE_KEY = [*_TILE_KEY, "ADD_DQ"]
+_selected_dq_tile_accumulate_tuned = autotune(  # restores dq: see _selected_dq_accumulate_tuned
+    configs=_tile_configs((1, 2)), key=_DQ_TILE_KEY, prune_configs_by={"early_config_prune": _prune_dq_tiles},
+    restore_value=["dq_ptr"],
+)(_selected_dq_tile_kernel)
+_selected_dq_tile_kernel = autotune(
+    configs=_tile_configs((1, 2)), key=_DQ_TILE_KEY, prune_configs_by={"early_config_prune": _prune_dq_tiles},
+)(_selected_dq_tile_kernel)
 
 
 # ---------------------------------------------------------------- python wrappers
@@ -927,6 +952,7 @@ def _delta(o: torch.Tensor, do: torch.Tensor) -> torch.Tensor:
 def selected_bwd(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, o: torch.Tensor, lse: torch.Tensor, do: torch.Tensor,
     block_idx: torch.Tensor, block_slc: int, scale: float, deterministic: bool = True, *, dq_variant: str = "v2",
+    dq_out: torch.Tensor | None = None, dq_add: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Selected attention backward: (dq, dk, dv) in the input dtype; dk/dv summed over each group.
 
@@ -938,6 +964,8 @@ def selected_bwd(
     deterministic=False: segments add into fp32 dk/dv with atomics (one pass, no partials;
     summation order, hence the last bits, may vary run to run).
     dq_variant "v2" (default): dq by the forward's position tiles; "v1": one position per program.
+    dq_out / dq_add (`_common.check_dq_chain`): dq is written to dq_out (any float dtype) as this
+    branch's dq plus dq_add (fp32; may be dq_out itself), so NSA sums its branches' dq in the kernels.
     """
     check_variant("dq_variant", dq_variant)
     group = _validate(q, k, v, block_idx, block_slc, scale)
@@ -954,26 +982,29 @@ def selected_bwd(
     lse = lse.to(torch.float32).contiguous()
     idx = block_idx.to(torch.int32).contiguous()
     n = idx.shape[-1]
-    dq = torch.empty_like(q)
+    dq_out = check_dq_chain(q, dq_out, dq_add)
+    dq = dq_out if dq_out is not None else torch.empty_like(q)
     dk = torch.empty_like(k)
     dv = torch.empty_like(v)
     if q.numel() == 0:
         return dq, dk, dv
+    add_dq = dq_add is not None
     dims = _launch_dims(q, v, group, block_slc, n)
     delta = _delta(o, do)
     qk_scale_log2 = float(scale) * _LOG2E
 
+    in_place = add_dq and same_memory(dq_add, dq)
+    dq_args = (q, k, v, idx, do, lse, delta, dq, dq_add if add_dq else dq,
+               t, hq, hkv, group, dk_dim, dv_dim, qk_scale_log2, float(scale))
     if dq_variant == "v2":
-        _launcher(_selected_dq_tile_kernel, _tile_grid(t, hkv, b), _tile_interp_meta(group, block_slc, 2))(
-            q, k, v, idx, do, lse, delta, dq,
-            t, hq, hkv, group, dk_dim, dv_dim, qk_scale_log2, float(scale), **tuning_buckets(t, b * hq),
-            N_SLOTS=n, **_tile_dims(q, v, group, block_slc, n),
+        kernel = _selected_dq_tile_accumulate_tuned if in_place else _selected_dq_tile_kernel
+        _launcher(kernel, _tile_grid(t, hkv, b), _tile_interp_meta(group, block_slc, 2))(
+            *dq_args, **tuning_buckets(t, b * hq), N_SLOTS=n, **_tile_dims(q, v, group, block_slc, n), ADD_DQ=add_dq,
         )
     else:
-        _launcher(_selected_dq_kernel, (t, hkv, b), {"BLOCK_K": min(block_slc, 64)})(
-            q, k, v, idx, do, lse, delta, dq,
-            t, hq, hkv, group, dk_dim, dv_dim, qk_scale_log2, float(scale), **tuning_buckets(t, b * hq),
-            N_SLOTS=n, **dims,
+        kernel = _selected_dq_accumulate_tuned if in_place else _selected_dq_kernel
+        _launcher(kernel, (t, hkv, b), {"BLOCK_K": min(block_slc, 64)})(
+            *dq_args, **tuning_buckets(t, b * hq), N_SLOTS=n, **dims, ADD_DQ=add_dq,
         )
 
     num_blocks = -(-t // block_slc)

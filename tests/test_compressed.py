@@ -172,6 +172,20 @@ def test_compressed_bwd_v2_crosses_chunks_and_is_bit_reproducible():
     assert _rel(first[1], old[1]) < 1e-5 and _rel(first[2], old[2]) < 1e-5
 
 
+def test_compressed_bwd_writes_dq_where_asked():
+    """dq_out (NSA's fp32 dq accumulator) receives dq; the returned dq is that tensor."""
+    case = Case(1, 70, 1, 2, 32, 16, CFG_B)
+    q, k_cmp, v_cmp = _attention_inputs(case, torch.float16, seed=19)
+    o, lse = compressed_fwd(q, k_cmp, v_cmp, case.cfg, 0.2)
+    do = torch.randn(o.shape, generator=torch.Generator().manual_seed(20)).half()
+    plain = compressed_bwd(q, k_cmp, v_cmp, o, lse, do, case.cfg, 0.2)
+    acc = torch.full(q.shape, float("nan"))
+    got = compressed_bwd(q, k_cmp, v_cmp, o, lse, do, case.cfg, 0.2, dq_out=acc)
+    assert got[0] is acc and _rel(acc, plain[0]) < 1e-3 and torch.equal(got[1], plain[1])
+    with pytest.raises(ValueError, match="dq_out shape"):
+        compressed_bwd(q, k_cmp, v_cmp, o, lse, do, case.cfg, 0.2, dq_out=acc[:, :5])
+
+
 def test_compressed_bwd_rejects_unknown_variant():
     case = Case(1, 64, 1, 2, 16, 16, CFG_A)
     q, k_cmp, v_cmp = _attention_inputs(case, torch.float32, seed=1)

@@ -531,3 +531,19 @@ def test_kernels_build_for_sm90():
     result = subprocess.run([sys.executable, "-c", _SM90_BUILD], env=env, cwd=root, capture_output=True, text=True,
                             timeout=600)
     assert result.returncode == 0 and "built" in result.stdout, result.stderr[-3000:]
+
+
+def test_dq_add_finishes_a_sum_in_the_epilogue():
+    """dq_out = this attention's dq + dq_add (fp32): how NSA's window branch ends its three-branch dq sum."""
+    q, k, v, do = (x.float() for x in _qkv(1, 45, 4, 2, 48, 16, seed=7))
+    o, lse = attention_fwd(q, k, v, 0.2, window=20)
+    plain = attention_bwd(q, k, v, o, lse, do, 0.2, window=20)
+    acc = torch.randn(q.shape, generator=torch.Generator().manual_seed(8))
+    out = torch.empty(q.shape, dtype=torch.float16)
+    got = attention_bwd(q, k, v, o, lse, do, 0.2, window=20, dq_out=out, dq_add=acc)
+    assert got[0] is out and _rel(out, plain[0] + acc) < 1e-3
+    assert torch.equal(got[1], plain[1]) and torch.equal(got[2], plain[2])
+    with pytest.raises(ValueError, match="dq_add must not be dq_out"):
+        attention_bwd(q, k, v, o, lse, do, 0.2, window=20, dq_out=acc, dq_add=acc)
+    with pytest.raises(ValueError, match="dq_add dtype"):
+        attention_bwd(q, k, v, o, lse, do, 0.2, window=20, dq_add=acc.half())

@@ -432,3 +432,35 @@ def test_kernels_compile_for_h100() -> None:
     done = subprocess.run([sys.executable, "-c", _H100_COMPILE], cwd=root, env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.strip().endswith("compiled"), done.stdout[-3000:]
+
+
+def test_dq_chain_adds_into_the_accumulator(variant: str) -> None:
+    """dq_out = this branch's dq + dq_add (fp32), also in place (dq_out is dq_add), as NSA chains it."""
+    case = Case(batch=1, seqlen=35, kv_heads=1, group=3, dk=48, dv=16, block_slc=32, n_slc=3)
+    q, k, v = _inputs(case, torch.float32, seed=101)
+    block_idx = _random_selection(case, seed=102)
+    o, lse = selected_fwd(q, k, v, block_idx, case.block_slc, 0.2)
+    do = torch.randn(o.shape, generator=torch.Generator().manual_seed(103))
+    plain = selected_bwd(q, k, v, o, lse, do, block_idx, case.block_slc, 0.2, dq_variant=variant)
+    acc = torch.randn(q.shape, generator=torch.Generator().manual_seed(104))
+    want = plain[0] + acc
+    into = torch.empty(q.shape, dtype=torch.float16)
+    got = selected_bwd(q, k, v, o, lse, do, block_idx, case.block_slc, 0.2, dq_variant=variant, dq_out=into,
+                       dq_add=acc)
+    assert got[0] is into and _rel(into, want) < 1e-3
+    assert torch.equal(got[1], plain[1]) and torch.equal(got[2], plain[2])
+    selected_bwd(q, k, v, o, lse, do, block_idx, case.block_slc, 0.2, dq_variant=variant, dq_out=acc, dq_add=acc)
+    assert _rel(acc, want) < 1e-6
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"dq_add": torch.zeros(1, 8, 2, 16, dtype=torch.float16)}, "dq_add dtype=torch.float16"),
+    ({"dq_out": torch.zeros(1, 8, 2, 8)}, r"dq_out shape \(1, 8, 2, 8\)"),
+    ({"dq_out": torch.zeros(1, 8, 16, 2).transpose(2, 3)}, "dq_out must be contiguous"),
+    ({"dq_variant": "v0"}, "dq_variant='v0'"),
+])
+def test_dq_chain_rejects_bad_arguments(kwargs: dict, match: str) -> None:
+    q, k, v, idx = _valid_args()
+    o, lse = selected_fwd(q, k, v, idx, 32, 0.25)
+    with pytest.raises(ValueError, match=match):
+        selected_bwd(q, k, v, o, lse, torch.ones_like(o), idx, 32, 0.25, **kwargs)
