@@ -46,6 +46,12 @@ def _configs(tiles: tuple[tuple[int, int, int], ...]) -> list[triton.Config]:
 # drops it there (it is the cheapest tile for narrow heads and for select_blocks' lse-only pass).
 _FWD_TILES = ((64, 32, 4), (64, 16, 4), (64, 16, 8), (128, 16, 8), (32, 64, 8), (32, 32, 8), (32, 16, 4))
 _DQ_TILES = ((32, 16, 8), (32, 32, 8), (32, 64, 8))
+# v2 (issue 13): tiles of 4-16 positions, so the visible k_cmp/v_cmp pass L2 2-8x less often per query.
+# Compiled for sm_90 at the paper shape and at G=1, 64/64 without spills (256x32 and 128-row 4-warp
+# forward tiles spill at the paper shape and are left out).
+_FWD_TILES_V2 = (*_FWD_TILES, (128, 32, 8), (128, 64, 8), (256, 16, 8), (64, 64, 8), (64, 64, 4))
+_DQ_TILES_V2 = (*_DQ_TILES, (64, 16, 8), (64, 32, 8), (64, 64, 8), (128, 16, 8), (128, 32, 8), (128, 64, 8),
+                (64, 32, 4))
 _DKV_TILES = ((32, 16, 4), (64, 16, 8))
 
 
@@ -418,11 +424,11 @@ def _cmp_fwd_kernel(
         _store_cols(O, row, row_ok, o, DV, 0, BLOCK_DV)
 
 
-def _fwd_autotune(restore_value: list[str] | None = None):
+def _fwd_autotune(restore_value: list[str] | None = None, tiles: tuple = _FWD_TILES):
     """The forward's tuner. restore_value names outputs an accumulating launch reads back: the tuner
     saves them before and restores them after each timed run, so tuning does not add into them twice."""
     return autotune(
-        configs=_configs(_FWD_TILES), key=["G_PAD", "DK_A", "DK_B", "BLOCK_DV", "BLOCK_CMP", "STRIDE_CMP", "WITH_OUTPUT"],
+        configs=_configs(tiles), key=["G_PAD", "DK_A", "DK_B", "BLOCK_DV", "BLOCK_CMP", "STRIDE_CMP", "WITH_OUTPUT"],
         prune_configs_by={"early_config_prune": _prune_fwd_rows}, restore_value=restore_value,
     )
 
@@ -431,6 +437,8 @@ _cmp_fwd_tuned = _fwd_autotune()(_cmp_fwd_kernel)
 # Accumulating launches read O: a separate tuner restores it around each timed run (it clones O once
 # per new key; the default path keeps the tuner without that copy).
 _cmp_fwd_tuned_accumulate = _fwd_autotune(restore_value=["O"])(_cmp_fwd_kernel)
+_cmp_fwd_v2_tuned = _fwd_autotune(tiles=_FWD_TILES_V2)(_cmp_fwd_kernel)
+_cmp_fwd_v2_tuned_accumulate = _fwd_autotune(restore_value=["O"], tiles=_FWD_TILES_V2)(_cmp_fwd_kernel)
 
 
 @dataclass(frozen=True)
@@ -444,7 +452,8 @@ class _Gated:
 
 
 def _launch_fwd(q: torch.Tensor, k_cmp: torch.Tensor, v_cmp: torch.Tensor, cfg: NSAConfig, group: int,
-                scale: float, with_output: bool, gated: _Gated | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                scale: float, with_output: bool, gated: _Gated | None = None,
+                variant: str = "v2") -> tuple[torch.Tensor, torch.Tensor]:
     b, t, hq, dk = q.shape
     tc, hkv, dv = k_cmp.shape[1], k_cmp.shape[2], v_cmp.shape[-1]
     if tc == 0 or b * t * hq == 0:  # nothing visible anywhere: the kernel would only write these
@@ -468,7 +477,10 @@ def _launch_fwd(q: torch.Tensor, k_cmp: torch.Tensor, v_cmp: torch.Tensor, cfg: 
     # Ungated launches get lse as a never-read stand-in for GATES (GATED=False drops every use).
     gate_column = gated.gates[..., gated.gate_index] if gated is not None else lse
     accumulate = gated is not None and gated.accumulate
-    kernel = _cmp_fwd_tuned_accumulate if accumulate else _cmp_fwd_tuned
+    if variant == "v2":
+        kernel = _cmp_fwd_v2_tuned_accumulate if accumulate else _cmp_fwd_v2_tuned
+    else:
+        kernel = _cmp_fwd_tuned_accumulate if accumulate else _cmp_fwd_tuned
     kernel[grid](
         q, k_cmp, v_cmp, o if with_output else lse, lse, gate_column, t, tc, hkv, scale * _LOG2E,
         **tuning_buckets(t, b * hq),
@@ -482,21 +494,24 @@ def _launch_fwd(q: torch.Tensor, k_cmp: torch.Tensor, v_cmp: torch.Tensor, cfg: 
 def compressed_fwd(
     q: torch.Tensor, k_cmp: torch.Tensor, v_cmp: torch.Tensor, cfg: NSAConfig, scale: float, *,
     out: torch.Tensor | None = None, gates: torch.Tensor | None = None, gate_index: int = 0,
-    accumulate: bool = False,
+    accumulate: bool = False, variant: str = "v2",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Branch "cmp": (o [B,T,Hq,Dv] in q.dtype, lse [B,T,Hq] fp32); no visible block: o = 0, lse = +inf.
+
+    variant "v2" (default) also tries tiles of 8-16 positions; "v1" the tiles before issue 13.
 
     Fused gated epilogue (no-grad NSA forward, so the branch output is never materialised): with
     `out` [B,T,Hq,Dv] and `gates` [B,T,Hq,3] (contiguous, any supported dtype) the kernel writes
     out = (out if accumulate else 0) + gates[..., gate_index] * o, in fp32 then out's dtype, and
     returns (out, lse); lse is unchanged.
     """
+    check_variant("variant", variant)
     group = _check_attention_inputs(q, k_cmp, v_cmp, cfg)
     scale = _check_scale(scale)
     gated_on = check_gated(q, (*q.shape[:3], v_cmp.shape[-1]), out, gates, gate_index, accumulate)
     gated = _Gated(out, gates, gate_index, accumulate) if gated_on else None
     q, k_cmp, v_cmp = q.contiguous(), k_cmp.contiguous(), v_cmp.contiguous()
-    return _launch_fwd(q, k_cmp, v_cmp, cfg, group, scale, with_output=True, gated=gated)
+    return _launch_fwd(q, k_cmp, v_cmp, cfg, group, scale, with_output=True, gated=gated, variant=variant)
 
 
 # ------------------------------------------------------------------ section 3: block scores + top-n selection
@@ -565,9 +580,9 @@ def _select_step(
     return top, carry
 
 
-@triton.jit
+@triton.jit(do_not_specialize=TUNING_ARGS)
 def _select_kernel(
-    Q, K, LSE, IDX, T, Tc, Hkv, qk_scale,
+    Q, K, LSE, IDX, T, Tc, Hkv, qk_scale, SEQ_BUCKET, ROWS_BUCKET,
     G: tl.constexpr, G_PAD: tl.constexpr, DK: tl.constexpr, DK_A: tl.constexpr, DK_B: tl.constexpr,
     BLOCK_CMP: tl.constexpr, STRIDE_CMP: tl.constexpr, BLOCK_SLC: tl.constexpr, N_SLC: tl.constexpr,
     WIDTH: tl.constexpr, UPCAST: tl.constexpr, BLOCK_M: tl.constexpr,
@@ -631,21 +646,44 @@ def _select_tiles(cfg: NSAConfig, g_pad: int) -> tuple[int, int, int]:
     return block_m, block_n, width
 
 
+# Scoring v2: autotuned rows x warps (v1 runs the fixed 64-row, 4-warp tile of `_select_tiles`). 128 rows
+# at 4 warps spill on sm_90 at G=1 and at l'=256; the 8-warp 128-row tile is the paper shape's lightest.
+_SELECT_TILES_V2 = ((64, 4), (64, 8), (128, 8))
+
+
+def _prune_select(configs: list[triton.Config], named_args: dict, **kwargs) -> list[triton.Config]:
+    """Whole positions per tile (BLOCK_M >= G_PAD); fallback BLOCK_M = G_PAD at 8 warps."""
+    g_pad = kwargs.get("G_PAD", 1)
+    kept = [c for c in configs if c.kwargs["BLOCK_M"] >= g_pad]
+    return kept or [triton.Config({"BLOCK_M": g_pad}, num_warps=8, num_stages=2)]
+
+
+_select_tuned = autotune(
+    configs=[triton.Config({"BLOCK_M": m}, num_warps=w, num_stages=2) for m, w in _SELECT_TILES_V2],
+    key=["G_PAD", "DK_A", "DK_B", "BLOCK_CMP", "STRIDE_CMP", "BLOCK_SLC", "N_SLC", "WIDTH", "BLOCK_N"],
+    prune_configs_by={"early_config_prune": _prune_select},
+)(_select_kernel)
+
+
 def select_blocks(
-    q: torch.Tensor, k_cmp: torch.Tensor, cfg: NSAConfig, scale: float, lse: torch.Tensor | None = None
+    q: torch.Tensor, k_cmp: torch.Tensor, cfg: NSAConfig, scale: float, lse: torch.Tensor | None = None, *,
+    variant: str = "v2",
 ) -> torch.Tensor:
     """NSA_SPEC section 3: block_idx int32 [B,T,Hkv,n], -1 padded, forced blocks first then by score.
 
     `lse` is the compressed branch's lse when the caller already has it (else one lse-only pass
     computes it). No host synchronisation; extra memory is at most that lse (B*T*Hq fp32).
+    variant "v2" (default) autotunes the scoring tile (up to 8 positions); "v1" runs the fixed 4-position
+    tile; the lse-only pass uses the compressed forward of the same variant.
     """
+    check_variant("variant", variant)
     group = _check_attention_inputs(q, k_cmp, k_cmp, cfg)
     scale = _check_scale(scale)
     b, t, hq, dk = q.shape
     tc, hkv = k_cmp.shape[1], k_cmp.shape[2]
     q, k_cmp = q.contiguous(), k_cmp.contiguous()
     if lse is None:
-        _, lse = _launch_fwd(q, k_cmp, k_cmp, cfg, group, scale, with_output=False)
+        _, lse = _launch_fwd(q, k_cmp, k_cmp, cfg, group, scale, with_output=False, variant=variant)
     else:
         _check_like("lse", lse, (b, t, hq), torch.float32)
         if lse.device != q.device:
@@ -657,14 +695,17 @@ def select_blocks(
     g_pad = next_pow2(group)
     dk_a, dk_b = _split_head_dim(dk)
     block_m, block_n, width = _select_tiles(cfg, g_pad)
-    grid = (triton.cdiv(t, block_m // g_pad), b * hkv)
-    _select_kernel[grid](
-        q, k_cmp if tc > 0 else q, lse, block_idx, t, tc, hkv, scale * _LOG2E,
-        G=group, G_PAD=g_pad, DK=dk, DK_A=dk_a, DK_B=dk_b, BLOCK_CMP=cfg.block_cmp,
-        STRIDE_CMP=cfg.stride_cmp, BLOCK_SLC=cfg.block_slc, N_SLC=cfg.n_slc, WIDTH=width,
-        UPCAST=interpreting() and q.dtype == torch.bfloat16, BLOCK_M=block_m,
-        BLOCK_N=block_n, num_warps=4, num_stages=2,
-    )
+    args = (q, k_cmp if tc > 0 else q, lse, block_idx, t, tc, hkv, scale * _LOG2E,
+            *tuning_buckets(t, b * hq).values())
+    consts = dict(G=group, G_PAD=g_pad, DK=dk, DK_A=dk_a, DK_B=dk_b, BLOCK_CMP=cfg.block_cmp,
+                  STRIDE_CMP=cfg.stride_cmp, BLOCK_SLC=cfg.block_slc, N_SLC=cfg.n_slc, WIDTH=width,
+                  UPCAST=interpreting() and q.dtype == torch.bfloat16, BLOCK_N=block_n)
+    if variant == "v1" or interpreting():  # the interpreter runs one config: v1's tile
+        _select_kernel[(triton.cdiv(t, block_m // g_pad), b * hkv)](
+            *args, **consts, BLOCK_M=block_m, num_warps=4, num_stages=2,
+        )
+    else:
+        _select_tuned[lambda meta: (triton.cdiv(t, meta["BLOCK_M"] // g_pad), b * hkv)](*args, **consts)
     return block_idx
 
 
@@ -713,10 +754,6 @@ def _dq_tile(
     return dq_a, dq_b
 
 
-@autotune(
-    configs=_configs(_DQ_TILES), key=["G_PAD", "DK_A", "DK_B", "BLOCK_DV", "BLOCK_CMP", "STRIDE_CMP"],
-    prune_configs_by={"early_config_prune": _prune_rows},
-)
 @triton.jit(do_not_specialize=TUNING_ARGS)
 def _cmp_bwd_dq_kernel(
     Q, K, V, DO, LSE, DELTA, DQ, T, Tc, Hkv, qk_scale, scale, SEQ_BUCKET, ROWS_BUCKET,
@@ -986,18 +1023,30 @@ def _launch_dkv_v2(q, k_cmp, v_cmp, do, lse, delta, dk_cmp, dv_cmp, qk_scale: fl
         )
 
 
+_DQ_KEY = ["G_PAD", "DK_A", "DK_B", "BLOCK_DV", "BLOCK_CMP", "STRIDE_CMP"]
+_cmp_bwd_dq_v2_kernel = autotune(
+    configs=_configs(_DQ_TILES_V2), key=_DQ_KEY, prune_configs_by={"early_config_prune": _prune_rows},
+)(_cmp_bwd_dq_kernel)
+_cmp_bwd_dq_kernel = autotune(
+    configs=_configs(_DQ_TILES), key=_DQ_KEY, prune_configs_by={"early_config_prune": _prune_rows},
+)(_cmp_bwd_dq_kernel)
+
+
 def compressed_bwd(
     q: torch.Tensor, k_cmp: torch.Tensor, v_cmp: torch.Tensor, o: torch.Tensor, lse: torch.Tensor,
-    do: torch.Tensor, cfg: NSAConfig, scale: float, *, dkv_variant: str = "v2", dq_out: torch.Tensor | None = None,
+    do: torch.Tensor, cfg: NSAConfig, scale: float, *, dkv_variant: str = "v2", dq_variant: str = "v2",
+    dq_out: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Backward of compressed_fwd: (dq, dk_cmp, dv_cmp) in the input dtypes; dk/dv summed over G heads.
 
     Deterministic (no atomics): dq per query tile; dk_cmp/dv_cmp per compressed tile, and in
     dkv_variant "v2" (default) per (compressed tile, query chunk) with the chunks' fp32 partials
     summed in a fixed order. "v1" is the single-axis 16-block-tile kernel (kernels/variants.py).
+    dq_variant "v2" (default) also tries dq tiles of 4-8 positions; "v1" only v1's 2-position tiles.
     dq_out: where dq goes (q's shape, contiguous, any float dtype; NSA passes its fp32 accumulator).
     """
     check_variant("dkv_variant", dkv_variant)
+    check_variant("dq_variant", dq_variant)
     check_dq_chain(q, dq_out, None)
     group = _check_attention_inputs(q, k_cmp, v_cmp, cfg)
     scale = _check_scale(scale)
@@ -1024,7 +1073,8 @@ def compressed_bwd(
         **tuning_buckets(t, b * hq),
     )
     dq = dq_out if dq_out is not None else torch.empty_like(q)
-    _cmp_bwd_dq_kernel[lambda meta: (triton.cdiv(t, meta["BLOCK_M"] // g_pad), b * hkv)](
+    dq_kernel = _cmp_bwd_dq_v2_kernel if dq_variant == "v2" else _cmp_bwd_dq_kernel
+    dq_kernel[lambda meta: (triton.cdiv(t, meta["BLOCK_M"] // g_pad), b * hkv)](
         q, k_cmp, v_cmp, do, lse, delta, dq, t, tc, hkv, scale * _LOG2E, scale, **common,
     )
     dk_cmp = torch.empty_like(k_cmp)

@@ -55,9 +55,9 @@ class _NSA(torch.autograd.Function):
     def forward(ctx: Any, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, gates: torch.Tensor,
                 k_cmp: torch.Tensor, v_cmp: torch.Tensor, block_idx: torch.Tensor | None, cfg: NSAConfig,
                 scale: float, variants: KernelVariants) -> torch.Tensor:
-        o_cmp, lse_cmp = compressed.compressed_fwd(q, k_cmp, v_cmp, cfg, scale)
+        o_cmp, lse_cmp = compressed.compressed_fwd(q, k_cmp, v_cmp, cfg, scale, variant=variants.cmp_fwd)
         if block_idx is None:
-            block_idx = compressed.select_blocks(q, k_cmp, cfg, scale, lse=lse_cmp)
+            block_idx = compressed.select_blocks(q, k_cmp, cfg, scale, lse=lse_cmp, variant=variants.select)
         o_slc, lse_slc = selected.selected_fwd(q, k, v, block_idx, cfg.block_slc, scale, variant=variants.slc_fwd)
         o_win, lse_win = flash.attention_fwd(q, k, v, scale, window=cfg.window)
         ctx.save_for_backward(q, k, v, gates, k_cmp, v_cmp, block_idx, o_cmp, lse_cmp, o_slc, lse_slc, o_win, lse_win)
@@ -72,14 +72,15 @@ class _NSA(torch.autograd.Function):
         if variants.dq_sum == "v2":  # one fp32 dq accumulator through the three dq kernels (tuning notes)
             dq_sum = torch.empty(q.shape, dtype=torch.float32, device=q.device)
             _, dk_cmp, dv_cmp = compressed.compressed_bwd(q, k_cmp, v_cmp, o_cmp, lse_cmp, do_cmp, cfg, scale,
-                                                          dkv_variant=variants.cmp_dkv, dq_out=dq_sum)
+                                                          dkv_variant=variants.cmp_dkv, dq_variant=variants.cmp_dq,
+                                                          dq_out=dq_sum)
             _, dk, dv = selected.selected_bwd(q, k, v, o_slc, lse_slc, do_slc, block_idx, cfg.block_slc, scale,
                                               dq_variant=variants.slc_dq, dq_out=dq_sum, dq_add=dq_sum)
             dq, dk_win, dv_win = flash.attention_bwd(q, k, v, o_win, lse_win, do_win, scale, window=cfg.window,
                                                      dq_add=dq_sum)
         else:
             dq, dk_cmp, dv_cmp = compressed.compressed_bwd(q, k_cmp, v_cmp, o_cmp, lse_cmp, do_cmp, cfg, scale,
-                                                           dkv_variant=variants.cmp_dkv)
+                                                           dkv_variant=variants.cmp_dkv, dq_variant=variants.cmp_dq)
             dq_slc, dk, dv = selected.selected_bwd(q, k, v, o_slc, lse_slc, do_slc, block_idx, cfg.block_slc,
                                                    scale, dq_variant=variants.slc_dq)
             dq_win, dk_win, dv_win = flash.attention_bwd(q, k, v, o_win, lse_win, do_win, scale, window=cfg.window)
@@ -140,9 +141,10 @@ def _forward_gated_in_place(
     beyond inputs and output the forward holds only k_cmp/v_cmp, block_idx and three lse vectors.
     """
     out = torch.empty(*q.shape[:3], v.shape[-1], dtype=q.dtype, device=q.device)
-    _, lse_cmp = compressed.compressed_fwd(q, k_cmp, v_cmp, cfg, scale, out=out, gates=gates, gate_index=0)
+    _, lse_cmp = compressed.compressed_fwd(q, k_cmp, v_cmp, cfg, scale, out=out, gates=gates, gate_index=0,
+                                          variant=variants.cmp_fwd)
     if block_idx is None:
-        block_idx = compressed.select_blocks(q, k_cmp, cfg, scale, lse=lse_cmp)
+        block_idx = compressed.select_blocks(q, k_cmp, cfg, scale, lse=lse_cmp, variant=variants.select)
     selected.selected_fwd(q, k, v, block_idx, cfg.block_slc, scale, out=out, gates=gates, gate_index=1,
                           accumulate=True, variant=variants.slc_fwd)
     flash.attention_fwd(q, k, v, scale, window=cfg.window, out=out, gates=gates, gate_index=2, accumulate=True)
@@ -157,8 +159,10 @@ def _forward_parts(
     with torch.no_grad():
         k_cmp = compressed.compress_fwd(k, cfg.block_cmp, cfg.stride_cmp)
         v_cmp = compressed.compress_fwd(v, cfg.block_cmp, cfg.stride_cmp)
-        o_cmp, lse_cmp = compressed.compressed_fwd(q, k_cmp, v_cmp, cfg, scale)
-        idx = block_idx if block_idx is not None else compressed.select_blocks(q, k_cmp, cfg, scale, lse=lse_cmp)
+        o_cmp, lse_cmp = compressed.compressed_fwd(q, k_cmp, v_cmp, cfg, scale, variant=variants.cmp_fwd)
+        if block_idx is None:
+            block_idx = compressed.select_blocks(q, k_cmp, cfg, scale, lse=lse_cmp, variant=variants.select)
+        idx = block_idx
         o_slc, lse_slc = selected.selected_fwd(q, k, v, idx, cfg.block_slc, scale, variant=variants.slc_fwd)
         o_win, lse_win = flash.attention_fwd(q, k, v, scale, window=cfg.window)
     return {"k_cmp": k_cmp, "v_cmp": v_cmp, "o_cmp": o_cmp, "lse_cmp": lse_cmp, "idx": idx, "o_slc": o_slc,
@@ -176,8 +180,9 @@ def forward_stages(
     return {
         "compress": lambda: (compressed.compress_fwd(k, cfg.block_cmp, cfg.stride_cmp),
                              compressed.compress_fwd(v, cfg.block_cmp, cfg.stride_cmp)),
-        "cmp_attn": lambda: compressed.compressed_fwd(q, f["k_cmp"], f["v_cmp"], cfg, sc),
-        "select": lambda: compressed.select_blocks(q, f["k_cmp"], cfg, sc, lse=f["lse_cmp"]),
+        "cmp_attn": lambda: compressed.compressed_fwd(q, f["k_cmp"], f["v_cmp"], cfg, sc, variant=variants.cmp_fwd),
+        "select": lambda: compressed.select_blocks(q, f["k_cmp"], cfg, sc, lse=f["lse_cmp"],
+                                                   variant=variants.select),
         "slc_attn": lambda: selected.selected_fwd(q, k, v, f["idx"], cfg.block_slc, sc, variant=variants.slc_fwd),
         "win_attn": lambda: flash.attention_fwd(q, k, v, sc, window=cfg.window),
         "gated_sum": lambda: gated_sum_fwd(gates, f["o_cmp"], f["o_slc"], f["o_win"]),
@@ -195,7 +200,7 @@ def backward_stages(
     with torch.no_grad():
         _, do_cmp, do_slc, do_win = gated_sum_bwd(gates, f["o_cmp"], f["o_slc"], f["o_win"], do)
         _, dk_cmp, dv_cmp = compressed.compressed_bwd(q, f["k_cmp"], f["v_cmp"], f["o_cmp"], f["lse_cmp"], do_cmp,
-                                                      cfg, sc, dkv_variant=variants.cmp_dkv)
+                                                      cfg, sc, dkv_variant=variants.cmp_dkv, dq_variant=variants.cmp_dq)
     seqlen = k.shape[1]
     # dq_sum v2: each stage moves the fp32 accumulator as in the backward (the cmp stage writes it, the
     # slc stage reads and writes one, the window stage reads it); two buffers keep reps idempotent.
@@ -205,7 +210,8 @@ def backward_stages(
     return {
         "gated_sum": lambda: gated_sum_bwd(gates, f["o_cmp"], f["o_slc"], f["o_win"], do),
         "cmp_attn": lambda: compressed.compressed_bwd(q, f["k_cmp"], f["v_cmp"], f["o_cmp"], f["lse_cmp"], do_cmp,
-                                                      cfg, sc, dkv_variant=variants.cmp_dkv, dq_out=acc_out),
+                                                      cfg, sc, dkv_variant=variants.cmp_dkv, dq_variant=variants.cmp_dq,
+                                                      dq_out=acc_out),
         "compress": lambda: (compressed.compress_bwd(dk_cmp, seqlen, cfg.block_cmp, cfg.stride_cmp),
                              compressed.compress_bwd(dv_cmp, seqlen, cfg.block_cmp, cfg.stride_cmp)),
         "slc_attn": lambda: selected.selected_bwd(q, k, v, f["o_slc"], f["lse_slc"], do_slc, f["idx"], cfg.block_slc,

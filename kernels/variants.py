@@ -19,6 +19,9 @@ ENV_VAR = "NSA_KERNEL_VARIANT"
 
 # kernel -> what its v2 changes (kernels/README.md has the table)
 KERNELS = {
+    "cmp_fwd": "compressed forward: also tiles of 8-16 positions (fewer k_cmp/v_cmp passes through L2)",
+    "cmp_dq": "compressed dq: also tiles of 4-8 positions (v1: 2)",
+    "select": "block scoring + top-n: autotuned tile up to 8 positions (v1: fixed 4 positions, 4 warps)",
     "cmp_dkv": "compressed dK/dV backward: (key tile x query chunk) grid, fp32 partials summed in order",
     "slc_fwd": "selected forward: tiles of 1-4 positions over the union of their selections, Dk 128+64",
     "slc_dq": "selected dq: the forward's position tiles (1-2 positions), Dk 128+64",
@@ -37,6 +40,9 @@ def check_variant(name: str, value: object) -> str:
 class KernelVariants:
     """The variant of every redesigned kernel; fields are the names of `KERNELS`."""
 
+    cmp_fwd: str = DEFAULT
+    cmp_dq: str = DEFAULT
+    select: str = DEFAULT
     cmp_dkv: str = DEFAULT
     slc_fwd: str = DEFAULT
     slc_dq: str = DEFAULT
