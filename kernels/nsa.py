@@ -59,7 +59,7 @@ class _NSA(torch.autograd.Function):
         if block_idx is None:
             block_idx = compressed.select_blocks(q, k_cmp, cfg, scale, lse=lse_cmp, variant=variants.select)
         o_slc, lse_slc = selected.selected_fwd(q, k, v, block_idx, cfg.block_slc, scale, variant=variants.slc_fwd)
-        o_win, lse_win = flash.attention_fwd(q, k, v, scale, window=cfg.window)
+        o_win, lse_win = flash.attention_fwd(q, k, v, scale, window=cfg.window, variant=variants.win)
         ctx.save_for_backward(q, k, v, gates, k_cmp, v_cmp, block_idx, o_cmp, lse_cmp, o_slc, lse_slc, o_win, lse_win)
         ctx.cfg, ctx.scale, ctx.variants = cfg, scale, variants
         return gated_sum_fwd(gates, o_cmp, o_slc, o_win)
@@ -77,13 +77,14 @@ class _NSA(torch.autograd.Function):
             _, dk, dv = selected.selected_bwd(q, k, v, o_slc, lse_slc, do_slc, block_idx, cfg.block_slc, scale,
                                               dq_variant=variants.slc_dq, dq_out=dq_sum, dq_add=dq_sum)
             dq, dk_win, dv_win = flash.attention_bwd(q, k, v, o_win, lse_win, do_win, scale, window=cfg.window,
-                                                     dq_add=dq_sum)
+                                                     variant=variants.win, dq_add=dq_sum)
         else:
             dq, dk_cmp, dv_cmp = compressed.compressed_bwd(q, k_cmp, v_cmp, o_cmp, lse_cmp, do_cmp, cfg, scale,
                                                            dkv_variant=variants.cmp_dkv, dq_variant=variants.cmp_dq)
             dq_slc, dk, dv = selected.selected_bwd(q, k, v, o_slc, lse_slc, do_slc, block_idx, cfg.block_slc,
                                                    scale, dq_variant=variants.slc_dq)
-            dq_win, dk_win, dv_win = flash.attention_bwd(q, k, v, o_win, lse_win, do_win, scale, window=cfg.window)
+            dq_win, dk_win, dv_win = flash.attention_bwd(q, k, v, o_win, lse_win, do_win, scale, window=cfg.window,
+                                                         variant=variants.win)
             dq = (dq.float() + dq_slc.float() + dq_win.float()).to(q.dtype)
         dk = (dk.float() + dk_win.float()).to(k.dtype)
         dv = (dv.float() + dv_win.float()).to(v.dtype)
@@ -147,7 +148,8 @@ def _forward_gated_in_place(
         block_idx = compressed.select_blocks(q, k_cmp, cfg, scale, lse=lse_cmp, variant=variants.select)
     selected.selected_fwd(q, k, v, block_idx, cfg.block_slc, scale, out=out, gates=gates, gate_index=1,
                           accumulate=True, variant=variants.slc_fwd)
-    flash.attention_fwd(q, k, v, scale, window=cfg.window, out=out, gates=gates, gate_index=2, accumulate=True)
+    flash.attention_fwd(q, k, v, scale, window=cfg.window, out=out, gates=gates, gate_index=2, accumulate=True,
+                        variant=variants.win)
     return out
 
 
@@ -164,7 +166,7 @@ def _forward_parts(
             block_idx = compressed.select_blocks(q, k_cmp, cfg, scale, lse=lse_cmp, variant=variants.select)
         idx = block_idx
         o_slc, lse_slc = selected.selected_fwd(q, k, v, idx, cfg.block_slc, scale, variant=variants.slc_fwd)
-        o_win, lse_win = flash.attention_fwd(q, k, v, scale, window=cfg.window)
+        o_win, lse_win = flash.attention_fwd(q, k, v, scale, window=cfg.window, variant=variants.win)
     return {"k_cmp": k_cmp, "v_cmp": v_cmp, "o_cmp": o_cmp, "lse_cmp": lse_cmp, "idx": idx, "o_slc": o_slc,
             "lse_slc": lse_slc, "o_win": o_win, "lse_win": lse_win}
 
@@ -184,7 +186,7 @@ def forward_stages(
         "select": lambda: compressed.select_blocks(q, f["k_cmp"], cfg, sc, lse=f["lse_cmp"],
                                                    variant=variants.select),
         "slc_attn": lambda: selected.selected_fwd(q, k, v, f["idx"], cfg.block_slc, sc, variant=variants.slc_fwd),
-        "win_attn": lambda: flash.attention_fwd(q, k, v, sc, window=cfg.window),
+        "win_attn": lambda: flash.attention_fwd(q, k, v, sc, window=cfg.window, variant=variants.win),
         "gated_sum": lambda: gated_sum_fwd(gates, f["o_cmp"], f["o_slc"], f["o_win"]),
     }
 
@@ -217,5 +219,5 @@ def backward_stages(
         "slc_attn": lambda: selected.selected_bwd(q, k, v, f["o_slc"], f["lse_slc"], do_slc, f["idx"], cfg.block_slc,
                                                   sc, dq_variant=variants.slc_dq, dq_out=acc_out, dq_add=acc_in),
         "win_attn": lambda: flash.attention_bwd(q, k, v, f["o_win"], f["lse_win"], do_win, sc, window=cfg.window,
-                                                dq_add=acc_in),
+                                                variant=variants.win, dq_add=acc_in),
     }

@@ -25,6 +25,7 @@ KERNELS = {
     "cmp_dkv": "compressed dK/dV backward: (key tile x query chunk) grid, fp32 partials summed in order",
     "slc_fwd": "selected forward: tiles of 1-4 positions over the union of their selections, Dk 128+64",
     "slc_dq": "selected dq: the forward's position tiles (1-2 positions), Dk 128+64",
+    "win": "window (flash) kernels: a non-power-of-two Dk as 128+64 column chunks (v1: padded to 256)",
     "dq_sum": "NSA backward: one fp32 dq accumulator threaded through the three dq kernels",
 }
 
@@ -46,6 +47,7 @@ class KernelVariants:
     cmp_dkv: str = DEFAULT
     slc_fwd: str = DEFAULT
     slc_dq: str = DEFAULT
+    win: str = DEFAULT
     dq_sum: str = DEFAULT
 
     def __post_init__(self) -> None:
