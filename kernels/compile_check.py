@@ -424,6 +424,15 @@ def _run_nsa_decode(case: Case) -> None:
     cache.update(k, v, seqlens, max_new_tokens=1)
 
 
+def _run_nsa_decode_v1(case: Case) -> None:
+    """The pre-issue-13 decode selection (NSA_KERNEL_VARIANT decode=v1: serial top-n per KV head)."""
+    from nsa_kernels import decode
+
+    q, k, v, seqlens = _decode_inputs(case)
+    gates = _meta(*q.shape[:2], 3, dtype=q.dtype)
+    decode.nsa_decode_with_selection(q, k, v, gates, seqlens, case.cfg, variant="v1")
+
+
 def _run_nsa_decode_cmp_cache(case: Case) -> None:
     from nsa_kernels import decode
 
@@ -485,6 +494,7 @@ ENTRIES: dict[str, Callable[[Case], None]] = {
     "flash_attention": _run_flash_attention,
     "flash_attention_decode": _run_flash_attention_decode,
     "nsa_decode": _run_nsa_decode,
+    "nsa_decode_v1": _run_nsa_decode_v1,
     "nsa_decode_cmp_cache": _run_nsa_decode_cmp_cache,
 }
 

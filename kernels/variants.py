@@ -26,6 +26,7 @@ KERNELS = {
     "slc_fwd": "selected forward: tiles of 1-4 positions over the union of their selections, Dk 128+64",
     "slc_dq": "selected dq: the forward's position tiles (1-2 positions), Dk 128+64",
     "win": "window (flash) kernels: a non-power-of-two Dk as 128+64 column chunks (v1: padded to 256)",
+    "decode": "decode selection: scoring over many programs, top-n by ranking in the attention units",
     "dq_sum": "NSA backward: one fp32 dq accumulator threaded through the three dq kernels",
 }
 
@@ -49,6 +50,7 @@ class KernelVariants:
     slc_dq: str = DEFAULT
     win: str = DEFAULT
     dq_sum: str = DEFAULT
+    decode: str = DEFAULT
 
     def __post_init__(self) -> None:
         for field in dataclasses.fields(self):

@@ -33,6 +33,7 @@ EXPECTED_MODULES = {
     "flash_attention": {"nsa_kernels.flash"},
     "flash_attention_decode": {"nsa_kernels.flash"},
     "nsa_decode": {"nsa_kernels.decode"},
+    "nsa_decode_v1": {"nsa_kernels.decode"},
     "nsa_decode_cmp_cache": {"nsa_kernels.decode"},
 }
 

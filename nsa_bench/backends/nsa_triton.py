@@ -44,11 +44,14 @@ def _build(point: Point, inputs: Inputs) -> Workload:
     variants = _variants()
     impl = f"triton:{variants.label}"
     if point.mode == "decode":
+        from nsa_kernels import decode
+
         k_cmp, v_cmp = nsa_kernels.compress_kv(inputs.k, inputs.v, cfg)  # kept current by the cache in serving
 
         def run() -> torch.Tensor:
-            return nsa_kernels.nsa_decode(inputs.q, inputs.k, inputs.v, inputs.gates, inputs.cache_seqlens, cfg,
-                                      k_cmp_cache=k_cmp, v_cmp_cache=v_cmp)
+            return decode.nsa_decode_with_selection(inputs.q, inputs.k, inputs.v, inputs.gates, inputs.cache_seqlens,
+                                                    cfg, k_cmp_cache=k_cmp, v_cmp_cache=v_cmp,
+                                                    variant=variants.decode)[0]
 
         return Workload(run=run, impl=impl, result=lambda: (run(),))
 
