@@ -51,6 +51,18 @@ def next_pow2(x: int) -> int:
     return 1 << max(0, int(x) - 1).bit_length()
 
 
+def split_head_dim(dk: int) -> tuple[int, int]:
+    """Two power-of-two column chunks covering Dk (192 -> 128 + 64, 128 -> 64 + 64, 16 -> 16 + 16 masked).
+
+    A non-power-of-two Dk padded to one tile wastes up to half of every q.k dot and its registers
+    (the paper's Dk = 192 would run as 256); two exact chunks summed into one accumulator do not.
+    """
+    if dk & (dk - 1) == 0:
+        return (dk // 2, dk // 2) if dk >= 32 else (16, 16)
+    first = 1 << (dk.bit_length() - 1)
+    return first, max(16, next_pow2(dk - first))
+
+
 def check_kernel_config(cfg: NSAConfig) -> None:
     """Refuse block parameters the Triton kernels do not implement, naming the field."""
     if cfg.block_cmp not in SUPPORTED_BLOCK_CMP:
@@ -109,3 +121,28 @@ def check_gated(q: torch.Tensor, out_shape: tuple[int, ...], out: torch.Tensor |
         if not x.is_contiguous():
             raise ValueError(f"{name} must be contiguous (strides {x.stride()})")
     return True
+
+
+def check_dq_chain(q: torch.Tensor, dq_out: torch.Tensor | None, dq_add: torch.Tensor | None) -> torch.Tensor | None:
+    """Where a branch backward writes dq (`dq_out`: q's shape, contiguous, any float dtype; None: a new
+    tensor in q's dtype) and what it adds (`dq_add`: fp32, q's shape, contiguous; may be dq_out itself).
+    NSA threads one fp32 accumulator through its branches this way instead of summing three dq tensors."""
+    for name, x, dtypes in (("dq_out", dq_out, GATE_DTYPES), ("dq_add", dq_add, (torch.float32,))):
+        if x is None:
+            continue
+        if not isinstance(x, torch.Tensor):
+            raise ValueError(f"{name} must be a tensor, got {type(x).__name__}")
+        if tuple(x.shape) != tuple(q.shape):
+            raise ValueError(f"{name} shape {tuple(x.shape)} must be q's {tuple(q.shape)}")
+        if x.dtype not in dtypes:
+            raise ValueError(f"{name} dtype={x.dtype} unsupported (one of {', '.join(map(str, dtypes))})")
+        if x.device != q.device:
+            raise ValueError(f"{name} is on {x.device}, q on {q.device}")
+        if not x.is_contiguous():
+            raise ValueError(f"{name} must be contiguous (strides {x.stride()})")
+    return dq_out
+
+
+def same_memory(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Whether two tensors start at the same address (meta tensors, which have none, only if identical)."""
+    return a is b or (a.device.type != "meta" and a.data_ptr() == b.data_ptr())

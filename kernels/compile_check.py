@@ -197,10 +197,13 @@ def record_launches(modules: list[ModuleType], host_code: Callable[[], Any]) -> 
     return launches
 
 
+_TILE_SIZES = ("POSITIONS",)  # autotuned sizes not named BLOCK_* (selected.py's v2 tiles)
+
+
 def _config_label(kwargs: dict) -> str:
     """BLOCK_* sizes, warps, stages, and the boolean switches that are on (CAUSAL, HAS_WINDOW, ...)."""
     flags = sorted(k for k, v in kwargs.items() if k.isupper() and v is True)
-    shown = {k: v for k, v in kwargs.items() if k.isupper() and k.startswith("BLOCK")}
+    shown = {k: v for k, v in kwargs.items() if k.isupper() and (k.startswith("BLOCK") or k in _TILE_SIZES)}
     shown.update({k: kwargs[k] for k in ("num_warps", "num_stages") if k in kwargs})
     return " ".join(flags + [f"{k}={v}" for k, v in sorted(shown.items())]) or "-"
 
@@ -353,19 +356,35 @@ def _qkv(case: Case, grad: bool = False) -> tuple[Any, Any, Any]:
             _meta(b, t, hkv, case.dv, dtype=dt, grad=grad))
 
 
-def _run_nsa_attention(case: Case) -> None:
+def _nsa_attention_launches(case: Case, variant: str | None) -> None:
     """Forward and backward through autograd (all three branches, the gated sum), then the in-place
-    inference forward (the branch kernels' gated-accumulate epilogues)."""
+    inference forward (the branch kernels' gated-accumulate epilogues). variant None: the public
+    `nsa_attention` (default kernels); else every kernel in that variant (kernels/variants.py)."""
     import torch
 
     from nsa_kernels import nsa
+    from nsa_kernels.variants import KernelVariants
+
+    def attend(*tensors: Any) -> Any:
+        if variant is None:
+            return nsa.nsa_attention(*tensors, case.cfg)
+        return nsa.nsa_attention_variants(*tensors, case.cfg, KernelVariants.all(variant))
 
     q, k, v = _qkv(case, grad=True)
     gates = _meta(*q.shape[:3], 3, dtype=q.dtype, grad=True)
-    out = nsa.nsa_attention(q, k, v, gates, case.cfg)
+    out = attend(q, k, v, gates)
     out.backward(torch.empty_like(out))
     with torch.no_grad():  # the inference forward: each branch kernel adds its gated output in place
-        nsa.nsa_attention(q.detach(), k.detach(), v.detach(), gates.detach(), case.cfg)
+        attend(q.detach(), k.detach(), v.detach(), gates.detach())
+
+
+def _run_nsa_attention(case: Case) -> None:
+    _nsa_attention_launches(case, None)
+
+
+def _run_nsa_attention_v1(case: Case) -> None:
+    """The pre-issue-13 kernels (NSA_KERNEL_VARIANT=v1), still selectable until a GPU has timed both."""
+    _nsa_attention_launches(case, "v1")
 
 
 def _run_select_blocks(case: Case) -> None:
@@ -431,6 +450,15 @@ def _run_nsa_decode(case: Case) -> None:
     cache.update(k, v, seqlens, max_new_tokens=1)
 
 
+def _run_nsa_decode_v1(case: Case) -> None:
+    """The pre-issue-13 decode selection (NSA_KERNEL_VARIANT decode=v1: serial top-n per KV head)."""
+    from nsa_kernels import decode
+
+    q, k, v, seqlens = _decode_inputs(case)
+    gates = _meta(*q.shape[:2], 3, dtype=q.dtype)
+    decode.nsa_decode_with_selection(q, k, v, gates, seqlens, case.cfg, variant="v1")
+
+
 def _run_nsa_decode_cmp_cache(case: Case) -> None:
     from nsa_kernels import decode
 
@@ -486,11 +514,13 @@ def _run_selftest(case: Case) -> None:
 ENTRIES: dict[str, Callable[[Case], None]] = {
     "selftest": _run_selftest,
     "nsa_attention": _run_nsa_attention,
+    "nsa_attention_v1": _run_nsa_attention_v1,
     "select_blocks": _run_select_blocks,
     "selected_bwd_atomic": _run_selected_bwd_atomic,
     "flash_attention": _run_flash_attention,
     "flash_attention_decode": _run_flash_attention_decode,
     "nsa_decode": _run_nsa_decode,
+    "nsa_decode_v1": _run_nsa_decode_v1,
     "nsa_decode_cmp_cache": _run_nsa_decode_cmp_cache,
 }
 
@@ -722,7 +752,7 @@ def compile_cases(cases: tuple[Case, ...], workers: int = 2) -> dict[Case, CaseR
     import threading
 
     todo: "queue.Queue[Case]" = queue.Queue()
-    for case in sorted(cases, key=lambda c: c.entry != "nsa_attention"):  # longest first: better balance
+    for case in sorted(cases, key=lambda c: not c.entry.startswith("nsa_attention")):  # longest first: balance
         todo.put(case)
     reports: dict[Case, CaseReport] = {}
     failures: list[BaseException] = []

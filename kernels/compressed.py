@@ -21,6 +21,8 @@ import triton.language as tl
 from ._common import (
     TUNING_ARGS, autotune, check_gated, check_heads, check_kernel_config, interpreting, next_pow2, tuning_buckets,
 )
+from ._common import check_dq_chain, split_head_dim as _split_head_dim
+from .variants import check_variant
 from nsa_bench.config import NSAConfig
 
 __all__ = ["compress_fwd", "compress_bwd", "compressed_fwd", "compressed_bwd", "select_blocks"]
@@ -44,6 +46,12 @@ def _configs(tiles: tuple[tuple[int, int, int], ...]) -> list[triton.Config]:
 # drops it there (it is the cheapest tile for narrow heads and for select_blocks' lse-only pass).
 _FWD_TILES = ((64, 32, 4), (64, 16, 4), (64, 16, 8), (128, 16, 8), (32, 64, 8), (32, 32, 8), (32, 16, 4))
 _DQ_TILES = ((32, 16, 8), (32, 32, 8), (32, 64, 8))
+# v2 (issue 13): tiles of 4-16 positions, so the visible k_cmp/v_cmp pass L2 2-8x less often per query.
+# Compiled for sm_90 at the paper shape and at G=1, 64/64 without spills (256x32 and 128-row 4-warp
+# forward tiles spill at the paper shape and are left out).
+_FWD_TILES_V2 = (*_FWD_TILES, (128, 32, 8), (128, 64, 8), (256, 16, 8), (64, 64, 8), (64, 64, 4))
+_DQ_TILES_V2 = (*_DQ_TILES, (64, 16, 8), (64, 32, 8), (64, 64, 8), (128, 16, 8), (128, 32, 8), (128, 64, 8),
+                (64, 32, 4))
 _DKV_TILES = ((32, 16, 4), (64, 16, 8))
 
 
@@ -223,18 +231,6 @@ def compress_bwd(dx_cmp: torch.Tensor, seqlen: int, block_cmp: int, stride_cmp: 
 
 
 # ------------------------------------------------------------------ shared tile helpers
-def _split_head_dim(dk: int) -> tuple[int, int]:
-    """Two power-of-two column chunks covering Dk (192 -> 128 + 64, 128 -> 64 + 64, 16 -> 16 + 16 masked).
-
-    A non-power-of-two Dk padded to one tile wastes up to half of every q.k dot and its registers
-    (the paper's Dk = 192 would run as 256); two exact chunks summed into one accumulator do not.
-    """
-    if dk & (dk - 1) == 0:
-        return (dk // 2, dk // 2) if dk >= 32 else (16, 16)
-    first = 1 << (dk.bit_length() - 1)
-    return first, max(16, next_pow2(dk - first))
-
-
 @triton.jit
 def _num_visible(t, Tc, BLOCK_CMP: tl.constexpr, STRIDE_CMP: tl.constexpr):
     """Compressed blocks seen by position t: i with i*d + l - 1 <= t (t may be negative-safe)."""
@@ -428,11 +424,11 @@ def _cmp_fwd_kernel(
         _store_cols(O, row, row_ok, o, DV, 0, BLOCK_DV)
 
 
-def _fwd_autotune(restore_value: list[str] | None = None):
+def _fwd_autotune(restore_value: list[str] | None = None, tiles: tuple = _FWD_TILES):
     """The forward's tuner. restore_value names outputs an accumulating launch reads back: the tuner
     saves them before and restores them after each timed run, so tuning does not add into them twice."""
     return autotune(
-        configs=_configs(_FWD_TILES), key=["G_PAD", "DK_A", "DK_B", "BLOCK_DV", "BLOCK_CMP", "STRIDE_CMP", "WITH_OUTPUT"],
+        configs=_configs(tiles), key=["G_PAD", "DK_A", "DK_B", "BLOCK_DV", "BLOCK_CMP", "STRIDE_CMP", "WITH_OUTPUT"],
         prune_configs_by={"early_config_prune": _prune_fwd_rows}, restore_value=restore_value,
     )
 
@@ -441,6 +437,8 @@ _cmp_fwd_tuned = _fwd_autotune()(_cmp_fwd_kernel)
 # Accumulating launches read O: a separate tuner restores it around each timed run (it clones O once
 # per new key; the default path keeps the tuner without that copy).
 _cmp_fwd_tuned_accumulate = _fwd_autotune(restore_value=["O"])(_cmp_fwd_kernel)
+_cmp_fwd_v2_tuned = _fwd_autotune(tiles=_FWD_TILES_V2)(_cmp_fwd_kernel)
+_cmp_fwd_v2_tuned_accumulate = _fwd_autotune(restore_value=["O"], tiles=_FWD_TILES_V2)(_cmp_fwd_kernel)
 
 
 @dataclass(frozen=True)
@@ -454,7 +452,8 @@ class _Gated:
 
 
 def _launch_fwd(q: torch.Tensor, k_cmp: torch.Tensor, v_cmp: torch.Tensor, cfg: NSAConfig, group: int,
-                scale: float, with_output: bool, gated: _Gated | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                scale: float, with_output: bool, gated: _Gated | None = None,
+                variant: str = "v2") -> tuple[torch.Tensor, torch.Tensor]:
     b, t, hq, dk = q.shape
     tc, hkv, dv = k_cmp.shape[1], k_cmp.shape[2], v_cmp.shape[-1]
     if tc == 0 or b * t * hq == 0:  # nothing visible anywhere: the kernel would only write these
@@ -478,7 +477,10 @@ def _launch_fwd(q: torch.Tensor, k_cmp: torch.Tensor, v_cmp: torch.Tensor, cfg: 
     # Ungated launches get lse as a never-read stand-in for GATES (GATED=False drops every use).
     gate_column = gated.gates[..., gated.gate_index] if gated is not None else lse
     accumulate = gated is not None and gated.accumulate
-    kernel = _cmp_fwd_tuned_accumulate if accumulate else _cmp_fwd_tuned
+    if variant == "v2":
+        kernel = _cmp_fwd_v2_tuned_accumulate if accumulate else _cmp_fwd_v2_tuned
+    else:
+        kernel = _cmp_fwd_tuned_accumulate if accumulate else _cmp_fwd_tuned
     kernel[grid](
         q, k_cmp, v_cmp, o if with_output else lse, lse, gate_column, t, tc, hkv, scale * _LOG2E,
         **tuning_buckets(t, b * hq),
@@ -492,21 +494,24 @@ def _launch_fwd(q: torch.Tensor, k_cmp: torch.Tensor, v_cmp: torch.Tensor, cfg: 
 def compressed_fwd(
     q: torch.Tensor, k_cmp: torch.Tensor, v_cmp: torch.Tensor, cfg: NSAConfig, scale: float, *,
     out: torch.Tensor | None = None, gates: torch.Tensor | None = None, gate_index: int = 0,
-    accumulate: bool = False,
+    accumulate: bool = False, variant: str = "v2",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Branch "cmp": (o [B,T,Hq,Dv] in q.dtype, lse [B,T,Hq] fp32); no visible block: o = 0, lse = +inf.
+
+    variant "v2" (default) also tries tiles of 8-16 positions; "v1" the tiles before issue 13.
 
     Fused gated epilogue (no-grad NSA forward, so the branch output is never materialised): with
     `out` [B,T,Hq,Dv] and `gates` [B,T,Hq,3] (contiguous, any supported dtype) the kernel writes
     out = (out if accumulate else 0) + gates[..., gate_index] * o, in fp32 then out's dtype, and
     returns (out, lse); lse is unchanged.
     """
+    check_variant("variant", variant)
     group = _check_attention_inputs(q, k_cmp, v_cmp, cfg)
     scale = _check_scale(scale)
     gated_on = check_gated(q, (*q.shape[:3], v_cmp.shape[-1]), out, gates, gate_index, accumulate)
     gated = _Gated(out, gates, gate_index, accumulate) if gated_on else None
     q, k_cmp, v_cmp = q.contiguous(), k_cmp.contiguous(), v_cmp.contiguous()
-    return _launch_fwd(q, k_cmp, v_cmp, cfg, group, scale, with_output=True, gated=gated)
+    return _launch_fwd(q, k_cmp, v_cmp, cfg, group, scale, with_output=True, gated=gated, variant=variant)
 
 
 # ------------------------------------------------------------------ section 3: block scores + top-n selection
@@ -575,9 +580,9 @@ def _select_step(
     return top, carry
 
 
-@triton.jit
+@triton.jit(do_not_specialize=TUNING_ARGS)
 def _select_kernel(
-    Q, K, LSE, IDX, T, Tc, Hkv, qk_scale,
+    Q, K, LSE, IDX, T, Tc, Hkv, qk_scale, SEQ_BUCKET, ROWS_BUCKET,
     G: tl.constexpr, G_PAD: tl.constexpr, DK: tl.constexpr, DK_A: tl.constexpr, DK_B: tl.constexpr,
     BLOCK_CMP: tl.constexpr, STRIDE_CMP: tl.constexpr, BLOCK_SLC: tl.constexpr, N_SLC: tl.constexpr,
     WIDTH: tl.constexpr, UPCAST: tl.constexpr, BLOCK_M: tl.constexpr,
@@ -641,21 +646,44 @@ def _select_tiles(cfg: NSAConfig, g_pad: int) -> tuple[int, int, int]:
     return block_m, block_n, width
 
 
+# Scoring v2: autotuned rows x warps (v1 runs the fixed 64-row, 4-warp tile of `_select_tiles`). 128 rows
+# at 4 warps spill on sm_90 at G=1 and at l'=256; the 8-warp 128-row tile is the paper shape's lightest.
+_SELECT_TILES_V2 = ((64, 4), (64, 8), (128, 8))
+
+
+def _prune_select(configs: list[triton.Config], named_args: dict, **kwargs) -> list[triton.Config]:
+    """Whole positions per tile (BLOCK_M >= G_PAD); fallback BLOCK_M = G_PAD at 8 warps."""
+    g_pad = kwargs.get("G_PAD", 1)
+    kept = [c for c in configs if c.kwargs["BLOCK_M"] >= g_pad]
+    return kept or [triton.Config({"BLOCK_M": g_pad}, num_warps=8, num_stages=2)]
+
+
+_select_tuned = autotune(
+    configs=[triton.Config({"BLOCK_M": m}, num_warps=w, num_stages=2) for m, w in _SELECT_TILES_V2],
+    key=["G_PAD", "DK_A", "DK_B", "BLOCK_CMP", "STRIDE_CMP", "BLOCK_SLC", "N_SLC", "WIDTH", "BLOCK_N"],
+    prune_configs_by={"early_config_prune": _prune_select},
+)(_select_kernel)
+
+
 def select_blocks(
-    q: torch.Tensor, k_cmp: torch.Tensor, cfg: NSAConfig, scale: float, lse: torch.Tensor | None = None
+    q: torch.Tensor, k_cmp: torch.Tensor, cfg: NSAConfig, scale: float, lse: torch.Tensor | None = None, *,
+    variant: str = "v2",
 ) -> torch.Tensor:
     """NSA_SPEC section 3: block_idx int32 [B,T,Hkv,n], -1 padded, forced blocks first then by score.
 
     `lse` is the compressed branch's lse when the caller already has it (else one lse-only pass
     computes it). No host synchronisation; extra memory is at most that lse (B*T*Hq fp32).
+    variant "v2" (default) autotunes the scoring tile (up to 8 positions); "v1" runs the fixed 4-position
+    tile; the lse-only pass uses the compressed forward of the same variant.
     """
+    check_variant("variant", variant)
     group = _check_attention_inputs(q, k_cmp, k_cmp, cfg)
     scale = _check_scale(scale)
     b, t, hq, dk = q.shape
     tc, hkv = k_cmp.shape[1], k_cmp.shape[2]
     q, k_cmp = q.contiguous(), k_cmp.contiguous()
     if lse is None:
-        _, lse = _launch_fwd(q, k_cmp, k_cmp, cfg, group, scale, with_output=False)
+        _, lse = _launch_fwd(q, k_cmp, k_cmp, cfg, group, scale, with_output=False, variant=variant)
     else:
         _check_like("lse", lse, (b, t, hq), torch.float32)
         if lse.device != q.device:
@@ -667,14 +695,17 @@ def select_blocks(
     g_pad = next_pow2(group)
     dk_a, dk_b = _split_head_dim(dk)
     block_m, block_n, width = _select_tiles(cfg, g_pad)
-    grid = (triton.cdiv(t, block_m // g_pad), b * hkv)
-    _select_kernel[grid](
-        q, k_cmp if tc > 0 else q, lse, block_idx, t, tc, hkv, scale * _LOG2E,
-        G=group, G_PAD=g_pad, DK=dk, DK_A=dk_a, DK_B=dk_b, BLOCK_CMP=cfg.block_cmp,
-        STRIDE_CMP=cfg.stride_cmp, BLOCK_SLC=cfg.block_slc, N_SLC=cfg.n_slc, WIDTH=width,
-        UPCAST=interpreting() and q.dtype == torch.bfloat16, BLOCK_M=block_m,
-        BLOCK_N=block_n, num_warps=4, num_stages=2,
-    )
+    args = (q, k_cmp if tc > 0 else q, lse, block_idx, t, tc, hkv, scale * _LOG2E,
+            *tuning_buckets(t, b * hq).values())
+    consts = dict(G=group, G_PAD=g_pad, DK=dk, DK_A=dk_a, DK_B=dk_b, BLOCK_CMP=cfg.block_cmp,
+                  STRIDE_CMP=cfg.stride_cmp, BLOCK_SLC=cfg.block_slc, N_SLC=cfg.n_slc, WIDTH=width,
+                  UPCAST=interpreting() and q.dtype == torch.bfloat16, BLOCK_N=block_n)
+    if variant == "v1" or interpreting():  # the interpreter runs one config: v1's tile
+        _select_kernel[(triton.cdiv(t, block_m // g_pad), b * hkv)](
+            *args, **consts, BLOCK_M=block_m, num_warps=4, num_stages=2,
+        )
+    else:
+        _select_tuned[lambda meta: (triton.cdiv(t, meta["BLOCK_M"] // g_pad), b * hkv)](*args, **consts)
     return block_idx
 
 
@@ -723,10 +754,6 @@ def _dq_tile(
     return dq_a, dq_b
 
 
-@autotune(
-    configs=_configs(_DQ_TILES), key=["G_PAD", "DK_A", "DK_B", "BLOCK_DV", "BLOCK_CMP", "STRIDE_CMP"],
-    prune_configs_by={"early_config_prune": _prune_rows},
-)
 @triton.jit(do_not_specialize=TUNING_ARGS)
 def _cmp_bwd_dq_kernel(
     Q, K, V, DO, LSE, DELTA, DQ, T, Tc, Hkv, qk_scale, scale, SEQ_BUCKET, ROWS_BUCKET,
@@ -823,14 +850,204 @@ def _cmp_bwd_dkv_kernel(
     _store_cols(DVC, kv_row, n_ok, dv, DV, 0, BLOCK_DV)
 
 
+# ------------------------------------------------------------------ dK/dV v2: (key tile x query chunk) programs
+# (rows = positions x G_PAD, compressed blocks per key tile, warps). Key tiles of 32-128 blocks cut the
+# q/do re-reads of v1's 16-block tiles 2-8x; the chunk axis keeps every SM busy and the L2 warm.
+# Read off sm_90 compiles (ptxas is not monotonic here): with wide heads (192/128) the dk/dv accumulators
+# and the resident k/v tiles take 170-252 registers at these tiles and spill at 64x64, 128x64, 64x128,
+# 32x128 and at 4 warps beyond 32x32; narrow heads (G=1, 64/64) spill at 64x32 and at 4 warps instead.
+_DKV_CHUNK_WIDE = ((32, 64, 8), (16, 64, 8), (64, 32, 8), (32, 32, 8))
+_DKV_CHUNK_NARROW = ((32, 64, 8), (16, 64, 8), (64, 64, 8), (32, 128, 8), (32, 32, 8))
+_DKV_CHUNK_TILES = tuple(dict.fromkeys(_DKV_CHUNK_WIDE + _DKV_CHUNK_NARROW))
+_DKV_TARGET_CHUNKS = 32  # query chunks at long T: enough (tile, chunk) programs for 132 SMs
+_DKV_PARTIAL_BUDGET = 1 << 30  # bytes of fp32 partials at most; fewer chunks beyond (e.g. 1M tokens)
+_DKV_MIN_CHUNK = 32 if interpreting() else 256  # positions; small under the interpreter so tests cross chunks
+
+
+def _dkv_chunks(seqlen: int, tc: int, rows_kv: int, dk: int, dv: int) -> tuple[int, int]:
+    """(positions per query chunk, chunks): a power of two >= _DKV_MIN_CHUNK, the partials within budget."""
+    per_chunk = rows_kv * (dk + dv) * 4
+    chunks = max(1, min(_DKV_TARGET_CHUNKS, _DKV_PARTIAL_BUDGET // max(per_chunk, 1)))
+    chunk = max(_DKV_MIN_CHUNK, next_pow2(triton.cdiv(seqlen, chunks)))
+    return chunk, triton.cdiv(seqlen, chunk)
+
+
+def _prune_dkv_chunk(configs: list[triton.Config], named_args: dict, **kwargs) -> list[triton.Config]:
+    """The chunked dK/dV tiles that build without spills for this head width, then `_prune_rows`."""
+    wide = kwargs.get("DK_A", 0) + kwargs.get("DK_B", 0) + kwargs.get("BLOCK_DV", 0) > _WIDE_HEADS
+    allowed = _DKV_CHUNK_WIDE if wide else _DKV_CHUNK_NARROW
+    kept = [c for c in configs if (c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_warps) in allowed]
+    return _prune_rows(kept or configs, named_args, **kwargs)
+
+
+@triton.jit
+def _dkv_chunk_step(
+    dk_a, dk_b, dv, t0, lo, hi, k_a, k_b, v, Q, DO, LSE, DELTA, b, hkv, offs_n, T, Hkv, qk_scale,
+    G: tl.constexpr, G_PAD: tl.constexpr, DK: tl.constexpr, DV: tl.constexpr, DK_A: tl.constexpr,
+    DK_B: tl.constexpr, BLOCK_DV: tl.constexpr, BLOCK_CMP: tl.constexpr, STRIDE_CMP: tl.constexpr,
+    BLOCK_M: tl.constexpr, MASKED: tl.constexpr, UPCAST: tl.constexpr,
+):
+    """`_dkv_step` for rows at positions [t0, t0 + BLOCK_M // G_PAD) that lie in this chunk's [lo, hi)."""
+    pos, row, row_ok = _group_rows(t0, b, hkv, T, Hkv, G, G_PAD, BLOCK_M)
+    row_ok = row_ok & (pos >= lo) & (pos < hi)
+    q_a, q_b = _load_split(Q, row, row_ok, DK, DK_A, DK_B, UPCAST)
+    do, lse2, delta = _load_grad_rows(DO, LSE, DELTA, row, row_ok, DV, BLOCK_DV, UPCAST)
+    qk_t = _dot_t(k_a, k_b, q_a, q_b)  # [BLOCK_N, BLOCK_M]
+    p_t = tl.math.exp2(qk_t * qk_scale - lse2[None, :])  # rows out of the chunk have lse2 = +inf: p = 0
+    if MASKED:
+        visible = _sees(pos[None, :], offs_n[:, None], BLOCK_CMP, STRIDE_CMP)
+        p_t = tl.where(visible, p_t, 0.0)
+    dv += tl.dot(p_t.to(do.dtype), do)
+    ds_t = (p_t * (tl.dot(v, tl.trans(do)) - delta[None, :])).to(q_a.dtype)
+    return dk_a + tl.dot(ds_t, q_a), dk_b + tl.dot(ds_t, q_b), dv
+
+
+@triton.jit
+def _dkv_chunk_tile(
+    dk_a, dk_b, dv, k_a, k_b, v, Q, DO, LSE, DELTA, b, hkv, offs_n, start, end, lo, hi, T, Hkv, qk_scale,
+    G: tl.constexpr, G_PAD: tl.constexpr, DK: tl.constexpr, DV: tl.constexpr, DK_A: tl.constexpr,
+    DK_B: tl.constexpr, BLOCK_DV: tl.constexpr, BLOCK_CMP: tl.constexpr, STRIDE_CMP: tl.constexpr,
+    BLOCK_M: tl.constexpr, MASKED: tl.constexpr, UPCAST: tl.constexpr,
+):
+    BLOCK_T: tl.constexpr = BLOCK_M // G_PAD
+    for t0 in range(start, end, BLOCK_T):
+        dk_a, dk_b, dv = _dkv_chunk_step(dk_a, dk_b, dv, t0, lo, hi, k_a, k_b, v, Q, DO, LSE, DELTA, b, hkv, offs_n,
+                                         T, Hkv, qk_scale, G, G_PAD, DK, DV, DK_A, DK_B, BLOCK_DV, BLOCK_CMP,
+                                         STRIDE_CMP, BLOCK_M, MASKED, UPCAST)
+    return dk_a, dk_b, dv
+
+
+@autotune(
+    configs=_configs(_DKV_CHUNK_TILES), key=["G_PAD", "DK_A", "DK_B", "BLOCK_DV", "BLOCK_CMP", "STRIDE_CMP", "PARTIAL"],
+    prune_configs_by={"early_config_prune": _prune_dkv_chunk},
+)
+@triton.jit(do_not_specialize=TUNING_ARGS)
+def _cmp_bwd_dkv_chunk_kernel(
+    Q, K, V, DO, LSE, DELTA, DKC, DVC, T, Tc, Hkv, ROWS_KV, CHUNK, qk_scale, scale, SEQ_BUCKET, ROWS_BUCKET,
+    G: tl.constexpr, G_PAD: tl.constexpr, DK: tl.constexpr, DV: tl.constexpr,
+    DK_A: tl.constexpr, DK_B: tl.constexpr, BLOCK_DV: tl.constexpr, BLOCK_CMP: tl.constexpr,
+    STRIDE_CMP: tl.constexpr, UPCAST: tl.constexpr, PARTIAL: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    """One (key tile of BLOCK_N compressed blocks, query chunk of CHUNK positions) of one KV group.
+
+    Program ids run key tile fastest, so the tiles of one chunk run together and share its q/do rows
+    in L2. PARTIAL: the fp32 tile goes to slot `chunk` of DKC/DVC ([chunks, ROWS_KV, D], unscaled) for
+    `_cmp_dkv_reduce_kernel`; otherwise (one chunk) it is stored as dk_cmp/dv_cmp directly.
+    """
+    BLOCK_T: tl.constexpr = BLOCK_M // G_PAD
+    b, hkv = _batch_head(Hkv)
+    n_tiles = tl.cdiv(Tc, BLOCK_N)
+    tile = tl.program_id(0) % n_tiles
+    chunk = tl.program_id(0) // n_tiles
+    n_first = tile * BLOCK_N
+    t_start = n_first * STRIDE_CMP + BLOCK_CMP - 1  # first position that sees the tile's first block
+    t_full = (n_first + BLOCK_N - 1) * STRIDE_CMP + BLOCK_CMP - 1  # first that sees all of them
+    chunk_lo = chunk * CHUNK
+    chunk_hi = tl.minimum(chunk_lo + CHUNK, T)
+    lo = tl.maximum(chunk_lo, t_start)
+    if lo < chunk_hi:  # else no position of the chunk sees the tile: nothing to write or read
+        offs_n, n_ok, kv_row = _kv_tile(n_first, b, hkv, Tc, Hkv, BLOCK_N)
+        k_a, k_b = _load_split(K, kv_row, n_ok, DK, DK_A, DK_B, UPCAST)
+        v = _load_cols(V, kv_row, n_ok, DV, 0, BLOCK_DV, UPCAST)
+        masked_steps = (tl.maximum(tl.minimum(t_full, chunk_hi) - lo, 0) + BLOCK_T - 1) // BLOCK_T
+        mid = lo + masked_steps * BLOCK_T
+        dk_a = tl.zeros([BLOCK_N, DK_A], dtype=tl.float32)
+        dk_b = tl.zeros([BLOCK_N, DK_B], dtype=tl.float32)
+        dv = tl.zeros([BLOCK_N, BLOCK_DV], dtype=tl.float32)
+        dk_a, dk_b, dv = _dkv_chunk_tile(dk_a, dk_b, dv, k_a, k_b, v, Q, DO, LSE, DELTA, b, hkv, offs_n, lo, mid,
+                                         lo, chunk_hi, T, Hkv, qk_scale, G, G_PAD, DK, DV, DK_A, DK_B, BLOCK_DV,
+                                         BLOCK_CMP, STRIDE_CMP, BLOCK_M, True, UPCAST)
+        dk_a, dk_b, dv = _dkv_chunk_tile(dk_a, dk_b, dv, k_a, k_b, v, Q, DO, LSE, DELTA, b, hkv, offs_n, mid,
+                                         chunk_hi, lo, chunk_hi, T, Hkv, qk_scale, G, G_PAD, DK, DV, DK_A, DK_B,
+                                         BLOCK_DV, BLOCK_CMP, STRIDE_CMP, BLOCK_M, False, UPCAST)
+        if PARTIAL:
+            part_row = kv_row + chunk * ROWS_KV
+            _store_split(DKC, part_row, n_ok, dk_a, dk_b, DK, DK_A, DK_B)
+            _store_cols(DVC, part_row, n_ok, dv, DV, 0, BLOCK_DV)
+        else:
+            _store_split(DKC, kv_row, n_ok, dk_a * scale, dk_b * scale, DK, DK_A, DK_B)
+            _store_cols(DVC, kv_row, n_ok, dv, DV, 0, BLOCK_DV)
+
+
+@triton.jit
+def _cmp_dkv_reduce_kernel(
+    DKP, DVP, DKC, DVC, Tc, Hkv, ROWS_KV, CHUNK, NUM_CHUNKS, scale,
+    DK: tl.constexpr, DV: tl.constexpr, DK_A: tl.constexpr, DK_B: tl.constexpr, BLOCK_DV: tl.constexpr,
+    BLOCK_CMP: tl.constexpr, STRIDE_CMP: tl.constexpr, BLOCK_R: tl.constexpr,
+):
+    """dk_cmp/dv_cmp of BLOCK_R blocks: their partials summed in chunk order (bit-reproducible).
+
+    Block i's partials exist from chunk (i*d + l - 1) // CHUNK on: the first chunk holding a position
+    that sees it, whose program for i's key tile always runs.
+    """
+    b, hkv = _batch_head(Hkv)
+    offs_n, n_ok, kv_row = _kv_tile(tl.program_id(0) * BLOCK_R, b, hkv, Tc, Hkv, BLOCK_R)
+    first = (offs_n * STRIDE_CMP + BLOCK_CMP - 1) // CHUNK
+    dk_a = tl.zeros([BLOCK_R, DK_A], dtype=tl.float32)
+    dk_b = tl.zeros([BLOCK_R, DK_B], dtype=tl.float32)
+    dv = tl.zeros([BLOCK_R, BLOCK_DV], dtype=tl.float32)
+    for c in range(tl.min(tl.where(n_ok, first, NUM_CHUNKS), 0), NUM_CHUNKS):
+        use = n_ok & (first <= c)
+        part_row = kv_row + c * ROWS_KV  # < 2^31: the partials are capped at 1 GiB
+        part_a, part_b = _load_split(DKP, part_row, use, DK, DK_A, DK_B, False)
+        dk_a += part_a
+        dk_b += part_b
+        dv += _load_cols(DVP, part_row, use, DV, 0, BLOCK_DV, False)
+    _store_split(DKC, kv_row, n_ok, dk_a * scale, dk_b * scale, DK, DK_A, DK_B)
+    _store_cols(DVC, kv_row, n_ok, dv, DV, 0, BLOCK_DV)
+
+
+def _launch_dkv_v2(q, k_cmp, v_cmp, do, lse, delta, dk_cmp, dv_cmp, qk_scale: float, scale: float, common: dict):
+    """dk_cmp/dv_cmp by the chunked v2 kernels: one launch when one chunk covers T, else partials + reduce."""
+    b, t = q.shape[:2]
+    tc, hkv, dk, dv = k_cmp.shape[1], k_cmp.shape[2], k_cmp.shape[-1], v_cmp.shape[-1]
+    rows_kv = b * tc * hkv
+    chunk, chunks = _dkv_chunks(t, tc, rows_kv, dk, dv)
+    partial = chunks > 1
+    if partial:
+        dk_out = torch.empty(chunks, rows_kv, dk, dtype=torch.float32, device=q.device)
+        dv_out = torch.empty(chunks, rows_kv, dv, dtype=torch.float32, device=q.device)
+    else:
+        dk_out, dv_out = dk_cmp, dv_cmp
+    _cmp_bwd_dkv_chunk_kernel[lambda meta: (triton.cdiv(tc, meta["BLOCK_N"]) * chunks, b * hkv)](
+        q, k_cmp, v_cmp, do, lse, delta, dk_out, dv_out, t, tc, hkv, rows_kv, chunk, qk_scale, scale,
+        PARTIAL=partial, **common,
+    )
+    if partial:
+        block_r = 16
+        _cmp_dkv_reduce_kernel[(triton.cdiv(tc, block_r), b * hkv)](
+            dk_out, dv_out, dk_cmp, dv_cmp, tc, hkv, rows_kv, chunk, chunks, scale, DK=dk, DV=dv,
+            DK_A=common["DK_A"], DK_B=common["DK_B"], BLOCK_DV=common["BLOCK_DV"], BLOCK_CMP=common["BLOCK_CMP"],
+            STRIDE_CMP=common["STRIDE_CMP"], BLOCK_R=block_r, num_warps=4,
+        )
+
+
+_DQ_KEY = ["G_PAD", "DK_A", "DK_B", "BLOCK_DV", "BLOCK_CMP", "STRIDE_CMP"]
+_cmp_bwd_dq_v2_kernel = autotune(
+    configs=_configs(_DQ_TILES_V2), key=_DQ_KEY, prune_configs_by={"early_config_prune": _prune_rows},
+)(_cmp_bwd_dq_kernel)
+_cmp_bwd_dq_kernel = autotune(
+    configs=_configs(_DQ_TILES), key=_DQ_KEY, prune_configs_by={"early_config_prune": _prune_rows},
+)(_cmp_bwd_dq_kernel)
+
+
 def compressed_bwd(
     q: torch.Tensor, k_cmp: torch.Tensor, v_cmp: torch.Tensor, o: torch.Tensor, lse: torch.Tensor,
-    do: torch.Tensor, cfg: NSAConfig, scale: float,
+    do: torch.Tensor, cfg: NSAConfig, scale: float, *, dkv_variant: str = "v2", dq_variant: str = "v2",
+    dq_out: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Backward of compressed_fwd: (dq, dk_cmp, dv_cmp) in the input dtypes; dk/dv summed over G heads.
 
-    Deterministic (no atomics): dq per query tile, dk_cmp/dv_cmp per compressed tile.
+    Deterministic (no atomics): dq per query tile; dk_cmp/dv_cmp per compressed tile, and in
+    dkv_variant "v2" (default) per (compressed tile, query chunk) with the chunks' fp32 partials
+    summed in a fixed order. "v1" is the single-axis 16-block-tile kernel (kernels/variants.py).
+    dq_variant "v2" (default) also tries dq tiles of 4-8 positions; "v1" only v1's 2-position tiles.
+    dq_out: where dq goes (q's shape, contiguous, any float dtype; NSA passes its fp32 accumulator).
     """
+    check_variant("dkv_variant", dkv_variant)
+    check_variant("dq_variant", dq_variant)
+    check_dq_chain(q, dq_out, None)
     group = _check_attention_inputs(q, k_cmp, v_cmp, cfg)
     scale = _check_scale(scale)
     b, t, hq, dk = q.shape
@@ -841,7 +1058,8 @@ def compressed_bwd(
     q, k_cmp, v_cmp = q.contiguous(), k_cmp.contiguous(), v_cmp.contiguous()
     o, do, lse = o.contiguous(), do.contiguous().to(q.dtype), lse.contiguous()
     if tc == 0 or b * t * hq == 0:
-        return torch.zeros_like(q), torch.zeros_like(k_cmp), torch.zeros_like(v_cmp)
+        dq = dq_out.zero_() if dq_out is not None else torch.zeros_like(q)
+        return dq, torch.zeros_like(k_cmp), torch.zeros_like(v_cmp)
     rows = b * t * hq
     delta = torch.empty(b, t, hq, dtype=torch.float32, device=q.device)
     block_r = 32 if interpreting() else 64
@@ -854,13 +1072,17 @@ def compressed_bwd(
         BLOCK_CMP=cfg.block_cmp, STRIDE_CMP=cfg.stride_cmp, UPCAST=interpreting() and q.dtype == torch.bfloat16,
         **tuning_buckets(t, b * hq),
     )
-    dq = torch.empty_like(q)
-    _cmp_bwd_dq_kernel[lambda meta: (triton.cdiv(t, meta["BLOCK_M"] // g_pad), b * hkv)](
+    dq = dq_out if dq_out is not None else torch.empty_like(q)
+    dq_kernel = _cmp_bwd_dq_v2_kernel if dq_variant == "v2" else _cmp_bwd_dq_kernel
+    dq_kernel[lambda meta: (triton.cdiv(t, meta["BLOCK_M"] // g_pad), b * hkv)](
         q, k_cmp, v_cmp, do, lse, delta, dq, t, tc, hkv, scale * _LOG2E, scale, **common,
     )
     dk_cmp = torch.empty_like(k_cmp)
     dv_cmp = torch.empty_like(v_cmp)
-    _cmp_bwd_dkv_kernel[lambda meta: (triton.cdiv(tc, meta["BLOCK_N"]), b * hkv)](
-        q, k_cmp, v_cmp, do, lse, delta, dk_cmp, dv_cmp, t, tc, hkv, scale * _LOG2E, scale, **common,
-    )
+    if dkv_variant == "v1":
+        _cmp_bwd_dkv_kernel[lambda meta: (triton.cdiv(tc, meta["BLOCK_N"]), b * hkv)](
+            q, k_cmp, v_cmp, do, lse, delta, dk_cmp, dv_cmp, t, tc, hkv, scale * _LOG2E, scale, **common,
+        )
+    else:
+        _launch_dkv_v2(q, k_cmp, v_cmp, do, lse, delta, dk_cmp, dv_cmp, scale * _LOG2E, scale, common)
     return dq, dk_cmp, dv_cmp

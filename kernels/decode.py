@@ -30,6 +30,7 @@ import triton
 import triton.language as tl
 
 from ._common import check_heads, check_kernel_config, interpreting, next_pow2
+from .variants import check_variant
 from nsa_bench.config import NSAConfig
 
 __all__ = ["nsa_decode", "nsa_decode_with_selection", "compress_cache", "CompressedKVCache"]
@@ -42,6 +43,9 @@ MAX_DECODE_SLC_BLOCKS = 8192
 # Split-KV aims at this many programs per SM so batch 1 still fills the GPU.
 _PROGRAMS_PER_SM = 2
 _DEFAULT_SMS = 132
+# v2 ranking: selection candidates per unit (64 -> 16 units at 64k), keys compared per step
+_RANK_RANGE = 16 if interpreting() else 64
+_RANK_KEY_CHUNK = 64
 
 
 # ------------------------------------------------------------------------------------ kernels
@@ -325,6 +329,125 @@ def _slc_win_kernel(
     _store_partial(o_part_ptr, lse_part_ptr, part_rows, row_ok, m_i, l_i, acc, DV, DV_PAD)
 
 
+# ------------------------------------------------------------------ v2: parallel scoring, ranking in the units
+@triton.jit
+def _group_lse(lse_part_ptr, pid_bh, GROUP: tl.constexpr, NSPLIT: tl.constexpr, G_PAD: tl.constexpr,
+               NSPLIT_PAD: tl.constexpr):
+    """Base-2 lse of every head of one group from the compressed-attention split partials (0 if none)."""
+    rows = tl.arange(0, G_PAD)
+    splits = tl.arange(0, NSPLIT_PAD)
+    part = tl.load(lse_part_ptr + (pid_bh.to(tl.int64) * NSPLIT + splits[None, :]) * GROUP + rows[:, None],
+                   mask=(rows < GROUP)[:, None] & (splits[None, :] < NSPLIT), other=float("-inf"))
+    top = tl.max(part, axis=1)
+    top = tl.where(top == float("-inf"), 0.0, top)
+    total = tl.sum(tl.exp2(part - top[:, None]), axis=1)
+    return tl.where(total > 0.0, top + tl.log2(tl.where(total > 0.0, total, 1.0)), 0.0)
+
+
+@triton.jit
+def _score_kernel(
+    logits_ptr, lse_part_ptr, seqlens_ptr, keys_ptr,
+    num_kv_heads, tmax, tc_max,
+    GROUP: tl.constexpr, NSPLIT: tl.constexpr,
+    BLOCK_CMP: tl.constexpr, STRIDE_CMP: tl.constexpr, BLOCK_SLC: tl.constexpr,
+    PER_SLC: tl.constexpr, PER_CMP: tl.constexpr,
+    G_PAD: tl.constexpr, NSPLIT_PAD: tl.constexpr, NSLC_PAD: tl.constexpr, BLOCK_J: tl.constexpr,
+):
+    """v2: the selection keys of BLOCK_J selection blocks of one (batch, KV head), as `_select_kernel`
+    builds them (score bits << 32 | NSLC_PAD - j, forced blocks +inf, non-candidates -1); no top-n."""
+    pid_bh = tl.program_id(0)
+    b = (pid_bh // num_kv_heads).to(tl.int64)
+    seqlen = _cache_len(seqlens_ptr, b, tmax, 1)
+    tc_vis = tl.minimum(_num_cmp_blocks(seqlen, BLOCK_CMP, STRIDE_CMP), tc_max)
+    current = (seqlen - 1) // BLOCK_SLC
+    lse = _group_lse(lse_part_ptr, pid_bh, GROUP, NSPLIT, G_PAD, NSPLIT_PAD)
+    rows = tl.arange(0, G_PAD)
+    row_ok = rows < GROUP
+    logit_rows = logits_ptr + (pid_bh.to(tl.int64) * GROUP + rows)[:, None] * tc_max
+    j = tl.program_id(1) * BLOCK_J + tl.arange(0, BLOCK_J)
+    score = tl.zeros([BLOCK_J], dtype=tl.float32)
+    for r in tl.static_range(PER_SLC + PER_CMP - 1):
+        i = j * PER_SLC + (r - (PER_CMP - 1))
+        overlap = tl.minimum(i + PER_CMP, (j + 1) * PER_SLC) - tl.maximum(i, j * PER_SLC)
+        i_ok = (i >= 0) & (i < tc_vis)
+        logit = tl.load(logit_rows + i.to(tl.int64)[None, :], mask=row_ok[:, None] & i_ok[None, :],
+                        other=float("-inf"))
+        score += overlap.to(tl.float32) * tl.sum(tl.exp2(logit - lse[:, None]), axis=0)
+    bits = tl.maximum(score, 0.0).to(tl.int32, bitcast=True).to(tl.int64)
+    forced = (j == 0) | (j == current) | (j == current - 1)
+    bits = tl.where(forced, 0x7F800000, bits)
+    key = (bits << 32) | (NSLC_PAD - j).to(tl.int64)
+    tl.store(keys_ptr + pid_bh.to(tl.int64) * NSLC_PAD + j, tl.where(j <= current, key, -1), mask=j < NSLC_PAD)
+
+
+@triton.jit
+def _slc_win_rank_kernel(
+    q_ptr, k_ptr, v_ptr, seqlens_ptr, keys_ptr, block_idx_ptr, o_part_ptr, lse_part_ptr,
+    stride_qb, stride_qh,
+    stride_kb, stride_kt, stride_kh,
+    stride_vb, stride_vt, stride_vh,
+    num_kv_heads, tmax, qk_scale,
+    GROUP: tl.constexpr, DK: tl.constexpr, DV: tl.constexpr,
+    N_SLC: tl.constexpr, N_PAD: tl.constexpr, NSEL: tl.constexpr, NUM_UNITS: tl.constexpr,
+    BLOCK_SLC: tl.constexpr, WINDOW: tl.constexpr, NSLC_PAD: tl.constexpr, RANGE: tl.constexpr,
+    KEY_CHUNK: tl.constexpr, G_PAD: tl.constexpr, DK_PAD: tl.constexpr, DV_PAD: tl.constexpr,
+    BLOCK_N: tl.constexpr, UPCAST: tl.constexpr,
+):
+    """v2 units: unit < NSEL owns selection candidates [unit*RANGE, (unit+1)*RANGE): it ranks each
+    against all keys (rank = keys that beat it; keys are unique), writes block_idx[rank] = j for the
+    ranks < n and attends over those blocks into one partial. The other units are window chunks."""
+    pid_bh = tl.program_id(0)
+    unit = tl.program_id(1)
+    b, kvh = _batch_and_head(pid_bh, num_kv_heads)
+    seqlen = _cache_len(seqlens_ptr, b, tmax, 1)
+    is_sel = unit < NSEL
+    key_base = keys_ptr + pid_bh.to(tl.int64) * NSLC_PAD
+
+    cand = unit * RANGE + tl.arange(0, RANGE)
+    if is_sel:
+        mine = tl.load(key_base + cand, mask=cand < NSLC_PAD, other=-1)
+        rank = tl.zeros([RANGE], dtype=tl.int32)
+        for c0 in range(0, NSLC_PAD, KEY_CHUNK):
+            others = tl.load(key_base + c0 + tl.arange(0, KEY_CHUNK), mask=c0 + tl.arange(0, KEY_CHUNK) < NSLC_PAD,
+                             other=-1)
+            rank += tl.sum((others[None, :] > mine[:, None]).to(tl.int32), axis=1)
+        chosen = (mine >= 0) & (rank < N_SLC)
+        tl.store(block_idx_ptr + pid_bh.to(tl.int64) * N_SLC + rank, cand.to(tl.int32), mask=chosen)
+        count = tl.minimum((seqlen - 1) // BLOCK_SLC + 1, N_SLC)  # slots [count, n) stay -1
+        slots = tl.arange(0, N_PAD)
+        tl.store(block_idx_ptr + pid_bh.to(tl.int64) * N_SLC + slots, tl.full([N_PAD], -1, tl.int32),
+                 mask=(unit == 0) & (slots >= count) & (slots < N_SLC))
+        order = tl.cumsum(chosen.to(tl.int32), axis=0) - 1
+        num_ranges = tl.sum(chosen.to(tl.int32), axis=0)
+    else:
+        chosen = cand < 0
+        order = tl.zeros([RANGE], dtype=tl.int32)
+        num_ranges = tl.sum(chosen.to(tl.int32), axis=0) + 1  # one window chunk
+
+    rows = tl.arange(0, G_PAD)
+    row_ok = rows < GROUP
+    q = _load_group_queries(q_ptr, b, kvh, stride_qb, stride_qh, GROUP, DK, G_PAD, DK_PAD, UPCAST)
+    k_base = k_ptr + b * stride_kb + kvh * stride_kh
+    v_base = v_ptr + b * stride_vb + kvh * stride_vh
+    win_start = tl.maximum(seqlen - WINDOW, 0) + (unit - NSEL) * BLOCK_SLC
+    m_i = tl.full([G_PAD], float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros([G_PAD], dtype=tl.float32)
+    acc = tl.zeros([G_PAD, DV_PAD], dtype=tl.float32)
+    for r in range(0, num_ranges):
+        block = tl.sum(tl.where(chosen & (order == r), cand, 0), axis=0)
+        start = tl.where(is_sel, block * BLOCK_SLC, win_start)
+        end = tl.minimum(start + BLOCK_SLC, seqlen)
+        for it in range(BLOCK_SLC // BLOCK_N):  # a runtime loop, as v1's: unrolled, l'=256 overflows shared memory
+            keys = start + it * BLOCK_N + tl.arange(0, BLOCK_N)
+            key_ok = (keys >= start) & (keys < end)
+            s, v = _score_key_tile(q, k_base, v_base, keys.to(tl.int64), key_ok, stride_kt, stride_vt, qk_scale,
+                                   DK, DV, DK_PAD, DV_PAD, UPCAST)
+            m_i, l_i, acc = _online_softmax_step(s, v, m_i, l_i, acc)
+
+    part_rows = (pid_bh.to(tl.int64) * NUM_UNITS + unit) * GROUP + rows
+    _store_partial(o_part_ptr, lse_part_ptr, part_rows, row_ok, m_i, l_i, acc, DV, DV_PAD)
+
+
 @triton.jit
 def _merge_partials(o_ptr, lse_ptr, first, count, unit_stride, DV: tl.constexpr,
                     UNITS_PAD: tl.constexpr, DV_PAD: tl.constexpr):
@@ -537,12 +660,16 @@ def nsa_decode_with_selection(
     q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, gates: torch.Tensor,
     cache_seqlens: torch.Tensor, cfg: NSAConfig, scale: float | None = None,
     k_cmp_cache: torch.Tensor | None = None, v_cmp_cache: torch.Tensor | None = None,
-    block_c: int | None = None,
+    block_c: int | None = None, *, variant: str = "v2",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """`nsa_decode` that also returns the selection it used, block_idx int32 [B, Hkv, n] (-1 padded).
 
     `block_c` overrides the compressed-attention tile (tests use it to force several splits).
+    variant "v2" (default): selection scored by many programs and ranked inside the selected-attention
+    units; "v1": one program per (batch, KV head) scores and picks the top n serially
+    (docs/tuning-notes.md, issue 13 suspect 3).
     """
+    check_variant("variant", variant)
     check_kernel_config(cfg)
     group = _check_decode_inputs(q, k_cache, v_cache, gates, cache_seqlens, k_cmp_cache, v_cmp_cache, cfg)
     if block_c is not None and (block_c < 16 or block_c != next_pow2(block_c)):
@@ -578,6 +705,9 @@ def nsa_decode_with_selection(
 
     keys = torch.empty(bh * plan.nslc_pad, device=device, dtype=torch.int64)
     block_idx = torch.empty(batch, kv_heads, n_slc, device=device, dtype=torch.int32)
+    if variant == "v2":
+        return _decode_v2_tail(q, k_cache, v_cache, gates, cache_seqlens, cfg, plan, logits, cmp_o, cmp_lse, keys,
+                               block_idx, qk_scale, upcast)
     _select_kernel[(bh,)](
         logits, cmp_lse, cache_seqlens, keys, block_idx,
         kv_heads, tmax, plan.tc_max,
@@ -610,6 +740,48 @@ def nsa_decode_with_selection(
         q_heads,
         GROUP=group, DV=dv, NSPLIT=plan.num_splits, N_SLC=n_slc, NUM_UNITS=num_units,
         NSPLIT_PAD=max(2, next_pow2(plan.num_splits)), NSLC_PAD=max(2, next_pow2(n_slc)),
+        NWIN_PAD=max(2, next_pow2(plan.num_win_units)), DV_PAD=plan.dv_pad, num_warps=plan.combine_warps,
+    )
+    return out, block_idx
+
+
+def _decode_v2_tail(q, k_cache, v_cache, gates, cache_seqlens, cfg: NSAConfig, plan: _DecodePlan, logits, cmp_o,
+                    cmp_lse, keys, block_idx, qk_scale: float, upcast: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """v2 after the compressed partials: parallel scoring, ranking units + window units, combine."""
+    batch, tmax, kv_heads, dk = k_cache.shape
+    q_heads, dv, group, bh = q.shape[1], v_cache.shape[3], plan.group, batch * kv_heads
+    f32 = dict(device=q.device, dtype=torch.float32)
+    nsplit_pad = max(2, next_pow2(plan.num_splits))
+    _score_kernel[(bh, plan.nslc_pad // plan.block_j)](
+        logits, cmp_lse, cache_seqlens, keys, kv_heads, tmax, plan.tc_max,
+        GROUP=group, NSPLIT=plan.num_splits, BLOCK_CMP=cfg.block_cmp, STRIDE_CMP=cfg.stride_cmp,
+        BLOCK_SLC=cfg.block_slc, PER_SLC=cfg.block_slc // cfg.stride_cmp, PER_CMP=cfg.block_cmp // cfg.stride_cmp,
+        G_PAD=plan.g_pad, NSPLIT_PAD=nsplit_pad, NSLC_PAD=plan.nslc_pad, BLOCK_J=plan.block_j, num_warps=4,
+    )
+    rank_range = min(plan.nslc_pad, _RANK_RANGE)
+    num_sel = plan.nslc_pad // rank_range
+    num_units = num_sel + plan.num_win_units
+    sw_o = torch.empty(bh * num_units * group * dv, **f32)
+    sw_lse = torch.empty(bh * num_units * group, **f32)
+    _slc_win_rank_kernel[(bh, num_units)](
+        q, k_cache, v_cache, cache_seqlens, keys, block_idx, sw_o, sw_lse,
+        q.stride(0), q.stride(1),
+        k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
+        v_cache.stride(0), v_cache.stride(1), v_cache.stride(2),
+        kv_heads, tmax, qk_scale,
+        GROUP=group, DK=dk, DV=dv, N_SLC=cfg.n_slc, N_PAD=max(2, next_pow2(cfg.n_slc)), NSEL=num_sel,
+        NUM_UNITS=num_units, BLOCK_SLC=cfg.block_slc, WINDOW=cfg.window, NSLC_PAD=plan.nslc_pad,
+        RANGE=rank_range, KEY_CHUNK=min(plan.nslc_pad, _RANK_KEY_CHUNK),
+        G_PAD=plan.g_pad, DK_PAD=plan.dk_pad, DV_PAD=plan.dv_pad, BLOCK_N=plan.block_n,
+        UPCAST=upcast, num_warps=plan.attn_warps,
+    )
+    out = torch.empty(batch, q_heads, dv, device=q.device, dtype=q.dtype)
+    _combine_kernel[(batch * q_heads,)](
+        cmp_o, cmp_lse, sw_o, sw_lse, gates, out,
+        gates.stride(0), gates.stride(1), gates.stride(2), out.stride(0), out.stride(1),
+        q_heads,
+        GROUP=group, DV=dv, NSPLIT=plan.num_splits, N_SLC=num_sel, NUM_UNITS=num_units,
+        NSPLIT_PAD=nsplit_pad, NSLC_PAD=max(2, next_pow2(num_sel)),
         NWIN_PAD=max(2, next_pow2(plan.num_win_units)), DV_PAD=plan.dv_pad, num_warps=plan.combine_warps,
     )
     return out, block_idx

@@ -17,7 +17,11 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import TUNING_ARGS, autotune, check_gated, check_heads, interpreting, next_pow2, tuning_buckets
+from ._common import (
+    TUNING_ARGS, autotune, check_dq_chain, check_gated, check_heads, interpreting, next_pow2, same_memory,
+    split_head_dim, tuning_buckets,
+)
+from .variants import check_variant
 
 __all__ = ["attention_fwd", "attention_bwd", "flash_attention", "flash_attention_decode"]
 
@@ -55,7 +59,7 @@ class _Candidates:
     def prune(self, configs, named_args, **kwargs):
         if len(configs) == 1:
             return configs
-        wide = kwargs["BLOCK_DK"] + kwargs["BLOCK_DV"] > _WIDE_HEADS
+        wide = kwargs["BLOCK_DK"] + kwargs.get("DK_B", 0) + kwargs["BLOCK_DV"] > _WIDE_HEADS
         return [c for c in configs if (c in self.wide) == wide]
 
 
@@ -77,7 +81,7 @@ def _autotuned(kernel, candidates: _Candidates, restore_value: list[str] | None 
     and restores them after each timed run, so tuning does not add into them repeatedly.
     """
     return autotune(
-        configs=list(candidates.configs), key=["BLOCK_DK", "BLOCK_DV", "CAUSAL", "HAS_WINDOW"],
+        configs=list(candidates.configs), key=["BLOCK_DK", "DK_B", "BLOCK_DV", "CAUSAL", "HAS_WINDOW"],
         prune_configs_by={"early_config_prune": candidates.prune}, restore_value=restore_value,
     )(kernel)
 
@@ -154,6 +158,28 @@ def _load_row_pair(a_base, b_base, stride_a, stride_b, rows, num_rows, cols_a, c
         a = a.to(tl.float32)
         b = b.to(tl.float32)
     return a, b
+
+
+@triton.jit
+def _load_cols_b(base, stride, rows, num_rows, cols_b, CHECK_ROWS: tl.constexpr, PAD_B: tl.constexpr,
+                 DK: tl.constexpr, UPCAST: tl.constexpr, ROW64: tl.constexpr):
+    """The second column chunk (columns cols_b, masked at DK when PAD_B) of rows `rows`: Dk split 128 + 64."""
+    x = _load_tile(base + _row_offsets(rows, stride, ROW64)[:, None] + cols_b[None, :], rows, num_rows, cols_b, DK,
+                   CHECK_ROWS, PAD_B)
+    if UPCAST:
+        x = x.to(tl.float32)
+    return x
+
+
+@triton.jit
+def _split_cols(offs_dk, BLOCK_DK: tl.constexpr, DK_B: tl.constexpr):
+    """Column offsets of the second Dk chunk [BLOCK_DK, BLOCK_DK + DK_B); DK_B = 0 (no split): offs_dk,
+    a stand-in that is never used."""
+    if DK_B > 0:
+        cols_b = BLOCK_DK + tl.arange(0, DK_B)
+    else:
+        cols_b = offs_dk
+    return cols_b
 
 
 @triton.jit
@@ -275,16 +301,21 @@ def _softmax_init(ROWS: tl.constexpr, COLS: tl.constexpr):
 
 
 @triton.jit
-def _fwd_step(acc, l_i, m_i, q, k_base, v_base, stride_kt, stride_vt, offs_m, offs_n, offs_dk, offs_dv,
-              n0, seqlen, window, qk_scale,
+def _fwd_step(acc, l_i, m_i, q, q_b, k_base, v_base, stride_kt, stride_vt, offs_m, offs_n, offs_dk, offs_dk_b,
+              offs_dv, n0, seqlen, window, qk_scale,
               DK: tl.constexpr, DV: tl.constexpr, PAD_DK: tl.constexpr, PAD_DV: tl.constexpr,
               MASKED: tl.constexpr, CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, UPCAST: tl.constexpr,
-              ROW64: tl.constexpr):
-    """One key tile of the online softmax; m is kept in log2 units."""
+              ROW64: tl.constexpr, DK_B: tl.constexpr = 0, PAD_DK_B: tl.constexpr = False):
+    """One key tile of the online softmax; m is kept in log2 units. DK_B > 0: q_b/offs_dk_b are the
+    second Dk chunk (Dk = BLOCK_DK + DK_B, e.g. 128 + 64), its q.k added to the first's."""
     keys = n0 + offs_n
     k, v = _load_row_pair(k_base, v_base, stride_kt, stride_vt, keys, seqlen, offs_dk, offs_dv, DK, DV, MASKED,
                           PAD_DK, PAD_DV, UPCAST, ROW64)
-    qk = tl.dot(q, tl.trans(k)) * qk_scale
+    qk = tl.dot(q, tl.trans(k))
+    if DK_B > 0:
+        k_b = _load_cols_b(k_base, stride_kt, keys, seqlen, offs_dk_b, MASKED, PAD_DK_B, DK, UPCAST, ROW64)
+        qk += tl.dot(q_b, tl.trans(k_b))
+    qk = qk * qk_scale
     if MASKED:
         qk = tl.where(_band_mask(offs_m, keys, seqlen, window, CAUSAL, HAS_WINDOW), qk, float("-inf"))
     m_new = tl.maximum(m_i, tl.max(qk, 1))
@@ -296,17 +327,17 @@ def _fwd_step(acc, l_i, m_i, q, k_base, v_base, stride_kt, stride_vt, offs_m, of
 
 
 @triton.jit
-def _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, stride_kt, stride_vt, offs_m, offs_n, offs_dk, offs_dv,
-               start, end, seqlen, window, qk_scale,
+def _fwd_tiles(acc, l_i, m_i, q, q_b, k_base, v_base, stride_kt, stride_vt, offs_m, offs_n, offs_dk, offs_dk_b,
+               offs_dv, start, end, seqlen, window, qk_scale,
                DK: tl.constexpr, DV: tl.constexpr, PAD_DK: tl.constexpr, PAD_DV: tl.constexpr,
                MASKED: tl.constexpr, CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, UPCAST: tl.constexpr,
-               ROW64: tl.constexpr, BLOCK_N: tl.constexpr):
+               ROW64: tl.constexpr, BLOCK_N: tl.constexpr, DK_B: tl.constexpr, PAD_DK_B: tl.constexpr):
     """Online-softmax update of (acc, l, m) over key tiles [start, end)."""
     for n0 in range(start, end, BLOCK_N):
         n0 = tl.multiple_of(n0, BLOCK_N)
-        acc, l_i, m_i = _fwd_step(acc, l_i, m_i, q, k_base, v_base, stride_kt, stride_vt, offs_m, offs_n,
-                                  offs_dk, offs_dv, n0, seqlen, window, qk_scale, DK, DV, PAD_DK, PAD_DV,
-                                  MASKED, CAUSAL, HAS_WINDOW, UPCAST, ROW64)
+        acc, l_i, m_i = _fwd_step(acc, l_i, m_i, q, q_b, k_base, v_base, stride_kt, stride_vt, offs_m, offs_n,
+                                  offs_dk, offs_dk_b, offs_dv, n0, seqlen, window, qk_scale, DK, DV, PAD_DK, PAD_DV,
+                                  MASKED, CAUSAL, HAS_WINDOW, UPCAST, ROW64, DK_B, PAD_DK_B)
     return acc, l_i, m_i
 
 
@@ -329,24 +360,32 @@ def _fwd_kernel(
     seqlen, num_q_heads, group, window, qk_scale, SEQ_BUCKET, ROWS_BUCKET,
     DK: tl.constexpr, DV: tl.constexpr, BLOCK_DK: tl.constexpr, BLOCK_DV: tl.constexpr,
     CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, UPCAST: tl.constexpr, ROW64: tl.constexpr,
-    GATED: tl.constexpr, ACCUMULATE: tl.constexpr,
+    GATED: tl.constexpr, ACCUMULATE: tl.constexpr, DK_B: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     """One query tile of one head. GATED: o is the final NSA output and gets gates[t, h] * attention
-    (added to o's contents when ACCUMULATE); `gates` already points at the branch's gate column."""
+    (added to o's contents when ACCUMULATE); `gates` already points at the branch's gate column.
+    DK_B > 0: Dk runs as two column chunks BLOCK_DK + DK_B (192 = 128 + 64) instead of one padded tile."""
     batch, head, kv_head, m0 = _query_tile_ids(num_q_heads, group, BLOCK_M)
     offs_m = m0 + tl.arange(0, BLOCK_M)
     offs_n = tl.arange(0, BLOCK_N)
     offs_dk = tl.arange(0, BLOCK_DK)
     offs_dv = tl.arange(0, BLOCK_DV)
-    PAD_DK: tl.constexpr = BLOCK_DK != DK
+    PAD_DK: tl.constexpr = BLOCK_DK > DK
     PAD_DV: tl.constexpr = BLOCK_DV != DV
+    PAD_DK_B: tl.constexpr = BLOCK_DK + DK_B > DK
+    offs_dk_b = _split_cols(offs_dk, BLOCK_DK, DK_B)
 
     q_base = q + batch * stride_qb + head * stride_qh + m0.to(tl.int64) * stride_qt
     q_ptrs = q_base + tl.arange(0, BLOCK_M)[:, None] * stride_qt + offs_dk[None, :]
     q_tile = _load_tile(q_ptrs, offs_m, seqlen, offs_dk, DK, True, PAD_DK)
     if UPCAST:
         q_tile = q_tile.to(tl.float32)
+    if DK_B > 0:
+        q_b = _load_cols_b(q_base, stride_qt, tl.arange(0, BLOCK_M), seqlen - m0, offs_dk_b, True, PAD_DK_B, DK,
+                           UPCAST, False)
+    else:
+        q_b = q_tile
     k_base = k + batch * stride_kb + kv_head * stride_kh
     v_base = v + batch * stride_vb + kv_head * stride_vh
 
@@ -354,9 +393,9 @@ def _fwd_kernel(
     lo, clean_lo, clean_hi, hi = _key_range(m0, seqlen, window, CAUSAL, HAS_WINDOW, BLOCK_M, BLOCK_N)
     for segment in tl.static_range(3):
         start, end = _band_segment(segment, lo, clean_lo, clean_hi, hi)
-        acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q_tile, k_base, v_base, stride_kt, stride_vt, offs_m, offs_n,
-                                   offs_dk, offs_dv, start, end, seqlen, window, qk_scale, DK, DV, PAD_DK, PAD_DV,
-                                   segment != 1, CAUSAL, HAS_WINDOW, UPCAST, ROW64, BLOCK_N)
+        acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q_tile, q_b, k_base, v_base, stride_kt, stride_vt, offs_m, offs_n,
+                                   offs_dk, offs_dk_b, offs_dv, start, end, seqlen, window, qk_scale, DK, DV, PAD_DK,
+                                   PAD_DV, segment != 1, CAUSAL, HAS_WINDOW, UPCAST, ROW64, BLOCK_N, DK_B, PAD_DK_B)
 
     l_safe = tl.where(l_i > 0.0, l_i, 1.0)
     o_tile = acc / l_safe[:, None]
@@ -402,26 +441,33 @@ def _bwd_preprocess_kernel(
 
 
 @triton.jit
-def _dkdv_step(dk, dv, k_tile, v_tile, q_base, do_base, lse_base, delta_base, stride_qt, stride_dot, stride_lt,
-               keys, offs_m, offs_dk, offs_dv, m0, seqlen, window, qk_scale,
+def _dkdv_step(dk, dk_b, dv, k_tile, k_b, v_tile, q_base, do_base, lse_base, delta_base, stride_qt, stride_dot,
+               stride_lt, keys, offs_m, offs_dk, offs_dk_b, offs_dv, m0, seqlen, window, qk_scale,
                DK: tl.constexpr, DV: tl.constexpr, PAD_DK: tl.constexpr, PAD_DV: tl.constexpr,
                MASKED: tl.constexpr, CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, UPCAST: tl.constexpr,
-               ROW64: tl.constexpr):
-    """dk (unscaled) and dv contributions of one query tile to one KV tile."""
+               ROW64: tl.constexpr, DK_B: tl.constexpr, PAD_DK_B: tl.constexpr):
+    """dk (unscaled) and dv contributions of one query tile to one KV tile; DK_B > 0: dk_b/k_b are the
+    second Dk chunk (dk_b is passed through untouched otherwise)."""
     rows = m0 + offs_m
     q_tile, do_tile = _load_row_pair(q_base, do_base, stride_qt, stride_dot, rows, seqlen, offs_dk, offs_dv, DK, DV,
                                      MASKED, PAD_DK, PAD_DV, UPCAST, ROW64)
     lse2, delta = _load_row_stats(lse_base + _row_offsets(rows, stride_lt, ROW64),
                                   delta_base + _row_offsets(rows, stride_lt, ROW64), rows, seqlen, MASKED)
     # Transposed orientation [BLOCK_N, BLOCK_M]: rows are this program's keys.
-    p_t = tl.math.exp2(tl.dot(k_tile, tl.trans(q_tile)) * qk_scale - lse2[None, :])
+    qk_t = tl.dot(k_tile, tl.trans(q_tile))
+    if DK_B > 0:
+        q_b = _load_cols_b(q_base, stride_qt, rows, seqlen, offs_dk_b, MASKED, PAD_DK_B, DK, UPCAST, ROW64)
+        qk_t += tl.dot(k_b, tl.trans(q_b))
+    p_t = tl.math.exp2(qk_t * qk_scale - lse2[None, :])
     if MASKED:
         p_t = tl.where(_band_mask_t(keys, rows, seqlen, window, CAUSAL, HAS_WINDOW), p_t, 0.0)
     dv += tl.dot(p_t.to(do_tile.dtype), do_tile)
     dp_t = tl.dot(v_tile, tl.trans(do_tile))
-    ds_t = p_t * (dp_t - delta[None, :])
-    dk += tl.dot(ds_t.to(q_tile.dtype), q_tile)
-    return dk, dv
+    ds_t = (p_t * (dp_t - delta[None, :])).to(q_tile.dtype)
+    dk += tl.dot(ds_t, q_tile)
+    if DK_B > 0:
+        dk_b += tl.dot(ds_t, q_b)
+    return dk, dk_b, dv
 
 
 @triton.jit(do_not_specialize=TUNING_ARGS)
@@ -433,9 +479,10 @@ def _bwd_dkdv_kernel(
     seqlen, num_kv_heads, group, window, qk_scale, scale, SEQ_BUCKET, ROWS_BUCKET,
     DK: tl.constexpr, DV: tl.constexpr, BLOCK_DK: tl.constexpr, BLOCK_DV: tl.constexpr,
     CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, UPCAST: tl.constexpr, ROW64: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    DK_B: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
-    """One KV tile of one KV head; sums over the G query heads of its group, so no atomics."""
+    """One KV tile of one KV head; sums over the G query heads of its group, so no atomics.
+    DK_B > 0: Dk as two column chunks (see `_fwd_kernel`)."""
     pid_n = tl.program_id(0)
     pid_bh = tl.program_id(1)
     batch = (pid_bh // num_kv_heads).to(tl.int64)
@@ -445,15 +492,23 @@ def _bwd_dkdv_kernel(
     offs_m = tl.arange(0, BLOCK_M)
     offs_dk = tl.arange(0, BLOCK_DK)
     offs_dv = tl.arange(0, BLOCK_DV)
-    PAD_DK: tl.constexpr = BLOCK_DK != DK
+    PAD_DK: tl.constexpr = BLOCK_DK > DK
     PAD_DV: tl.constexpr = BLOCK_DV != DV
+    PAD_DK_B: tl.constexpr = BLOCK_DK + DK_B > DK
+    offs_dk_b = _split_cols(offs_dk, BLOCK_DK, DK_B)
     local_n = tl.arange(0, BLOCK_N)
 
     # Tile-local row offsets (int32) from int64 tile bases.
+    k_tile_base = k + batch * stride_kb + kv_head.to(tl.int64) * stride_kh + n0.to(tl.int64) * stride_kt
     k_tile, v_tile = _load_row_pair(
-        k + batch * stride_kb + kv_head.to(tl.int64) * stride_kh + n0.to(tl.int64) * stride_kt,
-        v + batch * stride_vb + kv_head.to(tl.int64) * stride_vh + n0.to(tl.int64) * stride_vt,
+        k_tile_base, v + batch * stride_vb + kv_head.to(tl.int64) * stride_vh + n0.to(tl.int64) * stride_vt,
         stride_kt, stride_vt, local_n, seqlen - n0, offs_dk, offs_dv, DK, DV, True, PAD_DK, PAD_DV, UPCAST, False)
+    if DK_B > 0:
+        k_b = _load_cols_b(k_tile_base, stride_kt, local_n, seqlen - n0, offs_dk_b, True, PAD_DK_B, DK, UPCAST, False)
+        dk_b_acc = tl.zeros([BLOCK_N, DK_B], dtype=tl.float32)
+    else:
+        k_b = k_tile
+        dk_b_acc = tl.zeros([16, 16], dtype=tl.float32)  # stand-in, passed through untouched
     dk_acc = tl.zeros([BLOCK_N, BLOCK_DK], dtype=tl.float32)
     dv_acc = tl.zeros([BLOCK_N, BLOCK_DV], dtype=tl.float32)
     lo, hi = _query_range(n0, seqlen, window, CAUSAL, HAS_WINDOW, BLOCK_M, BLOCK_N)
@@ -467,77 +522,105 @@ def _bwd_dkdv_kernel(
     num_tiles = tl.cdiv(hi - lo, BLOCK_M)
     for it in range(0, num_tiles * group):
         g = it // num_tiles
-        dk_acc, dv_acc = _dkdv_step(
-            dk_acc, dv_acc, k_tile, v_tile, q_group + g * stride_qh, do_group + g * stride_doh,
+        dk_acc, dk_b_acc, dv_acc = _dkdv_step(
+            dk_acc, dk_b_acc, dv_acc, k_tile, k_b, v_tile, q_group + g * stride_qh, do_group + g * stride_doh,
             lse_group + g * stride_lh, delta_group + g * stride_lh, stride_qt, stride_dot, stride_lt, keys,
-            offs_m, offs_dk, offs_dv, lo + (it - g * num_tiles) * BLOCK_M, seqlen, window, qk_scale,
-            DK, DV, PAD_DK, PAD_DV, True, CAUSAL, HAS_WINDOW, UPCAST, ROW64)
-    _store_rows(dk + batch * stride_dkb + kv_head.to(tl.int64) * stride_dkh + n0.to(tl.int64) * stride_dkt,
-                stride_dkt, local_n, seqlen - n0, offs_dk, DK, dk_acc * scale)
+            offs_m, offs_dk, offs_dk_b, offs_dv, lo + (it - g * num_tiles) * BLOCK_M, seqlen, window, qk_scale,
+            DK, DV, PAD_DK, PAD_DV, True, CAUSAL, HAS_WINDOW, UPCAST, ROW64, DK_B, PAD_DK_B)
+    dk_tile_out = dk + batch * stride_dkb + kv_head.to(tl.int64) * stride_dkh + n0.to(tl.int64) * stride_dkt
+    _store_rows(dk_tile_out, stride_dkt, local_n, seqlen - n0, offs_dk, DK, dk_acc * scale)
+    if DK_B > 0:
+        _store_rows(dk_tile_out, stride_dkt, local_n, seqlen - n0, offs_dk_b, DK, dk_b_acc * scale)
     _store_rows(dv + batch * stride_dvb + kv_head.to(tl.int64) * stride_dvh + n0.to(tl.int64) * stride_dvt,
                 stride_dvt, local_n, seqlen - n0, offs_dv, DV, dv_acc)
 
 
 @triton.jit
-def _dq_tiles(dq, q_tile, do_tile, lse2, delta, k_base, v_base, stride_kt, stride_vt, offs_m, offs_n, offs_dk,
-              offs_dv, start, end, seqlen, window, qk_scale,
+def _dq_tiles(dq, dq_b, q_tile, q_b, do_tile, lse2, delta, k_base, v_base, stride_kt, stride_vt, offs_m, offs_n,
+              offs_dk, offs_dk_b, offs_dv, start, end, seqlen, window, qk_scale,
               DK: tl.constexpr, DV: tl.constexpr, PAD_DK: tl.constexpr, PAD_DV: tl.constexpr,
               MASKED: tl.constexpr, CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, UPCAST: tl.constexpr,
-              ROW64: tl.constexpr, BLOCK_N: tl.constexpr):
-    """Accumulate dq (unscaled) of one query tile over key tiles [start, end)."""
+              ROW64: tl.constexpr, BLOCK_N: tl.constexpr, DK_B: tl.constexpr, PAD_DK_B: tl.constexpr):
+    """Accumulate dq (unscaled) of one query tile over key tiles [start, end); dq_b: the second Dk chunk."""
     for n0 in range(start, end, BLOCK_N):
         n0 = tl.multiple_of(n0, BLOCK_N)
-        dq = _dq_step(dq, q_tile, do_tile, lse2, delta, k_base, v_base, stride_kt, stride_vt, offs_m, offs_n,
-                      offs_dk, offs_dv, n0, seqlen, window, qk_scale, DK, DV, PAD_DK, PAD_DV, MASKED, CAUSAL,
-                      HAS_WINDOW, UPCAST, ROW64)
-    return dq
+        dq, dq_b = _dq_step(dq, dq_b, q_tile, q_b, do_tile, lse2, delta, k_base, v_base, stride_kt, stride_vt,
+                            offs_m, offs_n, offs_dk, offs_dk_b, offs_dv, n0, seqlen, window, qk_scale, DK, DV,
+                            PAD_DK, PAD_DV, MASKED, CAUSAL, HAS_WINDOW, UPCAST, ROW64, DK_B, PAD_DK_B)
+    return dq, dq_b
 
 
 @triton.jit
-def _dq_step(dq, q_tile, do_tile, lse2, delta, k_base, v_base, stride_kt, stride_vt, offs_m, offs_n, offs_dk,
-             offs_dv, n0, seqlen, window, qk_scale,
+def _dq_step(dq, dq_b, q_tile, q_b, do_tile, lse2, delta, k_base, v_base, stride_kt, stride_vt, offs_m, offs_n,
+             offs_dk, offs_dk_b, offs_dv, n0, seqlen, window, qk_scale,
              DK: tl.constexpr, DV: tl.constexpr, PAD_DK: tl.constexpr, PAD_DV: tl.constexpr,
              MASKED: tl.constexpr, CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, UPCAST: tl.constexpr,
-             ROW64: tl.constexpr):
-    """dq contribution of one key tile."""
+             ROW64: tl.constexpr, DK_B: tl.constexpr, PAD_DK_B: tl.constexpr):
+    """dq contribution of one key tile (DK_B > 0: also of the second Dk chunk; dq_b untouched otherwise)."""
     keys = n0 + offs_n
     k_tile, v_tile = _load_row_pair(k_base, v_base, stride_kt, stride_vt, keys, seqlen, offs_dk, offs_dv, DK, DV,
                                     MASKED, PAD_DK, PAD_DV, UPCAST, ROW64)
-    p = tl.math.exp2(tl.dot(q_tile, tl.trans(k_tile)) * qk_scale - lse2[:, None])
+    qk = tl.dot(q_tile, tl.trans(k_tile))
+    if DK_B > 0:
+        k_b = _load_cols_b(k_base, stride_kt, keys, seqlen, offs_dk_b, MASKED, PAD_DK_B, DK, UPCAST, ROW64)
+        qk += tl.dot(q_b, tl.trans(k_b))
+    p = tl.math.exp2(qk * qk_scale - lse2[:, None])
     if MASKED:
         p = tl.where(_band_mask(offs_m, keys, seqlen, window, CAUSAL, HAS_WINDOW), p, 0.0)
     dp = tl.dot(do_tile, tl.trans(v_tile))
-    ds = p * (dp - delta[:, None])
-    dq += tl.dot(ds.to(k_tile.dtype), k_tile)
-    return dq
+    ds = (p * (dp - delta[:, None])).to(k_tile.dtype)
+    dq += tl.dot(ds, k_tile)
+    if DK_B > 0:
+        dq_b += tl.dot(ds, k_b)
+    return dq, dq_b
+
+
+@triton.jit
+def _dq_epilogue(dq_acc, dq, dq_add, stride_dqt, stride_at, local_m, num_rows, cols, DK: tl.constexpr,
+                 ADD_DQ: tl.constexpr):
+    """Store one Dk chunk of a dq tile (already scaled), plus dq_add's rows when ADD_DQ."""
+    if ADD_DQ:
+        dq_acc += tl.load(dq_add + local_m[:, None] * stride_at + cols[None, :],
+                          mask=(local_m[:, None] < num_rows) & (cols[None, :] < DK), other=0.0)
+    _store_rows(dq, stride_dqt, local_m, num_rows, cols, DK, dq_acc)
 
 
 @triton.jit(do_not_specialize=TUNING_ARGS)
 def _bwd_dq_kernel(
-    q, k, v, do, lse, delta, dq,
+    q, k, v, do, lse, delta, dq, dq_add,
     stride_qb, stride_qt, stride_qh, stride_kb, stride_kt, stride_kh, stride_vb, stride_vt, stride_vh,
     stride_dob, stride_dot, stride_doh, stride_lb, stride_lt, stride_lh,
-    stride_dqb, stride_dqt, stride_dqh,
+    stride_dqb, stride_dqt, stride_dqh, stride_ab, stride_at, stride_ah,
     seqlen, num_q_heads, group, window, qk_scale, scale, SEQ_BUCKET, ROWS_BUCKET,
     DK: tl.constexpr, DV: tl.constexpr, BLOCK_DK: tl.constexpr, BLOCK_DV: tl.constexpr,
     CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, UPCAST: tl.constexpr, ROW64: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    ADD_DQ: tl.constexpr, DK_B: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
+    """ADD_DQ: dq_add's fp32 rows (NSA's other branches' dq) are added to this tile's dq before the store.
+    DK_B > 0: Dk as two column chunks (see `_fwd_kernel`)."""
     batch, head, kv_head, m0 = _query_tile_ids(num_q_heads, group, BLOCK_M)
     local_m = tl.arange(0, BLOCK_M)
     offs_m = m0 + local_m
     offs_n = tl.arange(0, BLOCK_N)
     offs_dk = tl.arange(0, BLOCK_DK)
     offs_dv = tl.arange(0, BLOCK_DV)
-    PAD_DK: tl.constexpr = BLOCK_DK != DK
+    PAD_DK: tl.constexpr = BLOCK_DK > DK
     PAD_DV: tl.constexpr = BLOCK_DV != DV
+    PAD_DK_B: tl.constexpr = BLOCK_DK + DK_B > DK
+    offs_dk_b = _split_cols(offs_dk, BLOCK_DK, DK_B)
     row_off = m0.to(tl.int64)
 
     # Tile-local row offsets (int32) from int64 tile bases.
+    q_tile_base = q + batch * stride_qb + head * stride_qh + row_off * stride_qt
     q_tile, do_tile = _load_row_pair(
-        q + batch * stride_qb + head * stride_qh + row_off * stride_qt,
-        do + batch * stride_dob + head * stride_doh + row_off * stride_dot,
+        q_tile_base, do + batch * stride_dob + head * stride_doh + row_off * stride_dot,
         stride_qt, stride_dot, local_m, seqlen - m0, offs_dk, offs_dv, DK, DV, True, PAD_DK, PAD_DV, UPCAST, False)
+    if DK_B > 0:
+        q_b = _load_cols_b(q_tile_base, stride_qt, local_m, seqlen - m0, offs_dk_b, True, PAD_DK_B, DK, UPCAST, False)
+        dq_b_acc = tl.zeros([BLOCK_M, DK_B], dtype=tl.float32)
+    else:
+        q_b = q_tile
+        dq_b_acc = tl.zeros([16, 16], dtype=tl.float32)  # stand-in, passed through untouched
     stat_off = batch * stride_lb + head * stride_lh + offs_m.to(tl.int64) * stride_lt
     lse2, delta_rows = _load_row_stats(lse + stat_off, delta + stat_off, offs_m, seqlen, True)
     k_base = k + batch * stride_kb + kv_head * stride_kh
@@ -547,11 +630,16 @@ def _bwd_dq_kernel(
     lo, clean_lo, clean_hi, hi = _key_range(m0, seqlen, window, CAUSAL, HAS_WINDOW, BLOCK_M, BLOCK_N)
     for segment in tl.static_range(3):
         start, end = _band_segment(segment, lo, clean_lo, clean_hi, hi)
-        dq_acc = _dq_tiles(dq_acc, q_tile, do_tile, lse2, delta_rows, k_base, v_base, stride_kt, stride_vt, offs_m,
-                           offs_n, offs_dk, offs_dv, start, end, seqlen, window, qk_scale, DK, DV, PAD_DK, PAD_DV,
-                           segment != 1, CAUSAL, HAS_WINDOW, UPCAST, ROW64, BLOCK_N)
-    _store_rows(dq + batch * stride_dqb + head * stride_dqh + row_off * stride_dqt, stride_dqt, local_m,
-                seqlen - m0, offs_dk, DK, dq_acc * scale)
+        dq_acc, dq_b_acc = _dq_tiles(dq_acc, dq_b_acc, q_tile, q_b, do_tile, lse2, delta_rows, k_base, v_base,
+                                     stride_kt, stride_vt, offs_m, offs_n, offs_dk, offs_dk_b, offs_dv, start, end,
+                                     seqlen, window, qk_scale, DK, DV, PAD_DK, PAD_DV, segment != 1, CAUSAL,
+                                     HAS_WINDOW, UPCAST, ROW64, BLOCK_N, DK_B, PAD_DK_B)
+    dq_tile = dq + batch * stride_dqb + head * stride_dqh + row_off * stride_dqt
+    add_tile = dq_add + batch * stride_ab + head * stride_ah + row_off * stride_at
+    _dq_epilogue(dq_acc * scale, dq_tile, add_tile, stride_dqt, stride_at, local_m, seqlen - m0, offs_dk, DK, ADD_DQ)
+    if DK_B > 0:
+        _dq_epilogue(dq_b_acc * scale, dq_tile, add_tile, stride_dqt, stride_at, local_m, seqlen - m0, offs_dk_b, DK,
+                     ADD_DQ)
 
 
 _dkdv_tuned = _autotuned(_bwd_dkdv_kernel, _DKDV)
@@ -595,9 +683,9 @@ def _decode_split_kernel(
     PAD_DK: tl.constexpr = BLOCK_DK != DK
     PAD_DV: tl.constexpr = BLOCK_DV != DV
     for n0 in range(start, end, BLOCK_N):
-        acc, l_i, m_i = _fwd_step(acc, l_i, m_i, q_tile, k_base, v_base, stride_kt, stride_vt, offs_g, offs_n,
-                                  offs_dk, offs_dv, n0, end, 0, qk_scale, DK, DV, PAD_DK, PAD_DV,
-                                  True, False, False, UPCAST, ROW64)
+        acc, l_i, m_i = _fwd_step(acc, l_i, m_i, q_tile, q_tile, k_base, v_base, stride_kt, stride_vt, offs_g,
+                                  offs_n, offs_dk, offs_dk, offs_dv, n0, end, 0, qk_scale, DK, DV, PAD_DK, PAD_DV,
+                                  True, False, False, UPCAST, ROW64)  # decode: one padded Dk tile
 
     has_keys = l_i > 0.0
     out = acc / tl.where(has_keys, l_i, 1.0)[:, None]
@@ -687,6 +775,16 @@ def _needs_row64(seqlen: int, *tensors: torch.Tensor) -> bool:
     return any(seqlen * t.stride(1) + t.shape[-1] >= 2**31 for t in tensors)
 
 
+def _dk_tiles(dk: int, variant: str) -> dict:
+    """BLOCK_DK and DK_B: v2 runs a non-power-of-two Dk as two exact chunks (192 = 128 + 64), v1 (and
+    any power-of-two Dk) as one tile padded to the next power of two."""
+    check_variant("variant", variant)
+    if variant == "v2" and dk > 16 and dk & (dk - 1):
+        block_dk, dk_b = split_head_dim(dk)
+        return {"BLOCK_DK": block_dk, "DK_B": dk_b}
+    return {"BLOCK_DK": max(16, next_pow2(dk)), "DK_B": 0}
+
+
 def _launch_args(tiles: TileConfig | None) -> dict:
     if tiles is None:
         return {}
@@ -698,9 +796,11 @@ def _launch_args(tiles: TileConfig | None) -> dict:
 def attention_fwd(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, window: int | None = None,
     causal: bool = True, *, tiles: TileConfig | None = None, out: torch.Tensor | None = None,
-    gates: torch.Tensor | None = None, gate_index: int = 0, accumulate: bool = False,
+    gates: torch.Tensor | None = None, gate_index: int = 0, accumulate: bool = False, variant: str = "v2",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """o [B,T,Hq,Dv] (q.dtype) and lse [B,T,Hq] (float32, natural log) of scaled-dot-product attention.
+
+    variant "v2" (default): a non-power-of-two Dk as two exact column chunks; "v1": one padded tile.
 
     causal: query t sees keys <= t; window=w further limits it to keys >= t-w+1. causal=False is full
     attention. `tiles` pins one launch config (tests); None autotunes.
@@ -713,6 +813,7 @@ def attention_fwd(
     _check_mode(scale, window, causal)
     batch, seqlen, num_q_heads, dk = q.shape
     dv = v.shape[-1]
+    dk_tiles = _dk_tiles(dk, variant)
     check_gated(q, (batch, seqlen, num_q_heads, dv), out, gates, gate_index, accumulate)
     q, k, v = _unit_last(q), _unit_last(k), _unit_last(v)
     gated = out is not None
@@ -728,7 +829,7 @@ def attention_fwd(
         seqlen, num_q_heads, group, seqlen if window is None else min(window, seqlen), float(scale) * LOG2E,
         *tuning_buckets(seqlen, batch * num_q_heads).values(),
     )
-    consts = dict(DK=dk, DV=dv, BLOCK_DK=max(16, next_pow2(dk)), BLOCK_DV=max(16, next_pow2(dv)),
+    consts = dict(DK=dk, DV=dv, **dk_tiles, BLOCK_DV=max(16, next_pow2(dv)),
                   CAUSAL=bool(causal), HAS_WINDOW=window is not None,
                   UPCAST=interpreting() and q.dtype == torch.bfloat16, ROW64=_needs_row64(seqlen, q, k, v),
                   GATED=gated, ACCUMULATE=gated and accumulate)
@@ -748,8 +849,14 @@ def attention_bwd(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, o: torch.Tensor, lse: torch.Tensor, do: torch.Tensor,
     scale: float, window: int | None = None, causal: bool = True, *,
     tiles_dkdv: TileConfig | None = None, tiles_dq: TileConfig | None = None,
+    dq_out: torch.Tensor | None = None, dq_add: torch.Tensor | None = None, variant: str = "v2",
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(dq, dk, dv) in the input dtypes; dk/dv are summed over the G query heads of each KV head."""
+    """(dq, dk, dv) in the input dtypes; dk/dv are summed over the G query heads of each KV head.
+    variant as in `attention_fwd`.
+
+    dq_out / dq_add (`_common.check_dq_chain`): dq is written to dq_out as this attention's dq plus
+    dq_add (fp32), so NSA's window branch finishes the sum of its three branches' dq in its epilogue.
+    """
     group = _check_qkv(q, k, v)
     _check_mode(scale, window, causal)
     expected_o = (*q.shape[:3], v.shape[-1])
@@ -760,15 +867,22 @@ def attention_bwd(
         raise ValueError(f"lse must be float32 {tuple(q.shape[:3])}, got {lse.dtype} {tuple(lse.shape)}")
     q, k, v, o, do = (_unit_last(t) for t in (q, k, v, o, do))
     batch, seqlen, num_q_heads, dk = q.shape
+    dk_tiles = _dk_tiles(dk, variant)
     num_kv_heads, dv = k.shape[2], v.shape[-1]
-    dq = torch.empty_like(q)
+    dq = check_dq_chain(q, dq_out, dq_add)
+    if dq is None:
+        dq = torch.empty_like(q)
+    if dq_add is not None and same_memory(dq_add, dq):
+        raise ValueError("dq_add must not be dq_out here (the dq autotuner reruns the kernel)")
     dk_out = torch.empty_like(k)
     dv_out = torch.empty_like(v)
     if q.numel() == 0 or v.numel() == 0:
+        if dq_add is not None:
+            return dq.copy_(dq_add), dk_out.zero_(), dv_out.zero_()
         return dq.zero_(), dk_out.zero_(), dv_out.zero_()
     lse = lse.contiguous()
     delta = torch.empty_like(lse)
-    block_dk, block_dv = max(16, next_pow2(dk)), max(16, next_pow2(dv))
+    block_dv = max(16, next_pow2(dv))
     prep_rows = max(16, 4096 // block_dv)  # o and do tiles stay at 64 fp32 registers per thread
     _bwd_preprocess_kernel[(triton.cdiv(seqlen, prep_rows), batch * num_q_heads)](
         o, do, delta, *_bthd(o), *_bthd(do), *lse.stride(), seqlen, num_q_heads,
@@ -776,7 +890,7 @@ def attention_bwd(
     )
     win = seqlen if window is None else min(window, seqlen)  # w >= T is plain causal; keeps int32 bounds safe
     qk_scale = float(scale) * LOG2E
-    consts = dict(DK=dk, DV=dv, BLOCK_DK=block_dk, BLOCK_DV=block_dv, CAUSAL=bool(causal),
+    consts = dict(DK=dk, DV=dv, **dk_tiles, BLOCK_DV=block_dv, CAUSAL=bool(causal),
                   HAS_WINDOW=window is not None, UPCAST=interpreting() and q.dtype == torch.bfloat16,
                   ROW64=_needs_row64(seqlen, q, k, v, do))
     common = (*_bthd(q), *_bthd(k), *_bthd(v), *_bthd(do), *lse.stride())
@@ -795,9 +909,11 @@ def attention_bwd(
         return (triton.cdiv(seqlen, meta["BLOCK_M"]), batch * num_q_heads)
 
     kernel = _dq_tuned if tiles_dq is None else _bwd_dq_kernel
+    add = dq_add if dq_add is not None else dq
     kernel[grid_dq](
-        q, k, v, do, lse, delta, dq, *common, *_bthd(dq),
-        seqlen, num_q_heads, group, win, qk_scale, float(scale), *buckets, **consts, **_launch_args(tiles_dq),
+        q, k, v, do, lse, delta, dq, add, *common, *_bthd(dq), *_bthd(add),
+        seqlen, num_q_heads, group, win, qk_scale, float(scale), *buckets, **consts, ADD_DQ=dq_add is not None,
+        **_launch_args(tiles_dq),
     )
     return dq, dk_out, dv_out
 

@@ -14,9 +14,12 @@ import torch
 from . import compressed, flash, selected
 from ._common import check_heads, check_kernel_config
 from .gated_sum import gated_sum_bwd, gated_sum_fwd
+from .variants import KernelVariants
 from nsa_bench.config import NSAConfig
 
-__all__ = ["compress_kv", "select_blocks", "nsa_attention", "forward_stages", "backward_stages"]
+__all__ = ["compress_kv", "select_blocks", "nsa_attention", "nsa_attention_variants", "forward_stages",
+           "backward_stages"]
+DEFAULT_VARIANTS = KernelVariants()
 
 
 def _scale(scale: float | None, head_dim: int) -> float:
@@ -51,28 +54,41 @@ class _NSA(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, gates: torch.Tensor,
                 k_cmp: torch.Tensor, v_cmp: torch.Tensor, block_idx: torch.Tensor | None, cfg: NSAConfig,
-                scale: float) -> torch.Tensor:
-        o_cmp, lse_cmp = compressed.compressed_fwd(q, k_cmp, v_cmp, cfg, scale)
+                scale: float, variants: KernelVariants) -> torch.Tensor:
+        o_cmp, lse_cmp = compressed.compressed_fwd(q, k_cmp, v_cmp, cfg, scale, variant=variants.cmp_fwd)
         if block_idx is None:
-            block_idx = compressed.select_blocks(q, k_cmp, cfg, scale, lse=lse_cmp)
-        o_slc, lse_slc = selected.selected_fwd(q, k, v, block_idx, cfg.block_slc, scale)
-        o_win, lse_win = flash.attention_fwd(q, k, v, scale, window=cfg.window)
+            block_idx = compressed.select_blocks(q, k_cmp, cfg, scale, lse=lse_cmp, variant=variants.select)
+        o_slc, lse_slc = selected.selected_fwd(q, k, v, block_idx, cfg.block_slc, scale, variant=variants.slc_fwd)
+        o_win, lse_win = flash.attention_fwd(q, k, v, scale, window=cfg.window, variant=variants.win)
         ctx.save_for_backward(q, k, v, gates, k_cmp, v_cmp, block_idx, o_cmp, lse_cmp, o_slc, lse_slc, o_win, lse_win)
-        ctx.cfg, ctx.scale = cfg, scale
+        ctx.cfg, ctx.scale, ctx.variants = cfg, scale, variants
         return gated_sum_fwd(gates, o_cmp, o_slc, o_win)
 
     @staticmethod
     def backward(ctx: Any, do: torch.Tensor) -> tuple[Any, ...]:
         q, k, v, gates, k_cmp, v_cmp, block_idx, o_cmp, lse_cmp, o_slc, lse_slc, o_win, lse_win = ctx.saved_tensors
-        cfg, scale = ctx.cfg, ctx.scale
+        cfg, scale, variants = ctx.cfg, ctx.scale, ctx.variants
         d_gates, do_cmp, do_slc, do_win = gated_sum_bwd(gates, o_cmp, o_slc, o_win, do.contiguous())
-        dq, dk_cmp, dv_cmp = compressed.compressed_bwd(q, k_cmp, v_cmp, o_cmp, lse_cmp, do_cmp, cfg, scale)
-        dq_slc, dk, dv = selected.selected_bwd(q, k, v, o_slc, lse_slc, do_slc, block_idx, cfg.block_slc, scale)
-        dq_win, dk_win, dv_win = flash.attention_bwd(q, k, v, o_win, lse_win, do_win, scale, window=cfg.window)
-        dq = (dq.float() + dq_slc.float() + dq_win.float()).to(q.dtype)
+        if variants.dq_sum == "v2":  # one fp32 dq accumulator through the three dq kernels (tuning notes)
+            dq_sum = torch.empty(q.shape, dtype=torch.float32, device=q.device)
+            _, dk_cmp, dv_cmp = compressed.compressed_bwd(q, k_cmp, v_cmp, o_cmp, lse_cmp, do_cmp, cfg, scale,
+                                                          dkv_variant=variants.cmp_dkv, dq_variant=variants.cmp_dq,
+                                                          dq_out=dq_sum)
+            _, dk, dv = selected.selected_bwd(q, k, v, o_slc, lse_slc, do_slc, block_idx, cfg.block_slc, scale,
+                                              dq_variant=variants.slc_dq, dq_out=dq_sum, dq_add=dq_sum)
+            dq, dk_win, dv_win = flash.attention_bwd(q, k, v, o_win, lse_win, do_win, scale, window=cfg.window,
+                                                     variant=variants.win, dq_add=dq_sum)
+        else:
+            dq, dk_cmp, dv_cmp = compressed.compressed_bwd(q, k_cmp, v_cmp, o_cmp, lse_cmp, do_cmp, cfg, scale,
+                                                           dkv_variant=variants.cmp_dkv, dq_variant=variants.cmp_dq)
+            dq_slc, dk, dv = selected.selected_bwd(q, k, v, o_slc, lse_slc, do_slc, block_idx, cfg.block_slc,
+                                                   scale, dq_variant=variants.slc_dq)
+            dq_win, dk_win, dv_win = flash.attention_bwd(q, k, v, o_win, lse_win, do_win, scale, window=cfg.window,
+                                                         variant=variants.win)
+            dq = (dq.float() + dq_slc.float() + dq_win.float()).to(q.dtype)
         dk = (dk.float() + dk_win.float()).to(k.dtype)
         dv = (dv.float() + dv_win.float()).to(v.dtype)
-        return dq, dk, dv, d_gates, dk_cmp, dv_cmp, None, None, None
+        return dq, dk, dv, d_gates, dk_cmp, dv_cmp, None, None, None, None
 
 
 def _check_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, gates: torch.Tensor, cfg: NSAConfig) -> None:
@@ -90,6 +106,17 @@ def nsa_attention(
     k_cmp: torch.Tensor | None = None, v_cmp: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Sections 1-6 and 8: o [B,T,Hq,Dv], differentiable in q, k, v, gates (and k_cmp/v_cmp when given)."""
+    return nsa_attention_variants(q, k, v, gates, cfg, DEFAULT_VARIANTS, scale, block_idx, k_cmp, v_cmp)
+
+
+def nsa_attention_variants(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, gates: torch.Tensor, cfg: NSAConfig,
+    variants: KernelVariants, scale: float | None = None, block_idx: torch.Tensor | None = None,
+    k_cmp: torch.Tensor | None = None, v_cmp: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """`nsa_attention` with the kernel variants chosen (kernels/variants.py): what the benchmark times."""
+    if not isinstance(variants, KernelVariants):
+        raise ValueError(f"variants must be a KernelVariants, got {type(variants).__name__}")
     _check_inputs(q, k, v, gates, cfg)
     if (k_cmp is None) != (v_cmp is None):
         raise ValueError("pass both k_cmp and v_cmp, or neither")
@@ -100,13 +127,14 @@ def nsa_attention(
         block_idx = block_idx.to(torch.int32).contiguous()
     k_cmp, v_cmp, sc = k_cmp.contiguous(), v_cmp.contiguous(), _scale(scale, q.shape[-1])
     if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v, gates, k_cmp, v_cmp)):
-        return _NSA.apply(q, k, v, gates, k_cmp, v_cmp, block_idx, cfg, sc)
-    return _forward_gated_in_place(q, k, v, gates, k_cmp, v_cmp, block_idx, cfg, sc)
+        return _NSA.apply(q, k, v, gates, k_cmp, v_cmp, block_idx, cfg, sc, variants)
+    return _forward_gated_in_place(q, k, v, gates, k_cmp, v_cmp, block_idx, cfg, sc, variants)
 
 
 def _forward_gated_in_place(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, gates: torch.Tensor, k_cmp: torch.Tensor,
     v_cmp: torch.Tensor, block_idx: torch.Tensor | None, cfg: NSAConfig, scale: float,
+    variants: KernelVariants,
 ) -> torch.Tensor:
     """Inference forward: each branch kernel adds its gated output straight into `o`.
 
@@ -114,69 +142,82 @@ def _forward_gated_in_place(
     beyond inputs and output the forward holds only k_cmp/v_cmp, block_idx and three lse vectors.
     """
     out = torch.empty(*q.shape[:3], v.shape[-1], dtype=q.dtype, device=q.device)
-    _, lse_cmp = compressed.compressed_fwd(q, k_cmp, v_cmp, cfg, scale, out=out, gates=gates, gate_index=0)
+    _, lse_cmp = compressed.compressed_fwd(q, k_cmp, v_cmp, cfg, scale, out=out, gates=gates, gate_index=0,
+                                          variant=variants.cmp_fwd)
     if block_idx is None:
-        block_idx = compressed.select_blocks(q, k_cmp, cfg, scale, lse=lse_cmp)
+        block_idx = compressed.select_blocks(q, k_cmp, cfg, scale, lse=lse_cmp, variant=variants.select)
     selected.selected_fwd(q, k, v, block_idx, cfg.block_slc, scale, out=out, gates=gates, gate_index=1,
-                          accumulate=True)
-    flash.attention_fwd(q, k, v, scale, window=cfg.window, out=out, gates=gates, gate_index=2, accumulate=True)
+                          accumulate=True, variant=variants.slc_fwd)
+    flash.attention_fwd(q, k, v, scale, window=cfg.window, out=out, gates=gates, gate_index=2, accumulate=True,
+                        variant=variants.win)
     return out
 
 
 def _forward_parts(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cfg: NSAConfig, scale: float, block_idx: torch.Tensor | None,
+    variants: KernelVariants,
 ) -> dict[str, torch.Tensor]:
     """Every intermediate of one forward pass, computed once for the per-stage callables."""
     with torch.no_grad():
         k_cmp = compressed.compress_fwd(k, cfg.block_cmp, cfg.stride_cmp)
         v_cmp = compressed.compress_fwd(v, cfg.block_cmp, cfg.stride_cmp)
-        o_cmp, lse_cmp = compressed.compressed_fwd(q, k_cmp, v_cmp, cfg, scale)
-        idx = block_idx if block_idx is not None else compressed.select_blocks(q, k_cmp, cfg, scale, lse=lse_cmp)
-        o_slc, lse_slc = selected.selected_fwd(q, k, v, idx, cfg.block_slc, scale)
-        o_win, lse_win = flash.attention_fwd(q, k, v, scale, window=cfg.window)
+        o_cmp, lse_cmp = compressed.compressed_fwd(q, k_cmp, v_cmp, cfg, scale, variant=variants.cmp_fwd)
+        if block_idx is None:
+            block_idx = compressed.select_blocks(q, k_cmp, cfg, scale, lse=lse_cmp, variant=variants.select)
+        idx = block_idx
+        o_slc, lse_slc = selected.selected_fwd(q, k, v, idx, cfg.block_slc, scale, variant=variants.slc_fwd)
+        o_win, lse_win = flash.attention_fwd(q, k, v, scale, window=cfg.window, variant=variants.win)
     return {"k_cmp": k_cmp, "v_cmp": v_cmp, "o_cmp": o_cmp, "lse_cmp": lse_cmp, "idx": idx, "o_slc": o_slc,
             "lse_slc": lse_slc, "o_win": o_win, "lse_win": lse_win}
 
 
 def forward_stages(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, gates: torch.Tensor, cfg: NSAConfig,
-    scale: float | None = None, block_idx: torch.Tensor | None = None,
+    scale: float | None = None, block_idx: torch.Tensor | None = None, variants: KernelVariants = DEFAULT_VARIANTS,
 ) -> dict[str, Callable[[], Any]]:
     """Each forward stage as a self-contained callable over precomputed inputs (for per-stage timing)."""
     _check_inputs(q, k, v, gates, cfg)
     sc = _scale(scale, q.shape[-1])
-    f = _forward_parts(q, k, v, cfg, sc, block_idx)
+    f = _forward_parts(q, k, v, cfg, sc, block_idx, variants)
     return {
         "compress": lambda: (compressed.compress_fwd(k, cfg.block_cmp, cfg.stride_cmp),
                              compressed.compress_fwd(v, cfg.block_cmp, cfg.stride_cmp)),
-        "cmp_attn": lambda: compressed.compressed_fwd(q, f["k_cmp"], f["v_cmp"], cfg, sc),
-        "select": lambda: compressed.select_blocks(q, f["k_cmp"], cfg, sc, lse=f["lse_cmp"]),
-        "slc_attn": lambda: selected.selected_fwd(q, k, v, f["idx"], cfg.block_slc, sc),
-        "win_attn": lambda: flash.attention_fwd(q, k, v, sc, window=cfg.window),
+        "cmp_attn": lambda: compressed.compressed_fwd(q, f["k_cmp"], f["v_cmp"], cfg, sc, variant=variants.cmp_fwd),
+        "select": lambda: compressed.select_blocks(q, f["k_cmp"], cfg, sc, lse=f["lse_cmp"],
+                                                   variant=variants.select),
+        "slc_attn": lambda: selected.selected_fwd(q, k, v, f["idx"], cfg.block_slc, sc, variant=variants.slc_fwd),
+        "win_attn": lambda: flash.attention_fwd(q, k, v, sc, window=cfg.window, variant=variants.win),
         "gated_sum": lambda: gated_sum_fwd(gates, f["o_cmp"], f["o_slc"], f["o_win"]),
     }
 
 
 def backward_stages(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, gates: torch.Tensor, do: torch.Tensor, cfg: NSAConfig,
-    scale: float | None = None, block_idx: torch.Tensor | None = None,
+    scale: float | None = None, block_idx: torch.Tensor | None = None, variants: KernelVariants = DEFAULT_VARIANTS,
 ) -> dict[str, Callable[[], Any]]:
     """Each backward stage as a self-contained callable over a precomputed forward (per-stage timing)."""
     _check_inputs(q, k, v, gates, cfg)
     sc = _scale(scale, q.shape[-1])
-    f = _forward_parts(q, k, v, cfg, sc, block_idx)
+    f = _forward_parts(q, k, v, cfg, sc, block_idx, variants)
     with torch.no_grad():
         _, do_cmp, do_slc, do_win = gated_sum_bwd(gates, f["o_cmp"], f["o_slc"], f["o_win"], do)
         _, dk_cmp, dv_cmp = compressed.compressed_bwd(q, f["k_cmp"], f["v_cmp"], f["o_cmp"], f["lse_cmp"], do_cmp,
-                                                      cfg, sc)
+                                                      cfg, sc, dkv_variant=variants.cmp_dkv, dq_variant=variants.cmp_dq)
     seqlen = k.shape[1]
+    # dq_sum v2: each stage moves the fp32 accumulator as in the backward (the cmp stage writes it, the
+    # slc stage reads and writes one, the window stage reads it); two buffers keep reps idempotent.
+    chain = variants.dq_sum == "v2"
+    acc_in = torch.zeros(q.shape, dtype=torch.float32, device=q.device) if chain else None
+    acc_out = torch.empty_like(acc_in) if chain else None
     return {
         "gated_sum": lambda: gated_sum_bwd(gates, f["o_cmp"], f["o_slc"], f["o_win"], do),
         "cmp_attn": lambda: compressed.compressed_bwd(q, f["k_cmp"], f["v_cmp"], f["o_cmp"], f["lse_cmp"], do_cmp,
-                                                      cfg, sc),
+                                                      cfg, sc, dkv_variant=variants.cmp_dkv, dq_variant=variants.cmp_dq,
+                                                      dq_out=acc_out),
         "compress": lambda: (compressed.compress_bwd(dk_cmp, seqlen, cfg.block_cmp, cfg.stride_cmp),
                              compressed.compress_bwd(dv_cmp, seqlen, cfg.block_cmp, cfg.stride_cmp)),
         "slc_attn": lambda: selected.selected_bwd(q, k, v, f["o_slc"], f["lse_slc"], do_slc, f["idx"], cfg.block_slc,
-                                                  sc),
-        "win_attn": lambda: flash.attention_bwd(q, k, v, f["o_win"], f["lse_win"], do_win, sc, window=cfg.window),
+                                                  sc, dq_variant=variants.slc_dq, dq_out=acc_out, dq_add=acc_in),
+        "win_attn": lambda: flash.attention_bwd(q, k, v, f["o_win"], f["lse_win"], do_win, sc, window=cfg.window,
+                                                variant=variants.win, dq_add=acc_in),
     }

@@ -23,8 +23,9 @@ import triton.language as tl
 
 from ._common import (
     MAX_N_SLC, SUPPORTED_BLOCK_SLC, TUNING_ARGS, autotune, check_gated, check_heads, interpreting, next_pow2,
-    tuning_buckets,
+    check_dq_chain, same_memory, split_head_dim, tuning_buckets,
 )
+from .variants import check_variant
 
 __all__ = ["selected_fwd", "selected_bwd", "invert_selection"]
 
@@ -324,18 +325,16 @@ def _delta_kernel(o_ptr, do_ptr, delta_ptr, ROWS, DV, BLOCK_R: tl.constexpr, DV_
 
 
 # ---------------------------------------------------------------- backward: dq (query-centric)
-@autotune(
-    configs=_fwd_configs(),
-    key=["G_PAD", "DK_PAD", "DV_PAD", "BLOCK_SLC"],
-    prune_configs_by={"early_config_prune": _prune_dq},
-)
 @triton.jit(do_not_specialize=TUNING_ARGS)
 def _selected_dq_kernel(
-    q_ptr, k_ptr, v_ptr, idx_ptr, do_ptr, lse_ptr, delta_ptr, dq_ptr,
+    q_ptr, k_ptr, v_ptr, idx_ptr, do_ptr, lse_ptr, delta_ptr, dq_ptr, dq_add_ptr,
     T, HQ, HKV, G, DK, DV, qk_scale_log2, scale, SEQ_BUCKET, ROWS_BUCKET,
     N_SLOTS: tl.constexpr, G_PAD: tl.constexpr, DK_PAD: tl.constexpr, DV_PAD: tl.constexpr,
-    BLOCK_SLC: tl.constexpr, N_PAD: tl.constexpr, UPCAST: tl.constexpr, BLOCK_K: tl.constexpr,
+    BLOCK_SLC: tl.constexpr, N_PAD: tl.constexpr, UPCAST: tl.constexpr, ADD_DQ: tl.constexpr,
+    BLOCK_K: tl.constexpr,
 ):
+    """ADD_DQ: dq_add_ptr's fp32 rows (the other branches' dq so far) are added before the store; it may
+    be dq_ptr itself (each row is read and written by this program only)."""
     t, g, b, row, head_ok = _group_program(T, HQ, G, G_PAD)
     dk_offs, dk_ok, dv_offs, dv_ok = _head_cols(DK, DV, DK_PAD, DV_PAD)
     q = _load_cols(q_ptr, row, head_ok, dk_offs, dk_ok, DK, UPCAST)
@@ -367,7 +366,21 @@ def _selected_dq_kernel(
             ds = p * (dp - delta[:, None])
             dq += tl.dot(ds.to(k.dtype), k)
 
-    _store_rows(dq_ptr, row, head_ok, dq * scale, DK, DK_PAD)
+    dq = dq * scale
+    if ADD_DQ:
+        dq += _load_cols(dq_add_ptr, row, head_ok, dk_offs, dk_ok, DK, False)
+    _store_rows(dq_ptr, row, head_ok, dq, DK, DK_PAD)
+
+
+_DQ_KEY = ["G_PAD", "DK_PAD", "DV_PAD", "BLOCK_SLC", "ADD_DQ"]
+# An in-place accumulating launch (dq_ptr is dq_add_ptr) reads what it writes: its tuner restores dq.
+_selected_dq_accumulate_tuned = autotune(
+    configs=_fwd_configs(), key=_DQ_KEY, prune_configs_by={"early_config_prune": _prune_dq},
+    restore_value=["dq_ptr"],
+)(_selected_dq_kernel)
+_selected_dq_kernel = autotune(
+    configs=_fwd_configs(), key=_DQ_KEY, prune_configs_by={"early_config_prune": _prune_dq},
+)(_selected_dq_kernel)
 
 
 # ---------------------------------------------------------------- backward: dk, dv (block-centric)
@@ -516,6 +529,254 @@ _dkdv_atomic_kernel = autotune(
 )(_selected_dkdv_body)
 
 
+# ---------------------------------------------------------------- v2: tiles of POSITIONS positions
+# One program per (POSITIONS consecutive positions, KV group, batch), rows = positions x G_PAD heads.
+# The slot loop runs over the union of the positions' selections: a block an earlier slot of the tile
+# already brought is masked (its loads fetch nothing), so block 0, the local blocks and any block two
+# positions share pass L2 once per tile; each block updates only the rows whose position selected it
+# (set semantics per row, as in v1). Dk runs as two exact column chunks (192 = 128 + 64).
+# docs/tuning-notes.md has the traffic model (issue 13, suspect 2).
+def _tile_configs(positions: tuple[int, ...]) -> list[triton.Config]:
+    """POSITIONS per program and BLOCK_K keys per step; under the interpreter `_launcher` pins both."""
+    if interpreting():
+        return [triton.Config({"POSITIONS": 2, "BLOCK_K": 32}, num_warps=4, num_stages=1)]
+    return [
+        triton.Config({"POSITIONS": p, "BLOCK_K": bk}, num_warps=w, num_stages=s)
+        for p in positions for bk in (32, 64, 128, 256) for w in (4, 8) for s in (2, 3)
+    ]
+
+
+_TILE_MAX_ROWS = 64  # POSITIONS x G_PAD rows at most: beyond, q and the accumulators leave no room
+
+
+def _tile_prune(configs, named_args, kwargs, dq: bool):
+    """Tiles of at most 64 rows, BLOCK_K dividing l' (at most 4 unrolled chunks), stage counts whose
+    prefetch of one selected block fits shared memory, and what sm_90 builds without spills. Read off
+    ptxas at the paper shape, G=1 (64/64), G=64 and l'=256 (`_BLOCK_SHARE_*` as in v1: a thread's share
+    of one selected block's K+V): above 1 KiB everything spills; above 512 B only one-position tiles
+    build, and dq only as one chunk (BLOCK_K = l'); the forward's two-position tiles need BLOCK_K=64, its
+    four-position ones 8 warps, its one-position 4-warp ones not BLOCK_K=32 with 2 stages; dq tiles of
+    32-64 rows (2 positions, or G=64) only as BLOCK_K=64, 8 warps, 3 stages. Fallback: one position,
+    8 warps, one stage."""
+    block_slc = kwargs.get("BLOCK_SLC", 64)
+    g_pad = kwargs.get("G_PAD", 16)
+    q = named_args.get("q_ptr")
+    elem = q.element_size() if hasattr(q, "element_size") else 2
+    heads = kwargs.get("DK_A", 0) + kwargs.get("DK_B", 0) + kwargs.get("DV_PAD", 0)
+    block_bytes = block_slc * heads * elem  # one selected block's K and V
+
+    def builds(c) -> bool:
+        positions, block_k, warps, stages = c.kwargs["POSITIONS"], c.kwargs["BLOCK_K"], c.num_warps, c.num_stages
+        share, chunks, rows = block_bytes // (32 * warps), block_slc // block_k, positions * g_pad
+        if share > _BLOCK_SHARE_MAX:
+            return False
+        if share > _BLOCK_SHARE_FEW_CHUNKS:
+            return positions == 1 and (not dq or chunks == 1)
+        if dq:
+            return rows < 32 or (block_k == 64 and warps == 8 and stages == 3)
+        if positions == 1:
+            return not (warps == 4 and block_k == 32 and stages == 2)
+        return block_k == 64 if positions == 2 else warps == 8
+
+    def fits(c) -> bool:
+        rows = c.kwargs["POSITIONS"] * g_pad
+        return (rows <= _TILE_MAX_ROWS and block_slc // 4 <= c.kwargs["BLOCK_K"] <= block_slc
+                and (c.num_stages - 1) * block_bytes + 2 * rows * heads * elem <= _SHARED_MEMORY_BYTES)
+
+    kept = [c for c in configs if fits(c) and builds(c)]
+    return kept or [triton.Config({"POSITIONS": 1, "BLOCK_K": min(block_slc, 64)}, num_warps=8, num_stages=1)]
+
+
+def _prune_fwd_tiles(configs, named_args, **kwargs):
+    return _tile_prune(configs, named_args, kwargs, dq=False)
+
+
+def _prune_dq_tiles(configs, named_args, **kwargs):
+    return _tile_prune(configs, named_args, kwargs, dq=True)
+
+
+@triton.jit
+def _tile_setup(idx_ptr, T, HQ, HKV, G, N_SLOTS: tl.constexpr, G_PAD: tl.constexpr, N_PAD: tl.constexpr,
+                POSITIONS: tl.constexpr):
+    """Program (t0, g, b) of the (T / POSITIONS, Hkv, B) grid: each row's position and int64 row of
+    [B*T*Hq], which rows exist, every row's block_idx row [ROWS, N_PAD] (-1 padded), each entry's flat
+    slot number in the tile (position-major), `_kv_rows` of key 0 of (b, g), and the tile's last position."""
+    ROWS: tl.constexpr = POSITIONS * G_PAD
+    t0 = tl.program_id(0).to(tl.int64) * POSITIONS
+    g = tl.program_id(1).to(tl.int64)
+    b = tl.program_id(2).to(tl.int64)
+    r = tl.arange(0, ROWS)
+    pos = t0 + r // G_PAD
+    head = r % G_PAD
+    row_ok = (pos < T) & (head < G)
+    row = (b * T + pos) * HQ + g * G + head
+    slots = tl.arange(0, N_PAD)
+    idx_ptrs = idx_ptr + ((b * T + pos) * HKV + g)[:, None] * N_SLOTS + slots[None, :]
+    idx_rows = tl.load(idx_ptrs, mask=(pos < T)[:, None] & (slots < N_SLOTS)[None, :], other=-1)
+    flat = (r // G_PAD)[:, None] * N_SLOTS + slots[None, :]
+    t_last = tl.minimum(t0 + POSITIONS, T) - 1
+    return t0, g, b, pos, row, row_ok, idx_rows, flat, _kv_rows(b, g, 0, T, HKV), t_last
+
+
+@triton.jit
+def _load_split_cols(ptr, row, row_ok, D, D_A: tl.constexpr, D_B: tl.constexpr, UPCAST: tl.constexpr):
+    """Columns [0, D_A) and [D_A, D_A + D_B) of rows `row` of a row-major [*, D] tensor (0 past D)."""
+    cols_a = tl.arange(0, D_A)
+    cols_b = D_A + tl.arange(0, D_B)
+    return (_load_cols(ptr, row, row_ok, cols_a, cols_a < D, D, UPCAST),
+            _load_cols(ptr, row, row_ok, cols_b, cols_b < D, D, UPCAST))
+
+
+@triton.jit(do_not_specialize=TUNING_ARGS)
+def _selected_fwd_tile_kernel(
+    q_ptr, k_ptr, v_ptr, idx_ptr, o_ptr, lse_ptr, gate_ptr,
+    T, HQ, HKV, G, DK, DV, qk_scale_log2, SEQ_BUCKET, ROWS_BUCKET,
+    N_SLOTS: tl.constexpr, G_PAD: tl.constexpr, DK_A: tl.constexpr, DK_B: tl.constexpr, DV_PAD: tl.constexpr,
+    BLOCK_SLC: tl.constexpr, N_PAD: tl.constexpr, UPCAST: tl.constexpr,
+    GATED: tl.constexpr, ACCUMULATE: tl.constexpr, POSITIONS: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    """v2 forward: POSITIONS positions x the G heads of one KV group over the union of their blocks.
+    GATED / ACCUMULATE / gate_ptr as in `_selected_fwd_kernel`."""
+    ROWS: tl.constexpr = POSITIONS * G_PAD
+    t0, g, b, pos, row, row_ok, idx_rows, flat, kv_base, t_last = _tile_setup(
+        idx_ptr, T, HQ, HKV, G, N_SLOTS, G_PAD, N_PAD, POSITIONS)
+    q_a, q_b = _load_split_cols(q_ptr, row, row_ok, DK, DK_A, DK_B, UPCAST)
+    cols_a = tl.arange(0, DK_A)
+    cols_b = DK_A + tl.arange(0, DK_B)
+    dv_offs = tl.arange(0, DV_PAD)
+    dv_ok = dv_offs < DV
+
+    m_i = tl.full([ROWS], float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros([ROWS], dtype=tl.float32)
+    acc = tl.zeros([ROWS, DV_PAD], dtype=tl.float32)
+    # Inline body, no jit helpers (see `_selected_fwd_kernel`): the runtime loop is what the pipeliner
+    # prefetches across. Flat slot it = (position p of the tile, slot s).
+    for it in range(0, POSITIONS * N_SLOTS):
+        t_p = t0 + it // N_SLOTS
+        j = tl.load(idx_ptr + ((b * T + t_p) * HKV + g) * N_SLOTS + it % N_SLOTS, mask=t_p < T, other=-1)
+        hit = idx_rows == j
+        first = tl.sum(tl.sum((hit & (flat < it)).to(tl.int32), axis=1), axis=0) == 0
+        chosen = tl.sum(hit.to(tl.int32), axis=1) > 0  # rows whose position selected j
+        live_row = row_ok & chosen & first & (j >= 0) & (j.to(tl.int64) * BLOCK_SLC <= pos)
+        used = first & (j >= 0) & (j.to(tl.int64) * BLOCK_SLC <= t_last)
+        for c in tl.static_range(BLOCK_SLC // BLOCK_K):
+            key = j.to(tl.int64) * BLOCK_SLC + c * BLOCK_K + tl.arange(0, BLOCK_K)
+            key_ok = used & (key <= t_last)
+            kv_row = kv_base + key * HKV
+            k_a = tl.load(k_ptr + kv_row[:, None] * DK + cols_a[None, :],
+                          mask=key_ok[:, None] & (cols_a < DK)[None, :], other=0.0)
+            k_b = tl.load(k_ptr + kv_row[:, None] * DK + cols_b[None, :],
+                          mask=key_ok[:, None] & (cols_b < DK)[None, :], other=0.0)
+            v = tl.load(v_ptr + kv_row[:, None] * DV + dv_offs[None, :],
+                        mask=key_ok[:, None] & dv_ok[None, :], other=0.0)
+            if UPCAST:
+                k_a = k_a.to(tl.float32)
+                k_b = k_b.to(tl.float32)
+                v = v.to(tl.float32)
+            s = (tl.dot(q_a, tl.trans(k_a)) + tl.dot(q_b, tl.trans(k_b))) * qk_scale_log2
+            live = live_row[:, None] & key_ok[None, :] & (key[None, :] <= pos[:, None])
+            s = tl.where(live, s, float("-inf"))
+            m_new = tl.maximum(m_i, tl.max(s, axis=1))
+            m_use = tl.where(m_new > float("-inf"), m_new, 0.0)
+            p = tl.exp2(s - m_use[:, None])
+            alpha = tl.exp2(m_i - m_use)
+            l_i = l_i * alpha + tl.sum(p, axis=1)
+            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+            m_i = m_new
+
+    has_key = l_i > 0.0
+    o = acc / tl.where(has_key, l_i, 1.0)[:, None]
+    lse = tl.where(has_key, (m_i + tl.log2(tl.where(has_key, l_i, 1.0))) * 0.6931471805599453, float("-inf"))
+    if GATED:
+        o = _gated_epilogue(o, o_ptr, gate_ptr, row, row_ok, dv_offs, dv_ok, DV, 3, ACCUMULATE)  # 3: _NUM_GATES
+    _store_rows(o_ptr, row, row_ok, o, DV, DV_PAD)
+    tl.store(lse_ptr + row, lse, mask=row_ok)
+
+
+_TILE_KEY = ["G_PAD", "DK_A", "DK_B", "DV_PAD", "BLOCK_SLC"]
+_selected_fwd_tile_tuned = autotune(
+    configs=_tile_configs((1, 2, 4)), key=_TILE_KEY, prune_configs_by={"early_config_prune": _prune_fwd_tiles},
+)(_selected_fwd_tile_kernel)
+_selected_fwd_tile_accumulate_tuned = autotune(  # restores o around each timed run, as v1's
+    configs=_tile_configs((1, 2, 4)), key=_TILE_KEY, prune_configs_by={"early_config_prune": _prune_fwd_tiles},
+    restore_value=["o_ptr"],
+)(_selected_fwd_tile_kernel)
+
+
+@triton.jit(do_not_specialize=TUNING_ARGS)
+def _selected_dq_tile_kernel(
+    q_ptr, k_ptr, v_ptr, idx_ptr, do_ptr, lse_ptr, delta_ptr, dq_ptr, dq_add_ptr,
+    T, HQ, HKV, G, DK, DV, qk_scale_log2, scale, SEQ_BUCKET, ROWS_BUCKET,
+    N_SLOTS: tl.constexpr, G_PAD: tl.constexpr, DK_A: tl.constexpr, DK_B: tl.constexpr, DV_PAD: tl.constexpr,
+    BLOCK_SLC: tl.constexpr, N_PAD: tl.constexpr, UPCAST: tl.constexpr, ADD_DQ: tl.constexpr,
+    POSITIONS: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    """v2 dq: the forward's tile and union loop (dq tries POSITIONS <= 2: its masked-row MMA work grows
+    with POSITIONS and would exceed the L2 time at 4). ADD_DQ as in `_selected_dq_kernel`."""
+    ROWS: tl.constexpr = POSITIONS * G_PAD
+    t0, g, b, pos, row, row_ok, idx_rows, flat, kv_base, t_last = _tile_setup(
+        idx_ptr, T, HQ, HKV, G, N_SLOTS, G_PAD, N_PAD, POSITIONS)
+    q_a, q_b = _load_split_cols(q_ptr, row, row_ok, DK, DK_A, DK_B, UPCAST)
+    cols_a = tl.arange(0, DK_A)
+    cols_b = DK_A + tl.arange(0, DK_B)
+    dv_offs = tl.arange(0, DV_PAD)
+    dv_ok = dv_offs < DV
+    do = _load_cols(do_ptr, row, row_ok, dv_offs, dv_ok, DV, UPCAST)
+    lse2, delta = _load_lse2_delta(lse_ptr, delta_ptr, row, row_ok)
+    dq_a = tl.zeros([ROWS, DK_A], dtype=tl.float32)
+    dq_b = tl.zeros([ROWS, DK_B], dtype=tl.float32)
+
+    for it in range(0, POSITIONS * N_SLOTS):
+        t_p = t0 + it // N_SLOTS
+        j = tl.load(idx_ptr + ((b * T + t_p) * HKV + g) * N_SLOTS + it % N_SLOTS, mask=t_p < T, other=-1)
+        hit = idx_rows == j
+        first = tl.sum(tl.sum((hit & (flat < it)).to(tl.int32), axis=1), axis=0) == 0
+        chosen = tl.sum(hit.to(tl.int32), axis=1) > 0
+        live_row = row_ok & chosen & first & (j >= 0) & (j.to(tl.int64) * BLOCK_SLC <= pos)
+        used = first & (j >= 0) & (j.to(tl.int64) * BLOCK_SLC <= t_last)
+        for c in tl.static_range(BLOCK_SLC // BLOCK_K):
+            key = j.to(tl.int64) * BLOCK_SLC + c * BLOCK_K + tl.arange(0, BLOCK_K)
+            key_ok = used & (key <= t_last)
+            kv_row = kv_base + key * HKV
+            k_a = tl.load(k_ptr + kv_row[:, None] * DK + cols_a[None, :],
+                          mask=key_ok[:, None] & (cols_a < DK)[None, :], other=0.0)
+            k_b = tl.load(k_ptr + kv_row[:, None] * DK + cols_b[None, :],
+                          mask=key_ok[:, None] & (cols_b < DK)[None, :], other=0.0)
+            v = tl.load(v_ptr + kv_row[:, None] * DV + dv_offs[None, :],
+                        mask=key_ok[:, None] & dv_ok[None, :], other=0.0)
+            if UPCAST:
+                k_a = k_a.to(tl.float32)
+                k_b = k_b.to(tl.float32)
+                v = v.to(tl.float32)
+            s = (tl.dot(q_a, tl.trans(k_a)) + tl.dot(q_b, tl.trans(k_b))) * qk_scale_log2
+            live = live_row[:, None] & key_ok[None, :] & (key[None, :] <= pos[:, None])
+            p = tl.where(live, tl.exp2(s - lse2[:, None]), 0.0)
+            ds = (p * (tl.dot(do, tl.trans(v)) - delta[:, None])).to(k_a.dtype)
+            dq_a += tl.dot(ds, k_a)
+            dq_b += tl.dot(ds, k_b)
+
+    dq_a = dq_a * scale
+    dq_b = dq_b * scale
+    if ADD_DQ:
+        add_a, add_b = _load_split_cols(dq_add_ptr, row, row_ok, DK, DK_A, DK_B, False)
+        dq_a += add_a
+        dq_b += add_b
+    tl.store(dq_ptr + row[:, None] * DK + cols_a[None, :], dq_a.to(dq_ptr.dtype.element_ty),
+             mask=row_ok[:, None] & (cols_a < DK)[None, :])
+    tl.store(dq_ptr + row[:, None] * DK + cols_b[None, :], dq_b.to(dq_ptr.dtype.element_ty),
+             mask=row_ok[:, None] & (cols_b < DK)[None, :])
+
+
+_DQ_TILE_KEY = [*_TILE_KEY, "ADD_DQ"]
+_selected_dq_tile_accumulate_tuned = autotune(  # restores dq: see _selected_dq_accumulate_tuned
+    configs=_tile_configs((1, 2)), key=_DQ_TILE_KEY, prune_configs_by={"early_config_prune": _prune_dq_tiles},
+    restore_value=["dq_ptr"],
+)(_selected_dq_tile_kernel)
+_selected_dq_tile_kernel = autotune(
+    configs=_tile_configs((1, 2)), key=_DQ_TILE_KEY, prune_configs_by={"early_config_prune": _prune_dq_tiles},
+)(_selected_dq_tile_kernel)
+
+
 # ---------------------------------------------------------------- python wrappers
 def _validate(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_idx: torch.Tensor, block_slc: int, scale: float
@@ -562,12 +823,32 @@ def _launch_dims(q: torch.Tensor, v: torch.Tensor, group: int, block_slc: int, n
     )
 
 
+def _tile_dims(q: torch.Tensor, v: torch.Tensor, group: int, block_slc: int, n: int) -> dict:
+    """`_launch_dims` of the v2 tile kernels: Dk as two exact column chunks instead of one padded tile."""
+    dims = _launch_dims(q, v, group, block_slc, n)
+    dims.pop("DK_PAD")
+    dims["DK_A"], dims["DK_B"] = split_head_dim(q.shape[-1])
+    return dims
+
+
+def _tile_grid(t: int, hkv: int, b: int):
+    return lambda meta: (triton.cdiv(t, meta["POSITIONS"]), hkv, b)
+
+
+def _tile_interp_meta(group: int, block_slc: int, positions: int) -> dict:
+    """Interpreter sizes of the v2 tiles: several positions per tile (the union path), <= 64 rows."""
+    return {"POSITIONS": max(1, min(positions, 64 // max(16, next_pow2(group)))), "BLOCK_K": min(block_slc, 64)}
+
+
 def selected_fwd(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_idx: torch.Tensor, block_slc: int, scale: float,
     *, out: torch.Tensor | None = None, gates: torch.Tensor | None = None, gate_index: int = 0,
-    accumulate: bool = False,
+    accumulate: bool = False, variant: str = "v2",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Selected attention forward: (o [B,T,Hq,Dv] in q.dtype, lse [B,T,Hq] fp32, natural log).
+
+    variant "v2" (default): tiles of 1-4 positions over the union of their selections (blocks they
+    share load once); "v1": one position per program (kernels/variants.py).
 
     A row with no usable key gets o = 0 and lse = -inf (the log of an empty sum).
 
@@ -576,6 +857,7 @@ def selected_fwd(
     out = (out if accumulate else 0) + gates[..., gate_index] * o, in fp32 then out's dtype, and
     returns (out, lse). Each element of out is written by one program, so there is no race.
     """
+    check_variant("variant", variant)
     group = _validate(q, k, v, block_idx, block_slc, scale)
     check_gated(q, (*q.shape[:3], v.shape[-1]), out, gates, gate_index, accumulate)
     q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
@@ -589,6 +871,14 @@ def selected_fwd(
         return o, lse
     # Ungated launches get lse as a never-read stand-in for the gate column (GATED=False drops it).
     gate_column = gates[..., gate_index] if gated else lse
+    if variant == "v2":
+        kernel = _selected_fwd_tile_accumulate_tuned if gated and accumulate else _selected_fwd_tile_tuned
+        _launcher(kernel, _tile_grid(t, hkv, b), _tile_interp_meta(group, block_slc, 4))(
+            q, k, v, idx, o, lse, gate_column,
+            t, hq, hkv, group, dk, dv, float(scale) * _LOG2E, **tuning_buckets(t, b * hq),
+            N_SLOTS=n, **_tile_dims(q, v, group, block_slc, n), GATED=gated, ACCUMULATE=gated and accumulate,
+        )
+        return o, lse
     kernel = _selected_fwd_accumulate_tuned if gated and accumulate else _selected_fwd_tuned
     _launcher(kernel, (t, hkv, b), {"BLOCK_K": min(block_slc, 64)})(
         q, k, v, idx, o, lse, gate_column,
@@ -661,7 +951,8 @@ def _delta(o: torch.Tensor, do: torch.Tensor) -> torch.Tensor:
 
 def selected_bwd(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, o: torch.Tensor, lse: torch.Tensor, do: torch.Tensor,
-    block_idx: torch.Tensor, block_slc: int, scale: float, deterministic: bool = True,
+    block_idx: torch.Tensor, block_slc: int, scale: float, deterministic: bool = True, *, dq_variant: str = "v2",
+    dq_out: torch.Tensor | None = None, dq_add: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Selected attention backward: (dq, dk, dv) in the input dtype; dk/dv summed over each group.
 
@@ -672,7 +963,11 @@ def selected_bwd(
     lists write fp32 partials that a second kernel sums in a fixed order: bit-reproducible.
     deterministic=False: segments add into fp32 dk/dv with atomics (one pass, no partials;
     summation order, hence the last bits, may vary run to run).
+    dq_variant "v2" (default): dq by the forward's position tiles; "v1": one position per program.
+    dq_out / dq_add (`_common.check_dq_chain`): dq is written to dq_out (any float dtype) as this
+    branch's dq plus dq_add (fp32; may be dq_out itself), so NSA sums its branches' dq in the kernels.
     """
+    check_variant("dq_variant", dq_variant)
     group = _validate(q, k, v, block_idx, block_slc, scale)
     b, t, hq, dk_dim = q.shape
     hkv, dv_dim = k.shape[2], v.shape[-1]
@@ -687,20 +982,30 @@ def selected_bwd(
     lse = lse.to(torch.float32).contiguous()
     idx = block_idx.to(torch.int32).contiguous()
     n = idx.shape[-1]
-    dq = torch.empty_like(q)
+    dq_out = check_dq_chain(q, dq_out, dq_add)
+    dq = dq_out if dq_out is not None else torch.empty_like(q)
     dk = torch.empty_like(k)
     dv = torch.empty_like(v)
     if q.numel() == 0:
         return dq, dk, dv
+    add_dq = dq_add is not None
     dims = _launch_dims(q, v, group, block_slc, n)
     delta = _delta(o, do)
     qk_scale_log2 = float(scale) * _LOG2E
 
-    _launcher(_selected_dq_kernel, (t, hkv, b), {"BLOCK_K": min(block_slc, 64)})(
-        q, k, v, idx, do, lse, delta, dq,
-        t, hq, hkv, group, dk_dim, dv_dim, qk_scale_log2, float(scale), **tuning_buckets(t, b * hq),
-        N_SLOTS=n, **dims,
-    )
+    in_place = add_dq and same_memory(dq_add, dq)
+    dq_args = (q, k, v, idx, do, lse, delta, dq, dq_add if add_dq else dq,
+               t, hq, hkv, group, dk_dim, dv_dim, qk_scale_log2, float(scale))
+    if dq_variant == "v2":
+        kernel = _selected_dq_tile_accumulate_tuned if in_place else _selected_dq_tile_kernel
+        _launcher(kernel, _tile_grid(t, hkv, b), _tile_interp_meta(group, block_slc, 2))(
+            *dq_args, **tuning_buckets(t, b * hq), N_SLOTS=n, **_tile_dims(q, v, group, block_slc, n), ADD_DQ=add_dq,
+        )
+    else:
+        kernel = _selected_dq_accumulate_tuned if in_place else _selected_dq_kernel
+        _launcher(kernel, (t, hkv, b), {"BLOCK_K": min(block_slc, 64)})(
+            *dq_args, **tuning_buckets(t, b * hq), N_SLOTS=n, **dims, ADD_DQ=add_dq,
+        )
 
     num_blocks = -(-t // block_slc)
     offsets, queries = invert_selection(idx, block_slc, num_blocks)

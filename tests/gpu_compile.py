@@ -24,7 +24,8 @@ def small_head_shape(entry: str) -> Case:
 
 
 SELFTEST = Case("selftest", 1, 1, 1, 1, 16, 16, "float16")
-NSA_ENTRIES = ("nsa_attention", "select_blocks", "selected_bwd_atomic", "nsa_decode", "nsa_decode_cmp_cache")
+NSA_ENTRIES = ("nsa_attention", "nsa_attention_v1", "select_blocks", "selected_bwd_atomic", "nsa_decode", "nsa_decode_v1",
+               "nsa_decode_cmp_cache")
 DENSE_ENTRIES = ("flash_attention", "flash_attention_decode")
 PAPER_ONLY_ENTRIES = ("selected_bwd_atomic",)  # off nsa_attention's path: one shape keeps the run short
 CASES: tuple[Case, ...] = (

@@ -128,14 +128,22 @@ def test_compressed_fwd_matches_reference(case, dtype):
         assert _rel(lse[:, blind:], ref_lse[:, blind:]) < TOL[dtype]
 
 
-@pytest.mark.parametrize("case, dtype", ATTENTION_CASES[:5])
-def test_compressed_bwd_matches_autograd(case, dtype):
+BWD_CASES = [
+    *ATTENTION_CASES[:5],
+    (Case(1, 161, 1, 16, 192, 128, CFG_A), torch.float32),  # the paper's head layout, T % 16, 32, 64 != 0
+    (Case(1, 37, 1, 64, 16, 16, CFG_B), torch.float32),  # G = 64: one position per 64-row tile
+]
+
+
+@pytest.mark.parametrize("dkv_variant", ["v1", "v2"])
+@pytest.mark.parametrize("case, dtype", BWD_CASES)
+def test_compressed_bwd_matches_autograd(case, dtype, dkv_variant):
     q, k_cmp, v_cmp = _attention_inputs(case, dtype, seed=3 * case.seqlen + case.group)
     scale = case.dk**-0.5
     o, lse = compressed_fwd(q, k_cmp, v_cmp, case.cfg, scale)
     gen = torch.Generator().manual_seed(11)
     do = torch.randn(o.shape, generator=gen).to(dtype)
-    dq, dk, dv = compressed_bwd(q, k_cmp, v_cmp, o, lse, do, case.cfg, scale)
+    dq, dk, dv = compressed_bwd(q, k_cmp, v_cmp, o, lse, do, case.cfg, scale, dkv_variant=dkv_variant)
     leaves = [x.double().requires_grad_() for x in (q, k_cmp, v_cmp)]
     reference.compressed_attention(*leaves, case.cfg, scale).backward(do.double())
     tol = 1e-3 if dtype == torch.float32 else 2e-2
@@ -145,6 +153,56 @@ def test_compressed_bwd_matches_autograd(case, dtype):
             assert _rel(got, leaf.grad) < tol, name
         else:
             assert got.abs().sum() == 0, name
+
+
+def test_compressed_bwd_v2_crosses_chunks_and_is_bit_reproducible():
+    """v2 sums fp32 partials of several query chunks in a fixed order: identical bits on every run."""
+    case = Case(1, 150, 1, 3, 48, 16, CFG_B)
+    b, t, hkv = case.batch, case.seqlen, case.kv_heads
+    chunk, chunks = compressed._dkv_chunks(t, case.num_cmp, b * case.num_cmp * hkv, case.dk, case.dv)
+    assert chunks > 2 and chunk < t, "the partials path must be exercised"
+    q, k_cmp, v_cmp = _attention_inputs(case, torch.float32, seed=17)
+    o, lse = compressed_fwd(q, k_cmp, v_cmp, case.cfg, 0.2)
+    do = torch.randn(o.shape, generator=torch.Generator().manual_seed(18))
+    first = compressed_bwd(q, k_cmp, v_cmp, o, lse, do, case.cfg, 0.2)
+    again = compressed_bwd(q, k_cmp, v_cmp, o, lse, do, case.cfg, 0.2)
+    assert all(torch.equal(x, y) for x, y in zip(first, again))
+    old = compressed_bwd(q, k_cmp, v_cmp, o, lse, do, case.cfg, 0.2, dkv_variant="v1")
+    assert torch.equal(first[0], old[0])  # dq is the same kernel in both variants
+    assert _rel(first[1], old[1]) < 1e-5 and _rel(first[2], old[2]) < 1e-5
+
+
+def test_compressed_bwd_writes_dq_where_asked():
+    """dq_out (NSA's fp32 dq accumulator) receives dq; the returned dq is that tensor."""
+    case = Case(1, 70, 1, 2, 32, 16, CFG_B)
+    q, k_cmp, v_cmp = _attention_inputs(case, torch.float16, seed=19)
+    o, lse = compressed_fwd(q, k_cmp, v_cmp, case.cfg, 0.2)
+    do = torch.randn(o.shape, generator=torch.Generator().manual_seed(20)).half()
+    plain = compressed_bwd(q, k_cmp, v_cmp, o, lse, do, case.cfg, 0.2)
+    acc = torch.full(q.shape, float("nan"))
+    got = compressed_bwd(q, k_cmp, v_cmp, o, lse, do, case.cfg, 0.2, dq_out=acc)
+    assert got[0] is acc and _rel(acc, plain[0]) < 1e-3 and torch.equal(got[1], plain[1])
+    with pytest.raises(ValueError, match="dq_out shape"):
+        compressed_bwd(q, k_cmp, v_cmp, o, lse, do, case.cfg, 0.2, dq_out=acc[:, :5])
+
+
+def test_compressed_bwd_rejects_unknown_variant():
+    case = Case(1, 64, 1, 2, 16, 16, CFG_A)
+    q, k_cmp, v_cmp = _attention_inputs(case, torch.float32, seed=1)
+    o, lse = compressed_fwd(q, k_cmp, v_cmp, case.cfg, 0.25)
+    with pytest.raises(ValueError, match="dkv_variant='v3'"):
+        compressed_bwd(q, k_cmp, v_cmp, o, lse, o, case.cfg, 0.25, dkv_variant="v3")
+
+
+def test_dkv_chunks_bound_the_partials():
+    """64k paper shape: 32 chunks of 2048 positions; 1M tokens: fewer chunks, partials <= 1 GiB."""
+    tc_64k, tc_1m = (65536 - 32) // 16 + 1, (1 << 20) - 32
+    for t, tc in ((65536, tc_64k), (1 << 20, tc_1m // 16 + 1)):
+        rows = tc * 4
+        chunk, chunks = compressed._dkv_chunks(t, tc, rows, 192, 128)
+        assert chunks * chunk >= t and chunks * rows * 320 * 4 <= compressed._DKV_PARTIAL_BUDGET
+    if not compressed.interpreting():
+        assert compressed._dkv_chunks(65536, tc_64k, tc_64k * 4, 192, 128) == (2048, 32)
 
 
 # ------------------------------------------------------------------ section 2: fused gated epilogue

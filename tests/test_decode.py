@@ -73,7 +73,8 @@ def _check_decode(lengths, tmax, kv_heads, group, dk, dv, dtype, cfg=CFG, with_c
         tc_max = cfg.num_cmp_blocks(tmax)
         k_cmp = torch.randn(len(lengths), tc_max, kv_heads, dk, generator=gen).to(dtype)
         v_cmp = torch.randn(len(lengths), tc_max, kv_heads, dv, generator=gen).to(dtype)
-    out, block_idx = nsa_decode_with_selection(q, k, v, gates, seqlens, cfg, k_cmp_cache=k_cmp, v_cmp_cache=v_cmp, **kw)
+    out, block_idx = nsa_decode_with_selection(q, k, v, gates, seqlens, cfg, k_cmp_cache=k_cmp, v_cmp_cache=v_cmp,
+                                               **kw)
     assert out.shape == (len(lengths), kv_heads * group, dv) and out.dtype == dtype
     assert torch.isfinite(out).all()
 
@@ -106,41 +107,58 @@ def _check_decode(lengths, tmax, kv_heads, group, dk, dv, dtype, cfg=CFG, with_c
     return out
 
 
+@pytest.fixture(params=["v1", "v2"])
+def variant(request):
+    """The decode selection variant (kernels/variants.py): v1 serial top-n, v2 parallel scoring + ranking."""
+    return request.param
+
+
 # L = 1, L < l, l <= L < l', not a multiple of any block, > n blocks, = Tmax: all in one batch
 MIXED = [1, 10, 20, 77, 131, 160]
 
 
 @pytest.mark.parametrize("with_cmp", [False, True])
-def test_mixed_lengths_fp32(with_cmp):
-    _check_decode(MIXED, 160, kv_heads=2, group=2, dk=32, dv=16, dtype=torch.float32, with_cmp=with_cmp)
+def test_mixed_lengths_fp32(with_cmp, variant):
+    _check_decode(MIXED, 160, kv_heads=2, group=2, dk=32, dv=16, dtype=torch.float32, with_cmp=with_cmp,
+                  variant=variant)
 
 
-def test_group1_odd_head_dim_fp32():
-    _check_decode([3, 45, 150], 150, kv_heads=2, group=1, dk=24, dv=16, dtype=torch.float32, seed=1)
+def test_group1_odd_head_dim_fp32(variant):
+    _check_decode([3, 45, 150], 150, kv_heads=2, group=1, dk=24, dv=16, dtype=torch.float32, seed=1, variant=variant)
 
 
-def test_large_group_fp16():
-    _check_decode([33, 97, 128], 128, kv_heads=1, group=5, dk=16, dv=32, dtype=torch.float16, seed=2)
+def test_large_group_fp16(variant):
+    _check_decode([33, 97, 128], 128, kv_heads=1, group=5, dk=16, dv=32, dtype=torch.float16, seed=2, variant=variant)
 
 
 @pytest.mark.parametrize("with_cmp", [False, True])
-def test_fp16_mixed(with_cmp):
-    _check_decode(MIXED, 160, kv_heads=2, group=2, dk=32, dv=16, dtype=torch.float16, with_cmp=with_cmp, seed=3)
+def test_fp16_mixed(with_cmp, variant):
+    _check_decode(MIXED, 160, kv_heads=2, group=2, dk=32, dv=16, dtype=torch.float16, with_cmp=with_cmp, seed=3,
+                  variant=variant)
 
 
-def test_bf16():
-    _check_decode([64, 159], 160, kv_heads=1, group=3, dk=32, dv=32, dtype=torch.bfloat16, seed=4)
+def test_bf16(variant):
+    _check_decode([64, 159], 160, kv_heads=1, group=3, dk=32, dv=32, dtype=torch.bfloat16, seed=4, variant=variant)
 
 
-def test_window_larger_than_cache_and_n_above_blocks():
+def test_paper_heads_and_group_64(variant):
+    """G=16 with Dk=192, Dv=128 (the paper's heads), then G=64; lengths a multiple of no block size."""
+    _check_decode([45, 130], 130, kv_heads=1, group=16, dk=192, dv=128, dtype=torch.float32, seed=8,
+                  variant=variant)
+    _check_decode([70], 70, kv_heads=1, group=64, dk=16, dv=16, dtype=torch.float32, seed=9, variant=variant)
+
+
+def test_window_larger_than_cache_and_n_above_blocks(variant):
     cfg = NSAConfig(block_cmp=32, stride_cmp=16, block_slc=64, n_slc=16, window=512)
-    _check_decode([1, 31, 32, 100, 200], 200, kv_heads=1, group=2, dk=16, dv=16, dtype=torch.float32, cfg=cfg, seed=5)
+    _check_decode([1, 31, 32, 100, 200], 200, kv_heads=1, group=2, dk=16, dv=16, dtype=torch.float32, cfg=cfg, seed=5,
+                  variant=variant)
 
 
-def test_many_selection_blocks_and_splits():
+def test_many_selection_blocks_and_splits(variant):
     """Nslc > one score tile (128) and the compressed sequence split over many programs."""
     cfg = NSAConfig(block_cmp=16, stride_cmp=8, block_slc=32, n_slc=6, window=32)
-    _check_decode([4200, 2049], 4200, kv_heads=1, group=1, dk=16, dv=16, dtype=torch.float32, cfg=cfg, seed=6)
+    _check_decode([4200, 2049], 4200, kv_heads=1, group=1, dk=16, dv=16, dtype=torch.float32, cfg=cfg, seed=6,
+                  variant=variant)
 
 
 def test_tile_override_matches_default():

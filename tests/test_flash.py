@@ -79,16 +79,17 @@ def _close_grads(grads, refs, tol: float) -> None:
 
 
 def _check_fwd_bwd_fp32(q, k, v, do, scale, window, causal=True, *, fwd_tiles=None, dkdv_tiles=None,
-                        dq_tiles=None):
+                        dq_tiles=None, variant="v2"):
     """attention_fwd then attention_bwd on fp32 copies, each against the float64 reference.
 
     Returns (o, lse, (dq, dk, dv)) for the callers' own checks.
     """
     o_ref, *grad_refs = _reference_grads(q, k, v, do, scale, window, causal)
     qf, kf, vf, dof = (x.float() for x in (q, k, v, do))
-    o, lse = attention_fwd(qf, kf, vf, scale, window, causal, tiles=fwd_tiles)
+    o, lse = attention_fwd(qf, kf, vf, scale, window, causal, tiles=fwd_tiles, variant=variant)
     _close(o, o_ref, FP32_TOL, "o")
-    grads = attention_bwd(qf, kf, vf, o, lse, dof, scale, window, causal, tiles_dkdv=dkdv_tiles, tiles_dq=dq_tiles)
+    grads = attention_bwd(qf, kf, vf, o, lse, dof, scale, window, causal, tiles_dkdv=dkdv_tiles, tiles_dq=dq_tiles,
+                          variant=variant)
     _close_grads(grads, grad_refs, FP32_TOL)
     return o, lse, grads
 
@@ -102,13 +103,36 @@ CASES = [
     pytest.param(1, 37, 2, 2, 16, 24, 1, True, id="w1-dv24"),
     pytest.param(1, 50, 2, 1, 32, 32, 100, True, id="w-longer-than-T"),
     pytest.param(2, 37, 3, 1, 32, 16, None, False, id="full-g3"),
+    pytest.param(1, 45, 16, 1, 192, 128, 20, True, id="paper-heads-T45-w20"),  # Dk = 128 + 64 in v2
+    pytest.param(1, 20, 64, 1, 48, 16, 8, True, id="g64-dk48"),
 ]
 
 
-@pytest.mark.parametrize("b,t,hq,hkv,dk,dv,window,causal", CASES)
-def test_forward_and_backward_fp32(b, t, hq, hkv, dk, dv, window, causal):
+def _variant_runs(cases):
+    """Each case in v2 and, where Dk is not a power of two (so v1 pads and v2 splits), in v1 too: for a
+    power-of-two Dk both variants launch the same kernel configuration."""
+    runs = []
+    for case in cases:
+        dk = case.values[4]
+        for variant in ("v1", "v2") if dk & (dk - 1) else ("v2",):
+            runs.append(pytest.param(*case.values, variant, id=f"{case.id}-{variant}"))
+    return runs
+
+
+def test_power_of_two_dk_runs_one_tile_in_both_variants():
+    from nsa_kernels.flash import _dk_tiles
+
+    assert _dk_tiles(64, "v1") == _dk_tiles(64, "v2") == {"BLOCK_DK": 64, "DK_B": 0}
+    assert _dk_tiles(192, "v1") == {"BLOCK_DK": 256, "DK_B": 0}
+    assert _dk_tiles(192, "v2") == {"BLOCK_DK": 128, "DK_B": 64}
+    with pytest.raises(ValueError, match="variant='v3'"):
+        _dk_tiles(192, "v3")
+
+
+@pytest.mark.parametrize("b,t,hq,hkv,dk,dv,window,causal,variant", _variant_runs(CASES))
+def test_forward_and_backward_fp32(b, t, hq, hkv, dk, dv, window, causal, variant):
     q, k, v, do = _qkv(b, t, hq, hkv, dk, dv)
-    o, lse, (dq, dk_out, dv_out) = _check_fwd_bwd_fp32(q, k, v, do, dk**-0.5, window, causal)
+    o, lse, (dq, dk_out, dv_out) = _check_fwd_bwd_fp32(q, k, v, do, dk**-0.5, window, causal, variant=variant)
     assert o.dtype == torch.float32 and o.shape == (b, t, hq, dv)
     assert lse.dtype == torch.float32 and lse.shape == (b, t, hq)
     assert dq.shape == q.shape and dk_out.shape == k.shape and dv_out.shape == v.shape
@@ -125,6 +149,7 @@ def test_autotune_prune_splits_narrow_and_wide_heads():
     configs = list(candidates.configs)
     assert candidates.prune(configs, {}, BLOCK_DK=128, BLOCK_DV=128) == [narrow]
     assert candidates.prune(configs, {}, BLOCK_DK=256, BLOCK_DV=128) == [wide]
+    assert candidates.prune(configs, {}, BLOCK_DK=128, DK_B=64, BLOCK_DV=128) == [wide]  # v2: 192 = 128 + 64
 
 
 def test_lse_is_natural_log_sum_exp():
@@ -291,20 +316,20 @@ GATED_CASES = [
 ]
 
 
-@pytest.mark.parametrize("b,t,hq,hkv,dk,dv,window,causal,tiles", GATED_CASES)
+@pytest.mark.parametrize("b,t,hq,hkv,dk,dv,window,causal,tiles,variant", _variant_runs(GATED_CASES))
 @pytest.mark.parametrize("accumulate", [False, True])
-def test_gated_epilogue_matches_unfused(b, t, hq, hkv, dk, dv, window, causal, tiles, accumulate):
+def test_gated_epilogue_matches_unfused(b, t, hq, hkv, dk, dv, window, causal, tiles, variant, accumulate):
     """out = (out if accumulate else 0) + gates[..., i] * o, with o and lse from the unfused launch."""
     q, k, v, _ = _qkv(b, t, hq, hkv, dk, dv, seed=7)
     q, k, v = q.float(), k.float(), v.float()
     scale = dk**-0.5
     gates = _gates(b, t, hq, seed=8)
-    o, lse = attention_fwd(q, k, v, scale, window, causal, tiles=tiles)
+    o, lse = attention_fwd(q, k, v, scale, window, causal, tiles=tiles, variant=variant)
     for gate_index in range(3):
         start = _random_out(b, t, hq, dv, torch.float32, seed=9 + gate_index)
         out = start.clone()
         returned, lse_gated = attention_fwd(q, k, v, scale, window, causal, tiles=tiles, out=out, gates=gates,
-                                            gate_index=gate_index, accumulate=accumulate)
+                                            gate_index=gate_index, accumulate=accumulate, variant=variant)
         assert returned is out
         expected = gates[..., gate_index:gate_index + 1].double() * o.double()
         if accumulate:
@@ -482,7 +507,7 @@ _SM90_BUILD = textwrap.dedent(
 
     import nsa_kernels.flash as f
 
-    POINTERS_IN = {"q", "k", "v", "o", "do", "dq", "dk", "dv", "out"}
+    POINTERS_IN = {"q", "k", "v", "o", "do", "dq", "dk", "dv", "out", "dq_add"}
     POINTERS_F32 = {"lse", "delta", "o_part", "lse_part", "gates"}
 
     def build(fn, consts, config):
@@ -504,14 +529,14 @@ _SM90_BUILD = textwrap.dedent(
         options = {"num_warps": config.num_warps, "num_stages": config.num_stages}
         triton.compile(ASTSource(fn, sig, consts), target=GPUTarget("cuda", 90, 32), options=options)
 
-    for dk, dv in ((128, 128), (192, 128)):
-        heads = dict(DK=dk, DV=dv, BLOCK_DK=f.next_pow2(dk), BLOCK_DV=f.next_pow2(dv))
+    for dk, dv, variant in ((128, 128, "v2"), (192, 128, "v1"), (192, 128, "v2")):  # v2 splits 192 = 128 + 64
+        heads = dict(DK=dk, DV=dv, **f._dk_tiles(dk, variant), BLOCK_DV=f.next_pow2(dv))
         mode = dict(CAUSAL=True, HAS_WINDOW=True, UPCAST=False, ROW64=False)
         fwd_modes = [dict(GATED=False, ACCUMULATE=False), dict(GATED=True, ACCUMULATE=True)]
         kernels = [(f._fwd_kernel, f._FWD, m) for m in fwd_modes]
-        kernels += [(f._bwd_dkdv_kernel, f._DKDV, {}), (f._bwd_dq_kernel, f._DQ, {})]
+        kernels += [(f._bwd_dkdv_kernel, f._DKDV, {}), (f._bwd_dq_kernel, f._DQ, dict(ADD_DQ=True))]
         for fn, cands, extra in kernels:
-            config = cands.prune(list(cands.configs), {}, BLOCK_DK=heads["BLOCK_DK"], BLOCK_DV=heads["BLOCK_DV"])[0]
+            config = cands.prune(list(cands.configs), {}, **heads)[0]
             build(fn, {**heads, **mode, **extra}, config)
     decode = dict(DK=192, DV=128, BLOCK_DK=256, BLOCK_DV=128, BLOCK_G=16, UPCAST=False, ROW64=False)
     build(f._decode_split_kernel, decode, f._DECODE_CONFIGS[0])
@@ -531,3 +556,19 @@ def test_kernels_build_for_sm90():
     result = subprocess.run([sys.executable, "-c", _SM90_BUILD], env=env, cwd=root, capture_output=True, text=True,
                             timeout=600)
     assert result.returncode == 0 and "built" in result.stdout, result.stderr[-3000:]
+
+
+def test_dq_add_finishes_a_sum_in_the_epilogue():
+    """dq_out = this attention's dq + dq_add (fp32): how NSA's window branch ends its three-branch dq sum."""
+    q, k, v, do = (x.float() for x in _qkv(1, 45, 4, 2, 48, 16, seed=7))
+    o, lse = attention_fwd(q, k, v, 0.2, window=20)
+    plain = attention_bwd(q, k, v, o, lse, do, 0.2, window=20)
+    acc = torch.randn(q.shape, generator=torch.Generator().manual_seed(8))
+    out = torch.empty(q.shape, dtype=torch.float16)
+    got = attention_bwd(q, k, v, o, lse, do, 0.2, window=20, dq_out=out, dq_add=acc)
+    assert got[0] is out and _rel(out, plain[0] + acc) < 1e-3
+    assert torch.equal(got[1], plain[1]) and torch.equal(got[2], plain[2])
+    with pytest.raises(ValueError, match="dq_add must not be dq_out"):
+        attention_bwd(q, k, v, o, lse, do, 0.2, window=20, dq_out=acc, dq_add=acc)
+    with pytest.raises(ValueError, match="dq_add dtype"):
+        attention_bwd(q, k, v, o, lse, do, 0.2, window=20, dq_add=acc.half())

@@ -26,11 +26,14 @@ KNOWN_OVERSIZE: dict[str, str] = {}
 # Modules whose kernels each entry point must reach (a launch path silently skipped is a bug here).
 EXPECTED_MODULES = {
     "nsa_attention": {"nsa_kernels.compressed", "nsa_kernels.selected", "nsa_kernels.flash", "nsa_kernels.gated_sum"},
+    "nsa_attention_v1": {"nsa_kernels.compressed", "nsa_kernels.selected", "nsa_kernels.flash",
+                         "nsa_kernels.gated_sum"},
     "select_blocks": {"nsa_kernels.compressed"},
     "selected_bwd_atomic": {"nsa_kernels.selected"},
     "flash_attention": {"nsa_kernels.flash"},
     "flash_attention_decode": {"nsa_kernels.flash"},
     "nsa_decode": {"nsa_kernels.decode"},
+    "nsa_decode_v1": {"nsa_kernels.decode"},
     "nsa_decode_cmp_cache": {"nsa_kernels.decode"},
 }
 

@@ -1,11 +1,14 @@
 """The public Triton NSA API (nsa_kernels) vs the float64 reference, forward and gradients, one shared selection."""
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
 import nsa_kernels
 from nsa_kernels import nsa as nsa_module
+from nsa_kernels.variants import V1, V2
 from nsa_bench import reference as R
 from nsa_bench.config import NSAConfig
 
@@ -33,18 +36,23 @@ def shared_idx(q, k, v, cfg):
     return R.select_blocks(q, k_cmp, cfg)
 
 
-@pytest.mark.parametrize(
-    "b,t,hkv,g,dk,dv",
-    [(2, 77, 1, 2, 32, 16), (1, 100, 2, 1, 16, 16), (1, 1, 1, 2, 16, 32)],
-)
-def test_forward_and_gradients_fp32(b, t, hkv, g, dk, dv):
+# Every kernel of both variants is checked branch by branch (test_compressed/selected/flash); here each
+# variant is joined end to end, v1 on all but the slowest shape (G=1 runs 200 one-position programs).
+_NSA_SHAPES = {"G2-Dk32-Dv16": (2, 77, 1, 2, 32, 16), "G1": (1, 100, 2, 1, 16, 16), "T1": (1, 1, 1, 2, 16, 32),
+               "paper-heads": (1, 45, 1, 16, 192, 128)}  # the paper's head layout; T a multiple of no block
+_NSA_RUNS = [pytest.param(*shape, variants, id=f"{name}-{variants.label}")
+             for name, shape in _NSA_SHAPES.items() for variants in (V1, V2) if (name, variants) != ("G1", V1)]
+
+
+@pytest.mark.parametrize("b,t,hkv,g,dk,dv,variants", _NSA_RUNS)
+def test_forward_and_gradients_fp32(b, t, hkv, g, dk, dv, variants):
     q, k, v, gates, do = make(t + g, b, t, hkv, g, dk, dv)
     idx = shared_idx(q, k, v, SMALL)
     leaves64 = [x.clone().requires_grad_(True) for x in (q, k, v, gates)]
     want = R.nsa_attention(*leaves64, SMALL, block_idx=idx)
     want.backward(do)
     leaves32 = [x.float().requires_grad_(True) for x in (q, k, v, gates)]
-    got = nsa_kernels.nsa_attention(*leaves32, SMALL, block_idx=idx)
+    got = nsa_module.nsa_attention_variants(*leaves32, SMALL, variants, block_idx=idx)
     assert got.dtype == torch.float32 and got.shape == want.shape
     assert rel(got, want) < 1e-4
     got.backward(do.float())
@@ -106,3 +114,19 @@ def test_bad_inputs_raise_value_error():
         nsa_kernels.nsa_attention(q, k, v, gates[..., :2], SMALL)
     with pytest.raises(ValueError, match="k_cmp"):
         nsa_kernels.nsa_attention(q, k, v, gates, SMALL, k_cmp=k[:, :3])
+
+
+def test_backward_is_bit_reproducible_and_dq_sum_variants_agree():
+    """The default backward (no atomics anywhere) gives identical bits twice; the in-kernel dq sum (v2)
+    matches the summed branch dq (dq_sum=v1) to rounding."""
+    q, k, v, gates, do = (x.float() for x in make(12, 1, 40, 1, 2, 16, 16))
+
+    def grads(variants):
+        leaves = [x.clone().requires_grad_(True) for x in (q, k, v, gates)]
+        nsa_module.nsa_attention_variants(*leaves, SMALL, variants).backward(do)
+        return [x.grad for x in leaves]
+
+    first, again = grads(V2), grads(V2)
+    assert all(torch.equal(a, b) for a, b in zip(first, again))
+    summed = grads(dataclasses.replace(V2, dq_sum="v1"))
+    assert rel(first[0], summed[0]) < 1e-6 and all(torch.equal(a, b) for a, b in zip(first[1:], summed[1:]))

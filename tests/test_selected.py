@@ -37,6 +37,12 @@ class Case:
         return -(-self.seqlen // self.block_slc)
 
 
+@pytest.fixture(params=["v1", "v2"])
+def variant(request: pytest.FixtureRequest) -> str:
+    """The forward and dq kernel variant (kernels/variants.py); dk/dv has one implementation."""
+    return request.param
+
+
 def _inputs(case: Case, dtype: torch.dtype, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     gen = torch.Generator().manual_seed(seed)
     hq = case.kv_heads * case.group
@@ -97,11 +103,15 @@ FWD_BWD_CASES = [
     Case(batch=1, seqlen=130, kv_heads=1, group=2, dk=16, dv=32, block_slc=128, n_slc=3),
     # T = 1: a single query, a single (partial) block
     Case(batch=2, seqlen=1, kv_heads=2, group=2, dk=16, dv=32, block_slc=32, n_slc=3),
+    # the paper's head layout (G = 16, Dk = 192 = 128 + 64, Dv = 128), T a multiple of no block size
+    Case(batch=1, seqlen=45, kv_heads=1, group=16, dk=192, dv=128, block_slc=32, n_slc=3),
+    # G = 64: one position per 64-row tile
+    Case(batch=1, seqlen=35, kv_heads=1, group=64, dk=16, dv=16, block_slc=32, n_slc=3),
 ]
 
 
 @pytest.mark.parametrize("case", FWD_BWD_CASES, ids=lambda c: f"T{c.seqlen}-G{c.group}-D{c.dk}x{c.dv}-l{c.block_slc}")
-def test_fwd_bwd_real_selection_fp32(case: Case) -> None:
+def test_fwd_bwd_real_selection_fp32(case: Case, variant: str) -> None:
     q, k, v = _inputs(case, torch.float32, seed=case.seqlen * 7 + case.group)
     if case.seqlen < case.cfg.block_cmp:
         # reference.select_blocks fails when T < block_cmp (no compressed block); the spec's
@@ -112,24 +122,24 @@ def test_fwd_bwd_real_selection_fp32(case: Case) -> None:
         block_idx = _real_selection(case, q, k, v)
         assert (block_idx == -1).any(), "the cases are meant to leave some slots empty"
     scale = case.dk**-0.5
-    o, lse = selected_fwd(q, k, v, block_idx, case.block_slc, scale)
+    o, lse = selected_fwd(q, k, v, block_idx, case.block_slc, scale, variant=variant)
     do = torch.randn(o.shape, generator=torch.Generator().manual_seed(11))
     ref_o, ref_dq, ref_dk, ref_dv = _reference_grads(case, q, k, v, block_idx, do, scale)
     assert o.dtype == torch.float32 and lse.dtype == torch.float32
     assert tuple(lse.shape) == tuple(q.shape[:3])
     assert _rel(o, ref_o) < 1e-4
-    dq, dk, dv = selected_bwd(q, k, v, o, lse, do, block_idx, case.block_slc, scale)
+    dq, dk, dv = selected_bwd(q, k, v, o, lse, do, block_idx, case.block_slc, scale, dq_variant=variant)
     assert _rel(dq, ref_dq) < 1e-3
     assert _rel(dk, ref_dk) < 1e-3
     assert _rel(dv, ref_dv) < 1e-3
 
 
-def test_lse_matches_logsumexp_of_selected_logits() -> None:
+def test_lse_matches_logsumexp_of_selected_logits(variant: str) -> None:
     case = Case(batch=1, seqlen=70, kv_heads=1, group=2, dk=16, dv=16, block_slc=32, n_slc=3)
     q, k, v = _inputs(case, torch.float32, seed=5)
     block_idx = _random_selection(case, seed=6)
     scale = 0.3
-    _, lse = selected_fwd(q, k, v, block_idx, case.block_slc, scale)
+    _, lse = selected_fwd(q, k, v, block_idx, case.block_slc, scale, variant=variant)
     logits = torch.einsum("bthd,bshd->bths", q.double(), k.double().expand(-1, -1, 2, -1)) * scale
     blocks = torch.arange(case.seqlen) // case.block_slc
     for t in range(case.seqlen):
@@ -140,13 +150,13 @@ def test_lse_matches_logsumexp_of_selected_logits() -> None:
         torch.testing.assert_close(lse[0, t].double(), want, rtol=1e-5, atol=1e-5)
 
 
-def test_random_slots_with_empty_rows_fp32() -> None:
+def test_random_slots_with_empty_rows_fp32(variant: str) -> None:
     """-1 slots anywhere, future blocks, rows with no usable key: o = 0 there and nothing is NaN."""
     case = Case(batch=1, seqlen=70, kv_heads=2, group=2, dk=48, dv=32, block_slc=32, n_slc=3)
     q, k, v = _inputs(case, torch.float32, seed=21)
     block_idx = _random_selection(case, seed=22, empty_rows=True)
     scale = case.dk**-0.5
-    o, lse = selected_fwd(q, k, v, block_idx, case.block_slc, scale)
+    o, lse = selected_fwd(q, k, v, block_idx, case.block_slc, scale, variant=variant)
     do = torch.randn(o.shape, generator=torch.Generator().manual_seed(23))
     ref_o, ref_dq, ref_dk, ref_dv = _reference_grads(case, q, k, v, block_idx, do, scale)
     assert not torch.isnan(o).any() and not torch.isnan(lse).any()
@@ -154,7 +164,7 @@ def test_random_slots_with_empty_rows_fp32() -> None:
     assert empty.any(), "the selection should leave some rows without keys"
     assert (o[empty] == 0).all() and (lse[empty] == -float("inf")).all()
     assert _rel(o, ref_o) < 1e-4
-    dq, dk, dv = selected_bwd(q, k, v, o, lse, do, block_idx, case.block_slc, scale)
+    dq, dk, dv = selected_bwd(q, k, v, o, lse, do, block_idx, case.block_slc, scale, dq_variant=variant)
     for got in (dq, dk, dv):
         assert torch.isfinite(got).all()
     assert (dq[empty] == 0).all()
@@ -163,7 +173,7 @@ def test_random_slots_with_empty_rows_fp32() -> None:
     assert _rel(dv, ref_dv) < 1e-3
 
 
-def test_repeated_blocks_count_once() -> None:
+def test_repeated_blocks_count_once(variant: str) -> None:
     """A block listed twice in a row is attended once, as in the reference's set semantics."""
     case = Case(batch=1, seqlen=64, kv_heads=1, group=1, dk=16, dv=16, block_slc=32, n_slc=4)
     q, k, v = _inputs(case, torch.float32, seed=31)
@@ -172,38 +182,38 @@ def test_repeated_blocks_count_once() -> None:
     current[..., 2] = 0
     current[..., 3] = -1
     block_idx = current.to(torch.int32)  # slots: [cur, cur, 0, -1]
-    o, lse = selected_fwd(q, k, v, block_idx, case.block_slc, 0.25)
+    o, lse = selected_fwd(q, k, v, block_idx, case.block_slc, 0.25, variant=variant)
     do = torch.randn(o.shape, generator=torch.Generator().manual_seed(32))
     ref_o, ref_dq, ref_dk, ref_dv = _reference_grads(case, q, k, v, block_idx, do, 0.25)
     assert _rel(o, ref_o) < 1e-4
-    dq, dk, dv = selected_bwd(q, k, v, o, lse, do, block_idx, case.block_slc, 0.25)
+    dq, dk, dv = selected_bwd(q, k, v, o, lse, do, block_idx, case.block_slc, 0.25, dq_variant=variant)
     assert _rel(dq, ref_dq) < 1e-3 and _rel(dk, ref_dk) < 1e-3 and _rel(dv, ref_dv) < 1e-3
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
-def test_fwd_bwd_half_precision(dtype: torch.dtype) -> None:
+def test_fwd_bwd_half_precision(dtype: torch.dtype, variant: str) -> None:
     case = Case(batch=1, seqlen=50, kv_heads=2, group=4, dk=32, dv=48, block_slc=32, n_slc=3)
     q, k, v = _inputs(case, dtype, seed=41)
     block_idx = _random_selection(case, seed=42)
     scale = case.dk**-0.5
-    o, lse = selected_fwd(q, k, v, block_idx, case.block_slc, scale)
+    o, lse = selected_fwd(q, k, v, block_idx, case.block_slc, scale, variant=variant)
     do = torch.randn(o.shape, generator=torch.Generator().manual_seed(43)).to(dtype)
     ref_o, ref_dq, ref_dk, ref_dv = _reference_grads(case, q, k, v, block_idx, do, scale)
     assert o.dtype == dtype
     assert _rel(o, ref_o) < 1e-2
-    dq, dk, dv = selected_bwd(q, k, v, o, lse, do, block_idx, case.block_slc, scale)
+    dq, dk, dv = selected_bwd(q, k, v, o, lse, do, block_idx, case.block_slc, scale, dq_variant=variant)
     assert dq.dtype == dk.dtype == dv.dtype == dtype
     assert _rel(dq, ref_dq) < 1e-2 and _rel(dk, ref_dk) < 1e-2 and _rel(dv, ref_dv) < 1e-2
 
 
-def test_backward_is_deterministic() -> None:
+def test_backward_is_deterministic(variant: str) -> None:
     case = Case(batch=1, seqlen=70, kv_heads=1, group=2, dk=16, dv=16, block_slc=32, n_slc=3)
     q, k, v = _inputs(case, torch.float32, seed=51)
     block_idx = _random_selection(case, seed=52)
-    o, lse = selected_fwd(q, k, v, block_idx, case.block_slc, 0.25)
+    o, lse = selected_fwd(q, k, v, block_idx, case.block_slc, 0.25, variant=variant)
     do = torch.randn(o.shape, generator=torch.Generator().manual_seed(53))
-    first = selected_bwd(q, k, v, o, lse, do, block_idx, case.block_slc, 0.25)
-    second = selected_bwd(q, k, v, o, lse, do, block_idx, case.block_slc, 0.25)
+    first = selected_bwd(q, k, v, o, lse, do, block_idx, case.block_slc, 0.25, dq_variant=variant)
+    second = selected_bwd(q, k, v, o, lse, do, block_idx, case.block_slc, 0.25, dq_variant=variant)
     for a, b in zip(first, second):
         assert torch.equal(a, b)
 
@@ -300,19 +310,19 @@ def _gates(case: Case, dtype: torch.dtype, seed: int) -> torch.Tensor:
 
 @pytest.mark.parametrize("case", GATED_CASES, ids=lambda c: f"T{c.seqlen}-G{c.group}-D{c.dk}x{c.dv}")
 @pytest.mark.parametrize("accumulate", [False, True], ids=["store", "accumulate"])
-def test_gated_epilogue_matches_unfused(case: Case, accumulate: bool) -> None:
+def test_gated_epilogue_matches_unfused(case: Case, accumulate: bool, variant: str) -> None:
     """out = (out if accumulate else 0) + gates[..., i] * o, o from the unfused path; lse unchanged."""
     q, k, v = _inputs(case, torch.float32, seed=81)
     block_idx = _random_selection(case, seed=82, empty_rows=True)
     scale = case.dk**-0.5
-    o, lse = selected_fwd(q, k, v, block_idx, case.block_slc, scale)
+    o, lse = selected_fwd(q, k, v, block_idx, case.block_slc, scale, variant=variant)
     assert (o.abs().amax(dim=-1) == 0).any(), "some rows should have no usable key"
     gates = _gates(case, torch.float32, seed=83)
     for gate_index in (1, 2):
         start = torch.randn(o.shape, generator=torch.Generator().manual_seed(84 + gate_index))
         out = start.clone() if accumulate else torch.full_like(o, float("nan"))  # NaN: must be overwritten
         got, got_lse = selected_fwd(q, k, v, block_idx, case.block_slc, scale, out=out, gates=gates,
-                                    gate_index=gate_index, accumulate=accumulate)
+                                    gate_index=gate_index, accumulate=accumulate, variant=variant)
         want = gates[..., gate_index : gate_index + 1] * o + (start if accumulate else 0)
         assert got is out
         assert _rel(got, want) < 1e-5, gate_index
@@ -323,18 +333,18 @@ def test_gated_epilogue_matches_unfused(case: Case, accumulate: bool) -> None:
     "in_dtype, out_dtype", [(torch.float32, torch.float16), (torch.float16, torch.float32)],
     ids=["fp32-in-fp16-out", "fp16-in-fp32-out"],
 )
-def test_gated_epilogue_mixed_dtypes(in_dtype: torch.dtype, out_dtype: torch.dtype) -> None:
+def test_gated_epilogue_mixed_dtypes(in_dtype: torch.dtype, out_dtype: torch.dtype, variant: str) -> None:
     """The epilogue computes in fp32 and stores in out's dtype, whatever q's dtype."""
     case = GATED_CASES[1]
     q, k, v = _inputs(case, in_dtype, seed=91)
     block_idx = _random_selection(case, seed=92)
     scale = case.dk**-0.5
-    o, _ = selected_fwd(q, k, v, block_idx, case.block_slc, scale)
+    o, _ = selected_fwd(q, k, v, block_idx, case.block_slc, scale, variant=variant)
     gates = _gates(case, out_dtype, seed=93)
     start = torch.randn(o.shape, generator=torch.Generator().manual_seed(94)).to(out_dtype)
     out = start.clone()
     got, _ = selected_fwd(q, k, v, block_idx, case.block_slc, scale, out=out, gates=gates, gate_index=0,
-                          accumulate=True)
+                          accumulate=True, variant=variant)
     want = gates[..., 0:1].double() * o.double() + start.double()
     assert got.dtype == out_dtype
     # fp16 rounding (of out, or of the unfused o, which the fused path never rounds) bounds the match
@@ -422,3 +432,35 @@ def test_kernels_compile_for_h100() -> None:
     done = subprocess.run([sys.executable, "-c", _H100_COMPILE], cwd=root, env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.strip().endswith("compiled"), done.stdout[-3000:]
+
+
+def test_dq_chain_adds_into_the_accumulator(variant: str) -> None:
+    """dq_out = this branch's dq + dq_add (fp32), also in place (dq_out is dq_add), as NSA chains it."""
+    case = Case(batch=1, seqlen=35, kv_heads=1, group=3, dk=48, dv=16, block_slc=32, n_slc=3)
+    q, k, v = _inputs(case, torch.float32, seed=101)
+    block_idx = _random_selection(case, seed=102)
+    o, lse = selected_fwd(q, k, v, block_idx, case.block_slc, 0.2)
+    do = torch.randn(o.shape, generator=torch.Generator().manual_seed(103))
+    plain = selected_bwd(q, k, v, o, lse, do, block_idx, case.block_slc, 0.2, dq_variant=variant)
+    acc = torch.randn(q.shape, generator=torch.Generator().manual_seed(104))
+    want = plain[0] + acc
+    into = torch.empty(q.shape, dtype=torch.float16)
+    got = selected_bwd(q, k, v, o, lse, do, block_idx, case.block_slc, 0.2, dq_variant=variant, dq_out=into,
+                       dq_add=acc)
+    assert got[0] is into and _rel(into, want) < 1e-3
+    assert torch.equal(got[1], plain[1]) and torch.equal(got[2], plain[2])
+    selected_bwd(q, k, v, o, lse, do, block_idx, case.block_slc, 0.2, dq_variant=variant, dq_out=acc, dq_add=acc)
+    assert _rel(acc, want) < 1e-6
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"dq_add": torch.zeros(1, 8, 2, 16, dtype=torch.float16)}, "dq_add dtype=torch.float16"),
+    ({"dq_out": torch.zeros(1, 8, 2, 8)}, r"dq_out shape \(1, 8, 2, 8\)"),
+    ({"dq_out": torch.zeros(1, 8, 16, 2).transpose(2, 3)}, "dq_out must be contiguous"),
+    ({"dq_variant": "v0"}, "dq_variant='v0'"),
+])
+def test_dq_chain_rejects_bad_arguments(kwargs: dict, match: str) -> None:
+    q, k, v, idx = _valid_args()
+    o, lse = selected_fwd(q, k, v, idx, 32, 0.25)
+    with pytest.raises(ValueError, match=match):
+        selected_bwd(q, k, v, o, lse, torch.ones_like(o), idx, 32, 0.25, **kwargs)

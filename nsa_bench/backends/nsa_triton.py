@@ -1,4 +1,9 @@
-"""`nsa-triton`: our Triton NSA kernels (kernels/), with each stage timed for the per-branch breakdown."""
+"""`nsa-triton`: our Triton NSA kernels (kernels/), with each stage timed for the per-branch breakdown.
+
+Which implementation of each redesigned kernel runs comes from NSA_KERNEL_VARIANT (read when a point is
+built: "v1", "v2" = the default, or per-kernel overrides such as "v2,cmp_dkv=v1"; kernels/README.md);
+rows record it in `impl` as "triton:<label>", e.g. "triton:v2" or "triton:v2+cmp_dkv=v1".
+"""
 from __future__ import annotations
 
 from dataclasses import replace
@@ -18,36 +23,58 @@ STAGE_COSTS = {
 }
 
 
+def _variants():
+    """The kernel variants NSA_KERNEL_VARIANT names (a bad value is a ValueError naming the variable)."""
+    from nsa_kernels.variants import KernelVariants
+
+    return KernelVariants.from_env()
+
+
+def _impl() -> str:
+    """What `nsa-bench env` shows: the impl rows would record, or why NSA_KERNEL_VARIANT is unusable."""
+    try:
+        return f"triton:{_variants().label}"
+    except ValueError as exc:
+        return f"triton (unusable: {exc})"
+
+
 def _build(point: Point, inputs: Inputs) -> Workload:
     import nsa_kernels
     from nsa_kernels import nsa
 
     cfg = point.cfg
+    variants = _variants()
+    impl = f"triton:{variants.label}"
     if point.mode == "decode":
+        from nsa_kernels import decode
+
         k_cmp, v_cmp = nsa_kernels.compress_kv(inputs.k, inputs.v, cfg)  # kept current by the cache in serving
 
         def run() -> torch.Tensor:
-            return nsa_kernels.nsa_decode(inputs.q, inputs.k, inputs.v, inputs.gates, inputs.cache_seqlens, cfg,
-                                      k_cmp_cache=k_cmp, v_cmp_cache=v_cmp)
+            return decode.nsa_decode_with_selection(inputs.q, inputs.k, inputs.v, inputs.gates, inputs.cache_seqlens,
+                                                    cfg, k_cmp_cache=k_cmp, v_cmp_cache=v_cmp,
+                                                    variant=variants.decode)[0]
 
-        return Workload(run=run, impl="triton", result=lambda: (run(),))
+        return Workload(run=run, impl=impl, result=lambda: (run(),))
 
     def forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, gates: torch.Tensor) -> torch.Tensor:
-        return nsa_kernels.nsa_attention(q, k, v, gates, cfg, block_idx=inputs.block_idx)
+        return nsa.nsa_attention_variants(q, k, v, gates, cfg, variants, block_idx=inputs.block_idx)
 
     if point.mode == "fwd":
-        stages = nsa.forward_stages(inputs.q, inputs.k, inputs.v, inputs.gates, cfg, block_idx=inputs.block_idx)
+        stages = nsa.forward_stages(inputs.q, inputs.k, inputs.v, inputs.gates, cfg, block_idx=inputs.block_idx,
+                                    variants=variants)
     elif point.mode == "bwd":
         stages = nsa.backward_stages(inputs.q, inputs.k, inputs.v, inputs.gates, inputs.do, cfg,
-                                     block_idx=inputs.block_idx)
+                                     block_idx=inputs.block_idx, variants=variants)
     else:
         stages = {}
+
     def selection() -> torch.Tensor:  # the kernels' own compression and selection, checked on the device
         with torch.no_grad():
             k_cmp, _ = nsa_kernels.compress_kv(inputs.k, inputs.v, cfg)
             return nsa_kernels.select_blocks(inputs.q, k_cmp, cfg)
 
-    workload = autograd_workload(inputs, forward, "triton", grad_gates=True, stages=stages,
+    workload = autograd_workload(inputs, forward, impl, grad_gates=True, stages=stages,
                                  stage_costs=STAGE_COSTS.get(point.mode, {}))
     return replace(workload, selection=selection)
 
@@ -59,7 +86,7 @@ BACKEND = Backend(
     description="our Triton NSA kernels (compression, cmp attention + scoring, top-n, selected, window, gated sum)",
     availability=cuda_required,
     build=_build,
-    impl_hint=lambda: "triton",
+    impl_hint=_impl,
     staged_modes=("fwd", "bwd"),
     no_varlen="nsa-triton: packed batches (--doc-lens) unsupported: the Triton kernels take no cu_seqlens yet (varlen kernels are the next step of issue 17)",
 )
