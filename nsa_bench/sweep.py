@@ -112,7 +112,7 @@ def execute(spec: SweepSpec, out: Path, resume: bool, plots: bool = True,
     measuring = cuda_present()
     gpu = target_gpu(spec.gpu, measuring)
     out = prepare_out_dir(out, resume)
-    device = torch.cuda.get_device_name(0) if measuring else None
+    device = environment.gpu_name() if measuring else None
     previous: dict = {}
     spec_record = spec.to_dict()
     try:

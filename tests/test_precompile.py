@@ -66,7 +66,7 @@ def test_plan_records_each_backends_workload(planned):
     spec, result = planned
     assert len(result.plans) == 2 * 3 * 3  # backends x modes x (two timed lengths + the check at the short one)
     timed_fwd = _kernels(result, "nsa-triton", "fwd", "timed", 512)
-    assert {"_compress_fwd_kernel", "_cmp_fwd_kernel", "_select_kernel", "_selected_fwd_kernel", "_fwd_kernel",
+    assert {"_compress_fwd_kernel", "_cmp_fwd_kernel", "_select_kernel", "_selected_fwd_tile_kernel", "_fwd_kernel",
             "_gated_sum_fwd_kernel"} <= timed_fwd  # the inference forward and every stage
     assert "_select_kernel" in _kernels(result, "nsa-triton", "fwd", "check", 256)  # the selection check
     assert {"_gated_sum_bwd_kernel", "_compress_bwd_kernel"} <= _kernels(result, "nsa-triton", "bwd", "timed", 512)

@@ -15,8 +15,8 @@ from nsa_kernels import flash, selected
 SPEC = SweepSpec(seqlens=(24, 40), kv_heads=(1,), group_sizes=(2,), head_dims=((16, 8),), block_cmp=(8,),
                  stride_cmp=(4,), block_slc=(8,), n_slc=(3,), window=(8,), dtypes=("float32",), reps=1, warmup=0,
                  check_seqlen=16, modes=("fwd",), backends=("nsa-ref", "nsa-triton"), baseline="nsa-ref", gpu="h100")
-KEY_40 = (64, 16, True, False, 6, 2, "torch.float32")  # what a tuner's cache key looks like (buckets, dtypes)
-KEY_24 = (64, 16, True, False, 5, 2, "torch.float32")
+KEY_40 = (64, 0, 16, True, False, 6, 2, "torch.float32")  # a tuner cache key: BLOCK_DK, DK_B, BLOCK_DV, CAUSAL, HAS_WINDOW, buckets, dtypes
+KEY_24 = (16, 16, 8, 8, 5, 2, "torch.float32")  # G_PAD, DK_PAD, DV_PAD, BLOCK_SLC, buckets, dtypes
 
 
 def test_measured_sweep_writes_tuning_json_as_tasks_finish(tmp_path, monkeypatch):
