@@ -216,6 +216,8 @@ class LocalPool:
     def run(self, jobs: Iterable[Job], commit: Callable[[Point, str, list[Row]], None]) -> None:
         """Run every job; returns when all are done. KeyboardInterrupt: workers killed, then re-raised."""
         queue = collections.deque(jobs)
+        if not queue:
+            return
         slots = [_Slot(device) for device in self.devices]
         try:
             for slot in slots:
