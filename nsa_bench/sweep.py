@@ -211,7 +211,7 @@ def choose_pool(spec: SweepSpec, gpu: GPUSpec, measuring: bool, devices: str | N
 
         try:
             return ray_runner.RayPool(workers.WorkerSetup(spec, gpu, "cuda" if measuring else _cpu_kind(), ""),
-                                      ray or None, measuring)
+                                      ray, measuring, point_timeout=point_timeout)
         except ray_runner.RayUnavailable as exc:
             raise SweepError("ray", str(exc)) from None
     if devices is not None:
