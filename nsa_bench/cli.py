@@ -134,7 +134,8 @@ def sweep(suite: str | None, out: Path | None, resume: bool, max_points: str | N
             gpu = sweep_mod.target_gpu(spec.gpu, measuring=sweep_mod.cuda_present())
         except sweep_mod.SweepError as exc:
             raise _bad(exc.flag, str(exc)) from None
-        click.echo(plan.dry_run(spec, gpu, n_workers, budget_s, plots=not no_plots, precompile=not no_precompile))
+        click.echo(plan.dry_run(spec, gpu, n_workers, budget_s, plots=not no_plots, precompile=not no_precompile,
+                                shard=chosen_shard))
         return
     out = out or sweep_mod.default_out_dir(suite)
     try:

@@ -205,6 +205,6 @@ def merge(paths: Sequence[Path], out: Path, command: str = "") -> Merged:
 
 def describe(result: Merged) -> str:
     missing = f"; shards missing: {', '.join(result.missing_shards)}" if result.missing_shards else ""
-    return (f"{result.rows} rows from {result.runs} runs -> {result.csv} ({result.recomputed} speedups recomputed"
-            f"{missing})")
+    return (f"{result.rows} rows from {result.runs} runs -> {result.csv} (speedups recomputed against each point's "
+            f"baseline: {result.recomputed} cells changed{missing})")
 

@@ -31,6 +31,7 @@ CPU_MEASURE_ENV = "NSA_BENCH_CPU_MEASURE"  # test hook: cpuN workers measure on 
 MIN_TIMEOUT_S = 60.0
 TIMEOUT_FACTOR = 50.0  # a task is hung when it takes this many times its estimate (and at least a minute)
 MAX_START_FAILURES = 3  # workers of one device dying before any task: the device is unusable
+IDLE_LIMIT_S = 600.0  # a worker silent this long outside a task (importing torch, between tasks) is hung
 
 
 class DevicesError(ValueError):
@@ -211,7 +212,8 @@ class LocalPool:
         slot.job, slot.done, slot.current, slot.deadline = job, [], None, float("inf")
         slot.baseline_ms = job.baseline_ms
         slot.to_worker.send(job)
-        # until the first "begin" arrives the worker may still be importing: no deadline for its start-up
+        # until the first "begin" the worker may still be importing torch: a wide limit, not the task's
+        slot.deadline = time.monotonic() + IDLE_LIMIT_S
 
     def run(self, jobs: Iterable[Job], commit: Callable[[Point, str, list[Row]], None]) -> None:
         """Run every job; returns when all are done. KeyboardInterrupt: workers killed, then re-raised."""
@@ -272,7 +274,7 @@ class LocalPool:
 
                 slot.baseline_ms = baseline_time(rows)
             slot.done.append(name)
-            slot.current, slot.deadline = None, float("inf")
+            slot.current, slot.deadline = None, time.monotonic() + IDLE_LIMIT_S
             commit(slot.job.point, name, rows)
         elif kind == "done":
             slot.job, slot.current, slot.deadline = None, None, float("inf")
@@ -312,10 +314,13 @@ class LocalPool:
         self._start(slot)
 
     def _hung(self, slot: _Slot, queue: collections.deque, commit: Callable) -> None:
-        limit = self.timeout_s(slot.job.point, slot.current) if slot.current else 0.0
         self._stop(slot, kill=True)
-        self._fault(slot, queue, commit, None, why=f"hang: no result within {limit:.0f} s (--point-timeout); "
-                                                   "worker killed")
+        if slot.current is None:
+            why = f"worker silent for {IDLE_LIMIT_S:.0f} s outside a task (start-up or between tasks); killed"
+        else:
+            limit = self.timeout_s(slot.job.point, slot.current)
+            why = f"hang: no result within {limit:.0f} s (--point-timeout); worker killed"
+        self._fault(slot, queue, commit, None, why=why)
 
 
 def _error_row(job: Job, backend: str, setup: WorkerSetup, device: str, message: str) -> Row:

@@ -24,3 +24,14 @@ def test_shards_partition_the_points_round_robin_in_run_order():
         assert parts == [Shard(k, n).select(points) for k in range(1, n + 1)]  # deterministic
     longest = [p.seqlen for p in Shard(1, 2).select(points)][:2]
     assert longest[0] == 8192  # each shard starts with the headline lengths
+
+
+def test_dry_run_plans_only_the_shard():
+    from nsa_bench import plan
+    from nsa_bench.gpus import gpu_spec
+
+    spec = SweepSpec(seqlens=(1024, 2048, 4096), modes=("fwd", "bwd"))
+    whole = plan.build(spec, gpu_spec("h100"), workers=1)
+    parts = [plan.build(spec, gpu_spec("h100"), workers=1, shard=Shard(k, 4)) for k in (1, 2, 3, 4)]
+    assert sum(len(p.tasks) for p in parts) == len(whole.tasks) == 12
+    assert {t.estimate.point for t in parts[0].tasks}.isdisjoint({t.estimate.point for t in parts[1].tasks})

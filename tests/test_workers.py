@@ -91,3 +91,35 @@ def test_a_faulting_worker_costs_one_error_row_and_the_sweep_goes_on(tmp_path: P
     assert code == 0, err
     assert "0 rows, 8 already done" in out
     print(f"fault test took {time.monotonic() - started:.1f} s")
+
+
+def test_ctrl_c_stops_the_workers_and_resume_finishes(tmp_path: Path, fault_backends):
+    """SIGINT while a worker hangs: exit 130, the finished rows kept, no worker left; --resume runs the rest."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    args = ["--quiet", "--no-plots", "--out", str(tmp_path / "run"), "--devices", "cpu0", "--seqlen", "40,48",
+            "--kv-heads", "1", "--group-size", "2", "--head-dim", "16-8", "--block-cmp", "8", "--stride-cmp", "4",
+            "--block-slc", "8", "--n-slc", "3", "--window", "8", "--dtype", "float32", "--reps", "2", "--warmup", "0",
+            "--check-seqlen", "32", "--mode", "fwd", "--backend", "nsa-ref,fault-hang", "--baseline", "nsa-ref"]
+    proc = subprocess.Popen([sys.executable, "-m", "nsa_bench.cli", "sweep", *args], stderr=subprocess.PIPE,
+                            stdout=subprocess.DEVNULL, text=True, env=dict(os.environ))
+    csv = tmp_path / "run" / "results.csv"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not (csv.exists() and "nsa-ref" in csv.read_text()):
+        time.sleep(0.2)
+    time.sleep(1.0)  # fault-hang is now asleep in the worker
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "Interrupted (SIGINT)" in err and "rows kept" in err
+    kept = results.read_rows(tmp_path / "run")
+    assert list(kept[kept["stage"] == "total"]["backend"]) == ["nsa-ref"]
+    code, out, err = run_main("sweep", *args, "--resume", "--point-timeout", "2s")
+    assert code == 0, err
+    totals = results.read_rows(tmp_path / "run")
+    totals = totals[totals["stage"] == "total"].set_index(["backend", "seqlen"])["status"].to_dict()
+    assert totals == {("nsa-ref", 48): "ok", ("fault-hang", 48): "error", ("nsa-ref", 40): "ok",
+                      ("fault-hang", 40): "unsupported"}
