@@ -89,18 +89,16 @@ def cli() -> None:
 @click.option("--shard", metavar="K/N", help="run only shard K of N (a deterministic split of the points; a point's "
               "backends stay together): for Slurm arrays and CI matrices; join the runs with `nsa-bench merge`")
 @click.option("--devices", metavar="LIST", help="one worker process per device, pulling points from one queue: all "
-              "(every local GPU), GPU indices 0,1,..., or cpu0,cpu1,... (CPU workers: predictions)  "
-              "[default: on a GPU, one worker on it]")
+              "(every local GPU), GPU indices 0,1,... (0 alone: one GPU, a kernel fault costs a row, not the sweep), or "
+              "cpu0,cpu1,... (CPU workers: predictions)  [default: points run in this process]")
 @click.option("--point-timeout", metavar="DURATION", help="a task of a worker taking longer is a hang: an `error` row, "
               "the worker replaced  [default: max(60 s, 50 x the task's estimate)]")
-@click.option("--in-process", is_flag=True, help="run points in this process, not in a worker (a kernel fault then "
-              "ends the sweep; a --time-budget sweep always runs in-process)")
 @click.option("--ray", metavar="ADDRESS", is_flag=False, flag_value="local", default=None,
               help="run points as Ray tasks of one GPU each on the cluster at ADDRESS (auto: the one this machine "
               "belongs to), or, bare, on a local Ray instance; needs the `ray` extra")
 def sweep(suite: str | None, out: Path | None, resume: bool, max_points: str | None, no_plots: bool, quiet: bool,
           cuda_graph: bool | None, time_budget: str | None, dry_run: bool, no_precompile: bool, workers: str | None,
-          shard: str | None, devices: str | None, point_timeout: str | None, in_process: bool, ray: str | None,
+          shard: str | None, devices: str | None, point_timeout: str | None, ray: str | None,
           **flags: str | None) -> None:
     """Run a sweep: the product of the axes x modes x backends, one CSV row per point, then plots.
 
@@ -141,7 +139,7 @@ def sweep(suite: str | None, out: Path | None, resume: bool, max_points: str | N
     try:
         outcome = sweep_mod.execute(spec, out, resume, plots=not no_plots, progress=not quiet,
                                     precompile_workers=None if no_precompile else n_workers, budget_s=budget_s,
-                                    shard=chosen_shard, devices=devices, point_timeout=timeout_s, in_process=in_process,
+                                    shard=chosen_shard, devices=devices, point_timeout=timeout_s,
                                     ray=ray)
     except sweep_mod.SweepError as exc:
         raise _bad(exc.flag, str(exc)) from None

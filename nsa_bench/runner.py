@@ -291,8 +291,11 @@ def _over_budget(budget: Budget | None, task: Task, later: list[Task], done: fro
     return budget.skip_reason(task.point, task.backend, rest, baseline=is_baseline)
 
 
-def cuda_measure() -> Measure:
-    return Measure(device="cuda", timer=time_cuda, telemetry=Telemetry(), device_name=torch.cuda.get_device_name(0))
+def cuda_measure(nvml_index: int = 0) -> Measure:
+    """Measuring on the first visible GPU; `nvml_index`: that GPU's index for NVML, which ignores
+    CUDA_VISIBLE_DEVICES (a worker pinned to GPU 3 reads NVML device 3)."""
+    return Measure(device="cuda", timer=time_cuda, telemetry=Telemetry(nvml_index),
+                   device_name=torch.cuda.get_device_name(0))
 
 
 def job_rows(job, spec: SweepSpec, gpu: GPUSpec, measure: Measure | None,

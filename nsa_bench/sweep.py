@@ -102,7 +102,7 @@ def execute(spec: SweepSpec, out: Path, resume: bool, plots: bool = True,
             echo: Callable[[str], None] = click.echo, progress: bool = True,
             warn: Callable[[str], None] = _stderr, precompile_workers: int | None = None,
             budget_s: float | None = None, shard: Shard = WHOLE, devices: str | None = None,
-            point_timeout: float | None = None, in_process: bool = False, ray: str | None = None) -> Outcome:
+            point_timeout: float | None = None, ray: str | None = None) -> Outcome:
     """Run `spec` into `out`; returns what was written. Without a CUDA GPU the rows are predictions.
 
     `echo` takes the progress lines, `warn` what goes wrong (an interruption, failed plots: stderr).
@@ -115,7 +115,7 @@ def execute(spec: SweepSpec, out: Path, resume: bool, plots: bool = True,
     started = time.monotonic()
     measuring = cuda_present()
     gpu = target_gpu(spec.gpu, measuring)
-    pool = choose_pool(spec, gpu, measuring, devices, ray, point_timeout, in_process, budget_s)
+    pool = choose_pool(spec, gpu, measuring, devices, ray, point_timeout, budget_s)
     out = prepare_out_dir(out, resume)
     device = torch.cuda.get_device_name(0) if measuring else None
     previous: dict = {}
@@ -193,16 +193,13 @@ def execute(spec: SweepSpec, out: Path, resume: bool, plots: bool = True,
 
 
 def choose_pool(spec: SweepSpec, gpu: GPUSpec, measuring: bool, devices: str | None, ray: str | None,
-                point_timeout: float | None, in_process: bool, budget_s: float | None):
-    """Where points run: Ray tasks (--ray), one worker per --devices device, or — on a GPU, by default — one
-    worker on the GPU this process sees, so a fault costs a row and a fresh worker; None: in this process
-    (no GPU: predictions; --in-process; a --time-budget, which the in-process loop enforces)."""
+                point_timeout: float | None, budget_s: float | None):
+    """Where points run: Ray tasks (--ray), one worker per --devices device (`--devices 0` isolates faults on
+    one GPU); None: in this process, the default (it records tuning.json and enforces --time-budget)."""
     if ray is not None or devices is not None:
         flag = "ray" if ray is not None else "devices"
         if budget_s:
             raise SweepError("time-budget", f"is enforced in-process only: drop it or --{flag}")
-        if in_process:
-            raise SweepError("in-process", f"contradicts --{flag}")
     timeout = workers.task_timeout_s(spec, gpu, point_timeout)
     if ray is not None:
         if devices is not None:
@@ -223,9 +220,6 @@ def choose_pool(spec: SweepSpec, gpu: GPUSpec, measuring: bool, devices: str | N
             raise SweepError("devices", f"{show(devices)}: CPU workers are for machines without a CUDA GPU")
         kind = "cuda" if measuring else _cpu_kind()
         return workers.LocalPool(workers.WorkerSetup(spec, gpu, kind, ""), labels, timeout)
-    if measuring and not in_process and not budget_s:
-        return workers.LocalPool(workers.WorkerSetup(spec, gpu, "cuda", ""), (f"cuda:{torch.cuda.current_device()}",),
-                                 timeout)
     return None
 
 

@@ -338,7 +338,8 @@ def _measure(setup: WorkerSetup):
     if setup.measure == "cuda":
         from nsa_bench.runner import cuda_measure
 
-        return cuda_measure()
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",")[0].strip()
+        return cuda_measure(int(visible) if visible.isdigit() else 0)  # NVML counts GPUs in PCI order
     if setup.measure == "cpu":
         from nsa_bench.runner import Measure
         from nsa_bench.timing import time_wallclock

@@ -32,3 +32,23 @@ BACKENDS = tuple(
             supports=lambda point: None if point.seqlen == FAULT_SEQLEN else f"faults at T={FAULT_SEQLEN} only")
     for kind in ("segv", "exit", "hang")
 )
+
+
+def _once_build(point, inputs):
+    """Exits the first time it is built (FAULT_ONCE_MARKER does not exist yet), then runs as nsa-ref: a worker
+    lost once, as on a node that goes away, whose point must be queued again and then succeed."""
+    from pathlib import Path
+
+    from nsa_bench.backends import get_backend
+
+    marker = Path(os.environ["FAULT_ONCE_MARKER"])
+    if not marker.exists():
+        marker.write_text("crashed once\n")
+        os._exit(9)
+    return get_backend("nsa-ref").build(point, inputs)
+
+
+BACKENDS = (*BACKENDS, Backend(
+    name="fault-once", family="nsa", modes=("fwd",), description="test only: exits once, then runs as nsa-ref",
+    availability=lambda: None, build=_once_build,
+    supports=lambda point: None if point.seqlen == FAULT_SEQLEN else f"faults at T={FAULT_SEQLEN} only"))

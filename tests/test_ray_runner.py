@@ -24,11 +24,12 @@ SPEC = SweepSpec(seqlens=(1024, 2048), modes=("fwd", "decode"))
 
 
 @pytest.fixture(scope="module")
-def cluster():
+def cluster(tmp_path_factory):
     # the fault backends must be importable in Ray's worker processes, which inherit this environment
-    saved = {k: os.environ.get(k) for k in ("NSA_BENCH_BACKEND_MODULES", "PYTHONPATH")}
+    saved = {k: os.environ.get(k) for k in ("NSA_BENCH_BACKEND_MODULES", "PYTHONPATH", "FAULT_ONCE_MARKER")}
     os.environ["NSA_BENCH_BACKEND_MODULES"] = "fault_backends"
     os.environ["PYTHONPATH"] = f"{TESTS}:{saved['PYTHONPATH'] or ''}"
+    os.environ["FAULT_ONCE_MARKER"] = str(tmp_path_factory.mktemp("ray") / "fault-once-marker")
     backends.registry.cache_clear()
     ray.init(num_cpus=2, num_gpus=2, include_dashboard=False, log_to_driver=False)
     yield
@@ -68,17 +69,24 @@ def test_ray_rows_equal_an_in_process_run_and_resume_adds_only_what_is_missing(c
 
 
 def test_cli_ray_and_a_crashing_task(cluster, tmp_path: Path, monkeypatch):
+    """fault-exit crashes its Ray worker every time: retried, then split, then its row alone is an error;
+    fault-once crashes once (a lost worker): Ray runs it again and its row is ok."""
     monkeypatch.setenv("NSA_BENCH_CPU_MEASURE", "1")
+    marker = Path(os.environ["FAULT_ONCE_MARKER"])  # set before ray.init: Ray's workers inherit it
+    marker.unlink(missing_ok=True)
     monkeypatch.setattr("nsa_bench.ray_runner.DEFAULT_RETRIES", 1)
     code, out, err = run_main("sweep", "--quiet", "--no-plots", "--out", str(tmp_path / "run"), "--ray",
                               "--seqlen", "40,48", "--kv-heads", "1", "--group-size", "2", "--head-dim", "16-8",
                               "--block-cmp", "8", "--stride-cmp", "4", "--block-slc", "8", "--n-slc", "3", "--window",
                               "8", "--dtype", "float32", "--reps", "2", "--warmup", "0", "--check-seqlen", "32",
-                              "--mode", "fwd", "--backend", "nsa-ref,fault-exit", "--baseline", "nsa-ref")
+                              "--mode", "fwd", "--backend", "nsa-ref,fault-exit,fault-once", "--baseline", "nsa-ref")
     assert code == 0, err
+    assert marker.exists()
+    marker.unlink()
     frame = results.read_rows(tmp_path / "run")
     totals = frame[frame["stage"] == "total"].set_index(["backend", "seqlen"])
-    assert len(totals) == 4 and totals.loc[("nsa-ref", 40), "status"] == "ok"
+    assert len(totals) == 6 and totals.loc[("nsa-ref", 40), "status"] == "ok"
+    assert totals.loc[("fault-once", 48), "status"] == "ok"  # queued again after its worker was lost
     assert totals.loc[("fault-exit", 40), "status"] == "unsupported"
     # the crash failed the point's Ray task; split per backend, the baseline ran again and only fault-exit errs
     assert totals.loc[("nsa-ref", 48), "status"] == "ok"
