@@ -86,8 +86,19 @@ def cli() -> None:
               "compile/tune/input/check overheads, total wall time) and run nothing")
 @click.option("--no-precompile", is_flag=True, help="on a GPU, skip compiling every kernel config in parallel first")
 @click.option("--workers", metavar="N", help="precompile worker processes  [default: CPU cores minus 2]")
+@click.option("--shard", metavar="K/N", help="run only shard K of N (a deterministic split of the points; a point's "
+              "backends stay together): for Slurm arrays and CI matrices; join the runs with `nsa-bench merge`")
+@click.option("--devices", metavar="LIST", help="one worker process per device, pulling points from one queue: all "
+              "(every local GPU), GPU indices 0,1,... (0 alone: one GPU, a kernel fault costs a row, not the sweep), or "
+              "cpu0,cpu1,... (CPU workers: predictions)  [default: points run in this process]")
+@click.option("--point-timeout", metavar="DURATION", help="a task of a worker taking longer is a hang: an `error` row, "
+              "the worker replaced  [default: max(60 s, 50 x the task's estimate)]")
+@click.option("--ray", metavar="ADDRESS", is_flag=False, flag_value="local", default=None,
+              help="run points as Ray tasks of one GPU each on the cluster at ADDRESS (auto: the one this machine "
+              "belongs to), or, bare, on a local Ray instance; needs the `ray` extra")
 def sweep(suite: str | None, out: Path | None, resume: bool, max_points: str | None, no_plots: bool, quiet: bool,
           cuda_graph: bool | None, time_budget: str | None, dry_run: bool, no_precompile: bool, workers: str | None,
+          shard: str | None, devices: str | None, point_timeout: str | None, ray: str | None,
           **flags: str | None) -> None:
     """Run a sweep: the product of the axes x modes x backends, one CSV row per point, then plots.
 
@@ -100,6 +111,8 @@ def sweep(suite: str | None, out: Path | None, resume: bool, max_points: str | N
     options = {name.replace("_", "-"): value for name, value in flags.items()}
     spec = _spec_from(suite, options, cuda_graph, max_points)
     budget_s = _duration("time-budget", time_budget)
+    timeout_s = _duration("point-timeout", point_timeout)
+    chosen_shard = _shard(shard)
     n_workers = _workers(workers)
     known = tuple(backends.registry())
     unknown = [b for b in spec.backends if b not in known]
@@ -119,12 +132,15 @@ def sweep(suite: str | None, out: Path | None, resume: bool, max_points: str | N
             gpu = sweep_mod.target_gpu(spec.gpu, measuring=sweep_mod.cuda_present())
         except sweep_mod.SweepError as exc:
             raise _bad(exc.flag, str(exc)) from None
-        click.echo(plan.dry_run(spec, gpu, n_workers, budget_s, plots=not no_plots, precompile=not no_precompile))
+        click.echo(plan.dry_run(spec, gpu, n_workers, budget_s, plots=not no_plots, precompile=not no_precompile,
+                                shard=chosen_shard))
         return
     out = out or sweep_mod.default_out_dir(suite)
     try:
         outcome = sweep_mod.execute(spec, out, resume, plots=not no_plots, progress=not quiet,
-                                    precompile_workers=None if no_precompile else n_workers, budget_s=budget_s)
+                                    precompile_workers=None if no_precompile else n_workers, budget_s=budget_s,
+                                    shard=chosen_shard, devices=devices, point_timeout=timeout_s,
+                                    ray=ray)
     except sweep_mod.SweepError as exc:
         raise _bad(exc.flag, str(exc)) from None
     if outcome.interrupted:
@@ -162,6 +178,17 @@ def _duration(flag: str, text: str | None) -> float | None:
         return parse_duration(text)
     except ValueError as exc:
         raise _bad(flag, f"{show(text)}: {exc}") from None
+
+
+def _shard(text: str | None):
+    from nsa_bench.shard import WHOLE, parse_shard
+
+    if text is None:
+        return WHOLE
+    try:
+        return parse_shard(text)
+    except ValueError as exc:
+        raise _bad("shard", f"{show(text)}: {exc}") from None
 
 
 def _workers(text: str | None) -> int:
@@ -347,6 +374,24 @@ def compare_command(ctx: click.Context, baseline: Path, current: Path, metric: s
         ctx.exit(compare.EXIT_USAGE)
     click.echo(markdown, nl=False)
     ctx.exit(result.exit_code)
+
+
+@cli.command("merge")
+@click.argument("runs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="the new run folder")
+def merge_command(runs: tuple[Path, ...], out: Path) -> None:
+    """Merge the run folders of one sweep (its --shard parts, or runs on other machines) into one run folder.
+
+    One CSV; speedups recomputed against the baseline of the same point on the same GPU; each run's
+    env.json kept as envs/<run>.json. Runs of different sweeps (spec.json) are refused.
+    """
+    from nsa_bench import merge
+
+    try:
+        result = merge.merge(list(runs), out, command=" ".join(sys.argv))
+    except merge.MergeError as exc:
+        raise _bad(None, str(exc)) from None
+    click.echo(merge.describe(result))
 
 
 @cli.command("report")

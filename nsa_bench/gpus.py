@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Mapping
 
 _MIB = 1 << 20
+_GIB = 1 << 30
 
 
 @dataclass(frozen=True)
@@ -24,6 +25,7 @@ class GPUSpec:
     hbm_bytes_per_s: float
     l2_bytes: int
     match: tuple[str, ...]  # lower-case fragments of torch.cuda.get_device_name()
+    memory_bytes: int = 80 * _GIB  # device memory torch reports as total (a little under the datasheet's)
 
     @property
     def ridge_intensity(self) -> float:
@@ -34,13 +36,13 @@ class GPUSpec:
 def _spec_table() -> Mapping[str, GPUSpec]:
     specs = (
         GPUSpec("h100", "NVIDIA H100 SXM5 80GB", 989.4e12, 3.35e12, 50 * _MIB,
-                ("h100", "h100 sxm", "h100 sxm5", "h100 80gb hbm3")),
-        GPUSpec("h100-pcie", "NVIDIA H100 PCIe 80GB", 756e12, 2.0e12, 50 * _MIB, ("h100 pcie",)),
-        GPUSpec("h200", "NVIDIA H200 SXM 141GB", 989.4e12, 4.8e12, 50 * _MIB, ("h200", "h200 sxm")),
+                ("h100", "h100 sxm", "h100 sxm5", "h100 80gb hbm3"), int(79.1 * _GIB)),
+        GPUSpec("h100-pcie", "NVIDIA H100 PCIe 80GB", 756e12, 2.0e12, 50 * _MIB, ("h100 pcie",), int(79.1 * _GIB)),
+        GPUSpec("h200", "NVIDIA H200 SXM 141GB", 989.4e12, 4.8e12, 50 * _MIB, ("h200", "h200 sxm"), int(139.8 * _GIB)),
         GPUSpec("a100", "NVIDIA A100 SXM4 80GB", 312e12, 2.039e12, 40 * _MIB,
-                ("a100", "a100 sxm4", "a100 sxm4 80gb", "a100 80gb")),
+                ("a100", "a100 sxm4", "a100 sxm4 80gb", "a100 80gb"), int(79.2 * _GIB)),
         GPUSpec("a100-40gb", "NVIDIA A100 SXM4 40GB", 312e12, 1.555e12, 40 * _MIB,
-                ("a100 40gb", "a100 sxm4 40gb", "a100 pcie 40gb")),
+                ("a100 40gb", "a100 sxm4 40gb", "a100 pcie 40gb"), int(39.4 * _GIB)),
     )
     return types.MappingProxyType({spec.key: spec for spec in specs})
 

@@ -12,6 +12,7 @@ from typing import Mapping
 from nsa_bench.budget import CALIBRATION, Budget, Calibration, Estimator, TaskEstimate
 from nsa_bench.gpus import GPUSpec
 from nsa_bench.runner import order_backends, run_order
+from nsa_bench.shard import WHOLE, Shard
 from nsa_bench.spec import SweepSpec
 
 
@@ -53,8 +54,10 @@ class Plan:
 
 
 def build(spec: SweepSpec, gpu: GPUSpec, workers: int, budget_s: float | None = None, plots: bool = True,
-          precompile: bool = True, plans: Mapping | None = None, calibration: Calibration = CALIBRATION) -> Plan:
-    """Plan `spec` for `gpu`; `plans` are precompile's case plans (compile counts, autotune lookups)."""
+          precompile: bool = True, plans: Mapping | None = None, calibration: Calibration = CALIBRATION,
+          shard: Shard = WHOLE) -> Plan:
+    """Plan `spec` (only `shard`'s points) for `gpu`; `plans` are precompile's case plans (compile counts,
+    autotune lookups)."""
     estimator = Estimator(spec, gpu, plans, calibration)
     pre_s, configs, cases = estimator.precompile_s(workers)
     jit_s = 0.0
@@ -66,7 +69,7 @@ def build(spec: SweepSpec, gpu: GPUSpec, workers: int, budget_s: float | None = 
     points, invalid = spec.points()
     backends = order_backends(spec.run_backends, spec.baseline)
     planned: list[PlannedTask] = []
-    for point in run_order(points):
+    for point in shard.select(run_order(points)):
         for i, backend in enumerate(backends):
             estimate = estimator.estimate(point, backend)
             reason = None
@@ -151,11 +154,12 @@ def render(plan: Plan) -> str:
     return "\n".join(lines)
 
 
-def dry_run(spec: SweepSpec, gpu: GPUSpec, workers: int, budget_s: float | None, plots: bool, precompile: bool) -> str:
+def dry_run(spec: SweepSpec, gpu: GPUSpec, workers: int, budget_s: float | None, plots: bool, precompile: bool,
+            shard: Shard = WHOLE) -> str:
     """Plan the sweep (recording its launches in one compile worker, nothing compiled) and render it."""
     from nsa_bench import precompile as precompile_mod
 
     result = precompile_mod.plan(spec, workers=1)
     plans = result.plans if result is not None else {}
-    return render(build(spec, gpu, workers, budget_s, plots, precompile, plans))
+    return render(build(spec, gpu, workers, budget_s, plots, precompile, plans, shard=shard))
 

@@ -30,9 +30,10 @@ ENV_NAME = "env.json"
 SPEC_NAME = "spec.json"
 PLOTS_DIR = "plots"
 _TEXT_COLUMNS = ("impl", "message", "baseline", "gpu", "throttle_reasons", "stage", "backend", "mode", "dtype",
-                 "doc_lens")
+                 "doc_lens", "host", "device")
 NUMBER_COLUMNS = ("ms_median", "ms_p10", "ms_p90", "samples", "tflops", "gbps", "flops", "bytes", "intensity",
-                  "predicted_ms", "speedup", "max_rel_err", "sm_clock_mhz", "mem_clock_mhz", "temp_c", "power_w")
+                  "predicted_ms", "speedup", "max_rel_err", "sm_clock_mhz", "mem_clock_mhz", "temp_c", "power_w",
+                  "mem_bytes")
 # key columns holding sizes, and the SweepSpec field whose bounds they obey
 INT_KEY_COLUMNS = {"seqlen": "seqlens", "batch": "batches", "kv_heads": "kv_heads", "group_size": "group_sizes",
                    "head_dim_qk": "head_dims", "head_dim_v": "head_dims", "block_cmp": "block_cmp",

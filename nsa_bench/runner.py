@@ -8,20 +8,22 @@ task's rows are committed together (`resume.commit`), so --resume knows exactly 
 from __future__ import annotations
 
 import gc
+import socket
 import traceback
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Mapping
 
 import torch
 
-from nsa_bench import check, cost, interrupts, results, resume as resume_mod
+from nsa_bench import check, cost, interrupts, memory, results, resume as resume_mod
 from nsa_bench.backends import Backend, Unsupported, registry
 from nsa_bench.budget import Budget
 from nsa_bench.gpus import GPUSpec
 from nsa_bench.inputs import make_inputs
 from nsa_bench.nvtx import annotate
 from nsa_bench.point_cost import cost_of
+from nsa_bench.shard import WHOLE, Shard
 from nsa_bench.schema import (
     STAGE_TOTAL, STATUS_CHECK_FAILED, STATUS_ERROR, STATUS_OK, STATUS_OOM, STATUS_PREDICTED, STATUS_SKIPPED,
     STATUS_UNSUPPORTED, Row,
@@ -203,7 +205,14 @@ def failure_row(task: Task, status: str, message: str, gpu: GPUSpec) -> Row:
 
 def rows_for(task: Task, spec: SweepSpec, gpu: GPUSpec, measure: Measure | None,
              baseline_ms: float | None) -> list[Row]:
-    """All rows of one task; every failure becomes a status row instead of stopping the sweep."""
+    """All rows of one task, each naming the host; every failure becomes a status row instead of stopping
+    the sweep."""
+    host = socket.gethostname()
+    return [replace(row, host=host) for row in _rows_for(task, spec, gpu, measure, baseline_ms)]
+
+
+def _rows_for(task: Task, spec: SweepSpec, gpu: GPUSpec, measure: Measure | None,
+              baseline_ms: float | None) -> list[Row]:
     backend, point = task.backend, task.point
     if task.invalid and backend.family == "nsa":
         return [failure_row(task, STATUS_UNSUPPORTED, f"invalid configuration: {task.invalid}", gpu)]
@@ -213,8 +222,29 @@ def rows_for(task: Task, spec: SweepSpec, gpu: GPUSpec, measure: Measure | None,
     why_not = why_not or backend.out_of_scope(point)
     if why_not:
         return [failure_row(task, STATUS_UNSUPPORTED, why_not, gpu)]
+    resident = memory.bytes_resident(point, backend.family, padded_v=bool(backend.pads(point)))
+    too_big = _oom_reason(resident, gpu, measure)
+    if too_big:
+        return [replace(failure_row(task, STATUS_OOM, too_big, gpu), mem_bytes=resident)]
     if measure is None:
-        return predicted_rows(task, gpu, baseline_ms)
+        rows = predicted_rows(task, gpu, baseline_ms)
+    else:
+        rows = _measured_or_failed(task, spec, gpu, measure, baseline_ms)
+    return [replace(row, mem_bytes=resident) for row in rows]
+
+
+def _oom_reason(resident: int, gpu: GPUSpec, measure: Measure | None) -> str | None:
+    """Why the point would not fit on the device (predicted rows: the --gpu spec's memory)."""
+    if measure is None:
+        return memory.oom_reason(resident, memory.spec_free_bytes(gpu), f"{gpu.name} (its {memory.gib(gpu.memory_bytes)})")
+    if measure.device.startswith("cuda") and torch.cuda.is_available():
+        free, _total = torch.cuda.mem_get_info()
+        return memory.oom_reason(resident, free, measure.device_name or gpu.name)
+    return None
+
+
+def _measured_or_failed(task: Task, spec: SweepSpec, gpu: GPUSpec, measure: Measure,
+                        baseline_ms: float | None) -> list[Row]:
     try:
         return measured_rows(task, spec, gpu, measure, baseline_ms)
     except torch.cuda.OutOfMemoryError as exc:
@@ -232,7 +262,18 @@ def rows_for(task: Task, spec: SweepSpec, gpu: GPUSpec, measure: Measure | None,
             torch.cuda.empty_cache()
 
 
-def _baseline_ms(rows: list[Row]) -> float | None:
+def with_baseline(rows: list[Row], task: Task, baseline: str, ref_ms: float | None) -> list[Row]:
+    """A task's rows as the CSV holds them: the baseline's total carries speedup 1, others name the baseline
+    their speedup is against."""
+    if task.backend.name == baseline:
+        return [replace(r, speedup=1.0, baseline=baseline) if r.stage == STAGE_TOTAL and
+                r.status in (STATUS_OK, STATUS_PREDICTED) else r for r in rows]
+    if ref_ms:
+        return [replace(r, baseline=baseline) if r.speedup is not None else r for r in rows]
+    return rows
+
+
+def baseline_time(rows: list[Row]) -> float | None:
     total = next((r for r in rows if r.stage == STAGE_TOTAL), None)
     if total is None or total.status not in (STATUS_OK, STATUS_PREDICTED):
         return None
@@ -250,21 +291,65 @@ def _over_budget(budget: Budget | None, task: Task, later: list[Task], done: fro
     return budget.skip_reason(task.point, task.backend, rest, baseline=is_baseline)
 
 
-def cuda_measure() -> Measure:
-    return Measure(device="cuda", timer=time_cuda, telemetry=Telemetry(), device_name=torch.cuda.get_device_name(0))
+def cuda_measure(nvml_index: int = 0) -> Measure:
+    """Measuring on the first visible GPU; `nvml_index`: that GPU's index for NVML, which ignores
+    CUDA_VISIBLE_DEVICES (a worker pinned to GPU 3 reads NVML device 3)."""
+    return Measure(device="cuda", timer=time_cuda, telemetry=Telemetry(nvml_index),
+                   device_name=torch.cuda.get_device_name(0))
+
+
+def job_rows(job, spec: SweepSpec, gpu: GPUSpec, measure: Measure | None,
+             on_begin: Callable[[str], None] | None = None, cpu_hook: bool = False) -> Iterator[tuple[str, list[Row]]]:
+    """(backend, rows) of each task of one point's job (`workers.Job`), as `run_sweep` would write them: the
+    baseline first, the others' speedups against it. What worker processes and Ray tasks run.
+    `cpu_hook`: every backend counts as available (the CPU measure path of the tests)."""
+    ref_ms = job.baseline_ms
+    for name in job.backends:
+        backend = registry()[name]
+        if cpu_hook:
+            backend = replace(backend, availability=lambda: None)
+        task = Task(job.point, backend, job.invalid)
+        if on_begin is not None:
+            on_begin(name)
+        is_baseline = name == spec.baseline
+        rows = rows_for(task, spec, gpu, measure, None if is_baseline else ref_ms)
+        if is_baseline:
+            ref_ms = baseline_time(rows)
+        yield name, with_baseline(rows, task, spec.baseline, None if is_baseline else ref_ms)
+
+
+def _jobs(all_tasks: list[Task], done: frozenset, times: Mapping, baseline: str) -> tuple[list, int]:
+    """One job per point with pending tasks (run order kept), and how many tasks are already done."""
+    from nsa_bench.workers import Job
+
+    pending: dict[Point, list[Task]] = {}
+    known: dict[Point, float | None] = {}
+    skipped = 0
+    for task in all_tasks:
+        key = resume_mod.task_key(base_row(task.point, task.backend).as_dict())
+        if key in done:
+            skipped += 1
+            if task.backend.name == baseline:
+                known[task.point] = times.get(key)
+            continue
+        pending.setdefault(task.point, []).append(task)
+    return [Job(point, tuple(t.backend.name for t in group), group[0].invalid, known.get(point))
+            for point, group in pending.items()], skipped
 
 
 def run_sweep(
     spec: SweepSpec, out_dir: Path, gpu: GPUSpec, measure: Measure | None, resume: bool,
     progress: Callable[[list[Task]], Iterator[Task]] | None = None, budget: Budget | None = None,
-    on_task_done: Callable[[Task, list[Row]], None] | None = None,
+    on_task_done: Callable[[Task, list[Row]], None] | None = None, shard: Shard = WHOLE,
+    pool: object | None = None,
 ) -> Outcome:
     """Run every task of `spec`, appending rows to out_dir/results.csv (measure=None: predictions).
 
     With `resume`, tasks complete in the folder are skipped and partial ones run again (`resume.recover`;
     `skipped` tasks of a time budget count as not done). With a `budget` (measured runs only), a task whose
     estimate does not fit in the time left becomes a `skipped` row; `on_task_done` is called after each
-    task's rows are written.
+    task's rows are written. `shard`: only its points run (`nsa_bench.shard`). `pool` (a `workers.LocalPool`
+    or `ray_runner.RayPool`): points run there, the rows come back here to be written (no budget).
     """
     csv_file = out_dir / results.CSV_NAME
     if resume:
@@ -273,13 +358,18 @@ def run_sweep(
         resume_mod.start_fresh(out_dir)
         state = resume_mod.Recovered(frozenset(), {}, 0, 0)
     everything = spec.all_points()
+    if shard != WHOLE:
+        mine = set(shard.select(run_order([point for point, _ in everything])))
+        everything = [(point, why) for point, why in everything if point in mine]
     invalid = {point: why for point, why in everything if why}
     backends = order_backends(spec.run_backends, spec.baseline)
     written = skipped = 0
     all_tasks = list(tasks([point for point, _ in everything], backends, invalid))
     baseline_ms: dict[Point, float | None] = {}
     iterator = progress(all_tasks) if progress else iter(all_tasks)
-    budget = budget if measure is not None else None
+    budget = budget if measure is not None and pool is None else None
+    if pool is not None:
+        return _run_pool(pool, spec, out_dir, all_tasks, state, iterator, on_task_done)
     try:
         for index, task in enumerate(iterator):
             key = resume_mod.task_key(base_row(task.point, task.backend).as_dict())
@@ -297,11 +387,8 @@ def run_sweep(
                 if budget is not None:
                     budget.observe(task.backend, rows)
             if task.backend.name == spec.baseline:
-                baseline_ms[task.point] = _baseline_ms(rows)
-                rows = [replace(r, speedup=1.0, baseline=spec.baseline) if r.stage == STAGE_TOTAL and
-                        r.status in (STATUS_OK, STATUS_PREDICTED) else r for r in rows]
-            elif ref_ms:
-                rows = [replace(r, baseline=spec.baseline) if r.speedup is not None else r for r in rows]
+                baseline_ms[task.point] = baseline_time(rows)
+            rows = with_baseline(rows, task, spec.baseline, ref_ms)
             resume_mod.commit(out_dir, key, rows)
             written += len(rows)
             if on_task_done is not None:
@@ -309,4 +396,34 @@ def run_sweep(
     except KeyboardInterrupt as exc:
         return Outcome(csv_file, written, skipped, interrupted=True, rows_on_disk=state.rows + written,
                        signal=interrupts.signal_of(exc))
+    return Outcome(csv_file, written, skipped, interrupted=False, rows_on_disk=state.rows + written)
+
+
+def _run_pool(pool, spec: SweepSpec, out_dir: Path, all_tasks: list[Task], state, iterator: Iterator[Task],
+              on_task_done: Callable[[Task, list[Row]], None] | None) -> Outcome:
+    """run_sweep's loop when the points run in worker processes or Ray tasks: rows are committed here as
+    each task's arrive (in the order tasks finish; --resume knows tasks by key, not by place)."""
+    csv_file = out_dir / results.CSV_NAME
+    jobs, skipped = _jobs(all_tasks, state.done, state.times, spec.baseline)
+    for _ in range(skipped):
+        next(iterator, None)
+    backends = registry()
+    written = 0
+
+    def commit(point: Point, name: str, rows: list[Row]) -> None:
+        nonlocal written
+        task = Task(point, backends[name])
+        resume_mod.commit(out_dir, resume_mod.task_key(base_row(point, task.backend).as_dict()), rows)
+        written += len(rows)
+        next(iterator, None)
+        if on_task_done is not None:
+            on_task_done(task, rows)
+
+    try:
+        pool.run(jobs, commit)
+    except KeyboardInterrupt as exc:
+        return Outcome(csv_file, written, skipped, interrupted=True, rows_on_disk=state.rows + written,
+                       signal=interrupts.signal_of(exc))
+    for _ in iterator:  # close the progress bar
+        pass
     return Outcome(csv_file, written, skipped, interrupted=False, rows_on_disk=state.rows + written)

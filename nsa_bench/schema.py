@@ -73,6 +73,9 @@ class Row:
     throttle_reasons: str = ""
     d_model: int = 0  # model width of a layer mode (layer-fwd, layer-bwd); 0 for attention-only modes
     doc_lens: str = "none"  # documents packed into each row (nsa_bench.doclens); "none": one dense sequence a row
+    mem_bytes: float | None = None  # bytes resident on the device for this point and backend (nsa_bench.memory)
+    host: str = ""  # the machine that ran (or predicted) the row
+    device: str = ""  # the worker's device (cuda:3, cpu0) when points ran in worker processes, else ""
 
     def as_dict(self) -> dict[str, object]:
         return asdict(self)

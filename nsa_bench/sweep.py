@@ -17,12 +17,13 @@ import click
 import pandas as pd
 import torch
 
-from nsa_bench import baselines, environment, precompile, results, resume as resume_mod
+from nsa_bench import baselines, environment, precompile, results, resume as resume_mod, workers
 from nsa_bench.budget import Budget, Estimator
 from nsa_bench.gpus import GPUSpec, gpu_spec
 from nsa_bench.messages import one_line, show
 from nsa_bench.plots import plot_run
 from nsa_bench.runner import Outcome, Task, cuda_measure, run_sweep
+from nsa_bench.shard import WHOLE, Shard
 from nsa_bench.schema import STAGE_TOTAL, STATUS_OK, STATUS_PREDICTED
 from nsa_bench.spec import LAYER_MODES, SweepSpec
 from nsa_bench.tuning_log import TuningLog
@@ -100,17 +101,21 @@ def _stderr(line: str) -> None:
 def execute(spec: SweepSpec, out: Path, resume: bool, plots: bool = True,
             echo: Callable[[str], None] = click.echo, progress: bool = True,
             warn: Callable[[str], None] = _stderr, precompile_workers: int | None = None,
-            budget_s: float | None = None) -> Outcome:
+            budget_s: float | None = None, shard: Shard = WHOLE, devices: str | None = None,
+            point_timeout: float | None = None, ray: str | None = None) -> Outcome:
     """Run `spec` into `out`; returns what was written. Without a CUDA GPU the rows are predictions.
 
     `echo` takes the progress lines, `warn` what goes wrong (an interruption, failed plots: stderr).
     On a GPU: precompile on `precompile_workers` processes first (None: skip), then run the tasks within
     `budget_s` seconds counted from here (None: no budget), recording the autotuners' choices in
-    tuning.json as tasks finish.
+    tuning.json as tasks finish. `shard`: run only that shard's points (env.json records it). `devices`
+    (--devices), `ray` (--ray: an address, or "" for a local cluster): where the points run (see
+    `choose_pool`); `point_timeout`: seconds before a worker's task counts as hung (None: from the estimate).
     """
     started = time.monotonic()
     measuring = cuda_present()
     gpu = target_gpu(spec.gpu, measuring)
+    pool = choose_pool(spec, gpu, measuring, devices, ray, point_timeout, budget_s)
     out = prepare_out_dir(out, resume)
     device = environment.gpu_name() if measuring else None
     previous: dict = {}
@@ -122,6 +127,9 @@ def execute(spec: SweepSpec, out: Path, resume: bool, plots: bool = True,
             spec_record = resume_mod.merged_spec(results.read_json(out / results.SPEC_NAME), spec)
     except (resume_mod.ResumeError, results.ResultsError) as exc:
         raise SweepError(None, str(exc)) from None
+    if previous and previous.get("shard", WHOLE.text()) != shard.text():
+        raise SweepError("shard", f"cannot resume {show(str(out), 120)}: it is shard {show(previous.get('shard', '1/1'))}, "
+                                  f"this sweep is {shard.text()}: choose another --out")
     if not measuring:
         echo(f"No CUDA GPU found: writing the cost model's predictions for {gpu.name} (--gpu); measured columns stay empty.")
         if budget_s:
@@ -130,6 +138,10 @@ def execute(spec: SweepSpec, out: Path, resume: bool, plots: bool = True,
     env["target_gpu"] = {"key": gpu.key, "name": gpu.name, "peak_flops": gpu.peak_flops,
                          "hbm_bytes_per_s": gpu.hbm_bytes_per_s}
     env["measured"] = measuring
+    if shard != WHOLE:
+        env["shard"] = shard.text()
+    if pool is not None:
+        env["workers"] = pool.describe()
     if previous:  # a resumed run keeps the record of where it started, and notes each resumption
         resumed = previous.get("resumed") if isinstance(previous.get("resumed"), list) else []
         env = {**previous, "resumed": [*resumed, {"timestamp": env["timestamp"], "command": env["command"]}]}
@@ -145,19 +157,25 @@ def execute(spec: SweepSpec, out: Path, resume: bool, plots: bool = True,
             estimator = Estimator(spec, gpu, plans)
             budget = Budget(budget_s, estimator, reserve_s=estimator.finish_s(plots), start=started)
             echo(f"Time budget {budget_s:.0f} s: {budget.left():.0f} s left for the points after start-up and precompile.")
-        log = TuningLog(out) if measuring and set(spec.run_backends) & set(precompile.PRECOMPILED_BACKENDS) else None
+        log = TuningLog(out) if measuring and pool is None and set(spec.run_backends) & set(precompile.PRECOMPILED_BACKENDS) else None
 
         def task_done(task: Task, rows: list) -> None:
             if log is not None:
                 log.update(f"{task.backend.name} {task.point.label()}")
 
         outcome = run_sweep(spec, out, gpu, measure=cuda_measure() if measuring else None, resume=resume,
-                            progress=progress_bar if progress else None, budget=budget, on_task_done=task_done)
+                            progress=progress_bar if progress else None, budget=budget, on_task_done=task_done,
+                            shard=shard, pool=pool)
     except resume_mod.ResumeError as exc:
         raise SweepError(None, str(exc)) from None
+    except workers.PoolError as exc:
+        raise SweepError("devices" if ray is None else "ray", f"{exc} (rows written so far are kept: continue with "
+                                                            "--resume)") from None
     except OSError as exc:
         raise SweepError("out", f"cannot write into {show(str(out), 120)}: {exc.strerror or exc} "
                                 "(rows written so far are kept: fix it and continue with --resume)") from None
+    if pool is not None and getattr(pool, "replaced", 0):
+        warn(f"{pool.replaced} worker(s) replaced after a fault; the faulting points are `error` rows.")
     if outcome.interrupted:
         name = signal.Signals(outcome.signal).name if outcome.signal else "interrupted"
         warn(f"Interrupted ({name}): {outcome.rows_on_disk} rows kept in {outcome.csv} "
@@ -172,6 +190,44 @@ def execute(spec: SweepSpec, out: Path, resume: bool, plots: bool = True,
             warn(one_line(f"Plots failed ({type(exc).__name__}: {exc}); the CSV is intact: retry with "
                           f"`nsa-bench plot {out}`."))
     return outcome
+
+
+def choose_pool(spec: SweepSpec, gpu: GPUSpec, measuring: bool, devices: str | None, ray: str | None,
+                point_timeout: float | None, budget_s: float | None):
+    """Where points run: Ray tasks (--ray), one worker per --devices device (`--devices 0` isolates faults on
+    one GPU); None: in this process, the default (it records tuning.json and enforces --time-budget)."""
+    if ray is not None or devices is not None:
+        flag = "ray" if ray is not None else "devices"
+        if budget_s:
+            raise SweepError("time-budget", f"is enforced in-process only: drop it or --{flag}")
+    timeout = workers.task_timeout_s(spec, gpu, point_timeout)
+    if ray is not None:
+        if devices is not None:
+            raise SweepError("ray", "and --devices exclude each other (Ray places points on the cluster's GPUs)")
+        from nsa_bench import ray_runner
+
+        try:
+            return ray_runner.RayPool(workers.WorkerSetup(spec, gpu, "cuda" if measuring else _cpu_kind(), ""),
+                                      ray, measuring, point_timeout=point_timeout)
+        except ray_runner.RayUnavailable as exc:
+            raise SweepError("ray", str(exc)) from None
+    if devices is not None:
+        try:
+            labels = workers.parse_devices(devices, torch.cuda.device_count() if measuring else 0)
+        except workers.DevicesError as exc:
+            raise SweepError("devices", str(exc)) from None
+        if labels[0].startswith("cpu") and measuring:
+            raise SweepError("devices", f"{show(devices)}: CPU workers are for machines without a CUDA GPU")
+        kind = "cuda" if measuring else _cpu_kind()
+        return workers.LocalPool(workers.WorkerSetup(spec, gpu, kind, ""), labels, timeout)
+    return None
+
+
+def _cpu_kind() -> str | None:
+    """CPU workers predict, unless the test hook NSA_BENCH_CPU_MEASURE=1 has them measure on the CPU."""
+    import os
+
+    return "cpu" if os.environ.get(workers.CPU_MEASURE_ENV) == "1" else None
 
 
 def summary_table(csv_file: Path, baseline: str | None = None) -> str:

@@ -47,6 +47,10 @@ FLAG_CASES = [
     *[("d-model", v) for v in ("0", "abc", "100000", "2560,,1024")],
     *[("doc-lens", v) for v in ("zipf:4k", "fixed:0", "uniform:", "lognormal:8k:-1", "none,,fixed:2k", "")],
     *[("q-heads", v) for v in ("0", "2000", "64,,32", "x")],
+    *[("shard", v) for v in ("0/2", "3/2", "1/0", "a", "1/2/3", "", "-1/2", "1/9999999")],
+    *[("devices", v) for v in ("", "0", "all", "cpu0,cpu0", "gpu1", "0,cpu1", ",", "cpu0,,cpu1", "cpux")],
+    *[("point-timeout", v) for v in ("soon", "0", "-1s", "")],
+    *[("ray", v) for v in ("not an address!", "host:port", "ray://", "")],
     *[("suite", v) for v in ("nope", "x\0y", "a" * 300 + ".toml", "", "../../nope")],
 ]
 
@@ -70,6 +74,8 @@ def test_bad_flag_value(tmp_path: Path, flag: str, value: str):
     (["--out", "x" * 300], "--out"), (["--seqle", "1k"], "--seqle"), (["--no-such-flag"], "--no-such-flag"),
     (["surplus"], "surplus"), (["--block-cmp", "32", "--stride-cmp", "24"], "--stride-cmp"),
     (["--block-cmp", "24"], "--block-cmp"),
+    (["--devices", "cpu0", "--time-budget", "5m"], "--time-budget"),
+    (["--ray", "--devices", "cpu0"], "--ray"),
 ])
 def test_bad_sweep(tmp_path: Path, args: list[str], needle: str):
     count_bad_input("flag combinations")

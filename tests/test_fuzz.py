@@ -26,7 +26,8 @@ from nsa_bench.suites import OPTIONS
 SCALE = int(os.environ.get("FUZZ_EXAMPLES", "1"))
 FUZZ = settings(max_examples=40 * SCALE, deadline=None, derandomize=not os.environ.get("FUZZ_RANDOM"), database=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
-SWEEP_FLAGS = (*OPTIONS, "max-points", "suite", "out", "time-budget", "workers")
+SWEEP_FLAGS = (*OPTIONS, "max-points", "suite", "out", "time-budget", "workers", "shard", "devices", "point-timeout")
+# not fuzzed: --ray (a random HOST:PORT would make Ray try to connect; its bad values are in test_bad_input)
 # what a sweep takes here: few points and no plots, so a valid random value costs milliseconds
 QUICK = ("--quiet", "--no-plots", "--max-points", "40")
 

@@ -71,7 +71,18 @@ def _row(**changes: object) -> Row:
 
 
 def test_new_columns_are_appended_keys():
-    assert FIELDS[-2:] == ("d_model", "doc_lens") and KEY_FIELDS[-2:] == ("d_model", "doc_lens")
+    assert FIELDS[-5:-3] == ("d_model", "doc_lens") and KEY_FIELDS[-2:] == ("d_model", "doc_lens")
+    assert FIELDS[-3:] == ("mem_bytes", "host", "device")  # issue 15: appended, not keys
+
+
+@pytest.mark.parametrize("column", ["mem_bytes", "host", "device"])
+def test_csv_without_the_issue_15_columns_still_reads(tmp_path: Path, column):
+    old = tmp_path / "results.csv"
+    results.append_rows(old, [replace(ROW, mem_bytes=1e9, host="h", device="cpu0")])
+    pd.read_csv(old).drop(columns=[column]).to_csv(old, index=False)
+    read = results.read_rows(old)
+    assert column in results.absent_columns(read)
+    assert (read[column].isna().all() if column == "mem_bytes" else list(read[column]) == [""])
 
 
 @pytest.mark.parametrize("column,default", [("d_model", 0), ("doc_lens", "none")])

@@ -78,12 +78,24 @@ class Backend:
 def registry() -> Mapping[str, Backend]:
     """All backends, by name, discovered from this package's modules (read-only)."""
     found: dict[str, Backend] = {}
-    for info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
-        module = importlib.import_module(f"{__name__}.{info.name}")
-        backend = getattr(module, "BACKEND", None)
-        if isinstance(backend, Backend):
-            found[backend.name] = backend
+    modules = [f"{__name__}.{info.name}" for info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name)]
+    for name in modules + extra_modules():
+        module = importlib.import_module(name)
+        for backend in (getattr(module, "BACKEND", None), *getattr(module, "BACKENDS", ())):
+            if isinstance(backend, Backend):
+                found[backend.name] = backend
     return MappingProxyType(found)
+
+
+EXTRA_ENV = "NSA_BENCH_BACKEND_MODULES"
+
+
+def extra_modules() -> list[str]:
+    """Modules named in NSA_BENCH_BACKEND_MODULES (comma list; each defines BACKEND or BACKENDS): backends
+    kept outside the package, such as the tests' faulting backends. Worker processes inherit the variable."""
+    import os
+
+    return [name.strip() for name in os.environ.get(EXTRA_ENV, "").split(",") if name.strip()]
 
 
 def get_backend(name: str) -> Backend:
