@@ -399,6 +399,7 @@ _H100_COMPILE = r"""
 import torch
 import nsa_kernels.compile_check as gc
 import nsa_kernels.selected as S
+import nsa_kernels.selected_small_g as SG
 
 shapes = [  # B, T, Hkv, G, Dk, Dv, dtype, l', n
     (1, 65536, 4, 16, 192, 128, torch.bfloat16, 64, 16),  # the paper's setting
@@ -420,7 +421,7 @@ for b, t, hkv, g, dk, dv, dt, slc, n in shapes:
         for deterministic in (True, False):
             S.selected_bwd(q, k, v, o, lse, do, idx, slc, dk ** -0.5, deterministic=deterministic)
 
-    for launch in gc.record_launches([S], host):
+    for launch in gc.record_launches([S, SG], host):
         variants = gc.expand(launch)
         chosen = variants[:1] + (variants[-1:] if t == 65536 and len(variants) > 1 else [])
         for jit, kwargs in chosen:
