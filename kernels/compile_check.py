@@ -420,6 +420,27 @@ def _run_selected_bwd_atomic(case: Case) -> None:
     selected.selected_bwd(q, k, v, o, lse, do, block_idx, case.cfg.block_slc, case.dk**-0.5, deterministic=False)
 
 
+def _run_selected_small_g(case: Case) -> None:
+    """The small-group selected path (selected_small_g.py, NSA_KERNEL_VARIANT slc_small_g): forward, the
+    gated-accumulate forward, the backward with NSA's dq chain and the atomic backward."""
+    import torch
+
+    from nsa_kernels import selected
+
+    q, k, v = _qkv(case)
+    b, t, hq = q.shape[:3]
+    o, do = _meta(b, t, hq, case.dv, dtype=q.dtype), _meta(b, t, hq, case.dv, dtype=q.dtype)
+    lse = _meta(b, t, hq, dtype=torch.float32)
+    block_idx = _meta(b, t, case.kv_heads, case.cfg.n_slc, dtype=torch.int32)
+    slc, scale = case.cfg.block_slc, case.dk**-0.5
+    selected.selected_fwd(q, k, v, block_idx, slc, scale, small_g="small_g")
+    selected.selected_fwd(q, k, v, block_idx, slc, scale, out=_meta(b, t, hq, case.dv, dtype=q.dtype),
+                          gates=_meta(b, t, hq, 3, dtype=q.dtype), gate_index=1, accumulate=True, small_g="small_g")
+    dq_sum = _meta(*q.shape, dtype=torch.float32)
+    selected.selected_bwd(q, k, v, o, lse, do, block_idx, slc, scale, dq_out=dq_sum, dq_add=dq_sum, small_g="small_g")
+    selected.selected_bwd(q, k, v, o, lse, do, block_idx, slc, scale, deterministic=False, small_g="small_g")
+
+
 def _decode_inputs(case: Case) -> tuple[Any, ...]:
     import torch
 
@@ -517,6 +538,7 @@ ENTRIES: dict[str, Callable[[Case], None]] = {
     "nsa_attention_v1": _run_nsa_attention_v1,
     "select_blocks": _run_select_blocks,
     "selected_bwd_atomic": _run_selected_bwd_atomic,
+    "selected_small_g": _run_selected_small_g,
     "flash_attention": _run_flash_attention,
     "flash_attention_decode": _run_flash_attention_decode,
     "nsa_decode": _run_nsa_decode,
@@ -528,7 +550,7 @@ ENTRIES: dict[str, Callable[[Case], None]] = {
 def _kernel_modules() -> list[ModuleType]:
     import importlib
 
-    names = ("compressed", "decode", "flash", "gated_sum", "nsa", "selected")
+    names = ("compressed", "decode", "flash", "gated_sum", "nsa", "selected", "selected_small_g")
     return [importlib.import_module(f"nsa_kernels.{name}") for name in names] + [sys.modules[__name__]]
 
 

@@ -58,7 +58,8 @@ class _NSA(torch.autograd.Function):
         o_cmp, lse_cmp = compressed.compressed_fwd(q, k_cmp, v_cmp, cfg, scale, variant=variants.cmp_fwd)
         if block_idx is None:
             block_idx = compressed.select_blocks(q, k_cmp, cfg, scale, lse=lse_cmp, variant=variants.select)
-        o_slc, lse_slc = selected.selected_fwd(q, k, v, block_idx, cfg.block_slc, scale, variant=variants.slc_fwd)
+        o_slc, lse_slc = selected.selected_fwd(q, k, v, block_idx, cfg.block_slc, scale, variant=variants.slc_fwd,
+                                               small_g=variants.slc_small_g)
         o_win, lse_win = flash.attention_fwd(q, k, v, scale, window=cfg.window, variant=variants.win)
         ctx.save_for_backward(q, k, v, gates, k_cmp, v_cmp, block_idx, o_cmp, lse_cmp, o_slc, lse_slc, o_win, lse_win)
         ctx.cfg, ctx.scale, ctx.variants = cfg, scale, variants
@@ -75,14 +76,15 @@ class _NSA(torch.autograd.Function):
                                                           dkv_variant=variants.cmp_dkv, dq_variant=variants.cmp_dq,
                                                           dq_out=dq_sum)
             _, dk, dv = selected.selected_bwd(q, k, v, o_slc, lse_slc, do_slc, block_idx, cfg.block_slc, scale,
-                                              dq_variant=variants.slc_dq, dq_out=dq_sum, dq_add=dq_sum)
+                                              dq_variant=variants.slc_dq, dq_out=dq_sum, dq_add=dq_sum,
+                                              small_g=variants.slc_small_g)
             dq, dk_win, dv_win = flash.attention_bwd(q, k, v, o_win, lse_win, do_win, scale, window=cfg.window,
                                                      variant=variants.win, dq_add=dq_sum)
         else:
             dq, dk_cmp, dv_cmp = compressed.compressed_bwd(q, k_cmp, v_cmp, o_cmp, lse_cmp, do_cmp, cfg, scale,
                                                            dkv_variant=variants.cmp_dkv, dq_variant=variants.cmp_dq)
             dq_slc, dk, dv = selected.selected_bwd(q, k, v, o_slc, lse_slc, do_slc, block_idx, cfg.block_slc,
-                                                   scale, dq_variant=variants.slc_dq)
+                                                   scale, dq_variant=variants.slc_dq, small_g=variants.slc_small_g)
             dq_win, dk_win, dv_win = flash.attention_bwd(q, k, v, o_win, lse_win, do_win, scale, window=cfg.window,
                                                          variant=variants.win)
             dq = (dq.float() + dq_slc.float() + dq_win.float()).to(q.dtype)
@@ -147,7 +149,8 @@ def _forward_gated_in_place(
     if block_idx is None:
         block_idx = compressed.select_blocks(q, k_cmp, cfg, scale, lse=lse_cmp, variant=variants.select)
     selected.selected_fwd(q, k, v, block_idx, cfg.block_slc, scale, out=out, gates=gates, gate_index=1,
-                          accumulate=True, variant=variants.slc_fwd)
+                          accumulate=True, variant=variants.slc_fwd,
+                          small_g=variants.slc_small_g)
     flash.attention_fwd(q, k, v, scale, window=cfg.window, out=out, gates=gates, gate_index=2, accumulate=True,
                         variant=variants.win)
     return out
@@ -165,7 +168,8 @@ def _forward_parts(
         if block_idx is None:
             block_idx = compressed.select_blocks(q, k_cmp, cfg, scale, lse=lse_cmp, variant=variants.select)
         idx = block_idx
-        o_slc, lse_slc = selected.selected_fwd(q, k, v, idx, cfg.block_slc, scale, variant=variants.slc_fwd)
+        o_slc, lse_slc = selected.selected_fwd(q, k, v, idx, cfg.block_slc, scale, variant=variants.slc_fwd,
+                                               small_g=variants.slc_small_g)
         o_win, lse_win = flash.attention_fwd(q, k, v, scale, window=cfg.window, variant=variants.win)
     return {"k_cmp": k_cmp, "v_cmp": v_cmp, "o_cmp": o_cmp, "lse_cmp": lse_cmp, "idx": idx, "o_slc": o_slc,
             "lse_slc": lse_slc, "o_win": o_win, "lse_win": lse_win}
@@ -185,7 +189,8 @@ def forward_stages(
         "cmp_attn": lambda: compressed.compressed_fwd(q, f["k_cmp"], f["v_cmp"], cfg, sc, variant=variants.cmp_fwd),
         "select": lambda: compressed.select_blocks(q, f["k_cmp"], cfg, sc, lse=f["lse_cmp"],
                                                    variant=variants.select),
-        "slc_attn": lambda: selected.selected_fwd(q, k, v, f["idx"], cfg.block_slc, sc, variant=variants.slc_fwd),
+        "slc_attn": lambda: selected.selected_fwd(q, k, v, f["idx"], cfg.block_slc, sc, variant=variants.slc_fwd,
+                                                  small_g=variants.slc_small_g),
         "win_attn": lambda: flash.attention_fwd(q, k, v, sc, window=cfg.window, variant=variants.win),
         "gated_sum": lambda: gated_sum_fwd(gates, f["o_cmp"], f["o_slc"], f["o_win"]),
     }
@@ -217,7 +222,8 @@ def backward_stages(
         "compress": lambda: (compressed.compress_bwd(dk_cmp, seqlen, cfg.block_cmp, cfg.stride_cmp),
                              compressed.compress_bwd(dv_cmp, seqlen, cfg.block_cmp, cfg.stride_cmp)),
         "slc_attn": lambda: selected.selected_bwd(q, k, v, f["o_slc"], f["lse_slc"], do_slc, f["idx"], cfg.block_slc,
-                                                  sc, dq_variant=variants.slc_dq, dq_out=acc_out, dq_add=acc_in),
+                                                  sc, dq_variant=variants.slc_dq, dq_out=acc_out, dq_add=acc_in,
+                                                  small_g=variants.slc_small_g),
         "win_attn": lambda: flash.attention_bwd(q, k, v, f["o_win"], f["lse_win"], do_win, sc, window=cfg.window,
                                                 variant=variants.win, dq_add=acc_in),
     }

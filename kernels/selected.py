@@ -25,7 +25,7 @@ from ._common import (
     MAX_N_SLC, SUPPORTED_BLOCK_SLC, TUNING_ARGS, autotune, check_gated, check_heads, interpreting, next_pow2,
     check_dq_chain, same_memory, split_head_dim, tuning_buckets,
 )
-from .variants import check_variant
+from .variants import check_variant, runs_small_g
 
 __all__ = ["selected_fwd", "selected_bwd", "invert_selection"]
 
@@ -843,9 +843,12 @@ def _tile_interp_meta(group: int, block_slc: int, positions: int) -> dict:
 def selected_fwd(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_idx: torch.Tensor, block_slc: int, scale: float,
     *, out: torch.Tensor | None = None, gates: torch.Tensor | None = None, gate_index: int = 0,
-    accumulate: bool = False, variant: str = "v2",
+    accumulate: bool = False, variant: str = "v2", small_g: str = "auto",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Selected attention forward: (o [B,T,Hq,Dv] in q.dtype, lse [B,T,Hq] fp32, natural log).
+
+    small_g (kernels/variants.py `slc_small_g`): "auto" (default) runs the KV-block-outer kernels of
+    selected_small_g.py when G < 16 (then `variant` does not apply), "padded" never, "small_g" always.
 
     variant "v2" (default): tiles of 1-4 positions over the union of their selections (blocks they
     share load once); "v1": one position per program (kernels/variants.py).
@@ -862,6 +865,11 @@ def selected_fwd(
     check_gated(q, (*q.shape[:3], v.shape[-1]), out, gates, gate_index, accumulate)
     q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
     idx = block_idx.to(torch.int32).contiguous()
+    if runs_small_g(small_g, group):
+        from .selected_small_g import small_g_fwd
+
+        return small_g_fwd(q, k, v, idx, block_slc, scale, group, out=out, gates=gates, gate_index=gate_index,
+                           accumulate=accumulate)
     b, t, hq, dk = q.shape
     hkv, dv, n = k.shape[2], v.shape[-1], idx.shape[-1]
     gated = out is not None
@@ -952,9 +960,12 @@ def _delta(o: torch.Tensor, do: torch.Tensor) -> torch.Tensor:
 def selected_bwd(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, o: torch.Tensor, lse: torch.Tensor, do: torch.Tensor,
     block_idx: torch.Tensor, block_slc: int, scale: float, deterministic: bool = True, *, dq_variant: str = "v2",
-    dq_out: torch.Tensor | None = None, dq_add: torch.Tensor | None = None,
+    dq_out: torch.Tensor | None = None, dq_add: torch.Tensor | None = None, small_g: str = "auto",
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Selected attention backward: (dq, dk, dv) in the input dtype; dk/dv summed over each group.
+
+    small_g as in `selected_fwd`: the block-outer path computes dq from the dk/dv kernel's dS tiles
+    (partials summed in slot order) instead of a query-centric dq kernel; `dq_variant` then does not apply.
 
     dk/dv are block-centric: a program per (key chunk of block j, list segment, b * Hkv) walks
     the queries that selected j. Lists are cut into `_segment_len` segments so block 0's list
@@ -983,6 +994,10 @@ def selected_bwd(
     idx = block_idx.to(torch.int32).contiguous()
     n = idx.shape[-1]
     dq_out = check_dq_chain(q, dq_out, dq_add)
+    if runs_small_g(small_g, group):
+        from .selected_small_g import small_g_bwd
+
+        return small_g_bwd(q, k, v, o, lse, do, idx, block_slc, scale, group, deterministic, dq_out, dq_add)
     dq = dq_out if dq_out is not None else torch.empty_like(q)
     dk = torch.empty_like(k)
     dv = torch.empty_like(v)

@@ -6,6 +6,12 @@ backend builds that from the environment variable NSA_KERNEL_VARIANT (`from_env`
 either side: "v1" = every kernel as before, "v2" = every kernel redesigned (the default), and
 per-kernel overrides such as "v2,cmp_dkv=v1" or "cmp_dkv=v1,slc_fwd=v1" (the base defaults to v2;
 "+" separates as well as ",", so a row's `impl` label "v2+cmp_dkv=v1" reads back as the same choice).
+
+`slc_small_g` (issue 17) picks the selected branch's path for small GQA groups and has its own values:
+"auto" (the v2 default: the KV-block-outer kernels of selected_small_g.py when G < 16, the padded
+kernels otherwise), "padded" (what v1 means for it: always the group padded to 16 MMA rows) and
+"small_g" (always block-outer, also at G >= 16, so a GPU run can compare both there). `impl_label(G)`
+names the path that ran: "auto" at G < 16 is recorded as "slc_small_g=small_g".
 """
 from __future__ import annotations
 
@@ -28,14 +34,34 @@ KERNELS = {
     "win": "window (flash) kernels: a non-power-of-two Dk as 128+64 column chunks (v1: padded to 256)",
     "decode": "decode selection: scoring over many programs, top-n by ranking in the attention units",
     "dq_sum": "NSA backward: one fp32 dq accumulator threaded through the three dq kernels",
+    "slc_small_g": "selected fwd/bwd at G < 16: KV-block-outer, gathered queries fill the MMA rows (padded: 16 rows)",
 }
+# The values of each kernel's field: the first is what base "v1" means, the second what "v2" means,
+# further ones are only reachable by an override.
+CHOICES: dict[str, tuple[str, ...]] = {
+    **{name: VARIANTS for name in KERNELS},
+    "slc_small_g": ("padded", "auto", "small_g"),
+}
+SMALL_G_BELOW = 16  # "auto" runs the small-group kernels for G below this
 
 
-def check_variant(name: str, value: object) -> str:
-    """`value` if it names a variant, else a ValueError naming the argument."""
-    if value not in VARIANTS:
-        raise ValueError(f"{name}={value!r} is not a kernel variant (use one of {', '.join(VARIANTS)})")
+def runs_small_g(choice: str, group: int) -> bool:
+    """Whether the selected branch takes the block-outer path (selected_small_g.py) at group size G."""
+    check_variant("small_g", choice, "slc_small_g")
+    return choice == "small_g" or (choice == "auto" and group < SMALL_G_BELOW)
+
+
+def check_variant(name: str, value: object, kernel: str | None = None) -> str:
+    """`value` if it names a variant (of `kernel`, when given), else a ValueError naming the argument."""
+    allowed = CHOICES[kernel] if kernel else VARIANTS
+    if value not in allowed:
+        raise ValueError(f"{name}={value!r} is not a kernel variant (use one of {', '.join(allowed)})")
     return value  # type: ignore[return-value]
+
+
+def _base_value(kernel: str, base: str) -> str:
+    """The value base variant "v1" / "v2" means for `kernel`."""
+    return CHOICES[kernel][VARIANTS.index(base)]
 
 
 @dataclass(frozen=True)
@@ -51,10 +77,11 @@ class KernelVariants:
     win: str = DEFAULT
     dq_sum: str = DEFAULT
     decode: str = DEFAULT
+    slc_small_g: str = "auto"
 
     def __post_init__(self) -> None:
         for field in dataclasses.fields(self):
-            check_variant(field.name, getattr(self, field.name))
+            check_variant(field.name, getattr(self, field.name), field.name)
 
     @classmethod
     def parse(cls, text: str, source: str = ENV_VAR) -> "KernelVariants":
@@ -70,8 +97,8 @@ class KernelVariants:
             kernel, _, value = (part.strip() for part in token.partition("="))
             if kernel not in KERNELS:
                 raise ValueError(f"{source}={text!r}: unknown kernel {kernel!r} (one of {', '.join(KERNELS)})")
-            overrides[kernel] = check_variant(f"{source} {kernel}", value)
-        return cls(**{name: overrides.get(name, base) for name in KERNELS})
+            overrides[kernel] = check_variant(f"{source} {kernel}", value, kernel)
+        return cls(**{name: overrides.get(name, _base_value(name, base)) for name in KERNELS})
 
     @classmethod
     def from_env(cls) -> "KernelVariants":
@@ -80,16 +107,27 @@ class KernelVariants:
 
     @classmethod
     def all(cls, variant: str) -> "KernelVariants":
-        return cls(**{name: check_variant("variant", variant) for name in KERNELS})
+        check_variant("variant", variant)
+        return cls(**{name: _base_value(name, variant) for name in KERNELS})
 
     @property
     def label(self) -> str:
         """Short name for result rows: "v1", "v2", or the majority variant plus the exceptions
         ("v2+cmp_dkv=v1")."""
-        values = [getattr(self, name) for name in KERNELS]
-        base = max(VARIANTS, key=lambda v: (values.count(v), v == DEFAULT))
-        exceptions = [f"{name}={value}" for name, value in zip(KERNELS, values) if value != base]
+        def matches(base: str) -> list[bool]:
+            return [getattr(self, name) == _base_value(name, base) for name in KERNELS]
+
+        base = max(VARIANTS, key=lambda v: (sum(matches(v)), v == DEFAULT))
+        exceptions = [f"{name}={getattr(self, name)}" for name, same in zip(KERNELS, matches(base)) if not same]
         return "+".join([base, *exceptions])
+
+    def impl_label(self, group: int) -> str:
+        """`label` as a result row records it at group size G: "auto" resolved where it takes the
+        small-group path ("v2+slc_small_g=small_g" at G < 16; plain "v2" at G >= 16, where it runs
+        the padded kernels as v2 always did). Reads back as a choice that runs the same kernels."""
+        if self.slc_small_g == "auto" and runs_small_g("auto", group):
+            return dataclasses.replace(self, slc_small_g="small_g").label
+        return self.label
 
 
 V1 = KernelVariants.all("v1")

@@ -23,7 +23,13 @@ def small_head_shape(entry: str) -> Case:
     return Case(entry, 1, 65536, 4, 1, 64, 64, "float16", PAPER_CFG)
 
 
+def small_group_shape(group: int, entry: str = "selected_small_g", cfg: NSAConfig = PAPER_CFG) -> Case:
+    """The gqa suite's layout (Hq = 64, Hkv = 64 / G) at the paper heads Dk=192, Dv=128, T=64k, bf16."""
+    return Case(entry, 1, 65536, 64 // group, group, 192, 128, "bfloat16", cfg)
+
+
 SELFTEST = Case("selftest", 1, 1, 1, 1, 16, 16, "float16")
+SMALL_GROUPS = (1, 2, 4, 8)
 NSA_ENTRIES = ("nsa_attention", "nsa_attention_v1", "select_blocks", "selected_bwd_atomic", "nsa_decode", "nsa_decode_v1",
                "nsa_decode_cmp_cache")
 DENSE_ENTRIES = ("flash_attention", "flash_attention_decode")
@@ -32,6 +38,11 @@ CASES: tuple[Case, ...] = (
     *(paper_shape(e) for e in NSA_ENTRIES + DENSE_ENTRIES),
     *(small_head_shape(e) for e in NSA_ENTRIES + DENSE_ENTRIES if e not in PAPER_ONLY_ENTRIES),
     *(paper_shape(e, LARGE_BLOCK_CFG) for e in NSA_ENTRIES if e not in PAPER_ONLY_ENTRIES),
+    # issue 17: the small-group selected kernels at G = 1, 2, 4, 8 (also l' = 256 at G = 4), and
+    # the whole NSA forward/backward at G = 4, where the default ("auto") takes them
+    *(small_group_shape(g) for g in SMALL_GROUPS),
+    small_group_shape(4, cfg=LARGE_BLOCK_CFG),
+    small_group_shape(4, "nsa_attention"),
 )
 
 

@@ -66,7 +66,12 @@ def test_plan_records_each_backends_workload(planned):
     spec, result = planned
     assert len(result.plans) == 2 * 3 * 3  # backends x modes x (two timed lengths + the check at the short one)
     timed_fwd = _kernels(result, "nsa-triton", "fwd", "timed", 512)
-    assert {"_compress_fwd_kernel", "_cmp_fwd_kernel", "_select_kernel", "_selected_fwd_tile_kernel", "_fwd_kernel",
+    from nsa_kernels.variants import runs_small_g
+
+    point = spec.points()[0][0]
+    selected_fwd = ({"_block_outer_fwd_kernel", "_merge_kernel"} if runs_small_g("auto", point.group_size)
+                    else {"_selected_fwd_tile_kernel"})  # the path "auto" takes at the probe's G (issue 17)
+    assert {"_compress_fwd_kernel", "_cmp_fwd_kernel", "_select_kernel", *selected_fwd, "_fwd_kernel",
             "_gated_sum_fwd_kernel"} <= timed_fwd  # the inference forward and every stage
     assert "_select_kernel" in _kernels(result, "nsa-triton", "fwd", "check", 256)  # the selection check
     assert {"_gated_sum_bwd_kernel", "_compress_bwd_kernel"} <= _kernels(result, "nsa-triton", "bwd", "timed", 512)

@@ -39,7 +39,9 @@ class Case:
 
 @pytest.fixture(params=["v1", "v2"])
 def variant(request: pytest.FixtureRequest) -> str:
-    """The forward and dq kernel variant (kernels/variants.py); dk/dv has one implementation."""
+    """The forward and dq kernel variant (kernels/variants.py); dk/dv has one implementation. Tests
+    taking it run the padded kernels (small_g="padded"); tests/test_selected_small_g.py checks the
+    small-group path that "auto" takes at G < 16."""
     return request.param
 
 
@@ -122,13 +124,14 @@ def test_fwd_bwd_real_selection_fp32(case: Case, variant: str) -> None:
         block_idx = _real_selection(case, q, k, v)
         assert (block_idx == -1).any(), "the cases are meant to leave some slots empty"
     scale = case.dk**-0.5
-    o, lse = selected_fwd(q, k, v, block_idx, case.block_slc, scale, variant=variant)
+    o, lse = selected_fwd(q, k, v, block_idx, case.block_slc, scale, variant=variant, small_g="padded")
     do = torch.randn(o.shape, generator=torch.Generator().manual_seed(11))
     ref_o, ref_dq, ref_dk, ref_dv = _reference_grads(case, q, k, v, block_idx, do, scale)
     assert o.dtype == torch.float32 and lse.dtype == torch.float32
     assert tuple(lse.shape) == tuple(q.shape[:3])
     assert _rel(o, ref_o) < 1e-4
-    dq, dk, dv = selected_bwd(q, k, v, o, lse, do, block_idx, case.block_slc, scale, dq_variant=variant)
+    dq, dk, dv = selected_bwd(q, k, v, o, lse, do, block_idx, case.block_slc, scale,
+                              dq_variant=variant, small_g="padded")
     assert _rel(dq, ref_dq) < 1e-3
     assert _rel(dk, ref_dk) < 1e-3
     assert _rel(dv, ref_dv) < 1e-3
@@ -139,7 +142,7 @@ def test_lse_matches_logsumexp_of_selected_logits(variant: str) -> None:
     q, k, v = _inputs(case, torch.float32, seed=5)
     block_idx = _random_selection(case, seed=6)
     scale = 0.3
-    _, lse = selected_fwd(q, k, v, block_idx, case.block_slc, scale, variant=variant)
+    _, lse = selected_fwd(q, k, v, block_idx, case.block_slc, scale, variant=variant, small_g="padded")
     logits = torch.einsum("bthd,bshd->bths", q.double(), k.double().expand(-1, -1, 2, -1)) * scale
     blocks = torch.arange(case.seqlen) // case.block_slc
     for t in range(case.seqlen):
@@ -156,7 +159,7 @@ def test_random_slots_with_empty_rows_fp32(variant: str) -> None:
     q, k, v = _inputs(case, torch.float32, seed=21)
     block_idx = _random_selection(case, seed=22, empty_rows=True)
     scale = case.dk**-0.5
-    o, lse = selected_fwd(q, k, v, block_idx, case.block_slc, scale, variant=variant)
+    o, lse = selected_fwd(q, k, v, block_idx, case.block_slc, scale, variant=variant, small_g="padded")
     do = torch.randn(o.shape, generator=torch.Generator().manual_seed(23))
     ref_o, ref_dq, ref_dk, ref_dv = _reference_grads(case, q, k, v, block_idx, do, scale)
     assert not torch.isnan(o).any() and not torch.isnan(lse).any()
@@ -164,7 +167,8 @@ def test_random_slots_with_empty_rows_fp32(variant: str) -> None:
     assert empty.any(), "the selection should leave some rows without keys"
     assert (o[empty] == 0).all() and (lse[empty] == -float("inf")).all()
     assert _rel(o, ref_o) < 1e-4
-    dq, dk, dv = selected_bwd(q, k, v, o, lse, do, block_idx, case.block_slc, scale, dq_variant=variant)
+    dq, dk, dv = selected_bwd(q, k, v, o, lse, do, block_idx, case.block_slc, scale,
+                              dq_variant=variant, small_g="padded")
     for got in (dq, dk, dv):
         assert torch.isfinite(got).all()
     assert (dq[empty] == 0).all()
@@ -182,11 +186,12 @@ def test_repeated_blocks_count_once(variant: str) -> None:
     current[..., 2] = 0
     current[..., 3] = -1
     block_idx = current.to(torch.int32)  # slots: [cur, cur, 0, -1]
-    o, lse = selected_fwd(q, k, v, block_idx, case.block_slc, 0.25, variant=variant)
+    o, lse = selected_fwd(q, k, v, block_idx, case.block_slc, 0.25, variant=variant, small_g="padded")
     do = torch.randn(o.shape, generator=torch.Generator().manual_seed(32))
     ref_o, ref_dq, ref_dk, ref_dv = _reference_grads(case, q, k, v, block_idx, do, 0.25)
     assert _rel(o, ref_o) < 1e-4
-    dq, dk, dv = selected_bwd(q, k, v, o, lse, do, block_idx, case.block_slc, 0.25, dq_variant=variant)
+    dq, dk, dv = selected_bwd(q, k, v, o, lse, do, block_idx, case.block_slc, 0.25,
+                              dq_variant=variant, small_g="padded")
     assert _rel(dq, ref_dq) < 1e-3 and _rel(dk, ref_dk) < 1e-3 and _rel(dv, ref_dv) < 1e-3
 
 
@@ -196,12 +201,13 @@ def test_fwd_bwd_half_precision(dtype: torch.dtype, variant: str) -> None:
     q, k, v = _inputs(case, dtype, seed=41)
     block_idx = _random_selection(case, seed=42)
     scale = case.dk**-0.5
-    o, lse = selected_fwd(q, k, v, block_idx, case.block_slc, scale, variant=variant)
+    o, lse = selected_fwd(q, k, v, block_idx, case.block_slc, scale, variant=variant, small_g="padded")
     do = torch.randn(o.shape, generator=torch.Generator().manual_seed(43)).to(dtype)
     ref_o, ref_dq, ref_dk, ref_dv = _reference_grads(case, q, k, v, block_idx, do, scale)
     assert o.dtype == dtype
     assert _rel(o, ref_o) < 1e-2
-    dq, dk, dv = selected_bwd(q, k, v, o, lse, do, block_idx, case.block_slc, scale, dq_variant=variant)
+    dq, dk, dv = selected_bwd(q, k, v, o, lse, do, block_idx, case.block_slc, scale,
+                              dq_variant=variant, small_g="padded")
     assert dq.dtype == dk.dtype == dv.dtype == dtype
     assert _rel(dq, ref_dq) < 1e-2 and _rel(dk, ref_dk) < 1e-2 and _rel(dv, ref_dv) < 1e-2
 
@@ -210,16 +216,18 @@ def test_backward_is_deterministic(variant: str) -> None:
     case = Case(batch=1, seqlen=70, kv_heads=1, group=2, dk=16, dv=16, block_slc=32, n_slc=3)
     q, k, v = _inputs(case, torch.float32, seed=51)
     block_idx = _random_selection(case, seed=52)
-    o, lse = selected_fwd(q, k, v, block_idx, case.block_slc, 0.25, variant=variant)
+    o, lse = selected_fwd(q, k, v, block_idx, case.block_slc, 0.25, variant=variant, small_g="padded")
     do = torch.randn(o.shape, generator=torch.Generator().manual_seed(53))
-    first = selected_bwd(q, k, v, o, lse, do, block_idx, case.block_slc, 0.25, dq_variant=variant)
-    second = selected_bwd(q, k, v, o, lse, do, block_idx, case.block_slc, 0.25, dq_variant=variant)
+    first = selected_bwd(q, k, v, o, lse, do, block_idx, case.block_slc, 0.25, dq_variant=variant, small_g="padded")
+    second = selected_bwd(q, k, v, o, lse, do, block_idx, case.block_slc, 0.25, dq_variant=variant, small_g="padded")
     for a, b in zip(first, second):
         assert torch.equal(a, b)
 
 
+@pytest.mark.parametrize("small_g", ["padded", "small_g"])
 @pytest.mark.parametrize("deterministic", [True, False], ids=["partials", "atomics"])
-def test_backward_with_lists_split_into_segments(monkeypatch: pytest.MonkeyPatch, deterministic: bool) -> None:
+def test_backward_with_lists_split_into_segments(monkeypatch: pytest.MonkeyPatch, deterministic: bool,
+                                                 small_g: str) -> None:
     """16-query segments: block 0's 75-query list spans five, other lists one or two."""
     import nsa_kernels.selected as selected_module
 
@@ -229,14 +237,16 @@ def test_backward_with_lists_split_into_segments(monkeypatch: pytest.MonkeyPatch
     block_idx = _random_selection(case, seed=56)
     block_idx[..., 0] = 0  # every query selects block 0
     scale = case.dk**-0.5
-    o, lse = selected_fwd(q, k, v, block_idx, case.block_slc, scale)
+    o, lse = selected_fwd(q, k, v, block_idx, case.block_slc, scale, small_g=small_g)
     do = torch.randn(o.shape, generator=torch.Generator().manual_seed(57))
-    _, ref_dq, ref_dk, ref_dv = _reference_grads(case, q, k, v, block_idx, do, scale)
-    dq, dk, dv = selected_bwd(q, k, v, o, lse, do, block_idx, case.block_slc, scale, deterministic=deterministic)
+    ref_o, ref_dq, ref_dk, ref_dv = _reference_grads(case, q, k, v, block_idx, do, scale)
+    assert _rel(o, ref_o) < 1e-4
+    dq, dk, dv = selected_bwd(q, k, v, o, lse, do, block_idx, case.block_slc, scale, deterministic=deterministic,
+                              small_g=small_g)
     assert dk.dtype == dv.dtype == torch.float32
     assert _rel(dq, ref_dq) < 1e-3 and _rel(dk, ref_dk) < 1e-3 and _rel(dv, ref_dv) < 1e-3
     if deterministic:
-        again = selected_bwd(q, k, v, o, lse, do, block_idx, case.block_slc, scale)
+        again = selected_bwd(q, k, v, o, lse, do, block_idx, case.block_slc, scale, small_g=small_g)
         assert all(torch.equal(a, b) for a, b in zip((dq, dk, dv), again))
 
 
@@ -315,14 +325,14 @@ def test_gated_epilogue_matches_unfused(case: Case, accumulate: bool, variant: s
     q, k, v = _inputs(case, torch.float32, seed=81)
     block_idx = _random_selection(case, seed=82, empty_rows=True)
     scale = case.dk**-0.5
-    o, lse = selected_fwd(q, k, v, block_idx, case.block_slc, scale, variant=variant)
+    o, lse = selected_fwd(q, k, v, block_idx, case.block_slc, scale, variant=variant, small_g="padded")
     assert (o.abs().amax(dim=-1) == 0).any(), "some rows should have no usable key"
     gates = _gates(case, torch.float32, seed=83)
     for gate_index in (1, 2):
         start = torch.randn(o.shape, generator=torch.Generator().manual_seed(84 + gate_index))
         out = start.clone() if accumulate else torch.full_like(o, float("nan"))  # NaN: must be overwritten
         got, got_lse = selected_fwd(q, k, v, block_idx, case.block_slc, scale, out=out, gates=gates,
-                                    gate_index=gate_index, accumulate=accumulate, variant=variant)
+                                    gate_index=gate_index, accumulate=accumulate, variant=variant, small_g="padded")
         want = gates[..., gate_index : gate_index + 1] * o + (start if accumulate else 0)
         assert got is out
         assert _rel(got, want) < 1e-5, gate_index
@@ -339,12 +349,12 @@ def test_gated_epilogue_mixed_dtypes(in_dtype: torch.dtype, out_dtype: torch.dty
     q, k, v = _inputs(case, in_dtype, seed=91)
     block_idx = _random_selection(case, seed=92)
     scale = case.dk**-0.5
-    o, _ = selected_fwd(q, k, v, block_idx, case.block_slc, scale, variant=variant)
+    o, _ = selected_fwd(q, k, v, block_idx, case.block_slc, scale, variant=variant, small_g="padded")
     gates = _gates(case, out_dtype, seed=93)
     start = torch.randn(o.shape, generator=torch.Generator().manual_seed(94)).to(out_dtype)
     out = start.clone()
     got, _ = selected_fwd(q, k, v, block_idx, case.block_slc, scale, out=out, gates=gates, gate_index=0,
-                          accumulate=True, variant=variant)
+                          accumulate=True, variant=variant, small_g="padded")
     want = gates[..., 0:1].double() * o.double() + start.double()
     assert got.dtype == out_dtype
     # fp16 rounding (of out, or of the unfused o, which the fused path never rounds) bounds the match
@@ -389,6 +399,7 @@ _H100_COMPILE = r"""
 import torch
 import nsa_kernels.compile_check as gc
 import nsa_kernels.selected as S
+import nsa_kernels.selected_small_g as SG
 
 shapes = [  # B, T, Hkv, G, Dk, Dv, dtype, l', n
     (1, 65536, 4, 16, 192, 128, torch.bfloat16, 64, 16),  # the paper's setting
@@ -410,7 +421,7 @@ for b, t, hkv, g, dk, dv, dt, slc, n in shapes:
         for deterministic in (True, False):
             S.selected_bwd(q, k, v, o, lse, do, idx, slc, dk ** -0.5, deterministic=deterministic)
 
-    for launch in gc.record_launches([S], host):
+    for launch in gc.record_launches([S, SG], host):
         variants = gc.expand(launch)
         chosen = variants[:1] + (variants[-1:] if t == 65536 and len(variants) > 1 else [])
         for jit, kwargs in chosen:
@@ -439,17 +450,19 @@ def test_dq_chain_adds_into_the_accumulator(variant: str) -> None:
     case = Case(batch=1, seqlen=35, kv_heads=1, group=3, dk=48, dv=16, block_slc=32, n_slc=3)
     q, k, v = _inputs(case, torch.float32, seed=101)
     block_idx = _random_selection(case, seed=102)
-    o, lse = selected_fwd(q, k, v, block_idx, case.block_slc, 0.2)
+    o, lse = selected_fwd(q, k, v, block_idx, case.block_slc, 0.2, small_g="padded")
     do = torch.randn(o.shape, generator=torch.Generator().manual_seed(103))
-    plain = selected_bwd(q, k, v, o, lse, do, block_idx, case.block_slc, 0.2, dq_variant=variant)
+    plain = selected_bwd(q, k, v, o, lse, do, block_idx, case.block_slc, 0.2, dq_variant=variant, small_g="padded")
     acc = torch.randn(q.shape, generator=torch.Generator().manual_seed(104))
     want = plain[0] + acc
     into = torch.empty(q.shape, dtype=torch.float16)
-    got = selected_bwd(q, k, v, o, lse, do, block_idx, case.block_slc, 0.2, dq_variant=variant, dq_out=into,
+    got = selected_bwd(q, k, v, o, lse, do, block_idx, case.block_slc, 0.2,
+                       dq_variant=variant, small_g="padded", dq_out=into,
                        dq_add=acc)
     assert got[0] is into and _rel(into, want) < 1e-3
     assert torch.equal(got[1], plain[1]) and torch.equal(got[2], plain[2])
-    selected_bwd(q, k, v, o, lse, do, block_idx, case.block_slc, 0.2, dq_variant=variant, dq_out=acc, dq_add=acc)
+    selected_bwd(q, k, v, o, lse, do, block_idx, case.block_slc, 0.2,
+                 dq_variant=variant, small_g="padded", dq_out=acc, dq_add=acc)
     assert _rel(acc, want) < 1e-6
 
 

@@ -2,7 +2,8 @@
 
 Which implementation of each redesigned kernel runs comes from NSA_KERNEL_VARIANT (read when a point is
 built: "v1", "v2" = the default, or per-kernel overrides such as "v2,cmp_dkv=v1"; kernels/README.md);
-rows record it in `impl` as "triton:<label>", e.g. "triton:v2" or "triton:v2+cmp_dkv=v1".
+rows record it in `impl` as "triton:<label>", e.g. "triton:v2" or "triton:v2+cmp_dkv=v1"; forward and
+backward rows at G < 16 read "triton:v2+slc_small_g=small_g" when the small-group selected kernels ran.
 """
 from __future__ import annotations
 
@@ -44,7 +45,7 @@ def _build(point: Point, inputs: Inputs) -> Workload:
 
     cfg = point.cfg
     variants = _variants()
-    impl = f"triton:{variants.label}"
+    impl = f"triton:{variants.impl_label(point.group_size)}"  # which selected path runs at this G
     if point.mode == "decode":
         from nsa_kernels import decode
 
@@ -55,7 +56,7 @@ def _build(point: Point, inputs: Inputs) -> Workload:
                                                     cfg, k_cmp_cache=k_cmp, v_cmp_cache=v_cmp,
                                                     variant=variants.decode)[0]
 
-        return Workload(run=run, impl=impl, result=lambda: (run(),))
+        return Workload(run=run, impl=f"triton:{variants.label}", result=lambda: (run(),))  # no slc_small_g
 
     def forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, gates: torch.Tensor) -> torch.Tensor:
         return nsa.nsa_attention_variants(q, k, v, gates, cfg, variants, block_idx=inputs.block_idx)
