@@ -125,7 +125,9 @@ def test_selected_attention_past_2_31(run_only, variant):
 
 
 @pytest.mark.parametrize("variant", ["v1", "v2"])
-def test_window_attention_past_2_31_uses_row64(run_only, variant):
+def test_window_attention_past_2_31(run_only, variant):
+    """The batch base passes 2^31 here; rows within one (batch, head) plane do not, so flash's ROW64
+    per-row int64 (chosen at this size, asserted below) is checked by the sm_90 compile only."""
     run_only(_last_first_tiles(P // 32 + 1))  # interpreter tiles: 32 positions
     q = _q()
     k, v = _big(B, T, 1, DK, seed=5), _big(B, T, 1, DV, seed=6)
