@@ -37,9 +37,13 @@ __all__ = ["nsa_decode", "nsa_decode_with_selection", "compress_cache", "Compres
 
 _LOG2E = 1.4426950408889634
 _SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
-# The top-n pick keeps one int64 key per selection block in registers: at most this many blocks
-# (512k tokens at l' = 64).
-MAX_DECODE_SLC_BLOCKS = 8192
+# v1 top-n: up to this many int64 selection keys are picked from registers in one load (512k tokens
+# at l' = 64, as before issue 15); a longer cache takes n passes over key chunks of this size (L2).
+# Neither variant limits the number of selection blocks.
+_V1_KEY_CHUNK = 8192
+# The combine merges at most this many partials per step (online softmax merge over steps), so the
+# v2 ranking units of a 1M cache (16384 blocks / 64 = 256 units) do not need 256-row register tiles.
+_MERGE_CHUNK = 64
 # Split-KV aims at this many programs per SM so batch 1 still fills the GPU.
 _PROGRAMS_PER_SM = 2
 _DEFAULT_SMS = 132
@@ -222,13 +226,14 @@ def _select_kernel(
     BLOCK_CMP: tl.constexpr, STRIDE_CMP: tl.constexpr, BLOCK_SLC: tl.constexpr, N_SLC: tl.constexpr,
     PER_SLC: tl.constexpr, PER_CMP: tl.constexpr,
     G_PAD: tl.constexpr, NSPLIT_PAD: tl.constexpr, NSLC_PAD: tl.constexpr, BLOCK_J: tl.constexpr,
-    N_PAD: tl.constexpr,
+    N_PAD: tl.constexpr, KEY_CHUNK: tl.constexpr,
 ):
     """Block scores and top-n selection (NSA_SPEC section 3) for one (batch, KV head).
 
     Each candidate block becomes one int64 key: high 32 bits the score's float bits (scores are
     >= 0, so their bits order like the floats; forced blocks get +inf), low 32 bits NSLC_PAD - j
-    so equal scores prefer the lower j. Non-candidates are -1. Top-n is n max-reductions.
+    so equal scores prefer the lower j. Non-candidates are -1. Top-n is n max-reductions over the
+    keys in registers, or, beyond KEY_CHUNK keys, n passes over KEY_CHUNK-key chunks (no length limit).
     """
     pid_bh = tl.program_id(0)
     b = (pid_bh // num_kv_heads).to(tl.int64)
@@ -270,15 +275,27 @@ def _select_kernel(
         tl.store(key_base + j, key, mask=j < NSLC_PAD)
     tl.debug_barrier()  # the keys written above by all threads are read back below
 
-    all_j = tl.arange(0, NSLC_PAD)
-    keys = tl.load(key_base + all_j, mask=all_j < NSLC_PAD, other=-1)
     slots = tl.arange(0, N_PAD)
     picks = tl.full([N_PAD], -1, dtype=tl.int32)
-    for s in range(N_SLC):
-        best = tl.max(keys, axis=0)
-        chosen = tl.where(best >= 0, NSLC_PAD - (best & 0x7FFFFFFF), -1).to(tl.int32)
-        picks = tl.where(slots == s, chosen, picks)
-        keys = tl.where(keys == best, -1, keys)
+    if NSLC_PAD <= KEY_CHUNK:  # every key in registers: n max-reductions
+        all_j = tl.arange(0, NSLC_PAD)
+        keys = tl.load(key_base + all_j, mask=all_j < NSLC_PAD, other=-1)
+        for s in range(N_SLC):
+            best = tl.max(keys, axis=0)
+            chosen = tl.where(best >= 0, NSLC_PAD - (best & 0x7FFFFFFF), -1).to(tl.int32)
+            picks = tl.where(slots == s, chosen, picks)
+            keys = tl.where(keys == best, -1, keys)
+    else:  # keys are unique: pick s is the largest key below pick s-1, found in one pass over the chunks
+        bound = tl.full([], 0x7FFFFFFFFFFFFFFF, dtype=tl.int64)
+        for s in range(N_SLC):
+            best = tl.full([], -1, dtype=tl.int64)
+            for c0 in range(0, NSLC_PAD, KEY_CHUNK):
+                c_j = c0 + tl.arange(0, KEY_CHUNK)
+                chunk = tl.load(key_base + c_j, mask=c_j < NSLC_PAD, other=-1)
+                best = tl.maximum(best, tl.max(tl.where(chunk < bound, chunk, -1), axis=0))
+            chosen = tl.where(best >= 0, NSLC_PAD - (best & 0x7FFFFFFF), -1).to(tl.int32)
+            picks = tl.where(slots == s, chosen, picks)
+            bound = best
     tl.store(block_idx_ptr + pid_bh.to(tl.int64) * N_SLC + slots, picks, mask=slots < N_SLC)
 
 
@@ -451,18 +468,27 @@ def _slc_win_rank_kernel(
 @triton.jit
 def _merge_partials(o_ptr, lse_ptr, first, count, unit_stride, DV: tl.constexpr,
                     UNITS_PAD: tl.constexpr, DV_PAD: tl.constexpr):
-    """Softmax-merge `count` partial outputs (o normalised, lse base 2); none visible -> 0."""
-    units = tl.arange(0, UNITS_PAD)
-    unit_ok = units < count
+    """Softmax-merge `count` partial outputs (o normalised, lse base 2), UNITS_PAD per step with an
+    online rescale, so `count` is unbounded (one step when count <= UNITS_PAD); none visible -> 0."""
     dv = tl.arange(0, DV_PAD)
-    rows = (first + units).to(tl.int64) * unit_stride
-    lse = tl.load(lse_ptr + rows, mask=unit_ok, other=float("-inf"))
-    top = tl.max(lse, axis=0)
-    top = tl.where(top == float("-inf"), 0.0, top)
-    weight = tl.exp2(lse - top)
-    total = tl.sum(weight, axis=0)
-    o = tl.load(o_ptr + rows[:, None] * DV + dv[None, :], mask=unit_ok[:, None] & (dv[None, :] < DV), other=0.0)
-    return tl.sum(weight[:, None] * o, axis=0) / tl.where(total > 0.0, total, 1.0)
+    top = tl.full([], float("-inf"), dtype=tl.float32)
+    total = tl.zeros([], dtype=tl.float32)
+    acc = tl.zeros([DV_PAD], dtype=tl.float32)
+    for c0 in range(0, count, UNITS_PAD):
+        units = c0 + tl.arange(0, UNITS_PAD)
+        unit_ok = units < count
+        rows = (first + units).to(tl.int64) * unit_stride
+        lse = tl.load(lse_ptr + rows, mask=unit_ok, other=float("-inf"))
+        top_new = tl.maximum(top, tl.max(lse, axis=0))
+        top_safe = tl.where(top_new == float("-inf"), 0.0, top_new)
+        rescale = tl.exp2(top - top_safe)  # 0 on the first step (top = -inf)
+        weight = tl.exp2(lse - top_safe)
+        o = tl.load(o_ptr + rows[:, None] * DV + dv[None, :], mask=unit_ok[:, None] & (dv[None, :] < DV),
+                    other=0.0)
+        total = total * rescale + tl.sum(weight, axis=0)
+        acc = acc * rescale + tl.sum(weight[:, None] * o, axis=0)
+        top = top_new
+    return acc / tl.where(total > 0.0, total, 1.0)
 
 
 @triton.jit
@@ -515,6 +541,11 @@ class _DecodePlan:
     block_n: int
     attn_warps: int
     combine_warps: int
+
+
+def _merge_pad(count: int) -> int:
+    """Partials `_merge_partials` takes per step for `count` partials: all of them up to _MERGE_CHUNK."""
+    return max(2, min(next_pow2(count), _MERGE_CHUNK))
 
 
 def _num_sms(device: torch.device) -> int:
@@ -594,11 +625,6 @@ def _check_decode_inputs(
     if q.stride(-1) != 1:
         raise ValueError("q must be contiguous in its last dimension")
     _check_seqlens(cache_seqlens, batch, q.device)
-    if cfg.num_slc_blocks(tmax) > MAX_DECODE_SLC_BLOCKS:
-        raise ValueError(
-            f"k_cache Tmax={tmax} gives {cfg.num_slc_blocks(tmax)} selection blocks; the decode kernel "
-            f"supports at most {MAX_DECODE_SLC_BLOCKS}"
-        )
     if (k_cmp_cache is None) != (v_cmp_cache is None):
         raise ValueError("pass both k_cmp_cache and v_cmp_cache, or neither")
     if k_cmp_cache is not None:
@@ -715,7 +741,7 @@ def nsa_decode_with_selection(
         BLOCK_CMP=cfg.block_cmp, STRIDE_CMP=cfg.stride_cmp, BLOCK_SLC=cfg.block_slc, N_SLC=n_slc,
         PER_SLC=cfg.block_slc // cfg.stride_cmp, PER_CMP=cfg.block_cmp // cfg.stride_cmp,
         G_PAD=plan.g_pad, NSPLIT_PAD=max(2, next_pow2(plan.num_splits)), NSLC_PAD=plan.nslc_pad,
-        BLOCK_J=plan.block_j, N_PAD=max(2, next_pow2(n_slc)),
+        BLOCK_J=plan.block_j, N_PAD=max(2, next_pow2(n_slc)), KEY_CHUNK=min(plan.nslc_pad, _V1_KEY_CHUNK),
         num_warps=8 if plan.nslc_pad >= 4096 else 4,
     )
 
@@ -739,8 +765,8 @@ def nsa_decode_with_selection(
         gates.stride(0), gates.stride(1), gates.stride(2), out.stride(0), out.stride(1),
         q_heads,
         GROUP=group, DV=dv, NSPLIT=plan.num_splits, N_SLC=n_slc, NUM_UNITS=num_units,
-        NSPLIT_PAD=max(2, next_pow2(plan.num_splits)), NSLC_PAD=max(2, next_pow2(n_slc)),
-        NWIN_PAD=max(2, next_pow2(plan.num_win_units)), DV_PAD=plan.dv_pad, num_warps=plan.combine_warps,
+        NSPLIT_PAD=_merge_pad(plan.num_splits), NSLC_PAD=_merge_pad(n_slc),
+        NWIN_PAD=_merge_pad(plan.num_win_units), DV_PAD=plan.dv_pad, num_warps=plan.combine_warps,
     )
     return out, block_idx
 
@@ -781,8 +807,8 @@ def _decode_v2_tail(q, k_cache, v_cache, gates, cache_seqlens, cfg: NSAConfig, p
         gates.stride(0), gates.stride(1), gates.stride(2), out.stride(0), out.stride(1),
         q_heads,
         GROUP=group, DV=dv, NSPLIT=plan.num_splits, N_SLC=num_sel, NUM_UNITS=num_units,
-        NSPLIT_PAD=nsplit_pad, NSLC_PAD=max(2, next_pow2(num_sel)),
-        NWIN_PAD=max(2, next_pow2(plan.num_win_units)), DV_PAD=plan.dv_pad, num_warps=plan.combine_warps,
+        NSPLIT_PAD=_merge_pad(plan.num_splits), NSLC_PAD=_merge_pad(num_sel),
+        NWIN_PAD=_merge_pad(plan.num_win_units), DV_PAD=plan.dv_pad, num_warps=plan.combine_warps,
     )
     return out, block_idx
 

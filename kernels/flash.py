@@ -51,19 +51,25 @@ _WIDE_HEADS = 256
 
 @dataclass(frozen=True)
 class _Candidates:
-    """Autotune configs plus which of them are meant for wide heads (read by the prune hook)."""
+    """Autotune configs plus which of them are meant for wide heads (read by the prune hook), and
+    the wide ones that spill with int64 row offsets (ROW64) and a 256-column padded Dk tile."""
 
     configs: tuple
     wide: frozenset
+    row64_spills: frozenset = frozenset()
 
     def prune(self, configs, named_args, **kwargs):
         if len(configs) == 1:
             return configs
         wide = kwargs["BLOCK_DK"] + kwargs.get("DK_B", 0) + kwargs["BLOCK_DV"] > _WIDE_HEADS
-        return [c for c in configs if (c in self.wide) == wide]
+        kept = [c for c in configs if (c in self.wide) == wide]
+        if kwargs.get("ROW64") and kwargs["BLOCK_DK"] >= 256:
+            kept = [c for c in kept if c not in self.row64_spills] or kept
+        return kept
 
 
-def _candidates(narrow: list[TileConfig], wide: list[TileConfig], interp: TileConfig) -> _Candidates:
+def _candidates(narrow: list[TileConfig], wide: list[TileConfig], interp: TileConfig,
+                row64_spills: tuple[TileConfig, ...] = ()) -> _Candidates:
     def config(c: TileConfig) -> triton.Config:
         return triton.Config({"BLOCK_M": c.block_m, "BLOCK_N": c.block_n}, num_warps=c.num_warps,
                              num_stages=c.num_stages)
@@ -71,7 +77,8 @@ def _candidates(narrow: list[TileConfig], wide: list[TileConfig], interp: TileCo
     if interpreting():  # one config: the interpreter cannot autotune
         return _Candidates((config(interp),), frozenset())
     wide_configs = tuple(config(c) for c in wide)
-    return _Candidates(tuple(config(c) for c in narrow) + wide_configs, frozenset(wide_configs))
+    spills = frozenset(wide_configs[wide.index(c)] for c in row64_spills)
+    return _Candidates(tuple(config(c) for c in narrow) + wide_configs, frozenset(wide_configs), spills)
 
 
 def _autotuned(kernel, candidates: _Candidates, restore_value: list[str] | None = None):
@@ -96,6 +103,8 @@ _DKDV = _candidates(
     narrow=[TileConfig(32, 64, 8, 2), TileConfig(32, 64, 8, 3), TileConfig(32, 128, 8, 2), TileConfig(64, 64, 8, 2)],
     wide=[TileConfig(16, 32, 8, 2), TileConfig(32, 32, 8, 2), TileConfig(16, 32, 4, 2)],
     interp=TileConfig(16, 32),
+    # sm_90 compile at T = 1M (issue 15): BLOCK_DK=256 (v1's padded 192) with ROW64 spills 8 bytes
+    row64_spills=(TileConfig(32, 32, 8, 2),),
 )
 # dq: the query tile (BLOCK_M) is resident, KV tiles (BLOCK_N) stream past it.
 _DQ = _candidates(

@@ -28,12 +28,22 @@ def small_group_shape(group: int, entry: str = "selected_small_g", cfg: NSAConfi
     return Case(entry, 1, 65536, 64 // group, group, 192, 128, "bfloat16", cfg)
 
 
+LONG_SEQLEN = 1 << 20
+
+
+def long_shape(entry: str) -> Case:
+    """Issue 15: the paper setting at T = 1M, where row x stride passes 2^31 (q [1, 1M, 64, 192] spans
+    1.3e10 elements): the int64-offset builds (flash ROW64) and decode over 16384 selection blocks."""
+    return Case(entry, 1, LONG_SEQLEN, 4, 16, 192, 128, "bfloat16", PAPER_CFG)
+
+
 SELFTEST = Case("selftest", 1, 1, 1, 1, 16, 16, "float16")
 SMALL_GROUPS = (1, 2, 4, 8)
 NSA_ENTRIES = ("nsa_attention", "nsa_attention_v1", "select_blocks", "selected_bwd_atomic", "nsa_decode", "nsa_decode_v1",
                "nsa_decode_cmp_cache")
 DENSE_ENTRIES = ("flash_attention", "flash_attention_decode")
 PAPER_ONLY_ENTRIES = ("selected_bwd_atomic",)  # off nsa_attention's path: one shape keeps the run short
+LONG_ENTRIES = ("nsa_attention", "nsa_attention_v1", "nsa_decode", "nsa_decode_v1", *DENSE_ENTRIES)
 CASES: tuple[Case, ...] = (
     *(paper_shape(e) for e in NSA_ENTRIES + DENSE_ENTRIES),
     *(small_head_shape(e) for e in NSA_ENTRIES + DENSE_ENTRIES if e not in PAPER_ONLY_ENTRIES),
@@ -43,6 +53,7 @@ CASES: tuple[Case, ...] = (
     *(small_group_shape(g) for g in SMALL_GROUPS),
     small_group_shape(4, cfg=LARGE_BLOCK_CFG),
     small_group_shape(4, "nsa_attention"),
+    *(long_shape(e) for e in LONG_ENTRIES),
 )
 
 

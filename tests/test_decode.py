@@ -241,3 +241,29 @@ def test_bad_inputs_raise():
         cache.update(k, v, seqlens, max_new_tokens=-1)
     with pytest.raises(ValueError, match="k_cache"):
         cache.update(k[:, :, :1], v, seqlens)
+
+
+def test_chunked_top_n_and_merge(variant, monkeypatch):
+    """Issue 15: no selection-block limit. v1's top-n over key chunks and the combine's chunked merge,
+    run with tiny chunks (16 keys, 2 partials per step) so a short cache crosses several of each."""
+    from nsa_kernels import decode
+
+    monkeypatch.setattr(decode, "_V1_KEY_CHUNK", 16)
+    monkeypatch.setattr(decode, "_MERGE_CHUNK", 2)
+    cfg = NSAConfig(block_cmp=16, stride_cmp=8, block_slc=32, n_slc=5, window=64)
+    _check_decode([600, 333, 41], 600, kv_heads=1, group=2, dk=16, dv=16, dtype=torch.float32, cfg=cfg, seed=14,
+                  variant=variant)
+
+
+def test_cache_past_8192_selection_blocks_is_accepted():
+    """The former MAX_DECODE_SLC_BLOCKS = 8192 check is gone: a 1M cache (16384 blocks at l'=64) validates."""
+    from nsa_kernels import decode
+
+    cfg = NSAConfig(block_cmp=32, stride_cmp=16, block_slc=64, n_slc=16, window=512)
+    k = torch.empty(1, 1 << 20, 4, 192, device="meta", dtype=torch.bfloat16)
+    v = torch.empty(1, 1 << 20, 4, 128, device="meta", dtype=torch.bfloat16)
+    q = torch.empty(1, 64, 192, device="meta", dtype=torch.bfloat16)
+    gates = torch.empty(1, 64, 3, device="meta", dtype=torch.bfloat16)
+    seqlens = torch.empty(1, device="meta", dtype=torch.int32)
+    assert cfg.num_slc_blocks(1 << 20) == 16384
+    assert decode._check_decode_inputs(q, k, v, gates, seqlens, None, None, cfg) == 16
