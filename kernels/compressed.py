@@ -76,6 +76,17 @@ def _prune_fwd_rows(configs: list[triton.Config], named_args: dict, **kwargs) ->
     return [c for c in kept if not (c.kwargs["BLOCK_M"] <= 32 and c.num_warps < 8)] or kept
 
 
+def _prune_dq_rows(configs: list[triton.Config], named_args: dict, **kwargs) -> list[triton.Config]:
+    """`_prune_rows`, and with wide heads at a small group (G_PAD < 16) no 4-warp tile: the v2 64x32
+    4-warp dq tile spills 16 B on sm_90 at G = 4 with Dk=192, Dv=128 (the compile check's G=4 case),
+    while the 8-warp tiles do not."""
+    kept = _prune_rows(configs, named_args, **kwargs)
+    wide = kwargs.get("DK_A", 0) + kwargs.get("DK_B", 0) + kwargs.get("BLOCK_DV", 0) > _WIDE_HEADS
+    if not (wide and kwargs.get("G_PAD", named_args.get("G_PAD", 16)) < 16):
+        return kept
+    return [c for c in kept if c.num_warps >= 8] or kept
+
+
 # ------------------------------------------------------------------ validation
 def _check_block_params(block_cmp: int, stride_cmp: int) -> None:
     for name, value in (("block_cmp", block_cmp), ("stride_cmp", stride_cmp)):
@@ -1025,7 +1036,7 @@ def _launch_dkv_v2(q, k_cmp, v_cmp, do, lse, delta, dk_cmp, dv_cmp, qk_scale: fl
 
 _DQ_KEY = ["G_PAD", "DK_A", "DK_B", "BLOCK_DV", "BLOCK_CMP", "STRIDE_CMP"]
 _cmp_bwd_dq_v2_kernel = autotune(
-    configs=_configs(_DQ_TILES_V2), key=_DQ_KEY, prune_configs_by={"early_config_prune": _prune_rows},
+    configs=_configs(_DQ_TILES_V2), key=_DQ_KEY, prune_configs_by={"early_config_prune": _prune_dq_rows},
 )(_cmp_bwd_dq_kernel)
 _cmp_bwd_dq_kernel = autotune(
     configs=_configs(_DQ_TILES), key=_DQ_KEY, prune_configs_by={"early_config_prune": _prune_rows},

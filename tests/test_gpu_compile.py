@@ -18,12 +18,8 @@ from nsa_kernels.compile_check import Case, CaseReport, CompileResult, compile_c
 # the test XPASSes and fails, so the entry must be removed. None are open: the spills and
 # shared-memory overflows once listed here (compressed `_cmp_fwd_kernel` 32x16 w4, selected
 # fwd/dq/dkdv configs at the paper shape and at l'=256) are pruned by the kernels'
-# `prune_configs_by` hooks (`_prune_fwd_rows`, `_prune_fwd`, `_prune_dq`, `_prune_block_n`).
-KNOWN_SPILLS: dict[str, str] = {
-    "nsa_attention-B1-T65536-Hkv16-G4-Dk192-Dv128-bfloat16-l32d16ls64n16w512": (
-        "compressed.py _cmp_bwd_dq_kernel BLOCK_M=64 BLOCK_N=32 4 warps 2 stages spills 16 B at G=4 (G_PAD=4: "
-        "16 positions per 64-row tile); its prune hook was read off G=16 and G=1 only (issue 17 part 4 report)"),
-}
+# `prune_configs_by` hooks (`_prune_fwd_rows`, `_prune_dq_rows`, `_prune_fwd`, `_prune_dq`, `_prune_block_n`).
+KNOWN_SPILLS: dict[str, str] = {}
 # Configs that compile but cannot launch on an H100 (shared memory over 227 KiB, register file).
 KNOWN_OVERSIZE: dict[str, str] = {}
 
