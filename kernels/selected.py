@@ -907,6 +907,18 @@ def invert_selection(
     dropped; E = B*T*Hkv*n bounds the entries and the tail past offsets[-1] is unused. offsets
     are int32 unless E needs int64.
     """
+    _, t, hkv, n = block_idx.shape
+    offsets, order, _, index_dtype = used_slot_lists(block_idx, block_slc, num_blocks)
+    queries = ((order // (hkv * n)) % t).to(torch.int32)
+    return offsets.to(index_dtype), queries
+
+
+def used_slot_lists(
+    block_idx: torch.Tensor, block_slc: int, num_blocks: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.dtype]:
+    """The bucketing both inversions share (this module's and selected_small_g's): block_idx sorted
+    per row (int64), the stable order of its flat slots by (b, KV head, block) with unused slots last
+    (int64), the CSR offsets (int64) and the index dtype (int32 unless the entries need int64)."""
     b, t, hkv, n = block_idx.shape
     device = block_idx.device
     blocks = torch.sort(block_idx.to(torch.int64), dim=-1).values
@@ -920,13 +932,12 @@ def invert_selection(
     bucket = torch.where(used, (batch * hkv + head) * num_blocks + blocks, num_buckets).reshape(-1)
     key_dtype = torch.int32 if num_buckets < 2**31 - 1 else torch.int64
     order = torch.argsort(bucket.to(key_dtype), stable=True)
-    queries = ((order // (hkv * n)) % t).to(torch.int32)
     counts = torch.zeros(num_buckets + 1, dtype=torch.int64, device=device)
     counts.scatter_add_(0, bucket, torch.ones_like(bucket))
     offsets = torch.zeros(num_buckets + 1, dtype=torch.int64, device=device)
     offsets[1:] = torch.cumsum(counts[:num_buckets], dim=0)
     index_dtype = torch.int32 if bucket.numel() < 2**31 - 1 else torch.int64
-    return offsets.to(index_dtype), queries
+    return offsets, order, blocks, index_dtype
 
 
 def _segment_len(n_slc: int, block_slc: int) -> int:

@@ -97,24 +97,7 @@ def invert_entries(
     entries [E], the row-sorted block_idx int32). An entry is the flat index (b, t, g, s) of a used
     slot in the sorted block_idx, so its query is (e // (Hkv * n)) % T and its partials live at e.
     Lists are in ascending t (stable sort); as `selected.invert_selection` otherwise."""
-    b, t, hkv, n = block_idx.shape
-    device = block_idx.device
-    blocks = torch.sort(block_idx.to(torch.int64), dim=-1).values
-    repeat = torch.zeros_like(blocks, dtype=torch.bool)
-    repeat[..., 1:] = blocks[..., 1:] == blocks[..., :-1]
-    pos = torch.arange(t, device=device, dtype=torch.int64).view(1, t, 1, 1)
-    used = (blocks >= 0) & (blocks * block_slc <= pos) & ~repeat
-    batch = torch.arange(b, device=device, dtype=torch.int64).view(b, 1, 1, 1)
-    head = torch.arange(hkv, device=device, dtype=torch.int64).view(1, 1, hkv, 1)
-    num_buckets = b * hkv * num_blocks
-    bucket = torch.where(used, (batch * hkv + head) * num_blocks + blocks, num_buckets).reshape(-1)
-    key_dtype = torch.int32 if num_buckets < 2**31 - 1 else torch.int64
-    order = torch.argsort(bucket.to(key_dtype), stable=True)
-    index_dtype = torch.int32 if bucket.numel() < 2**31 - 1 else torch.int64
-    counts = torch.zeros(num_buckets + 1, dtype=torch.int64, device=device)
-    counts.scatter_add_(0, bucket, torch.ones_like(bucket))
-    offsets = torch.zeros(num_buckets + 1, dtype=torch.int64, device=device)
-    offsets[1:] = torch.cumsum(counts[:num_buckets], dim=0)
+    offsets, order, blocks, index_dtype = _slc.used_slot_lists(block_idx, block_slc, num_blocks)
     return offsets.to(index_dtype), order.to(index_dtype), blocks.to(torch.int32)
 
 
