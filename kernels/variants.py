@@ -43,6 +43,9 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "slc_small_g": ("padded", "auto", "small_g"),
 }
 SMALL_G_BELOW = 16  # "auto" runs the small-group kernels for G below this
+# kernels whose v2 takes packed batches (cu_seqlens, docs/varlen.md); their v1 does not. Decode takes a
+# batch of the documents instead, and dq_sum is nsa.py's bookkeeping: neither limits packing.
+PACKED_KERNELS = ("cmp_fwd", "cmp_dq", "select", "cmp_dkv", "slc_fwd", "slc_dq", "win")
 
 
 def runs_small_g(choice: str, group: int) -> bool:
@@ -120,6 +123,14 @@ class KernelVariants:
         base = max(VARIANTS, key=lambda v: (sum(matches(v)), v == DEFAULT))
         exceptions = [f"{name}={getattr(self, name)}" for name, same in zip(KERNELS, matches(base)) if not same]
         return "+".join([base, *exceptions])
+
+    def packed_refusal(self) -> str | None:
+        """Why these variants cannot run a packed batch (None: they can): the kernels set to v1."""
+        old = [name for name in PACKED_KERNELS if getattr(self, name) == "v1"]
+        if not old:
+            return None
+        return (f"cu_seqlens: packed batches need the v2 kernels, and {', '.join(f'{n}=v1' for n in old)} "
+                f"take none (kernels/variants.py)")
 
     def impl_label(self, group: int) -> str:
         """`label` as a result row records it at group size G: "auto" resolved where it takes the

@@ -28,9 +28,10 @@ def selection_violation(block_idx: torch.Tensor, inputs: Inputs) -> str | None:
     reference's block scores (None when it is valid)."""
     point = inputs.point
     q, k, v = (t.detach().double() for t in (inputs.q, inputs.k, inputs.v))
-    k_cmp, _ = reference.compress_kv(k, v, point.cfg)
-    scores = reference.block_scores(q, k_cmp, point.cfg)
-    return selection_rule.violation(block_idx, scores, point.cfg, selection_rule.SCORE_TOLERANCE[point.dtype])
+    cu = inputs.cu_seqlens  # packed points: block numbers local to each document
+    k_cmp, _ = reference.compress_kv(k, v, point.cfg, cu)
+    scores = reference.block_scores(q, k_cmp, point.cfg, cu_seqlens=cu)
+    return selection_rule.violation(block_idx, scores, point.cfg, selection_rule.SCORE_TOLERANCE[point.dtype], cu)
 
 
 def shared_selection(inputs: Inputs) -> Inputs:

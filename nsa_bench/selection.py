@@ -25,21 +25,34 @@ def _where(mask: torch.Tensor) -> tuple[int, int, int, int]:
     return b, t, g, int(hits.shape[0])
 
 
-def violation(block_idx: torch.Tensor, scores: torch.Tensor, cfg: NSAConfig, tolerance: float) -> str | None:
+def _positions(t: int, cu_seqlens: torch.Tensor | None, device: torch.device) -> torch.Tensor:
+    """Each row's position in its own sequence: the row itself, or row - its sequence's start (packed)."""
+    rows = torch.arange(t, device=device)
+    if cu_seqlens is None:
+        return rows
+    starts = cu_seqlens.to(device=device, dtype=torch.int64)
+    return rows - starts[torch.searchsorted(starts, rows, right=True) - 1]
+
+
+def violation(block_idx: torch.Tensor, scores: torch.Tensor, cfg: NSAConfig, tolerance: float,
+              cu_seqlens: torch.Tensor | None = None) -> str | None:
     """None when `block_idx` [B, T, Hkv, n] is a valid selection for group scores `scores`
-    [B, T, Hkv, ceil(T / l')]; else the first violation found, in words (which row, what is wrong)."""
+    [B, T, Hkv, ceil(T / l')]; else the first violation found, in words (which row, what is wrong).
+
+    Packed (cu_seqlens, docs/varlen.md): block numbers are local to each row's sequence (`t` in the
+    messages is the packed row); `scores` is reference.block_scores' packed layout (-inf past a sequence's blocks)."""
     b, t, hkv, num_slc = scores.shape
     if tuple(block_idx.shape) != (b, t, hkv, cfg.n_slc):
         return f"block_idx has shape {tuple(block_idx.shape)}, expected {(b, t, hkv, cfg.n_slc)}"
     idx = block_idx.to(device=scores.device, dtype=torch.int64)
-    current = (torch.arange(t, device=scores.device) // cfg.block_slc)[None, :, None]  # [1, T, 1]
+    current = (_positions(t, cu_seqlens, scores.device) // cfg.block_slc)[None, :, None]  # [1, T, 1]
     picked = idx != -1
     late = picked & ((idx < 0) | (idx > current[..., None]))
     if late.any():
         rows = late.any(dim=-1)
         bi, ti, gi, count = _where(rows)
         bad = idx[bi, ti, gi][late[bi, ti, gi]].tolist()
-        return (f"query t={ti} (b={bi}, group {gi}) selects block(s) {bad}, not candidates 0..{ti // cfg.block_slc} "
+        return (f"query t={ti} (b={bi}, group {gi}) selects block(s) {bad}, not candidates 0..{int(current[0, ti, 0])} "
                 f"({count} rows)")
     want = torch.clamp(current + 1, max=cfg.n_slc)
     wrong_count = picked.sum(dim=-1) != want

@@ -130,3 +130,95 @@ def test_backward_is_bit_reproducible_and_dq_sum_variants_agree():
     assert all(torch.equal(a, b) for a, b in zip(first, again))
     summed = grads(dataclasses.replace(V2, dq_sum="v1"))
     assert rel(first[0], summed[0]) < 1e-6 and all(torch.equal(a, b) for a, b in zip(first[1:], summed[1:]))
+
+
+# ------------------------------------------------------------------ packed batches (cu_seqlens, docs/varlen.md)
+# With SMALL (l=16, d=8, l'=32): a length-1 document, an empty one, one shorter than l, one shorter than l', and
+# longer ones whose boundaries fall inside compression and selection blocks (offsets 1, 13, 42, 112 are no
+# multiple of 8, 16 or 32); 157 tokens in all.
+PACKING = (1, 0, 12, 29, 70, 45)
+
+
+def packed(seed: int, hkv: int, g: int, dk: int, dv: int, lengths: tuple[int, ...] = PACKING):
+    from nsa_bench import varlen
+
+    return (*make(seed, 1, sum(lengths), hkv, g, dk, dv), varlen.cu_seqlens_of(lengths))
+
+
+def packed_idx(q, k, v, cfg, cu):
+    k_cmp, _ = R.compress_kv(k, v, cfg, cu)
+    return R.select_blocks(q, k_cmp, cfg, cu_seqlens=cu)
+
+
+@pytest.mark.parametrize("hkv,g,dk,dv", [(1, 2, 32, 16), (2, 1, 16, 16), (1, 16, 64, 32)],
+                         ids=["G2-small-g", "G1", "G16-padded"])
+def test_packed_forward_and_gradients_fp32(hkv, g, dk, dv):
+    q, k, v, gates, do, cu = packed(20 + g, hkv, g, dk, dv)
+    idx = packed_idx(q, k, v, SMALL, cu)
+    leaves64 = [x.clone().requires_grad_(True) for x in (q, k, v, gates)]
+    want = R.nsa_attention(*leaves64, SMALL, block_idx=idx, cu_seqlens=cu)
+    want.backward(do)
+    leaves32 = [x.float().requires_grad_(True) for x in (q, k, v, gates)]
+    got = nsa_kernels.nsa_attention(*leaves32, SMALL, block_idx=idx, cu_seqlens=cu)
+    assert got.shape == want.shape and rel(got, want) < 1e-4
+    got.backward(do.float())
+    for name, a, w in zip("q k v gates".split(), leaves32, leaves64):
+        assert rel(a.grad, w.grad) < 1e-3, name
+    with torch.no_grad():  # the inference forward (gated epilogues accumulating in place) too
+        in_place = nsa_kernels.nsa_attention(*(x.float() for x in (q, k, v, gates)), SMALL, block_idx=idx,
+                                             cu_seqlens=cu)
+    assert rel(in_place, want) < 1e-4
+
+
+def test_packed_equals_each_sequence_alone_and_own_selection_is_valid():
+    from nsa_bench import selection, varlen
+
+    q, k, v, gates, _, cu = (x.float() if x.is_floating_point() else x for x in packed(31, 1, 4, 32, 16))
+    k_cmp, _ = nsa_kernels.compress_kv(k, v, SMALL, cu)
+    idx = nsa_kernels.select_blocks(q, k_cmp, SMALL, cu_seqlens=cu)
+    scores = R.block_scores(q.double(), R.compress_kv(k.double(), v.double(), SMALL, cu)[0], SMALL, cu_seqlens=cu)
+    assert selection.violation(idx, scores, SMALL, selection.SCORE_TOLERANCE["float32"], cu) is None
+    got = nsa_kernels.nsa_attention(q, k, v, gates, SMALL, block_idx=idx, cu_seqlens=cu)
+    for s, e in varlen.spans(cu, q.shape[1]):
+        if e > s:
+            alone = nsa_kernels.nsa_attention(q[:, s:e], k[:, s:e], v[:, s:e], gates[:, s:e], SMALL,
+                                              block_idx=idx[:, s:e])
+            assert rel(got[:, s:e], alone) < 1e-5, (s, e)
+
+
+def test_packed_decode_is_the_last_row_of_each_sequence():
+    from nsa_bench import varlen
+
+    lengths = (1, 12, 29, 70, 45)  # decode batches have no empty sequence: cache_seqlens lie in 1..Tmax
+    q, k, v, gates, _, cu = packed(40, 1, 2, 32, 16, lengths)
+    want = varlen.last_rows(R.nsa_attention(q, k, v, gates, SMALL, cu_seqlens=cu), cu)
+    q1, gates1 = (varlen.last_rows(x.float(), cu) for x in (q, gates))
+    caches = (varlen.pad_packed(x.float(), cu) for x in (k, v))
+    got = nsa_kernels.nsa_decode(q1, *caches, gates1, torch.tensor(lengths, dtype=torch.int32), SMALL)
+    assert got.shape == want.shape and rel(got, want) < 1e-4
+
+
+def test_packed_stage_callables_run():
+    q, k, v, gates, do, cu = (x.float() if x.is_floating_point() else x for x in packed(50, 1, 2, 16, 16))
+    fwd = nsa_module.forward_stages(q, k, v, gates, SMALL, cu_seqlens=cu)
+    assert rel(fwd["gated_sum"](), nsa_kernels.nsa_attention(q, k, v, gates, SMALL, cu_seqlens=cu)) < 1e-6
+    for stage in nsa_module.backward_stages(q, k, v, gates, do, SMALL, cu_seqlens=cu).values():
+        stage()
+
+
+def test_packed_bad_inputs_name_the_argument():
+    from nsa_bench import varlen
+
+    q, k, v, gates, _, cu = (x.float() if x.is_floating_point() else x for x in packed(60, 1, 2, 16, 16))
+    with pytest.raises(ValueError, match="cu_seqlens ends at"):
+        nsa_kernels.nsa_attention(q, k, v, gates, SMALL, cu_seqlens=varlen.cu_seqlens_of((3, 4)))
+    with pytest.raises(ValueError, match="batch size 1"):
+        two = [torch.cat([x, x]) for x in (q, k, v, gates)]
+        nsa_kernels.nsa_attention(*two, SMALL, cu_seqlens=cu)
+    with pytest.raises(ValueError, match="v2 kernels.*win=v1"):
+        nsa_module.nsa_attention_variants(q, k, v, gates, SMALL, dataclasses.replace(V2, win="v1"), cu_seqlens=cu)
+    with pytest.raises(ValueError, match="v2 kernels"):
+        nsa_module.nsa_attention_variants(q, k, v, gates, SMALL, V1, cu_seqlens=cu)
+    dense_cmp = nsa_kernels.compress_kv(k, v, SMALL)  # Tc of the whole row: not the packed layout
+    with pytest.raises(ValueError, match="k_cmp"):
+        nsa_kernels.nsa_attention(q, k, v, gates, SMALL, k_cmp=dense_cmp[0], v_cmp=dense_cmp[1], cu_seqlens=cu)

@@ -66,6 +66,24 @@ def test_reference_backend_runs_packed_points(mode):
     assert rows[0].flops == cost_of(pt, "nsa").flops != cost_of(replace(pt, doc_lens="none"), "nsa").flops
 
 
+@pytest.mark.parametrize("mode", ["fwd", "bwd", "decode"])
+def test_triton_backend_runs_packed_points(mode):
+    """One launch per kernel over every document (cu_seqlens), its own selection valid per document."""
+    pt = point(mode)
+    row = cpu_rows("nsa-triton", pt)[0]
+    assert row.status == "ok", row.message
+    assert row.max_rel_err < 1e-4 and row.doc_lens == DOCS and row.impl.startswith("triton:v2")
+
+
+def test_triton_backend_refuses_packing_with_v1_kernels(monkeypatch):
+    monkeypatch.setenv("NSA_KERNEL_VARIANT", "v2,win=v1")
+    for measure in (CPU, None):
+        row = rows_for(Task(point("fwd"), replace(registry()["nsa-triton"], availability=lambda: None)),
+                       spec_for(point("fwd")), H100, measure, None)[0]
+        assert row.status == "unsupported" and "need the v2 kernels" in row.message and "win=v1" in row.message
+    assert cpu_rows("nsa-triton", point("decode"))[0].status == "ok"  # decode packs as a batch: no cu_seqlens
+
+
 def test_a_backend_that_ignores_cu_seqlens_fails_the_check():
     leaky = get_backend("nsa-ref")
 
@@ -134,7 +152,7 @@ def test_fa2_uses_flash_attn_varlen_func_when_importable(monkeypatch, mode):
 
 
 @pytest.mark.parametrize("name,words", [
-    ("nsa-triton", "Triton kernels take no cu_seqlens yet"), ("fa2-triton", "Triton kernels take no cu_seqlens yet"),
+    ("fa2-triton", "Triton kernels take no cu_seqlens yet"),
     ("cudnn", "no packed-batch (cu_seqlens) path"), ("flex-nsa", "no packed-batch"), ("fa3", "no packed-batch"),
 ])
 def test_backends_without_varlen_give_unsupported_rows(name, words):
@@ -147,4 +165,4 @@ def test_backends_without_varlen_give_unsupported_rows(name, words):
 
 
 def test_only_the_varlen_backends_claim_it():
-    assert {name for name, b in registry().items() if b.varlen} == {"fa2", "nsa-ref"}
+    assert {name for name, b in registry().items() if b.varlen} == {"fa2", "nsa-ref", "nsa-triton"}

@@ -79,3 +79,25 @@ def test_near_ties_pass_within_the_tolerance(scored):
 def test_wrong_shape_is_named(scored):
     block_idx, scores = scored
     assert "shape" in violation(block_idx[..., :3], scores, CFG, 0.0)
+
+
+def test_packed_selection_is_judged_per_document():
+    """Packed rows (cu_seqlens): candidates and forced blocks count from each document's own start."""
+    from nsa_bench import varlen
+
+    cu = varlen.cu_seqlens_of((5, 0, 37, 50))
+    gen = torch.Generator().manual_seed(3)
+    q = torch.randn(1, 92, 4, 8, generator=gen, dtype=torch.float64)
+    k = torch.randn(1, 92, 2, 8, generator=gen, dtype=torch.float64)
+    v = torch.randn(1, 92, 2, 8, generator=gen, dtype=torch.float64)
+    k_cmp, _ = reference.compress_kv(k, v, CFG, cu)
+    scores = reference.block_scores(q, k_cmp, CFG, cu_seqlens=cu)
+    idx = reference.select_blocks(q, k_cmp, CFG, cu_seqlens=cu)
+    assert violation(idx, scores, CFG, 1e-9, cu) is None
+    assert violation(idx, scores, CFG, 1e-9) is not None  # judged as one sequence, later documents break it
+    shifted = idx.clone()
+    row = 42 + 40  # position 40 of the last document: blocks 0, 5, 4 forced, one of 1..3 by score
+    slots = shifted[0, row, 0].tolist()
+    spare = next(j for j in (1, 2, 3) if j not in slots)
+    shifted[0, row, 0, slots.index(0)] = spare
+    assert "misses forced block(s) [0]" in (violation(shifted, scores, CFG, 1e-9, cu) or "")

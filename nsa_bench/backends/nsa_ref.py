@@ -24,8 +24,8 @@ def _build(point: Point, inputs: Inputs) -> Workload:
         return reference.nsa_attention(q, k, v, gates, cfg, block_idx=inputs.block_idx, cu_seqlens=inputs.cu_seqlens)
 
     def selection() -> torch.Tensor:
-        k_cmp, _ = reference.compress_kv(inputs.k, inputs.v, cfg)
-        return reference.select_blocks(inputs.q, k_cmp, cfg)
+        k_cmp, _ = reference.compress_kv(inputs.k, inputs.v, cfg, inputs.cu_seqlens)
+        return reference.select_blocks(inputs.q, k_cmp, cfg, cu_seqlens=inputs.cu_seqlens)
 
     return replace(autograd_workload(inputs, forward, "pytorch", grad_gates=True), selection=selection)
 

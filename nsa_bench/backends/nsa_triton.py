@@ -4,6 +4,9 @@ Which implementation of each redesigned kernel runs comes from NSA_KERNEL_VARIAN
 built: "v1", "v2" = the default, or per-kernel overrides such as "v2,cmp_dkv=v1"; kernels/README.md);
 rows record it in `impl` as "triton:<label>", e.g. "triton:v2" or "triton:v2+cmp_dkv=v1"; forward and
 backward rows at G < 16 read "triton:v2+slc_small_g=small_g" when the small-group selected kernels ran.
+
+Packed points (--doc-lens): one launch per kernel over all documents (cu_seqlens, docs/varlen.md); a
+variant with a v1 kernel cannot pack, and such points are `unsupported` rows saying so.
 """
 from __future__ import annotations
 
@@ -58,26 +61,39 @@ def _build(point: Point, inputs: Inputs) -> Workload:
 
         return Workload(run=run, impl=f"triton:{variants.label}", result=lambda: (run(),))  # no slc_small_g
 
+    cu = inputs.cu_seqlens  # packed points: the documents' offsets (None: a dense batch)
+
     def forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, gates: torch.Tensor) -> torch.Tensor:
-        return nsa.nsa_attention_variants(q, k, v, gates, cfg, variants, block_idx=inputs.block_idx)
+        return nsa.nsa_attention_variants(q, k, v, gates, cfg, variants, block_idx=inputs.block_idx, cu_seqlens=cu)
 
     if point.mode == "fwd":
         stages = nsa.forward_stages(inputs.q, inputs.k, inputs.v, inputs.gates, cfg, block_idx=inputs.block_idx,
-                                    variants=variants)
+                                    variants=variants, cu_seqlens=cu)
     elif point.mode == "bwd":
         stages = nsa.backward_stages(inputs.q, inputs.k, inputs.v, inputs.gates, inputs.do, cfg,
-                                     block_idx=inputs.block_idx, variants=variants)
+                                     block_idx=inputs.block_idx, variants=variants, cu_seqlens=cu)
     else:
         stages = {}
 
     def selection() -> torch.Tensor:  # the kernels' own compression and selection, checked on the device
         with torch.no_grad():
-            k_cmp, _ = nsa_kernels.compress_kv(inputs.k, inputs.v, cfg)
-            return nsa_kernels.select_blocks(inputs.q, k_cmp, cfg)
+            k_cmp, _ = nsa_kernels.compress_kv(inputs.k, inputs.v, cfg, cu)
+            return nsa_kernels.select_blocks(inputs.q, k_cmp, cfg, cu_seqlens=cu)
 
     workload = autograd_workload(inputs, forward, impl, grad_gates=True, stages=stages,
                                  stage_costs=STAGE_COSTS.get(point.mode, {}))
     return replace(workload, selection=selection)
+
+
+def _supports(point: Point) -> str | None:
+    """Packed points need every packing kernel in v2 (NSA_KERNEL_VARIANT); a bad variable is the build's error."""
+    if not point.packed or point.mode == "decode":
+        return None
+    try:
+        refusal = _variants().packed_refusal()
+    except ValueError:
+        return None
+    return f"nsa-triton ({refusal})" if refusal else None
 
 
 BACKEND = Backend(
@@ -89,5 +105,6 @@ BACKEND = Backend(
     build=_build,
     impl_hint=_impl,
     staged_modes=("fwd", "bwd"),
-    no_varlen="nsa-triton: packed batches (--doc-lens) unsupported: the Triton kernels take no cu_seqlens yet (varlen kernels are the next step of issue 17)",
+    supports=_supports,
+    varlen=True,  # cu_seqlens through every kernel; packed decode is a decode batch of the documents
 )
