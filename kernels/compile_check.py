@@ -356,19 +356,38 @@ def _qkv(case: Case, grad: bool = False) -> tuple[Any, Any, Any]:
             _meta(b, t, hkv, case.dv, dtype=dt, grad=grad))
 
 
-def _nsa_attention_launches(case: Case, variant: str | None) -> None:
+def _packing(case: Case) -> Any:
+    """cu_seqlens (CPU int32: the wrappers read lengths on the host) of documents packed into case.seqlen
+    tokens: lengths 1, l - 1 and l' - 1, then halves of what is left, so boundaries fall inside blocks."""
+    from nsa_bench import varlen
+
+    cfg, left = case.cfg, case.seqlen
+    lengths = []
+    for length in (1, cfg.block_cmp - 1, cfg.block_slc - 1):
+        lengths.append(min(length, left))
+        left -= lengths[-1]
+    while left > 0:
+        lengths.append(max(left // 2 + 7, 1) if left > 64 else left)
+        left -= lengths[-1]
+    return varlen.cu_seqlens_of(lengths)
+
+
+def _nsa_attention_launches(case: Case, variant: str | None, packed: bool = False) -> None:
     """Forward and backward through autograd (all three branches, the gated sum), then the in-place
     inference forward (the branch kernels' gated-accumulate epilogues). variant None: the public
-    `nsa_attention` (default kernels); else every kernel in that variant (kernels/variants.py)."""
+    `nsa_attention` (default kernels); else every kernel in that variant (kernels/variants.py).
+    packed: a packed batch (cu_seqlens, docs/varlen.md) of case.seqlen tokens: the VARLEN builds."""
     import torch
 
     from nsa_kernels import nsa
     from nsa_kernels.variants import KernelVariants
 
+    cu = _packing(case) if packed else None
+
     def attend(*tensors: Any) -> Any:
         if variant is None:
-            return nsa.nsa_attention(*tensors, case.cfg)
-        return nsa.nsa_attention_variants(*tensors, case.cfg, KernelVariants.all(variant))
+            return nsa.nsa_attention(*tensors, case.cfg, cu_seqlens=cu)
+        return nsa.nsa_attention_variants(*tensors, case.cfg, KernelVariants.all(variant), cu_seqlens=cu)
 
     q, k, v = _qkv(case, grad=True)
     gates = _meta(*q.shape[:3], 3, dtype=q.dtype, grad=True)
@@ -387,6 +406,11 @@ def _run_nsa_attention_v1(case: Case) -> None:
     _nsa_attention_launches(case, "v1")
 
 
+def _run_nsa_attention_varlen(case: Case) -> None:
+    """Issue 17: every kernel's VARLEN build (a packed batch), forward, backward and inference forward."""
+    _nsa_attention_launches(case, None, packed=True)
+
+
 def _run_select_blocks(case: Case) -> None:
     from nsa_kernels import nsa
 
@@ -403,6 +427,17 @@ def _run_flash_attention(case: Case) -> None:
 
     q, k, v = _qkv(case, grad=True)
     out = flash.flash_attention(q, k, v, causal=True)
+    out.backward(torch.empty_like(out))
+
+
+def _run_flash_attention_varlen(case: Case) -> None:
+    """The fa2-triton baseline over a packed batch (cu_seqlens), forward and backward."""
+    import torch
+
+    from nsa_kernels import flash
+
+    q, k, v = _qkv(case, grad=True)
+    out = flash.flash_attention(q, k, v, causal=True, cu_seqlens=_packing(case))
     out.backward(torch.empty_like(out))
 
 
@@ -536,10 +571,12 @@ ENTRIES: dict[str, Callable[[Case], None]] = {
     "selftest": _run_selftest,
     "nsa_attention": _run_nsa_attention,
     "nsa_attention_v1": _run_nsa_attention_v1,
+    "nsa_attention_varlen": _run_nsa_attention_varlen,
     "select_blocks": _run_select_blocks,
     "selected_bwd_atomic": _run_selected_bwd_atomic,
     "selected_small_g": _run_selected_small_g,
     "flash_attention": _run_flash_attention,
+    "flash_attention_varlen": _run_flash_attention_varlen,
     "flash_attention_decode": _run_flash_attention_decode,
     "nsa_decode": _run_nsa_decode,
     "nsa_decode_v1": _run_nsa_decode_v1,

@@ -43,6 +43,7 @@ NSA_ENTRIES = ("nsa_attention", "nsa_attention_v1", "select_blocks", "selected_b
                "nsa_decode_cmp_cache")
 DENSE_ENTRIES = ("flash_attention", "flash_attention_decode")
 PAPER_ONLY_ENTRIES = ("selected_bwd_atomic",)  # off nsa_attention's path: one shape keeps the run short
+VARLEN_ENTRIES = ("nsa_attention_varlen", "flash_attention_varlen")
 LONG_ENTRIES = ("nsa_attention", "nsa_attention_v1", "nsa_decode", "nsa_decode_v1", *DENSE_ENTRIES)
 CASES: tuple[Case, ...] = (
     *(paper_shape(e) for e in NSA_ENTRIES + DENSE_ENTRIES),
@@ -54,6 +55,9 @@ CASES: tuple[Case, ...] = (
     small_group_shape(4, cfg=LARGE_BLOCK_CFG),
     small_group_shape(4, "nsa_attention"),
     *(long_shape(e) for e in LONG_ENTRIES),
+    # issue 17: the VARLEN builds (packed batches) of every kernel, padded (G = 16) and small-group (G = 4)
+    *(paper_shape(e) for e in VARLEN_ENTRIES),
+    small_group_shape(4, "nsa_attention_varlen"),
 )
 
 
