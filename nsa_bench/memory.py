@@ -69,7 +69,7 @@ def nsa_bytes(point: Point) -> int:
     """NSA (our kernels): q, k, v, gates; compressed K/V; the selected blocks [B, T, Hkv, n] int32; the
     three branch outputs (stage calls) and their LSEs besides the gated output. Backward adds dO, dq (and
     its fp32 sum over branches), dk/dv, d(compressed K/V), the fp32 dK/dV partials of selected attention,
-    d_gates and the three branch gradients. Decode: the KV cache, the compressed cache and partials."""
+    d_gates and the three branch gradients. At G < 16 the small-group selected kernels' partials too. Decode: the KV cache, the compressed cache and partials."""
     d = _dims(point)
     cfg = point.cfg
     tc = max(0, (d.t - cfg.block_cmp) // cfg.stride_cmp + 1)
@@ -83,11 +83,27 @@ def nsa_bytes(point: Point) -> int:
     gates = d.b * d.t * d.hq * 3 * d.e
     blocks = d.b * d.t * d.hkv * cfg.n_slc * _I32
     forward = d.qkv() + gates + cmp_kv + blocks + 4 * d.out() + 3 * d.per_row_f32()
+    fwd_partials, dq_partials = small_group_partials(point)
     if point.mode == "fwd":
-        return forward
+        return forward + fwd_partials
     grads = (d.out() + d.qkv() + d.b * d.t * d.hq * d.dk * _F32 + cmp_kv + gates + 3 * d.out()
              + 3 * d.per_row_f32() + d.b * d.t * d.hkv * (d.dk + d.dv) * _F32)
-    return forward + grads
+    return forward + grads + max(fwd_partials, dq_partials)  # each call frees its partials on return
+
+
+SMALL_GROUP_BELOW = 16  # kernels/variants.py SMALL_G_BELOW: where the default ("auto") takes the path
+
+
+def small_group_partials(point: Point) -> tuple[int, int]:
+    """(forward, backward) partial buffers of the small-group selected kernels (kernels/selected_small_g.py),
+    which the default variant runs at G < 16: one partial per (query, head, selected block, 64-key chunk) --
+    o in the input dtype plus an fp32 lse forward, dq in the input dtype backward. They grow as T x n, n
+    times the output: 17 GB forward at 64k tokens and the paper heads with G = 4. (0, 0) at G >= 16."""
+    if point.group_size >= SMALL_GROUP_BELOW:
+        return 0, 0
+    d, cfg = _dims(point), point.cfg
+    slots = d.b * d.t * d.hq * cfg.n_slc * max(1, cfg.block_slc // 64)
+    return slots * (d.dv * d.e + _F32), slots * d.dk * d.e
 
 
 def layer_bytes(point: Point, attention: int) -> int:

@@ -74,3 +74,16 @@ def test_long_suite_predicted_to_1m_has_no_unsupported_nsa_row(tmp_path: Path):
     # what fits on an H200 runs; the 1M backward (q, o, dq in fp32 and three branch outputs) does not
     at_1m = nsa[nsa["seqlen"] == 1 << 20].set_index("mode")["status"].to_dict()
     assert at_1m == {"fwd": "predicted", "decode": "predicted", "bwd": "oom"}
+
+
+def test_small_groups_count_the_block_outer_partials():
+    """G < 16 runs kernels/selected_small_g.py by default: n partials per (query, head) that must be counted."""
+    paper = replace(POINT, batch=1, seqlen=65536)
+    g4 = replace(paper, kv_heads=16, group_size=4)  # the same 64 query heads in 16 KV groups
+    fwd, bwd = memory.small_group_partials(g4), memory.small_group_partials(replace(g4, mode="bwd"))
+    slots = 65536 * 64 * 16
+    assert fwd == (slots * (128 * 2 + 4), slots * 192 * 2) == bwd
+    assert memory.small_group_partials(paper) == (0, 0)
+    grown = memory.nsa_bytes(g4) - memory.nsa_bytes(paper)
+    assert grown >= fwd[0] > 17e9
+    assert memory.nsa_bytes(replace(g4, mode="bwd")) - memory.nsa_bytes(replace(paper, mode="bwd")) >= fwd[1]
