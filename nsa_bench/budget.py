@@ -54,9 +54,10 @@ class Calibration:
     # a worker's first case (Triton parses the kernels' sources)
     plan_case_s: float = 0.3
     plan_first_case_s: float = 2.0
-    # measured here: `nsa-bench sweep` start-up (imports 3.7 s, env.json) without a GPU; plus an
-    # assumed 3 s for the CUDA context, NVML and cuBLAS on their first use
-    startup_s: float = 8.0
+    # measured here: `nsa-bench sweep` start-up (imports 3.7 s, env.json) without a GPU, and the point
+    # worker's start (a measured sweep runs its points in one, workers.py; 4.2 s as a compile worker's);
+    # plus an assumed 3 s for the CUDA context, NVML and cuBLAS on their first use
+    startup_s: float = 12.0
     # Triton's do_bench per autotune config: 25 ms warm-up + 100 ms of reps, each rep after zeroing a
     # 256 MB buffer (~0.08 ms at H200 bandwidth); a host loop of ~0.04 ms per call bounds tiny kernels
     bench_warmup_ms: float = 25.0

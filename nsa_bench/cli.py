@@ -89,8 +89,10 @@ def cli() -> None:
 @click.option("--shard", metavar="K/N", help="run only shard K of N (a deterministic split of the points; a point's "
               "backends stay together): for Slurm arrays and CI matrices; join the runs with `nsa-bench merge`")
 @click.option("--devices", metavar="LIST", help="one worker process per device, pulling points from one queue: all "
-              "(every local GPU), GPU indices 0,1,... (0 alone: one GPU, a kernel fault costs a row, not the sweep), or "
-              "cpu0,cpu1,... (CPU workers: predictions)  [default: points run in this process]")
+              "(every local GPU), GPU indices 0,1,..., or cpu0,cpu1,... (CPU workers: predictions); a kernel fault "
+              "costs a row, not the sweep  [default on a GPU: one worker on GPU 0; without one: this process]")
+@click.option("--in-process", is_flag=True, help="on a GPU, run the points in this process instead of a worker (no "
+              "fault isolation: a crash ends the sweep; for a profiler attached to the sweep)")
 @click.option("--point-timeout", metavar="DURATION", help="a task of a worker taking longer is a hang: an `error` row, "
               "the worker replaced  [default: max(60 s, 50 x the task's estimate)]")
 @click.option("--ray", metavar="ADDRESS", is_flag=False, flag_value="local", default=None,
@@ -98,7 +100,7 @@ def cli() -> None:
               "belongs to), or, bare, on a local Ray instance; needs the `ray` extra")
 def sweep(suite: str | None, out: Path | None, resume: bool, max_points: str | None, no_plots: bool, quiet: bool,
           cuda_graph: bool | None, time_budget: str | None, dry_run: bool, no_precompile: bool, workers: str | None,
-          shard: str | None, devices: str | None, point_timeout: str | None, ray: str | None,
+          shard: str | None, devices: str | None, point_timeout: str | None, ray: str | None, in_process: bool,
           **flags: str | None) -> None:
     """Run a sweep: the product of the axes x modes x backends, one CSV row per point, then plots.
 
@@ -140,7 +142,7 @@ def sweep(suite: str | None, out: Path | None, resume: bool, max_points: str | N
         outcome = sweep_mod.execute(spec, out, resume, plots=not no_plots, progress=not quiet,
                                     precompile_workers=None if no_precompile else n_workers, budget_s=budget_s,
                                     shard=chosen_shard, devices=devices, point_timeout=timeout_s,
-                                    ray=ray)
+                                    ray=ray, in_process=in_process)
     except sweep_mod.SweepError as exc:
         raise _bad(exc.flag, str(exc)) from None
     if outcome.interrupted:

@@ -341,7 +341,7 @@ def run_sweep(
     spec: SweepSpec, out_dir: Path, gpu: GPUSpec, measure: Measure | None, resume: bool,
     progress: Callable[[list[Task]], Iterator[Task]] | None = None, budget: Budget | None = None,
     on_task_done: Callable[[Task, list[Row]], None] | None = None, shard: Shard = WHOLE,
-    pool: object | None = None,
+    pool: object | None = None, isolate: object | None = None,
 ) -> Outcome:
     """Run every task of `spec`, appending rows to out_dir/results.csv (measure=None: predictions).
 
@@ -350,6 +350,8 @@ def run_sweep(
     estimate does not fit in the time left becomes a `skipped` row; `on_task_done` is called after each
     task's rows are written. `shard`: only its points run (`nsa_bench.shard`). `pool` (a `workers.LocalPool`
     or `ray_runner.RayPool`): points run there, the rows come back here to be written (no budget).
+    `isolate` (a one-device `workers.LocalPool` in its session): this loop as without it, budget included,
+    but each task runs in that pool's worker process, so a kernel fault costs one `error` row.
     """
     csv_file = out_dir / results.CSV_NAME
     if resume:
@@ -367,7 +369,7 @@ def run_sweep(
     all_tasks = list(tasks([point for point, _ in everything], backends, invalid))
     baseline_ms: dict[Point, float | None] = {}
     iterator = progress(all_tasks) if progress else iter(all_tasks)
-    budget = budget if measure is not None and pool is None else None
+    budget = budget if (measure is not None or isolate is not None) and pool is None else None
     if pool is not None:
         return _run_pool(pool, spec, out_dir, all_tasks, state, iterator, on_task_done)
     try:
@@ -383,7 +385,8 @@ def run_sweep(
             if why:
                 rows = [failure_row(task, STATUS_SKIPPED, why, gpu)]
             else:
-                rows = rows_for(task, spec, gpu, measure, ref_ms)
+                rows = (isolate.task_rows(task.point, task.backend.name, task.invalid, ref_ms) if isolate is not None
+                        else rows_for(task, spec, gpu, measure, ref_ms))
                 if budget is not None:
                     budget.observe(task.backend, rows)
             if task.backend.name == spec.baseline:

@@ -4,6 +4,7 @@ The CLI only parses flags into a SweepSpec and calls `execute`; compare's --reru
 """
 from __future__ import annotations
 
+import contextlib
 import re
 import secrets
 import signal
@@ -102,7 +103,7 @@ def execute(spec: SweepSpec, out: Path, resume: bool, plots: bool = True,
             echo: Callable[[str], None] = click.echo, progress: bool = True,
             warn: Callable[[str], None] = _stderr, precompile_workers: int | None = None,
             budget_s: float | None = None, shard: Shard = WHOLE, devices: str | None = None,
-            point_timeout: float | None = None, ray: str | None = None) -> Outcome:
+            point_timeout: float | None = None, ray: str | None = None, in_process: bool = False) -> Outcome:
     """Run `spec` into `out`; returns what was written. Without a CUDA GPU the rows are predictions.
 
     `echo` takes the progress lines, `warn` what goes wrong (an interruption, failed plots: stderr).
@@ -111,11 +112,13 @@ def execute(spec: SweepSpec, out: Path, resume: bool, plots: bool = True,
     tuning.json as tasks finish. `shard`: run only that shard's points (env.json records it). `devices`
     (--devices), `ray` (--ray: an address, or "" for a local cluster): where the points run (see
     `choose_pool`); `point_timeout`: seconds before a worker's task counts as hung (None: from the estimate).
+    `in_process`: a measured sweep runs its points in this process (no fault isolation).
     """
     started = time.monotonic()
     measuring = cuda_present()
     gpu = target_gpu(spec.gpu, measuring)
-    pool = choose_pool(spec, gpu, measuring, devices, ray, point_timeout, budget_s)
+    pool = choose_pool(spec, gpu, measuring, devices, ray, point_timeout, budget_s, in_process)
+    isolate = pool if isinstance(pool, workers.LocalPool) and pool.sequential else None
     out = prepare_out_dir(out, resume)
     device = environment.gpu_name() if measuring else None
     previous: dict = {}
@@ -157,15 +160,20 @@ def execute(spec: SweepSpec, out: Path, resume: bool, plots: bool = True,
             estimator = Estimator(spec, gpu, plans)
             budget = Budget(budget_s, estimator, reserve_s=estimator.finish_s(plots), start=started)
             echo(f"Time budget {budget_s:.0f} s: {budget.left():.0f} s left for the points after start-up and precompile.")
-        log = TuningLog(out) if measuring and pool is None and set(spec.run_backends) & set(precompile.PRECOMPILED_BACKENDS) else None
+        tuned = measuring and (pool is None or isolate is not None)
+        log = TuningLog(out) if tuned and set(spec.run_backends) & set(precompile.PRECOMPILED_BACKENDS) else None
 
         def task_done(task: Task, rows: list) -> None:
             if log is not None:
-                log.update(f"{task.backend.name} {task.point.label()}")
+                records = isolate.tuning_choices() if isolate is not None else None
+                log.update(f"{task.backend.name} {task.point.label()}", records)
 
-        outcome = run_sweep(spec, out, gpu, measure=cuda_measure() if measuring else None, resume=resume,
-                            progress=progress_bar if progress else None, budget=budget, on_task_done=task_done,
-                            shard=shard, pool=pool)
+        # isolated: the parent measures nothing (the worker does), so it holds no CUDA context of its own
+        measure = cuda_measure() if measuring and isolate is None else None
+        with isolate.session() if isolate is not None else contextlib.nullcontext():
+            outcome = run_sweep(spec, out, gpu, measure=measure, resume=resume,
+                                progress=progress_bar if progress else None, budget=budget, on_task_done=task_done,
+                                shard=shard, pool=None if isolate is not None else pool, isolate=isolate)
     except resume_mod.ResumeError as exc:
         raise SweepError(None, str(exc)) from None
     except workers.PoolError as exc:
@@ -193,17 +201,20 @@ def execute(spec: SweepSpec, out: Path, resume: bool, plots: bool = True,
 
 
 def choose_pool(spec: SweepSpec, gpu: GPUSpec, measuring: bool, devices: str | None, ray: str | None,
-                point_timeout: float | None, budget_s: float | None):
-    """Where points run: Ray tasks (--ray), one worker per --devices device (`--devices 0` isolates faults on
-    one GPU); None: in this process, the default (it records tuning.json and enforces --time-budget)."""
-    if ray is not None or devices is not None:
-        flag = "ray" if ray is not None else "devices"
-        if budget_s:
-            raise SweepError("time-budget", f"is enforced in-process only: drop it or --{flag}")
+                point_timeout: float | None, budget_s: float | None, in_process: bool = False):
+    """Where points run: Ray tasks (--ray), one worker per --devices device, or (a measured sweep's default)
+    one worker on the first GPU, fed task by task (`LocalPool.sequential`: the time budget and tuning.json
+    as in-process, and a kernel fault costs one row). None: in this process (predictions, --in-process)."""
+    if in_process and (ray is not None or devices is not None):
+        raise SweepError("in-process", f"runs points in this process: drop it or --{'ray' if ray else 'devices'}")
     timeout = workers.task_timeout_s(spec, gpu, point_timeout)
+    if measuring and not in_process and ray is None and devices is None:
+        return workers.LocalPool(workers.WorkerSetup(spec, gpu, "cuda", ""), ("cuda:0",), timeout)
     if ray is not None:
         if devices is not None:
             raise SweepError("ray", "and --devices exclude each other (Ray places points on the cluster's GPUs)")
+        if budget_s:
+            raise SweepError("time-budget", "is enforced on one device at a time: drop it or --ray")
         from nsa_bench import ray_runner
 
         try:
@@ -219,6 +230,8 @@ def choose_pool(spec: SweepSpec, gpu: GPUSpec, measuring: bool, devices: str | N
         if labels[0].startswith("cpu") and measuring:
             raise SweepError("devices", f"{show(devices)}: CPU workers are for machines without a CUDA GPU")
         kind = "cuda" if measuring else _cpu_kind()
+        if budget_s and len(labels) > 1:
+            raise SweepError("time-budget", "is enforced on one device at a time: drop it or give --devices one GPU")
         return workers.LocalPool(workers.WorkerSetup(spec, gpu, kind, ""), labels, timeout)
     return None
 

@@ -22,14 +22,16 @@ class TuningLog:
         self.path = Path(out_dir) / TUNING_NAME
         self._first: dict[tuple[str, str], str] = {}
 
-    def update(self, task: str) -> int:
-        """Rewrite the file with every choice made so far in this process; returns how many there are."""
-        from nsa_kernels import tuning
+    def update(self, task: str, records: list[dict] | None = None) -> int:
+        """Rewrite the file with every choice made so far in this process (or, given `records`, the ones a
+        worker process reported: `Choice.as_dict()`s); returns how many there are."""
+        if records is None:
+            from nsa_kernels import tuning
 
+            records = [choice.as_dict() for choice in tuning.chosen_configs()]
         entries = []
-        for choice in tuning.chosen_configs():
-            record = choice.as_dict()
-            key = (choice.kernel, json.dumps(record["key"], sort_keys=True, default=str))
+        for record in records:
+            key = (str(record["kernel"]), json.dumps(record["key"], sort_keys=True, default=str))
             entries.append({**record, "first_tuned_in": self._first.setdefault(key, task)})
         payload = {"about": "config each autotuned kernel ran with, per autotune key (size buckets, shape "
                             "arguments, tensor dtypes); nsa_kernels.tuning.chosen_configs()",

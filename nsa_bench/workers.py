@@ -9,10 +9,16 @@ one imports torch, seconds); it is replaced when it dies (a segfault, os._exit),
 timeout (a hang: it is killed), or when it reports a sticky CUDA error (the context is lost for good).
 Workers run in their own session, so a Ctrl-C at the terminal reaches the parent only; the parent kills
 them on the way out, and a worker whose parent vanished sees its pipe close and exits.
+
+One GPU (the default of a measured sweep) is a pool of one device kept open for the whole sweep
+(`session`): the sweep's own loop hands it one task at a time (`task_rows`), so the time budget,
+progress and tuning.json work as in-process while a fault still costs one row. After each task a worker
+sends the autotuners' choices of its process (`tuning`), which the parent writes to tuning.json.
 """
 from __future__ import annotations
 
 import collections
+import contextlib
 import os
 import pickle
 import signal
@@ -21,7 +27,7 @@ import sys
 import time
 from dataclasses import dataclass, field, replace
 from multiprocessing.connection import Connection, wait
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 from nsa_bench.gpus import GPUSpec
 from nsa_bench.schema import STATUS_ERROR, Row
@@ -165,6 +171,39 @@ class LocalPool:
         self.devices = tuple(devices)
         self.timeout_s = timeout_s
         self.replaced = 0
+        self.tuning: dict[str, list[dict]] = {}  # device -> the autotuners' choices its worker last reported
+        self._open: list[_Slot] | None = None  # the workers of a session (kept between `run` calls)
+
+    @property
+    def sequential(self) -> bool:
+        """One device: the sweep's own loop can feed it task by task (budget, tuning.json as in-process)."""
+        return len(self.devices) == 1
+
+    @contextlib.contextmanager
+    def session(self) -> Iterator["LocalPool"]:
+        """Keep the workers alive across `run` calls (a sweep fed task by task); stopped on the way out."""
+        self._open = [_Slot(device) for device in self.devices]
+        try:
+            for slot in self._open:
+                self._start(slot)
+            yield self
+        finally:
+            slots, self._open = self._open or [], None
+            self._shutdown(slots)
+
+    def task_rows(self, point: Point, backend: str, invalid: str, baseline_ms: float | None) -> list[Row]:
+        """One task's rows, run by a worker (an `error` row when the worker faults in it)."""
+        rows: list[Row] = []
+        self.run([Job(point, (backend,), invalid, baseline_ms)], lambda _point, _name, got: rows.extend(got))
+        return rows
+
+    def tuning_choices(self) -> list[dict]:
+        """The autotuners' choices the workers reported, one per (kernel, key)."""
+        merged: dict[tuple[str, str], dict] = {}
+        for records in self.tuning.values():
+            for record in records:
+                merged.setdefault((str(record.get("kernel")), repr(record.get("key"))), record)
+        return list(merged.values())
 
     def describe(self) -> dict[str, object]:
         """What env.json records of the pool."""
@@ -220,41 +259,57 @@ class LocalPool:
         queue = collections.deque(jobs)
         if not queue:
             return
+        if self._open is not None:
+            try:
+                self._drive(self._open, queue, commit)
+            except BaseException:  # an interrupt or a pool error: no worker may outlive it mid-task
+                slots, self._open = self._open, None
+                self._shutdown(slots)
+                raise
+            return
         slots = [_Slot(device) for device in self.devices]
         try:
             for slot in slots:
                 self._start(slot)
-            while queue or any(s.job is not None for s in slots):
-                for slot in slots:
-                    if slot.job is None and queue:
-                        try:
-                            self._assign(slot, queue.popleft())
-                        except (OSError, EOFError, BrokenPipeError):  # it died while idle: the job goes back
-                            self._fault(slot, queue, commit, self._stop(slot, kill=True))
-                busy = [s for s in slots if s.job is not None]
-                if not busy:
-                    continue
-                now = time.monotonic()
-                wait_s = max(0.0, min(s.deadline for s in busy) - now)
-                ready = wait([s.from_worker for s in busy], timeout=min(wait_s, 3600.0))
-                for slot in busy:
-                    if slot.from_worker in ready:
-                        self._receive(slot, queue, commit)
-                    elif time.monotonic() > slot.deadline:
-                        self._hung(slot, queue, commit)
+            self._drive(slots, queue, commit)
         finally:
+            self._shutdown(slots)
+
+    def _drive(self, slots: list[_Slot], queue: collections.deque, commit: Callable) -> None:
+        """Feed the queue's jobs to the slots' workers until every job is done."""
+        while queue or any(s.job is not None for s in slots):
             for slot in slots:
-                if slot.proc is not None:
-                    if slot.job is None and slot.to_worker is not None:
-                        try:
-                            slot.to_worker.send(None)  # a clean stop: nothing in flight
-                        except OSError:
-                            pass
-                        try:
-                            slot.proc.wait(timeout=5)
-                        except subprocess.TimeoutExpired:
-                            pass
-                    self._stop(slot, kill=True)
+                if slot.job is None and queue:
+                    try:
+                        self._assign(slot, queue.popleft())
+                    except (OSError, EOFError, BrokenPipeError):  # it died while idle: the job goes back
+                        self._fault(slot, queue, commit, self._stop(slot, kill=True))
+            busy = [s for s in slots if s.job is not None]
+            if not busy:
+                continue
+            now = time.monotonic()
+            wait_s = max(0.0, min(s.deadline for s in busy) - now)
+            ready = wait([s.from_worker for s in busy], timeout=min(wait_s, 3600.0))
+            for slot in busy:
+                if slot.from_worker in ready:
+                    self._receive(slot, queue, commit)
+                elif time.monotonic() > slot.deadline:
+                    self._hung(slot, queue, commit)
+
+    def _shutdown(self, slots: list[_Slot]) -> None:
+        """Stop every worker: a clean stop for idle ones, a kill for any with a task in flight."""
+        for slot in slots:
+            if slot.proc is not None:
+                if slot.job is None and slot.to_worker is not None:
+                    try:
+                        slot.to_worker.send(None)  # a clean stop: nothing in flight
+                    except OSError:
+                        pass
+                    try:
+                        slot.proc.wait(timeout=5)
+                    except subprocess.TimeoutExpired:
+                        pass
+                self._stop(slot, kill=True)
 
     def _receive(self, slot: _Slot, queue: collections.deque, commit: Callable) -> None:
         try:
@@ -278,6 +333,8 @@ class LocalPool:
             commit(slot.job.point, name, rows)
         elif kind == "done":
             slot.job, slot.current, slot.deadline = None, None, float("inf")
+        elif kind == "tuning":
+            self.tuning[slot.device] = message[1]
         elif kind == "sticky":  # the worker's CUDA context is lost: replace it, the job's rest runs elsewhere
             self._requeue(slot, queue)
             self._stop(slot, kill=True)
@@ -390,7 +447,23 @@ def worker_main(read_fd: int, write_fd: int) -> None:
                     outbox.send(("sticky", sticky))
                     os._exit(3)
             outbox.send(("rows", name, rows))
+            if setup.measure == "cuda":
+                outbox.send(("tuning", _tuning_records()))
         outbox.send(("done",))
+
+
+def _tuning_records() -> list[dict]:
+    """This process's autotuner choices (nsa_kernels.tuning), as tuning.json holds them; [] when none."""
+    if "nsa_kernels" not in sys.modules:
+        return []
+    try:
+        from nsa_kernels import tuning
+
+        import json  # plain values only: what crosses the pipe and lands in tuning.json
+
+        return json.loads(json.dumps([choice.as_dict() for choice in tuning.chosen_configs()], default=str))
+    except Exception:  # noqa: BLE001 - the log is a record, never a reason to lose a row
+        return []
 
 
 if __name__ == "__main__":

@@ -123,3 +123,62 @@ def test_ctrl_c_stops_the_workers_and_resume_finishes(tmp_path: Path, fault_back
     totals = totals[totals["stage"] == "total"].set_index(["backend", "seqlen"])["status"].to_dict()
     assert totals == {("nsa-ref", 48): "ok", ("fault-hang", 48): "error", ("nsa-ref", 40): "ok",
                       ("fault-hang", 40): "unsupported"}
+
+
+# ------------------------------------------------------------ one device, fed task by task (the GPU default)
+def test_a_measured_sweep_isolates_its_points_by_default(monkeypatch):
+    """On a GPU: one worker on GPU 0, sequential (budget and tuning.json as in-process); --in-process opts out."""
+    from nsa_bench import sweep
+
+    monkeypatch.setattr(sweep.torch.cuda, "device_count", lambda: 2)
+    pool = sweep.choose_pool(TINY, H100, True, None, None, None, budget_s=300.0)
+    assert isinstance(pool, LocalPool) and pool.devices == ("cuda:0",) and pool.sequential
+    assert pool.setup.measure == "cuda"
+    assert sweep.choose_pool(TINY, H100, True, None, None, None, 300.0, in_process=True) is None
+    assert sweep.choose_pool(TINY, H100, False, None, None, None, None) is None  # predictions: nothing to fault
+    assert sweep.choose_pool(TINY, H100, True, "1", None, None, 300.0).sequential  # one GPU keeps the budget
+    for devices, ray, in_process, flag in (("0,1", None, False, "time-budget"), (None, "local", False, "time-budget"),
+                                           ("0", None, True, "in-process")):
+        with pytest.raises(sweep.SweepError) as caught:
+            sweep.choose_pool(TINY, H100, True, devices, ray, None, 300.0, in_process)
+        assert caught.value.flag == flag
+
+
+def test_one_worker_fed_task_by_task_keeps_the_budget_and_isolates_faults(tmp_path: Path, fault_backends):
+    from nsa_bench.budget import Budget, Estimator
+    from nsa_bench.workers import CPU_MEASURE_ENV
+
+    assert __import__("os").environ[CPU_MEASURE_ENV] == "1"
+    pool = LocalPool(WorkerSetup(TINY, H100, "cpu", ""), ("cpu0",), task_timeout_s(TINY, H100, 3.0))
+    with pool.session():
+        outcome = run_sweep(TINY, tmp_path, H100, None, resume=False, isolate=pool)
+        assert pool._open is not None  # the same worker served every task; a faulting one was replaced
+    assert pool._open is None and pool.replaced == 3 and outcome.rows_written >= 8
+    totals = results.read_rows(tmp_path)
+    totals = totals[totals["stage"] == "total"].set_index(["backend", "seqlen"])
+    assert totals.loc[("nsa-ref", 48), "status"] == "ok" and totals.loc[("nsa-ref", 48), "device"] == "cpu0"
+    assert {totals.loc[(f"fault-{k}", 48), "status"] for k in ("segv", "exit", "hang")} == {"error"}
+    assert "hang: no result within 3 s" in totals.loc[("fault-hang", 48), "message"]
+    # a budget too small for anything: every task a `skipped` row, no worker ever asked
+    budget = Budget(1e-3, Estimator(TINY, H100), reserve_s=0.0)
+    pool = LocalPool(WorkerSetup(TINY, H100, "cpu", ""), ("cpu0",), task_timeout_s(TINY, H100, 3.0))
+    (tmp_path / "b").mkdir()
+    with pool.session():
+        run_sweep(TINY, tmp_path / "b", H100, None, resume=False, isolate=pool, budget=budget)
+    skipped = results.read_rows(tmp_path / "b")
+    skipped = skipped[skipped["stage"] == "total"]
+    assert set(skipped["status"]) <= {"skipped", "unsupported"} and "skipped" in set(skipped["status"])
+
+
+def test_tuning_choices_reported_by_workers_land_in_tuning_json(tmp_path: Path):
+    import json
+
+    from nsa_bench.tuning_log import TuningLog
+
+    pool = LocalPool(WorkerSetup(TINY, H100, None, ""), ("cpu0", "cpu1"), task_timeout_s(TINY, H100, None))
+    choice = {"kernel": "flash._fwd_tuned", "key": {"SEQ_BUCKET": 17}, "config": "BLOCK_M: 128, num_warps: 8"}
+    pool.tuning = {"cpu0": [choice], "cpu1": [choice, {**choice, "key": {"SEQ_BUCKET": 16}}]}
+    assert len(pool.tuning_choices()) == 2
+    assert TuningLog(tmp_path).update("nsa-triton fwd T=64k", pool.tuning_choices()) == 2
+    entries = json.loads((tmp_path / "tuning.json").read_text())["configs"]
+    assert {e["first_tuned_in"] for e in entries} == {"nsa-triton fwd T=64k"}
