@@ -171,7 +171,7 @@ class LocalPool:
         self.devices = tuple(devices)
         self.timeout_s = timeout_s
         self.replaced = 0
-        self.tuning: dict[str, list[dict]] = {}  # device -> the autotuners' choices its worker last reported
+        self.tuning: dict[tuple[str, str], dict] = {}  # (kernel, key) -> the choice a worker reported for it
         self._open: list[_Slot] | None = None  # the workers of a session (kept between `run` calls)
 
     @property
@@ -198,12 +198,13 @@ class LocalPool:
         return rows
 
     def tuning_choices(self) -> list[dict]:
-        """The autotuners' choices the workers reported, one per (kernel, key)."""
-        merged: dict[tuple[str, str], dict] = {}
-        for records in self.tuning.values():
-            for record in records:
-                merged.setdefault((str(record.get("kernel")), repr(record.get("key"))), record)
-        return list(merged.values())
+        """The autotuners' choices the workers reported, one per (kernel, key); those of a worker that was
+        replaced are kept (a later report of the same key wins)."""
+        return list(self.tuning.values())
+
+    def note_tuning(self, records: list[dict]) -> None:
+        for record in records:
+            self.tuning[(str(record.get("kernel")), repr(record.get("key")))] = record
 
     def describe(self) -> dict[str, object]:
         """What env.json records of the pool."""
@@ -334,7 +335,7 @@ class LocalPool:
         elif kind == "done":
             slot.job, slot.current, slot.deadline = None, None, float("inf")
         elif kind == "tuning":
-            self.tuning[slot.device] = message[1]
+            self.note_tuning(message[1])
         elif kind == "sticky":  # the worker's CUDA context is lost: replace it, the job's rest runs elsewhere
             self._requeue(slot, queue)
             self._stop(slot, kill=True)

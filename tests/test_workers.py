@@ -177,8 +177,9 @@ def test_tuning_choices_reported_by_workers_land_in_tuning_json(tmp_path: Path):
 
     pool = LocalPool(WorkerSetup(TINY, H100, None, ""), ("cpu0", "cpu1"), task_timeout_s(TINY, H100, None))
     choice = {"kernel": "flash._fwd_tuned", "key": {"SEQ_BUCKET": 17}, "config": "BLOCK_M: 128, num_warps: 8"}
-    pool.tuning = {"cpu0": [choice], "cpu1": [choice, {**choice, "key": {"SEQ_BUCKET": 16}}]}
-    assert len(pool.tuning_choices()) == 2
+    pool.note_tuning([choice])  # one worker's report, then (say, after it was replaced) another's
+    pool.note_tuning([{**choice, "config": "BLOCK_M: 64, num_warps: 4"}, {**choice, "key": {"SEQ_BUCKET": 16}}])
+    assert len(pool.tuning_choices()) == 2 and pool.tuning_choices()[0]["config"].startswith("BLOCK_M: 64")
     assert TuningLog(tmp_path).update("nsa-triton fwd T=64k", pool.tuning_choices()) == 2
     entries = json.loads((tmp_path / "tuning.json").read_text())["configs"]
     assert {e["first_tuned_in"] for e in entries} == {"nsa-triton fwd T=64k"}
