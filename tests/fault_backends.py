@@ -52,3 +52,23 @@ BACKENDS = (*BACKENDS, Backend(
     name="fault-once", family="nsa", modes=("fwd",), description="test only: exits once, then runs as nsa-ref",
     availability=lambda: None, build=_once_build,
     supports=lambda point: None if point.seqlen == FAULT_SEQLEN else f"faults at T={FAULT_SEQLEN} only"))
+
+
+def _slow_once_build(point, inputs):
+    """Sleeps the first time it is built (FAULT_SLOW_MARKER does not exist yet): a task that is running when
+    its node goes away; run again elsewhere, it runs as nsa-ref."""
+    from pathlib import Path
+
+    from nsa_bench.backends import get_backend
+
+    marker = Path(os.environ["FAULT_SLOW_MARKER"])
+    if not marker.exists():
+        marker.write_text(f"asleep in pid {os.getpid()}\n")
+        time.sleep(3600)
+    return get_backend("nsa-ref").build(point, inputs)
+
+
+BACKENDS = (*BACKENDS, Backend(
+    name="fault-slow-once", family="nsa", modes=("fwd",), description="test only: hangs once, then runs as nsa-ref",
+    availability=lambda: None, build=_slow_once_build,
+    supports=lambda point: None if point.seqlen == FAULT_SEQLEN else f"faults at T={FAULT_SEQLEN} only"))
