@@ -34,41 +34,28 @@ BACKENDS = tuple(
 )
 
 
-def _once_build(point, inputs):
-    """Exits the first time it is built (FAULT_ONCE_MARKER does not exist yet), then runs as nsa-ref: a worker
-    lost once, as on a node that goes away, whose point must be queued again and then succeed."""
-    from pathlib import Path
 
-    from nsa_bench.backends import get_backend
+def _faults_once(marker_env: str, fault) -> object:
+    """A build that runs `fault` the first time (the file named by $marker_env does not exist yet: it is made),
+    then runs as nsa-ref: a point whose worker or node is lost once, queued again, and then succeeding."""
+    def build(point, inputs):
+        from pathlib import Path
 
-    marker = Path(os.environ["FAULT_ONCE_MARKER"])
-    if not marker.exists():
-        marker.write_text("crashed once\n")
-        os._exit(9)
-    return get_backend("nsa-ref").build(point, inputs)
+        from nsa_bench.backends import get_backend
 
-
-BACKENDS = (*BACKENDS, Backend(
-    name="fault-once", family="nsa", modes=("fwd",), description="test only: exits once, then runs as nsa-ref",
-    availability=lambda: None, build=_once_build,
-    supports=lambda point: None if point.seqlen == FAULT_SEQLEN else f"faults at T={FAULT_SEQLEN} only"))
+        marker = Path(os.environ[marker_env])
+        if not marker.exists():
+            marker.write_text(f"faulted once in pid {os.getpid()}\n")
+            fault()
+        return get_backend("nsa-ref").build(point, inputs)
+    return build
 
 
-def _slow_once_build(point, inputs):
-    """Sleeps the first time it is built (FAULT_SLOW_MARKER does not exist yet): a task that is running when
-    its node goes away; run again elsewhere, it runs as nsa-ref."""
-    from pathlib import Path
-
-    from nsa_bench.backends import get_backend
-
-    marker = Path(os.environ["FAULT_SLOW_MARKER"])
-    if not marker.exists():
-        marker.write_text(f"asleep in pid {os.getpid()}\n")
-        time.sleep(3600)
-    return get_backend("nsa-ref").build(point, inputs)
-
-
-BACKENDS = (*BACKENDS, Backend(
-    name="fault-slow-once", family="nsa", modes=("fwd",), description="test only: hangs once, then runs as nsa-ref",
-    availability=lambda: None, build=_slow_once_build,
-    supports=lambda point: None if point.seqlen == FAULT_SEQLEN else f"faults at T={FAULT_SEQLEN} only"))
+BACKENDS = (*BACKENDS, *(
+    Backend(name=name, family="nsa", modes=("fwd",), description=f"test only: {what} once, then runs as nsa-ref",
+            availability=lambda: None, build=_faults_once(marker_env, fault),
+            supports=lambda point: None if point.seqlen == FAULT_SEQLEN else f"faults at T={FAULT_SEQLEN} only")
+    for name, what, marker_env, fault in (
+        ("fault-once", "exits", "FAULT_ONCE_MARKER", lambda: os._exit(9)),  # a worker lost once
+        ("fault-slow-once", "hangs", "FAULT_SLOW_MARKER", lambda: time.sleep(3600)),  # asleep when its node goes
+    )))
