@@ -119,6 +119,35 @@ def _online_softmax_step(s, v, m_i, l_i, acc):
 
 
 @triton.jit
+def _unit_start(q_ptr, k_ptr, v_ptr, b, kvh, stride_qb, stride_qh, stride_kb, stride_kh, stride_vb, stride_vh,
+                GROUP: tl.constexpr, DK: tl.constexpr, G_PAD: tl.constexpr, DK_PAD: tl.constexpr,
+                DV_PAD: tl.constexpr, UPCAST: tl.constexpr):
+    """A selected/window unit's group queries, its KV head's key and value bases, and an empty softmax state."""
+    q = _load_group_queries(q_ptr, b, kvh, stride_qb, stride_qh, GROUP, DK, G_PAD, DK_PAD, UPCAST)
+    k_base = k_ptr + b * stride_kb + kvh * stride_kh
+    v_base = v_ptr + b * stride_vb + kvh * stride_vh
+    m_i = tl.full([G_PAD], float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros([G_PAD], dtype=tl.float32)
+    acc = tl.zeros([G_PAD, DV_PAD], dtype=tl.float32)
+    return q, k_base, v_base, m_i, l_i, acc
+
+
+@triton.jit
+def _attend_keys(q, k_base, v_base, start, end, m_i, l_i, acc, stride_kt, stride_vt, qk_scale,
+                 DK: tl.constexpr, DV: tl.constexpr, DK_PAD: tl.constexpr, DV_PAD: tl.constexpr,
+                 UPCAST: tl.constexpr, BLOCK_SLC: tl.constexpr, BLOCK_N: tl.constexpr):
+    """The group's online softmax over keys [start, end) of one l'-token range, BLOCK_N keys a step (a
+    runtime loop: unrolled, l' = 256 overflows shared memory)."""
+    for it in range(BLOCK_SLC // BLOCK_N):
+        keys = start + it * BLOCK_N + tl.arange(0, BLOCK_N)
+        key_ok = (keys >= start) & (keys < end)
+        s, v = _score_key_tile(q, k_base, v_base, keys.to(tl.int64), key_ok, stride_kt, stride_vt, qk_scale,
+                               DK, DV, DK_PAD, DV_PAD, UPCAST)
+        m_i, l_i, acc = _online_softmax_step(s, v, m_i, l_i, acc)
+    return m_i, l_i, acc
+
+
+@triton.jit
 def _store_partial(o_part_ptr, lse_part_ptr, part_rows, row_ok, m_i, l_i, acc,
                    DV: tl.constexpr, DV_PAD: tl.constexpr):
     """Normalise one split's output and store it with its lse; a row that saw no key: o = 0, lse = -inf."""
@@ -328,19 +357,11 @@ def _slc_win_kernel(
 
     rows = tl.arange(0, G_PAD)
     row_ok = rows < GROUP
-    q = _load_group_queries(q_ptr, b, kvh, stride_qb, stride_qh, GROUP, DK, G_PAD, DK_PAD, UPCAST)
-    k_base = k_ptr + b * stride_kb + kvh * stride_kh
-    v_base = v_ptr + b * stride_vb + kvh * stride_vh
-
-    m_i = tl.full([G_PAD], float("-inf"), dtype=tl.float32)
-    l_i = tl.zeros([G_PAD], dtype=tl.float32)
-    acc = tl.zeros([G_PAD, DV_PAD], dtype=tl.float32)
-    for it in range(BLOCK_SLC // BLOCK_N):
-        keys = start + it * BLOCK_N + tl.arange(0, BLOCK_N)
-        key_ok = (keys >= start) & (keys < end)
-        s, v = _score_key_tile(q, k_base, v_base, keys.to(tl.int64), key_ok, stride_kt, stride_vt, qk_scale,
-                               DK, DV, DK_PAD, DV_PAD, UPCAST)
-        m_i, l_i, acc = _online_softmax_step(s, v, m_i, l_i, acc)
+    q, k_base, v_base, m_i, l_i, acc = _unit_start(q_ptr, k_ptr, v_ptr, b, kvh, stride_qb, stride_qh, stride_kb,
+                                                   stride_kh, stride_vb, stride_vh, GROUP, DK, G_PAD, DK_PAD, DV_PAD,
+                                                   UPCAST)
+    m_i, l_i, acc = _attend_keys(q, k_base, v_base, start, end, m_i, l_i, acc, stride_kt, stride_vt, qk_scale, DK, DV,
+                                 DK_PAD, DV_PAD, UPCAST, BLOCK_SLC, BLOCK_N)
 
     part_rows = (pid_bh.to(tl.int64) * NUM_UNITS + unit) * GROUP + rows
     _store_partial(o_part_ptr, lse_part_ptr, part_rows, row_ok, m_i, l_i, acc, DV, DV_PAD)
@@ -443,23 +464,16 @@ def _slc_win_rank_kernel(
 
     rows = tl.arange(0, G_PAD)
     row_ok = rows < GROUP
-    q = _load_group_queries(q_ptr, b, kvh, stride_qb, stride_qh, GROUP, DK, G_PAD, DK_PAD, UPCAST)
-    k_base = k_ptr + b * stride_kb + kvh * stride_kh
-    v_base = v_ptr + b * stride_vb + kvh * stride_vh
+    q, k_base, v_base, m_i, l_i, acc = _unit_start(q_ptr, k_ptr, v_ptr, b, kvh, stride_qb, stride_qh, stride_kb,
+                                                   stride_kh, stride_vb, stride_vh, GROUP, DK, G_PAD, DK_PAD, DV_PAD,
+                                                   UPCAST)
     win_start = tl.maximum(seqlen - WINDOW, 0) + (unit - NSEL) * BLOCK_SLC
-    m_i = tl.full([G_PAD], float("-inf"), dtype=tl.float32)
-    l_i = tl.zeros([G_PAD], dtype=tl.float32)
-    acc = tl.zeros([G_PAD, DV_PAD], dtype=tl.float32)
     for r in range(0, num_ranges):
         block = tl.sum(tl.where(chosen & (order == r), cand, 0), axis=0)
         start = tl.where(is_sel, block * BLOCK_SLC, win_start)
         end = tl.minimum(start + BLOCK_SLC, seqlen)
-        for it in range(BLOCK_SLC // BLOCK_N):  # a runtime loop, as v1's: unrolled, l'=256 overflows shared memory
-            keys = start + it * BLOCK_N + tl.arange(0, BLOCK_N)
-            key_ok = (keys >= start) & (keys < end)
-            s, v = _score_key_tile(q, k_base, v_base, keys.to(tl.int64), key_ok, stride_kt, stride_vt, qk_scale,
-                                   DK, DV, DK_PAD, DV_PAD, UPCAST)
-            m_i, l_i, acc = _online_softmax_step(s, v, m_i, l_i, acc)
+        m_i, l_i, acc = _attend_keys(q, k_base, v_base, start, end, m_i, l_i, acc, stride_kt, stride_vt, qk_scale,
+                                     DK, DV, DK_PAD, DV_PAD, UPCAST, BLOCK_SLC, BLOCK_N)
 
     part_rows = (pid_bh.to(tl.int64) * NUM_UNITS + unit) * GROUP + rows
     _store_partial(o_part_ptr, lse_part_ptr, part_rows, row_ok, m_i, l_i, acc, DV, DV_PAD)
