@@ -109,18 +109,24 @@ def check_gated(q: torch.Tensor, out_shape: tuple[int, ...], out: torch.Tensor |
         return False
     if gates is None:
         raise ValueError("gates is required when out is given")
-    for name, x, shape in (("out", out, tuple(out_shape)), ("gates", gates, (*out_shape[:3], 3))):
-        if not isinstance(x, torch.Tensor):
-            raise ValueError(f"{name} must be a tensor, got {type(x).__name__}")
-        if tuple(x.shape) != shape:
-            raise ValueError(f"{name} shape {tuple(x.shape)} must be {shape}")
-        if x.dtype not in GATE_DTYPES:
-            raise ValueError(f"{name} dtype={x.dtype} unsupported (float16, bfloat16 or float32)")
-        if x.device != q.device:
-            raise ValueError(f"{name} is on {x.device}, q on {q.device}")
-        if not x.is_contiguous():
-            raise ValueError(f"{name} must be contiguous (strides {x.stride()})")
+    check_buffer("out", out, q, tuple(out_shape), GATE_DTYPES)
+    check_buffer("gates", gates, q, (*out_shape[:3], 3), GATE_DTYPES)
     return True
+
+
+def check_buffer(name: str, x: object, q: torch.Tensor, shape: tuple[int, ...], dtypes: tuple[torch.dtype, ...]) -> None:
+    """A caller's buffer for a kernel to read or write: a contiguous tensor of `shape`, one of `dtypes`, on
+    q's device (a ValueError naming the argument otherwise)."""
+    if not isinstance(x, torch.Tensor):
+        raise ValueError(f"{name} must be a tensor, got {type(x).__name__}")
+    if tuple(x.shape) != tuple(shape):
+        raise ValueError(f"{name} shape {tuple(x.shape)} must be {tuple(shape)}")
+    if x.dtype not in dtypes:
+        raise ValueError(f"{name} dtype={x.dtype} unsupported (one of {', '.join(map(str, dtypes))})")
+    if x.device != q.device:
+        raise ValueError(f"{name} is on {x.device}, q on {q.device}")
+    if not x.is_contiguous():
+        raise ValueError(f"{name} must be contiguous (strides {x.stride()})")
 
 
 def check_dq_chain(q: torch.Tensor, dq_out: torch.Tensor | None, dq_add: torch.Tensor | None) -> torch.Tensor | None:
@@ -128,18 +134,8 @@ def check_dq_chain(q: torch.Tensor, dq_out: torch.Tensor | None, dq_add: torch.T
     tensor in q's dtype) and what it adds (`dq_add`: fp32, q's shape, contiguous; may be dq_out itself).
     NSA threads one fp32 accumulator through its branches this way instead of summing three dq tensors."""
     for name, x, dtypes in (("dq_out", dq_out, GATE_DTYPES), ("dq_add", dq_add, (torch.float32,))):
-        if x is None:
-            continue
-        if not isinstance(x, torch.Tensor):
-            raise ValueError(f"{name} must be a tensor, got {type(x).__name__}")
-        if tuple(x.shape) != tuple(q.shape):
-            raise ValueError(f"{name} shape {tuple(x.shape)} must be q's {tuple(q.shape)}")
-        if x.dtype not in dtypes:
-            raise ValueError(f"{name} dtype={x.dtype} unsupported (one of {', '.join(map(str, dtypes))})")
-        if x.device != q.device:
-            raise ValueError(f"{name} is on {x.device}, q on {q.device}")
-        if not x.is_contiguous():
-            raise ValueError(f"{name} must be contiguous (strides {x.stride()})")
+        if x is not None:
+            check_buffer(name, x, q, tuple(q.shape), dtypes)
     return dq_out
 
 
