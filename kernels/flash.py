@@ -7,6 +7,13 @@ the forward and dq kernels only tiles that straddle a band edge or the sequence 
 dk/dv masks every tile, because one flat loop over (group head, query tile) is what keeps its sm_90
 build free of register spills. Head dims need not be powers of two: tiles are padded in registers
 with masked loads, never in memory.
+
+Packed batches (`cu_seqlens`, docs/varlen.md; v2 only): the kernels take a `VARLEN` constexpr (off: the
+dense kernels exactly as before, cu_seqlens a None constexpr). On, the grid is (tiles of the longest
+sequence, heads, N sequences); each program loads its sequence's two offsets, exits at once if its tile
+starts past the sequence's end, and uses bos = cu_seqlens[s] as its batch index, the host passing
+batch strides equal to token strides (`_Packing.strides`): the rest is the dense kernel with T = L_s.
+Decode takes no cu_seqlens (a packed decode is a decode batch with cache_seqlens).
 """
 from __future__ import annotations
 
@@ -16,6 +23,8 @@ from dataclasses import dataclass
 import torch
 import triton
 import triton.language as tl
+
+from nsa_bench import varlen
 
 from ._common import (
     TUNING_ARGS, autotune, check_dq_chain, check_gated, check_heads, interpreting, next_pow2, same_memory,
@@ -86,6 +95,9 @@ def _autotuned(kernel, candidates: _Candidates, restore_value: list[str] | None 
 
     restore_value names outputs the kernel reads back (accumulation): the tuner saves them before
     and restores them after each timed run, so tuning does not add into them repeatedly.
+    Packed launches tune apart from dense ones without a key of their own: Triton appends every tensor
+    argument's dtype to the key, and only they pass a cu_seqlens tensor (dense: None), so the dense
+    key is the one it was before varlen.
     """
     return autotune(
         configs=list(candidates.configs), key=["BLOCK_DK", "DK_B", "BLOCK_DV", "CAUSAL", "HAS_WINDOW"],
@@ -223,17 +235,36 @@ def _band_segment(segment: tl.constexpr, lo, clean_lo, clean_hi, hi):
 
 
 @triton.jit
-def _query_tile_ids(num_q_heads, group, BLOCK_M: tl.constexpr):
+def _query_tile_ids(num_q_heads, group, BLOCK_M: tl.constexpr, VARLEN: tl.constexpr):
     """(batch, head, kv_head, m0) of a program that owns one query tile of one query head.
 
     Programs launch heaviest causal tiles (last queries) first: better tail balance across SMs.
+    Dense grid (tiles, B * Hq); VARLEN grid (tiles, Hq, N): `batch` is then the sequence index.
     """
     pid_m = tl.num_programs(0) - 1 - tl.program_id(0)
-    pid_bh = tl.program_id(1)
-    batch = (pid_bh // num_q_heads).to(tl.int64)
-    head = pid_bh % num_q_heads
+    if VARLEN:
+        head = tl.program_id(1)
+        batch = tl.program_id(2).to(tl.int64)
+    else:
+        pid_bh = tl.program_id(1)
+        batch = (pid_bh // num_q_heads).to(tl.int64)
+        head = pid_bh % num_q_heads
     kv_head = (head // group).to(tl.int64)
     return batch, head.to(tl.int64), kv_head, pid_m * BLOCK_M
+
+
+@triton.jit
+def _sequence(cu_seqlens, batch, seqlen, VARLEN: tl.constexpr):
+    """(batch, seqlen) of the program's sequence. Dense: both unchanged. VARLEN (`batch` = sequence s
+    of a packed batch): (bos, L_s) with bos = cu_seqlens[s] as int64. The host passes every packed
+    tensor's batch stride equal to its token stride, so `batch * stride_b` = bos * stride_t rebases
+    each token-indexed pointer to the sequence's first row; everything after is the dense kernel
+    with T = L_s (positions, causality and window local to the sequence)."""
+    if VARLEN:
+        bos = tl.load(cu_seqlens + batch)
+        seqlen = tl.load(cu_seqlens + batch + 1) - bos
+        batch = bos.to(tl.int64)
+    return batch, seqlen
 
 
 @triton.jit
@@ -363,19 +394,24 @@ def _gated_epilogue(o_tile, o_ptrs, gate_ptrs, rows, num_rows, cols, num_cols, A
 
 @triton.jit(do_not_specialize=TUNING_ARGS)
 def _fwd_kernel(
-    q, k, v, o, lse, gates,
+    q, k, v, o, lse, gates, cu_seqlens,
     stride_qb, stride_qt, stride_qh, stride_kb, stride_kt, stride_kh, stride_vb, stride_vt, stride_vh,
     stride_ob, stride_ot, stride_oh, stride_lb, stride_lt, stride_lh, stride_gb, stride_gt, stride_gh,
     seqlen, num_q_heads, group, window, qk_scale, SEQ_BUCKET, ROWS_BUCKET,
     DK: tl.constexpr, DV: tl.constexpr, BLOCK_DK: tl.constexpr, BLOCK_DV: tl.constexpr,
     CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, UPCAST: tl.constexpr, ROW64: tl.constexpr,
-    GATED: tl.constexpr, ACCUMULATE: tl.constexpr, DK_B: tl.constexpr,
+    GATED: tl.constexpr, ACCUMULATE: tl.constexpr, DK_B: tl.constexpr, VARLEN: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     """One query tile of one head. GATED: o is the final NSA output and gets gates[t, h] * attention
     (added to o's contents when ACCUMULATE); `gates` already points at the branch's gate column.
-    DK_B > 0: Dk runs as two column chunks BLOCK_DK + DK_B (192 = 128 + 64) instead of one padded tile."""
-    batch, head, kv_head, m0 = _query_tile_ids(num_q_heads, group, BLOCK_M)
+    DK_B > 0: Dk runs as two column chunks BLOCK_DK + DK_B (192 = 128 + 64) instead of one padded tile.
+    VARLEN: one sequence of a packed batch per grid row (`_sequence`); tiles past its end exit."""
+    batch, head, kv_head, m0 = _query_tile_ids(num_q_heads, group, BLOCK_M, VARLEN)
+    batch, seqlen = _sequence(cu_seqlens, batch, seqlen, VARLEN)
+    if VARLEN:
+        if m0 >= seqlen:
+            return
     offs_m = m0 + tl.arange(0, BLOCK_M)
     offs_n = tl.arange(0, BLOCK_N)
     offs_dk = tl.arange(0, BLOCK_DK)
@@ -428,15 +464,24 @@ _fwd_tuned_accumulate = _autotuned(_fwd_kernel, _FWD, restore_value=["o"])
 # ---------------------------------------------------------------------------------- backward
 @triton.jit
 def _bwd_preprocess_kernel(
-    o, do, delta, stride_ob, stride_ot, stride_oh, stride_db, stride_dt, stride_dh,
+    o, do, delta, cu_seqlens, stride_ob, stride_ot, stride_oh, stride_db, stride_dt, stride_dh,
     stride_lb, stride_lt, stride_lh, seqlen, num_q_heads,
-    DV: tl.constexpr, BLOCK_DV: tl.constexpr, BLOCK_M: tl.constexpr,
+    DV: tl.constexpr, BLOCK_DV: tl.constexpr, BLOCK_M: tl.constexpr, VARLEN: tl.constexpr,
 ):
-    """delta[b, t, h] = sum_d o * do: the softmax-Jacobian term both backward kernels need."""
+    """delta[b, t, h] = sum_d o * do: the softmax-Jacobian term both backward kernels need.
+    VARLEN: grid (tiles, Hq, N), one sequence per grid row, as `_fwd_kernel`."""
     pid_m = tl.program_id(0)
-    pid_bh = tl.program_id(1)
-    batch = (pid_bh // num_q_heads).to(tl.int64)
-    head = (pid_bh % num_q_heads).to(tl.int64)
+    if VARLEN:
+        batch = tl.program_id(2).to(tl.int64)
+        head = tl.program_id(1).to(tl.int64)
+    else:
+        pid_bh = tl.program_id(1)
+        batch = (pid_bh // num_q_heads).to(tl.int64)
+        head = (pid_bh % num_q_heads).to(tl.int64)
+    batch, seqlen = _sequence(cu_seqlens, batch, seqlen, VARLEN)
+    if VARLEN:
+        if pid_m * BLOCK_M >= seqlen:
+            return
     rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_dv = tl.arange(0, BLOCK_DV)
     mask = (rows[:, None] < seqlen) & (offs_dv[None, :] < DV)
@@ -481,22 +526,30 @@ def _dkdv_step(dk, dk_b, dv, k_tile, k_b, v_tile, q_base, do_base, lse_base, del
 
 @triton.jit(do_not_specialize=TUNING_ARGS)
 def _bwd_dkdv_kernel(
-    q, k, v, do, lse, delta, dk, dv,
+    q, k, v, do, lse, delta, dk, dv, cu_seqlens,
     stride_qb, stride_qt, stride_qh, stride_kb, stride_kt, stride_kh, stride_vb, stride_vt, stride_vh,
     stride_dob, stride_dot, stride_doh, stride_lb, stride_lt, stride_lh,
     stride_dkb, stride_dkt, stride_dkh, stride_dvb, stride_dvt, stride_dvh,
     seqlen, num_kv_heads, group, window, qk_scale, scale, SEQ_BUCKET, ROWS_BUCKET,
     DK: tl.constexpr, DV: tl.constexpr, BLOCK_DK: tl.constexpr, BLOCK_DV: tl.constexpr,
     CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, UPCAST: tl.constexpr, ROW64: tl.constexpr,
-    DK_B: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    DK_B: tl.constexpr, VARLEN: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     """One KV tile of one KV head; sums over the G query heads of its group, so no atomics.
-    DK_B > 0: Dk as two column chunks (see `_fwd_kernel`)."""
+    DK_B > 0: Dk as two column chunks (see `_fwd_kernel`). VARLEN: grid (tiles, Hkv, N), as `_fwd_kernel`."""
     pid_n = tl.program_id(0)
-    pid_bh = tl.program_id(1)
-    batch = (pid_bh // num_kv_heads).to(tl.int64)
-    kv_head = pid_bh % num_kv_heads
+    if VARLEN:
+        kv_head = tl.program_id(1)
+        batch = tl.program_id(2).to(tl.int64)
+    else:
+        pid_bh = tl.program_id(1)
+        batch = (pid_bh // num_kv_heads).to(tl.int64)
+        kv_head = pid_bh % num_kv_heads
     n0 = pid_n * BLOCK_N
+    batch, seqlen = _sequence(cu_seqlens, batch, seqlen, VARLEN)
+    if VARLEN:
+        if n0 >= seqlen:
+            return
     keys = n0 + tl.arange(0, BLOCK_N)
     offs_m = tl.arange(0, BLOCK_M)
     offs_dk = tl.arange(0, BLOCK_DK)
@@ -596,18 +649,23 @@ def _dq_epilogue(dq_acc, dq, dq_add, stride_dqt, stride_at, local_m, num_rows, c
 
 @triton.jit(do_not_specialize=TUNING_ARGS)
 def _bwd_dq_kernel(
-    q, k, v, do, lse, delta, dq, dq_add,
+    q, k, v, do, lse, delta, dq, dq_add, cu_seqlens,
     stride_qb, stride_qt, stride_qh, stride_kb, stride_kt, stride_kh, stride_vb, stride_vt, stride_vh,
     stride_dob, stride_dot, stride_doh, stride_lb, stride_lt, stride_lh,
     stride_dqb, stride_dqt, stride_dqh, stride_ab, stride_at, stride_ah,
     seqlen, num_q_heads, group, window, qk_scale, scale, SEQ_BUCKET, ROWS_BUCKET,
     DK: tl.constexpr, DV: tl.constexpr, BLOCK_DK: tl.constexpr, BLOCK_DV: tl.constexpr,
     CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, UPCAST: tl.constexpr, ROW64: tl.constexpr,
-    ADD_DQ: tl.constexpr, DK_B: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    ADD_DQ: tl.constexpr, DK_B: tl.constexpr, VARLEN: tl.constexpr, BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
 ):
     """ADD_DQ: dq_add's fp32 rows (NSA's other branches' dq) are added to this tile's dq before the store.
-    DK_B > 0: Dk as two column chunks (see `_fwd_kernel`)."""
-    batch, head, kv_head, m0 = _query_tile_ids(num_q_heads, group, BLOCK_M)
+    DK_B > 0: Dk as two column chunks (see `_fwd_kernel`). VARLEN: as `_fwd_kernel`."""
+    batch, head, kv_head, m0 = _query_tile_ids(num_q_heads, group, BLOCK_M, VARLEN)
+    batch, seqlen = _sequence(cu_seqlens, batch, seqlen, VARLEN)
+    if VARLEN:
+        if m0 >= seqlen:
+            return
     local_m = tl.arange(0, BLOCK_M)
     offs_m = m0 + local_m
     offs_n = tl.arange(0, BLOCK_N)
@@ -779,6 +837,65 @@ def _bthd(x: torch.Tensor) -> tuple[int, int, int]:
     return x.stride(0), x.stride(1), x.stride(2)
 
 
+_MAX_GRID_SEQS = 65535  # CUDA's limit on grid dim z, the sequence axis of a packed launch
+
+
+@dataclass(frozen=True)
+class _Packing:
+    """What one launch's grid covers: a dense batch (cu=None; B sequences of T rows) or a packed one
+    (cu: int32 cu_seqlens on q's device; N sequences, the tile axis spanning the longest)."""
+
+    cu: torch.Tensor | None
+    num_seqs: int  # B dense, N packed
+    rows: int  # T dense, max L_s packed: what the grid's tile axis, ROW64 and the tuning bucket use
+
+    @property
+    def varlen(self) -> bool:
+        return self.cu is not None
+
+    def strides(self, x: torch.Tensor) -> tuple[int, int, int]:
+        """x's (batch, token, head) strides; packed: the batch stride is the token stride, so the kernels'
+        `batch * stride_b` with batch = cu_seqlens[s] lands on sequence s's first row (`_sequence`)."""
+        return (x.stride(1), x.stride(1), x.stride(2)) if self.varlen else _bthd(x)
+
+    def grid(self, tiles: int, heads: int) -> tuple[int, ...]:
+        """Dense: (tiles, B * heads), as before varlen; packed: (tiles, heads, N)."""
+        return (tiles, heads, self.num_seqs) if self.varlen else (tiles, self.num_seqs * heads)
+
+
+def _packing(q: torch.Tensor, cu_seqlens: torch.Tensor | None, variant: str, max_seqlen: int | None) -> _Packing:
+    """Validate cu_seqlens (docs/varlen.md) on the host and move it to q's device.
+
+    Lengths are read on the host (a sync when cu_seqlens lives on a GPU) unless `max_seqlen` is given
+    with a cu_seqlens already on a GPU: then it is trusted as flash-attn trusts its max_seqlen, which
+    keeps a benchmark's timed loop free of device->host reads. A CPU cu_seqlens is always checked.
+    """
+    batch, seqlen = q.shape[:2]
+    if cu_seqlens is None:
+        if max_seqlen is not None:
+            raise ValueError("max_seqlen is a hint for cu_seqlens, given without it")
+        return _Packing(None, batch, seqlen)
+    if check_variant("variant", variant) != "v2":
+        raise ValueError(f"cu_seqlens: packed batches need the v2 kernels (variant={variant!r})")
+    if max_seqlen is not None and (isinstance(max_seqlen, bool) or not isinstance(max_seqlen, int) or max_seqlen < 0):
+        raise ValueError(f"max_seqlen={max_seqlen!r} must be an int >= 0 or None")
+    if max_seqlen is not None and isinstance(cu_seqlens, torch.Tensor) and cu_seqlens.device.type != "cpu":
+        if cu_seqlens.dim() != 1 or cu_seqlens.numel() < 1 or cu_seqlens.dtype != torch.int32:
+            raise ValueError(f"cu_seqlens must be a 1-D int32 tensor [N+1], got {cu_seqlens.dtype} "
+                             f"{tuple(cu_seqlens.shape)}")
+        if batch != 1:
+            raise ValueError(f"a packed batch (cu_seqlens given) must have batch size 1, got {batch}")
+        num_seqs, rows = cu_seqlens.numel() - 1, min(max_seqlen, seqlen)
+    else:
+        spans = varlen.spans(cu_seqlens, seqlen, batch)
+        num_seqs, rows = len(spans), max((end - start for start, end in spans), default=0)
+        if max_seqlen is not None and max_seqlen < rows:
+            raise ValueError(f"max_seqlen={max_seqlen} is below the longest sequence of cu_seqlens ({rows})")
+    if num_seqs > _MAX_GRID_SEQS:
+        raise ValueError(f"cu_seqlens holds {num_seqs} sequences; the kernels' grid takes at most {_MAX_GRID_SEQS}")
+    return _Packing(cu_seqlens.to(device=q.device, dtype=torch.int32), num_seqs, rows)
+
+
 def _needs_row64(seqlen: int, *tensors: torch.Tensor) -> bool:
     """Whether row * stride_t can pass int32 inside one (batch, head) plane of any of `tensors`."""
     return any(seqlen * t.stride(1) + t.shape[-1] >= 2**31 for t in tensors)
@@ -806,6 +923,7 @@ def attention_fwd(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, window: int | None = None,
     causal: bool = True, *, tiles: TileConfig | None = None, out: torch.Tensor | None = None,
     gates: torch.Tensor | None = None, gate_index: int = 0, accumulate: bool = False, variant: str = "v2",
+    cu_seqlens: torch.Tensor | None = None, max_seqlen: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """o [B,T,Hq,Dv] (q.dtype) and lse [B,T,Hq] (float32, natural log) of scaled-dot-product attention.
 
@@ -817,12 +935,17 @@ def attention_fwd(
     Fused gated epilogue (no-grad NSA forward, so no branch output is materialised): with `out`
     [B,T,Hq,Dv] and `gates` [B,T,Hq,3] the kernel writes out = (out if accumulate else 0) +
     gates[..., gate_index] * o, in fp32 then out's dtype, and returns (out, lse).
+
+    cu_seqlens (int32 [N+1], docs/varlen.md; v2 only): a packed batch, every tensor [1, total_T, ...];
+    each sequence is attended alone, positions (causality, window) local to it. max_seqlen: an optional
+    hint, its longest length; with a cu_seqlens on the GPU it spares reading the lengths back (`_packing`).
     """
     group = _check_qkv(q, k, v)
     _check_mode(scale, window, causal)
     batch, seqlen, num_q_heads, dk = q.shape
     dv = v.shape[-1]
     dk_tiles = _dk_tiles(dk, variant)
+    pack = _packing(q, cu_seqlens, variant, max_seqlen)
     check_gated(q, (batch, seqlen, num_q_heads, dv), out, gates, gate_index, accumulate)
     q, k, v = _unit_last(q), _unit_last(k), _unit_last(v)
     gated = out is not None
@@ -832,19 +955,21 @@ def attention_fwd(
         return o, lse
     # Ungated launches get lse as a never-read stand-in for `gates` (GATED=False drops every use).
     gate_column = gates[..., gate_index] if gated else lse
-    gate_strides = _bthd(gates) if gated else (0, 0, 0)
+    gate_strides = pack.strides(gates) if gated else (0, 0, 0)
+    rows = pack.rows  # T, or the longest packed sequence
     args = (
-        q, k, v, o, lse, gate_column, *_bthd(q), *_bthd(k), *_bthd(v), *_bthd(o), *lse.stride(), *gate_strides,
-        seqlen, num_q_heads, group, seqlen if window is None else min(window, seqlen), float(scale) * LOG2E,
-        *tuning_buckets(seqlen, batch * num_q_heads).values(),
+        q, k, v, o, lse, gate_column, pack.cu, *pack.strides(q), *pack.strides(k), *pack.strides(v),
+        *pack.strides(o), *pack.strides(lse), *gate_strides,
+        rows, num_q_heads, group, rows if window is None else min(window, rows), float(scale) * LOG2E,
+        *tuning_buckets(rows, pack.num_seqs * num_q_heads).values(),
     )
     consts = dict(DK=dk, DV=dv, **dk_tiles, BLOCK_DV=max(16, next_pow2(dv)),
                   CAUSAL=bool(causal), HAS_WINDOW=window is not None,
-                  UPCAST=interpreting() and q.dtype == torch.bfloat16, ROW64=_needs_row64(seqlen, q, k, v),
-                  GATED=gated, ACCUMULATE=gated and accumulate)
+                  UPCAST=interpreting() and q.dtype == torch.bfloat16, ROW64=_needs_row64(rows, q, k, v),
+                  GATED=gated, ACCUMULATE=gated and accumulate, VARLEN=pack.varlen)
 
     def grid(meta):
-        return (triton.cdiv(seqlen, meta["BLOCK_M"]), batch * num_q_heads)
+        return pack.grid(triton.cdiv(rows, meta["BLOCK_M"]), num_q_heads)
 
     if tiles is not None:
         kernel = _fwd_kernel
@@ -859,9 +984,10 @@ def attention_bwd(
     scale: float, window: int | None = None, causal: bool = True, *,
     tiles_dkdv: TileConfig | None = None, tiles_dq: TileConfig | None = None,
     dq_out: torch.Tensor | None = None, dq_add: torch.Tensor | None = None, variant: str = "v2",
+    cu_seqlens: torch.Tensor | None = None, max_seqlen: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(dq, dk, dv) in the input dtypes; dk/dv are summed over the G query heads of each KV head.
-    variant as in `attention_fwd`.
+    variant, cu_seqlens (a packed batch) and max_seqlen as in `attention_fwd`.
 
     dq_out / dq_add (`_common.check_dq_chain`): dq is written to dq_out as this attention's dq plus
     dq_add (fp32), so NSA's window branch finishes the sum of its three branches' dq in its epilogue.
@@ -877,6 +1003,8 @@ def attention_bwd(
     q, k, v, o, do = (_unit_last(t) for t in (q, k, v, o, do))
     batch, seqlen, num_q_heads, dk = q.shape
     dk_tiles = _dk_tiles(dk, variant)
+    pack = _packing(q, cu_seqlens, variant, max_seqlen)
+    rows = pack.rows  # T, or the longest packed sequence
     num_kv_heads, dv = k.shape[2], v.shape[-1]
     dq = check_dq_chain(q, dq_out, dq_add)
     if dq is None:
@@ -893,35 +1021,35 @@ def attention_bwd(
     delta = torch.empty_like(lse)
     block_dv = max(16, next_pow2(dv))
     prep_rows = max(16, 4096 // block_dv)  # o and do tiles stay at 64 fp32 registers per thread
-    _bwd_preprocess_kernel[(triton.cdiv(seqlen, prep_rows), batch * num_q_heads)](
-        o, do, delta, *_bthd(o), *_bthd(do), *lse.stride(), seqlen, num_q_heads,
-        DV=dv, BLOCK_DV=block_dv, BLOCK_M=prep_rows,
+    _bwd_preprocess_kernel[pack.grid(triton.cdiv(rows, prep_rows), num_q_heads)](
+        o, do, delta, pack.cu, *pack.strides(o), *pack.strides(do), *pack.strides(lse), rows, num_q_heads,
+        DV=dv, BLOCK_DV=block_dv, BLOCK_M=prep_rows, VARLEN=pack.varlen,
     )
-    win = seqlen if window is None else min(window, seqlen)  # w >= T is plain causal; keeps int32 bounds safe
+    win = rows if window is None else min(window, rows)  # w >= T is plain causal; keeps int32 bounds safe
     qk_scale = float(scale) * LOG2E
     consts = dict(DK=dk, DV=dv, **dk_tiles, BLOCK_DV=block_dv, CAUSAL=bool(causal),
                   HAS_WINDOW=window is not None, UPCAST=interpreting() and q.dtype == torch.bfloat16,
-                  ROW64=_needs_row64(seqlen, q, k, v, do))
-    common = (*_bthd(q), *_bthd(k), *_bthd(v), *_bthd(do), *lse.stride())
-    buckets = tuning_buckets(seqlen, batch * num_q_heads).values()
+                  ROW64=_needs_row64(rows, q, k, v, do), VARLEN=pack.varlen)
+    common = (*pack.strides(q), *pack.strides(k), *pack.strides(v), *pack.strides(do), *pack.strides(lse))
+    buckets = tuning_buckets(rows, pack.num_seqs * num_q_heads).values()
 
     def grid_dkdv(meta):
-        return (triton.cdiv(seqlen, meta["BLOCK_N"]), batch * num_kv_heads)
+        return pack.grid(triton.cdiv(rows, meta["BLOCK_N"]), num_kv_heads)
 
     kernel = _dkdv_tuned if tiles_dkdv is None else _bwd_dkdv_kernel
     kernel[grid_dkdv](
-        q, k, v, do, lse, delta, dk_out, dv_out, *common, *_bthd(dk_out), *_bthd(dv_out),
-        seqlen, num_kv_heads, group, win, qk_scale, float(scale), *buckets, **consts, **_launch_args(tiles_dkdv),
+        q, k, v, do, lse, delta, dk_out, dv_out, pack.cu, *common, *pack.strides(dk_out), *pack.strides(dv_out),
+        rows, num_kv_heads, group, win, qk_scale, float(scale), *buckets, **consts, **_launch_args(tiles_dkdv),
     )
 
     def grid_dq(meta):
-        return (triton.cdiv(seqlen, meta["BLOCK_M"]), batch * num_q_heads)
+        return pack.grid(triton.cdiv(rows, meta["BLOCK_M"]), num_q_heads)
 
     kernel = _dq_tuned if tiles_dq is None else _bwd_dq_kernel
     add = dq_add if dq_add is not None else dq
     kernel[grid_dq](
-        q, k, v, do, lse, delta, dq, add, *common, *_bthd(dq), *_bthd(add),
-        seqlen, num_q_heads, group, win, qk_scale, float(scale), *buckets, **consts, ADD_DQ=dq_add is not None,
+        q, k, v, do, lse, delta, dq, add, pack.cu, *common, *pack.strides(dq), *pack.strides(add),
+        rows, num_q_heads, group, win, qk_scale, float(scale), *buckets, **consts, ADD_DQ=dq_add is not None,
         **_launch_args(tiles_dq),
     )
     return dq, dk_out, dv_out
@@ -931,28 +1059,38 @@ class _FlashAttention(torch.autograd.Function):
     """Differentiable wrapper: the forward keeps (o, lse) so the backward never recomputes softmax stats."""
 
     @staticmethod
-    def forward(ctx, q, k, v, causal: bool, scale: float, window: int | None):
-        o, lse = attention_fwd(q, k, v, scale, window, causal)
+    def forward(ctx, q, k, v, causal: bool, scale: float, window: int | None, cu_seqlens: torch.Tensor | None,
+                max_seqlen: int | None):
+        if cu_seqlens is not None:  # validated once; the backward reuses the device copy and the longest length
+            pack = _packing(q, cu_seqlens, "v2", max_seqlen)
+            cu_seqlens, max_seqlen = pack.cu, pack.rows
+        o, lse = attention_fwd(q, k, v, scale, window, causal, cu_seqlens=cu_seqlens, max_seqlen=max_seqlen)
         ctx.save_for_backward(q, k, v, o, lse)
         ctx.causal, ctx.scale, ctx.window = causal, scale, window
+        ctx.cu_seqlens, ctx.max_seqlen = cu_seqlens, max_seqlen
         return o
 
     @staticmethod
     def backward(ctx, do):
         q, k, v, o, lse = ctx.saved_tensors
-        dq, dk, dv = attention_bwd(q, k, v, o, lse, do.contiguous(), ctx.scale, ctx.window, ctx.causal)
-        return dq, dk, dv, None, None, None
+        dq, dk, dv = attention_bwd(q, k, v, o, lse, do.contiguous(), ctx.scale, ctx.window, ctx.causal,
+                                   cu_seqlens=ctx.cu_seqlens, max_seqlen=ctx.max_seqlen)
+        return dq, dk, dv, None, None, None, None, None
 
 
 def flash_attention(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = True, scale: float | None = None,
-    window: int | None = None,
+    window: int | None = None, *, cu_seqlens: torch.Tensor | None = None, max_seqlen: int | None = None,
 ) -> torch.Tensor:
-    """FlashAttention-2 over BTHD tensors, differentiable in q, k, v; scale defaults to Dk**-0.5."""
+    """FlashAttention-2 over BTHD tensors, differentiable in q, k, v; scale defaults to Dk**-0.5.
+
+    cu_seqlens / max_seqlen: a packed batch [1, total_T, ...] of sequences attended alone (`attention_fwd`),
+    as flash_attn_varlen_func with cu_seqlens_q = cu_seqlens_k.
+    """
     if q.dim() != 4:
         raise ValueError(f"q must be [B, T, Hq, Dk], got shape {tuple(q.shape)}")
     sc = q.shape[-1] ** -0.5 if scale is None else float(scale)
-    return _FlashAttention.apply(q, k, v, bool(causal), sc, window)
+    return _FlashAttention.apply(q, k, v, bool(causal), sc, window, cu_seqlens, max_seqlen)
 
 
 def _num_sms(device: torch.device) -> int:

@@ -4,6 +4,8 @@ Shapes are small but awkward on purpose: T not a multiple of any tile (and T=1),
 leave masked edge tiles on both sides of unmasked middle tiles, G=1 and G>1 (G=3 too), Dk != Dv
 with non-power-of-two head dims, batch 2, and pinned tile shapes (BLOCK_M < BLOCK_N and the
 reverse) so the tile-skipping bounds are exercised in both relations the GPU configs use.
+Packed batches (cu_seqlens) are checked against the reference with the same cu_seqlens and against
+each sequence run alone through the dense path.
 """
 from __future__ import annotations
 
@@ -18,7 +20,8 @@ import pytest
 import torch
 
 from nsa_kernels.flash import TileConfig, attention_bwd, attention_fwd, flash_attention, flash_attention_decode
-from nsa_bench import reference
+from nsa_bench import reference, varlen
+from test_offsets64 import run_only  # noqa: F401 (a fixture)
 
 FP32_TOL = 1e-4
 HALF_TOL = 1e-2
@@ -520,7 +523,7 @@ _SM90_BUILD = textwrap.dedent(
                 sig[name] = "*bf16"
             elif name in POINTERS_F32:
                 sig[name] = "*fp32"
-            elif name == "seqlens":
+            elif name in ("seqlens", "cu_seqlens"):
                 sig[name] = "*i32"
             elif name in ("qk_scale", "scale"):
                 sig[name] = "fp32"
@@ -531,17 +534,22 @@ _SM90_BUILD = textwrap.dedent(
 
     for dk, dv, variant in ((128, 128, "v2"), (192, 128, "v1"), (192, 128, "v2")):  # v2 splits 192 = 128 + 64
         heads = dict(DK=dk, DV=dv, **f._dk_tiles(dk, variant), BLOCK_DV=f.next_pow2(dv))
-        mode = dict(CAUSAL=True, HAS_WINDOW=True, UPCAST=False, ROW64=False)
+        dense = dict(CAUSAL=True, HAS_WINDOW=True, UPCAST=False, ROW64=False, VARLEN=False, cu_seqlens=None)
+        packed = dict(dense, VARLEN=True)
+        del packed["cu_seqlens"]
         fwd_modes = [dict(GATED=False, ACCUMULATE=False), dict(GATED=True, ACCUMULATE=True)]
         kernels = [(f._fwd_kernel, f._FWD, m) for m in fwd_modes]
         kernels += [(f._bwd_dkdv_kernel, f._DKDV, {}), (f._bwd_dq_kernel, f._DQ, dict(ADD_DQ=True))]
         for fn, cands, extra in kernels:
             config = cands.prune(list(cands.configs), {}, **heads)[0]
-            build(fn, {**heads, **mode, **extra}, config)
+            build(fn, {**heads, **dense, **extra}, config)
+            if variant == "v2" and dk == 192 and (fn is not f._fwd_kernel or extra["GATED"]):
+                build(fn, {**heads, **packed, **extra}, config)  # the packed (cu_seqlens) builds
     decode = dict(DK=192, DV=128, BLOCK_DK=256, BLOCK_DV=128, BLOCK_G=16, UPCAST=False, ROW64=False)
     build(f._decode_split_kernel, decode, f._DECODE_CONFIGS[0])
     build(f._decode_combine_kernel, dict(DV=128, BLOCK_DV=128, BLOCK_S=64), triton.Config({}, num_warps=8))
-    build(f._bwd_preprocess_kernel, dict(DV=128, BLOCK_DV=128, BLOCK_M=32), triton.Config({}, num_warps=4))
+    for varlen in ({"VARLEN": False, "cu_seqlens": None}, {"VARLEN": True}):
+        build(f._bwd_preprocess_kernel, dict(DV=128, BLOCK_DV=128, BLOCK_M=32, **varlen), triton.Config({}, num_warps=4))
     print("built")
     """
 )
@@ -572,3 +580,207 @@ def test_dq_add_finishes_a_sum_in_the_epilogue():
         attention_bwd(q, k, v, o, lse, do, 0.2, window=20, dq_out=acc, dq_add=acc)
     with pytest.raises(ValueError, match="dq_add dtype"):
         attention_bwd(q, k, v, o, lse, do, 0.2, window=20, dq_add=acc.half())
+
+
+# ---------------------------------------------------------------------------------- packed batches (cu_seqlens)
+# One packing for every varlen test (docs/varlen.md): a sequence of length 1, one shorter than l = 8
+# (block_cmp of the tests' NSA config), one shorter than l' = 16, an empty one, boundaries inside
+# compression and selection blocks (offsets 1, 6, 19, 64, 67), and a long one (45) that is no multiple of
+# any tile; an empty sequence last too. The window 12 is the tests' NSAConfig window.
+PACKED_LENGTHS = (1, 5, 0, 13, 45, 3, 22, 0)
+PACKED_WINDOW = 12
+
+
+def _packed_cu() -> torch.Tensor:
+    return varlen.cu_seqlens_of(PACKED_LENGTHS)
+
+
+def _packed_reference(q, k, v, scale, window, causal, cu):
+    """The float64 reference with cu_seqlens; full attention (no reference function) sequence by sequence."""
+    if causal:
+        if window is None:
+            return reference.causal_attention(q, k, v, scale, cu_seqlens=cu)
+        return reference.window_attention(q, k, v, window, scale, cu_seqlens=cu)
+    parts = [_full_attention(q[:, s:e], k[:, s:e], v[:, s:e], scale) for s, e in varlen.spans(cu, q.shape[1]) if e > s]
+    return torch.cat(parts, dim=1)
+
+
+def _packed_reference_grads(q, k, v, do, scale, window, causal, cu):
+    leaves = [x.clone().requires_grad_() for x in (q, k, v)]
+    o = _packed_reference(*leaves, scale, window, causal, cu)
+    o.backward(do)
+    return (o.detach(), *(x.grad for x in leaves))
+
+
+def _per_sequence_dense(q, k, v, scale, window, causal, cu):
+    """Each sequence alone through the dense path (B = 1), outputs and lse concatenated along T."""
+    outs, lses = [], []
+    for s, e in varlen.spans(cu, q.shape[1]):
+        if e > s:
+            o, lse = attention_fwd(q[:, s:e], k[:, s:e], v[:, s:e], scale, window, causal)
+            outs.append(o)
+            lses.append(lse)
+    return torch.cat(outs, dim=1), torch.cat(lses, dim=1)
+
+
+# (Hq, Hkv, Dk, Dv, window, causal): G = 1, 2, 3, 4; Dk != Dv; Dk = 48 runs as 32 + 16 column chunks (v2).
+PACKED_CASES = [
+    pytest.param(2, 2, 16, 32, PACKED_WINDOW, True, id="g1-window"),
+    pytest.param(4, 2, 32, 16, None, True, id="g2-causal"),
+    pytest.param(3, 1, 24, 16, None, False, id="g3-full"),
+    pytest.param(4, 1, 48, 32, PACKED_WINDOW, True, id="g4-dk48-window"),
+]
+
+
+@pytest.mark.parametrize("hq,hkv,dk,dv,window,causal", PACKED_CASES)
+def test_packed_forward_and_backward_fp32(hq, hkv, dk, dv, window, causal):
+    """Packed o, dq, dk, dv against the reference with the same cu_seqlens; o and lse also against each
+    sequence run alone through the dense path."""
+    cu = _packed_cu()
+    total = int(cu[-1])
+    q, k, v, do = _qkv(1, total, hq, hkv, dk, dv, seed=20)
+    scale = dk**-0.5
+    o_ref, *grad_refs = _packed_reference_grads(q, k, v, do, scale, window, causal, cu)
+    qf, kf, vf, dof = (x.float() for x in (q, k, v, do))
+    o, lse = attention_fwd(qf, kf, vf, scale, window, causal, cu_seqlens=cu)
+    assert o.shape == (1, total, hq, dv) and lse.shape == (1, total, hq)
+    _close(o, o_ref, FP32_TOL, "o")
+    o_alone, lse_alone = _per_sequence_dense(qf, kf, vf, scale, window, causal, cu)
+    assert (o - o_alone).abs().max().item() < 1e-6 and (lse - lse_alone).abs().max().item() < 1e-6
+    grads = attention_bwd(qf, kf, vf, o, lse, dof, scale, window, causal, cu_seqlens=cu)
+    _close_grads(grads, grad_refs, FP32_TOL)
+
+
+def test_packed_pinned_tiles_and_int64_rows(monkeypatch):
+    """Tile shapes in both relations (BLOCK_M < BLOCK_N and the reverse) against local positions, with
+    the int64 row-offset path forced on."""
+    from nsa_kernels import flash
+
+    monkeypatch.setattr(flash, "_needs_row64", lambda *args: True)
+    cu = _packed_cu()
+    q, k, v, do = _qkv(1, int(cu[-1]), 2, 1, 16, 32, seed=21)
+    o_ref, *grad_refs = _packed_reference_grads(q, k, v, do, 0.25, PACKED_WINDOW, True, cu)
+    qf, kf, vf, dof = (x.float() for x in (q, k, v, do))
+    o, lse = attention_fwd(qf, kf, vf, 0.25, PACKED_WINDOW, tiles=TileConfig(64, 16), cu_seqlens=cu)
+    _close(o, o_ref, FP32_TOL, "o")
+    grads = attention_bwd(qf, kf, vf, o, lse, dof, 0.25, PACKED_WINDOW, tiles_dkdv=TileConfig(32, 16),
+                          tiles_dq=TileConfig(16, 32), cu_seqlens=cu)
+    _close_grads(grads, grad_refs, FP32_TOL)
+
+
+def test_packed_half_precision():
+    cu = _packed_cu()
+    q, k, v, do = _qkv(1, int(cu[-1]), 4, 2, 32, 16, seed=22)
+    q, k, v, do = (x.half().double() for x in (q, k, v, do))  # the reference sees the rounded inputs
+    o_ref, *grad_refs = _packed_reference_grads(q, k, v, do, 0.2, PACKED_WINDOW, True, cu)
+    qh, kh, vh, doh = (x.half() for x in (q, k, v, do))
+    o, lse = attention_fwd(qh, kh, vh, 0.2, PACKED_WINDOW, cu_seqlens=cu)
+    assert o.dtype == torch.float16
+    _close(o, o_ref, HALF_TOL, "o")
+    _close_grads(attention_bwd(qh, kh, vh, o, lse, doh, 0.2, PACKED_WINDOW, cu_seqlens=cu), grad_refs, HALF_TOL)
+
+
+@pytest.mark.parametrize("accumulate", [False, True])
+def test_packed_gated_epilogue_and_dq_chain(accumulate):
+    """NSA's window-branch calls, packed: the fused gated epilogue (out=, gates=, accumulate=) matches the
+    unfused packed launch, and dq_out = dq + dq_add."""
+    cu = _packed_cu()
+    total = int(cu[-1])
+    q, k, v, do = (x.float() for x in _qkv(1, total, 4, 2, 16, 32, seed=23))
+    gates = _gates(1, total, 4, seed=24)
+    o, lse = attention_fwd(q, k, v, 0.3, PACKED_WINDOW, cu_seqlens=cu)
+    start = _random_out(1, total, 4, 32, torch.float32, seed=25)
+    out = start.clone()
+    _, lse_gated = attention_fwd(q, k, v, 0.3, PACKED_WINDOW, out=out, gates=gates, gate_index=2,
+                                 accumulate=accumulate, cu_seqlens=cu)
+    expected = gates[..., 2:3].double() * o.double() + (start.double() if accumulate else 0)
+    _close(out, expected, GATED_TOL, "gated")
+    assert torch.equal(lse_gated, lse)
+    plain = attention_bwd(q, k, v, o, lse, do, 0.3, PACKED_WINDOW, cu_seqlens=cu)
+    acc = torch.randn(q.shape, generator=torch.Generator().manual_seed(26))
+    dq = torch.empty_like(q)
+    got = attention_bwd(q, k, v, o, lse, do, 0.3, PACKED_WINDOW, dq_out=dq, dq_add=acc, cu_seqlens=cu)
+    assert got[0] is dq and _rel(dq, plain[0] + acc) < 1e-6
+    assert torch.equal(got[1], plain[1]) and torch.equal(got[2], plain[2])
+
+
+def test_packed_flash_attention_autograd_and_max_seqlen_hint():
+    """flash_attention passes cu_seqlens (and the max_seqlen hint) through forward and backward."""
+    cu = _packed_cu()
+    q, k, v, do = _qkv(1, int(cu[-1]), 4, 2, 32, 16, seed=27)
+    _, *grad_refs = _packed_reference_grads(q, k, v, do, 32**-0.5, None, True, cu)
+    for hint in (None, max(PACKED_LENGTHS)):
+        leaves = [x.float().requires_grad_() for x in (q, k, v)]
+        flash_attention(*leaves, cu_seqlens=cu, max_seqlen=hint).backward(do.float())
+        _close_grads([leaf.grad for leaf in leaves], grad_refs, FP32_TOL)
+
+
+def test_packed_all_empty_and_single_sequence():
+    """Only empty sequences (total 0), and one sequence: packed equals the dense call bit for bit."""
+    q, k, v, _ = _qkv(1, 0, 2, 1, 16, 16)
+    o, lse = attention_fwd(q.float(), k.float(), v.float(), 0.25, cu_seqlens=varlen.cu_seqlens_of([0, 0]))
+    assert o.shape == (1, 0, 2, 16) and lse.shape == (1, 0, 2)
+    q, k, v, _ = (x.float() for x in _qkv(1, 37, 2, 1, 16, 16, seed=28))
+    dense = attention_fwd(q, k, v, 0.25, window=9)
+    packed = attention_fwd(q, k, v, 0.25, window=9, cu_seqlens=varlen.cu_seqlens_of([37]))
+    assert torch.equal(dense[0], packed[0]) and torch.equal(dense[1], packed[1])
+
+
+@pytest.mark.parametrize(
+    "cu_seqlens,kwargs,match",
+    [
+        pytest.param([0, 3, 7], {}, "cu_seqlens ends at 7", id="short-of-total"),
+        pytest.param([0, 3, 9], {}, "cu_seqlens ends at 9", id="past-total"),
+        pytest.param([0, 5, 3, 8], {}, "cu_seqlens must be non-decreasing", id="decreasing"),
+        pytest.param([1, 8], {}, "cu_seqlens must start at 0", id="not-from-0"),
+        pytest.param([0.0, 8.0], {}, "cu_seqlens must be an integer", id="float"),
+        pytest.param([0, 3, 8], {"variant": "v1"}, r"cu_seqlens: packed batches need the v2 kernels \(variant='v1'\)",
+                     id="v1"),
+        pytest.param([0, 3, 8], {"max_seqlen": 4}, "max_seqlen=4 is below", id="hint-too-small"),
+        pytest.param(None, {"max_seqlen": 4}, "max_seqlen is a hint for cu_seqlens", id="hint-alone"),
+    ],
+)
+def test_packed_rejects_bad_cu_seqlens(cu_seqlens, kwargs, match):
+    q, k, v = _good()
+    cu = None if cu_seqlens is None else torch.tensor(cu_seqlens)
+    if cu is not None and not cu.dtype.is_floating_point:
+        cu = cu.to(torch.int32)
+    with pytest.raises(ValueError, match=match):
+        attention_fwd(q, k, v, 0.25, cu_seqlens=cu, **kwargs)
+    o, lse = attention_fwd(q, k, v, 0.25)
+    with pytest.raises(ValueError, match=match):
+        attention_bwd(q, k, v, o, lse, torch.randn_like(o), 0.25, cu_seqlens=cu, **kwargs)
+    if "variant" not in kwargs:
+        with pytest.raises(ValueError, match=match):
+            flash_attention(q, k, v, cu_seqlens=cu, **kwargs)
+
+
+def test_packed_rejects_a_batch_of_two():
+    q, k, v = (torch.cat([x, x]) for x in _good())
+    with pytest.raises(ValueError, match="batch size 1"):
+        attention_fwd(q, k, v, 0.25, cu_seqlens=varlen.cu_seqlens_of([3, 5]))
+
+
+def test_packed_sequence_base_past_2_31(run_only):
+    """bos * stride_t past 2^31 with int32 rows (ROW64 off): q, k, v are views with token stride 2048 into
+    one virtual buffer (tests/test_offsets64.py's technique), the last of three sequences starts at row
+    2,000,000 (4.1e9 elements in), and only its programs run; its o, dq, dk, dv match the reference."""
+    from nsa_kernels import flash
+
+    lengths = (1_000_000, 1_000_000, 40)
+    cu = varlen.cu_seqlens_of(lengths)
+    bos, total = sum(lengths[:2]), sum(lengths)
+    buf = torch.empty(1, total, 16, 128, dtype=torch.float16)  # virtual memory: untouched pages cost nothing
+    gen = torch.Generator().manual_seed(29)
+    buf[:, bos:] = torch.randn(1, lengths[2], 16, 128, generator=gen).half()
+    q, k, v = buf[:, :, 0:2, :32], buf[:, :, 2:3, :32], buf[:, :, 3:4, :16]
+    assert bos * q.stride(1) > 2**31 and not flash._needs_row64(max(lengths), q, k, v)
+    do = torch.zeros(1, total, 2, 16, dtype=torch.float16)
+    do[:, bos:] = torch.randn(1, lengths[2], 2, 16, generator=gen).half()
+    # the last sequence's programs: its first tiles, at the low grid end or (tiles issued last-first) the high one
+    run_only(lambda x, y, z, nx, ny, nz: z == nz - 1 and (x < 4 or x >= nx - 4))
+    o, lse = attention_fwd(q, k, v, 0.3, PACKED_WINDOW, cu_seqlens=cu)
+    grads = attention_bwd(q, k, v, o, lse, do, 0.3, PACKED_WINDOW, cu_seqlens=cu)
+    o_ref, *grad_refs = _reference_grads(*(x[:, bos:].double() for x in (q, k, v, do)), 0.3, PACKED_WINDOW, True)
+    _close(o[:, bos:], o_ref, HALF_TOL, "o")
+    _close_grads([g[:, bos:] for g in grads], grad_refs, HALF_TOL)
