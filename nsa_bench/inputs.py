@@ -98,7 +98,11 @@ def make_inputs(point: Point, device: torch.device | str, seed: int) -> Inputs:
 
 
 def empty_inputs(point: Point, device: torch.device | str = "meta", with_block_idx: bool = False) -> Inputs:
-    """Inputs of `point`'s shapes without values (on `meta`: no memory), for recording kernel launches."""
+    """Inputs of `point`'s shapes without values (on `meta`: no memory), for recording kernel launches.
+    A packed point gets packed_inputs' layout, its cu_seqlens real and on the CPU (the kernels' wrappers
+    read the lengths on the host)."""
+    if point.packed:
+        return _empty_packed(point, device, with_block_idx)
     dtype = TORCH_DTYPES[point.dtype]
     made = {name: torch.empty(shape, device=device, dtype=dtype) for name, shape in input_shapes(point).items()}
     block_idx = None
@@ -108,3 +112,27 @@ def empty_inputs(point: Point, device: torch.device | str = "meta", with_block_i
     seqlens = torch.empty(point.batch, dtype=torch.int32, device=device) if point.mode == "decode" else None
     return Inputs(point, made["q"], made["k"], made["v"], made["gates"], do=made.get("do"), cache_seqlens=seqlens,
                   block_idx=block_idx)
+
+
+def _empty_packed(point: Point, device: torch.device | str, with_block_idx: bool) -> Inputs:
+    from dataclasses import replace
+
+    from nsa_bench import varlen
+    from nsa_bench.doclens import NONE
+
+    lengths = point.documents()
+    dtype = TORCH_DTYPES[point.dtype]
+    if point.mode == "decode":
+        n, longest = len(lengths), max(lengths)
+        caches = {name: torch.empty(n, longest, point.kv_heads, dim, device=device, dtype=dtype)
+                  for name, dim in (("k", point.head_dim_qk), ("v", point.head_dim_v))}
+        return Inputs(point, torch.empty(n, point.q_heads, point.head_dim_qk, device=device, dtype=dtype),
+                      caches["k"], caches["v"], torch.empty(n, point.q_heads, 3, device=device, dtype=dtype),
+                      cache_seqlens=torch.empty(n, dtype=torch.int32, device=device))
+
+    def flat(x: torch.Tensor | None) -> torch.Tensor | None:
+        return None if x is None else x.reshape(1, x.shape[0] * x.shape[1], *x.shape[2:])
+
+    dense = empty_inputs(replace(point, doc_lens=NONE), device, with_block_idx)  # attention modes only
+    return Inputs(point, flat(dense.q), flat(dense.k), flat(dense.v), flat(dense.gates), do=flat(dense.do),
+                  block_idx=flat(dense.block_idx), cu_seqlens=varlen.cu_seqlens_of(lengths))

@@ -18,6 +18,7 @@ from typing import Callable
 
 from nsa_bench.backends import Backend, registry
 from nsa_bench.check import check_point
+from nsa_bench.doclens import NONE
 from nsa_bench.inputs import empty_inputs
 from nsa_bench.spec import Point, SweepSpec
 
@@ -56,8 +57,9 @@ def case_for(point: Point, backend: str, role: str):
     """The compile case of one backend at one point, in one role (the timed call or the check)."""
     from nsa_kernels.compile_check import Case
 
-    return Case(f"{_ENTRY_PREFIX}{backend}/{point.mode}/{role}", point.batch, point.seqlen, point.kv_heads,
-                point.group_size, point.head_dim_qk, point.head_dim_v, point.dtype, point.cfg)
+    packing = f"/{point.doc_lens}" if point.packed else ""  # a Case has no doc_lens: the entry carries it
+    return Case(f"{_ENTRY_PREFIX}{backend}/{point.mode}/{role}{packing}", point.batch, point.seqlen,
+                point.kv_heads, point.group_size, point.head_dim_qk, point.head_dim_v, point.dtype, point.cfg)
 
 
 @dataclass(frozen=True)
@@ -106,26 +108,27 @@ def not_precompiled(spec: SweepSpec) -> list[str]:
 
 
 # ------------------------------------------------------------------ entry points (worker side)
-def _point_of(case, mode: str) -> Point:
+def _point_of(case, mode: str, doc_lens: str = NONE) -> Point:
     c = case.cfg
     return Point(mode, case.seqlen, case.batch, case.kv_heads, case.group, case.dk, case.dv, c.block_cmp,
-                 c.stride_cmp, c.block_slc, c.n_slc, c.window, case.dtype)
+                 c.stride_cmp, c.block_slc, c.n_slc, c.window, case.dtype, doc_lens=doc_lens)
 
 
 def compile_entry(name: str) -> Callable[[object], None]:
-    """The host code of "BACKEND/MODE/ROLE": what the runner does with that backend at a case's shape.
+    """The host code of "BACKEND/MODE/ROLE[/DOC_LENS]": what the runner does with that backend at a case's
+    shape (DOC_LENS: a packed point's --doc-lens, whose VARLEN kernels are other builds).
 
     timed: build the workload, make the timed call and every stage call (a graph capture replays the
     same kernels); check: build it on inputs carrying a shared selection, as the check does, take its
     result and its own selection.
     """
-    backend_name, mode, role = name.split("/")
+    backend_name, mode, role, *packing = name.split("/", 3)
     backend = registry()[backend_name]
     if role not in ROLES:
         raise KeyError(f"unknown role {role!r} in compile entry {name!r}")
 
     def host(case) -> None:
-        point = _point_of(case, mode)
+        point = _point_of(case, mode, *packing)
         check = role == "check"
         workload = backend.build(point, empty_inputs(point, "meta", with_block_idx=check and backend.family == "nsa"))
         if check:

@@ -95,3 +95,19 @@ def test_plan_deduplicates_and_keys_tuning_on_the_length(planned):
 def test_precompile_refuses_an_unknown_backend(monkeypatch, capsys):
     code, out, err = run_cli(monkeypatch, capsys, "precompile", "--backend", "warp-drive")
     assert code == 2 and "--backend" in err and "warp-drive" in err and len(err.strip().splitlines()) == 1
+
+
+def test_packed_points_precompile_their_varlen_builds():
+    """A --doc-lens point's kernels are other builds (VARLEN): its cases carry the packing, and what they
+    record is the packed launches, not the dense ones."""
+    from nsa_bench.spec import SweepSpec
+
+    spec = SweepSpec(seqlens=(16384,), modes=("fwd",), backends=("fa2-triton",), baseline="fa2-triton",
+                     doc_lens=("none", "lognormal:8k"))
+    planned = precompile.plan(spec, workers=1, capability=90).plans
+    entries = {case.entry.split(":", 1)[1]: plan for case, plan in planned.items()}
+    assert set(entries) == {"fa2-triton/fwd/timed", "fa2-triton/fwd/check", "fa2-triton/fwd/timed/lognormal:8k",
+                            "fa2-triton/fwd/check/lognormal:512"}  # the check's packing scales with its length
+    for entry, plan in entries.items():
+        assert plan.host_error is None and plan.variants, entry
+        assert all(("VARLEN" in v.config.split()) == ("lognormal" in entry) for v in plan.variants), entry
