@@ -21,7 +21,6 @@ import torch
 
 from nsa_kernels.flash import TileConfig, attention_bwd, attention_fwd, flash_attention, flash_attention_decode
 from nsa_bench import reference, varlen
-from test_offsets64 import run_only  # noqa: F401 (a fixture)
 
 FP32_TOL = 1e-4
 HALF_TOL = 1e-2

@@ -12,12 +12,8 @@ stride is 2^31 + 4096 elements.
 """
 from __future__ import annotations
 
-import inspect
-import types
-
 import pytest
 import torch
-import triton.runtime.interpreter as interpreter
 
 from nsa_bench import reference
 from nsa_bench.config import NSAConfig
@@ -30,32 +26,6 @@ SCALE = DK**-0.5
 FILLED = 1024  # rows of sequence 1 filled with random values (the rest reads as zeros)
 P = 63  # the position checked: sequence 1, past the first compressed blocks
 EDGE = 64  # gated sum: 16-row programs of sequence 1 run (positions < 64)
-
-
-@pytest.fixture
-def run_only(monkeypatch):
-    """`run_only(keep)`: from then on the interpreter runs only the programs (x, y, z) of a launch for
-    which keep(x, y, z, nx, ny, nz) holds; the others are skipped (their outputs stay unwritten)."""
-    original = interpreter.GridExecutor.__init__
-    chosen = []
-
-    def init(self, fn, *args, **kwargs):
-        original(self, fn, *args, **kwargs)
-        inner, builder, keep = self.fn, interpreter.interpreter_builder, chosen[-1]
-
-        def chosen_only(*a, **kw):
-            if keep(*builder.grid_idx, *builder.grid_dim):
-                return inner(*a, **kw)
-            return None
-
-        # the executor binds arguments by the signature and patches triton.language in the globals
-        wrapped = types.FunctionType(chosen_only.__code__, inner.__globals__, inner.__name__, None,
-                                     chosen_only.__closure__)
-        wrapped.__signature__ = inspect.signature(inner)
-        self.fn = wrapped
-
-    monkeypatch.setattr(interpreter.GridExecutor, "__init__", init)
-    return chosen.append
 
 
 def _last_first_tiles(tiles: int):
