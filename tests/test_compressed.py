@@ -602,3 +602,44 @@ def test_packed_bad_input_raises_value_error():
     for kwargs in ({"dkv_variant": "v1"}, {"dq_variant": "v1"}):
         with pytest.raises(ValueError, match=v2_only):
             compressed_bwd(q, k_cmp, v_cmp, o, lse, o, cfg, 0.25, cu_seqlens=cu, **kwargs)
+
+
+def test_packed_host_code_takes_meta_tensors_and_a_cpu_cu_seqlens():
+    """The sm_90 compile check's call: meta q/k/v, cu_seqlens on the CPU. The wrappers read lengths on
+    the host only and launch every kernel VARLEN over (tiles of the longest sequence, N x heads)."""
+    from nsa_kernels.compile_check import record_launches
+
+    cfg, lengths, hkv, hq = CFG_A, (2000, 0, 3, 2093), 2, 8
+    cu = varlen.cu_seqlens_of(lengths)
+    total = sum(lengths)
+    meta = lambda *shape, dtype=torch.float16: torch.empty(*shape, device="meta", dtype=dtype)  # noqa: E731
+
+    def host() -> None:
+        q, k = meta(1, total, hq, 64), meta(1, total, hkv, 64)
+        k_cmp = compress_fwd(k, cfg.block_cmp, cfg.stride_cmp, cu_seqlens=cu)
+        assert k_cmp.shape == (1, sum(cfg.num_cmp_blocks(n) for n in lengths), hkv, 64)
+        o, lse = compressed_fwd(q, k_cmp, k_cmp, cfg, 0.125, cu_seqlens=cu)
+        compressed_fwd(q, k_cmp, k_cmp, cfg, 0.125, out=meta(*o.shape), gates=meta(1, total, hq, 3), accumulate=True,
+                       cu_seqlens=cu)
+        select_blocks(q, k_cmp, cfg, 0.125, cu_seqlens=cu)
+        compressed_bwd(q, k_cmp, k_cmp, o, lse, o, cfg, 0.125, dq_out=meta(*q.shape, dtype=torch.float32),
+                       cu_seqlens=cu)
+        compress_bwd(k_cmp, total, cfg.block_cmp, cfg.stride_cmp, cu_seqlens=cu)
+
+    launches = record_launches([compressed], host)
+    names = []
+    for launch in launches:
+        kernel = launch.kernel
+        while hasattr(kernel, "fn"):
+            kernel = kernel.fn
+        names.append(kernel.__name__)
+        if kernel.__name__ == "_delta_kernel":  # row-wise over all packed rows: no sequence structure
+            continue
+        assert launch.kwargs.get("VARLEN") is True, kernel.__name__
+        grid = launch.grid({**launch.kwargs, "BLOCK_M": 64, "BLOCK_N": 16}) if callable(launch.grid) else launch.grid
+        assert grid[1] == len(lengths) * hkv, (kernel.__name__, grid)
+        offsets = [a for a in (*launch.args, *launch.kwargs.values()) if isinstance(a, torch.Tensor)
+                   and a.dtype == torch.int32 and a.dim() == 1 and a.shape[0] == len(lengths) + 1]
+        assert len(offsets) == 2 and all(a.device.type == "meta" for a in offsets), kernel.__name__
+    assert {"_compress_fwd_kernel", "_cmp_fwd_kernel", "_select_kernel", "_cmp_bwd_dq_kernel",
+            "_cmp_bwd_dkv_chunk_kernel", "_cmp_dkv_reduce_kernel", "_compress_bwd_kernel"} <= set(names)
