@@ -8,6 +8,14 @@ by tile, next to a running top-n per query, and only `block_idx` reaches memory.
 Queries that see no compressed block (t < l - 1) get o = 0 and lse = +inf. +inf (not the
 mathematically "empty" -inf) is chosen so that every consumer computing p = exp(s - lse) gets
 exactly 0 for such a row without special cases: the backward and the block scoring both do.
+
+Packed batches (docs/varlen.md): every wrapper takes `cu_seqlens` (int32 [N+1]) with tensors
+[1, total_T, H, D] and k_cmp/v_cmp [1, sum_s Tc_s, Hkv, D]. The grid's batch axis becomes the sequence
+s; with the constexpr VARLEN a program loads its sequence's token offset and length from cu_seqlens
+and its compressed offset and count from `cmp_cu` (varlen offsets of the compressed blocks), returns
+at once when its tile starts past them, and otherwise runs the dense code with T = L_s, Tc = Tc_s
+and every pointer rebased (`_sequence`). Positions and block numbers are local to the sequence.
+Without cu_seqlens (VARLEN=False) the kernels compile and launch as before.
 """
 from __future__ import annotations
 
@@ -23,6 +31,7 @@ from ._common import (
 )
 from ._common import check_dq_chain, split_head_dim as _split_head_dim
 from .variants import check_variant
+from nsa_bench import varlen
 from nsa_bench.config import NSAConfig
 
 __all__ = ["compress_fwd", "compress_bwd", "compressed_fwd", "compressed_bwd", "select_blocks"]
@@ -131,12 +140,87 @@ def _check_attention_inputs(q: torch.Tensor, k_cmp: torch.Tensor, v_cmp: torch.T
     return group
 
 
+def _packed_attention(cu_seqlens: torch.Tensor | None, q: torch.Tensor, k_cmp: torch.Tensor, cfg: NSAConfig,
+                      *variants: tuple[str, str]) -> _Packed | None:
+    """The packed batch of an attention entry point (None: dense): v2 variants only, q [1, total_T, ...],
+    k_cmp holding sum_s Tc_s blocks."""
+    if cu_seqlens is None:
+        return None
+    for name, value in variants:
+        if value != "v2":
+            raise ValueError(f"cu_seqlens: packed batches need the v2 kernels ({name}={value!r})")
+    packed = _packed(cu_seqlens, q.shape[1], q.shape[0], cfg.block_cmp, cfg.stride_cmp, q.device)
+    _check_packed_cmp("k_cmp", k_cmp, packed)
+    return packed
+
+
 def _check_like(name: str, x: torch.Tensor, shape: tuple[int, ...], dtype: torch.dtype | None = None) -> None:
     if not isinstance(x, torch.Tensor) or tuple(x.shape) != tuple(shape):
         got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
         raise ValueError(f"{name} must have shape {tuple(shape)}, got {got}")
     if dtype is not None and x.dtype != dtype:
         raise ValueError(f"{name} must be {dtype}, got {x.dtype}")
+
+
+# ------------------------------------------------------------------ packed batches (cu_seqlens)
+@dataclass(frozen=True)
+class _Packed:
+    """A packed batch read on the host: offsets on the kernels' device, and the grid's extents."""
+
+    cu: torch.Tensor  # int32 [N+1] token offsets, on the kernels' device
+    cmp_cu: torch.Tensor  # int32 [N+1] compressed-block offsets, on the kernels' device
+    num_seqs: int
+    max_len: int  # longest sequence: the grid's tile axis covers it
+    max_cmp: int  # most compressed blocks of one sequence
+    total_cmp: int  # sum_s Tc_s: the packed k_cmp's length
+
+
+def _num_cmp(length: int, block_cmp: int, stride_cmp: int) -> int:
+    return 0 if length < block_cmp else (length - block_cmp) // stride_cmp + 1
+
+
+def _packed(cu_seqlens: torch.Tensor | None, total: int, batch: int, block_cmp: int, stride_cmp: int,
+            device: torch.device) -> _Packed | None:
+    """Validate cu_seqlens on the host (never reading a device tensor's values twice), move it to the
+    kernels' device. None: the dense path."""
+    if cu_seqlens is None:
+        return None
+    lengths = [e - s for s, e in varlen.spans(cu_seqlens, total, batch)]
+    counts = [_num_cmp(n, block_cmp, stride_cmp) for n in lengths]
+    return _Packed(
+        cu=cu_seqlens.to(device=device, dtype=torch.int32),
+        cmp_cu=varlen.cu_seqlens_of(counts, device=device),
+        num_seqs=len(lengths), max_len=max(lengths, default=0), max_cmp=max(counts, default=0),
+        total_cmp=sum(counts),
+    )
+
+
+def _check_packed_cmp(name: str, x: torch.Tensor, packed: _Packed) -> None:
+    if x.shape[1] != packed.total_cmp:
+        raise ValueError(f"{name} holds {x.shape[1]} compressed blocks but cu_seqlens' sequences have "
+                         f"{packed.total_cmp} (sum of Tc per sequence, docs/varlen.md)")
+
+
+def _offsets(packed: _Packed | None) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """(CU, CMP_CU) kernel arguments: None on the dense path (VARLEN=False never reads them)."""
+    return (None, None) if packed is None else (packed.cu, packed.cmp_cu)
+
+
+@triton.jit
+def _sequence(CU, CMP_CU, s, T, Tc, VARLEN: tl.constexpr):
+    """(token base, length, compressed base, compressed count) of grid row s (int64 bases).
+
+    Dense: batch row s of [B, T] / [B, Tc] (bases s*T, s*Tc). VARLEN: sequence s of a packed batch,
+    from cu_seqlens and the compressed offsets (4 scalar loads).
+    """
+    if VARLEN:
+        start = tl.load(CU + s)
+        cmp_start = tl.load(CMP_CU + s)
+        seqlen = tl.load(CU + s + 1) - start
+        num_cmp = tl.load(CMP_CU + s + 1) - cmp_start
+        return start.to(tl.int64), seqlen, cmp_start.to(tl.int64), num_cmp
+    else:
+        return s * T, T, s * Tc, Tc
 
 
 # ------------------------------------------------------------------ section 1: mean compression
@@ -157,86 +241,110 @@ def _bh_tile(H, BLOCK: tl.constexpr, BLOCK_D: tl.constexpr):
 
 
 @triton.jit
-def _token_ptrs(X, b, N, tok, h, H, offs_d, D: tl.constexpr):
-    """Pointers to x[b, tok, h, offs_d] of a contiguous [B, N, H, D] tensor (b int64)."""
-    return X + ((b * N + tok) * H + h)[:, None] * D + offs_d[None, :]
+def _token_ptrs(X, base, tok, h, H, offs_d, D: tl.constexpr):
+    """Pointers to x[base + tok, h, offs_d] of a contiguous [*, H, D] tensor (base int64: b*N dense)."""
+    return X + ((base + tok) * H + h)[:, None] * D + offs_d[None, :]
 
 
 @triton.jit
 def _compress_fwd_kernel(
-    X, XC, T, Tc, H,
+    X, XC, T, Tc, H, CU, CMP_CU,
     D: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_CMP: tl.constexpr, STRIDE_CMP: tl.constexpr,
-    BLOCK_C: tl.constexpr,
+    BLOCK_C: tl.constexpr, VARLEN: tl.constexpr,
 ):
     b, h, offs_c, offs_d = _bh_tile(H, BLOCK_C, BLOCK_D)
+    tok0, T, cmp0, Tc = _sequence(CU, CMP_CU, b, T, Tc, VARLEN)
+    if VARLEN:
+        if tl.program_id(0) * BLOCK_C >= Tc:  # past this sequence's blocks
+            return
     c_ok = offs_c < Tc
     mask = c_ok[:, None] & (offs_d < D)[None, :]
     acc = tl.zeros([BLOCK_C, BLOCK_D], dtype=tl.float32)
     for r in range(BLOCK_CMP):
         tok = offs_c * STRIDE_CMP + r
-        acc += tl.load(_token_ptrs(X, b, T, tok, h, H, offs_d, D), mask=mask, other=0.0).to(tl.float32)
+        acc += tl.load(_token_ptrs(X, tok0, tok, h, H, offs_d, D), mask=mask, other=0.0).to(tl.float32)
     out = acc * (1.0 / BLOCK_CMP)
-    tl.store(_token_ptrs(XC, b, Tc, offs_c, h, H, offs_d, D), out.to(XC.dtype.element_ty), mask=mask)
+    tl.store(_token_ptrs(XC, cmp0, offs_c, h, H, offs_d, D), out.to(XC.dtype.element_ty), mask=mask)
 
 
 @triton.jit
 def _compress_bwd_kernel(
-    DXC, DX, T, Tc, H,
+    DXC, DX, T, Tc, H, CU, CMP_CU,
     D: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_CMP: tl.constexpr, STRIDE_CMP: tl.constexpr,
-    BLOCK_T: tl.constexpr,
+    BLOCK_T: tl.constexpr, VARLEN: tl.constexpr,
 ):
     """dx[t] = sum over the blocks i containing t of dx_cmp[i] / l; those are i = t//d - m, m < l/d."""
     b, h, offs_t, offs_d = _bh_tile(H, BLOCK_T, BLOCK_D)
+    tok0, T, cmp0, Tc = _sequence(CU, CMP_CU, b, T, Tc, VARLEN)
+    if VARLEN:
+        if tl.program_id(0) * BLOCK_T >= T:  # past this sequence's tokens
+            return
     t_ok = offs_t < T
     d_ok = (offs_d < D)[None, :]
     acc = tl.zeros([BLOCK_T, BLOCK_D], dtype=tl.float32)
     for m in range(BLOCK_CMP // STRIDE_CMP):
         blk = offs_t // STRIDE_CMP - m
         ok = t_ok & (blk >= 0) & (blk < Tc)
-        acc += tl.load(_token_ptrs(DXC, b, Tc, blk, h, H, offs_d, D), mask=ok[:, None] & d_ok, other=0.0).to(tl.float32)
+        acc += tl.load(_token_ptrs(DXC, cmp0, blk, h, H, offs_d, D), mask=ok[:, None] & d_ok, other=0.0).to(tl.float32)
     out = acc * (1.0 / BLOCK_CMP)
-    tl.store(_token_ptrs(DX, b, T, offs_t, h, H, offs_d, D), out.to(DX.dtype.element_ty), mask=t_ok[:, None] & d_ok)
+    tl.store(_token_ptrs(DX, tok0, offs_t, h, H, offs_d, D), out.to(DX.dtype.element_ty), mask=t_ok[:, None] & d_ok)
 
 
-def compress_fwd(x: torch.Tensor, block_cmp: int, stride_cmp: int) -> torch.Tensor:
-    """Mean of x [B,T,H,D] over each block [i*d, i*d + l): [B,Tc,H,D] in x's dtype (fp32 sums)."""
+def compress_fwd(x: torch.Tensor, block_cmp: int, stride_cmp: int,
+                 cu_seqlens: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean of x [B,T,H,D] over each block [i*d, i*d + l): [B,Tc,H,D] in x's dtype (fp32 sums).
+
+    Packed (cu_seqlens, x [1, total_T, H, D]): each sequence's own blocks, concatenated:
+    [1, sum_s Tc_s, H, D] (reference.compress_kv's packed layout).
+    """
     _check_tensor("x", x, 4)
     _check_block_params(block_cmp, stride_cmp)
     b, t, h, d = x.shape
-    tc = 0 if t < block_cmp else (t - block_cmp) // stride_cmp + 1
+    packed = _packed(cu_seqlens, t, b, block_cmp, stride_cmp, x.device)
+    tc = _num_cmp(t, block_cmp, stride_cmp) if packed is None else packed.total_cmp
     out = x.new_empty(b, tc, h, d)
     if tc == 0 or b * h * d == 0:
         return out
     x = x.contiguous()
     block_c = 16 if interpreting() else 32
     block_d = min(next_pow2(d), 64)
-    grid = (triton.cdiv(tc, block_c), b * h, triton.cdiv(d, block_d))
+    rows, tiles = (b, tc) if packed is None else (packed.num_seqs, packed.max_cmp)
+    grid = (triton.cdiv(tiles, block_c), rows * h, triton.cdiv(d, block_d))
     _compress_fwd_kernel[grid](
-        x, out, t, tc, h, D=d, BLOCK_D=block_d, BLOCK_CMP=block_cmp, STRIDE_CMP=stride_cmp,
-        BLOCK_C=block_c, num_warps=4,
+        x, out, t, tc, h, *_offsets(packed), D=d, BLOCK_D=block_d, BLOCK_CMP=block_cmp, STRIDE_CMP=stride_cmp,
+        BLOCK_C=block_c, VARLEN=packed is not None, num_warps=4,
     )
     return out
 
 
-def compress_bwd(dx_cmp: torch.Tensor, seqlen: int, block_cmp: int, stride_cmp: int) -> torch.Tensor:
-    """Gradient of compress_fwd: dx [B,seqlen,H,D], each token summing dx_cmp / l over its blocks."""
+def compress_bwd(dx_cmp: torch.Tensor, seqlen: int, block_cmp: int, stride_cmp: int,
+                 cu_seqlens: torch.Tensor | None = None) -> torch.Tensor:
+    """Gradient of compress_fwd: dx [B,seqlen,H,D], each token summing dx_cmp / l over its blocks.
+
+    Packed (cu_seqlens): dx_cmp [1, sum_s Tc_s, H, D], seqlen = total_T, dx [1, total_T, H, D].
+    """
     _check_tensor("dx_cmp", dx_cmp, 4)
     _check_block_params(block_cmp, stride_cmp)
     if isinstance(seqlen, bool) or not isinstance(seqlen, int) or seqlen < 0:
         raise ValueError(f"seqlen must be a non-negative int, got {seqlen!r}")
     b, tc, h, d = dx_cmp.shape
-    expected = 0 if seqlen < block_cmp else (seqlen - block_cmp) // stride_cmp + 1
-    if tc != expected:
-        raise ValueError(f"dx_cmp has Tc={tc} blocks but seqlen={seqlen} gives {expected}")
+    packed = _packed(cu_seqlens, seqlen, b, block_cmp, stride_cmp, dx_cmp.device)
+    if packed is None:
+        expected = _num_cmp(seqlen, block_cmp, stride_cmp)
+        if tc != expected:
+            raise ValueError(f"dx_cmp has Tc={tc} blocks but seqlen={seqlen} gives {expected}")
+    else:
+        _check_packed_cmp("dx_cmp", dx_cmp, packed)
     if tc == 0 or b * h * d == 0:
         return dx_cmp.new_zeros(b, seqlen, h, d)
     dx = dx_cmp.new_empty(b, seqlen, h, d)  # the kernel writes every token (0 past the last block)
     dx_cmp = dx_cmp.contiguous()
     block_t, block_d = 32, min(next_pow2(d), 64)
-    grid = (triton.cdiv(seqlen, block_t), b * h, triton.cdiv(d, block_d))
+    rows, tiles = (b, seqlen) if packed is None else (packed.num_seqs, packed.max_len)
+    grid = (triton.cdiv(tiles, block_t), rows * h, triton.cdiv(d, block_d))
     _compress_bwd_kernel[grid](
-        dx_cmp, dx, seqlen, tc, h, D=d, BLOCK_D=block_d, BLOCK_CMP=block_cmp, STRIDE_CMP=stride_cmp,
-        BLOCK_T=block_t, num_warps=4,
+        dx_cmp, dx, seqlen, tc, h, *_offsets(packed), D=d, BLOCK_D=block_d, BLOCK_CMP=block_cmp,
+        STRIDE_CMP=stride_cmp, BLOCK_T=block_t, VARLEN=packed is not None, num_warps=4,
     )
     return dx
 
@@ -250,35 +358,40 @@ def _num_visible(t, Tc, BLOCK_CMP: tl.constexpr, STRIDE_CMP: tl.constexpr):
 
 
 @triton.jit
-def _query_tile(T, Hkv, BLOCK_T: tl.constexpr):
-    """(b, hkv, first and last position) of this program's BLOCK_T positions of one KV group.
+def _query_tile(T, Tc, Hkv, CU, CMP_CU, BLOCK_T: tl.constexpr, VARLEN: tl.constexpr):
+    """(token base, T, compressed base, Tc, hkv, first and last position) of this program's BLOCK_T
+    positions of one KV group; T and Tc are its sequence's (`_sequence`), the bases int64.
 
     Programs are issued last tile first: later positions see more blocks, so they start early.
+    A VARLEN caller returns when t_first >= T (a tile past its sequence).
     """
     pid_t = tl.num_programs(0) - 1 - tl.program_id(0)
     b, hkv = _batch_head(Hkv)
+    tok0, T, cmp0, Tc = _sequence(CU, CMP_CU, b, T, Tc, VARLEN)
     t_first = pid_t * BLOCK_T
-    return b, hkv, t_first, tl.minimum(t_first + BLOCK_T, T) - 1
+    return tok0, T, cmp0, Tc, hkv, t_first, tl.minimum(t_first + BLOCK_T, T) - 1
 
 
 @triton.jit
-def _group_rows(t0, b, hkv, T, Hkv, G: tl.constexpr, G_PAD: tl.constexpr, BLOCK_M: tl.constexpr):
+def _group_rows(t0, tok0, hkv, T, Hkv, G: tl.constexpr, G_PAD: tl.constexpr, BLOCK_M: tl.constexpr):
     """Rows of a group-centric tile from position t0: (position, head-in-group) pairs, position-major.
 
-    Returns each row's position, its int64 row index into [B, T, Hq], and whether it is real.
+    Returns each row's position, its int64 row index into [*, Hq] (the sequence starts at token
+    tok0: b*T dense), and whether it is real.
     """
     rows = tl.arange(0, BLOCK_M)
     pos = t0 + rows // G_PAD
     grp = rows % G_PAD
     row_ok = (pos < T) & (grp < G)
-    return pos, (b * T + pos) * (Hkv * G) + hkv * G + grp, row_ok
+    return pos, (tok0 + pos) * (Hkv * G) + hkv * G + grp, row_ok
 
 
 @triton.jit
-def _kv_tile(n0, b, hkv, Tc, Hkv, BLOCK_N: tl.constexpr):
-    """Compressed blocks [n0, n0 + BLOCK_N) of KV head hkv: (offsets, which exist, rows into [B, Tc, Hkv])."""
+def _kv_tile(n0, cmp0, hkv, Tc, Hkv, BLOCK_N: tl.constexpr):
+    """Compressed blocks [n0, n0 + BLOCK_N) of KV head hkv: (offsets, which exist, int64 rows into
+    [*, Hkv]; the sequence's blocks start at cmp0: b*Tc dense)."""
     offs_n = n0 + tl.arange(0, BLOCK_N)
-    return offs_n, offs_n < Tc, (b * Tc + offs_n) * Hkv + hkv
+    return offs_n, offs_n < Tc, (cmp0 + offs_n) * Hkv + hkv
 
 
 @triton.jit
@@ -346,13 +459,13 @@ def _load_grad_rows(DO, LSE, DELTA, row, row_ok, DV: tl.constexpr, BLOCK_DV: tl.
 # ------------------------------------------------------------------ section 2: compressed attention forward
 @triton.jit
 def _fwd_step(
-    acc, m_i, l_i, n0, q_a, q_b, K, V, b, hkv, pos, Tc, Hkv, qk_scale,
+    acc, m_i, l_i, n0, q_a, q_b, K, V, cmp0, hkv, pos, Tc, Hkv, qk_scale,
     DK: tl.constexpr, DV: tl.constexpr, DK_A: tl.constexpr, DK_B: tl.constexpr, BLOCK_DV: tl.constexpr,
     BLOCK_CMP: tl.constexpr, STRIDE_CMP: tl.constexpr, BLOCK_N: tl.constexpr,
     MASKED: tl.constexpr, WITH_OUTPUT: tl.constexpr, UPCAST: tl.constexpr,
 ):
     """One online-softmax step over compressed blocks [n0, n0 + BLOCK_N)."""
-    offs_n, n_ok, kv_row = _kv_tile(n0, b, hkv, Tc, Hkv, BLOCK_N)
+    offs_n, n_ok, kv_row = _kv_tile(n0, cmp0, hkv, Tc, Hkv, BLOCK_N)
     k_a, k_b = _load_split(K, kv_row, n_ok, DK, DK_A, DK_B, UPCAST)
     qk = _dot_t(q_a, q_b, k_a, k_b) * qk_scale
     if MASKED:
@@ -374,14 +487,14 @@ def _fwd_step(
 
 @triton.jit
 def _fwd_tile(
-    acc, m_i, l_i, q_a, q_b, K, V, b, hkv, pos, lo, hi, Tc, Hkv, qk_scale,
+    acc, m_i, l_i, q_a, q_b, K, V, cmp0, hkv, pos, lo, hi, Tc, Hkv, qk_scale,
     DK: tl.constexpr, DV: tl.constexpr, DK_A: tl.constexpr, DK_B: tl.constexpr, BLOCK_DV: tl.constexpr,
     BLOCK_CMP: tl.constexpr, STRIDE_CMP: tl.constexpr, BLOCK_N: tl.constexpr,
     MASKED: tl.constexpr, WITH_OUTPUT: tl.constexpr, UPCAST: tl.constexpr,
 ):
     """Online-softmax sweep over compressed blocks [lo, hi); MASKED applies the per-row visibility."""
     for n0 in range(lo, hi, BLOCK_N):
-        acc, m_i, l_i = _fwd_step(acc, m_i, l_i, n0, q_a, q_b, K, V, b, hkv, pos, Tc, Hkv, qk_scale, DK, DV,
+        acc, m_i, l_i = _fwd_step(acc, m_i, l_i, n0, q_a, q_b, K, V, cmp0, hkv, pos, Tc, Hkv, qk_scale, DK, DV,
                                   DK_A, DK_B, BLOCK_DV, BLOCK_CMP, STRIDE_CMP, BLOCK_N, MASKED, WITH_OUTPUT, UPCAST)
     return acc, m_i, l_i
 
@@ -399,17 +512,20 @@ def _gated_epilogue(o, O, GATES, row, row_ok, DV: tl.constexpr, BLOCK_DV: tl.con
 
 @triton.jit(do_not_specialize=TUNING_ARGS)
 def _cmp_fwd_kernel(
-    Q, K, V, O, LSE, GATES, T, Tc, Hkv, qk_scale, SEQ_BUCKET, ROWS_BUCKET,
+    Q, K, V, O, LSE, GATES, T, Tc, Hkv, qk_scale, SEQ_BUCKET, ROWS_BUCKET, CU, CMP_CU,
     G: tl.constexpr, G_PAD: tl.constexpr, DK: tl.constexpr, DV: tl.constexpr,
     DK_A: tl.constexpr, DK_B: tl.constexpr, BLOCK_DV: tl.constexpr, BLOCK_CMP: tl.constexpr,
     STRIDE_CMP: tl.constexpr, WITH_OUTPUT: tl.constexpr, UPCAST: tl.constexpr,
-    GATED: tl.constexpr, ACCUMULATE: tl.constexpr,
+    GATED: tl.constexpr, ACCUMULATE: tl.constexpr, VARLEN: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     """GATED: O is the final NSA output and gets gates[row, gate_index] * o (added to its contents
     when ACCUMULATE) instead of o; without it the compiled code is the plain branch forward."""
-    b, hkv, t_first, t_last = _query_tile(T, Hkv, BLOCK_M // G_PAD)
-    pos, row, row_ok = _group_rows(t_first, b, hkv, T, Hkv, G, G_PAD, BLOCK_M)
+    tok0, T, cmp0, Tc, hkv, t_first, t_last = _query_tile(T, Tc, Hkv, CU, CMP_CU, BLOCK_M // G_PAD, VARLEN)
+    if VARLEN:
+        if t_first >= T:
+            return
+    pos, row, row_ok = _group_rows(t_first, tok0, hkv, T, Hkv, G, G_PAD, BLOCK_M)
     q_a, q_b = _load_split(Q, row, row_ok, DK, DK_A, DK_B, UPCAST)
     n_unmasked, n_any = _block_ranges(t_first, t_last, Tc, BLOCK_CMP, STRIDE_CMP, BLOCK_N)
 
@@ -417,11 +533,11 @@ def _cmp_fwd_kernel(
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc, m_i, l_i = _fwd_tile(
-        acc, m_i, l_i, q_a, q_b, K, V, b, hkv, pos, 0, n_unmasked, Tc, Hkv, qk_scale,
+        acc, m_i, l_i, q_a, q_b, K, V, cmp0, hkv, pos, 0, n_unmasked, Tc, Hkv, qk_scale,
         DK, DV, DK_A, DK_B, BLOCK_DV, BLOCK_CMP, STRIDE_CMP, BLOCK_N, False, WITH_OUTPUT, UPCAST,
     )
     acc, m_i, l_i = _fwd_tile(
-        acc, m_i, l_i, q_a, q_b, K, V, b, hkv, pos, n_unmasked, n_any, Tc, Hkv, qk_scale,
+        acc, m_i, l_i, q_a, q_b, K, V, cmp0, hkv, pos, n_unmasked, n_any, Tc, Hkv, qk_scale,
         DK, DV, DK_A, DK_B, BLOCK_DV, BLOCK_CMP, STRIDE_CMP, BLOCK_N, True, WITH_OUTPUT, UPCAST,
     )
     seen = l_i > 0.0
@@ -439,7 +555,8 @@ def _fwd_autotune(restore_value: list[str] | None = None, tiles: tuple = _FWD_TI
     """The forward's tuner. restore_value names outputs an accumulating launch reads back: the tuner
     saves them before and restores them after each timed run, so tuning does not add into them twice."""
     return autotune(
-        configs=_configs(tiles), key=["G_PAD", "DK_A", "DK_B", "BLOCK_DV", "BLOCK_CMP", "STRIDE_CMP", "WITH_OUTPUT"],
+        configs=_configs(tiles),
+        key=["G_PAD", "DK_A", "DK_B", "BLOCK_DV", "BLOCK_CMP", "STRIDE_CMP", "WITH_OUTPUT", "VARLEN"],
         prune_configs_by={"early_config_prune": _prune_fwd_rows}, restore_value=restore_value,
     )
 
@@ -464,7 +581,8 @@ class _Gated:
 
 def _launch_fwd(q: torch.Tensor, k_cmp: torch.Tensor, v_cmp: torch.Tensor, cfg: NSAConfig, group: int,
                 scale: float, with_output: bool, gated: _Gated | None = None,
-                variant: str = "v2") -> tuple[torch.Tensor, torch.Tensor]:
+                variant: str = "v2", packed: _Packed | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """packed: a packed batch (checked by the caller; v2 only): grid (tiles of its longest sequence, N * Hkv)."""
     b, t, hq, dk = q.shape
     tc, hkv, dv = k_cmp.shape[1], k_cmp.shape[2], v_cmp.shape[-1]
     if tc == 0 or b * t * hq == 0:  # nothing visible anywhere: the kernel would only write these
@@ -481,9 +599,12 @@ def _launch_fwd(q: torch.Tensor, k_cmp: torch.Tensor, v_cmp: torch.Tensor, cfg: 
     lse = torch.empty(b, t, hq, dtype=torch.float32, device=q.device)
     g_pad = next_pow2(group)
     dk_a, dk_b = _split_head_dim(dk)
+    # the grid's (positions, rows) and the T / Tc the kernel gets (dense; packed: per sequence, loaded)
+    grid_t, grid_b, arg_t, arg_tc = (t, b, t, tc) if packed is None else (
+        packed.max_len, packed.num_seqs, packed.max_len, packed.max_cmp)
 
     def grid(meta: dict) -> tuple[int, int]:
-        return (triton.cdiv(t, meta["BLOCK_M"] // g_pad), b * hkv)
+        return (triton.cdiv(grid_t, meta["BLOCK_M"] // g_pad), grid_b * hkv)
 
     # Ungated launches get lse as a never-read stand-in for GATES (GATED=False drops every use).
     gate_column = gated.gates[..., gated.gate_index] if gated is not None else lse
@@ -492,12 +613,14 @@ def _launch_fwd(q: torch.Tensor, k_cmp: torch.Tensor, v_cmp: torch.Tensor, cfg: 
         kernel = _cmp_fwd_v2_tuned_accumulate if accumulate else _cmp_fwd_v2_tuned
     else:
         kernel = _cmp_fwd_tuned_accumulate if accumulate else _cmp_fwd_tuned
+    cu, cmp_cu = _offsets(packed)
     kernel[grid](
-        q, k_cmp, v_cmp, o if with_output else lse, lse, gate_column, t, tc, hkv, scale * _LOG2E,
-        **tuning_buckets(t, b * hq),
+        q, k_cmp, v_cmp, o if with_output else lse, lse, gate_column, arg_t, arg_tc, hkv, scale * _LOG2E,
+        **tuning_buckets(grid_t, grid_b * hq), CU=cu, CMP_CU=cmp_cu,
         G=group, G_PAD=g_pad, DK=dk, DV=dv, DK_A=dk_a, DK_B=dk_b, BLOCK_DV=next_pow2(dv),
         BLOCK_CMP=cfg.block_cmp, STRIDE_CMP=cfg.stride_cmp, WITH_OUTPUT=with_output,
         UPCAST=interpreting() and q.dtype == torch.bfloat16, GATED=gated is not None, ACCUMULATE=accumulate,
+        VARLEN=packed is not None,
     )
     return o, lse
 
@@ -505,11 +628,14 @@ def _launch_fwd(q: torch.Tensor, k_cmp: torch.Tensor, v_cmp: torch.Tensor, cfg: 
 def compressed_fwd(
     q: torch.Tensor, k_cmp: torch.Tensor, v_cmp: torch.Tensor, cfg: NSAConfig, scale: float, *,
     out: torch.Tensor | None = None, gates: torch.Tensor | None = None, gate_index: int = 0,
-    accumulate: bool = False, variant: str = "v2",
+    accumulate: bool = False, variant: str = "v2", cu_seqlens: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Branch "cmp": (o [B,T,Hq,Dv] in q.dtype, lse [B,T,Hq] fp32); no visible block: o = 0, lse = +inf.
 
     variant "v2" (default) also tries tiles of 8-16 positions; "v1" the tiles before issue 13.
+
+    Packed (cu_seqlens int32 [N+1], v2 only): q [1, total_T, Hq, Dk], k_cmp/v_cmp [1, sum_s Tc_s, Hkv, D]
+    (compress_fwd's packed layout); each query sees its own sequence's blocks at local positions.
 
     Fused gated epilogue (no-grad NSA forward, so the branch output is never materialised): with
     `out` [B,T,Hq,Dv] and `gates` [B,T,Hq,3] (contiguous, any supported dtype) the kernel writes
@@ -519,10 +645,12 @@ def compressed_fwd(
     check_variant("variant", variant)
     group = _check_attention_inputs(q, k_cmp, v_cmp, cfg)
     scale = _check_scale(scale)
+    packed = _packed_attention(cu_seqlens, q, k_cmp, cfg, ("variant", variant))
     gated_on = check_gated(q, (*q.shape[:3], v_cmp.shape[-1]), out, gates, gate_index, accumulate)
     gated = _Gated(out, gates, gate_index, accumulate) if gated_on else None
     q, k_cmp, v_cmp = q.contiguous(), k_cmp.contiguous(), v_cmp.contiguous()
-    return _launch_fwd(q, k_cmp, v_cmp, cfg, group, scale, with_output=True, gated=gated, variant=variant)
+    return _launch_fwd(q, k_cmp, v_cmp, cfg, group, scale, with_output=True, gated=gated, variant=variant,
+                       packed=packed)
 
 
 # ------------------------------------------------------------------ section 3: block scores + top-n selection
@@ -565,14 +693,14 @@ def _merge_top(top, cand, WIDTH: tl.constexpr):
 
 @triton.jit
 def _select_step(
-    top, carry, j0, q_a, q_b, K, b, hkv, lse2, pos, current, pos_ok, w_here, w_next, n_any, Tc, Hkv, qk_scale,
+    top, carry, j0, q_a, q_b, K, cmp0, hkv, lse2, pos, current, pos_ok, w_here, w_next, n_any, Tc, Hkv, qk_scale,
     DK: tl.constexpr, DK_A: tl.constexpr, DK_B: tl.constexpr, BLOCK_CMP: tl.constexpr, STRIDE_CMP: tl.constexpr,
     PER_SLC: tl.constexpr, SLC_PER_TILE: tl.constexpr, G_PAD: tl.constexpr, WIDTH: tl.constexpr,
     BLOCK_T: tl.constexpr, BLOCK_N: tl.constexpr, UPCAST: tl.constexpr,
 ):
     """Score selection blocks [j0, j0 + SLC_PER_TILE) and merge them into the running top-WIDTH."""
     col = tl.arange(0, WIDTH)[None, :]
-    offs_n, n_ok, kv_row = _kv_tile(j0 * PER_SLC, b, hkv, Tc, Hkv, BLOCK_N)
+    offs_n, n_ok, kv_row = _kv_tile(j0 * PER_SLC, cmp0, hkv, Tc, Hkv, BLOCK_N)
     k_a, k_b = _load_split(K, kv_row, offs_n < n_any, DK, DK_A, DK_B, UPCAST)
     qk = _dot_t(q_a, q_b, k_a, k_b) * qk_scale
     visible = _sees(pos[:, None], offs_n[None, :], BLOCK_CMP, STRIDE_CMP) & n_ok[None, :]
@@ -593,10 +721,10 @@ def _select_step(
 
 @triton.jit(do_not_specialize=TUNING_ARGS)
 def _select_kernel(
-    Q, K, LSE, IDX, T, Tc, Hkv, qk_scale, SEQ_BUCKET, ROWS_BUCKET,
+    Q, K, LSE, IDX, T, Tc, Hkv, qk_scale, SEQ_BUCKET, ROWS_BUCKET, CU, CMP_CU,
     G: tl.constexpr, G_PAD: tl.constexpr, DK: tl.constexpr, DK_A: tl.constexpr, DK_B: tl.constexpr,
     BLOCK_CMP: tl.constexpr, STRIDE_CMP: tl.constexpr, BLOCK_SLC: tl.constexpr, N_SLC: tl.constexpr,
-    WIDTH: tl.constexpr, UPCAST: tl.constexpr, BLOCK_M: tl.constexpr,
+    WIDTH: tl.constexpr, UPCAST: tl.constexpr, VARLEN: tl.constexpr, BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
 ):
     """Scores selection blocks tile by tile and keeps a running top-WIDTH per query position.
@@ -606,13 +734,17 @@ def _select_kernel(
     next tile's first selection blocks; that part is carried to the next iteration (`carry`), so
     each selection block's score is complete when its tile is merged into the top-n.
     Keys pack (score bits << 32 | 2^31-1-j): one int64 order = larger score, then lower j.
+    VARLEN: positions, candidates and block numbers are local to the program's sequence.
     """
     BLOCK_T: tl.constexpr = BLOCK_M // G_PAD
     PER_SLC: tl.constexpr = BLOCK_SLC // STRIDE_CMP
     PER_CMP: tl.constexpr = BLOCK_CMP // STRIDE_CMP
     SLC_PER_TILE: tl.constexpr = BLOCK_N // PER_SLC
-    b, hkv, t_first, t_last = _query_tile(T, Hkv, BLOCK_T)
-    pos, row, row_ok = _group_rows(t_first, b, hkv, T, Hkv, G, G_PAD, BLOCK_M)
+    tok0, T, cmp0, Tc, hkv, t_first, t_last = _query_tile(T, Tc, Hkv, CU, CMP_CU, BLOCK_T, VARLEN)
+    if VARLEN:
+        if t_first >= T:
+            return
+    pos, row, row_ok = _group_rows(t_first, tok0, hkv, T, Hkv, G, G_PAD, BLOCK_M)
     q_a, q_b = _load_split(Q, row, row_ok, DK, DK_A, DK_B, UPCAST)
     lse2 = _load_lse2(LSE, row, row_ok)
 
@@ -632,13 +764,13 @@ def _select_kernel(
     carry = tl.zeros([BLOCK_M, WIDTH], dtype=tl.float32)
     for j0 in range(0, n_candidates, SLC_PER_TILE):
         top, carry = _select_step(
-            top, carry, j0, q_a, q_b, K, b, hkv, lse2, pos, current, pos_ok, w_here, w_next, n_any, Tc, Hkv,
+            top, carry, j0, q_a, q_b, K, cmp0, hkv, lse2, pos, current, pos_ok, w_here, w_next, n_any, Tc, Hkv,
             qk_scale, DK, DK_A, DK_B, BLOCK_CMP, STRIDE_CMP, PER_SLC, SLC_PER_TILE, G_PAD, WIDTH, BLOCK_T,
             BLOCK_N, UPCAST,
         )
 
     chosen = tl.where(top >= 0, 0x7FFFFFFF - (top & 0x7FFFFFFF), -1).to(tl.int32)
-    out_row = (b * T + pos_t) * Hkv + hkv
+    out_row = (tok0 + pos_t) * Hkv + hkv
     tl.store(IDX + out_row[:, None] * N_SLC + col, chosen, mask=pos_ok & (col < N_SLC))
 
 
@@ -671,14 +803,14 @@ def _prune_select(configs: list[triton.Config], named_args: dict, **kwargs) -> l
 
 _select_tuned = autotune(
     configs=[triton.Config({"BLOCK_M": m}, num_warps=w, num_stages=2) for m, w in _SELECT_TILES_V2],
-    key=["G_PAD", "DK_A", "DK_B", "BLOCK_CMP", "STRIDE_CMP", "BLOCK_SLC", "N_SLC", "WIDTH", "BLOCK_N"],
+    key=["G_PAD", "DK_A", "DK_B", "BLOCK_CMP", "STRIDE_CMP", "BLOCK_SLC", "N_SLC", "WIDTH", "BLOCK_N", "VARLEN"],
     prune_configs_by={"early_config_prune": _prune_select},
 )(_select_kernel)
 
 
 def select_blocks(
     q: torch.Tensor, k_cmp: torch.Tensor, cfg: NSAConfig, scale: float, lse: torch.Tensor | None = None, *,
-    variant: str = "v2",
+    variant: str = "v2", cu_seqlens: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """NSA_SPEC section 3: block_idx int32 [B,T,Hkv,n], -1 padded, forced blocks first then by score.
 
@@ -686,15 +818,21 @@ def select_blocks(
     computes it). No host synchronisation; extra memory is at most that lse (B*T*Hq fp32).
     variant "v2" (default) autotunes the scoring tile (up to 8 positions); "v1" runs the fixed 4-position
     tile; the lse-only pass uses the compressed forward of the same variant.
+
+    Packed (cu_seqlens, v2 only): q [1, total_T, Hq, Dk], k_cmp [1, sum_s Tc_s, Hkv, Dk], lse [1, total_T, Hq];
+    block_idx [1, total_T, Hkv, n] holds LOCAL block numbers (block 0 = the sequence's first
+    selection block), chosen by section 3 with T = L_s.
     """
     check_variant("variant", variant)
     group = _check_attention_inputs(q, k_cmp, k_cmp, cfg)
     scale = _check_scale(scale)
+    packed = _packed_attention(cu_seqlens, q, k_cmp, cfg, ("variant", variant))
     b, t, hq, dk = q.shape
     tc, hkv = k_cmp.shape[1], k_cmp.shape[2]
     q, k_cmp = q.contiguous(), k_cmp.contiguous()
     if lse is None:
-        _, lse = _launch_fwd(q, k_cmp, k_cmp, cfg, group, scale, with_output=False, variant=variant)
+        _, lse = _launch_fwd(q, k_cmp, k_cmp, cfg, group, scale, with_output=False, variant=variant,
+                             packed=packed)
     else:
         _check_like("lse", lse, (b, t, hq), torch.float32)
         if lse.device != q.device:
@@ -706,17 +844,19 @@ def select_blocks(
     g_pad = next_pow2(group)
     dk_a, dk_b = _split_head_dim(dk)
     block_m, block_n, width = _select_tiles(cfg, g_pad)
-    args = (q, k_cmp if tc > 0 else q, lse, block_idx, t, tc, hkv, scale * _LOG2E,
-            *tuning_buckets(t, b * hq).values())
+    grid_t, grid_b, arg_t, arg_tc = (t, b, t, tc) if packed is None else (
+        packed.max_len, packed.num_seqs, packed.max_len, packed.max_cmp)
+    args = (q, k_cmp if tc > 0 else q, lse, block_idx, arg_t, arg_tc, hkv, scale * _LOG2E,
+            *tuning_buckets(grid_t, grid_b * hq).values(), *_offsets(packed))
     consts = dict(G=group, G_PAD=g_pad, DK=dk, DK_A=dk_a, DK_B=dk_b, BLOCK_CMP=cfg.block_cmp,
                   STRIDE_CMP=cfg.stride_cmp, BLOCK_SLC=cfg.block_slc, N_SLC=cfg.n_slc, WIDTH=width,
-                  UPCAST=interpreting() and q.dtype == torch.bfloat16, BLOCK_N=block_n)
+                  UPCAST=interpreting() and q.dtype == torch.bfloat16, VARLEN=packed is not None, BLOCK_N=block_n)
     if variant == "v1" or interpreting():  # the interpreter runs one config: v1's tile
-        _select_kernel[(triton.cdiv(t, block_m // g_pad), b * hkv)](
+        _select_kernel[(triton.cdiv(grid_t, block_m // g_pad), grid_b * hkv)](
             *args, **consts, BLOCK_M=block_m, num_warps=4, num_stages=2,
         )
     else:
-        _select_tuned[lambda meta: (triton.cdiv(t, meta["BLOCK_M"] // g_pad), b * hkv)](*args, **consts)
+        _select_tuned[lambda meta: (triton.cdiv(grid_t, meta["BLOCK_M"] // g_pad), grid_b * hkv)](*args, **consts)
     return block_idx
 
 
@@ -734,13 +874,13 @@ def _delta_kernel(O, DO, DELTA, ROWS, DV: tl.constexpr, BLOCK_DV: tl.constexpr, 
 
 @triton.jit
 def _dq_step(
-    dq_a, dq_b, n0, q_a, q_b, do, lse2, delta, K, V, b, hkv, pos, Tc, Hkv, qk_scale,
+    dq_a, dq_b, n0, q_a, q_b, do, lse2, delta, K, V, cmp0, hkv, pos, Tc, Hkv, qk_scale,
     DK: tl.constexpr, DV: tl.constexpr, DK_A: tl.constexpr, DK_B: tl.constexpr, BLOCK_DV: tl.constexpr,
     BLOCK_CMP: tl.constexpr, STRIDE_CMP: tl.constexpr, BLOCK_N: tl.constexpr,
     MASKED: tl.constexpr, UPCAST: tl.constexpr,
 ):
     """dq contribution of compressed blocks [n0, n0 + BLOCK_N) (unscaled: the caller applies scale)."""
-    offs_n, n_ok, kv_row = _kv_tile(n0, b, hkv, Tc, Hkv, BLOCK_N)
+    offs_n, n_ok, kv_row = _kv_tile(n0, cmp0, hkv, Tc, Hkv, BLOCK_N)
     k_a, k_b = _load_split(K, kv_row, n_ok, DK, DK_A, DK_B, UPCAST)
     v = _load_cols(V, kv_row, n_ok, DV, 0, BLOCK_DV, UPCAST)
     qk = _dot_t(q_a, q_b, k_a, k_b)
@@ -754,48 +894,51 @@ def _dq_step(
 
 @triton.jit
 def _dq_tile(
-    dq_a, dq_b, q_a, q_b, do, lse2, delta, K, V, b, hkv, pos, lo, hi, Tc, Hkv, qk_scale,
+    dq_a, dq_b, q_a, q_b, do, lse2, delta, K, V, cmp0, hkv, pos, lo, hi, Tc, Hkv, qk_scale,
     DK: tl.constexpr, DV: tl.constexpr, DK_A: tl.constexpr, DK_B: tl.constexpr, BLOCK_DV: tl.constexpr,
     BLOCK_CMP: tl.constexpr, STRIDE_CMP: tl.constexpr, BLOCK_N: tl.constexpr,
     MASKED: tl.constexpr, UPCAST: tl.constexpr,
 ):
     for n0 in range(lo, hi, BLOCK_N):
-        dq_a, dq_b = _dq_step(dq_a, dq_b, n0, q_a, q_b, do, lse2, delta, K, V, b, hkv, pos, Tc, Hkv, qk_scale,
+        dq_a, dq_b = _dq_step(dq_a, dq_b, n0, q_a, q_b, do, lse2, delta, K, V, cmp0, hkv, pos, Tc, Hkv, qk_scale,
                               DK, DV, DK_A, DK_B, BLOCK_DV, BLOCK_CMP, STRIDE_CMP, BLOCK_N, MASKED, UPCAST)
     return dq_a, dq_b
 
 
 @triton.jit(do_not_specialize=TUNING_ARGS)
 def _cmp_bwd_dq_kernel(
-    Q, K, V, DO, LSE, DELTA, DQ, T, Tc, Hkv, qk_scale, scale, SEQ_BUCKET, ROWS_BUCKET,
+    Q, K, V, DO, LSE, DELTA, DQ, T, Tc, Hkv, qk_scale, scale, SEQ_BUCKET, ROWS_BUCKET, CU, CMP_CU,
     G: tl.constexpr, G_PAD: tl.constexpr, DK: tl.constexpr, DV: tl.constexpr,
     DK_A: tl.constexpr, DK_B: tl.constexpr, BLOCK_DV: tl.constexpr, BLOCK_CMP: tl.constexpr,
-    STRIDE_CMP: tl.constexpr, UPCAST: tl.constexpr,
+    STRIDE_CMP: tl.constexpr, UPCAST: tl.constexpr, VARLEN: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
-    b, hkv, t_first, t_last = _query_tile(T, Hkv, BLOCK_M // G_PAD)
-    pos, row, row_ok = _group_rows(t_first, b, hkv, T, Hkv, G, G_PAD, BLOCK_M)
+    tok0, T, cmp0, Tc, hkv, t_first, t_last = _query_tile(T, Tc, Hkv, CU, CMP_CU, BLOCK_M // G_PAD, VARLEN)
+    if VARLEN:
+        if t_first >= T:
+            return
+    pos, row, row_ok = _group_rows(t_first, tok0, hkv, T, Hkv, G, G_PAD, BLOCK_M)
     q_a, q_b = _load_split(Q, row, row_ok, DK, DK_A, DK_B, UPCAST)
     do, lse2, delta = _load_grad_rows(DO, LSE, DELTA, row, row_ok, DV, BLOCK_DV, UPCAST)
     n_unmasked, n_any = _block_ranges(t_first, t_last, Tc, BLOCK_CMP, STRIDE_CMP, BLOCK_N)
     dq_a = tl.zeros([BLOCK_M, DK_A], dtype=tl.float32)
     dq_b = tl.zeros([BLOCK_M, DK_B], dtype=tl.float32)
-    dq_a, dq_b = _dq_tile(dq_a, dq_b, q_a, q_b, do, lse2, delta, K, V, b, hkv, pos, 0, n_unmasked, Tc, Hkv, qk_scale,
-                          DK, DV, DK_A, DK_B, BLOCK_DV, BLOCK_CMP, STRIDE_CMP, BLOCK_N, False, UPCAST)
-    dq_a, dq_b = _dq_tile(dq_a, dq_b, q_a, q_b, do, lse2, delta, K, V, b, hkv, pos, n_unmasked, n_any, Tc, Hkv,
+    dq_a, dq_b = _dq_tile(dq_a, dq_b, q_a, q_b, do, lse2, delta, K, V, cmp0, hkv, pos, 0, n_unmasked, Tc, Hkv,
+                          qk_scale, DK, DV, DK_A, DK_B, BLOCK_DV, BLOCK_CMP, STRIDE_CMP, BLOCK_N, False, UPCAST)
+    dq_a, dq_b = _dq_tile(dq_a, dq_b, q_a, q_b, do, lse2, delta, K, V, cmp0, hkv, pos, n_unmasked, n_any, Tc, Hkv,
                           qk_scale, DK, DV, DK_A, DK_B, BLOCK_DV, BLOCK_CMP, STRIDE_CMP, BLOCK_N, True, UPCAST)
     _store_split(DQ, row, row_ok, dq_a * scale, dq_b * scale, DK, DK_A, DK_B)
 
 
 @triton.jit
 def _dkv_step(
-    dk_a, dk_b, dv, t0, k_a, k_b, v, Q, DO, LSE, DELTA, b, hkv, offs_n, T, Hkv, qk_scale,
+    dk_a, dk_b, dv, t0, k_a, k_b, v, Q, DO, LSE, DELTA, tok0, hkv, offs_n, T, Hkv, qk_scale,
     G: tl.constexpr, G_PAD: tl.constexpr, DK: tl.constexpr, DV: tl.constexpr, DK_A: tl.constexpr,
     DK_B: tl.constexpr, BLOCK_DV: tl.constexpr, BLOCK_CMP: tl.constexpr, STRIDE_CMP: tl.constexpr,
     BLOCK_M: tl.constexpr, MASKED: tl.constexpr, UPCAST: tl.constexpr,
 ):
     """dk/dv contribution of query rows at positions [t0, t0 + BLOCK_M // G_PAD) x the G heads."""
-    pos, row, row_ok = _group_rows(t0, b, hkv, T, Hkv, G, G_PAD, BLOCK_M)
+    pos, row, row_ok = _group_rows(t0, tok0, hkv, T, Hkv, G, G_PAD, BLOCK_M)
     q_a, q_b = _load_split(Q, row, row_ok, DK, DK_A, DK_B, UPCAST)
     do, lse2, delta = _load_grad_rows(DO, LSE, DELTA, row, row_ok, DV, BLOCK_DV, UPCAST)
     qk_t = _dot_t(k_a, k_b, q_a, q_b)  # [BLOCK_N, BLOCK_M]
@@ -810,7 +953,7 @@ def _dkv_step(
 
 @triton.jit
 def _dkv_tile(
-    dk_a, dk_b, dv, k_a, k_b, v, Q, DO, LSE, DELTA, b, hkv, offs_n, lo, hi, T, Hkv, qk_scale,
+    dk_a, dk_b, dv, k_a, k_b, v, Q, DO, LSE, DELTA, tok0, hkv, offs_n, lo, hi, T, Hkv, qk_scale,
     G: tl.constexpr, G_PAD: tl.constexpr, DK: tl.constexpr, DV: tl.constexpr, DK_A: tl.constexpr,
     DK_B: tl.constexpr, BLOCK_DV: tl.constexpr, BLOCK_CMP: tl.constexpr, STRIDE_CMP: tl.constexpr,
     BLOCK_M: tl.constexpr, MASKED: tl.constexpr, UPCAST: tl.constexpr,
@@ -818,7 +961,7 @@ def _dkv_tile(
     """Accumulate dk/dv of one compressed tile over query rows (positions x G heads) from lo to hi."""
     BLOCK_T: tl.constexpr = BLOCK_M // G_PAD
     for t0 in range(lo, hi, BLOCK_T):
-        dk_a, dk_b, dv = _dkv_step(dk_a, dk_b, dv, t0, k_a, k_b, v, Q, DO, LSE, DELTA, b, hkv, offs_n, T, Hkv,
+        dk_a, dk_b, dv = _dkv_step(dk_a, dk_b, dv, t0, k_a, k_b, v, Q, DO, LSE, DELTA, tok0, hkv, offs_n, T, Hkv,
                                    qk_scale, G, G_PAD, DK, DV, DK_A, DK_B, BLOCK_DV, BLOCK_CMP, STRIDE_CMP,
                                    BLOCK_M, MASKED, UPCAST)
     return dk_a, dk_b, dv
@@ -840,7 +983,7 @@ def _cmp_bwd_dkv_kernel(
     BLOCK_T: tl.constexpr = BLOCK_M // G_PAD
     b, hkv = _batch_head(Hkv)
     n_first = tl.program_id(0) * BLOCK_N
-    offs_n, n_ok, kv_row = _kv_tile(n_first, b, hkv, Tc, Hkv, BLOCK_N)
+    offs_n, n_ok, kv_row = _kv_tile(n_first, b * Tc, hkv, Tc, Hkv, BLOCK_N)
     k_a, k_b = _load_split(K, kv_row, n_ok, DK, DK_A, DK_B, UPCAST)
     v = _load_cols(V, kv_row, n_ok, DV, 0, BLOCK_DV, UPCAST)
 
@@ -851,10 +994,11 @@ def _cmp_bwd_dkv_kernel(
     dk_a = tl.zeros([BLOCK_N, DK_A], dtype=tl.float32)
     dk_b = tl.zeros([BLOCK_N, DK_B], dtype=tl.float32)
     dv = tl.zeros([BLOCK_N, BLOCK_DV], dtype=tl.float32)
-    dk_a, dk_b, dv = _dkv_tile(dk_a, dk_b, dv, k_a, k_b, v, Q, DO, LSE, DELTA, b, hkv, offs_n, t_start, t_mid, T, Hkv,
-                               qk_scale, G, G_PAD, DK, DV, DK_A, DK_B, BLOCK_DV, BLOCK_CMP, STRIDE_CMP, BLOCK_M, True,
-                               UPCAST)
-    dk_a, dk_b, dv = _dkv_tile(dk_a, dk_b, dv, k_a, k_b, v, Q, DO, LSE, DELTA, b, hkv, offs_n, t_mid, T, T, Hkv,
+    tok0 = b * T
+    dk_a, dk_b, dv = _dkv_tile(dk_a, dk_b, dv, k_a, k_b, v, Q, DO, LSE, DELTA, tok0, hkv, offs_n, t_start, t_mid, T,
+                               Hkv, qk_scale, G, G_PAD, DK, DV, DK_A, DK_B, BLOCK_DV, BLOCK_CMP, STRIDE_CMP, BLOCK_M,
+                               True, UPCAST)
+    dk_a, dk_b, dv = _dkv_tile(dk_a, dk_b, dv, k_a, k_b, v, Q, DO, LSE, DELTA, tok0, hkv, offs_n, t_mid, T, T, Hkv,
                                qk_scale, G, G_PAD, DK, DV, DK_A, DK_B, BLOCK_DV, BLOCK_CMP, STRIDE_CMP, BLOCK_M, False,
                                UPCAST)
     _store_split(DKC, kv_row, n_ok, dk_a * scale, dk_b * scale, DK, DK_A, DK_B)
@@ -893,13 +1037,13 @@ def _prune_dkv_chunk(configs: list[triton.Config], named_args: dict, **kwargs) -
 
 @triton.jit
 def _dkv_chunk_step(
-    dk_a, dk_b, dv, t0, lo, hi, k_a, k_b, v, Q, DO, LSE, DELTA, b, hkv, offs_n, T, Hkv, qk_scale,
+    dk_a, dk_b, dv, t0, lo, hi, k_a, k_b, v, Q, DO, LSE, DELTA, tok0, hkv, offs_n, T, Hkv, qk_scale,
     G: tl.constexpr, G_PAD: tl.constexpr, DK: tl.constexpr, DV: tl.constexpr, DK_A: tl.constexpr,
     DK_B: tl.constexpr, BLOCK_DV: tl.constexpr, BLOCK_CMP: tl.constexpr, STRIDE_CMP: tl.constexpr,
     BLOCK_M: tl.constexpr, MASKED: tl.constexpr, UPCAST: tl.constexpr,
 ):
     """`_dkv_step` for rows at positions [t0, t0 + BLOCK_M // G_PAD) that lie in this chunk's [lo, hi)."""
-    pos, row, row_ok = _group_rows(t0, b, hkv, T, Hkv, G, G_PAD, BLOCK_M)
+    pos, row, row_ok = _group_rows(t0, tok0, hkv, T, Hkv, G, G_PAD, BLOCK_M)
     row_ok = row_ok & (pos >= lo) & (pos < hi)
     q_a, q_b = _load_split(Q, row, row_ok, DK, DK_A, DK_B, UPCAST)
     do, lse2, delta = _load_grad_rows(DO, LSE, DELTA, row, row_ok, DV, BLOCK_DV, UPCAST)
@@ -915,29 +1059,31 @@ def _dkv_chunk_step(
 
 @triton.jit
 def _dkv_chunk_tile(
-    dk_a, dk_b, dv, k_a, k_b, v, Q, DO, LSE, DELTA, b, hkv, offs_n, start, end, lo, hi, T, Hkv, qk_scale,
+    dk_a, dk_b, dv, k_a, k_b, v, Q, DO, LSE, DELTA, tok0, hkv, offs_n, start, end, lo, hi, T, Hkv, qk_scale,
     G: tl.constexpr, G_PAD: tl.constexpr, DK: tl.constexpr, DV: tl.constexpr, DK_A: tl.constexpr,
     DK_B: tl.constexpr, BLOCK_DV: tl.constexpr, BLOCK_CMP: tl.constexpr, STRIDE_CMP: tl.constexpr,
     BLOCK_M: tl.constexpr, MASKED: tl.constexpr, UPCAST: tl.constexpr,
 ):
     BLOCK_T: tl.constexpr = BLOCK_M // G_PAD
     for t0 in range(start, end, BLOCK_T):
-        dk_a, dk_b, dv = _dkv_chunk_step(dk_a, dk_b, dv, t0, lo, hi, k_a, k_b, v, Q, DO, LSE, DELTA, b, hkv, offs_n,
+        dk_a, dk_b, dv = _dkv_chunk_step(dk_a, dk_b, dv, t0, lo, hi, k_a, k_b, v, Q, DO, LSE, DELTA, tok0, hkv, offs_n,
                                          T, Hkv, qk_scale, G, G_PAD, DK, DV, DK_A, DK_B, BLOCK_DV, BLOCK_CMP,
                                          STRIDE_CMP, BLOCK_M, MASKED, UPCAST)
     return dk_a, dk_b, dv
 
 
 @autotune(
-    configs=_configs(_DKV_CHUNK_TILES), key=["G_PAD", "DK_A", "DK_B", "BLOCK_DV", "BLOCK_CMP", "STRIDE_CMP", "PARTIAL"],
+    configs=_configs(_DKV_CHUNK_TILES),
+    key=["G_PAD", "DK_A", "DK_B", "BLOCK_DV", "BLOCK_CMP", "STRIDE_CMP", "PARTIAL", "VARLEN"],
     prune_configs_by={"early_config_prune": _prune_dkv_chunk},
 )
 @triton.jit(do_not_specialize=TUNING_ARGS)
 def _cmp_bwd_dkv_chunk_kernel(
     Q, K, V, DO, LSE, DELTA, DKC, DVC, T, Tc, Hkv, ROWS_KV, CHUNK, qk_scale, scale, SEQ_BUCKET, ROWS_BUCKET,
+    CU, CMP_CU,
     G: tl.constexpr, G_PAD: tl.constexpr, DK: tl.constexpr, DV: tl.constexpr,
     DK_A: tl.constexpr, DK_B: tl.constexpr, BLOCK_DV: tl.constexpr, BLOCK_CMP: tl.constexpr,
-    STRIDE_CMP: tl.constexpr, UPCAST: tl.constexpr, PARTIAL: tl.constexpr,
+    STRIDE_CMP: tl.constexpr, UPCAST: tl.constexpr, PARTIAL: tl.constexpr, VARLEN: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     """One (key tile of BLOCK_N compressed blocks, query chunk of CHUNK positions) of one KV group.
@@ -945,6 +1091,7 @@ def _cmp_bwd_dkv_chunk_kernel(
     Program ids run key tile fastest, so the tiles of one chunk run together and share its q/do rows
     in L2. PARTIAL: the fp32 tile goes to slot `chunk` of DKC/DVC ([chunks, ROWS_KV, D], unscaled) for
     `_cmp_dkv_reduce_kernel`; otherwise (one chunk) it is stored as dk_cmp/dv_cmp directly.
+    VARLEN: T and Tc are the longest sequence's (the grid's); each program runs on its sequence's.
     """
     BLOCK_T: tl.constexpr = BLOCK_M // G_PAD
     b, hkv = _batch_head(Hkv)
@@ -952,13 +1099,19 @@ def _cmp_bwd_dkv_chunk_kernel(
     tile = tl.program_id(0) % n_tiles
     chunk = tl.program_id(0) // n_tiles
     n_first = tile * BLOCK_N
+    if VARLEN:
+        tok0, T, cmp0, Tc = _sequence(CU, CMP_CU, b, T, Tc, VARLEN)
+        if n_first >= Tc:  # a key tile past the sequence's blocks (a chunk past its end fails lo < chunk_hi)
+            return
     t_start = n_first * STRIDE_CMP + BLOCK_CMP - 1  # first position that sees the tile's first block
     t_full = (n_first + BLOCK_N - 1) * STRIDE_CMP + BLOCK_CMP - 1  # first that sees all of them
     chunk_lo = chunk * CHUNK
     chunk_hi = tl.minimum(chunk_lo + CHUNK, T)
     lo = tl.maximum(chunk_lo, t_start)
     if lo < chunk_hi:  # else no position of the chunk sees the tile: nothing to write or read
-        offs_n, n_ok, kv_row = _kv_tile(n_first, b, hkv, Tc, Hkv, BLOCK_N)
+        if not VARLEN:  # the dense bases where the dense kernel always computed them
+            tok0, _, cmp0, _ = _sequence(CU, CMP_CU, b, T, Tc, VARLEN)
+        offs_n, n_ok, kv_row = _kv_tile(n_first, cmp0, hkv, Tc, Hkv, BLOCK_N)
         k_a, k_b = _load_split(K, kv_row, n_ok, DK, DK_A, DK_B, UPCAST)
         v = _load_cols(V, kv_row, n_ok, DV, 0, BLOCK_DV, UPCAST)
         masked_steps = (tl.maximum(tl.minimum(t_full, chunk_hi) - lo, 0) + BLOCK_T - 1) // BLOCK_T
@@ -966,10 +1119,10 @@ def _cmp_bwd_dkv_chunk_kernel(
         dk_a = tl.zeros([BLOCK_N, DK_A], dtype=tl.float32)
         dk_b = tl.zeros([BLOCK_N, DK_B], dtype=tl.float32)
         dv = tl.zeros([BLOCK_N, BLOCK_DV], dtype=tl.float32)
-        dk_a, dk_b, dv = _dkv_chunk_tile(dk_a, dk_b, dv, k_a, k_b, v, Q, DO, LSE, DELTA, b, hkv, offs_n, lo, mid,
+        dk_a, dk_b, dv = _dkv_chunk_tile(dk_a, dk_b, dv, k_a, k_b, v, Q, DO, LSE, DELTA, tok0, hkv, offs_n, lo, mid,
                                          lo, chunk_hi, T, Hkv, qk_scale, G, G_PAD, DK, DV, DK_A, DK_B, BLOCK_DV,
                                          BLOCK_CMP, STRIDE_CMP, BLOCK_M, True, UPCAST)
-        dk_a, dk_b, dv = _dkv_chunk_tile(dk_a, dk_b, dv, k_a, k_b, v, Q, DO, LSE, DELTA, b, hkv, offs_n, mid,
+        dk_a, dk_b, dv = _dkv_chunk_tile(dk_a, dk_b, dv, k_a, k_b, v, Q, DO, LSE, DELTA, tok0, hkv, offs_n, mid,
                                          chunk_hi, lo, chunk_hi, T, Hkv, qk_scale, G, G_PAD, DK, DV, DK_A, DK_B,
                                          BLOCK_DV, BLOCK_CMP, STRIDE_CMP, BLOCK_M, False, UPCAST)
         if PARTIAL:
@@ -983,22 +1136,34 @@ def _cmp_bwd_dkv_chunk_kernel(
 
 @triton.jit
 def _cmp_dkv_reduce_kernel(
-    DKP, DVP, DKC, DVC, Tc, Hkv, ROWS_KV, CHUNK, NUM_CHUNKS, scale,
+    DKP, DVP, DKC, DVC, Tc, Hkv, ROWS_KV, CHUNK, NUM_CHUNKS, scale, CU, CMP_CU,
     DK: tl.constexpr, DV: tl.constexpr, DK_A: tl.constexpr, DK_B: tl.constexpr, BLOCK_DV: tl.constexpr,
-    BLOCK_CMP: tl.constexpr, STRIDE_CMP: tl.constexpr, BLOCK_R: tl.constexpr,
+    BLOCK_CMP: tl.constexpr, STRIDE_CMP: tl.constexpr, BLOCK_R: tl.constexpr, VARLEN: tl.constexpr,
 ):
     """dk_cmp/dv_cmp of BLOCK_R blocks: their partials summed in chunk order (bit-reproducible).
 
     Block i's partials exist from chunk (i*d + l - 1) // CHUNK on: the first chunk holding a position
-    that sees it, whose program for i's key tile always runs.
+    that sees it, whose program for i's key tile always runs. VARLEN: the sequence's own blocks and
+    chunks (cdiv(L_s, CHUNK) of them); Tc and NUM_CHUNKS are the grid's.
     """
     b, hkv = _batch_head(Hkv)
-    offs_n, n_ok, kv_row = _kv_tile(tl.program_id(0) * BLOCK_R, b, hkv, Tc, Hkv, BLOCK_R)
+    _, seqlen, cmp0, Tc = _sequence(CU, CMP_CU, b, 0, Tc, VARLEN)
+    if VARLEN:  # a tile past the sequence's blocks has no n_ok: no iteration, no store
+        num_chunks = tl.cdiv(seqlen, CHUNK)
+        # rebase the scalar pointers, so the per-row offsets stay local (int32, < the 1 GiB of partials)
+        DKP += cmp0 * Hkv * DK
+        DVP += cmp0 * Hkv * DV
+        DKC += cmp0 * Hkv * DK
+        DVC += cmp0 * Hkv * DV
+        cmp0 = 0
+    else:
+        num_chunks = NUM_CHUNKS
+    offs_n, n_ok, kv_row = _kv_tile(tl.program_id(0) * BLOCK_R, cmp0, hkv, Tc, Hkv, BLOCK_R)
     first = (offs_n * STRIDE_CMP + BLOCK_CMP - 1) // CHUNK
     dk_a = tl.zeros([BLOCK_R, DK_A], dtype=tl.float32)
     dk_b = tl.zeros([BLOCK_R, DK_B], dtype=tl.float32)
     dv = tl.zeros([BLOCK_R, BLOCK_DV], dtype=tl.float32)
-    for c in range(tl.min(tl.where(n_ok, first, NUM_CHUNKS), 0), NUM_CHUNKS):
+    for c in range(tl.min(tl.where(n_ok, first, num_chunks), 0), num_chunks):
         use = n_ok & (first <= c)
         part_row = kv_row + c * ROWS_KV  # < 2^31: the partials are capped at 1 GiB
         part_a, part_b = _load_split(DKP, part_row, use, DK, DK_A, DK_B, False)
@@ -1009,32 +1174,39 @@ def _cmp_dkv_reduce_kernel(
     _store_cols(DVC, kv_row, n_ok, dv, DV, 0, BLOCK_DV)
 
 
-def _launch_dkv_v2(q, k_cmp, v_cmp, do, lse, delta, dk_cmp, dv_cmp, qk_scale: float, scale: float, common: dict):
-    """dk_cmp/dv_cmp by the chunked v2 kernels: one launch when one chunk covers T, else partials + reduce."""
+def _launch_dkv_v2(q, k_cmp, v_cmp, do, lse, delta, dk_cmp, dv_cmp, qk_scale: float, scale: float, common: dict,
+                   packed: _Packed | None = None):
+    """dk_cmp/dv_cmp by the chunked v2 kernels: one launch when one chunk covers T, else partials + reduce.
+
+    Packed: the grid's key tiles cover the most blocks of one sequence, its chunks the longest sequence;
+    the partials hold every sequence's blocks ([chunks, sum_s Tc_s * Hkv, D]).
+    """
     b, t = q.shape[:2]
     tc, hkv, dk, dv = k_cmp.shape[1], k_cmp.shape[2], k_cmp.shape[-1], v_cmp.shape[-1]
     rows_kv = b * tc * hkv
-    chunk, chunks = _dkv_chunks(t, tc, rows_kv, dk, dv)
+    grid_b, arg_t, arg_tc = (b, t, tc) if packed is None else (packed.num_seqs, packed.max_len, packed.max_cmp)
+    cu, cmp_cu = _offsets(packed)
+    chunk, chunks = _dkv_chunks(arg_t, arg_tc, rows_kv, dk, dv)
     partial = chunks > 1
     if partial:
         dk_out = torch.empty(chunks, rows_kv, dk, dtype=torch.float32, device=q.device)
         dv_out = torch.empty(chunks, rows_kv, dv, dtype=torch.float32, device=q.device)
     else:
         dk_out, dv_out = dk_cmp, dv_cmp
-    _cmp_bwd_dkv_chunk_kernel[lambda meta: (triton.cdiv(tc, meta["BLOCK_N"]) * chunks, b * hkv)](
-        q, k_cmp, v_cmp, do, lse, delta, dk_out, dv_out, t, tc, hkv, rows_kv, chunk, qk_scale, scale,
-        PARTIAL=partial, **common,
+    _cmp_bwd_dkv_chunk_kernel[lambda meta: (triton.cdiv(arg_tc, meta["BLOCK_N"]) * chunks, grid_b * hkv)](
+        q, k_cmp, v_cmp, do, lse, delta, dk_out, dv_out, arg_t, arg_tc, hkv, rows_kv, chunk, qk_scale, scale,
+        CU=cu, CMP_CU=cmp_cu, PARTIAL=partial, **common,
     )
     if partial:
         block_r = 16
-        _cmp_dkv_reduce_kernel[(triton.cdiv(tc, block_r), b * hkv)](
-            dk_out, dv_out, dk_cmp, dv_cmp, tc, hkv, rows_kv, chunk, chunks, scale, DK=dk, DV=dv,
+        _cmp_dkv_reduce_kernel[(triton.cdiv(arg_tc, block_r), grid_b * hkv)](
+            dk_out, dv_out, dk_cmp, dv_cmp, arg_tc, hkv, rows_kv, chunk, chunks, scale, cu, cmp_cu, DK=dk, DV=dv,
             DK_A=common["DK_A"], DK_B=common["DK_B"], BLOCK_DV=common["BLOCK_DV"], BLOCK_CMP=common["BLOCK_CMP"],
-            STRIDE_CMP=common["STRIDE_CMP"], BLOCK_R=block_r, num_warps=4,
+            STRIDE_CMP=common["STRIDE_CMP"], BLOCK_R=block_r, VARLEN=packed is not None, num_warps=4,
         )
 
 
-_DQ_KEY = ["G_PAD", "DK_A", "DK_B", "BLOCK_DV", "BLOCK_CMP", "STRIDE_CMP"]
+_DQ_KEY = ["G_PAD", "DK_A", "DK_B", "BLOCK_DV", "BLOCK_CMP", "STRIDE_CMP", "VARLEN"]
 _cmp_bwd_dq_v2_kernel = autotune(
     configs=_configs(_DQ_TILES_V2), key=_DQ_KEY, prune_configs_by={"early_config_prune": _prune_dq_rows},
 )(_cmp_bwd_dq_kernel)
@@ -1046,7 +1218,7 @@ _cmp_bwd_dq_kernel = autotune(
 def compressed_bwd(
     q: torch.Tensor, k_cmp: torch.Tensor, v_cmp: torch.Tensor, o: torch.Tensor, lse: torch.Tensor,
     do: torch.Tensor, cfg: NSAConfig, scale: float, *, dkv_variant: str = "v2", dq_variant: str = "v2",
-    dq_out: torch.Tensor | None = None,
+    dq_out: torch.Tensor | None = None, cu_seqlens: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Backward of compressed_fwd: (dq, dk_cmp, dv_cmp) in the input dtypes; dk/dv summed over G heads.
 
@@ -1055,12 +1227,15 @@ def compressed_bwd(
     summed in a fixed order. "v1" is the single-axis 16-block-tile kernel (kernels/variants.py).
     dq_variant "v2" (default) also tries dq tiles of 4-8 positions; "v1" only v1's 2-position tiles.
     dq_out: where dq goes (q's shape, contiguous, any float dtype; NSA passes its fp32 accumulator).
+    Packed (cu_seqlens, both variants v2): compressed_fwd's packed layouts; dq [1, total_T, Hq, Dk],
+    dk_cmp/dv_cmp [1, sum_s Tc_s, Hkv, D], each sequence's gradients from its own rows only.
     """
     check_variant("dkv_variant", dkv_variant)
     check_variant("dq_variant", dq_variant)
     check_dq_chain(q, dq_out, None)
     group = _check_attention_inputs(q, k_cmp, v_cmp, cfg)
     scale = _check_scale(scale)
+    packed = _packed_attention(cu_seqlens, q, k_cmp, cfg, ("dkv_variant", dkv_variant), ("dq_variant", dq_variant))
     b, t, hq, dk = q.shape
     tc, hkv, dv = k_cmp.shape[1], k_cmp.shape[2], v_cmp.shape[-1]
     _check_like("o", o, (b, t, hq, dv))
@@ -1081,19 +1256,24 @@ def compressed_bwd(
     common = dict(
         G=group, G_PAD=g_pad, DK=dk, DV=dv, DK_A=dk_a, DK_B=dk_b, BLOCK_DV=next_pow2(dv),
         BLOCK_CMP=cfg.block_cmp, STRIDE_CMP=cfg.stride_cmp, UPCAST=interpreting() and q.dtype == torch.bfloat16,
-        **tuning_buckets(t, b * hq),
+        VARLEN=packed is not None,
     )
+    grid_t, grid_b, arg_tc = (t, b, tc) if packed is None else (packed.max_len, packed.num_seqs, packed.max_cmp)
+    common.update(tuning_buckets(grid_t, grid_b * hq))
+    cu, cmp_cu = _offsets(packed)
     dq = dq_out if dq_out is not None else torch.empty_like(q)
     dq_kernel = _cmp_bwd_dq_v2_kernel if dq_variant == "v2" else _cmp_bwd_dq_kernel
-    dq_kernel[lambda meta: (triton.cdiv(t, meta["BLOCK_M"] // g_pad), b * hkv)](
-        q, k_cmp, v_cmp, do, lse, delta, dq, t, tc, hkv, scale * _LOG2E, scale, **common,
+    dq_kernel[lambda meta: (triton.cdiv(grid_t, meta["BLOCK_M"] // g_pad), grid_b * hkv)](
+        q, k_cmp, v_cmp, do, lse, delta, dq, grid_t, arg_tc, hkv, scale * _LOG2E, scale, CU=cu, CMP_CU=cmp_cu,
+        **common,
     )
     dk_cmp = torch.empty_like(k_cmp)
     dv_cmp = torch.empty_like(v_cmp)
     if dkv_variant == "v1":
+        dense = {name: value for name, value in common.items() if name != "VARLEN"}  # v1: no packed form
         _cmp_bwd_dkv_kernel[lambda meta: (triton.cdiv(tc, meta["BLOCK_N"]), b * hkv)](
-            q, k_cmp, v_cmp, do, lse, delta, dk_cmp, dv_cmp, t, tc, hkv, scale * _LOG2E, scale, **common,
+            q, k_cmp, v_cmp, do, lse, delta, dk_cmp, dv_cmp, t, tc, hkv, scale * _LOG2E, scale, **dense,
         )
     else:
-        _launch_dkv_v2(q, k_cmp, v_cmp, do, lse, delta, dk_cmp, dv_cmp, scale * _LOG2E, scale, common)
+        _launch_dkv_v2(q, k_cmp, v_cmp, do, lse, delta, dk_cmp, dv_cmp, scale * _LOG2E, scale, common, packed)
     return dq, dk_cmp, dv_cmp

@@ -8,7 +8,7 @@ import torch
 
 from nsa_kernels import compressed
 from nsa_kernels.compressed import compress_bwd, compress_fwd, compressed_bwd, compressed_fwd, select_blocks
-from nsa_bench import reference
+from nsa_bench import reference, varlen
 from nsa_bench.config import NSAConfig
 
 CFG_A = NSAConfig(block_cmp=32, stride_cmp=16, block_slc=64, n_slc=4, window=64)
@@ -310,34 +310,39 @@ def test_gated_bad_arguments_raise_value_error(kwargs, message):
 
 
 # ------------------------------------------------------------------ section 3: selection
-def _check_selection(block_idx: torch.Tensor, scores: torch.Tensor, cfg: NSAConfig, tol: float) -> None:
-    """Validity per NSA_SPEC section 3 against float64 group scores S [B,T,Hkv,Nslc]."""
+def _check_selection(block_idx: torch.Tensor, scores: torch.Tensor, cfg: NSAConfig, tol: float,
+                     positions: torch.Tensor | None = None) -> None:
+    """Validity per NSA_SPEC section 3 against float64 group scores S [B,T,Hkv,Nslc]; `positions` [T]:
+    each row's position in its sequence (packed batches: local), default 0..T-1."""
     b, t, hkv, _ = scores.shape
     assert block_idx.shape == (b, t, hkv, cfg.n_slc) and block_idx.dtype == torch.int32
-    for pos in range(t):
+    positions = torch.arange(t) if positions is None else positions
+    for r in range(t):
+        pos = int(positions[r])
         current = pos // cfg.block_slc
         count = min(cfg.n_slc, current + 1)
         forced = {0, current, current - 1} - {-1}
         for bi in range(b):
             for g in range(hkv):
-                row = block_idx[bi, pos, g].tolist()
+                row = block_idx[bi, r, g].tolist()
                 chosen = [j for j in row if j != -1]
                 assert row.count(-1) == cfg.n_slc - count, (bi, pos, g, row)
                 assert len(set(chosen)) == len(chosen), (bi, pos, g, row)
                 assert all(0 <= j <= current for j in chosen), (bi, pos, g, row)
                 assert forced <= set(chosen), (bi, pos, g, row)
-                s = scores[bi, pos, g]
+                s = scores[bi, r, g]
                 free = [j for j in chosen if j not in forced]
                 left = [j for j in range(current + 1) if j not in chosen]
                 if free and left:
                     assert min(s[free]) >= max(s[left]) - tol, (bi, pos, g, row)
 
 
-def _boundary_gap(scores: torch.Tensor, cfg: NSAConfig) -> torch.Tensor:
+def _boundary_gap(scores: torch.Tensor, cfg: NSAConfig, positions: torch.Tensor | None = None) -> torch.Tensor:
     """Per row: smallest gap between consecutive ranked non-forced candidate scores (inf if none)."""
     b, t, hkv, nslc = scores.shape
     j = torch.arange(nslc)
-    current = (torch.arange(t) // cfg.block_slc)[:, None]
+    positions = torch.arange(t) if positions is None else positions
+    current = (positions // cfg.block_slc)[:, None]
     free = (j <= current) & (j != 0) & (j != current) & (j != current - 1)  # [T, Nslc]
     ranked = torch.where(free[None, :, None, :], scores, torch.full_like(scores, float("-inf")))
     ranked = ranked.sort(dim=-1, descending=True).values
@@ -417,3 +422,224 @@ def test_bad_input_raises_value_error():
         compress_bwd(torch.randn(1, 3, 1, 16), 80, 32, 16)
     with pytest.raises(ValueError, match="dtype"):
         compressed_fwd(q.double(), k_cmp.double(), v_cmp.double(), case.cfg, 0.25)
+
+
+# ------------------------------------------------------------------ packed batches (cu_seqlens, docs/varlen.md)
+# Lengths: one token; 10 < l = 16 (no compressed block); 25 < l' = 32 (two blocks); an empty sequence;
+# 45; and 77, a multiple of no tile (16, 32, 64). The packed boundaries 1, 11, 36, 81 fall inside the
+# buffer's compression (d = 8) and selection (l' = 32) blocks. Under the interpreter the chunked dK/dV
+# runs 32-position chunks, so the 77-token sequence crosses three of them (the partials path).
+PACKED_LENS = (1, 10, 25, 0, 45, 77)
+PACKED_ONE_CHUNK = (0, 16, 31, 3, 24, 0)  # empty first and last; every sequence within one dK/dV chunk
+
+
+def _packed_inputs(lengths, kv_heads: int, group: int, dk: int, dv: int, cfg: NSAConfig, dtype: torch.dtype,
+                   seed: int):
+    """(q [1,total,Hq,Dk], k_cmp, v_cmp [1,sum Tc_s,Hkv,*], cu_seqlens): random float64 cast to dtype."""
+    gen = torch.Generator().manual_seed(seed)
+    cu = varlen.cu_seqlens_of(lengths)
+    total, total_cmp = int(cu[-1]), sum(cfg.num_cmp_blocks(n) for n in lengths)
+    q = torch.randn(1, total, kv_heads * group, dk, generator=gen, dtype=torch.float64)
+    k_cmp = torch.randn(1, total_cmp, kv_heads, dk, generator=gen, dtype=torch.float64)
+    v_cmp = torch.randn(1, total_cmp, kv_heads, dv, generator=gen, dtype=torch.float64)
+    return q.to(dtype), k_cmp.to(dtype), v_cmp.to(dtype), cu
+
+
+def _sequences(cu: torch.Tensor, cfg: NSAConfig) -> list[tuple[slice, slice]]:
+    """(token slice, compressed-block slice) of every non-empty sequence."""
+    cmp = varlen.cmp_cu_seqlens(cu, cfg).tolist()
+    return [(slice(s, e), slice(cmp[i], cmp[i + 1])) for i, (s, e) in enumerate(varlen.spans(cu, int(cu[-1])))
+            if e > s]
+
+
+def _local_positions(cu: torch.Tensor) -> torch.Tensor:
+    return torch.cat([torch.arange(n) for n in varlen.seqlens(cu)])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_compress_packed_matches_reference(dtype):
+    cfg = CFG_B
+    cu = varlen.cu_seqlens_of(PACKED_LENS)
+    gen = torch.Generator().manual_seed(31)
+    x = torch.randn(1, int(cu[-1]), 2, 24, generator=gen, dtype=torch.float64)
+    out = compress_fwd(x.to(dtype), cfg.block_cmp, cfg.stride_cmp, cu_seqlens=cu)
+    leaf = x.clone().requires_grad_()
+    ref = reference.compress_kv(leaf, leaf, cfg, cu_seqlens=cu)[0]
+    assert out.shape == ref.shape == (1, sum(cfg.num_cmp_blocks(n) for n in PACKED_LENS), 2, 24)
+    assert out.dtype == dtype and _rel(out, ref) < TOL[dtype]
+    alone = torch.cat([compress_fwd(x[:, tok].to(dtype), cfg.block_cmp, cfg.stride_cmp) for tok, _ in
+                       _sequences(cu, cfg)], dim=1)
+    assert torch.equal(out, alone)
+    grad = torch.randn(ref.shape, generator=gen, dtype=torch.float64)
+    ref.backward(grad)
+    dx = compress_bwd(grad.to(dtype), int(cu[-1]), cfg.block_cmp, cfg.stride_cmp, cu_seqlens=cu)
+    assert dx.shape == x.shape and _rel(dx, leaf.grad) < TOL[dtype]
+    assert torch.all(dx[0, :11] == 0)  # the first two sequences (1 and 10 tokens) have no block
+
+
+PACKED_ATTENTION_CASES = [  # lengths, Hkv, G, Dk, Dv, dtype
+    (PACKED_LENS, 1, 1, 32, 16, torch.float32),  # G = 1, Dk != Dv
+    (PACKED_LENS, 2, 3, 48, 16, torch.float32),  # G = 3 (padded heads), Dk = 32 + 16
+    (PACKED_ONE_CHUNK, 2, 2, 16, 32, torch.float16),
+]
+
+
+@pytest.mark.parametrize("lengths, hkv, group, dk, dv, dtype", PACKED_ATTENTION_CASES)
+def test_compressed_fwd_packed_matches_reference_and_dense(lengths, hkv, group, dk, dv, dtype):
+    """Each row sees its own sequence's blocks only; rows seeing none: o = 0, lse = +inf; packed == alone."""
+    cfg = CFG_B
+    q, k_cmp, v_cmp, cu = _packed_inputs(lengths, hkv, group, dk, dv, cfg, dtype, seed=sum(lengths) + group)
+    scale = dk**-0.5
+    o, lse = compressed_fwd(q, k_cmp, v_cmp, cfg, scale, cu_seqlens=cu)
+    ref = reference.compressed_attention(q.double(), k_cmp.double(), v_cmp.double(), cfg, scale, cu_seqlens=cu)
+    assert o.shape == ref.shape == (*q.shape[:3], dv) and lse.shape == q.shape[:3]
+    assert _rel(o, ref) < TOL[dtype]
+    blind = _local_positions(cu) < cfg.block_cmp - 1
+    assert torch.all(o[:, blind] == 0) and torch.all(lse[:, blind] == float("inf"))
+    for tok, cmp in _sequences(cu, cfg):
+        o_alone, lse_alone = compressed_fwd(q[:, tok], k_cmp[:, cmp], v_cmp[:, cmp], cfg, scale)
+        assert torch.equal(o[:, tok], o_alone) and torch.equal(lse[:, tok], lse_alone)
+        seen = ~blind[tok]
+        if seen.any():
+            ref_lse = _reference_lse(q[:, tok], k_cmp[:, cmp], cfg, scale)
+            assert _rel(lse[:, tok][:, seen], ref_lse[:, seen]) < TOL[dtype]
+
+
+def test_gated_epilogue_packed_matches_unfused():
+    cfg = CFG_B
+    q, k_cmp, v_cmp, cu = _packed_inputs(PACKED_LENS, 2, 2, 32, 16, cfg, torch.float32, seed=5)
+    o, lse = compressed_fwd(q, k_cmp, v_cmp, cfg, 0.2, cu_seqlens=cu)
+    gen = torch.Generator().manual_seed(6)
+    gates = torch.rand(*q.shape[:3], 3, generator=gen)
+    out = torch.randn(o.shape, generator=gen)
+    before = out.clone()
+    got, lse_gated = compressed_fwd(q, k_cmp, v_cmp, cfg, 0.2, out=out, gates=gates, gate_index=1, accumulate=True,
+                                    cu_seqlens=cu)
+    assert got is out and torch.equal(lse_gated, lse)
+    assert _rel(out, before.double() + gates[..., 1:2].double() * o.double()) < 1e-5
+
+
+PACKED_SELECT_CASES = [  # lengths, Hkv, G, Dk, n_slc
+    (PACKED_LENS, 2, 2, 32, 3),
+    ((40, 0, 130, 7), 1, 1, 16, 4),  # G = 1, 5 selection blocks in the long one
+]
+
+
+@pytest.mark.parametrize("lengths, hkv, group, dk, n_slc", PACKED_SELECT_CASES)
+def test_select_blocks_packed_local_and_valid(lengths, hkv, group, dk, n_slc):
+    """Local block numbers, forced blocks and the top-n rule per sequence (T = L_s); packed == alone."""
+    cfg = NSAConfig(block_cmp=16, stride_cmp=8, block_slc=32, n_slc=n_slc, window=64)
+    q, k_cmp, _, cu = _packed_inputs(lengths, hkv, group, dk, 16, cfg, torch.float32, seed=3 * sum(lengths))
+    scale = dk**-0.5
+    _, lse = compressed_fwd(q, k_cmp, k_cmp, cfg, scale, cu_seqlens=cu)
+    block_idx = select_blocks(q, k_cmp, cfg, scale, lse=lse, cu_seqlens=cu)
+    assert torch.equal(block_idx, select_blocks(q, k_cmp, cfg, scale, cu_seqlens=cu))  # lse-only pass
+    positions = _local_positions(cu)
+    scores = reference.block_scores(q.double(), k_cmp.double(), cfg, scale, cu_seqlens=cu)
+    _check_selection(block_idx, scores, cfg, tol=1e-5, positions=positions)
+    expected = reference.select_blocks(q.double(), k_cmp.double(), cfg, scale, cu_seqlens=cu)
+    clear = _boundary_gap(scores, cfg, positions) > 1e-4
+    assert torch.equal(block_idx.sort(dim=-1).values[clear], expected.sort(dim=-1).values[clear])
+    assert clear.float().mean() > 0.9
+    for tok, cmp in _sequences(cu, cfg):
+        assert torch.equal(block_idx[:, tok], select_blocks(q[:, tok], k_cmp[:, cmp], cfg, scale))
+
+
+@pytest.mark.parametrize("lengths, hkv, group, dk, dv, dtype", [
+    (PACKED_LENS, 2, 2, 32, 16, torch.float32),  # chunked dK/dV partials
+    (PACKED_ONE_CHUNK, 1, 3, 16, 32, torch.float32),  # one chunk: dk_cmp/dv_cmp stored directly
+    (PACKED_LENS, 1, 1, 16, 16, torch.float16),
+])
+def test_compressed_bwd_packed_matches_autograd(lengths, hkv, group, dk, dv, dtype):
+    cfg = CFG_B
+    q, k_cmp, v_cmp, cu = _packed_inputs(lengths, hkv, group, dk, dv, cfg, dtype, seed=7 * sum(lengths) + group)
+    scale = dk**-0.5
+    o, lse = compressed_fwd(q, k_cmp, v_cmp, cfg, scale, cu_seqlens=cu)
+    do = torch.randn(o.shape, generator=torch.Generator().manual_seed(12), dtype=torch.float64).to(dtype)
+    dq_out = torch.full(q.shape, float("nan"))
+    dq, dk_cmp, dv_cmp = compressed_bwd(q, k_cmp, v_cmp, o, lse, do, cfg, scale, dq_out=dq_out, cu_seqlens=cu)
+    assert dq is dq_out
+    leaves = [x.double().requires_grad_() for x in (q, k_cmp, v_cmp)]
+    reference.compressed_attention(*leaves, cfg, scale, cu_seqlens=cu).backward(do.double())
+    tol = 1e-4 if dtype == torch.float32 else 1e-2
+    for name, got, leaf in (("dq", dq, leaves[0]), ("dk_cmp", dk_cmp, leaves[1]), ("dv_cmp", dv_cmp, leaves[2])):
+        assert got.shape == leaf.shape, name
+        assert _rel(got, leaf.grad) < tol, name
+    assert torch.all(dq[:, _local_positions(cu) < cfg.block_cmp - 1] == 0)
+    for tok, cmp in _sequences(cu, cfg):
+        alone = compressed_bwd(q[:, tok], k_cmp[:, cmp], v_cmp[:, cmp], o[:, tok], lse[:, tok], do[:, tok], cfg,
+                               scale, dq_out=torch.empty(q[:, tok].shape))
+        assert torch.equal(dq[:, tok], alone[0])
+        assert _rel(dk_cmp[:, cmp], alone[1]) < 1e-6 and _rel(dv_cmp[:, cmp], alone[2]) < 1e-6
+
+
+def test_packed_bad_input_raises_value_error():
+    cfg = CFG_B
+    q, k_cmp, v_cmp, cu = _packed_inputs((20, 30), 1, 2, 16, 16, cfg, torch.float32, seed=1)
+    o, lse = compressed_fwd(q, k_cmp, v_cmp, cfg, 0.25, cu_seqlens=cu)
+    short = torch.tensor([0, 20, 49], dtype=torch.int32)  # ends before total_T = 50
+    with pytest.raises(ValueError, match="cu_seqlens"):
+        compressed_fwd(q, k_cmp, v_cmp, cfg, 0.25, cu_seqlens=short)
+    with pytest.raises(ValueError, match="cu_seqlens"):
+        select_blocks(q, k_cmp, cfg, 0.25, cu_seqlens=short)
+    with pytest.raises(ValueError, match="cu_seqlens"):
+        compress_fwd(q, 16, 8, cu_seqlens=short)
+    with pytest.raises(ValueError, match="cu_seqlens"):
+        compress_fwd(q.expand(2, -1, -1, -1), 16, 8, cu_seqlens=cu)  # a packed batch has B = 1
+    with pytest.raises(ValueError, match="cu_seqlens"):
+        compressed_bwd(q, k_cmp, v_cmp, o, lse, o, cfg, 0.25, cu_seqlens=cu.float())
+    with pytest.raises(ValueError, match="k_cmp holds 2 compressed blocks"):
+        compressed_fwd(q, k_cmp[:, :2], v_cmp[:, :2], cfg, 0.25, cu_seqlens=cu)
+    with pytest.raises(ValueError, match="k_cmp"):
+        select_blocks(q, k_cmp[:, :2], cfg, 0.25, cu_seqlens=cu)
+    with pytest.raises(ValueError, match="dx_cmp"):
+        compress_bwd(k_cmp[:, :2], 50, 16, 8, cu_seqlens=cu)
+    v2_only = r"cu_seqlens: packed batches need the v2 kernels"
+    with pytest.raises(ValueError, match=v2_only + r" \(variant='v1'\)"):
+        compressed_fwd(q, k_cmp, v_cmp, cfg, 0.25, variant="v1", cu_seqlens=cu)
+    with pytest.raises(ValueError, match=v2_only):
+        select_blocks(q, k_cmp, cfg, 0.25, variant="v1", cu_seqlens=cu)
+    for kwargs in ({"dkv_variant": "v1"}, {"dq_variant": "v1"}):
+        with pytest.raises(ValueError, match=v2_only):
+            compressed_bwd(q, k_cmp, v_cmp, o, lse, o, cfg, 0.25, cu_seqlens=cu, **kwargs)
+
+
+def test_packed_host_code_takes_meta_tensors_and_a_cpu_cu_seqlens():
+    """The sm_90 compile check's call: meta q/k/v, cu_seqlens on the CPU. The wrappers read lengths on
+    the host only and launch every kernel VARLEN over (tiles of the longest sequence, N x heads)."""
+    from nsa_kernels.compile_check import record_launches
+
+    cfg, lengths, hkv, hq = CFG_A, (2000, 0, 3, 2093), 2, 8
+    cu = varlen.cu_seqlens_of(lengths)
+    total = sum(lengths)
+    meta = lambda *shape, dtype=torch.float16: torch.empty(*shape, device="meta", dtype=dtype)  # noqa: E731
+
+    def host() -> None:
+        q, k = meta(1, total, hq, 64), meta(1, total, hkv, 64)
+        k_cmp = compress_fwd(k, cfg.block_cmp, cfg.stride_cmp, cu_seqlens=cu)
+        assert k_cmp.shape == (1, sum(cfg.num_cmp_blocks(n) for n in lengths), hkv, 64)
+        o, lse = compressed_fwd(q, k_cmp, k_cmp, cfg, 0.125, cu_seqlens=cu)
+        compressed_fwd(q, k_cmp, k_cmp, cfg, 0.125, out=meta(*o.shape), gates=meta(1, total, hq, 3), accumulate=True,
+                       cu_seqlens=cu)
+        select_blocks(q, k_cmp, cfg, 0.125, cu_seqlens=cu)
+        compressed_bwd(q, k_cmp, k_cmp, o, lse, o, cfg, 0.125, dq_out=meta(*q.shape, dtype=torch.float32),
+                       cu_seqlens=cu)
+        compress_bwd(k_cmp, total, cfg.block_cmp, cfg.stride_cmp, cu_seqlens=cu)
+
+    launches = record_launches([compressed], host)
+    names = []
+    for launch in launches:
+        kernel = launch.kernel
+        while hasattr(kernel, "fn"):
+            kernel = kernel.fn
+        names.append(kernel.__name__)
+        if kernel.__name__ == "_delta_kernel":  # row-wise over all packed rows: no sequence structure
+            continue
+        assert launch.kwargs.get("VARLEN") is True, kernel.__name__
+        grid = launch.grid({**launch.kwargs, "BLOCK_M": 64, "BLOCK_N": 16}) if callable(launch.grid) else launch.grid
+        assert grid[1] == len(lengths) * hkv, (kernel.__name__, grid)
+        offsets = [a for a in (*launch.args, *launch.kwargs.values()) if isinstance(a, torch.Tensor)
+                   and a.dtype == torch.int32 and a.dim() == 1 and a.shape[0] == len(lengths) + 1]
+        assert len(offsets) == 2 and all(a.device.type == "meta" for a in offsets), kernel.__name__
+    assert {"_compress_fwd_kernel", "_cmp_fwd_kernel", "_select_kernel", "_cmp_bwd_dq_kernel",
+            "_cmp_bwd_dkv_chunk_kernel", "_cmp_dkv_reduce_kernel", "_compress_bwd_kernel"} <= set(names)
