@@ -30,6 +30,7 @@ from ._common import (
     TUNING_ARGS, autotune, check_gated, check_heads, check_kernel_config, interpreting, next_pow2, tuning_buckets,
 )
 from ._common import check_dq_chain, split_head_dim as _split_head_dim
+from .packing import Packing, num_cmp as _num_cmp
 from .variants import check_variant
 from nsa_bench import varlen
 from nsa_bench.config import NSAConfig
@@ -175,23 +176,17 @@ class _Packed:
     total_cmp: int  # sum_s Tc_s: the packed k_cmp's length
 
 
-def _num_cmp(length: int, block_cmp: int, stride_cmp: int) -> int:
-    return 0 if length < block_cmp else (length - block_cmp) // stride_cmp + 1
-
-
 def _packed(cu_seqlens: torch.Tensor | None, total: int, batch: int, block_cmp: int, stride_cmp: int,
             device: torch.device) -> _Packed | None:
     """Validate cu_seqlens on the host (never reading a device tensor's values twice), move it to the
     kernels' device. None: the dense path."""
     if cu_seqlens is None:
         return None
-    lengths = [e - s for s, e in varlen.spans(cu_seqlens, total, batch)]
-    counts = [_num_cmp(n, block_cmp, stride_cmp) for n in lengths]
+    packing = Packing.of(cu_seqlens, total, batch, device, block_cmp, stride_cmp)  # a Packing: no read, no copy
+    counts = packing.cmp_counts(block_cmp, stride_cmp)
     return _Packed(
-        cu=cu_seqlens.to(device=device, dtype=torch.int32),
-        cmp_cu=varlen.cu_seqlens_of(counts, device=device),
-        num_seqs=len(lengths), max_len=max(lengths, default=0), max_cmp=max(counts, default=0),
-        total_cmp=sum(counts),
+        cu=packing.cu, cmp_cu=packing.cmp_offsets(block_cmp, stride_cmp),
+        num_seqs=packing.num_seqs, max_len=packing.max_len, max_cmp=max(counts, default=0), total_cmp=sum(counts),
     )
 
 

@@ -30,6 +30,7 @@ from ._common import (
     TUNING_ARGS, autotune, check_dq_chain, check_gated, check_heads, interpreting, next_pow2, same_memory,
     split_head_dim, tuning_buckets,
 )
+from .packing import Packing
 from .variants import check_variant
 
 __all__ = ["attention_fwd", "attention_bwd", "flash_attention", "flash_attention_decode"]
@@ -877,6 +878,15 @@ def _packing(q: torch.Tensor, cu_seqlens: torch.Tensor | None, variant: str, max
         return _Packing(None, batch, seqlen)
     if check_variant("variant", variant) != "v2":
         raise ValueError(f"cu_seqlens: packed batches need the v2 kernels (variant={variant!r})")
+    if isinstance(cu_seqlens, Packing):  # read once for the whole NSA call: nothing to read or copy here
+        cu_seqlens.check(seqlen, batch, q.device)
+        if max_seqlen is not None and max_seqlen < cu_seqlens.max_len:
+            raise ValueError(f"max_seqlen={max_seqlen} is below the longest sequence of cu_seqlens "
+                             f"({cu_seqlens.max_len})")
+        if cu_seqlens.num_seqs > _MAX_GRID_SEQS:
+            raise ValueError(f"cu_seqlens holds {cu_seqlens.num_seqs} sequences; the kernels' grid takes at most "
+                             f"{_MAX_GRID_SEQS}")
+        return _Packing(cu_seqlens.cu, cu_seqlens.num_seqs, cu_seqlens.max_len)
     if max_seqlen is not None and (isinstance(max_seqlen, bool) or not isinstance(max_seqlen, int) or max_seqlen < 0):
         raise ValueError(f"max_seqlen={max_seqlen!r} must be an int >= 0 or None")
     if max_seqlen is not None and isinstance(cu_seqlens, torch.Tensor) and cu_seqlens.device.type != "cpu":

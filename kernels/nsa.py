@@ -7,7 +7,9 @@ function, so k_cmp/v_cmp passed by the caller get their gradients and computed o
 
 Packed batches (`cu_seqlens`, docs/varlen.md): every branch kernel takes the offsets and runs each
 sequence alone inside one launch (programs rebased to their sequence's first token); the gated sum is
-row-wise and needs none. Only the v2 kernels take them (a v1 variant refuses with a ValueError).
+row-wise and needs none. Only the v2 kernels take them (a v1 variant refuses with a ValueError). The
+offsets are read once per call into a `Packing` (kernels/packing.py) that every kernel takes; a caller
+timing many calls may build it once and pass it as cu_seqlens.
 """
 from __future__ import annotations
 
@@ -18,8 +20,8 @@ import torch
 from . import compressed, flash, selected
 from ._common import check_heads, check_kernel_config
 from .gated_sum import gated_sum_bwd, gated_sum_fwd
+from .packing import Packing
 from .variants import KernelVariants
-from nsa_bench import varlen
 from nsa_bench.config import NSAConfig
 
 __all__ = ["compress_kv", "select_blocks", "nsa_attention", "nsa_attention_variants", "forward_stages",
@@ -34,7 +36,7 @@ def _scale(scale: float | None, head_dim: int) -> float:
 class _Compress(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, block_cmp: int, stride_cmp: int,
-                cu_seqlens: torch.Tensor | None) -> torch.Tensor:
+                cu_seqlens: torch.Tensor | Packing | None) -> torch.Tensor:
         ctx.shape = (x.shape[1], block_cmp, stride_cmp)
         ctx.cu_seqlens = cu_seqlens
         return compressed.compress_fwd(x.contiguous(), block_cmp, stride_cmp, cu_seqlens=cu_seqlens)
@@ -46,39 +48,40 @@ class _Compress(torch.autograd.Function):
         return dx, None, None, None
 
 
-def _check_packed(x: torch.Tensor, cu_seqlens: torch.Tensor | None, name: str = "q") -> None:
-    """cu_seqlens valid for `x` [1, total_T, ...] (a ValueError naming cu_seqlens otherwise)."""
-    if cu_seqlens is not None:
-        if x.dim() < 2:
-            raise ValueError(f"{name} must be [1, total_T, H, D] with cu_seqlens, got {tuple(x.shape)}")
-        varlen.spans(cu_seqlens, x.shape[1], x.shape[0])
+def _packing(x: torch.Tensor, cu_seqlens: torch.Tensor | Packing | None, cfg: NSAConfig,
+             name: str = "q") -> Packing | None:
+    """cu_seqlens validated for `x` [1, total_T, ...] (a ValueError naming it otherwise) and read once: the
+    Packing every kernel of the call takes, so none reads or copies the offsets again (kernels/packing.py)."""
+    if cu_seqlens is None:
+        return None
+    if x.dim() < 2:
+        raise ValueError(f"{name} must be [1, total_T, H, D] with cu_seqlens, got {tuple(x.shape)}")
+    return Packing.of(cu_seqlens, x.shape[1], x.shape[0], x.device, cfg.block_cmp, cfg.stride_cmp)
 
 
 def compress_kv(k: torch.Tensor, v: torch.Tensor, cfg: NSAConfig,
-                cu_seqlens: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                cu_seqlens: torch.Tensor | Packing | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Section 1: mean-compressed k_cmp [B,Tc,Hkv,Dk] and v_cmp [B,Tc,Hkv,Dv] (differentiable).
     Packed (cu_seqlens): each sequence's blocks concatenated, [1, sum_s Tc_s, Hkv, D] (docs/varlen.md)."""
     check_kernel_config(cfg)
-    _check_packed(k, cu_seqlens, "k")
-    return (_Compress.apply(k, cfg.block_cmp, cfg.stride_cmp, cu_seqlens),
-            _Compress.apply(v, cfg.block_cmp, cfg.stride_cmp, cu_seqlens))
+    cu = _packing(k, cu_seqlens, cfg, "k")
+    return _Compress.apply(k, cfg.block_cmp, cfg.stride_cmp, cu), _Compress.apply(v, cfg.block_cmp, cfg.stride_cmp, cu)
 
 
 def select_blocks(q: torch.Tensor, k_cmp: torch.Tensor, cfg: NSAConfig, scale: float | None = None,
-                  cu_seqlens: torch.Tensor | None = None) -> torch.Tensor:
+                  cu_seqlens: torch.Tensor | Packing | None = None) -> torch.Tensor:
     """Section 3: block_idx [B,T,Hkv,n] int32 (-1 padded), scored and ranked on the GPU.
     Packed (cu_seqlens): [1, total_T, Hkv, n], block numbers local to each row's sequence."""
     check_kernel_config(cfg)
-    _check_packed(q, cu_seqlens)
     return compressed.select_blocks(q.contiguous(), k_cmp.contiguous(), cfg, _scale(scale, q.shape[-1]),
-                                    cu_seqlens=cu_seqlens)
+                                    cu_seqlens=_packing(q, cu_seqlens, cfg))
 
 
 class _NSA(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, gates: torch.Tensor,
                 k_cmp: torch.Tensor, v_cmp: torch.Tensor, block_idx: torch.Tensor | None, cfg: NSAConfig,
-                scale: float, variants: KernelVariants, cu_seqlens: torch.Tensor | None) -> torch.Tensor:
+                scale: float, variants: KernelVariants, cu_seqlens: torch.Tensor | Packing | None) -> torch.Tensor:
         cu = cu_seqlens
         o_cmp, lse_cmp = compressed.compressed_fwd(q, k_cmp, v_cmp, cfg, scale, variant=variants.cmp_fwd,
                                                    cu_seqlens=cu)
@@ -123,31 +126,30 @@ class _NSA(torch.autograd.Function):
 
 
 def _check_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, gates: torch.Tensor, cfg: NSAConfig,
-                  cu_seqlens: torch.Tensor | None = None, variants: KernelVariants = DEFAULT_VARIANTS) -> None:
+                  cu_seqlens: torch.Tensor | Packing | None = None, variants: KernelVariants = DEFAULT_VARIANTS) -> None:
     check_kernel_config(cfg)
     check_heads(q, k, v)
     if q.shape[:2] != k.shape[:2] or k.shape[:3] != v.shape[:3] or q.shape[-1] != k.shape[-1]:
         raise ValueError(f"inconsistent shapes q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}")
     if tuple(gates.shape) != (*q.shape[:3], 3):
         raise ValueError(f"gates must be [B, T, Hq, 3] = {(*q.shape[:3], 3)}, got {tuple(gates.shape)}")
-    _check_packed(q, cu_seqlens)
     refusal = variants.packed_refusal() if cu_seqlens is not None else None
     if refusal:
         raise ValueError(refusal)
 
 
-def _check_cmp(k_cmp: torch.Tensor, k: torch.Tensor, cfg: NSAConfig, cu_seqlens: torch.Tensor | None) -> None:
+def _check_cmp(k_cmp: torch.Tensor, k: torch.Tensor, cfg: NSAConfig, packing: Packing | None) -> None:
     """A caller's k_cmp holds the blocks compress_kv would give: Tc(T) rows, or sum_s Tc_s when packed."""
-    want = cfg.num_cmp_blocks(k.shape[1]) if cu_seqlens is None else int(varlen.cmp_cu_seqlens(cu_seqlens, cfg)[-1])
+    want = cfg.num_cmp_blocks(k.shape[1]) if packing is None else sum(packing.cmp_counts(cfg.block_cmp, cfg.stride_cmp))
     if k_cmp.dim() != 4 or k_cmp.shape[1] != want:
-        layout = "sum of Tc per sequence" if cu_seqlens is not None else "Tc"
+        layout = "sum of Tc per sequence" if packing is not None else "Tc"
         raise ValueError(f"k_cmp must hold {want} compressed blocks ({layout}) in dim 1, got {tuple(k_cmp.shape)}")
 
 
 def nsa_attention(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, gates: torch.Tensor, cfg: NSAConfig,
     scale: float | None = None, block_idx: torch.Tensor | None = None,
-    k_cmp: torch.Tensor | None = None, v_cmp: torch.Tensor | None = None, cu_seqlens: torch.Tensor | None = None,
+    k_cmp: torch.Tensor | None = None, v_cmp: torch.Tensor | None = None, cu_seqlens: torch.Tensor | Packing | None = None,
 ) -> torch.Tensor:
     """Sections 1-6 and 8: o [B,T,Hq,Dv], differentiable in q, k, v, gates (and k_cmp/v_cmp when given).
     Packed (cu_seqlens int32 [N+1], tensors [1, total_T, ...]): each sequence alone (docs/varlen.md)."""
@@ -157,7 +159,7 @@ def nsa_attention(
 def nsa_attention_variants(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, gates: torch.Tensor, cfg: NSAConfig,
     variants: KernelVariants, scale: float | None = None, block_idx: torch.Tensor | None = None,
-    k_cmp: torch.Tensor | None = None, v_cmp: torch.Tensor | None = None, cu_seqlens: torch.Tensor | None = None,
+    k_cmp: torch.Tensor | None = None, v_cmp: torch.Tensor | None = None, cu_seqlens: torch.Tensor | Packing | None = None,
 ) -> torch.Tensor:
     """`nsa_attention` with the kernel variants chosen (kernels/variants.py): what the benchmark times."""
     if not isinstance(variants, KernelVariants):
@@ -166,6 +168,7 @@ def nsa_attention_variants(
     if (k_cmp is None) != (v_cmp is None):
         raise ValueError("pass both k_cmp and v_cmp, or neither")
     q, k, v, gates = (t.contiguous() for t in (q, k, v, gates))
+    cu_seqlens = _packing(q, cu_seqlens, cfg)
     if k_cmp is None:
         k_cmp, v_cmp = compress_kv(k, v, cfg, cu_seqlens)
     elif cu_seqlens is not None:
@@ -181,7 +184,7 @@ def nsa_attention_variants(
 def _forward_gated_in_place(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, gates: torch.Tensor, k_cmp: torch.Tensor,
     v_cmp: torch.Tensor, block_idx: torch.Tensor | None, cfg: NSAConfig, scale: float,
-    variants: KernelVariants, cu_seqlens: torch.Tensor | None = None,
+    variants: KernelVariants, cu_seqlens: torch.Tensor | Packing | None = None,
 ) -> torch.Tensor:
     """Inference forward: each branch kernel adds its gated output straight into `o`.
 
@@ -227,11 +230,11 @@ def _forward_parts(
 def forward_stages(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, gates: torch.Tensor, cfg: NSAConfig,
     scale: float | None = None, block_idx: torch.Tensor | None = None, variants: KernelVariants = DEFAULT_VARIANTS,
-    cu_seqlens: torch.Tensor | None = None,
+    cu_seqlens: torch.Tensor | Packing | None = None,
 ) -> dict[str, Callable[[], Any]]:
     """Each forward stage as a self-contained callable over precomputed inputs (for per-stage timing)."""
     _check_inputs(q, k, v, gates, cfg, cu_seqlens, variants)
-    sc, cu = _scale(scale, q.shape[-1]), cu_seqlens
+    sc, cu = _scale(scale, q.shape[-1]), _packing(q, cu_seqlens, cfg)
     f = _forward_parts(q, k, v, cfg, sc, block_idx, variants, cu)
     return {
         "compress": lambda: (compressed.compress_fwd(k, cfg.block_cmp, cfg.stride_cmp, cu_seqlens=cu),
@@ -250,11 +253,11 @@ def forward_stages(
 def backward_stages(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, gates: torch.Tensor, do: torch.Tensor, cfg: NSAConfig,
     scale: float | None = None, block_idx: torch.Tensor | None = None, variants: KernelVariants = DEFAULT_VARIANTS,
-    cu_seqlens: torch.Tensor | None = None,
+    cu_seqlens: torch.Tensor | Packing | None = None,
 ) -> dict[str, Callable[[], Any]]:
     """Each backward stage as a self-contained callable over a precomputed forward (per-stage timing)."""
     _check_inputs(q, k, v, gates, cfg, cu_seqlens, variants)
-    sc, cu = _scale(scale, q.shape[-1]), cu_seqlens
+    sc, cu = _scale(scale, q.shape[-1]), _packing(q, cu_seqlens, cfg)
     f = _forward_parts(q, k, v, cfg, sc, block_idx, variants, cu)
     with torch.no_grad():
         _, do_cmp, do_slc, do_win = gated_sum_bwd(gates, f["o_cmp"], f["o_slc"], f["o_win"], do)
