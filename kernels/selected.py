@@ -844,6 +844,9 @@ _selected_dq_tile_kernel = autotune(
 
 
 # ---------------------------------------------------------------- python wrappers
+_MAX_SEQUENCES = 65535  # CUDA's grid z limit: the query-centric kernels run one grid row per sequence
+
+
 @dataclass(frozen=True)
 class PackedBatch:
     """A packed batch (cu_seqlens, docs/varlen.md) as the selected kernels see it.
@@ -864,6 +867,9 @@ def packed_batch(cu_seqlens: torch.Tensor, q: torch.Tensor, block_slc: int) -> P
     """Validate cu_seqlens against q [1, total_T, ...] (ValueError naming cu_seqlens) and build the
     tables; lengths are read on the host from cu_seqlens, which may live on any device (q may be meta)."""
     parts = varlen.spans(cu_seqlens, q.shape[1], q.shape[0])
+    if len(parts) > _MAX_SEQUENCES:
+        raise ValueError(f"cu_seqlens holds {len(parts)} sequences; the selected kernels take at most "
+                         f"{_MAX_SEQUENCES} per packed batch (the grid's z axis)")
     lengths = [e - a for a, e in parts]
     blocks = [-(-length // block_slc) for length in lengths]
     slc_cu = varlen.cu_seqlens_of(blocks).to(q.device)  # N+1 values cross to the device, not the block table

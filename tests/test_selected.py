@@ -491,16 +491,17 @@ PACKED_LENS = (1, 10, 0, 27, 45, 37)
 PACKED_CFG = NSAConfig(block_cmp=16, stride_cmp=8, block_slc=32, n_slc=3, window=12)
 
 
-def packed_case(kv_heads: int, group: int, dk: int = 48, dv: int = 32, n_slc: int = 3) -> Case:
-    """A Case whose batch is the packing of PACKED_LENS (batch 1, seqlen = total_T)."""
-    return Case(batch=1, seqlen=sum(PACKED_LENS), kv_heads=kv_heads, group=group, dk=dk, dv=dv,
-                block_slc=PACKED_CFG.block_slc, n_slc=n_slc)
+def packed_case(kv_heads: int, group: int, dk: int = 48, dv: int = 32, n_slc: int = 3,
+                lens: tuple[int, ...] = PACKED_LENS, block_slc: int = PACKED_CFG.block_slc) -> Case:
+    """A Case whose batch is the packing of `lens` (batch 1, seqlen = total_T)."""
+    return Case(batch=1, seqlen=sum(lens), kv_heads=kv_heads, group=group, dk=dk, dv=dv, block_slc=block_slc,
+                n_slc=n_slc)
 
 
-def packed_cu() -> torch.Tensor:
+def packed_cu(lens: tuple[int, ...] = PACKED_LENS) -> torch.Tensor:
     from nsa_bench import varlen
 
-    return varlen.cu_seqlens_of(PACKED_LENS)
+    return varlen.cu_seqlens_of(lens)
 
 
 def packed_real_selection(case: Case, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -510,33 +511,33 @@ def packed_real_selection(case: Case, q: torch.Tensor, k: torch.Tensor, v: torch
     return reference.select_blocks(q.double(), k_cmp, cfg, cu_seqlens=packed_cu())
 
 
-def packed_hand_selection(case: Case) -> torch.Tensor:
+def packed_hand_selection(case: Case, lens: tuple[int, ...] = PACKED_LENS) -> torch.Tensor:
     """n = 4 slots per row: [own block, -1, own block again, the next block] (local numbers): padding, a
     duplicate, and a future block (past the sequence's end in its last block) that must count for
     nothing, not read the next sequence."""
     assert case.n_slc == 4
-    local = torch.cat([torch.arange(n) for n in PACKED_LENS]) // case.block_slc
+    local = torch.cat([torch.arange(n) for n in lens]) // case.block_slc
     own = local.view(1, -1, 1).expand(1, -1, case.kv_heads)
     slots = [own, torch.full_like(own, -1), own, own + 1]
     return torch.stack(slots, dim=-1).to(torch.int32).contiguous()
 
 
-def packed_reference_grads(case: Case, q, k, v, block_idx, do, scale):
+def packed_reference_grads(case: Case, q, k, v, block_idx, do, scale, lens: tuple[int, ...] = PACKED_LENS):
     qd, kd, vd = (x.double().requires_grad_() for x in (q, k, v))
-    out = reference.selected_attention(qd, kd, vd, block_idx, case.cfg, scale, cu_seqlens=packed_cu())
+    out = reference.selected_attention(qd, kd, vd, block_idx, case.cfg, scale, cu_seqlens=packed_cu(lens))
     out.backward(do.double())
     return out.detach(), qd.grad, kd.grad, vd.grad
 
 
-def per_sequence(run, *tensors: torch.Tensor) -> list[torch.Tensor]:
+def per_sequence(run, *tensors: torch.Tensor, lens: tuple[int, ...] = PACKED_LENS) -> list[torch.Tensor]:
     """`run(*slices)` on each non-empty sequence's rows of the [1, total_T, ...] tensors, outputs concatenated."""
-    bounds = packed_cu().tolist()
+    bounds = packed_cu(lens).tolist()
     outs = [run(*(x[:, a:e] for x in tensors)) for a, e in zip(bounds, bounds[1:]) if e > a]
     return [torch.cat(parts, dim=1) for parts in zip(*outs)]
 
 
 def check_packed(case: Case, dtype: torch.dtype, block_idx: torch.Tensor | None, seed: int, small_g: str,
-                 against_dense: bool = False, fused: bool = False) -> None:
+                 against_dense: bool = False, fused: bool = False, lens: tuple[int, ...] = PACKED_LENS) -> None:
     """Packed fwd + bwd (deterministic) against the reference with cu_seqlens. against_dense: also against
     every sequence run alone through the dense path. fused: also the gated epilogue (accumulating), and
     the backward through the dq chain (dq_out = dq_add, in place)."""
@@ -544,10 +545,10 @@ def check_packed(case: Case, dtype: torch.dtype, block_idx: torch.Tensor | None,
     if block_idx is None:
         block_idx = packed_real_selection(case, q, k, v)
     scale = case.dk**-0.5
-    kw = dict(small_g=small_g, cu_seqlens=packed_cu())
+    kw = dict(small_g=small_g, cu_seqlens=packed_cu(lens))
     o, lse = selected_fwd(q, k, v, block_idx, case.block_slc, scale, **kw)
     do = torch.randn(o.shape, generator=torch.Generator().manual_seed(seed + 1)).to(dtype)
-    ref_o, ref_dq, ref_dk, ref_dv = packed_reference_grads(case, q, k, v, block_idx, do, scale)
+    ref_o, ref_dq, ref_dk, ref_dv = packed_reference_grads(case, q, k, v, block_idx, do, scale, lens)
     fwd_tol, grad_tol = (1e-4, 1e-3) if dtype == torch.float32 else (1e-2, 1e-2)
     assert o.dtype == dtype and tuple(o.shape) == tuple(ref_o.shape) and tuple(lse.shape) == tuple(q.shape[:3])
     assert not torch.isnan(o).any() and not torch.isnan(lse).any()
@@ -577,7 +578,7 @@ def check_packed(case: Case, dtype: torch.dtype, block_idx: torch.Tensor | None,
                                               small_g=small_g))
 
         for name, got, want in zip(("o", "lse", "dq", "dk", "dv"), (o, lse, *grads),
-                                   per_sequence(dense, q, k, v, block_idx, do)):
+                                   per_sequence(dense, q, k, v, block_idx, do, lens=lens)):
             torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6, msg=name)
 
 
@@ -595,6 +596,11 @@ def test_packed_hand_selection_matches_each_sequence_alone() -> None:
     """-1 padding, a duplicate, future blocks; packed == every sequence through the dense path, G = 3."""
     case = packed_case(1, 3, dk=32, dv=48, n_slc=4)
     check_packed(case, torch.float32, packed_hand_selection(case), seed=210, small_g="padded", against_dense=True)
+
+
+# l' = 128: two 64-key chunks per block (interpreter tiles), a second block at 150; used by
+# test_selected_small_g (the padded kernels' chunks go through the same `_block_keys` in dk/dv)
+LONG_LENS = (5, 0, 150, 70, 1)
 
 
 def test_packed_fp16() -> None:
@@ -665,6 +671,11 @@ def test_packed_bad_input_raises_value_error() -> None:
     two = [x.expand(2, *x.shape[1:]).contiguous() for x in (q, k, v, idx)]
     with pytest.raises(ValueError, match="batch size 1"):
         selected_fwd(*two, 32, 0.25, cu_seqlens=packed_cu())
+    empty = [x[:, :0] for x in (q, k, v, idx)]
+    with pytest.raises(ValueError, match="cu_seqlens holds 65536 sequences"):
+        selected_fwd(*empty, 32, 0.25, cu_seqlens=torch.zeros(65537, dtype=torch.int32))
+    o_empty, lse_empty = selected_fwd(*empty, 32, 0.25, cu_seqlens=torch.zeros(3, dtype=torch.int32))
+    assert tuple(o_empty.shape) == (1, 0, 2, 16) and tuple(lse_empty.shape) == (1, 0, 2)
 
 
 _PACKED_RECORD = r"""

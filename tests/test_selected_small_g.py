@@ -11,7 +11,7 @@ from nsa_kernels.selected import selected_bwd, selected_fwd
 from nsa_kernels.selected_small_g import invert_entries
 from test_selected import (
     Case, _gates, _inputs, _real_selection, _random_selection, _reference_grads, _rel, check_packed, packed_case,
-    packed_cu, packed_hand_selection,
+    packed_cu, packed_hand_selection, LONG_LENS,
 )
 
 _TOL = {torch.float32: (1e-4, 1e-3), torch.float16: (1e-2, 1e-2)}  # (forward, gradients)
@@ -174,6 +174,13 @@ def test_packed_hand_selection_matches_each_sequence_alone() -> None:
     case = packed_case(1, 3, dk=32, dv=48, n_slc=4)
     check_packed(case, torch.float32, packed_hand_selection(case), seed=310, small_g="small_g", against_dense=True,
                  fused=True)
+
+
+def test_packed_two_chunks_per_block() -> None:
+    """l' = 128: two partials per (entry, block) in the merge and the dq reduce, whose rebase counts them."""
+    case = packed_case(2, 4, dk=32, dv=16, n_slc=4, lens=LONG_LENS, block_slc=128)
+    check_packed(case, torch.float32, packed_hand_selection(case, LONG_LENS), seed=315, small_g="small_g",
+                 against_dense=True, fused=True, lens=LONG_LENS)
 
 
 def test_packed_fp16() -> None:
