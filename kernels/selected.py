@@ -16,6 +16,7 @@ out-of-range and future blocks are ignored, which matches the reference's set se
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import triton
@@ -25,9 +26,11 @@ from ._common import (
     MAX_N_SLC, SUPPORTED_BLOCK_SLC, TUNING_ARGS, autotune, check_gated, check_heads, interpreting, next_pow2,
     check_dq_chain, same_memory, split_head_dim, tuning_buckets,
 )
+from nsa_bench import varlen
+
 from .variants import check_variant, runs_small_g
 
-__all__ = ["selected_fwd", "selected_bwd", "invert_selection"]
+__all__ = ["selected_fwd", "selected_bwd", "invert_selection", "PackedBatch", "packed_batch"]
 
 _LOG2E = 1.4426950408889634  # kernels work in the exp2 domain; the literals there are log2(e) and ln(2)
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32)
@@ -408,16 +411,39 @@ def _dkdv_step(
     return dk, dv
 
 
+@triton.jit
+def _block_keys(j, key, T, cu_ptr, block_seq_ptr, slc_cu_ptr, BLOCK_SLC: tl.constexpr, VARLEN: tl.constexpr):
+    """Token positions (int64) of offsets `key` inside selection block j, and which exist.
+
+    Dense: block j of the sequence, T tokens. VARLEN (packed batch): j numbers the (sequence s, local
+    block) pairs of the whole batch, j = slc_cu[s] + local (`PackedBatch`); block_seq_ptr[j] = s, and
+    the positions are packed rows cu[s] + local * l' + key, which exist below cu[s + 1]."""
+    if VARLEN:
+        seq = tl.load(block_seq_ptr + j)
+        bos = tl.load(cu_ptr + seq).to(tl.int64)
+        eos = tl.load(cu_ptr + seq + 1).to(tl.int64)
+        local = j - tl.load(slc_cu_ptr + seq).to(tl.int64)
+        pos = bos + local * BLOCK_SLC + key
+        pos_ok = pos < eos
+    else:
+        pos = j * BLOCK_SLC + key
+        pos_ok = pos < T
+    return pos, pos_ok
+
+
 @triton.jit(do_not_specialize=TUNING_ARGS)
 def _selected_dkdv_body(
     q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, offsets_ptr, qlist_ptr, slots_ptr,
-    dk_ptr, dv_ptr, dk_part_ptr, dv_part_ptr,
+    dk_ptr, dv_ptr, dk_part_ptr, dv_part_ptr, cu_ptr, block_seq_ptr, slc_cu_ptr,
     T, HQ, HKV, G, DK, DV, NUM_BLOCKS, SEGMENT, qk_scale_log2, scale, SEQ_BUCKET, ROWS_BUCKET,
     G_IN: tl.constexpr, DK_PAD: tl.constexpr, DV_PAD: tl.constexpr, BLOCK_SLC: tl.constexpr,
-    UPCAST: tl.constexpr, ATOMIC: tl.constexpr,
+    UPCAST: tl.constexpr, ATOMIC: tl.constexpr, VARLEN: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr,
 ):
     """dk/dv of BLOCK_N keys of block j from segment program_id(1) of j's query list.
+
+    VARLEN (packed batch, B = 1): j is a global block number (`_block_keys`), the query lists hold
+    packed rows and T is total_T, so causality (key <= query) compares packed rows of one sequence.
 
     A list is cut into SEGMENT-query segments so a long one (block 0 is in every query's
     selection) spreads over many SMs. ATOMIC=False (deterministic): a list of one segment is
@@ -450,8 +476,7 @@ def _selected_dkdv_body(
 
     if active:
         key = chunk * BLOCK_N + tl.arange(0, BLOCK_N)  # key offset inside block j
-        pos = j * BLOCK_SLC + key
-        pos_ok = pos < T
+        pos, pos_ok = _block_keys(j, key, T, cu_ptr, block_seq_ptr, slc_cu_ptr, BLOCK_SLC, VARLEN)
         kv_row = _kv_rows(b, g, pos, T, HKV)
         k = _load_rows(k_ptr, kv_row, pos_ok, DK, DK_PAD, UPCAST)
         v = _load_rows(v_ptr, kv_row, pos_ok, DV, DV_PAD, UPCAST)
@@ -486,12 +511,13 @@ def _selected_dkdv_body(
 
 @triton.jit
 def _dkdv_reduce_kernel(
-    offsets_ptr, slots_ptr, dk_part_ptr, dv_part_ptr, dk_ptr, dv_ptr,
+    offsets_ptr, slots_ptr, dk_part_ptr, dv_part_ptr, dk_ptr, dv_ptr, cu_ptr, block_seq_ptr, slc_cu_ptr,
     T, HKV, DK, DV, NUM_BLOCKS, SEGMENT,
     BLOCK_SLC: tl.constexpr, DK_PAD: tl.constexpr, DV_PAD: tl.constexpr,
-    BLOCK_N: tl.constexpr,
+    BLOCK_N: tl.constexpr, VARLEN: tl.constexpr,
 ):
-    """dk/dv of the keys of a multi-segment list: its fp32 partials summed in segment order."""
+    """dk/dv of the keys of a multi-segment list: its fp32 partials summed in segment order.
+    VARLEN: global block numbers, as in `_selected_dkdv_body`."""
     CHUNKS: tl.constexpr = BLOCK_SLC // BLOCK_N
     pid = tl.program_id(0)
     j = (pid // CHUNKS).to(tl.int64)
@@ -504,8 +530,7 @@ def _dkdv_reduce_kernel(
     segments = (count + SEGMENT - 1) // SEGMENT
     if segments > 1:
         key = chunk * BLOCK_N + tl.arange(0, BLOCK_N)
-        pos = j * BLOCK_SLC + key
-        pos_ok = pos < T
+        pos, pos_ok = _block_keys(j, key, T, cu_ptr, block_seq_ptr, slc_cu_ptr, BLOCK_SLC, VARLEN)
         first = tl.load(slots_ptr + bucket).to(tl.int64)
         dk = tl.zeros([BLOCK_N, DK_PAD], dtype=tl.float32)
         dv = tl.zeros([BLOCK_N, DV_PAD], dtype=tl.float32)
@@ -518,7 +543,7 @@ def _dkdv_reduce_kernel(
         _store_rows(dv_ptr, kv_row, pos_ok, dv, DV, DV_PAD)
 
 
-_DKDV_KEY = ["G_IN", "DK_PAD", "DV_PAD", "BLOCK_SLC"]
+_DKDV_KEY = ["G_IN", "DK_PAD", "DV_PAD", "BLOCK_SLC", "VARLEN"]
 _dkdv_kernel = autotune(
     configs=_dkdv_configs(), key=_DKDV_KEY, prune_configs_by={"early_config_prune": _prune_block_n},
 )(_selected_dkdv_body)
@@ -596,15 +621,26 @@ def _prune_dq_tiles(configs, named_args, **kwargs):
 
 
 @triton.jit
+def _seq_start(cu_ptr):
+    """Packed batches: (first token as int64, length) of sequence program_id(2) from cu_seqlens."""
+    seq = tl.program_id(2)
+    bos = tl.load(cu_ptr + seq)
+    return bos.to(tl.int64), tl.load(cu_ptr + seq + 1) - bos
+
+
+@triton.jit
 def _tile_setup(idx_ptr, T, HQ, HKV, G, N_SLOTS: tl.constexpr, G_PAD: tl.constexpr, N_PAD: tl.constexpr,
-                POSITIONS: tl.constexpr):
+                POSITIONS: tl.constexpr, VARLEN: tl.constexpr):
     """Program (t0, g, b) of the (T / POSITIONS, Hkv, B) grid: each row's position and int64 row of
     [B*T*Hq], which rows exist, every row's block_idx row [ROWS, N_PAD] (-1 padded), each entry's flat
-    slot number in the tile (position-major), `_kv_rows` of key 0 of (b, g), and the tile's last position."""
+    slot number in the tile (position-major), `_kv_rows` of key 0 of (b, g), and the tile's last position.
+    VARLEN: program_id(2) is a sequence whose pointers the kernel has rebased (`_seq_start`), so b = 0."""
     ROWS: tl.constexpr = POSITIONS * G_PAD
     t0 = tl.program_id(0).to(tl.int64) * POSITIONS
     g = tl.program_id(1).to(tl.int64)
     b = tl.program_id(2).to(tl.int64)
+    if VARLEN:
+        b = b * 0
     r = tl.arange(0, ROWS)
     pos = t0 + r // G_PAD
     head = r % G_PAD
@@ -629,17 +665,33 @@ def _load_split_cols(ptr, row, row_ok, D, D_A: tl.constexpr, D_B: tl.constexpr, 
 
 @triton.jit(do_not_specialize=TUNING_ARGS)
 def _selected_fwd_tile_kernel(
-    q_ptr, k_ptr, v_ptr, idx_ptr, o_ptr, lse_ptr, gate_ptr,
+    q_ptr, k_ptr, v_ptr, idx_ptr, o_ptr, lse_ptr, gate_ptr, cu_ptr,
     T, HQ, HKV, G, DK, DV, qk_scale_log2, SEQ_BUCKET, ROWS_BUCKET,
     N_SLOTS: tl.constexpr, G_PAD: tl.constexpr, DK_A: tl.constexpr, DK_B: tl.constexpr, DV_PAD: tl.constexpr,
     BLOCK_SLC: tl.constexpr, N_PAD: tl.constexpr, UPCAST: tl.constexpr,
-    GATED: tl.constexpr, ACCUMULATE: tl.constexpr, POSITIONS: tl.constexpr, BLOCK_K: tl.constexpr,
+    GATED: tl.constexpr, ACCUMULATE: tl.constexpr, VARLEN: tl.constexpr, POSITIONS: tl.constexpr,
+    BLOCK_K: tl.constexpr,
 ):
     """v2 forward: POSITIONS positions x the G heads of one KV group over the union of their blocks.
-    GATED / ACCUMULATE / gate_ptr as in `_selected_fwd_kernel`."""
+    GATED / ACCUMULATE / gate_ptr as in `_selected_fwd_kernel`.
+
+    VARLEN (packed batch, docs/varlen.md): program_id(2) is sequence s of cu_ptr (int32 [N+1]); every
+    token-indexed pointer is rebased to its first token, T becomes its length L_s (block numbers in
+    idx are local) and tiles at or past L_s return at once. Dense launches pass any pointer as cu_ptr."""
     ROWS: tl.constexpr = POSITIONS * G_PAD
+    if VARLEN:
+        bos, T = _seq_start(cu_ptr)
+        if tl.program_id(0) * POSITIONS >= T:
+            return
+        q_ptr += bos * HQ * DK
+        k_ptr += bos * HKV * DK
+        v_ptr += bos * HKV * DV
+        idx_ptr += bos * HKV * N_SLOTS
+        o_ptr += bos * HQ * DV
+        lse_ptr += bos * HQ
+        gate_ptr += bos * HQ * 3  # gates [1, total, Hq, 3]
     t0, g, b, pos, row, row_ok, idx_rows, flat, kv_base, t_last = _tile_setup(
-        idx_ptr, T, HQ, HKV, G, N_SLOTS, G_PAD, N_PAD, POSITIONS)
+        idx_ptr, T, HQ, HKV, G, N_SLOTS, G_PAD, N_PAD, POSITIONS, VARLEN)
     q_a, q_b = _load_split_cols(q_ptr, row, row_ok, DK, DK_A, DK_B, UPCAST)
     cols_a = tl.arange(0, DK_A)
     cols_b = DK_A + tl.arange(0, DK_B)
@@ -693,7 +745,7 @@ def _selected_fwd_tile_kernel(
     tl.store(lse_ptr + row, lse, mask=row_ok)
 
 
-_TILE_KEY = ["G_PAD", "DK_A", "DK_B", "DV_PAD", "BLOCK_SLC"]
+_TILE_KEY = ["G_PAD", "DK_A", "DK_B", "DV_PAD", "BLOCK_SLC", "VARLEN"]
 _selected_fwd_tile_tuned = autotune(
     configs=_tile_configs((1, 2, 4)), key=_TILE_KEY, prune_configs_by={"early_config_prune": _prune_fwd_tiles},
 )(_selected_fwd_tile_kernel)
@@ -705,17 +757,31 @@ _selected_fwd_tile_accumulate_tuned = autotune(  # restores o around each timed 
 
 @triton.jit(do_not_specialize=TUNING_ARGS)
 def _selected_dq_tile_kernel(
-    q_ptr, k_ptr, v_ptr, idx_ptr, do_ptr, lse_ptr, delta_ptr, dq_ptr, dq_add_ptr,
+    q_ptr, k_ptr, v_ptr, idx_ptr, do_ptr, lse_ptr, delta_ptr, dq_ptr, dq_add_ptr, cu_ptr,
     T, HQ, HKV, G, DK, DV, qk_scale_log2, scale, SEQ_BUCKET, ROWS_BUCKET,
     N_SLOTS: tl.constexpr, G_PAD: tl.constexpr, DK_A: tl.constexpr, DK_B: tl.constexpr, DV_PAD: tl.constexpr,
     BLOCK_SLC: tl.constexpr, N_PAD: tl.constexpr, UPCAST: tl.constexpr, ADD_DQ: tl.constexpr,
-    POSITIONS: tl.constexpr, BLOCK_K: tl.constexpr,
+    VARLEN: tl.constexpr, POSITIONS: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     """v2 dq: the forward's tile and union loop (dq tries POSITIONS <= 2: its masked-row MMA work grows
-    with POSITIONS and would exceed the L2 time at 4). ADD_DQ as in `_selected_dq_kernel`."""
+    with POSITIONS and would exceed the L2 time at 4). ADD_DQ as in `_selected_dq_kernel`; VARLEN as in
+    `_selected_fwd_tile_kernel`."""
     ROWS: tl.constexpr = POSITIONS * G_PAD
+    if VARLEN:
+        bos, T = _seq_start(cu_ptr)
+        if tl.program_id(0) * POSITIONS >= T:
+            return
+        q_ptr += bos * HQ * DK
+        k_ptr += bos * HKV * DK
+        v_ptr += bos * HKV * DV
+        idx_ptr += bos * HKV * N_SLOTS
+        do_ptr += bos * HQ * DV
+        lse_ptr += bos * HQ
+        delta_ptr += bos * HQ
+        dq_ptr += bos * HQ * DK
+        dq_add_ptr += bos * HQ * DK
     t0, g, b, pos, row, row_ok, idx_rows, flat, kv_base, t_last = _tile_setup(
-        idx_ptr, T, HQ, HKV, G, N_SLOTS, G_PAD, N_PAD, POSITIONS)
+        idx_ptr, T, HQ, HKV, G, N_SLOTS, G_PAD, N_PAD, POSITIONS, VARLEN)
     q_a, q_b = _load_split_cols(q_ptr, row, row_ok, DK, DK_A, DK_B, UPCAST)
     cols_a = tl.arange(0, DK_A)
     cols_b = DK_A + tl.arange(0, DK_B)
@@ -778,6 +844,49 @@ _selected_dq_tile_kernel = autotune(
 
 
 # ---------------------------------------------------------------- python wrappers
+_MAX_SEQUENCES = 65535  # CUDA's grid z limit: the query-centric kernels run one grid row per sequence
+
+
+@dataclass(frozen=True)
+class PackedBatch:
+    """A packed batch (cu_seqlens, docs/varlen.md) as the selected kernels see it.
+
+    The (sequence s, local selection block j) pairs are numbered globally, vb = slc_cu[s] + j with
+    slc_cu the exclusive cumsum of ceil(L_s / l'): the block-outer kernels (dk/dv, selected_small_g)
+    run one program row per vb and bucket the query lists by (KV head, vb). Device tensors are int32."""
+
+    cu: torch.Tensor  # [N+1] cu_seqlens on q's device
+    slc_cu: torch.Tensor  # [N+1] first global block number of each sequence
+    block_seq: torch.Tensor  # [num_blocks] the sequence of each global block
+    num_seqs: int
+    max_len: int  # max_s L_s: the tile axis of the query-centric grids
+    num_blocks: int  # sum_s ceil(L_s / l')
+
+
+def packed_batch(cu_seqlens: torch.Tensor, q: torch.Tensor, block_slc: int) -> PackedBatch:
+    """Validate cu_seqlens against q [1, total_T, ...] (ValueError naming cu_seqlens) and build the
+    tables; lengths are read on the host from cu_seqlens, which may live on any device (q may be meta)."""
+    parts = varlen.spans(cu_seqlens, q.shape[1], q.shape[0])
+    if len(parts) > _MAX_SEQUENCES:
+        raise ValueError(f"cu_seqlens holds {len(parts)} sequences; the selected kernels take at most "
+                         f"{_MAX_SEQUENCES} per packed batch (the grid's z axis)")
+    lengths = [e - a for a, e in parts]
+    blocks = [-(-length // block_slc) for length in lengths]
+    slc_cu = varlen.cu_seqlens_of(blocks).to(q.device)  # N+1 values cross to the device, not the block table
+    block_seq = torch.repeat_interleave(torch.arange(len(blocks), dtype=torch.int32, device=q.device),
+                                        slc_cu[1:] - slc_cu[:-1], output_size=sum(blocks))
+    return PackedBatch(
+        cu=cu_seqlens.to(device=q.device, dtype=torch.int32), slc_cu=slc_cu, block_seq=block_seq.to(torch.int32),
+        num_seqs=len(lengths), max_len=max(lengths, default=0), num_blocks=sum(blocks),
+    )
+
+
+def refuse_v1(name: str, value: str, cu_seqlens: torch.Tensor | None) -> None:
+    """Only the v2 kernels take packed batches."""
+    if cu_seqlens is not None and value != "v2":
+        raise ValueError(f"cu_seqlens: packed batches need the v2 kernels ({name}={value!r})")
+
+
 def _validate(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_idx: torch.Tensor, block_slc: int, scale: float
 ) -> int:
@@ -843,9 +952,13 @@ def _tile_interp_meta(group: int, block_slc: int, positions: int) -> dict:
 def selected_fwd(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_idx: torch.Tensor, block_slc: int, scale: float,
     *, out: torch.Tensor | None = None, gates: torch.Tensor | None = None, gate_index: int = 0,
-    accumulate: bool = False, variant: str = "v2", small_g: str = "auto",
+    accumulate: bool = False, variant: str = "v2", small_g: str = "auto", cu_seqlens: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Selected attention forward: (o [B,T,Hq,Dv] in q.dtype, lse [B,T,Hq] fp32, natural log).
+
+    cu_seqlens (int32 [N+1], docs/varlen.md): a packed batch, q/k/v [1, total_T, H, D], block_idx
+    [1, total_T, Hkv, n] holding block numbers local to each row's sequence; o, lse (and out, gates)
+    keep the dense layouts with B = 1. v2 only (variant="v1" raises).
 
     small_g (kernels/variants.py `slc_small_g`): "auto" (default) runs the KV-block-outer kernels of
     selected_small_g.py when G < 16 (then `variant` does not apply), "padded" never, "small_g" always.
@@ -863,13 +976,15 @@ def selected_fwd(
     check_variant("variant", variant)
     group = _validate(q, k, v, block_idx, block_slc, scale)
     check_gated(q, (*q.shape[:3], v.shape[-1]), out, gates, gate_index, accumulate)
+    refuse_v1("variant", variant, cu_seqlens)
+    packed = None if cu_seqlens is None else packed_batch(cu_seqlens, q, block_slc)
     q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
     idx = block_idx.to(torch.int32).contiguous()
     if runs_small_g(small_g, group):
         from .selected_small_g import small_g_fwd
 
         return small_g_fwd(q, k, v, idx, block_slc, scale, group, out=out, gates=gates, gate_index=gate_index,
-                           accumulate=accumulate)
+                           accumulate=accumulate, packed=packed)
     b, t, hq, dk = q.shape
     hkv, dv, n = k.shape[2], v.shape[-1], idx.shape[-1]
     gated = out is not None
@@ -881,10 +996,13 @@ def selected_fwd(
     gate_column = gates[..., gate_index] if gated else lse
     if variant == "v2":
         kernel = _selected_fwd_tile_accumulate_tuned if gated and accumulate else _selected_fwd_tile_tuned
-        _launcher(kernel, _tile_grid(t, hkv, b), _tile_interp_meta(group, block_slc, 4))(
-            q, k, v, idx, o, lse, gate_column,
-            t, hq, hkv, group, dk, dv, float(scale) * _LOG2E, **tuning_buckets(t, b * hq),
+        # packed: one grid row per sequence, its tile axis over the longest (cu is read, never t)
+        seq_t, seqs, cu = (t, b, idx) if packed is None else (packed.max_len, packed.num_seqs, packed.cu)
+        _launcher(kernel, _tile_grid(seq_t, hkv, seqs), _tile_interp_meta(group, block_slc, 4))(
+            q, k, v, idx, o, lse, gate_column, cu,
+            t, hq, hkv, group, dk, dv, float(scale) * _LOG2E, **tuning_buckets(seq_t, seqs * hq),
             N_SLOTS=n, **_tile_dims(q, v, group, block_slc, n), GATED=gated, ACCUMULATE=gated and accumulate,
+            VARLEN=packed is not None,
         )
         return o, lse
     kernel = _selected_fwd_accumulate_tuned if gated and accumulate else _selected_fwd_tuned
@@ -897,7 +1015,7 @@ def selected_fwd(
 
 
 def invert_selection(
-    block_idx: torch.Tensor, block_slc: int, num_blocks: int
+    block_idx: torch.Tensor, block_slc: int, num_blocks: int, packed: PackedBatch | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-block query lists (CSR) from block_idx [B,T,Hkv,n], all on the device, no host sync.
 
@@ -906,30 +1024,42 @@ def invert_selection(
     ascending t (a stable sort keeps the layout deterministic). Unused slots (module doc) are
     dropped; E = B*T*Hkv*n bounds the entries and the tail past offsets[-1] is unused. offsets
     are int32 unless E needs int64.
+
+    packed (B = 1): block numbers are local to each row's sequence, num_blocks = packed.num_blocks and
+    list s = g * num_blocks + vb holds the packed rows that selected global block vb (`PackedBatch`).
     """
     _, t, hkv, n = block_idx.shape
-    offsets, order, _, index_dtype = used_slot_lists(block_idx, block_slc, num_blocks)
+    offsets, order, _, index_dtype = used_slot_lists(block_idx, block_slc, num_blocks, packed)
     queries = ((order // (hkv * n)) % t).to(torch.int32)
     return offsets.to(index_dtype), queries
 
 
 def used_slot_lists(
-    block_idx: torch.Tensor, block_slc: int, num_blocks: int
+    block_idx: torch.Tensor, block_slc: int, num_blocks: int, packed: PackedBatch | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.dtype]:
     """The bucketing both inversions share (this module's and selected_small_g's): block_idx sorted
     per row (int64), the stable order of its flat slots by (b, KV head, block) with unused slots last
-    (int64), the CSR offsets (int64) and the index dtype (int32 unless the entries need int64)."""
+    (int64), the CSR offsets (int64) and the index dtype (int32 unless the entries need int64).
+    packed: buckets by (KV head, global block slc_cu[s] + j) and positions local to each row's sequence."""
     b, t, hkv, n = block_idx.shape
     device = block_idx.device
     blocks = torch.sort(block_idx.to(torch.int64), dim=-1).values
     repeat = torch.zeros_like(blocks, dtype=torch.bool)
     repeat[..., 1:] = blocks[..., 1:] == blocks[..., :-1]
-    pos = torch.arange(t, device=device, dtype=torch.int64).view(1, t, 1, 1)
-    used = (blocks >= 0) & (blocks * block_slc <= pos) & ~repeat
-    batch = torch.arange(b, device=device, dtype=torch.int64).view(b, 1, 1, 1)
     head = torch.arange(hkv, device=device, dtype=torch.int64).view(1, 1, hkv, 1)
     num_buckets = b * hkv * num_blocks
-    bucket = torch.where(used, (batch * hkv + head) * num_blocks + blocks, num_buckets).reshape(-1)
+    if packed is None:
+        pos = torch.arange(t, device=device, dtype=torch.int64).view(1, t, 1, 1)
+        batch = torch.arange(b, device=device, dtype=torch.int64).view(b, 1, 1, 1)
+        base = (batch * hkv + head) * num_blocks
+    else:  # on the device, no host sync: each row's sequence by a search over cu_seqlens
+        rows = torch.arange(t, device=device, dtype=torch.int64)
+        cu = packed.cu.to(torch.int64)
+        seq = torch.searchsorted(cu[1:].contiguous(), rows, right=True)
+        pos = (rows - cu[seq]).view(1, t, 1, 1)
+        base = head * num_blocks + packed.slc_cu.to(torch.int64)[seq].view(1, t, 1, 1)
+    used = (blocks >= 0) & (blocks * block_slc <= pos) & ~repeat
+    bucket = torch.where(used, base + blocks, num_buckets).reshape(-1)
     key_dtype = torch.int32 if num_buckets < 2**31 - 1 else torch.int64
     order = torch.argsort(bucket.to(key_dtype), stable=True)
     counts = torch.zeros(num_buckets + 1, dtype=torch.int64, device=device)
@@ -957,6 +1087,12 @@ def _partial_slots(offsets: torch.Tensor, segment: int, entries: int) -> tuple[t
     return slots, max(1, 2 * entries // segment)
 
 
+def _reduce_launch(packed: PackedBatch | None) -> dict:
+    """VARLEN and warps of a `_dkdv_reduce_kernel` launch: packed ones take 8 warps (at 4, sm_90 at
+    Dk = 192 caps it at 168 registers and the block-table lookups spill 24 B; dense ones keep 4)."""
+    return {"VARLEN": False} if packed is None else {"VARLEN": True, "num_warps": 8}
+
+
 def _delta(o: torch.Tensor, do: torch.Tensor) -> torch.Tensor:
     """FlashAttention-2 preprocess: delta = rowsum(o * do) in fp32, [B,T,Hq]."""
     rows = o.numel() // o.shape[-1]
@@ -972,8 +1108,12 @@ def selected_bwd(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, o: torch.Tensor, lse: torch.Tensor, do: torch.Tensor,
     block_idx: torch.Tensor, block_slc: int, scale: float, deterministic: bool = True, *, dq_variant: str = "v2",
     dq_out: torch.Tensor | None = None, dq_add: torch.Tensor | None = None, small_g: str = "auto",
+    cu_seqlens: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Selected attention backward: (dq, dk, dv) in the input dtype; dk/dv summed over each group.
+
+    cu_seqlens: a packed batch as in `selected_fwd` (dq_variant "v2" only). dk/dv programs then run per
+    global block (`PackedBatch`), one row of lists per (KV head, sequence, local block).
 
     small_g as in `selected_fwd`: the block-outer path computes dq from the dk/dv kernel's dS tiles
     (partials summed in slot order) instead of a query-centric dq kernel; `dq_variant` then does not apply.
@@ -991,6 +1131,8 @@ def selected_bwd(
     """
     check_variant("dq_variant", dq_variant)
     group = _validate(q, k, v, block_idx, block_slc, scale)
+    refuse_v1("dq_variant", dq_variant, cu_seqlens)
+    packed = None if cu_seqlens is None else packed_batch(cu_seqlens, q, block_slc)
     b, t, hq, dk_dim = q.shape
     hkv, dv_dim = k.shape[2], v.shape[-1]
     if tuple(o.shape) != (b, t, hq, dv_dim) or tuple(do.shape) != (b, t, hq, dv_dim):
@@ -1008,7 +1150,8 @@ def selected_bwd(
     if runs_small_g(small_g, group):
         from .selected_small_g import small_g_bwd
 
-        return small_g_bwd(q, k, v, o, lse, do, idx, block_slc, scale, group, deterministic, dq_out, dq_add)
+        return small_g_bwd(q, k, v, o, lse, do, idx, block_slc, scale, group, deterministic, dq_out, dq_add,
+                           packed=packed)
     dq = dq_out if dq_out is not None else torch.empty_like(q)
     dk = torch.empty_like(k)
     dv = torch.empty_like(v)
@@ -1024,8 +1167,10 @@ def selected_bwd(
                t, hq, hkv, group, dk_dim, dv_dim, qk_scale_log2, float(scale))
     if dq_variant == "v2":
         kernel = _selected_dq_tile_accumulate_tuned if in_place else _selected_dq_tile_kernel
-        _launcher(kernel, _tile_grid(t, hkv, b), _tile_interp_meta(group, block_slc, 2))(
-            *dq_args, **tuning_buckets(t, b * hq), N_SLOTS=n, **_tile_dims(q, v, group, block_slc, n), ADD_DQ=add_dq,
+        seq_t, seqs, cu = (t, b, idx) if packed is None else (packed.max_len, packed.num_seqs, packed.cu)
+        _launcher(kernel, _tile_grid(seq_t, hkv, seqs), _tile_interp_meta(group, block_slc, 2))(
+            *dq_args[:9], cu, *dq_args[9:], **tuning_buckets(seq_t, seqs * hq), N_SLOTS=n,
+            **_tile_dims(q, v, group, block_slc, n), ADD_DQ=add_dq, VARLEN=packed is not None,
         )
     else:
         kernel = _selected_dq_accumulate_tuned if in_place else _selected_dq_kernel
@@ -1033,13 +1178,15 @@ def selected_bwd(
             *dq_args, **tuning_buckets(t, b * hq), N_SLOTS=n, **dims, ADD_DQ=add_dq,
         )
 
-    num_blocks = -(-t // block_slc)
-    offsets, queries = invert_selection(idx, block_slc, num_blocks)
+    num_blocks = -(-t // block_slc) if packed is None else packed.num_blocks
+    offsets, queries = invert_selection(idx, block_slc, num_blocks, packed)
     segment = _segment_len(n, block_slc)
-    segments = -(-t // segment)  # a list holds at most T queries
+    seq_t = t if packed is None else packed.max_len
+    segments = -(-seq_t // segment)  # a list holds at most T (packed: max_s L_s) queries
+    tables = (offsets, offsets, offsets) if packed is None else (packed.cu, packed.block_seq, packed.slc_cu)
     dkdv_args = dict(
         G_IN=next_pow2(group), DK_PAD=dims["DK_PAD"], DV_PAD=dims["DV_PAD"], BLOCK_SLC=block_slc,
-        UPCAST=dims["UPCAST"], **tuning_buckets(t, b * hq),
+        UPCAST=dims["UPCAST"], VARLEN=packed is not None, **tuning_buckets(seq_t, b * hq),
     )
 
     def grid(meta: dict) -> tuple[int, int, int]:
@@ -1051,21 +1198,22 @@ def selected_bwd(
         dk_part = torch.empty(num_slots, block_slc, dk_dim, dtype=torch.float32, device=q.device)
         dv_part = torch.empty(num_slots, block_slc, dv_dim, dtype=torch.float32, device=q.device)
         _launcher(_dkdv_kernel, grid, interp_meta)(
-            q, k, v, do, lse, delta, offsets, queries, slots, dk, dv, dk_part, dv_part,
+            q, k, v, do, lse, delta, offsets, queries, slots, dk, dv, dk_part, dv_part, *tables,
             t, hq, hkv, group, dk_dim, dv_dim, num_blocks, segment, qk_scale_log2, float(scale),
             ATOMIC=False, **dkdv_args,
         )
         if segments > 1:
             reduce_block = min(block_slc, 32)
             _dkdv_reduce_kernel[(num_blocks * (block_slc // reduce_block), b * hkv)](
-                offsets, slots, dk_part, dv_part, dk, dv, t, hkv, dk_dim, dv_dim, num_blocks, segment,
+                offsets, slots, dk_part, dv_part, dk, dv, *tables, t, hkv, dk_dim, dv_dim, num_blocks, segment,
                 BLOCK_SLC=block_slc, DK_PAD=dims["DK_PAD"], DV_PAD=dims["DV_PAD"], BLOCK_N=reduce_block,
+                **_reduce_launch(packed),
             )
     else:
         dk = torch.zeros(k.shape, dtype=torch.float32, device=k.device)
         dv = torch.zeros(v.shape, dtype=torch.float32, device=v.device)
         _launcher(_dkdv_atomic_kernel, grid, interp_meta)(
-            q, k, v, do, lse, delta, offsets, queries, offsets, dk, dv, dk, dv,
+            q, k, v, do, lse, delta, offsets, queries, offsets, dk, dv, dk, dv, *tables,
             t, hq, hkv, group, dk_dim, dv_dim, num_blocks, segment, qk_scale_log2, float(scale),
             ATOMIC=True, **dkdv_args,
         )

@@ -18,6 +18,10 @@ docs/tuning-notes.md ("Issue 17: small GQA groups") has the traffic model; this 
 Slot semantics are selected.py's: a slot is used iff 0 <= j <= t // l' and j does not repeat an
 earlier slot of the row. Entries are named by their flat index in the row-sorted block_idx
 [B, T, Hkv, n], which is also the index of their partial slots.
+
+Packed batches (cu_seqlens, docs/varlen.md; selected.py's `PackedBatch`): the block-outer kernels run
+per global block (sequence, local block) with packed rows in the lists (VARLEN: `selected._block_keys`);
+the merge and the dq reduce run per (tile, KV head, sequence) with their pointers rebased to it.
 """
 from __future__ import annotations
 
@@ -27,7 +31,10 @@ import triton.language as tl
 
 from . import selected as _slc
 from ._common import TUNING_ARGS, autotune, interpreting, next_pow2, split_head_dim, tuning_buckets
-from .selected import _gated_epilogue, _kv_rows, _load_rows, _load_split_cols, _row_tile, _store_rows
+from .selected import (
+    PackedBatch, _block_keys, _gated_epilogue, _kv_rows, _load_rows, _load_split_cols, _row_tile, _seq_start,
+    _store_rows,
+)
 
 __all__ = ["small_g_fwd", "small_g_bwd", "invert_entries", "key_chunk"]
 
@@ -91,27 +98,29 @@ def key_chunk(block_slc: int, dk: int, dv: int) -> int:
 
 # ---------------------------------------------------------------- selection inverted, entries kept
 def invert_entries(
-    block_idx: torch.Tensor, block_slc: int, num_blocks: int
+    block_idx: torch.Tensor, block_slc: int, num_blocks: int, packed: PackedBatch | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per-block lists of entries (CSR), on the device, no host sync: (offsets [B*Hkv*num_blocks + 1],
     entries [E], the row-sorted block_idx int32). An entry is the flat index (b, t, g, s) of a used
     slot in the sorted block_idx, so its query is (e // (Hkv * n)) % T and its partials live at e.
-    Lists are in ascending t (stable sort); as `selected.invert_selection` otherwise."""
-    offsets, order, blocks, index_dtype = _slc.used_slot_lists(block_idx, block_slc, num_blocks)
+    Lists are in ascending t (stable sort); as `selected.invert_selection` otherwise (packed included)."""
+    offsets, order, blocks, index_dtype = _slc.used_slot_lists(block_idx, block_slc, num_blocks, packed)
     return offsets.to(index_dtype), order.to(index_dtype), blocks.to(torch.int32)
 
 
 # ---------------------------------------------------------------- forward
 @triton.jit(do_not_specialize=TUNING_ARGS)
 def _block_outer_fwd_kernel(
-    q_ptr, k_ptr, v_ptr, offsets_ptr, entries_ptr, o_part_ptr, lse_part_ptr,
+    q_ptr, k_ptr, v_ptr, offsets_ptr, entries_ptr, o_part_ptr, lse_part_ptr, cu_ptr, block_seq_ptr, slc_cu_ptr,
     T, HQ, HKV, G, DK, DV, NUM_BLOCKS, SEGMENT, qk_scale_log2, SEQ_BUCKET, ROWS_BUCKET,
     N_SLOTS: tl.constexpr, G_IN: tl.constexpr, DK_A: tl.constexpr, DK_B: tl.constexpr, DV_PAD: tl.constexpr,
-    BLOCK_SLC: tl.constexpr, BLOCK_N: tl.constexpr, UPCAST: tl.constexpr, BLOCK_M: tl.constexpr,
+    BLOCK_SLC: tl.constexpr, BLOCK_N: tl.constexpr, UPCAST: tl.constexpr, VARLEN: tl.constexpr,
+    BLOCK_M: tl.constexpr,
 ):
     """Partials of BLOCK_N keys of block j for segment program_id(1) of j's entry list: per (entry,
     head) the softmax over these keys alone (o normalised, lse natural log; -inf and 0 if none is
-    causal-visible), written to partial row (entry * CHUNKS + chunk) * G + head."""
+    causal-visible), written to partial row (entry * CHUNKS + chunk) * G + head. VARLEN: j is a global
+    block of the packed batch, T = total_T (`selected._block_keys`)."""
     CHUNKS: tl.constexpr = BLOCK_SLC // BLOCK_N
     ROWS: tl.constexpr = BLOCK_M if BLOCK_M > G_IN else G_IN
     QUERIES: tl.constexpr = ROWS // G_IN
@@ -127,8 +136,8 @@ def _block_outer_fwd_kernel(
     begin = tl.load(offsets_ptr + bucket).to(tl.int64) + segment * SEGMENT
     end = tl.minimum(list_end, begin + SEGMENT)
     if begin < end:
-        pos = j * BLOCK_SLC + chunk * BLOCK_N + tl.arange(0, BLOCK_N)
-        pos_ok = pos < T
+        pos, pos_ok = _block_keys(j, chunk * BLOCK_N + tl.arange(0, BLOCK_N), T, cu_ptr, block_seq_ptr, slc_cu_ptr,
+                                  BLOCK_SLC, VARLEN)
         kv_row = _kv_rows(b, g, pos, T, HKV)
         k_a, k_b = _load_split_cols(k_ptr, kv_row, pos_ok, DK, DK_A, DK_B, UPCAST)  # once per program
         v = _load_rows(v_ptr, kv_row, pos_ok, DV, DV_PAD, UPCAST)
@@ -171,7 +180,7 @@ def _block_outer_fwd_kernel(
             tl.store(lse_part_ptr + part, lse, mask=row_ok)
 
 
-_KEY = ["G_IN", "DK_A", "DK_B", "DV_PAD", "BLOCK_SLC", "BLOCK_N"]
+_KEY = ["G_IN", "DK_A", "DK_B", "DV_PAD", "BLOCK_SLC", "BLOCK_N", "VARLEN"]
 _block_outer_fwd_tuned = autotune(
     configs=_configs(), key=_KEY, prune_configs_by={"early_config_prune": _prune_fwd},
 )(_block_outer_fwd_kernel)
@@ -179,15 +188,29 @@ _block_outer_fwd_tuned = autotune(
 
 @triton.jit
 def _merge_kernel(
-    sorted_ptr, o_part_ptr, lse_part_ptr, o_ptr, lse_ptr, gate_ptr, T, HQ, HKV, G, DV,
+    sorted_ptr, o_part_ptr, lse_part_ptr, o_ptr, lse_ptr, gate_ptr, cu_ptr, T, HQ, HKV, G, DV,
     N_SLOTS: tl.constexpr, G_PAD: tl.constexpr, DV_PAD: tl.constexpr, BLOCK_SLC: tl.constexpr,
     CHUNKS: tl.constexpr, POSITIONS: tl.constexpr, GATED: tl.constexpr, ACCUMULATE: tl.constexpr,
+    VARLEN: tl.constexpr,
 ):
-    """o and lse of POSITIONS positions x G heads from their partials, in slot then chunk order."""
+    """o and lse of POSITIONS positions x G heads from their partials, in slot then chunk order.
+    VARLEN: program_id(2) is a sequence; pointers rebased to its first token, T = its length."""
     ROWS: tl.constexpr = POSITIONS * G_PAD
+    if VARLEN:
+        bos, T = _seq_start(cu_ptr)
+        if tl.program_id(0) * POSITIONS >= T:
+            return
+        sorted_ptr += bos * HKV * N_SLOTS
+        lse_part_ptr += bos * HKV * N_SLOTS * CHUNKS * G
+        o_part_ptr += bos * HKV * N_SLOTS * CHUNKS * G * DV
+        o_ptr += bos * HQ * DV
+        lse_ptr += bos * HQ
+        gate_ptr += bos * HQ * 3
     t0 = tl.program_id(0).to(tl.int64) * POSITIONS
     g = tl.program_id(1).to(tl.int64)
     b = tl.program_id(2).to(tl.int64)
+    if VARLEN:
+        b = b * 0
     r = tl.arange(0, ROWS)
     pos = t0 + r // G_PAD
     head = r % G_PAD
@@ -241,22 +264,32 @@ def _merge_grid(t: int, hkv: int, b: int, group: int) -> tuple[tuple[int, int, i
     return (triton.cdiv(t, positions), hkv, b), g_pad, positions
 
 
-def _dims(q: torch.Tensor, v: torch.Tensor, group: int, block_slc: int, n: int) -> dict:
+def _dims(q: torch.Tensor, v: torch.Tensor, group: int, block_slc: int, n: int,
+          packed: PackedBatch | None = None) -> dict:
     dk_a, dk_b = split_head_dim(q.shape[-1])
     return dict(
         N_SLOTS=n, G_IN=next_pow2(group), DK_A=dk_a, DK_B=dk_b, DV_PAD=max(16, next_pow2(v.shape[-1])),
         BLOCK_SLC=block_slc, BLOCK_N=key_chunk(block_slc, q.shape[-1], v.shape[-1]),
-        UPCAST=interpreting() and q.dtype == torch.bfloat16,
+        UPCAST=interpreting() and q.dtype == torch.bfloat16, VARLEN=packed is not None,
     )
+
+
+def _packed_args(t: int, b: int, block_slc: int, idx: torch.Tensor, packed: PackedBatch | None):
+    """(blocks of the block-outer grid, the query grids' tile extent, their batch extent, the kernels'
+    (cu, block_seq, slc_cu) pointers): dense (ceil(T / l'), T, B, stand-ins never read), or packed
+    (sum_s ceil(L_s / l'), max_s L_s, N, the `PackedBatch` tables)."""
+    if packed is None:
+        return -(-t // block_slc), t, b, (idx, idx, idx)
+    return packed.num_blocks, packed.max_len, packed.num_seqs, (packed.cu, packed.block_seq, packed.slc_cu)
 
 
 def small_g_fwd(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, idx: torch.Tensor, block_slc: int, scale: float, group: int,
     *, out: torch.Tensor | None = None, gates: torch.Tensor | None = None, gate_index: int = 0,
-    accumulate: bool = False,
+    accumulate: bool = False, packed: PackedBatch | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """`selected.selected_fwd` by the block-outer path; inputs already validated and contiguous,
-    idx int32. Same outputs and gated epilogue (applied in the merge)."""
+    idx int32. Same outputs and gated epilogue (applied in the merge). packed: a packed batch."""
     b, t, hq, dk = q.shape
     hkv, dv, n = k.shape[2], v.shape[-1], idx.shape[-1]
     gated = out is not None
@@ -264,25 +297,26 @@ def small_g_fwd(
     lse = torch.empty(b, t, hq, dtype=torch.float32, device=q.device)
     if o.numel() == 0:
         return o, lse
-    dims = _dims(q, v, group, block_slc, n)
+    dims = _dims(q, v, group, block_slc, n, packed)
     chunks = block_slc // dims["BLOCK_N"]
-    num_blocks = -(-t // block_slc)
-    offsets, entries, sorted_idx = invert_entries(idx, block_slc, num_blocks)
+    num_blocks, seq_t, seqs, tables = _packed_args(t, b, block_slc, idx, packed)
+    offsets, entries, sorted_idx = invert_entries(idx, block_slc, num_blocks, packed)
     parts = idx.numel() * chunks * group
     o_part = torch.empty(parts, dv, dtype=_partial_dtype(q), device=q.device)
     lse_part = torch.empty(parts, dtype=torch.float32, device=q.device)
     segment = _slc._segment_len(n, block_slc)
-    grid = (num_blocks * chunks, -(-t // segment), b * hkv)
+    grid = (num_blocks * chunks, -(-seq_t // segment), b * hkv)
     _slc._launcher(_block_outer_fwd_tuned, grid, _INTERP_META)(
-        q, k, v, offsets, entries, o_part, lse_part,
-        t, hq, hkv, group, dk, dv, num_blocks, segment, float(scale) * _LOG2E, **tuning_buckets(t, b * hq), **dims,
+        q, k, v, offsets, entries, o_part, lse_part, *tables,
+        t, hq, hkv, group, dk, dv, num_blocks, segment, float(scale) * _LOG2E, **tuning_buckets(seq_t, b * hq),
+        **dims,
     )
-    merge_grid, g_pad, positions = _merge_grid(t, hkv, b, group)
+    merge_grid, g_pad, positions = _merge_grid(seq_t, hkv, seqs, group)
     gate_column = gates[..., gate_index] if gated else lse  # never read ungated
     _merge_kernel[merge_grid](
-        sorted_idx, o_part, lse_part, o, lse, gate_column, t, hq, hkv, group, dv,
+        sorted_idx, o_part, lse_part, o, lse, gate_column, tables[0], t, hq, hkv, group, dv,
         N_SLOTS=n, G_PAD=g_pad, DV_PAD=dims["DV_PAD"], BLOCK_SLC=block_slc, CHUNKS=chunks, POSITIONS=positions,
-        GATED=gated, ACCUMULATE=gated and accumulate, num_warps=_MERGE_WARPS,
+        GATED=gated, ACCUMULATE=gated and accumulate, VARLEN=packed is not None, num_warps=_MERGE_WARPS,
     )
     return o, lse
 
@@ -302,11 +336,11 @@ def _store_split(ptr, row, row_ok, x_a, x_b, D, D_A: tl.constexpr, D_B: tl.const
 @triton.jit(do_not_specialize=TUNING_ARGS)
 def _block_outer_bwd_body(
     q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, offsets_ptr, entries_ptr, slots_ptr,
-    dk_ptr, dv_ptr, dk_part_ptr, dv_part_ptr, dq_part_ptr,
+    dk_ptr, dv_ptr, dk_part_ptr, dv_part_ptr, dq_part_ptr, cu_ptr, block_seq_ptr, slc_cu_ptr,
     T, HQ, HKV, G, DK, DV, NUM_BLOCKS, SEGMENT, qk_scale_log2, scale, SEQ_BUCKET, ROWS_BUCKET,
     N_SLOTS: tl.constexpr, G_IN: tl.constexpr, DK_A: tl.constexpr, DK_B: tl.constexpr, DV_PAD: tl.constexpr,
     BLOCK_SLC: tl.constexpr, BLOCK_N: tl.constexpr, UPCAST: tl.constexpr, ATOMIC: tl.constexpr,
-    BLOCK_M: tl.constexpr,
+    VARLEN: tl.constexpr, BLOCK_M: tl.constexpr,
 ):
     """dk/dv of BLOCK_N keys of block j from segment program_id(1) of j's entry list (stores as
     selected.py's `_selected_dkdv_body`), and each entry's dq partial dS K (unscaled) of these keys,
@@ -333,8 +367,7 @@ def _block_outer_bwd_body(
 
     if active:
         key = chunk * BLOCK_N + tl.arange(0, BLOCK_N)
-        pos = j * BLOCK_SLC + key
-        pos_ok = pos < T
+        pos, pos_ok = _block_keys(j, key, T, cu_ptr, block_seq_ptr, slc_cu_ptr, BLOCK_SLC, VARLEN)
         kv_row = _kv_rows(b, g, pos, T, HKV)
         k_a, k_b = _load_split_cols(k_ptr, kv_row, pos_ok, DK, DK_A, DK_B, UPCAST)
         v = _load_rows(v_ptr, kv_row, pos_ok, DV, DV_PAD, UPCAST)
@@ -415,16 +448,28 @@ _block_outer_bwd_atomic_kernel = autotune(
 
 @triton.jit
 def _dq_reduce_kernel(
-    sorted_ptr, dq_part_ptr, dq_ptr, dq_add_ptr, T, HQ, HKV, G, DK, scale,
+    sorted_ptr, dq_part_ptr, dq_ptr, dq_add_ptr, cu_ptr, T, HQ, HKV, G, DK, scale,
     N_SLOTS: tl.constexpr, G_PAD: tl.constexpr, DK_A: tl.constexpr, DK_B: tl.constexpr,
     BLOCK_SLC: tl.constexpr, CHUNKS: tl.constexpr, POSITIONS: tl.constexpr, ADD_DQ: tl.constexpr,
+    VARLEN: tl.constexpr,
 ):
     """dq of POSITIONS positions x G heads: their dq partials summed in slot then chunk order (fp32,
-    deterministic), times scale, plus dq_add's fp32 rows when ADD_DQ (dq_add may be dq itself)."""
+    deterministic), times scale, plus dq_add's fp32 rows when ADD_DQ (dq_add may be dq itself).
+    VARLEN as in `_merge_kernel`."""
     ROWS: tl.constexpr = POSITIONS * G_PAD
+    if VARLEN:
+        bos, T = _seq_start(cu_ptr)
+        if tl.program_id(0) * POSITIONS >= T:
+            return
+        sorted_ptr += bos * HKV * N_SLOTS
+        dq_part_ptr += bos * HKV * N_SLOTS * CHUNKS * G * DK
+        dq_ptr += bos * HQ * DK
+        dq_add_ptr += bos * HQ * DK
     t0 = tl.program_id(0).to(tl.int64) * POSITIONS
     g = tl.program_id(1).to(tl.int64)
     b = tl.program_id(2).to(tl.int64)
+    if VARLEN:
+        b = b * 0
     r = tl.arange(0, ROWS)
     pos = t0 + r // G_PAD
     head = r % G_PAD
@@ -463,7 +508,7 @@ def _dq_reduce_kernel(
 def small_g_bwd(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, o: torch.Tensor, lse: torch.Tensor, do: torch.Tensor,
     idx: torch.Tensor, block_slc: int, scale: float, group: int, deterministic: bool,
-    dq_out: torch.Tensor | None, dq_add: torch.Tensor | None,
+    dq_out: torch.Tensor | None, dq_add: torch.Tensor | None, packed: PackedBatch | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """`selected.selected_bwd` by the block-outer path; inputs validated, contiguous, o/do in q's
     dtype, lse fp32, idx int32, dq_out checked. deterministic=True: no atomics anywhere (dq partials
@@ -475,45 +520,46 @@ def small_g_bwd(
     dv = torch.empty_like(v)
     if q.numel() == 0:
         return dq, dk, dv
-    dims = _dims(q, v, group, block_slc, n)
+    dims = _dims(q, v, group, block_slc, n, packed)
     chunks = block_slc // dims["BLOCK_N"]
     delta = _slc._delta(o, do)
-    num_blocks = -(-t // block_slc)
-    offsets, entries, sorted_idx = invert_entries(idx, block_slc, num_blocks)
+    num_blocks, seq_t, seqs, tables = _packed_args(t, b, block_slc, idx, packed)
+    offsets, entries, sorted_idx = invert_entries(idx, block_slc, num_blocks, packed)
     dq_part = torch.empty(idx.numel() * chunks * group, dk_dim, dtype=_partial_dtype(q), device=q.device)
     segment = _slc._segment_len(n, block_slc)
-    segments = -(-t // segment)
+    segments = -(-seq_t // segment)
     grid = (num_blocks * chunks, segments, b * hkv)
     qk_scale_log2 = float(scale) * _LOG2E
-    common = (t, hq, hkv, group, dk_dim, dv_dim, num_blocks, segment, qk_scale_log2, float(scale))
+    common = (*tables, t, hq, hkv, group, dk_dim, dv_dim, num_blocks, segment, qk_scale_log2, float(scale))
     if deterministic:
         slots, num_slots = _slc._partial_slots(offsets, segment, idx.numel())
         dk_part = torch.empty(num_slots, block_slc, dk_dim, dtype=torch.float32, device=q.device)
         dv_part = torch.empty(num_slots, block_slc, dv_dim, dtype=torch.float32, device=q.device)
         _slc._launcher(_block_outer_bwd_kernel, grid, _INTERP_META)(
             q, k, v, do, lse, delta, offsets, entries, slots, dk, dv, dk_part, dv_part, dq_part,
-            *common, **tuning_buckets(t, b * hq), **dims, ATOMIC=False,
+            *common, **tuning_buckets(seq_t, b * hq), **dims, ATOMIC=False,
         )
         if segments > 1:
             reduce_block = min(block_slc, 32)
             dk_pad, dv_pad = max(16, next_pow2(dk_dim)), dims["DV_PAD"]
             _slc._dkdv_reduce_kernel[(num_blocks * (block_slc // reduce_block), b * hkv)](
-                offsets, slots, dk_part, dv_part, dk, dv, t, hkv, dk_dim, dv_dim, num_blocks, segment,
+                offsets, slots, dk_part, dv_part, dk, dv, *tables, t, hkv, dk_dim, dv_dim, num_blocks, segment,
                 BLOCK_SLC=block_slc, DK_PAD=dk_pad, DV_PAD=dv_pad, BLOCK_N=reduce_block,
+                **_slc._reduce_launch(packed),
             )
     else:
         dk32 = torch.zeros(k.shape, dtype=torch.float32, device=k.device)
         dv32 = torch.zeros(v.shape, dtype=torch.float32, device=v.device)
         _slc._launcher(_block_outer_bwd_atomic_kernel, grid, _INTERP_META)(
             q, k, v, do, lse, delta, offsets, entries, offsets, dk32, dv32, dk32, dv32, dq_part,
-            *common, **tuning_buckets(t, b * hq), **dims, ATOMIC=True,
+            *common, **tuning_buckets(seq_t, b * hq), **dims, ATOMIC=True,
         )
         dk, dv = dk32.to(k.dtype), dv32.to(v.dtype)
-    merge_grid, g_pad, positions = _merge_grid(t, hkv, b, group)
+    merge_grid, g_pad, positions = _merge_grid(seq_t, hkv, seqs, group)
     add_dq = dq_add is not None
     _dq_reduce_kernel[merge_grid](
-        sorted_idx, dq_part, dq, dq_add if add_dq else dq, t, hq, hkv, group, dk_dim, float(scale),
+        sorted_idx, dq_part, dq, dq_add if add_dq else dq, tables[0], t, hq, hkv, group, dk_dim, float(scale),
         N_SLOTS=n, G_PAD=g_pad, DK_A=dims["DK_A"], DK_B=dims["DK_B"], BLOCK_SLC=block_slc, CHUNKS=chunks,
-        POSITIONS=positions, ADD_DQ=add_dq, num_warps=_MERGE_WARPS,
+        POSITIONS=positions, ADD_DQ=add_dq, VARLEN=packed is not None, num_warps=_MERGE_WARPS,
     )
     return dq, dk, dv

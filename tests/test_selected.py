@@ -420,6 +420,11 @@ for b, t, hkv, g, dk, dv, dt, slc, n in shapes:
                        accumulate=True)
         for deterministic in (True, False):
             S.selected_bwd(q, k, v, o, lse, do, idx, slc, dk ** -0.5, deterministic=deterministic)
+        if b == 1:  # a packed batch (cu_seqlens on the CPU, as the compile check passes it): the VARLEN kernels
+            cu = torch.tensor([0, 17, 17, t // 2, t], dtype=torch.int32)
+            S.selected_fwd(q, k, v, idx, slc, dk ** -0.5, out=o, gates=meta(b, t, hkv * g, 3), gate_index=1,
+                           accumulate=True, cu_seqlens=cu)
+            S.selected_bwd(q, k, v, o, lse, do, idx, slc, dk ** -0.5, cu_seqlens=cu)
 
     for launch in gc.record_launches([S, SG], host):
         variants = gc.expand(launch)
@@ -477,3 +482,235 @@ def test_dq_chain_rejects_bad_arguments(kwargs: dict, match: str) -> None:
     o, lse = selected_fwd(q, k, v, idx, 32, 0.25)
     with pytest.raises(ValueError, match=match):
         selected_bwd(q, k, v, o, lse, torch.ones_like(o), idx, 32, 0.25, **kwargs)
+
+
+# ---------------------------------------------------------------- packed batches (cu_seqlens, docs/varlen.md)
+# l = 16 > 10, l' = 32 > 27, an empty sequence, boundaries (1, 11, 38, 83) inside compression and selection
+# blocks of the buffer, and 45 tokens: a multiple of no tile (l' = 32, 1-4 positions per tile)
+PACKED_LENS = (1, 10, 0, 27, 45, 37)
+PACKED_CFG = NSAConfig(block_cmp=16, stride_cmp=8, block_slc=32, n_slc=3, window=12)
+
+
+def packed_case(kv_heads: int, group: int, dk: int = 48, dv: int = 32, n_slc: int = 3,
+                lens: tuple[int, ...] = PACKED_LENS, block_slc: int = PACKED_CFG.block_slc) -> Case:
+    """A Case whose batch is the packing of `lens` (batch 1, seqlen = total_T)."""
+    return Case(batch=1, seqlen=sum(lens), kv_heads=kv_heads, group=group, dk=dk, dv=dv, block_slc=block_slc,
+                n_slc=n_slc)
+
+
+def packed_cu(lens: tuple[int, ...] = PACKED_LENS) -> torch.Tensor:
+    from nsa_bench import varlen
+
+    return varlen.cu_seqlens_of(lens)
+
+
+def packed_real_selection(case: Case, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """NSA's own block_idx of the packing, local block numbers, from float64 copies."""
+    cfg = NSAConfig(block_cmp=16, stride_cmp=8, block_slc=case.block_slc, n_slc=case.n_slc, window=12)
+    k_cmp, _ = reference.compress_kv(k.double(), v.double(), cfg, cu_seqlens=packed_cu())
+    return reference.select_blocks(q.double(), k_cmp, cfg, cu_seqlens=packed_cu())
+
+
+def packed_hand_selection(case: Case, lens: tuple[int, ...] = PACKED_LENS) -> torch.Tensor:
+    """n = 4 slots per row: [own block, -1, own block again, the next block] (local numbers): padding, a
+    duplicate, and a future block (past the sequence's end in its last block) that must count for
+    nothing, not read the next sequence."""
+    assert case.n_slc == 4
+    local = torch.cat([torch.arange(n) for n in lens]) // case.block_slc
+    own = local.view(1, -1, 1).expand(1, -1, case.kv_heads)
+    slots = [own, torch.full_like(own, -1), own, own + 1]
+    return torch.stack(slots, dim=-1).to(torch.int32).contiguous()
+
+
+def packed_reference_grads(case: Case, q, k, v, block_idx, do, scale, lens: tuple[int, ...] = PACKED_LENS):
+    qd, kd, vd = (x.double().requires_grad_() for x in (q, k, v))
+    out = reference.selected_attention(qd, kd, vd, block_idx, case.cfg, scale, cu_seqlens=packed_cu(lens))
+    out.backward(do.double())
+    return out.detach(), qd.grad, kd.grad, vd.grad
+
+
+def per_sequence(run, *tensors: torch.Tensor, lens: tuple[int, ...] = PACKED_LENS) -> list[torch.Tensor]:
+    """`run(*slices)` on each non-empty sequence's rows of the [1, total_T, ...] tensors, outputs concatenated."""
+    bounds = packed_cu(lens).tolist()
+    outs = [run(*(x[:, a:e] for x in tensors)) for a, e in zip(bounds, bounds[1:]) if e > a]
+    return [torch.cat(parts, dim=1) for parts in zip(*outs)]
+
+
+def check_packed(case: Case, dtype: torch.dtype, block_idx: torch.Tensor | None, seed: int, small_g: str,
+                 against_dense: bool = False, fused: bool = False, lens: tuple[int, ...] = PACKED_LENS) -> None:
+    """Packed fwd + bwd (deterministic) against the reference with cu_seqlens. against_dense: also against
+    every sequence run alone through the dense path. fused: also the gated epilogue (accumulating), and
+    the backward through the dq chain (dq_out = dq_add, in place)."""
+    q, k, v = _inputs(case, dtype, seed)
+    if block_idx is None:
+        block_idx = packed_real_selection(case, q, k, v)
+    scale = case.dk**-0.5
+    kw = dict(small_g=small_g, cu_seqlens=packed_cu(lens))
+    o, lse = selected_fwd(q, k, v, block_idx, case.block_slc, scale, **kw)
+    do = torch.randn(o.shape, generator=torch.Generator().manual_seed(seed + 1)).to(dtype)
+    ref_o, ref_dq, ref_dk, ref_dv = packed_reference_grads(case, q, k, v, block_idx, do, scale, lens)
+    fwd_tol, grad_tol = (1e-4, 1e-3) if dtype == torch.float32 else (1e-2, 1e-2)
+    assert o.dtype == dtype and tuple(o.shape) == tuple(ref_o.shape) and tuple(lse.shape) == tuple(q.shape[:3])
+    assert not torch.isnan(o).any() and not torch.isnan(lse).any()
+    assert _rel(o, ref_o) < fwd_tol
+    if fused:
+        gates = _gates(case, torch.float32, seed=seed + 2)
+        start = torch.randn(o.shape, generator=torch.Generator().manual_seed(seed + 3))
+        out = start.clone()
+        got, got_lse = selected_fwd(q, k, v, block_idx, case.block_slc, scale, out=out, gates=gates, gate_index=1,
+                                    accumulate=True, **kw)
+        assert got is out and _rel(got, gates[..., 1:2] * o + start) < 1e-5
+        torch.testing.assert_close(got_lse, lse, rtol=0, atol=0)
+        acc = torch.randn(q.shape, generator=torch.Generator().manual_seed(seed + 4))
+        before = acc.clone()
+        grads = selected_bwd(q, k, v, o, lse, do, block_idx, case.block_slc, scale, dq_out=acc, dq_add=acc, **kw)
+        assert grads[0] is acc
+        grads = (acc - before, *grads[1:])
+    else:
+        grads = selected_bwd(q, k, v, o, lse, do, block_idx, case.block_slc, scale, **kw)
+    for name, got, want in zip(("dq", "dk", "dv"), grads, (ref_dq, ref_dk, ref_dv)):
+        assert got.dtype == dtype and torch.isfinite(got).all(), name
+        assert _rel(got, want) < grad_tol, name
+    if against_dense:
+        def dense(q_s, k_s, v_s, idx_s, do_s):
+            o_s, lse_s = selected_fwd(q_s, k_s, v_s, idx_s, case.block_slc, scale, small_g=small_g)
+            return (o_s, lse_s, *selected_bwd(q_s, k_s, v_s, o_s, lse_s, do_s, idx_s, case.block_slc, scale,
+                                              small_g=small_g))
+
+        for name, got, want in zip(("o", "lse", "dq", "dk", "dv"), (o, lse, *grads),
+                                   per_sequence(dense, q, k, v, block_idx, do, lens=lens)):
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_packed_g1_two_kv_heads_fp32() -> None:
+    """The padded v2 kernels (fwd tiles, dq tiles, dk/dv) on a packing, NSA's own selection, G = 1."""
+    check_packed(packed_case(2, 1), torch.float32, None, seed=200, small_g="padded")
+
+
+def test_packed_g16_gated_and_dq_chain_fp32() -> None:
+    """G = 16, what "auto" runs padded, through the fused gated epilogue and the dq chain."""
+    check_packed(packed_case(1, 16, dk=32, dv=16), torch.float32, None, seed=205, small_g="auto", fused=True)
+
+
+def test_packed_hand_selection_matches_each_sequence_alone() -> None:
+    """-1 padding, a duplicate, future blocks; packed == every sequence through the dense path, G = 3."""
+    case = packed_case(1, 3, dk=32, dv=48, n_slc=4)
+    check_packed(case, torch.float32, packed_hand_selection(case), seed=210, small_g="padded", against_dense=True)
+
+
+# l' = 128: two 64-key chunks per block (interpreter tiles), a second block at 150; used by
+# test_selected_small_g (the padded kernels' chunks go through the same `_block_keys` in dk/dv)
+LONG_LENS = (5, 0, 150, 70, 1)
+
+
+def test_packed_fp16() -> None:
+    case = packed_case(1, 2, dk=32, dv=16, n_slc=4)
+    check_packed(case, torch.float16, packed_hand_selection(case), seed=220, small_g="padded")
+
+
+@pytest.mark.parametrize("small_g", ["padded", "small_g"])
+def test_packed_backward_with_lists_split_into_segments(monkeypatch: pytest.MonkeyPatch, small_g: str) -> None:
+    """16-query segments: block 0 of the 45-token sequence has a 32-query list (two segments); the reduce
+    (deterministic) and the atomics run per global block of the packing."""
+    import nsa_kernels.selected as selected_module
+
+    monkeypatch.setattr(selected_module, "_segment_len", lambda n_slc, block_slc: 16)
+    case = packed_case(1, 2, dk=48, dv=32, n_slc=4)
+    q, k, v = _inputs(case, torch.float32, seed=230)
+    block_idx = packed_hand_selection(case)
+    scale, cu = case.dk**-0.5, packed_cu()
+    o, lse = selected_fwd(q, k, v, block_idx, case.block_slc, scale, small_g=small_g, cu_seqlens=cu)
+    do = torch.randn(o.shape, generator=torch.Generator().manual_seed(231))
+    ref_o, ref_dq, ref_dk, ref_dv = packed_reference_grads(case, q, k, v, block_idx, do, scale)
+    assert _rel(o, ref_o) < 1e-4
+    for deterministic in (True, False):
+        dq, dk, dv = selected_bwd(q, k, v, o, lse, do, block_idx, case.block_slc, scale,
+                                  deterministic=deterministic, small_g=small_g, cu_seqlens=cu)
+        assert _rel(dq, ref_dq) < 1e-3 and _rel(dk, ref_dk) < 1e-3 and _rel(dv, ref_dv) < 1e-3, deterministic
+
+
+def test_invert_selection_packed_lists_rows_per_global_block() -> None:
+    """List g * num_blocks + slc_cu[s] + j holds the packed rows of sequence s that selected its local block j."""
+    from nsa_kernels.selected import packed_batch
+
+    case = packed_case(2, 1, n_slc=4)
+    block_idx = packed_hand_selection(case)
+    block_idx[0, 50, 1] = torch.tensor([1, 1, 7, 0], dtype=torch.int32)  # a repeat, a block past the end
+    packed = packed_batch(packed_cu(), torch.empty(1, case.seqlen, 2, 16), case.block_slc)
+    assert packed.num_blocks == sum(-(-n // 32) for n in PACKED_LENS) and packed.max_len == max(PACKED_LENS)
+    offsets, queries = invert_selection(block_idx, case.block_slc, packed.num_blocks, packed)
+    bounds = packed_cu().tolist()
+    for g in range(case.kv_heads):
+        vb = 0
+        for s, (a, e) in enumerate(zip(bounds, bounds[1:])):
+            for j in range(-(-(e - a) // 32)):
+                bucket = g * packed.num_blocks + vb
+                got = queries[offsets[bucket]: offsets[bucket + 1]].tolist()
+                want = [t for t in range(a, e) if j in block_idx[0, t, g].tolist() and j * 32 <= t - a]
+                assert got == want, (g, s, j)
+                assert int(packed.block_seq[vb]) == s and int(packed.slc_cu[s]) + j == vb
+                vb += 1
+
+
+def test_packed_bad_input_raises_value_error() -> None:
+    case = packed_case(1, 2, dk=16, dv=16)
+    q, k, v = _inputs(case, torch.float32, seed=250)
+    idx = torch.zeros(1, case.seqlen, 1, 3, dtype=torch.int32)
+    o, lse = q[..., :16], q[..., 0]
+    from nsa_bench import varlen
+
+    short = varlen.cu_seqlens_of([4, 5])
+    with pytest.raises(ValueError, match="cu_seqlens"):
+        selected_fwd(q, k, v, idx, 32, 0.25, cu_seqlens=short)
+    with pytest.raises(ValueError, match="cu_seqlens"):
+        selected_bwd(q, k, v, o, lse, o, idx, 32, 0.25, cu_seqlens=short)
+    with pytest.raises(ValueError, match=r"cu_seqlens: packed batches need the v2 kernels \(variant='v1'\)"):
+        selected_fwd(q, k, v, idx, 32, 0.25, variant="v1", cu_seqlens=packed_cu())
+    with pytest.raises(ValueError, match=r"cu_seqlens: .*\(dq_variant='v1'\)"):
+        selected_bwd(q, k, v, o, lse, o, idx, 32, 0.25, dq_variant="v1", cu_seqlens=packed_cu())
+    two = [x.expand(2, *x.shape[1:]).contiguous() for x in (q, k, v, idx)]
+    with pytest.raises(ValueError, match="batch size 1"):
+        selected_fwd(*two, 32, 0.25, cu_seqlens=packed_cu())
+    empty = [x[:, :0] for x in (q, k, v, idx)]
+    with pytest.raises(ValueError, match="cu_seqlens holds 65536 sequences"):
+        selected_fwd(*empty, 32, 0.25, cu_seqlens=torch.zeros(65537, dtype=torch.int32))
+    o_empty, lse_empty = selected_fwd(*empty, 32, 0.25, cu_seqlens=torch.zeros(3, dtype=torch.int32))
+    assert tuple(o_empty.shape) == (1, 0, 2, 16) and tuple(lse_empty.shape) == (1, 0, 2)
+
+
+_PACKED_RECORD = r"""
+import torch
+import nsa_kernels.compile_check as gc
+import nsa_kernels.selected as S
+import nsa_kernels.selected_small_g as SG
+
+cu = torch.tensor([0, 1, 11, 11, 38, 83, 160], dtype=torch.int32)  # on the CPU, q on meta
+names = []
+for g, small_g in ((16, "auto"), (1, "padded"), (4, "auto")):
+    meta = lambda *s, dtype=torch.bfloat16: torch.empty(*s, device="meta", dtype=dtype)
+    q, k, v = meta(1, 160, 2 * g, 192), meta(1, 160, 2, 192), meta(1, 160, 2, 128)
+    o, lse = meta(1, 160, 2 * g, 128), meta(1, 160, 2 * g, dtype=torch.float32)
+    idx = meta(1, 160, 2, 16, dtype=torch.int32)
+
+    def host():
+        S.selected_fwd(q, k, v, idx, 64, 0.1, small_g=small_g, cu_seqlens=cu)
+        S.selected_fwd(q, k, v, idx, 64, 0.1, out=o, gates=meta(1, 160, 2 * g, 3), accumulate=True,
+                       small_g=small_g, cu_seqlens=cu)
+        for deterministic in (True, False):
+            S.selected_bwd(q, k, v, o, lse, o, idx, 64, 0.1, deterministic, small_g=small_g, cu_seqlens=cu)
+
+    for launch in gc.record_launches([S, SG], host):
+        fn = getattr(launch.kernel, "fn", launch.kernel)
+        names.append((getattr(fn, "__name__", str(fn)), launch.kwargs.get("VARLEN")))
+print(sorted(set(names)))
+"""
+
+
+def test_packed_host_code_runs_on_meta_tensors_with_a_cpu_cu_seqlens() -> None:
+    """What the sm_90 compile check does: no host read of a device value, cu_seqlens moved to q's device;
+    every kernel that takes VARLEN is launched with it on."""
+    env = {**os.environ, "TRITON_INTERPRET": "0"}
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, "-c", _PACKED_RECORD], cwd=root, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "False)" not in done.stdout and "True)" in done.stdout, done.stdout

@@ -9,7 +9,10 @@ import nsa_kernels.selected as selected_module
 import nsa_kernels.selected_small_g as small_g_module
 from nsa_kernels.selected import selected_bwd, selected_fwd
 from nsa_kernels.selected_small_g import invert_entries
-from test_selected import Case, _gates, _inputs, _real_selection, _random_selection, _reference_grads, _rel
+from test_selected import (
+    Case, _gates, _inputs, _real_selection, _random_selection, _reference_grads, _rel, check_packed, packed_case,
+    packed_cu, packed_hand_selection, LONG_LENS,
+)
 
 _TOL = {torch.float32: (1e-4, 1e-3), torch.float16: (1e-2, 1e-2)}  # (forward, gradients)
 
@@ -154,3 +157,43 @@ def test_invert_entries_names_every_usable_slot_once() -> None:
 def test_module_is_used_through_selected_helpers() -> None:
     """The long-list machinery is selected.py's (segment length, partial slots, reduce): one definition."""
     assert small_g_module._slc is selected_module
+
+
+# ---------------------------------------------------------------- packed batches (cu_seqlens, docs/varlen.md)
+# the packing of test_selected.PACKED_LENS: lengths 1, 10 (< l), 0, 27 (< l'), 45 and 37, Dk 48 != Dv 32;
+# test_selected's test_packed_backward_with_lists_split_into_segments[small_g] splits lists into segments
+@pytest.mark.parametrize("group, kv_heads", [(1, 2), (2, 1), (3, 1), (4, 2), (8, 1)], ids=lambda x: str(x))
+def test_packed_small_groups_match_the_reference(group: int, kv_heads: int) -> None:
+    """NSA's own (local) selection of the packing, fp32, small_g="auto" (the block-outer path below 16)."""
+    check_packed(packed_case(kv_heads, group), torch.float32, None, seed=300 + group, small_g="auto")
+
+
+def test_packed_hand_selection_matches_each_sequence_alone() -> None:
+    """-1 padding, a duplicate and future blocks; packed == each sequence through the dense block-outer
+    path; the gated merge and the dq chain."""
+    case = packed_case(1, 3, dk=32, dv=48, n_slc=4)
+    check_packed(case, torch.float32, packed_hand_selection(case), seed=310, small_g="small_g", against_dense=True,
+                 fused=True)
+
+
+def test_packed_two_chunks_per_block() -> None:
+    """l' = 128: two partials per (entry, block) in the merge and the dq reduce, whose rebase counts them."""
+    case = packed_case(2, 4, dk=32, dv=16, n_slc=4, lens=LONG_LENS, block_slc=128)
+    check_packed(case, torch.float32, packed_hand_selection(case, LONG_LENS), seed=315, small_g="small_g",
+                 against_dense=True, fused=True, lens=LONG_LENS)
+
+
+def test_packed_fp16() -> None:
+    case = packed_case(2, 4, dk=32, dv=16, n_slc=4)
+    check_packed(case, torch.float16, packed_hand_selection(case), seed=320, small_g="small_g")
+
+
+def test_packed_backward_is_deterministic() -> None:
+    case = packed_case(1, 2, dk=32, dv=16, n_slc=4)
+    q, k, v = _inputs(case, torch.float32, seed=330)
+    block_idx, kw = packed_hand_selection(case), dict(small_g="small_g", cu_seqlens=packed_cu())
+    o, lse = selected_fwd(q, k, v, block_idx, 32, 0.2, **kw)
+    do = torch.randn(o.shape, generator=torch.Generator().manual_seed(333))
+    plain = selected_bwd(q, k, v, o, lse, do, block_idx, 32, 0.2, **kw)
+    again = selected_bwd(q, k, v, o, lse, do, block_idx, 32, 0.2, **kw)
+    assert all(torch.equal(a, b) for a, b in zip(plain, again))
