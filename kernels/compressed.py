@@ -286,7 +286,7 @@ def _compress_bwd_kernel(
 
 
 def compress_fwd(x: torch.Tensor, block_cmp: int, stride_cmp: int,
-                 cu_seqlens: torch.Tensor | None = None) -> torch.Tensor:
+                 cu_seqlens: torch.Tensor | Packing | None = None) -> torch.Tensor:
     """Mean of x [B,T,H,D] over each block [i*d, i*d + l): [B,Tc,H,D] in x's dtype (fp32 sums).
 
     Packed (cu_seqlens, x [1, total_T, H, D]): each sequence's own blocks, concatenated:
@@ -313,7 +313,7 @@ def compress_fwd(x: torch.Tensor, block_cmp: int, stride_cmp: int,
 
 
 def compress_bwd(dx_cmp: torch.Tensor, seqlen: int, block_cmp: int, stride_cmp: int,
-                 cu_seqlens: torch.Tensor | None = None) -> torch.Tensor:
+                 cu_seqlens: torch.Tensor | Packing | None = None) -> torch.Tensor:
     """Gradient of compress_fwd: dx [B,seqlen,H,D], each token summing dx_cmp / l over its blocks.
 
     Packed (cu_seqlens): dx_cmp [1, sum_s Tc_s, H, D], seqlen = total_T, dx [1, total_T, H, D].
@@ -623,7 +623,7 @@ def _launch_fwd(q: torch.Tensor, k_cmp: torch.Tensor, v_cmp: torch.Tensor, cfg: 
 def compressed_fwd(
     q: torch.Tensor, k_cmp: torch.Tensor, v_cmp: torch.Tensor, cfg: NSAConfig, scale: float, *,
     out: torch.Tensor | None = None, gates: torch.Tensor | None = None, gate_index: int = 0,
-    accumulate: bool = False, variant: str = "v2", cu_seqlens: torch.Tensor | None = None,
+    accumulate: bool = False, variant: str = "v2", cu_seqlens: torch.Tensor | Packing | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Branch "cmp": (o [B,T,Hq,Dv] in q.dtype, lse [B,T,Hq] fp32); no visible block: o = 0, lse = +inf.
 
@@ -805,7 +805,7 @@ _select_tuned = autotune(
 
 def select_blocks(
     q: torch.Tensor, k_cmp: torch.Tensor, cfg: NSAConfig, scale: float, lse: torch.Tensor | None = None, *,
-    variant: str = "v2", cu_seqlens: torch.Tensor | None = None,
+    variant: str = "v2", cu_seqlens: torch.Tensor | Packing | None = None,
 ) -> torch.Tensor:
     """NSA_SPEC section 3: block_idx int32 [B,T,Hkv,n], -1 padded, forced blocks first then by score.
 
@@ -1213,7 +1213,7 @@ _cmp_bwd_dq_kernel = autotune(
 def compressed_bwd(
     q: torch.Tensor, k_cmp: torch.Tensor, v_cmp: torch.Tensor, o: torch.Tensor, lse: torch.Tensor,
     do: torch.Tensor, cfg: NSAConfig, scale: float, *, dkv_variant: str = "v2", dq_variant: str = "v2",
-    dq_out: torch.Tensor | None = None, cu_seqlens: torch.Tensor | None = None,
+    dq_out: torch.Tensor | None = None, cu_seqlens: torch.Tensor | Packing | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Backward of compressed_fwd: (dq, dk_cmp, dv_cmp) in the input dtypes; dk/dv summed over G heads.
 

@@ -933,7 +933,7 @@ def attention_fwd(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, window: int | None = None,
     causal: bool = True, *, tiles: TileConfig | None = None, out: torch.Tensor | None = None,
     gates: torch.Tensor | None = None, gate_index: int = 0, accumulate: bool = False, variant: str = "v2",
-    cu_seqlens: torch.Tensor | None = None, max_seqlen: int | None = None,
+    cu_seqlens: torch.Tensor | Packing | None = None, max_seqlen: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """o [B,T,Hq,Dv] (q.dtype) and lse [B,T,Hq] (float32, natural log) of scaled-dot-product attention.
 
@@ -994,7 +994,7 @@ def attention_bwd(
     scale: float, window: int | None = None, causal: bool = True, *,
     tiles_dkdv: TileConfig | None = None, tiles_dq: TileConfig | None = None,
     dq_out: torch.Tensor | None = None, dq_add: torch.Tensor | None = None, variant: str = "v2",
-    cu_seqlens: torch.Tensor | None = None, max_seqlen: int | None = None,
+    cu_seqlens: torch.Tensor | Packing | None = None, max_seqlen: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(dq, dk, dv) in the input dtypes; dk/dv are summed over the G query heads of each KV head.
     variant, cu_seqlens (a packed batch) and max_seqlen as in `attention_fwd`.
@@ -1090,7 +1090,7 @@ class _FlashAttention(torch.autograd.Function):
 
 def flash_attention(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = True, scale: float | None = None,
-    window: int | None = None, *, cu_seqlens: torch.Tensor | None = None, max_seqlen: int | None = None,
+    window: int | None = None, *, cu_seqlens: torch.Tensor | Packing | None = None, max_seqlen: int | None = None,
 ) -> torch.Tensor:
     """FlashAttention-2 over BTHD tensors, differentiable in q, k, v; scale defaults to Dk**-0.5.
 

@@ -56,7 +56,7 @@ def _packing(x: torch.Tensor, cu_seqlens: torch.Tensor | Packing | None, cfg: NS
         return None
     if x.dim() < 2:
         raise ValueError(f"{name} must be [1, total_T, H, D] with cu_seqlens, got {tuple(x.shape)}")
-    return Packing.of(cu_seqlens, x.shape[1], x.shape[0], x.device, cfg.block_cmp, cfg.stride_cmp)
+    return Packing.of(cu_seqlens, x.shape[1], x.shape[0], x.device, cfg.block_cmp, cfg.stride_cmp, cfg.block_slc)
 
 
 def compress_kv(k: torch.Tensor, v: torch.Tensor, cfg: NSAConfig,

@@ -8,7 +8,7 @@ outside its timed loop). Every wrapper that takes `cu_seqlens` takes a `Packing`
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -22,32 +22,34 @@ def num_cmp(length: int, block_cmp: int, stride_cmp: int) -> int:
 
 @dataclass(frozen=True)
 class Packing:
-    """cu_seqlens on the kernels' device with the lengths it holds, and (for the compressed kernels) the
-    compressed-block offsets of one (block_cmp, stride_cmp)."""
+    """cu_seqlens on the kernels' device with the lengths it holds, and the per-sequence block offsets the
+    compressed kernels (one (l, d)) and the selected kernels (one l') index by."""
 
     cu: torch.Tensor  # int32 [N+1] on the kernels' device
     lengths: tuple[int, ...]
     cmp_params: tuple[int, int] | None = None  # (block_cmp, stride_cmp) of cmp_cu
-    cmp_cu: torch.Tensor | None = None  # int32 [N+1] compressed-block offsets on the kernels' device
+    cmp_cu: torch.Tensor | None = None  # int32 [N+1]: sequence s's compressed blocks start at cmp_cu[s]
+    block_slc: int | None = None  # l' of slc_cu
+    slc_cu: torch.Tensor | None = None  # int32 [N+1]: sequence s's selection blocks start at slc_cu[s]
 
     @classmethod
-    def of(cls, cu_seqlens: "torch.Tensor | Packing", total: int, batch: int, device: torch.device,
-           block_cmp: int | None = None, stride_cmp: int | None = None) -> "Packing":
+    def of(cls, cu_seqlens: torch.Tensor | Packing, total: int, batch: int, device: torch.device,
+           block_cmp: int | None = None, stride_cmp: int | None = None, block_slc: int | None = None) -> Packing:
         """Validate cu_seqlens for tensors [batch, total, ...] (varlen.spans: a ValueError naming it) and
-        move it to `device`; with the compression parameters, their block offsets too. A Packing is checked
-        and returned as it is (its compressed offsets made if it lacks them)."""
+        move it to `device`, with the block offsets of the parameters given. A Packing is checked and
+        returned as it is, or with the offsets it lacks."""
         if isinstance(cu_seqlens, Packing):
             cu_seqlens.check(total, batch, device)
-            if block_cmp is None or cu_seqlens.cmp_params == (block_cmp, stride_cmp):
-                return cu_seqlens
-            return cls(cu_seqlens.cu, cu_seqlens.lengths, (block_cmp, stride_cmp),
-                       cu_seqlens.cmp_offsets(block_cmp, stride_cmp))
-        lengths = tuple(end - start for start, end in varlen.spans(cu_seqlens, total, batch))
-        cu = cu_seqlens.to(device=device, dtype=torch.int32)
-        if block_cmp is None:
-            return cls(cu, lengths)
-        counts = [num_cmp(n, block_cmp, stride_cmp) for n in lengths]
-        return cls(cu, lengths, (block_cmp, stride_cmp), varlen.cu_seqlens_of(counts, device))
+            packing = cu_seqlens
+        else:
+            lengths = tuple(end - start for start, end in varlen.spans(cu_seqlens, total, batch))
+            packing = cls(cu_seqlens.to(device=device, dtype=torch.int32), lengths)
+        if block_cmp is not None and packing.cmp_params != (block_cmp, stride_cmp):
+            packing = replace(packing, cmp_params=(block_cmp, stride_cmp),
+                              cmp_cu=packing._offsets(packing.cmp_counts(block_cmp, stride_cmp)))
+        if block_slc is not None and packing.block_slc != block_slc:
+            packing = replace(packing, block_slc=block_slc, slc_cu=packing._offsets(packing.slc_counts(block_slc)))
+        return packing
 
     def check(self, total: int, batch: int, device: torch.device) -> None:
         """That this packing describes tensors [batch, total, ...] on `device`."""
@@ -70,8 +72,21 @@ class Packing:
         """Tc_s of every sequence."""
         return [num_cmp(n, block_cmp, stride_cmp) for n in self.lengths]
 
+    def slc_counts(self, block_slc: int) -> list[int]:
+        """ceil(L_s / l'): the selection blocks of every sequence."""
+        return [-(-n // block_slc) for n in self.lengths]
+
     def cmp_offsets(self, block_cmp: int, stride_cmp: int) -> torch.Tensor:
         """cmp_cu_seqlens on the device: the one built with the packing when the parameters match."""
         if self.cmp_params == (block_cmp, stride_cmp) and self.cmp_cu is not None:
             return self.cmp_cu
-        return varlen.cu_seqlens_of(self.cmp_counts(block_cmp, stride_cmp), self.cu.device)
+        return self._offsets(self.cmp_counts(block_cmp, stride_cmp))
+
+    def slc_offsets(self, block_slc: int) -> torch.Tensor:
+        """Offsets of each sequence's selection blocks on the device (built with the packing when l' matches)."""
+        if self.block_slc == block_slc and self.slc_cu is not None:
+            return self.slc_cu
+        return self._offsets(self.slc_counts(block_slc))
+
+    def _offsets(self, counts: list[int]) -> torch.Tensor:
+        return varlen.cu_seqlens_of(counts, self.cu.device)

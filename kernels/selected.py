@@ -26,8 +26,7 @@ from ._common import (
     MAX_N_SLC, SUPPORTED_BLOCK_SLC, TUNING_ARGS, autotune, check_gated, check_heads, interpreting, next_pow2,
     check_dq_chain, same_memory, split_head_dim, tuning_buckets,
 )
-from nsa_bench import varlen
-
+from .packing import Packing
 from .variants import check_variant, runs_small_g
 
 __all__ = ["selected_fwd", "selected_bwd", "invert_selection", "PackedBatch", "packed_batch"]
@@ -863,25 +862,24 @@ class PackedBatch:
     num_blocks: int  # sum_s ceil(L_s / l')
 
 
-def packed_batch(cu_seqlens: torch.Tensor, q: torch.Tensor, block_slc: int) -> PackedBatch:
+def packed_batch(cu_seqlens: torch.Tensor | Packing, q: torch.Tensor, block_slc: int) -> PackedBatch:
     """Validate cu_seqlens against q [1, total_T, ...] (ValueError naming cu_seqlens) and build the
     tables; lengths are read on the host from cu_seqlens, which may live on any device (q may be meta)."""
-    parts = varlen.spans(cu_seqlens, q.shape[1], q.shape[0])
-    if len(parts) > _MAX_SEQUENCES:
-        raise ValueError(f"cu_seqlens holds {len(parts)} sequences; the selected kernels take at most "
+    packing = Packing.of(cu_seqlens, q.shape[1], q.shape[0], q.device, block_slc=block_slc)  # a Packing: no copy
+    if packing.num_seqs > _MAX_SEQUENCES:
+        raise ValueError(f"cu_seqlens holds {packing.num_seqs} sequences; the selected kernels take at most "
                          f"{_MAX_SEQUENCES} per packed batch (the grid's z axis)")
-    lengths = [e - a for a, e in parts]
-    blocks = [-(-length // block_slc) for length in lengths]
-    slc_cu = varlen.cu_seqlens_of(blocks).to(q.device)  # N+1 values cross to the device, not the block table
+    blocks = packing.slc_counts(block_slc)
+    slc_cu = packing.slc_offsets(block_slc)  # N+1 values cross to the device, not the block table
     block_seq = torch.repeat_interleave(torch.arange(len(blocks), dtype=torch.int32, device=q.device),
                                         slc_cu[1:] - slc_cu[:-1], output_size=sum(blocks))
     return PackedBatch(
-        cu=cu_seqlens.to(device=q.device, dtype=torch.int32), slc_cu=slc_cu, block_seq=block_seq.to(torch.int32),
-        num_seqs=len(lengths), max_len=max(lengths, default=0), num_blocks=sum(blocks),
+        cu=packing.cu, slc_cu=slc_cu, block_seq=block_seq.to(torch.int32),
+        num_seqs=packing.num_seqs, max_len=packing.max_len, num_blocks=sum(blocks),
     )
 
 
-def refuse_v1(name: str, value: str, cu_seqlens: torch.Tensor | None) -> None:
+def refuse_v1(name: str, value: str, cu_seqlens: torch.Tensor | Packing | None) -> None:
     """Only the v2 kernels take packed batches."""
     if cu_seqlens is not None and value != "v2":
         raise ValueError(f"cu_seqlens: packed batches need the v2 kernels ({name}={value!r})")
@@ -952,7 +950,7 @@ def _tile_interp_meta(group: int, block_slc: int, positions: int) -> dict:
 def selected_fwd(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_idx: torch.Tensor, block_slc: int, scale: float,
     *, out: torch.Tensor | None = None, gates: torch.Tensor | None = None, gate_index: int = 0,
-    accumulate: bool = False, variant: str = "v2", small_g: str = "auto", cu_seqlens: torch.Tensor | None = None,
+    accumulate: bool = False, variant: str = "v2", small_g: str = "auto", cu_seqlens: torch.Tensor | Packing | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Selected attention forward: (o [B,T,Hq,Dv] in q.dtype, lse [B,T,Hq] fp32, natural log).
 
@@ -1108,7 +1106,7 @@ def selected_bwd(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, o: torch.Tensor, lse: torch.Tensor, do: torch.Tensor,
     block_idx: torch.Tensor, block_slc: int, scale: float, deterministic: bool = True, *, dq_variant: str = "v2",
     dq_out: torch.Tensor | None = None, dq_add: torch.Tensor | None = None, small_g: str = "auto",
-    cu_seqlens: torch.Tensor | None = None,
+    cu_seqlens: torch.Tensor | Packing | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Selected attention backward: (dq, dk, dv) in the input dtype; dk/dv summed over each group.
 

@@ -70,7 +70,7 @@ def test_reference_backend_runs_packed_points(mode):
 @pytest.mark.parametrize("mode", ["fwd", "bwd", "decode"])
 def test_triton_backend_runs_packed_points(mode):
     """One launch per kernel over every document (cu_seqlens), its own selection valid per document."""
-    pt = point(mode)
+    pt = replace(point(mode, dv=16), block_cmp=16, stride_cmp=8, block_slc=32)  # sizes the kernels take
     row = cpu_rows("nsa-triton", pt)[0]
     assert row.status == "ok", row.message
     assert row.max_rel_err < 1e-4 and row.doc_lens == DOCS and row.impl.startswith("triton:v2")
@@ -82,7 +82,8 @@ def test_triton_backend_refuses_packing_with_v1_kernels(monkeypatch):
         row = rows_for(Task(point("fwd"), replace(registry()["nsa-triton"], availability=lambda: None)),
                        spec_for(point("fwd")), H100, measure, None)[0]
         assert row.status == "unsupported" and "need the v2 kernels" in row.message and "win=v1" in row.message
-    assert cpu_rows("nsa-triton", point("decode"))[0].status == "ok"  # decode packs as a batch: no cu_seqlens
+    decode = replace(point("decode", dv=16), block_cmp=16, stride_cmp=8, block_slc=32)
+    assert cpu_rows("nsa-triton", decode)[0].status == "ok"  # decode packs as a batch: no cu_seqlens
 
 
 def test_a_backend_that_ignores_cu_seqlens_fails_the_check():

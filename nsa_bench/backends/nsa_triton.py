@@ -61,7 +61,12 @@ def _build(point: Point, inputs: Inputs) -> Workload:
 
         return Workload(run=run, impl=f"triton:{variants.label}", result=lambda: (run(),))  # no slc_small_g
 
-    cu = inputs.cu_seqlens  # packed points: the documents' offsets (None: a dense batch)
+    cu = None  # packed points: the documents' offsets, read once here, outside the timed loop (kernels/packing.py)
+    if inputs.cu_seqlens is not None:
+        from nsa_kernels.packing import Packing
+
+        cu = Packing.of(inputs.cu_seqlens, inputs.q.shape[1], inputs.q.shape[0], inputs.q.device, cfg.block_cmp,
+                        cfg.stride_cmp, cfg.block_slc)
 
     def forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, gates: torch.Tensor) -> torch.Tensor:
         return nsa.nsa_attention_variants(q, k, v, gates, cfg, variants, block_idx=inputs.block_idx, cu_seqlens=cu)
