@@ -89,12 +89,15 @@ def _prune_fwd_rows(configs: list[triton.Config], named_args: dict, **kwargs) ->
 def _prune_dq_rows(configs: list[triton.Config], named_args: dict, **kwargs) -> list[triton.Config]:
     """`_prune_rows`, and with wide heads at a small group (G_PAD < 16) no 4-warp tile: the v2 64x32
     4-warp dq tile spills 16 B on sm_90 at G = 4 with Dk=192, Dv=128 (the compile check's G=4 case),
-    while the 8-warp tiles do not."""
+    while the 8-warp tiles do not; the packed (VARLEN) build there drops the 128x64 tile too."""
     kept = _prune_rows(configs, named_args, **kwargs)
     wide = kwargs.get("DK_A", 0) + kwargs.get("DK_B", 0) + kwargs.get("BLOCK_DV", 0) > _WIDE_HEADS
     if not (wide and kwargs.get("G_PAD", named_args.get("G_PAD", 16)) < 16):
         return kept
-    return [c for c in kept if c.num_warps >= 8] or kept
+    kept = [c for c in kept if c.num_warps >= 8] or kept
+    if kwargs.get("VARLEN"):  # the packed build's sequence offsets: 128x64 (252 regs dense) spills 88 B at G=4
+        kept = [c for c in kept if (c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"]) != (128, 64)] or kept
+    return kept
 
 
 # ------------------------------------------------------------------ validation
