@@ -236,6 +236,20 @@ def _band_segment(segment: tl.constexpr, lo, clean_lo, clean_hi, hi):
 
 
 @triton.jit
+def _batch_and_head(num_heads, VARLEN: tl.constexpr):
+    """(batch as int64, head) of a program: dense grid axis 1 is B x heads; VARLEN grids have the heads on
+    axis 1 and the sequence (`batch`) on axis 2."""
+    if VARLEN:
+        batch = tl.program_id(2).to(tl.int64)
+        head = tl.program_id(1)
+    else:
+        pid_bh = tl.program_id(1)
+        batch = (pid_bh // num_heads).to(tl.int64)
+        head = pid_bh % num_heads
+    return batch, head
+
+
+@triton.jit
 def _query_tile_ids(num_q_heads, group, BLOCK_M: tl.constexpr, VARLEN: tl.constexpr):
     """(batch, head, kv_head, m0) of a program that owns one query tile of one query head.
 
@@ -243,13 +257,7 @@ def _query_tile_ids(num_q_heads, group, BLOCK_M: tl.constexpr, VARLEN: tl.conste
     Dense grid (tiles, B * Hq); VARLEN grid (tiles, Hq, N): `batch` is then the sequence index.
     """
     pid_m = tl.num_programs(0) - 1 - tl.program_id(0)
-    if VARLEN:
-        head = tl.program_id(1)
-        batch = tl.program_id(2).to(tl.int64)
-    else:
-        pid_bh = tl.program_id(1)
-        batch = (pid_bh // num_q_heads).to(tl.int64)
-        head = pid_bh % num_q_heads
+    batch, head = _batch_and_head(num_q_heads, VARLEN)
     kv_head = (head // group).to(tl.int64)
     return batch, head.to(tl.int64), kv_head, pid_m * BLOCK_M
 
@@ -539,13 +547,7 @@ def _bwd_dkdv_kernel(
     """One KV tile of one KV head; sums over the G query heads of its group, so no atomics.
     DK_B > 0: Dk as two column chunks (see `_fwd_kernel`). VARLEN: grid (tiles, Hkv, N), as `_fwd_kernel`."""
     pid_n = tl.program_id(0)
-    if VARLEN:
-        kv_head = tl.program_id(1)
-        batch = tl.program_id(2).to(tl.int64)
-    else:
-        pid_bh = tl.program_id(1)
-        batch = (pid_bh // num_kv_heads).to(tl.int64)
-        kv_head = pid_bh % num_kv_heads
+    batch, kv_head = _batch_and_head(num_kv_heads, VARLEN)
     n0 = pid_n * BLOCK_N
     batch, seqlen = _sequence(cu_seqlens, batch, seqlen, VARLEN)
     if VARLEN:

@@ -628,6 +628,15 @@ def _seq_start(cu_ptr):
 
 
 @triton.jit
+def _rebase_tile(cu_ptr, q_ptr, k_ptr, v_ptr, idx_ptr, lse_ptr, HQ, HKV, DK, DV, N_SLOTS: tl.constexpr):
+    """A packed tile program's sequence (first token, length) and the q, k, v, block_idx and lse pointers
+    it shares between forward and dq, rebased to that first token."""
+    bos, T = _seq_start(cu_ptr)
+    return (bos, T, q_ptr + bos * HQ * DK, k_ptr + bos * HKV * DK, v_ptr + bos * HKV * DV,
+            idx_ptr + bos * HKV * N_SLOTS, lse_ptr + bos * HQ)
+
+
+@triton.jit
 def _tile_setup(idx_ptr, T, HQ, HKV, G, N_SLOTS: tl.constexpr, G_PAD: tl.constexpr, N_PAD: tl.constexpr,
                 POSITIONS: tl.constexpr, VARLEN: tl.constexpr):
     """Program (t0, g, b) of the (T / POSITIONS, Hkv, B) grid: each row's position and int64 row of
@@ -679,15 +688,11 @@ def _selected_fwd_tile_kernel(
     idx are local) and tiles at or past L_s return at once. Dense launches pass any pointer as cu_ptr."""
     ROWS: tl.constexpr = POSITIONS * G_PAD
     if VARLEN:
-        bos, T = _seq_start(cu_ptr)
+        bos, T, q_ptr, k_ptr, v_ptr, idx_ptr, lse_ptr = _rebase_tile(cu_ptr, q_ptr, k_ptr, v_ptr, idx_ptr, lse_ptr,
+                                                                     HQ, HKV, DK, DV, N_SLOTS)
         if tl.program_id(0) * POSITIONS >= T:
             return
-        q_ptr += bos * HQ * DK
-        k_ptr += bos * HKV * DK
-        v_ptr += bos * HKV * DV
-        idx_ptr += bos * HKV * N_SLOTS
         o_ptr += bos * HQ * DV
-        lse_ptr += bos * HQ
         gate_ptr += bos * HQ * 3  # gates [1, total, Hq, 3]
     t0, g, b, pos, row, row_ok, idx_rows, flat, kv_base, t_last = _tile_setup(
         idx_ptr, T, HQ, HKV, G, N_SLOTS, G_PAD, N_PAD, POSITIONS, VARLEN)
@@ -767,15 +772,11 @@ def _selected_dq_tile_kernel(
     `_selected_fwd_tile_kernel`."""
     ROWS: tl.constexpr = POSITIONS * G_PAD
     if VARLEN:
-        bos, T = _seq_start(cu_ptr)
+        bos, T, q_ptr, k_ptr, v_ptr, idx_ptr, lse_ptr = _rebase_tile(cu_ptr, q_ptr, k_ptr, v_ptr, idx_ptr, lse_ptr,
+                                                                     HQ, HKV, DK, DV, N_SLOTS)
         if tl.program_id(0) * POSITIONS >= T:
             return
-        q_ptr += bos * HQ * DK
-        k_ptr += bos * HKV * DK
-        v_ptr += bos * HKV * DV
-        idx_ptr += bos * HKV * N_SLOTS
         do_ptr += bos * HQ * DV
-        lse_ptr += bos * HQ
         delta_ptr += bos * HQ
         dq_ptr += bos * HQ * DK
         dq_add_ptr += bos * HQ * DK
