@@ -74,7 +74,8 @@ def test_bad_flag_value(tmp_path: Path, flag: str, value: str):
     (["--out", "x" * 300], "--out"), (["--seqle", "1k"], "--seqle"), (["--no-such-flag"], "--no-such-flag"),
     (["surplus"], "surplus"), (["--block-cmp", "32", "--stride-cmp", "24"], "--stride-cmp"),
     (["--block-cmp", "24"], "--block-cmp"),
-    (["--devices", "cpu0", "--time-budget", "5m"], "--time-budget"),
+    (["--devices", "cpu0,cpu1", "--time-budget", "5m"], "--time-budget"),  # one device keeps the budget
+    (["--devices", "cpu0", "--in-process"], "--in-process"),
     (["--ray", "--devices", "cpu0"], "--ray"),
 ])
 def test_bad_sweep(tmp_path: Path, args: list[str], needle: str):

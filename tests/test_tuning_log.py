@@ -34,7 +34,9 @@ def test_measured_sweep_writes_tuning_json_as_tasks_finish(tmp_path, monkeypatch
     monkeypatch.setattr(sweep, "cuda_present", lambda: True)
     monkeypatch.setattr(sweep, "cuda_measure", lambda: Measure("cpu", time_wallclock))
     monkeypatch.setitem(flash._fwd_tuned.cache, KEY_40, flash._fwd_tuned.configs[0])
-    sweep.execute(SPEC, tmp_path / "run", resume=False, plots=False, echo=lambda text: None, progress=False)
+    # in-process: the choices are planted in this process (workers report theirs: tests/test_workers.py)
+    sweep.execute(SPEC, tmp_path / "run", resume=False, plots=False, echo=lambda text: None, progress=False,
+                  in_process=True)
     recorded = json.loads((tmp_path / "run" / TUNING_NAME).read_text())["configs"]
     by_kernel = {entry["kernel"]: entry for entry in recorded}
     assert by_kernel["flash._fwd_tuned"]["first_tuned_in"].startswith("nsa-ref fwd T=40")
