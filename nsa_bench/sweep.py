@@ -206,7 +206,8 @@ def choose_pool(spec: SweepSpec, gpu: GPUSpec, measuring: bool, devices: str | N
     one worker on the first GPU, fed task by task (`LocalPool.sequential`: the time budget and tuning.json
     as in-process, and a kernel fault costs one row). None: in this process (predictions, --in-process)."""
     if in_process and (ray is not None or devices is not None):
-        raise SweepError("in-process", f"runs points in this process: drop it or --{'ray' if ray else 'devices'}")
+        other = "--ray runs them as Ray tasks" if ray is not None else "--devices in worker processes"
+        raise SweepError("in-process", f"runs the points in this process, {other}: give one or the other")
     timeout = workers.task_timeout_s(spec, gpu, point_timeout)
     if measuring and not in_process and ray is None and devices is None:
         return workers.LocalPool(workers.WorkerSetup(spec, gpu, "cuda", ""), ("cuda:0",), timeout)
@@ -214,7 +215,7 @@ def choose_pool(spec: SweepSpec, gpu: GPUSpec, measuring: bool, devices: str | N
         if devices is not None:
             raise SweepError("ray", "and --devices exclude each other (Ray places points on the cluster's GPUs)")
         if budget_s:
-            raise SweepError("time-budget", "is enforced on one device at a time: drop it or --ray")
+            raise SweepError("time-budget", "is kept on one device only, not a Ray cluster: drop it or --ray")
         from nsa_bench import ray_runner
 
         try:
@@ -231,7 +232,8 @@ def choose_pool(spec: SweepSpec, gpu: GPUSpec, measuring: bool, devices: str | N
             raise SweepError("devices", f"{show(devices)}: CPU workers are for machines without a CUDA GPU")
         kind = "cuda" if measuring else _cpu_kind()
         if budget_s and len(labels) > 1:
-            raise SweepError("time-budget", "is enforced on one device at a time: drop it or give --devices one GPU")
+            raise SweepError("time-budget", f"is kept on one device only, not {len(labels)}: drop it, or give "
+                                            "--devices one device")
         return workers.LocalPool(workers.WorkerSetup(spec, gpu, kind, ""), labels, timeout)
     return None
 
