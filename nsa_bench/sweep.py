@@ -177,8 +177,9 @@ def execute(spec: SweepSpec, out: Path, resume: bool, plots: bool = True,
     except resume_mod.ResumeError as exc:
         raise SweepError(None, str(exc)) from None
     except workers.PoolError as exc:
-        raise SweepError("devices" if ray is None else "ray", f"{exc} (rows written so far are kept: continue with "
-                                                            "--resume)") from None
+        flag = "ray" if ray is not None else "devices" if devices is not None else None  # None: the default worker
+        hint = "" if flag else ", or --in-process to run the points in this process"
+        raise SweepError(flag, f"{exc} (rows written so far are kept: continue with --resume{hint})") from None
     except OSError as exc:
         raise SweepError("out", f"cannot write into {show(str(out), 120)}: {exc.strerror or exc} "
                                 "(rows written so far are kept: fix it and continue with --resume)") from None
