@@ -38,6 +38,7 @@ from nsa_bench.config import NSAConfig
 __all__ = ["compress_fwd", "compress_bwd", "compressed_fwd", "compressed_bwd", "select_blocks"]
 
 _LOG2E = 1.4426950408889634
+_MAX_GRID_Y = 65535  # CUDA's limit on grid axis 1, which runs over sequences (batch) x heads
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 
@@ -153,7 +154,7 @@ def _packed_attention(cu_seqlens: torch.Tensor | None, q: torch.Tensor, k_cmp: t
     for name, value in variants:
         if value != "v2":
             raise ValueError(f"cu_seqlens: packed batches need the v2 kernels ({name}={value!r})")
-    packed = _packed(cu_seqlens, q.shape[1], q.shape[0], cfg.block_cmp, cfg.stride_cmp, q.device)
+    packed = _packed(cu_seqlens, q.shape[1], q.shape[0], cfg.block_cmp, cfg.stride_cmp, q.device, k_cmp.shape[2])
     _check_packed_cmp("k_cmp", k_cmp, packed)
     return packed
 
@@ -179,13 +180,17 @@ class _Packed:
     total_cmp: int  # sum_s Tc_s: the packed k_cmp's length
 
 
-def _packed(cu_seqlens: torch.Tensor | None, total: int, batch: int, block_cmp: int, stride_cmp: int,
-            device: torch.device) -> _Packed | None:
+def _packed(cu_seqlens: torch.Tensor | Packing | None, total: int, batch: int, block_cmp: int, stride_cmp: int,
+            device: torch.device, heads: int) -> _Packed | None:
     """Validate cu_seqlens on the host (never reading a device tensor's values twice), move it to the
     kernels' device. None: the dense path."""
     if cu_seqlens is None:
         return None
     packing = Packing.of(cu_seqlens, total, batch, device, block_cmp, stride_cmp)  # a Packing: no read, no copy
+    if packing.num_seqs * heads > _MAX_GRID_Y:  # sequences x heads share grid axis 1 (at most 65535 on CUDA)
+        raise ValueError(f"cu_seqlens holds {packing.num_seqs} sequences: the compressed kernels run sequences x "
+                         f"{heads} heads on one grid axis of at most {_MAX_GRID_Y}, so pack at most "
+                         f"{_MAX_GRID_Y // heads} sequences per call")
     counts = packing.cmp_counts(block_cmp, stride_cmp)
     return _Packed(
         cu=packing.cu, cmp_cu=packing.cmp_offsets(block_cmp, stride_cmp),
@@ -298,7 +303,7 @@ def compress_fwd(x: torch.Tensor, block_cmp: int, stride_cmp: int,
     _check_tensor("x", x, 4)
     _check_block_params(block_cmp, stride_cmp)
     b, t, h, d = x.shape
-    packed = _packed(cu_seqlens, t, b, block_cmp, stride_cmp, x.device)
+    packed = _packed(cu_seqlens, t, b, block_cmp, stride_cmp, x.device, h)
     tc = _num_cmp(t, block_cmp, stride_cmp) if packed is None else packed.total_cmp
     out = x.new_empty(b, tc, h, d)
     if tc == 0 or b * h * d == 0:
@@ -326,7 +331,7 @@ def compress_bwd(dx_cmp: torch.Tensor, seqlen: int, block_cmp: int, stride_cmp: 
     if isinstance(seqlen, bool) or not isinstance(seqlen, int) or seqlen < 0:
         raise ValueError(f"seqlen must be a non-negative int, got {seqlen!r}")
     b, tc, h, d = dx_cmp.shape
-    packed = _packed(cu_seqlens, seqlen, b, block_cmp, stride_cmp, dx_cmp.device)
+    packed = _packed(cu_seqlens, seqlen, b, block_cmp, stride_cmp, dx_cmp.device, dx_cmp.shape[2])
     if packed is None:
         expected = _num_cmp(seqlen, block_cmp, stride_cmp)
         if tc != expected:

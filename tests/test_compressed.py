@@ -643,3 +643,18 @@ def test_packed_host_code_takes_meta_tensors_and_a_cpu_cu_seqlens():
         assert len(offsets) == 2 and all(a.device.type == "meta" for a in offsets), kernel.__name__
     assert {"_compress_fwd_kernel", "_cmp_fwd_kernel", "_select_kernel", "_cmp_bwd_dq_kernel",
             "_cmp_bwd_dkv_chunk_kernel", "_cmp_dkv_reduce_kernel", "_compress_bwd_kernel"} <= set(names)
+
+
+def test_packed_grid_limit_is_a_value_error():
+    """Sequences x heads run on CUDA grid axis 1 (at most 65535): past it, a ValueError naming cu_seqlens, not a
+    launch failure on the GPU (meta tensors: nothing runs)."""
+    from nsa_bench import varlen
+
+    cu = varlen.cu_seqlens_of([2] * 16384)  # x 4 KV heads = 65536 programs on axis 1
+    x = torch.empty(1, 2 * 16384, 4, 32, device="meta", dtype=torch.float16)
+    with pytest.raises(ValueError, match="cu_seqlens holds 16384 sequences.*at most 16383"):
+        compressed.compress_fwd(x, 16, 8, cu_seqlens=cu)
+    k_cmp = torch.empty(1, 0, 4, 32, device="meta", dtype=torch.float16)
+    q = torch.empty(1, 2 * 16384, 8, 32, device="meta", dtype=torch.float16)
+    with pytest.raises(ValueError, match="at most 16383"):
+        compressed.compressed_fwd(q, k_cmp, k_cmp, CFG_B, 0.1, cu_seqlens=cu)
