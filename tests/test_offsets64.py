@@ -70,7 +70,9 @@ def test_compressed_attention_and_selection_past_2_31(run_only, variant):
     run_only(_last_first_tiles(P // 4 + 1))  # interpreter tiles: 4 positions x 16 heads
     q = _q()
     tc = CFG.num_cmp_blocks(T)
-    k_cmp, v_cmp = torch.empty(B, tc, 1, DK, dtype=torch.float16), torch.empty(B, tc, 1, DV, dtype=torch.float16)
+    # zeros, not torch.empty: tile loads read blocks past the visible ones (masked to p = 0, but 0 x NaN
+    # garbage is NaN), and reused memory is not guaranteed to read as zeros
+    k_cmp, v_cmp = torch.zeros(B, tc, 1, DK, dtype=torch.float16), torch.zeros(B, tc, 1, DV, dtype=torch.float16)
     gen = torch.Generator().manual_seed(1)
     k_cmp[-1, :8], v_cmp[-1, :8] = (torch.randn(8, 1, d, generator=gen).half() for d in (DK, DV))
     o, lse = compressed.compressed_fwd(q, k_cmp, v_cmp, CFG, SCALE, variant=variant)
