@@ -30,7 +30,7 @@ from ._common import (
     TUNING_ARGS, autotune, check_gated, check_heads, check_kernel_config, interpreting, next_pow2, tuning_buckets,
 )
 from ._common import check_dq_chain, split_head_dim as _split_head_dim
-from .packing import Packing, num_cmp as _num_cmp
+from .packing import Packing, num_cmp as _num_cmp, refuse_v1
 from .variants import check_variant
 from nsa_bench import varlen
 from nsa_bench.config import NSAConfig
@@ -145,15 +145,13 @@ def _check_attention_inputs(q: torch.Tensor, k_cmp: torch.Tensor, v_cmp: torch.T
     return group
 
 
-def _packed_attention(cu_seqlens: torch.Tensor | None, q: torch.Tensor, k_cmp: torch.Tensor, cfg: NSAConfig,
-                      *variants: tuple[str, str]) -> _Packed | None:
+def _packed_attention(cu_seqlens: torch.Tensor | Packing | None, q: torch.Tensor, k_cmp: torch.Tensor,
+                      cfg: NSAConfig, **variants: str) -> _Packed | None:
     """The packed batch of an attention entry point (None: dense): v2 variants only, q [1, total_T, ...],
     k_cmp holding sum_s Tc_s blocks."""
     if cu_seqlens is None:
         return None
-    for name, value in variants:
-        if value != "v2":
-            raise ValueError(f"cu_seqlens: packed batches need the v2 kernels ({name}={value!r})")
+    refuse_v1(cu_seqlens, **variants)
     packed = _packed(cu_seqlens, q.shape[1], q.shape[0], cfg.block_cmp, cfg.stride_cmp, q.device, k_cmp.shape[2])
     _check_packed_cmp("k_cmp", k_cmp, packed)
     return packed
@@ -648,7 +646,7 @@ def compressed_fwd(
     check_variant("variant", variant)
     group = _check_attention_inputs(q, k_cmp, v_cmp, cfg)
     scale = _check_scale(scale)
-    packed = _packed_attention(cu_seqlens, q, k_cmp, cfg, ("variant", variant))
+    packed = _packed_attention(cu_seqlens, q, k_cmp, cfg, variant=variant)
     gated_on = check_gated(q, (*q.shape[:3], v_cmp.shape[-1]), out, gates, gate_index, accumulate)
     gated = _Gated(out, gates, gate_index, accumulate) if gated_on else None
     q, k_cmp, v_cmp = q.contiguous(), k_cmp.contiguous(), v_cmp.contiguous()
@@ -829,7 +827,7 @@ def select_blocks(
     check_variant("variant", variant)
     group = _check_attention_inputs(q, k_cmp, k_cmp, cfg)
     scale = _check_scale(scale)
-    packed = _packed_attention(cu_seqlens, q, k_cmp, cfg, ("variant", variant))
+    packed = _packed_attention(cu_seqlens, q, k_cmp, cfg, variant=variant)
     b, t, hq, dk = q.shape
     tc, hkv = k_cmp.shape[1], k_cmp.shape[2]
     q, k_cmp = q.contiguous(), k_cmp.contiguous()
@@ -1238,7 +1236,7 @@ def compressed_bwd(
     check_dq_chain(q, dq_out, None)
     group = _check_attention_inputs(q, k_cmp, v_cmp, cfg)
     scale = _check_scale(scale)
-    packed = _packed_attention(cu_seqlens, q, k_cmp, cfg, ("dkv_variant", dkv_variant), ("dq_variant", dq_variant))
+    packed = _packed_attention(cu_seqlens, q, k_cmp, cfg, dkv_variant=dkv_variant, dq_variant=dq_variant)
     b, t, hq, dk = q.shape
     tc, hkv, dv = k_cmp.shape[1], k_cmp.shape[2], v_cmp.shape[-1]
     _check_like("o", o, (b, t, hq, dv))

@@ -30,7 +30,7 @@ from ._common import (
     TUNING_ARGS, autotune, check_dq_chain, check_gated, check_heads, interpreting, next_pow2, same_memory,
     split_head_dim, tuning_buckets,
 )
-from .packing import Packing
+from .packing import Packing, refuse_v1
 from .variants import check_variant
 
 __all__ = ["attention_fwd", "attention_bwd", "flash_attention", "flash_attention_decode"]
@@ -878,8 +878,7 @@ def _packing(q: torch.Tensor, cu_seqlens: torch.Tensor | None, variant: str, max
         if max_seqlen is not None:
             raise ValueError("max_seqlen is a hint for cu_seqlens, given without it")
         return _Packing(None, batch, seqlen)
-    if check_variant("variant", variant) != "v2":
-        raise ValueError(f"cu_seqlens: packed batches need the v2 kernels (variant={variant!r})")
+    refuse_v1(cu_seqlens, variant=check_variant("variant", variant))
     if isinstance(cu_seqlens, Packing):  # read once for the whole NSA call: nothing to read or copy here
         cu_seqlens.check(seqlen, batch, q.device)
         if max_seqlen is not None and max_seqlen < cu_seqlens.max_len:

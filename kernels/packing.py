@@ -20,6 +20,15 @@ def num_cmp(length: int, block_cmp: int, stride_cmp: int) -> int:
     return 0 if length < block_cmp else (length - block_cmp) // stride_cmp + 1
 
 
+def refuse_v1(cu_seqlens: object, **variants: str) -> None:
+    """Only the v2 kernels take packed batches: a ValueError naming the first argument set otherwise."""
+    if cu_seqlens is None:
+        return
+    for name, value in variants.items():
+        if value != "v2":
+            raise ValueError(f"cu_seqlens: packed batches need the v2 kernels ({name}={value!r})")
+
+
 @dataclass(frozen=True)
 class Packing:
     """cu_seqlens on the kernels' device with the lengths it holds, and the per-sequence block offsets the

@@ -26,7 +26,7 @@ from ._common import (
     MAX_N_SLC, SUPPORTED_BLOCK_SLC, TUNING_ARGS, autotune, check_gated, check_heads, interpreting, next_pow2,
     check_dq_chain, same_memory, split_head_dim, tuning_buckets,
 )
-from .packing import Packing
+from .packing import Packing, refuse_v1
 from .variants import check_variant, runs_small_g
 
 __all__ = ["selected_fwd", "selected_bwd", "invert_selection", "PackedBatch", "packed_batch"]
@@ -880,12 +880,6 @@ def packed_batch(cu_seqlens: torch.Tensor | Packing, q: torch.Tensor, block_slc:
     )
 
 
-def refuse_v1(name: str, value: str, cu_seqlens: torch.Tensor | Packing | None) -> None:
-    """Only the v2 kernels take packed batches."""
-    if cu_seqlens is not None and value != "v2":
-        raise ValueError(f"cu_seqlens: packed batches need the v2 kernels ({name}={value!r})")
-
-
 def _validate(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_idx: torch.Tensor, block_slc: int, scale: float
 ) -> int:
@@ -975,7 +969,7 @@ def selected_fwd(
     check_variant("variant", variant)
     group = _validate(q, k, v, block_idx, block_slc, scale)
     check_gated(q, (*q.shape[:3], v.shape[-1]), out, gates, gate_index, accumulate)
-    refuse_v1("variant", variant, cu_seqlens)
+    refuse_v1(cu_seqlens, variant=variant)
     packed = None if cu_seqlens is None else packed_batch(cu_seqlens, q, block_slc)
     q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
     idx = block_idx.to(torch.int32).contiguous()
@@ -1130,7 +1124,7 @@ def selected_bwd(
     """
     check_variant("dq_variant", dq_variant)
     group = _validate(q, k, v, block_idx, block_slc, scale)
-    refuse_v1("dq_variant", dq_variant, cu_seqlens)
+    refuse_v1(cu_seqlens, dq_variant=dq_variant)
     packed = None if cu_seqlens is None else packed_batch(cu_seqlens, q, block_slc)
     b, t, hq, dk_dim = q.shape
     hkv, dv_dim = k.shape[2], v.shape[-1]
