@@ -5,13 +5,14 @@ near-equal block scores can legitimately select different blocks in low precisio
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 
 from nsa_bench import reference
 from nsa_bench import selection as selection_rule
 from nsa_bench.inputs import Inputs
+from nsa_bench.layer import layer_fn
 from nsa_bench.spec import Point
 
 # ||out - ref|| / ||ref||; float32 allows tf32 dots on a GPU.
@@ -61,8 +62,6 @@ def expected(family: str, inputs: Inputs) -> tuple[torch.Tensor, ...]:
     """What a backend of `family` must produce on `inputs` (computed in float64)."""
     point, cfg = inputs.point, inputs.point.cfg
     if point.is_layer:
-        from nsa_bench.layer import expected_layer
-
         return expected_layer(family, inputs)
     x = inputs.cast(torch.float64)
     if point.mode == "decode":
@@ -79,6 +78,27 @@ def expected(family: str, inputs: Inputs) -> tuple[torch.Tensor, ...]:
     out.backward(x.do)
     tracked = leaves if family == "nsa" else leaves[:3]
     return tuple(t.grad for t in tracked)
+
+
+def expected_layer(family: str, inputs: Inputs) -> tuple[torch.Tensor, ...]:
+    """What a backend of `family` must give in a layer mode, in float64: (y,) for layer-fwd; the grads of
+    x and of every weight the layer uses (layer_fn's order) for layer-bwd."""
+    point = inputs.point
+    x = inputs.cast(torch.float64)
+    gated = family == "nsa"
+    backward = point.mode == "layer-bwd"
+    leaves = [t.detach().requires_grad_(backward) for t in (x.layer.x, *x.layer.weights(gated))]
+
+    def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, gates: Any) -> torch.Tensor:
+        if gated:
+            return reference.nsa_attention(q, k, v, gates, point.cfg, block_idx=x.block_idx, cu_seqlens=x.cu_seqlens)
+        return reference.causal_attention(q, k, v, cu_seqlens=x.cu_seqlens)
+
+    y = layer_fn(point, attend, gated)(*leaves)
+    if not backward:
+        return (y.detach(),)
+    y.backward(x.do)
+    return tuple(leaf.grad for leaf in leaves)
 
 
 def max_rel_error(got: Sequence[torch.Tensor], want: Sequence[torch.Tensor]) -> float:

@@ -12,16 +12,18 @@ predictions need no GPU. Ray is an optional extra: `pip install 'nsa-bench[ray]'
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import socket
 import time
 from dataclasses import replace
-from typing import Callable, Iterable
+from typing import ContextManager, Iterable
 
-from nsa_bench.schema import STATUS_ERROR, Row
-from nsa_bench.spec import Point
-from nsa_bench.workers import Job, WorkerSetup, _measure, task_timeout_s
+from nsa_bench import execute
+from nsa_bench.execute import Commit, Job
+from nsa_bench.schema import Row
+from nsa_bench.workers import PoolError, WorkerSetup, task_timeout_s
 
 DEFAULT_RETRIES = 3
 _ADDRESS = re.compile(r"(auto|local|(ray://)?[A-Za-z0-9_.-]{1,253}:\d{1,5})")
@@ -35,14 +37,12 @@ def _run_job(setup: WorkerSetup, job: Job) -> tuple[str, str, list[tuple[str, li
     """Inside a Ray worker: the job's rows, with the host and GPU they ran on."""
     import ray
 
-    from nsa_bench.runner import job_rows
-
     ids = ray.get_gpu_ids()
     device = f"ray-gpu{','.join(str(i) for i in ids)}" if ids else "ray-cpu"
     host = socket.gethostname()
-    measure = _measure(setup)
+    measure = execute.measure_of(setup.measure)
     out = [(name, [replace(r, host=host, device=device) for r in rows])
-           for name, rows in job_rows(job, setup.spec, setup.gpu, measure, cpu_hook=setup.measure == "cpu")]
+           for name, rows in execute.job_rows(job, setup.spec, setup.gpu, measure, cpu_hook=setup.measure == "cpu")]
     return host, device, out
 
 
@@ -66,6 +66,18 @@ class RayPool:
         self.replaced = 0
         self.hosts: set[str] = set()
 
+    @property
+    def sequential(self) -> bool:
+        """Ray places every job at once on the cluster's GPUs: the runner hands them all over."""
+        return False
+
+    def session(self) -> ContextManager[object]:
+        return contextlib.nullcontext(self)
+
+    def tuning_choices(self) -> None:
+        """Ray workers keep their autotuners' choices: tuning.json is written by local runs only."""
+        return None
+
     def describe(self) -> dict[str, object]:
         return {"kind": "ray", "address": self.address or "local", "max_retries": self.max_retries,
                 "measure": self.setup.measure or "predicted"}
@@ -83,13 +95,11 @@ class RayPool:
             else:
                 ray.init(**quiet)
         except Exception as exc:  # noqa: BLE001 - any failure to reach the cluster is one line
-            from nsa_bench.workers import PoolError
-
             raise PoolError(f"cannot connect to Ray at {self.address or 'a local instance'}: "
                             f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from None
         return True
 
-    def run(self, jobs: Iterable[Job], commit: Callable[[Point, str, list[Row]], None]) -> None:
+    def run(self, jobs: Iterable[Job], commit: Commit) -> None:
         import ray
 
         jobs = list(jobs)
@@ -100,8 +110,6 @@ class RayPool:
         try:
             gpus = ray.cluster_resources().get("GPU", 0)
             if self.measuring and not gpus:
-                from nsa_bench.workers import PoolError
-
                 raise PoolError("the Ray cluster declares no GPU resources: nothing can be measured there")
             resources = {"num_gpus": 1} if gpus else {"num_cpus": 1}
             remote = ray.remote(max_retries=self.max_retries, retry_exceptions=False, **resources)(_run_job)
@@ -115,15 +123,14 @@ class RayPool:
                 if then:
                     follow[ref] = then
 
-            def split(job: Job, baseline_ms: float | None = None, only: tuple[str, ...] | None = None) -> None:
-                """A point's tasks one Ray task each, so only the faulting backend's rows are errors."""
-                names = job.backends if only is None else only
-                if only is None and names[0] == self.setup.spec.baseline and len(names) > 1:
-                    submit(replace(job, backends=names[:1]), then=names[1:])
+            def split(job: Job) -> None:
+                """A point's tasks one Ray task each, so only the faulting backend's rows are errors; a
+                pending baseline runs first, its time then goes with the others."""
+                if job.backends[0] == job.baseline and len(job.backends) > 1:
+                    submit(job.only(job.baseline), then=job.backends[1:])
                     return
-                for name in names:
-                    submit(replace(job, backends=(name,), baseline_ms=baseline_ms if only is not None
-                                   else job.baseline_ms))
+                for name in job.backends:
+                    submit(job.only(name))
 
             for job in jobs:
                 submit(job)
@@ -140,27 +147,26 @@ class RayPool:
                             split(job)
                             continue
                         why = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-                        self._fail(job, commit, f"Ray task failed after {self.max_retries} retries ({why})")
+                        done = self._fail(job, commit, f"Ray task failed after {self.max_retries} retries ({why})")
                         if then:
-                            split(job, None, then)
+                            split(replace(done, backends=then))
                         continue
                     self.hosts.add(host)
                     for name, task_rows in rows:
                         commit(job.point, name, task_rows)
+                        job = job.after(name, task_rows)
                     if then:
-                        from nsa_bench.runner import baseline_time
-
-                        split(job, baseline_time(rows[0][1]) if rows else None, then)
+                        split(replace(job, backends=then))
                 now = time.monotonic()
                 for ref in [r for r, (_, limit) in pending.items() if now - submitted[r] > limit + 600]:
                     # the queue wait counts too, so the limit is wide: the task's estimate x 50 plus ten minutes
                     job, limit = pending.pop(ref)
                     then = follow.pop(ref, ())
                     ray.cancel(ref, force=True)
-                    self._fail(job, commit, f"hang: no result within {limit + 600:.0f} s (--point-timeout); "
-                                            "Ray task cancelled")
+                    done = self._fail(job, commit, f"hang: no result within {limit + 600:.0f} s (--point-timeout); "
+                                                   "Ray task cancelled")
                     if then:
-                        split(job, None, then)
+                        split(replace(done, backends=then))
         except KeyboardInterrupt:
             for ref in list(pending):
                 ray.cancel(ref, force=True)
@@ -169,8 +175,10 @@ class RayPool:
             if started:
                 ray.shutdown()
 
-    def _fail(self, job: Job, commit: Callable, message: str) -> None:
-        from nsa_bench.workers import _error_row
-
+    def _fail(self, job: Job, commit: Commit, message: str) -> Job:
+        """An `error` row for each of the job's tasks; the job as it stands after them."""
         for name in job.backends:
-            commit(job.point, name, [_error_row(job, name, self.setup, "ray", message)])
+            rows = execute.error_rows(job, name, self.setup.gpu, "ray", message)
+            commit(job.point, name, rows)
+            job = job.after(name, rows)
+        return job

@@ -4,7 +4,6 @@ The CLI only parses flags into a SweepSpec and calls `execute`; compare's --reru
 """
 from __future__ import annotations
 
-import contextlib
 import re
 import secrets
 import signal
@@ -20,10 +19,11 @@ import torch
 
 from nsa_bench import baselines, environment, precompile, results, resume as resume_mod, workers
 from nsa_bench.budget import Budget, Estimator
+from nsa_bench.execute import InProcessPool, Pool, Task, cuda_measure
 from nsa_bench.gpus import GPUSpec, gpu_spec
 from nsa_bench.messages import one_line, show
 from nsa_bench.plots import plot_run
-from nsa_bench.runner import Outcome, Task, cuda_measure, run_sweep
+from nsa_bench.runner import Outcome, run_sweep
 from nsa_bench.shard import WHOLE, Shard
 from nsa_bench.schema import STAGE_TOTAL, STATUS_OK, STATUS_PREDICTED
 from nsa_bench.spec import LAYER_MODES, SweepSpec
@@ -118,7 +118,6 @@ def execute(spec: SweepSpec, out: Path, resume: bool, plots: bool = True,
     measuring = cuda_present()
     gpu = target_gpu(spec.gpu, measuring)
     pool = choose_pool(spec, gpu, measuring, devices, ray, point_timeout, budget_s, in_process)
-    isolate = pool if isinstance(pool, workers.LocalPool) and pool.sequential else None
     out = prepare_out_dir(out, resume)
     device = environment.gpu_name() if measuring else None
     previous: dict = {}
@@ -143,7 +142,7 @@ def execute(spec: SweepSpec, out: Path, resume: bool, plots: bool = True,
     env["measured"] = measuring
     if shard != WHOLE:
         env["shard"] = shard.text()
-    if pool is not None:
+    if pool.describe() is not None:
         env["workers"] = pool.describe()
     if previous:  # a resumed run keeps the record of where it started, and notes each resumption
         resumed = previous.get("resumed") if isinstance(previous.get("resumed"), list) else []
@@ -160,20 +159,16 @@ def execute(spec: SweepSpec, out: Path, resume: bool, plots: bool = True,
             estimator = Estimator(spec, gpu, plans)
             budget = Budget(budget_s, estimator, reserve_s=estimator.finish_s(plots), start=started)
             echo(f"Time budget {budget_s:.0f} s: {budget.left():.0f} s left for the points after start-up and precompile.")
-        tuned = measuring and (pool is None or isolate is not None)
+        tuned = measuring and pool.sequential
         log = TuningLog(out) if tuned and set(spec.run_backends) & set(precompile.PRECOMPILED_BACKENDS) else None
 
         def task_done(task: Task, rows: list) -> None:
             if log is not None:
-                records = isolate.tuning_choices() if isolate is not None else None
-                log.update(f"{task.backend.name} {task.point.label()}", records)
+                log.update(f"{task.backend.name} {task.point.label()}", pool.tuning_choices())
 
-        # isolated: the parent measures nothing (the worker does), so it holds no CUDA context of its own
-        measure = cuda_measure() if measuring and isolate is None else None
-        with isolate.session() if isolate is not None else contextlib.nullcontext():
-            outcome = run_sweep(spec, out, gpu, measure=measure, resume=resume,
-                                progress=progress_bar if progress else None, budget=budget, on_task_done=task_done,
-                                shard=shard, pool=None if isolate is not None else pool, isolate=isolate)
+        with pool.session():
+            outcome = run_sweep(spec, out, gpu, pool, resume=resume, progress=progress_bar if progress else None,
+                                budget=budget if pool.sequential else None, on_task_done=task_done, shard=shard)
     except resume_mod.ResumeError as exc:
         raise SweepError(None, str(exc)) from None
     except workers.PoolError as exc:
@@ -183,7 +178,7 @@ def execute(spec: SweepSpec, out: Path, resume: bool, plots: bool = True,
     except OSError as exc:
         raise SweepError("out", f"cannot write into {show(str(out), 120)}: {exc.strerror or exc} "
                                 "(rows written so far are kept: fix it and continue with --resume)") from None
-    if pool is not None and getattr(pool, "replaced", 0):
+    if pool.replaced:
         warn(f"{pool.replaced} worker(s) replaced after a fault; the faulting points are `error` rows.")
     if outcome.interrupted:
         name = signal.Signals(outcome.signal).name if outcome.signal else "interrupted"
@@ -202,10 +197,12 @@ def execute(spec: SweepSpec, out: Path, resume: bool, plots: bool = True,
 
 
 def choose_pool(spec: SweepSpec, gpu: GPUSpec, measuring: bool, devices: str | None, ray: str | None,
-                point_timeout: float | None, budget_s: float | None, in_process: bool = False):
+                point_timeout: float | None, budget_s: float | None, in_process: bool = False) -> Pool:
     """Where points run: Ray tasks (--ray), one worker per --devices device, or (a measured sweep's default)
     one worker on the first GPU, fed task by task (`LocalPool.sequential`: the time budget and tuning.json
-    as in-process, and a kernel fault costs one row). None: in this process (predictions, --in-process)."""
+    as in-process, and a kernel fault costs one row); else this process (predictions, --in-process), where
+    a measured sweep measures on the first GPU. The isolated default leaves the parent without a CUDA
+    context of its own (the worker measures)."""
     if in_process and (ray is not None or devices is not None):
         other = "--ray runs them as Ray tasks" if ray is not None else "--devices in worker processes"
         raise SweepError("in-process", f"runs the points in this process, {other}: give one or the other")
@@ -236,7 +233,7 @@ def choose_pool(spec: SweepSpec, gpu: GPUSpec, measuring: bool, devices: str | N
             raise SweepError("time-budget", f"is kept on one device only, not {len(labels)}: drop it, or give "
                                             "--devices one device")
         return workers.LocalPool(workers.WorkerSetup(spec, gpu, kind, ""), labels, timeout)
-    return None
+    return InProcessPool(spec, gpu, cuda_measure if measuring else None)
 
 
 def _cpu_kind() -> str | None:

@@ -29,8 +29,10 @@ from dataclasses import dataclass, field, replace
 from multiprocessing.connection import Connection, wait
 from typing import Callable, Iterable, Iterator, Sequence
 
+from nsa_bench import execute
+from nsa_bench.execute import Commit, Job
 from nsa_bench.gpus import GPUSpec
-from nsa_bench.schema import STATUS_ERROR, Row
+from nsa_bench.schema import STATUS_ERROR
 from nsa_bench.spec import Point, SweepSpec
 
 CPU_MEASURE_ENV = "NSA_BENCH_CPU_MEASURE"  # test hook: cpuN workers measure on the CPU (wall clock)
@@ -46,16 +48,6 @@ class DevicesError(ValueError):
 
 class PoolError(RuntimeError):
     """Workers cannot be started (the sweep stops; rows already written are kept)."""
-
-
-@dataclass(frozen=True)
-class Job:
-    """One point's pending tasks, in run order (baseline first); `baseline_ms` when its baseline is done."""
-
-    point: Point
-    backends: tuple[str, ...]
-    invalid: str = ""
-    baseline_ms: float | None = None
 
 
 @dataclass(frozen=True)
@@ -144,7 +136,6 @@ class _Slot:
     current: str | None = None  # the task in flight
     deadline: float = float("inf")
     start_failures: int = 0
-    baseline_ms: float | None = None
 
 
 def _environment(device: str) -> dict[str, str]:
@@ -190,12 +181,6 @@ class LocalPool:
         finally:
             slots, self._open = self._open or [], None
             self._shutdown(slots)
-
-    def task_rows(self, point: Point, backend: str, invalid: str, baseline_ms: float | None) -> list[Row]:
-        """One task's rows, run by a worker (an `error` row when the worker faults in it)."""
-        rows: list[Row] = []
-        self.run([Job(point, (backend,), invalid, baseline_ms)], lambda _point, _name, got: rows.extend(got))
-        return rows
 
     def tuning_choices(self) -> list[dict]:
         """The autotuners' choices the workers reported, one per (kernel, key); those of a worker that was
@@ -250,12 +235,11 @@ class LocalPool:
 
     def _assign(self, slot: _Slot, job: Job) -> None:
         slot.job, slot.done, slot.current, slot.deadline = job, [], None, float("inf")
-        slot.baseline_ms = job.baseline_ms
         slot.to_worker.send(job)
         # until the first "begin" the worker may still be importing torch: a wide limit, not the task's
         slot.deadline = time.monotonic() + IDLE_LIMIT_S
 
-    def run(self, jobs: Iterable[Job], commit: Callable[[Point, str, list[Row]], None]) -> None:
+    def run(self, jobs: Iterable[Job], commit: Commit) -> None:
         """Run every job; returns when all are done. KeyboardInterrupt: workers killed, then re-raised."""
         queue = collections.deque(jobs)
         if not queue:
@@ -325,10 +309,7 @@ class LocalPool:
             slot.deadline = time.monotonic() + self.timeout_s(slot.job.point, message[1])
         elif kind == "rows":
             name, rows = message[1], message[2]
-            if name == self.setup.spec.baseline:
-                from nsa_bench.runner import baseline_time
-
-                slot.baseline_ms = baseline_time(rows)
+            slot.job = slot.job.after(name, rows)
             slot.done.append(name)
             slot.current, slot.deadline = None, time.monotonic() + IDLE_LIMIT_S
             commit(slot.job.point, name, rows)
@@ -342,12 +323,10 @@ class LocalPool:
             self.replaced += 1
             self._start(slot)
 
-    def _requeue(self, slot: _Slot, queue: collections.deque, also_failed: str | None = None) -> None:
-        job = slot.job
-        if job is not None:
-            rest = tuple(b for b in job.backends if b not in slot.done and b != also_failed)
-            if rest:
-                queue.appendleft(replace(job, backends=rest, baseline_ms=slot.baseline_ms))
+    def _requeue(self, slot: _Slot, queue: collections.deque) -> None:
+        """The job's tasks still to run go back to the front of the queue (its baseline's time with them)."""
+        if slot.job is not None and slot.job.backends:
+            queue.appendleft(slot.job)
         slot.job, slot.done, slot.current, slot.deadline = None, [], None, float("inf")
 
     def _fault(self, slot: _Slot, queue: collections.deque, commit: Callable, returncode: int | None,
@@ -362,9 +341,11 @@ class LocalPool:
             if slot.start_failures >= MAX_START_FAILURES:
                 raise PoolError(f"workers for {slot.device} keep dying before running anything ({what})")
         if failed is not None and job is not None:
-            commit(job.point, failed, [_error_row(job, failed, self.setup, slot.device,
-                                                  f"{what} during this point on {slot.device}; the worker was "
-                                                  f"replaced and the sweep went on")])
+            rows = execute.error_rows(job, failed, self.setup.gpu, slot.device,
+                                      f"{what} during this point on {slot.device}; the worker was replaced and "
+                                      "the sweep went on")
+            commit(job.point, failed, rows)
+            slot.job = job.after(failed, rows)
             slot.done.append(failed)
         self._requeue(slot, queue)
         self._stop(slot, kill=True)
@@ -381,29 +362,11 @@ class LocalPool:
         self._fault(slot, queue, commit, None, why=why)
 
 
-def _error_row(job: Job, backend: str, setup: WorkerSetup, device: str, message: str) -> Row:
-    import socket
-
-    from nsa_bench.backends import registry
-    from nsa_bench.runner import Task, failure_row
-
-    task = Task(job.point, registry()[backend], job.invalid)
-    return replace(failure_row(task, STATUS_ERROR, message, setup.gpu), host=socket.gethostname(), device=device)
-
-
 # ------------------------------------------------------------------ the worker side
-def _measure(setup: WorkerSetup):
-    if setup.measure == "cuda":
-        from nsa_bench.runner import cuda_measure
-
-        visible = os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",")[0].strip()
-        return cuda_measure(int(visible) if visible.isdigit() else 0)  # NVML counts GPUs in PCI order
-    if setup.measure == "cpu":
-        from nsa_bench.runner import Measure
-        from nsa_bench.timing import time_wallclock
-
-        return Measure(device="cpu", timer=time_wallclock)
-    return None
+def _measure(setup: WorkerSetup) -> execute.Measure | None:
+    """The worker's own Measure; NVML counts GPUs in PCI order, so a pinned worker reads its GPU's index."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",")[0].strip()
+    return execute.measure_of(setup.measure, int(visible) if visible.isdigit() else 0)
 
 
 def _sticky_cuda_error() -> str | None:
@@ -425,8 +388,6 @@ def worker_main(read_fd: int, write_fd: int) -> None:
     inbox, outbox = Connection(read_fd), Connection(write_fd)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
     setup: WorkerSetup = inbox.recv()
-    from nsa_bench.runner import job_rows
-
     measure = _measure(setup)
     while True:
         try:
@@ -435,7 +396,7 @@ def worker_main(read_fd: int, write_fd: int) -> None:
             return
         if job is None:
             return
-        for name, rows in job_rows(job, setup.spec, setup.gpu, measure,
+        for name, rows in execute.job_rows(job, setup.spec, setup.gpu, measure,
                                    on_begin=lambda name: outbox.send(("begin", name)),
                                    cpu_hook=setup.measure == "cpu"):
             rows = [replace(r, device=setup.device) for r in rows]

@@ -2,7 +2,7 @@
 
 Predicted sweeps on the CPU finish a point in about a millisecond, so a signal would almost always land
 between points. This driver slows the two things a point does — computing its rows and writing them —
-from the outside (monkeypatching, nothing in nsa_bench knows): `runner.rows_for` sleeps a little, and
+from the outside (monkeypatching, nothing in nsa_bench knows): `execute.rows_for` sleeps a little, and
 `results.append_text`, the one function through which results.csv and progress.jsonl grow, writes its
 text in small flushed chunks with a pause between them, so a signal can cut a row, a point or a progress
 line anywhere. Importing torch takes seconds, so one driver serves many commands:
@@ -33,9 +33,9 @@ LANDED: dict = {"mid_write": False, "where": ""}  # where the last interruption 
 
 
 def install_slow_path() -> None:
-    from nsa_bench import results, runner
+    from nsa_bench import execute, results
 
-    original_rows_for = runner.rows_for
+    original_rows_for = execute.rows_for
     rng = random.Random(os.getpid())
 
     def slow_rows_for(*args, **kwargs):
@@ -54,7 +54,7 @@ def install_slow_path() -> None:
             LANDED["mid_write"] = True  # the signal cut a write of rows or of a progress line
             raise
 
-    runner.rows_for = slow_rows_for
+    execute.rows_for = slow_rows_for
     results.append_text = slow_append_text
 
     from nsa_bench import interrupts

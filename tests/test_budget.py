@@ -9,7 +9,8 @@ from nsa_bench import results
 from nsa_bench.backends import get_backend, registry
 from nsa_bench.budget import Budget, Calibration, Estimator, bench_seconds, parse_duration
 from nsa_bench.gpus import gpu_spec
-from nsa_bench.runner import Measure, run_sweep
+from nsa_bench.execute import InProcessPool, Measure
+from nsa_bench.runner import run_sweep
 from nsa_bench.spec import SweepSpec
 from nsa_bench.timing import time_wallclock
 
@@ -43,7 +44,7 @@ def cpu_backends(monkeypatch):
     backends = dict(registry())
     for name in ("fa2", "nsa-ref"):
         backends[name] = replace(backends[name], availability=lambda: None)
-    monkeypatch.setattr("nsa_bench.runner.registry", lambda: backends)
+    monkeypatch.setattr("nsa_bench.execute.registry", lambda: backends)
     monkeypatch.setattr("nsa_bench.budget.runnable", lambda backend, point: True)
     return backends
 
@@ -57,7 +58,8 @@ def test_budget_skips_points_that_do_not_fit(tmp_path, cpu_backends):
 
     estimator = Estimator(TINY, H100, calibration=CAL)
     budget = Budget(100.0, estimator, reserve_s=CAL.finish_s, clock=lambda: clock[0])
-    outcome = run_sweep(TINY, tmp_path, H100, Measure("cpu", timer), resume=False, budget=budget)
+    outcome = run_sweep(TINY, tmp_path, H100, InProcessPool(TINY, H100, Measure("cpu", timer)), resume=False,
+                        budget=budget)
     assert not outcome.interrupted
     frame = results.read_rows(tmp_path)
     totals = frame[frame["stage"] == "total"]
@@ -70,7 +72,7 @@ def test_budget_skips_points_that_do_not_fit(tmp_path, cpu_backends):
     assert skipped["nsa-ref"] == "time budget: this point's baseline was skipped"
     assert estimator.efficiency(cpu_backends["fa2"], "fwd")[1]  # efficiency measured in this run now
     # --resume measures what the budget skipped, replacing its `skipped` rows
-    resumed = run_sweep(TINY, tmp_path, H100, Measure("cpu", time_wallclock), resume=True)
+    resumed = run_sweep(TINY, tmp_path, H100, InProcessPool(TINY, H100, Measure("cpu", time_wallclock)), resume=True)
     assert resumed.skipped == 4
     frame = results.read_rows(tmp_path)
     again = frame[(frame["stage"] == "total") & (frame["seqlen"] == 24)]
@@ -95,7 +97,7 @@ def test_estimates_learn_the_measured_efficiency(cpu_backends):
     fa2 = cpu_backends["fa2"]
     before = estimator.estimate(point, fa2)
     assert not before.measured_efficiency and before.efficiency == 0.25
-    from nsa_bench.runner import base_row
+    from nsa_bench.execute import base_row
 
     row = replace(base_row(point, fa2, ms_median=before.floor_ms * 20, predicted_ms=before.floor_ms), status="ok")
     estimator.observe(fa2, [row])

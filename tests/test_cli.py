@@ -195,10 +195,10 @@ def test_nsa_only_invalid_setting_still_runs_fa2(monkeypatch, capsys, tmp_path):
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_interrupt_counts_the_rows_on_disk_on_stderr(monkeypatch, capsys, tmp_path, signum):
-    from nsa_bench import runner
+    from nsa_bench import execute
     from nsa_bench.interrupts import Interrupted
 
-    original, calls = runner.rows_for, []
+    original, calls = execute.rows_for, []
 
     def interrupted_fifth(*args, **kwargs):
         calls.append(1)
@@ -206,7 +206,7 @@ def test_interrupt_counts_the_rows_on_disk_on_stderr(monkeypatch, capsys, tmp_pa
             raise Interrupted(signum)
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(runner, "rows_for", interrupted_fifth)
+    monkeypatch.setattr(execute, "rows_for", interrupted_fifth)
     code, out, err = run_cli(monkeypatch, capsys, "sweep", "--suite", "smoke", "--out", str(tmp_path / "r"), "--quiet")
     assert code == 128 + signum
     on_disk = len(pd.read_csv(tmp_path / "r" / "results.csv"))

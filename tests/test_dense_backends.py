@@ -22,7 +22,7 @@ from nsa_bench import reference
 from nsa_bench.backends import Unsupported, cudnn, fa3, flex, registry
 from nsa_bench.gpus import gpu_spec
 from nsa_bench.inputs import make_inputs
-from nsa_bench.runner import Measure, Task, rows_for
+from nsa_bench.execute import Measure, Task, rows_for
 from nsa_bench.spec import Point, SweepSpec
 from nsa_bench.timing import time_wallclock
 

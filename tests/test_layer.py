@@ -8,13 +8,14 @@ from dataclasses import replace
 import pytest
 import torch
 
-from nsa_bench import check, cost, layer, reference
+from nsa_bench import check, cost, reference
+from nsa_bench import inputs as inputs_mod
 from nsa_bench.backends import Backend, get_backend
 from nsa_bench.backends._workloads import autograd_workload
 from nsa_bench.gpus import gpu_spec
 from nsa_bench.inputs import make_inputs
 from nsa_bench.point_cost import cost_of
-from nsa_bench.runner import Measure, Task, rows_for
+from nsa_bench.execute import Measure, Task, rows_for
 from nsa_bench.spec import Point, SweepSpec
 from nsa_bench.timing import time_wallclock
 
@@ -46,7 +47,7 @@ def test_layer_inputs_are_the_projections_of_x():
     assert torch.equal(inputs.gates, torch.sigmoid(w.x @ w.w_g).view(1, 40, 4, 3))
     assert inputs.do is None and make_inputs(layer_point("layer-bwd"), "cpu", 0).do.shape == (1, 40, 24)
     with pytest.raises(ValueError, match="d_model"):
-        layer.make_layer_inputs(replace(point, d_model=0), "cpu", 0)
+        inputs_mod.make_layer_inputs(replace(point, d_model=0), "cpu", 0)
 
 
 def test_dense_layer_is_the_textbook_layer():
@@ -54,7 +55,7 @@ def test_dense_layer_is_the_textbook_layer():
     point = layer_point()
     inputs = make_inputs(point, "cpu", 1).cast(torch.float64)
     w = inputs.layer
-    (y,) = layer.expected_layer("dense", inputs)
+    (y,) = check.expected_layer("dense", inputs)
     x = w.x[0]
     heads = []
     for h in range(4):
@@ -73,7 +74,7 @@ def test_nsa_layer_gates_come_from_the_gate_mlp():
     point = layer_point()
     inputs = check.shared_selection(make_inputs(point, "cpu", 2)).cast(torch.float64)
     w = inputs.layer
-    (y,) = layer.expected_layer("nsa", inputs)
+    (y,) = check.expected_layer("nsa", inputs)
     q, k, v = (w.x @ w.w_q).view(1, 40, 4, 16), (w.x @ w.w_k).view(1, 40, 2, 16), (w.x @ w.w_v).view(1, 40, 2, 8)
     gates = torch.sigmoid(w.x @ w.w_g).view(1, 40, 4, 3)
     o = reference.nsa_attention(q, k, v, gates, point.cfg, block_idx=inputs.block_idx)

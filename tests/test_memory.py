@@ -5,13 +5,13 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
-import pytest
 import torch
 
 from nsa_bench import memory
 from nsa_bench.backends import get_backend
 from nsa_bench.gpus import gpu_spec
-from nsa_bench.runner import Measure, Task, rows_for, run_sweep
+from nsa_bench.execute import InProcessPool, Measure, Task, rows_for
+from nsa_bench.runner import run_sweep
 from nsa_bench.spec import Point, SweepSpec
 from nsa_bench.suites import build_spec
 from nsa_bench.timing import time_wallclock
@@ -62,7 +62,7 @@ def test_on_a_gpu_the_free_memory_decides_before_anything_is_built(monkeypatch):
 def test_long_suite_predicted_to_1m_has_no_unsupported_nsa_row(tmp_path: Path):
     spec = replace(build_spec("long", {}), gpu="h200")
     assert spec.seqlens == (131072, 262144, 524288, 1048576) and set(spec.modes) == {"fwd", "bwd", "decode"}
-    run_sweep(spec, tmp_path, H200, None, resume=False)
+    run_sweep(spec, tmp_path, H200, InProcessPool(spec, H200, None), resume=False)
     from nsa_bench import results
 
     frame = results.read_rows(tmp_path)

@@ -17,7 +17,7 @@ from nsa_bench.backends import fla_nsa, flex_nsa
 from nsa_bench.config import NSAConfig
 from nsa_bench.gpus import gpu_spec
 from nsa_bench.inputs import make_inputs
-from nsa_bench.runner import Measure, Task, rows_for
+from nsa_bench.execute import Measure, Task, rows_for
 from nsa_bench.spec import Point, SweepSpec
 from nsa_bench.timing import time_wallclock
 

@@ -14,6 +14,7 @@ import pytest
 
 from nsa_bench import palette, plots, results
 from nsa_bench.gpus import gpu_spec
+from nsa_bench.execute import InProcessPool
 from nsa_bench.runner import run_sweep
 from nsa_bench.spec import SweepSpec
 from nsa_bench.suites import build_spec
@@ -24,7 +25,7 @@ README_EXAMPLE = {"seqlen": "1k..8k:+1k", "group-size": "1,4,16", "head-dim": "1
 
 def sweep_frame(folder: Path, spec: SweepSpec):
     folder.mkdir(parents=True, exist_ok=True)
-    run_sweep(spec, folder, H100, measure=None, resume=False)
+    run_sweep(spec, folder, H100, InProcessPool(spec, H100, None), resume=False)
     return results.read_rows(folder)
 
 

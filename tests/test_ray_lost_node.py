@@ -42,7 +42,7 @@ def test_the_point_of_a_lost_node_runs_again_elsewhere(tmp_path: Path, monkeypat
         (tmp_path / "run").mkdir()
         outcome: list = []
         sweep = threading.Thread(target=lambda: outcome.append(
-            run_sweep(SPEC, tmp_path / "run", H100, None, resume=False, pool=pool)), daemon=True)
+            run_sweep(SPEC, tmp_path / "run", H100, pool, resume=False)), daemon=True)
         sweep.start()
         deadline = time.monotonic() + 240
         while not marker.exists() and time.monotonic() < deadline:

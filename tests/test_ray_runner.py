@@ -14,6 +14,7 @@ from cli_runner import run_main  # noqa: E402
 from nsa_bench import backends, results  # noqa: E402
 from nsa_bench.gpus import gpu_spec  # noqa: E402
 from nsa_bench.ray_runner import RayPool, RayUnavailable  # noqa: E402
+from nsa_bench.execute import InProcessPool  # noqa: E402
 from nsa_bench.runner import run_sweep  # noqa: E402
 from nsa_bench.spec import SweepSpec  # noqa: E402
 from nsa_bench.workers import WorkerSetup  # noqa: E402
@@ -56,12 +57,12 @@ def test_bad_address_is_one_line():
 def test_ray_rows_equal_an_in_process_run_and_resume_adds_only_what_is_missing(cluster, tmp_path: Path):
     for name in ("ray", "one"):
         (tmp_path / name).mkdir()
-    run_sweep(SPEC, tmp_path / "one", H100, None, resume=False)
+    run_sweep(SPEC, tmp_path / "one", H100, InProcessPool(SPEC, H100, None), resume=False)
     first = SweepSpec(seqlens=(2048,), modes=("fwd", "decode"))
     pool = RayPool(WorkerSetup(first, H100, None, ""), None, measuring=False)
-    run_sweep(first, tmp_path / "ray", H100, None, resume=False, pool=pool)
+    run_sweep(first, tmp_path / "ray", H100, pool, resume=False)
     pool = RayPool(WorkerSetup(SPEC, H100, None, ""), None, measuring=False)
-    outcome = run_sweep(SPEC, tmp_path / "ray", H100, None, resume=True, pool=pool)
+    outcome = run_sweep(SPEC, tmp_path / "ray", H100, pool, resume=True)
     assert outcome.skipped == 4  # the 2048 points' tasks were done
     got, one = results.read_rows(tmp_path / "ray"), results.read_rows(tmp_path / "one")
     assert _same(got, one)

@@ -23,6 +23,7 @@ import pytest
 from cli_runner import run_cli
 from nsa_bench import resume, results
 from nsa_bench.gpus import gpu_spec
+from nsa_bench.execute import InProcessPool
 from nsa_bench.runner import run_sweep
 from nsa_bench.spec import SweepSpec
 
@@ -41,7 +42,7 @@ def data_lines(folder: Path) -> list[str]:
 
 def complete_run(folder: Path) -> list[str]:
     folder.mkdir(parents=True, exist_ok=True)
-    run_sweep(SMALL, folder, H100, measure=None, resume=False)
+    run_sweep(SMALL, folder, H100, InProcessPool(SMALL, H100, None), resume=False)
     return data_lines(folder)
 
 
@@ -51,7 +52,7 @@ def test_a_complete_run_is_all_done(tmp_path: Path):
     state = resume.recover(tmp_path, "fa2")
     assert state.rows == len(lines) == 58 and state.dropped == 0
     assert len(state.done) == 24  # 12 points x 2 backends, invalid NSA points included
-    outcome = run_sweep(SMALL, tmp_path, H100, measure=None, resume=True)
+    outcome = run_sweep(SMALL, tmp_path, H100, InProcessPool(SMALL, H100, None), resume=True)
     assert outcome.rows_written == 0 and outcome.skipped == 24 and data_lines(tmp_path) == lines
 
 
@@ -80,7 +81,7 @@ def test_damaged_points_are_rerun_and_replaced(tmp_path: Path, damage: str):
         progress.write_text("".join(lines)[:-20])
     elif damage == "extra_blank":
         csv_file.write_text(text + "\n")
-    outcome = run_sweep(SMALL, run, H100, measure=None, resume=True)
+    outcome = run_sweep(SMALL, run, H100, InProcessPool(SMALL, H100, None), resume=True)
     assert outcome.rows_written > 0 or damage in ("duplicate", "extra_blank")
     assert sorted(data_lines(run)) == sorted(reference)
     assert resume.recover(run, "fa2").dropped == 0

@@ -9,7 +9,8 @@ import torch
 from nsa_bench import results
 from nsa_bench.backends import Backend, Unsupported, get_backend, registry
 from nsa_bench.gpus import gpu_spec
-from nsa_bench.runner import Measure, Task, rows_for, run_sweep, tasks
+from nsa_bench.execute import InProcessPool, Measure, Task, rows_for
+from nsa_bench.runner import run_sweep, tasks
 from nsa_bench.schema import FIELDS
 from nsa_bench.spec import SweepSpec
 from nsa_bench.timing import GraphCaptureError, time_wallclock
@@ -112,7 +113,7 @@ def test_sweep_survives_a_failing_backend_and_ctrl_c(tmp_path, monkeypatch):
         raise RuntimeError("kernel exploded")
 
     backends["boom"] = Backend("boom", "nsa", ("fwd",), "raises", lambda: None, explode)
-    monkeypatch.setattr("nsa_bench.runner.registry", lambda: backends)
+    monkeypatch.setattr("nsa_bench.execute.registry", lambda: backends)
 
     calls = []
 
@@ -123,14 +124,15 @@ def test_sweep_survives_a_failing_backend_and_ctrl_c(tmp_path, monkeypatch):
             calls.append(task)
             yield task
 
-    outcome = run_sweep(spec, tmp_path, H100, CPU, resume=False, progress=interrupt_after_three)
+    outcome = run_sweep(spec, tmp_path, H100, InProcessPool(spec, H100, CPU), resume=False,
+                        progress=interrupt_after_three)
     assert outcome.interrupted
     frame = results.read_rows(tmp_path)
     assert list(frame.columns) == list(FIELDS)
     assert len(frame[frame["stage"] == "total"]) == 4  # every finished task is on disk
     assert list(frame["backend"][:3]) == ["fa2", "nsa-ref", "boom"]  # baseline first
     assert set(frame[frame["backend"] == "boom"]["status"]) == {"error"}  # it failed, the sweep went on
-    resumed = run_sweep(spec, tmp_path, H100, CPU, resume=True)
+    resumed = run_sweep(spec, tmp_path, H100, InProcessPool(spec, H100, CPU), resume=True)
     assert not resumed.interrupted and resumed.skipped == 4
     frame = results.read_rows(tmp_path)
     assert len(frame[frame["stage"] == "total"]) == 6

@@ -6,7 +6,7 @@ from dataclasses import replace
 
 from nsa_bench import sweep
 from nsa_bench.backends import registry
-from nsa_bench.runner import Measure
+from nsa_bench.execute import Measure
 from nsa_bench.spec import SweepSpec
 from nsa_bench.timing import time_wallclock
 from nsa_bench.tuning_log import TUNING_NAME, TuningLog
@@ -30,7 +30,7 @@ def test_measured_sweep_writes_tuning_json_as_tasks_finish(tmp_path, monkeypatch
         return ref.build(point, inputs)
 
     backends["nsa-ref"] = replace(ref, build=build)
-    monkeypatch.setattr("nsa_bench.runner.registry", lambda: backends)
+    monkeypatch.setattr("nsa_bench.execute.registry", lambda: backends)
     monkeypatch.setattr(sweep, "cuda_present", lambda: True)
     monkeypatch.setattr(sweep, "cuda_measure", lambda: Measure("cpu", time_wallclock))
     monkeypatch.setitem(flash._fwd_tuned.cache, KEY_40, flash._fwd_tuned.configs[0])

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -11,6 +10,7 @@ import pytest
 from cli_runner import run_main
 from nsa_bench import backends, results
 from nsa_bench.gpus import gpu_spec
+from nsa_bench.execute import InProcessPool
 from nsa_bench.runner import run_sweep
 from nsa_bench.spec import SweepSpec
 from nsa_bench.workers import DevicesError, LocalPool, WorkerSetup, fault_text, parse_devices, task_timeout_s
@@ -52,8 +52,8 @@ def test_cpu_devices_give_the_rows_of_one_in_process_run(tmp_path: Path):
     pool = LocalPool(WorkerSetup(spec, H100, None, ""), ("cpu0", "cpu1"), task_timeout_s(spec, H100, None))
     (tmp_path / "w").mkdir()
     (tmp_path / "one").mkdir()
-    outcome = run_sweep(spec, tmp_path / "w", H100, None, resume=False, pool=pool)
-    run_sweep(spec, tmp_path / "one", H100, None, resume=False)
+    outcome = run_sweep(spec, tmp_path / "w", H100, pool, resume=False)
+    run_sweep(spec, tmp_path / "one", H100, InProcessPool(spec, H100, None), resume=False)
     workers, one = results.read_rows(tmp_path / "w"), results.read_rows(tmp_path / "one")
     assert outcome.rows_written == len(one) and set(workers["device"]) <= {"cpu0", "cpu1"}
     key = ["mode", "seqlen", "backend", "stage"]
@@ -134,8 +134,9 @@ def test_a_measured_sweep_isolates_its_points_by_default(monkeypatch):
     pool = sweep.choose_pool(TINY, H100, True, None, None, None, budget_s=300.0)
     assert isinstance(pool, LocalPool) and pool.devices == ("cuda:0",) and pool.sequential
     assert pool.setup.measure == "cuda"
-    assert sweep.choose_pool(TINY, H100, True, None, None, None, 300.0, in_process=True) is None
-    assert sweep.choose_pool(TINY, H100, False, None, None, None, None) is None  # predictions: nothing to fault
+    assert isinstance(sweep.choose_pool(TINY, H100, True, None, None, None, 300.0, in_process=True), InProcessPool)
+    predicting = sweep.choose_pool(TINY, H100, False, None, None, None, None)  # predictions: nothing to fault
+    assert isinstance(predicting, InProcessPool) and predicting.measure is None
     assert sweep.choose_pool(TINY, H100, True, "1", None, None, 300.0).sequential  # one GPU keeps the budget
     for devices, ray, in_process, flag in (("0,1", None, False, "time-budget"), (None, "local", False, "time-budget"),
                                            ("0", None, True, "in-process")):
@@ -151,7 +152,7 @@ def test_one_worker_fed_task_by_task_keeps_the_budget_and_isolates_faults(tmp_pa
     assert __import__("os").environ[CPU_MEASURE_ENV] == "1"
     pool = LocalPool(WorkerSetup(TINY, H100, "cpu", ""), ("cpu0",), task_timeout_s(TINY, H100, 3.0))
     with pool.session():
-        outcome = run_sweep(TINY, tmp_path, H100, None, resume=False, isolate=pool)
+        outcome = run_sweep(TINY, tmp_path, H100, pool, resume=False)
         assert pool._open is not None  # the same worker served every task; a faulting one was replaced
     assert pool._open is None and pool.replaced == 3 and outcome.rows_written >= 8
     totals = results.read_rows(tmp_path)
@@ -164,7 +165,7 @@ def test_one_worker_fed_task_by_task_keeps_the_budget_and_isolates_faults(tmp_pa
     pool = LocalPool(WorkerSetup(TINY, H100, "cpu", ""), ("cpu0",), task_timeout_s(TINY, H100, 3.0))
     (tmp_path / "b").mkdir()
     with pool.session():
-        run_sweep(TINY, tmp_path / "b", H100, None, resume=False, isolate=pool, budget=budget)
+        run_sweep(TINY, tmp_path / "b", H100, pool, resume=False, budget=budget)
     skipped = results.read_rows(tmp_path / "b")
     skipped = skipped[skipped["stage"] == "total"]
     assert set(skipped["status"]) <= {"skipped", "unsupported"} and "skipped" in set(skipped["status"])
