@@ -16,12 +16,12 @@ plots all call these functions, so they agree.
 from __future__ import annotations
 
 import math
-from dataclasses import fields
 
 import pandas as pd
 
+from nsa_bench import reading
 from nsa_bench.cost import PROJECTION_STAGES
-from nsa_bench.schema import KEY_FIELDS, STAGE_TOTAL, STATUS_OK, STATUS_PREDICTED
+from nsa_bench.schema import KEY_FIELDS, STAGE_TOTAL, STATUS_OK
 from nsa_bench.spec import LAYER_MODES, Point
 
 POINT_KEYS = tuple(c for c in KEY_FIELDS if c not in ("backend", "stage"))
@@ -36,22 +36,9 @@ def _family(name: str) -> str | None:
     return backend.family if backend is not None else None
 
 
-def _usable(frame: pd.DataFrame) -> pd.DataFrame:
-    rows = frame[frame["status"].astype(str).isin((STATUS_OK, STATUS_PREDICTED))].copy()
-    measured = pd.to_numeric(rows["ms_median"], errors="coerce")
-    predicted = pd.to_numeric(rows["predicted_ms"], errors="coerce")
-    rows["ms"] = measured.where((rows["status"] == STATUS_OK) & measured.notna(), predicted)
-    return rows[rows["ms"] > 0]
-
-
-def _totals(frame: pd.DataFrame) -> pd.DataFrame:
-    rows = _usable(frame)
-    return rows[rows["stage"].astype(str) == STAGE_TOTAL]
-
-
 def dense_backends(frame: pd.DataFrame) -> list[str]:
     """Dense backends with usable rows: the CSV's baseline first, then in run order."""
-    totals = _totals(frame)
+    totals = reading.totals(frame)
     present = list(dict.fromkeys(totals["backend"].astype(str)))
     named = [b for b in dict.fromkeys(frame.get("baseline", pd.Series(dtype=str)).astype(str)) if b in present]
     dense = [b for b in present if _family(b) == "dense" or b in named]
@@ -60,7 +47,7 @@ def dense_backends(frame: pd.DataFrame) -> list[str]:
 
 def nsa_backends(frame: pd.DataFrame) -> list[str]:
     dense = set(dense_backends(frame))
-    present = dict.fromkeys(_totals(frame)["backend"].astype(str))
+    present = dict.fromkeys(reading.totals(frame)["backend"].astype(str))
     return [b for b in present if b not in dense and _family(b) == "nsa"]
 
 
@@ -92,7 +79,7 @@ def baseline_speedups(frame: pd.DataFrame) -> pd.DataFrame:
     dense, nsa = dense_backends(frame), nsa_backends(frame)
     if not dense or not nsa:
         return pd.DataFrame()
-    times = _times(_totals(frame))
+    times = _times(reading.totals(frame))
     out = pd.DataFrame(index=times.index)
     fastest = times[dense].min(axis=1, skipna=True)
     for name in nsa:
@@ -122,7 +109,7 @@ def strongest_dense(frame: pd.DataFrame) -> str:
     dense = dense_backends(frame)
     if not dense:
         return ""
-    measured = _totals(frame)
+    measured = reading.totals(frame)
     measured = measured[(measured["status"] == STATUS_OK) & measured["backend"].isin(dense)]
     if measured.empty:
         if len(dense) < 2:
@@ -159,25 +146,17 @@ def _geomean_ratio(times: pd.DataFrame, name: str, ran: list[str]) -> float:
     return math.exp(sum(math.log(r) for r in ratios) / len(ratios)) if len(ratios) else math.inf
 
 
-def _point_of(record: dict) -> Point:
-    values = {f.name: record[f.name] for f in fields(Point)}
-    for name, value in values.items():
-        if name not in ("mode", "dtype", "doc_lens"):
-            values[name] = int(value)
-    return Point(**values)
-
-
 def padding_notes(frame: pd.DataFrame) -> list[str]:
     """For each Dk != Dv in the run: which dense baseline pads (and how) and which runs the true shapes."""
     from nsa_bench.backends import registry
 
-    totals = _totals(frame)
+    totals = reading.totals(frame)
     dense = dense_backends(frame)
     notes = []
     for (dqk, dv), part in totals.groupby(["head_dim_qk", "head_dim_v"], sort=False):
         if dqk == dv or not dense:
             continue
-        point = _point_of(part.iloc[0].to_dict())
+        point = Point.from_record(part.iloc[0].to_dict())
         pads = {b: registry()[b].pads(point) if b in registry() else "" for b in dense if b in set(part["backend"])}
         padded = [f"{b}: {how}" + (", which flatters NSA's speedup against it" if b == "fa2" else "")
                   for b, how in pads.items() if how]
@@ -196,7 +175,7 @@ def layer_table(frame: pd.DataFrame) -> pd.DataFrame:
     """Layer modes: NSA's layer speedup against each dense backend, its Amdahl bound against it (dense layer
     time / NSA's projections + gate MLP, the speedup if NSA's attention took no time) and the share of NSA's
     layer time its attention takes."""
-    rows = _usable(frame)
+    rows = reading.usable(frame)
     rows = rows[rows["mode"].astype(str).isin(LAYER_MODES)]
     dense, nsa = dense_backends(frame), nsa_backends(frame)
     if rows.empty or not dense or not nsa:
@@ -221,10 +200,6 @@ def layer_table(frame: pd.DataFrame) -> pd.DataFrame:
     return _labelled(out, frame) if not out.empty else pd.DataFrame()
 
 
-def _kind(frame: pd.DataFrame) -> str:
-    return "measured" if (frame["status"] == STATUS_OK).any() else "predicted"
-
-
 def _only_against(table: pd.DataFrame, base: str, dense: list[str]) -> pd.DataFrame:
     """The columns of `table` that are not about another dense backend than `base`."""
     others = tuple(f" vs {b}" for b in dense if b != base)
@@ -238,7 +213,7 @@ def summary_text(frame: pd.DataFrame) -> str:
     repeat one another: it shows them against the CSV's baseline only, and says so.
     """
     parts = []
-    kind = _kind(frame)
+    kind = reading.kind(frame)
     dense = dense_backends(frame)
     predicted = kind == "predicted"
     with pd.option_context("display.width", 200, "display.max_columns", 40):

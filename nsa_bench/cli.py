@@ -108,7 +108,7 @@ def sweep(suite: str | None, out: Path | None, resume: bool, max_points: str | N
     On a GPU every kernel config the sweep will launch is compiled first, in parallel (see `precompile`).
     Sizes have upper bounds (shown with each flag) far past what one GPU holds.
     """
-    from nsa_bench import backends, sweep as sweep_mod
+    from nsa_bench import backends, reading, sweep as sweep_mod
 
     options = {name.replace("_", "-"): value for name, value in flags.items()}
     spec = _spec_from(suite, options, cuda_graph, max_points)
@@ -147,7 +147,7 @@ def sweep(suite: str | None, out: Path | None, resume: bool, max_points: str | N
         raise _bad(exc.flag, str(exc)) from None
     if outcome.interrupted:
         sys.exit(128 + (outcome.signal or 2))
-    click.echo(sweep_mod.summary_table(outcome.csv, spec.baseline))
+    click.echo(reading.summary_text(outcome.csv, spec.baseline))
     skipped = f", {outcome.skipped} already done" if outcome.skipped else ""
     click.echo(f"\n{outcome.rows_written} rows{skipped} -> {outcome.csv}")
 
@@ -364,13 +364,13 @@ def compare_command(ctx: click.Context, baseline: Path, current: Path, metric: s
                     sigmas: float, all_stages: bool, rerun: bool, allow_different_gpu: bool,
                     md_path: Path | None, json_path: Path | None) -> None:
     """Regression gate: label each point of CURRENT vs BASELINE; exit 1 only on a confirmed SLOWER."""
-    from nsa_bench import compare
+    from nsa_bench import compare, remeasure
 
     try:
         options = compare.Options(metric=metric, threshold=threshold / 100, sigmas=sigmas,
                                   all_stages=all_stages, allow_different_gpu=allow_different_gpu)
-        result, markdown = compare.run_compare(baseline, current, options, rerun=rerun, md_path=md_path,
-                                               json_path=json_path)
+        result, markdown = compare.run_compare(baseline, current, options, md_path=md_path, json_path=json_path,
+                                               revise=remeasure.rerun_suspects if rerun else None)
     except compare.CompareError as exc:
         click.echo(f"nsa-bench: error: {exc}", err=True)
         ctx.exit(compare.EXIT_USAGE)

@@ -14,22 +14,16 @@ point and of its baseline row add in quadrature. Predicted figures come from a c
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import math
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import pandas as pd
 
-from nsa_bench.results import ENV_NAME, SPEC_NAME, ResultsError, absent_columns, read_json, read_rows, run_dir
+from nsa_bench.results import ENV_NAME, ResultsError, absent_columns, read_json, read_rows, run_dir
 from nsa_bench.schema import KEY_FIELDS, STAGE_TOTAL, STATUS_OK, STATUS_PREDICTED
-
-if TYPE_CHECKING:
-    from nsa_bench.spec import SweepSpec
 
 SAME, FASTER, SLOWER, AMBIGUOUS = "SAME", "FASTER", "SLOWER", "AMBIGUOUS"
 LABELS = (SLOWER, AMBIGUOUS, FASTER, SAME)  # report order: what needs attention first
@@ -377,96 +371,22 @@ def compare_paths(baseline: Path, current: Path, options: Options) -> Comparison
 
 # --- re-measuring suspects ---------------------------------------------------------------------
 
-Remeasure = Callable[[Sequence[dict[str, str]]], pd.DataFrame]
-"""Takes the suspect points' key fields, measures them afresh (with their baseline backend rows, for
-speedup) and returns the new rows in the CSV schema."""
-
-
-def local_gpu() -> str | None:
-    """The name of the CUDA GPU here, None without one."""
-    try:
-        import torch
-    except ImportError:
-        return None
-    return torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
-
-
-def spec_for_key(key: dict[str, str], settings: dict) -> "SweepSpec":
-    """A one-point sweep for a suspect key, measured like the original run (spec.json's settings)."""
-    from nsa_bench.spec import SweepSpec
-
-    defaults = SweepSpec()
-    baseline = str(settings.get("baseline") or defaults.baseline)
-    number = {name: int(key[name]) for name in ("seqlen", "batch", "kv_heads", "group_size", "head_dim_qk",
-                                                "head_dim_v", "block_cmp", "stride_cmp", "block_slc", "n_slc",
-                                                "window")}
-    return SweepSpec(
-        seqlens=(number["seqlen"],), batches=(number["batch"],), kv_heads=(number["kv_heads"],),
-        group_sizes=(number["group_size"],), head_dims=((number["head_dim_qk"], number["head_dim_v"]),),
-        block_cmp=(number["block_cmp"],), stride_cmp=(number["stride_cmp"],), block_slc=(number["block_slc"],),
-        n_slc=(number["n_slc"],), window=(number["window"],), modes=(key["mode"],), dtypes=(key["dtype"],),
-        d_models=(int(key.get("d_model") or 0) or defaults.d_models[0],),
-        backends=tuple(dict.fromkeys((baseline, key["backend"]))), baseline=baseline,
-        reps=int(settings.get("reps", defaults.reps)), warmup=int(settings.get("warmup", defaults.warmup)),
-        seed=int(settings.get("seed", defaults.seed)), gpu=settings.get("gpu") or None,
-        cuda_graph=bool(settings.get("cuda_graph", defaults.cuda_graph)),
-        check_seqlen=int(settings.get("check_seqlen", defaults.check_seqlen)))
-
-
-def sweep_remeasure(keys: Sequence[dict[str, str]], settings: dict) -> pd.DataFrame:
-    """The default Remeasure: one small sweep per suspect point (with its baseline backend), via
-    `nsa_bench.sweep.execute` into a scratch folder; returns the fresh rows."""
-    from nsa_bench.sweep import SweepError, execute
-
-    frames = []
-    with tempfile.TemporaryDirectory(prefix="nsa-bench-rerun-") as scratch:
-        for index, key in enumerate(keys):
-            try:
-                spec = spec_for_key(key, settings)
-                outcome = execute(spec, Path(scratch) / f"point{index}", resume=False, plots=False,
-                                  echo=lambda _line: None, progress=False)
-            except (SweepError, ValueError, KeyError) as exc:
-                raise CompareError(f"--rerun: cannot re-measure {key.get('mode')} T={key.get('seqlen')}: {exc}") from exc
-            if outcome.csv.exists():
-                frames.append(read_rows(outcome.csv))
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=list(KEY_FIELDS))
-
-
 def suspects(comparison: Comparison) -> list[PointResult]:
     """Points whose label could still change the verdict: SLOWER and AMBIGUOUS."""
     return [p for p in comparison.points if p.status in (SLOWER, AMBIGUOUS)]
 
 
-def rerun_suspects(comparison: Comparison, remeasure: Remeasure | None = None,
-                   gpu_here: Callable[[], str | None] | None = None) -> Comparison:
-    """Re-measure the suspect points of the current run and decide again on the fresh figures.
-
-    Without a GPU, or on a GPU other than the current run's, the default re-measurement cannot
-    stand in for the current run: the comparison is returned as is, with a note saying why.
-    """
-    todo = suspects(comparison)
-    if not todo:
-        return _with_note(comparison, "--rerun: no suspect points, nothing re-measured")
-    if remeasure is None:
-        here = (gpu_here or local_gpu)()
-        if here is None:
-            return _with_note(comparison, f"--rerun: no GPU here, cannot re-measure {len(todo)} suspect "
-                                          "point(s); decided on the recorded data")
-        if comparison.current.gpu is not None and here != comparison.current.gpu:
-            return _with_note(comparison, f"--rerun: this GPU ({here}) is not the current run's "
-                                          f"({comparison.current.gpu}); decided on the recorded data")
-        settings = read_json(run_dir(comparison.current.path) / SPEC_NAME)
-        remeasure = functools.partial(sweep_remeasure, settings=settings)
-    fresh = remeasure([p.key_dict() for p in todo])
+def decide_again(comparison: Comparison, fresh: pd.DataFrame, note: str) -> Comparison:
+    """The comparison decided anew with `fresh` rows in place of the current run's rows of the same keys (a
+    re-measurement of the suspects, nsa_bench.remeasure); the points whose rows were replaced say so."""
     missing = [c for c in KEY_FIELDS if c not in fresh.columns]
     if missing:
         raise CompareError(f"--rerun: re-measured rows lack columns {', '.join(missing)}")
     frame = _replace_rows(comparison.current.frame, fresh)
     current = Run(comparison.current.label, comparison.current.path, frame, comparison.current.env,
                   comparison.current.gpu)
-    note = f"--rerun: re-measured {len(todo)} suspect point(s) ({len(fresh)} fresh rows) before deciding"
     redone = compare_runs(comparison.baseline, current, comparison.options, (*comparison.notes, note))
-    todo_keys = {p.key for p in todo}
+    todo_keys = {p.key for p in suspects(comparison)}
     points = tuple(PointResult(p.key, p.baseline, p.current, p.noise_baseline, p.noise_current, p.status,
                                p.key in todo_keys) for p in redone.points)
     return dataclasses.replace(redone, points=points)
@@ -481,7 +401,7 @@ def _replace_rows(frame: pd.DataFrame, fresh: pd.DataFrame) -> pd.DataFrame:
     return pd.concat([kept, fresh], ignore_index=True)
 
 
-def _with_note(comparison: Comparison, note: str) -> Comparison:
+def with_note(comparison: Comparison, note: str) -> Comparison:
     return dataclasses.replace(comparison, notes=(*comparison.notes, note))
 
 
@@ -588,13 +508,14 @@ def to_json(comparison: Comparison) -> dict:
     }
 
 
-def run_compare(baseline: Path, current: Path, options: Options, *, rerun: bool = False,
-                md_path: Path | None = None, json_path: Path | None = None,
-                remeasure: Remeasure | None = None) -> tuple[Comparison, str]:
-    """The whole `nsa-bench compare`: compare, optionally re-measure, write the files; (result, markdown)."""
+def run_compare(baseline: Path, current: Path, options: Options, *, md_path: Path | None = None,
+                json_path: Path | None = None,
+                revise: Callable[[Comparison], Comparison] | None = None) -> tuple[Comparison, str]:
+    """The whole `nsa-bench compare`: compare, let `revise` decide again (--rerun's re-measurement), write
+    the files; (result, markdown)."""
     comparison = compare_paths(baseline, current, options)
-    if rerun:
-        comparison = rerun_suspects(comparison, remeasure)
+    if revise is not None:
+        comparison = revise(comparison)
     markdown = to_markdown(comparison)
     try:
         if md_path is not None:

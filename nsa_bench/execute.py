@@ -23,7 +23,7 @@ from typing import Callable, ContextManager, Iterable, Iterator, Protocol
 
 import torch
 
-from nsa_bench import check, cost, memory
+from nsa_bench import check, cost, memory, reading
 from nsa_bench.backends import Backend, Unsupported, registry
 from nsa_bench.gpus import GPUSpec
 from nsa_bench.inputs import make_inputs
@@ -73,9 +73,7 @@ class Job:
 def baseline_time(rows: list[Row]) -> float | None:
     """The time other backends' speedups are against: the total row's measured median, or its prediction."""
     total = next((r for r in rows if r.stage == STAGE_TOTAL), None)
-    if total is None or total.status not in (STATUS_OK, STATUS_PREDICTED):
-        return None
-    return total.ms_median if total.status == STATUS_OK else total.predicted_ms
+    return None if total is None else reading.row_time(total.status, total.ms_median, total.predicted_ms)
 
 
 # ------------------------------------------------------------------ rows

@@ -16,9 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from nsa_bench import results, resume
+from nsa_bench import reading, results, resume
 from nsa_bench.messages import show
-from nsa_bench.schema import FIELDS, STAGE_TOTAL, STATUS_OK, STATUS_PREDICTED
+from nsa_bench.schema import FIELDS, STAGE_TOTAL
 
 ENVS_DIR = "envs"
 _I = {name: FIELDS.index(name) for name in FIELDS}
@@ -106,13 +106,7 @@ def _groups(records: list[list[str]]) -> list[list[list[str]]]:
 
 
 def _time(record: list[str]) -> float | None:
-    status = record[_I["status"]]
-    column = "ms_median" if status == STATUS_OK else "predicted_ms" if status == STATUS_PREDICTED else None
-    try:
-        value = float(record[_I[column]]) if column else math.nan
-    except ValueError:
-        return None
-    return value if math.isfinite(value) and value > 0 else None
+    return reading.text_time(record[_I["status"]], record[_I["ms_median"]], record[_I["predicted_ms"]])
 
 
 def _speedups(group: list[list[str]], baseline: str) -> int:

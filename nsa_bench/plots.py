@@ -22,7 +22,7 @@ from matplotlib.patches import Patch  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from nsa_bench import facets, palette, results  # noqa: E402
+from nsa_bench import facets, palette, reading, results  # noqa: E402
 from nsa_bench.gpus import GPUSpec, gpu_spec  # noqa: E402
 from nsa_bench.schema import STAGE_TOTAL, STATUS_OK, STATUS_PREDICTED  # noqa: E402
 from nsa_bench.spec import LAYER_MODES  # noqa: E402
@@ -35,13 +35,8 @@ ANNOTATE_MAX_POINTS = 12  # value labels only on a panel with one line and at mo
 SAFE_TICKS = 8  # up to this many length labels ("64k", "1000") fit a PANEL_W-wide panel
 
 
-def _time_ms(frame: pd.DataFrame) -> pd.Series:
-    """Measured median where there is one, else the cost model's prediction."""
-    return frame["ms_median"].where(frame["status"] == STATUS_OK, frame["predicted_ms"])
-
-
 def _kind(frame: pd.DataFrame) -> str:
-    return "measured" if (frame["status"] == STATUS_OK).any() else "predicted by the cost model"
+    return "measured" if reading.kind(frame) == "measured" else "predicted by the cost model"
 
 
 def _modes(frame: pd.DataFrame) -> list[str]:
@@ -246,7 +241,7 @@ def roofline_figure(frame: pd.DataFrame, gpu: GPUSpec, calibration_dir: Path | N
     usable = frame[frame["status"].isin(_USABLE) & frame["intensity"].notna() & (frame["flops"] > 0)].copy()
     if usable.empty:
         return None
-    usable["tflops_at"] = usable["flops"] / (_time_ms(usable) * 1e-3) / 1e12
+    usable["tflops_at"] = usable["flops"] / (reading.time_ms(usable) * 1e-3) / 1e12
     usable = usable[np.isfinite(usable["tflops_at"]) & (usable["tflops_at"] > 0)]
     if usable.empty:
         return None
@@ -296,7 +291,7 @@ def stage_figures(frame: pd.DataFrame) -> list[tuple[str, Figure]]:
                    & ~frame["mode"].isin(LAYER_MODES)].copy()  # layer modes: plot_layer
     if stages.empty:
         return []
-    stages["ms"] = _time_ms(stages)
+    stages["ms"] = reading.time_ms(stages)
     stages = facets.with_head_dim(stages[stages["ms"].notna()])
     if stages.empty:
         return []
@@ -405,7 +400,7 @@ def plot_layer(frame: pd.DataFrame, folder: Path) -> list[Path]:
     rows = frame[frame["mode"].isin(LAYER_MODES) & frame["status"].isin(_USABLE)].copy()
     if rows.empty:
         return []
-    rows["ms"] = _time_ms(rows)
+    rows["ms"] = reading.time_ms(rows)
     modes = [m for m in LAYER_MODES if m in set(rows["mode"])]
     fig, axes = plt.subplots(1, len(modes), figsize=(5.2 * len(modes), 4), squeeze=False)
     for ax, mode in zip(axes[0], modes):

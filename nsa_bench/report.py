@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from nsa_bench import reading
 from nsa_bench.results import (CSV_NAME, ENV_NAME, PLOTS_DIR, SPEC_NAME, ResultsError, read_json,
                                read_rows_nonempty)
 from nsa_bench.schema import KEY_FIELDS, STAGE_TOTAL, STATUS_OK, STATUS_PREDICTED
@@ -81,64 +82,31 @@ def _in_run_order(table: pd.DataFrame, axes: Sequence[str], frame: pd.DataFrame)
     return table.sort_values(list(axes), key=key, kind="stable").reset_index(drop=True)
 
 
-def _timing(frame: pd.DataFrame) -> pd.Series:
-    """ms per row: measured median where there is one, else the cost model's prediction."""
-    measured = _number(frame.get("ms_median", pd.Series(math.nan, index=frame.index)))
-    predicted = _number(frame.get("predicted_ms", pd.Series(math.nan, index=frame.index)))
-    return measured.where(measured.notna(), predicted)
-
-
-def speedups(frame: pd.DataFrame) -> pd.Series:
-    """Speedup per row: the CSV's `speedup`, else baseline predicted_ms / predicted_ms of the same point.
-
-    A CPU run carries predictions only; the summary still shows what the cost model expects.
-    """
-    given = _number(frame.get("speedup", pd.Series(math.nan, index=frame.index)))
-    if "baseline" not in frame.columns:
-        return given
-    timing = _timing(frame)
-    other = [c for c in KEY_FIELDS if c != "backend"]
-    lookup = {(tuple(str(v) for v in rec[:-1]), str(rec[-1])): t
-              for rec, t in zip(frame[other + ["backend"]].itertuples(index=False), timing)}
-    fallback = []
-    for rec, base, t in zip(frame[other].itertuples(index=False), frame["baseline"], timing):
-        base_time = lookup.get((tuple(str(v) for v in rec), str(base)), math.nan) if base else math.nan
-        fallback.append(base_time / t if t and math.isfinite(t) and t > 0 else math.nan)
-    return given.where(given.notna(), pd.Series(fallback, index=frame.index))
-
-
 def summary_table(frame: pd.DataFrame) -> pd.DataFrame:
-    """Speedup vs the baseline backend: one row per mode x seqlen (x other varying axes), a column per backend."""
-    totals = frame[frame["stage"].astype(str) == STAGE_TOTAL].copy()
-    if totals.empty:
+    """Speedup vs the baseline backend (the run's one summary, nsa_bench.reading): a row per point, a column
+    per backend."""
+    found = reading.summary(frame)
+    if found is None:
         return pd.DataFrame()
-    totals["speedup_shown"] = speedups(totals)
-    baselines = set(frame["baseline"].astype(str)) if "baseline" in frame.columns else set()
-    if totals["backend"].nunique() > 1:  # the baseline's own column would read 1.0 everywhere
-        totals = totals[~totals["backend"].astype(str).isin(baselines)]
-    axes = varying_axes(frame)
-    table = totals.pivot_table(index=axes, columns="backend", values="speedup_shown", aggfunc="last",
-                               dropna=False)
+    table = found.speedups.copy()
     table.columns = [f"speedup {c}" for c in table.columns]
-    return _in_run_order(table.reset_index(), axes, frame)
+    return table.reset_index()
 
 
 def time_table(frame: pd.DataFrame) -> pd.DataFrame:
-    """ms per backend of the whole operation (measured median, else predicted)."""
-    totals = frame[frame["stage"].astype(str) == STAGE_TOTAL].copy()
-    if totals.empty:
+    """ms per backend of the whole operation (the same summary's times)."""
+    found = reading.summary(frame)
+    if found is None:
         return pd.DataFrame()
-    totals["ms_shown"] = _timing(totals)
-    axes = varying_axes(frame)
-    table = totals.pivot_table(index=axes, columns="backend", values="ms_shown", aggfunc="last", dropna=False)
+    table = found.times.copy()
     table.columns = [f"ms {c}" for c in table.columns]
-    return _in_run_order(table.reset_index(), axes, frame)
+    return table.reset_index()
 
 
 def breakdown_table(frame: pd.DataFrame) -> pd.DataFrame:
     """Per-branch ms of each backend that reports stages, beside its total and the stages' share of it."""
     rows = frame.copy()
-    rows["ms_shown"] = _timing(rows)
+    rows["ms_shown"] = reading.time_ms(rows)
     staged = rows[rows["stage"].astype(str) != STAGE_TOTAL]
     if staged.empty:
         return pd.DataFrame()

@@ -21,9 +21,9 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Iterable, Mapping
 
-from nsa_bench import results
+from nsa_bench import reading, results
 from nsa_bench.messages import show
-from nsa_bench.schema import FIELDS, KEY_FIELDS, STAGE_TOTAL, STATUS_OK, STATUS_SKIPPED
+from nsa_bench.schema import FIELDS, KEY_FIELDS, STAGE_TOTAL, STATUS_SKIPPED
 
 PROGRESS_NAME = "progress.jsonl"
 TASK_FIELDS = tuple(f for f in KEY_FIELDS if f != "stage")
@@ -165,13 +165,7 @@ def progress_entries(path: Path) -> dict[TaskKey, tuple[str, ...]]:
 
 
 def _time(record: list[str]) -> float | None:
-    status = record[FIELDS.index("status")]
-    text = record[FIELDS.index("ms_median" if status == STATUS_OK else "predicted_ms")]
-    try:
-        value = float(text)
-    except ValueError:
-        return None
-    return value if value == value else None
+    return reading.text_time(*(record[FIELDS.index(name)] for name in ("status", "ms_median", "predicted_ms")))
 
 
 def recover(out: Path, baseline: str | None) -> Recovered:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import asdict, dataclass, fields, replace
+from typing import Mapping, Sequence
 
 from nsa_bench import doclens
 from nsa_bench.config import NSAConfig
@@ -85,6 +86,24 @@ class Point:
 
     def as_dict(self) -> dict[str, object]:
         return asdict(self)
+
+    @classmethod
+    def from_record(cls, record: Mapping[str, object]) -> Point:
+        """The point a CSV row's key cells describe (text or numbers); a row without d_model or doc_lens is an
+        attention-only, dense point, as older CSVs are read."""
+        values: dict[str, object] = {}
+        for field in fields(cls):
+            value = record.get(field.name, field.default)
+            values[field.name] = str(value) if field.name in _TEXT_FIELDS else int(float(str(value) or 0))
+        return cls(**values)
+
+
+_TEXT_FIELDS = ("mode", "dtype", "doc_lens")
+# the SweepSpec axis each Point field is drawn from (head_dim_qk and head_dim_v come as one pair)
+POINT_AXES = {"mode": "modes", "seqlen": "seqlens", "batch": "batches", "kv_heads": "kv_heads",
+              "group_size": "group_sizes", "head_dim_qk": "head_dims", "head_dim_v": "head_dims",
+              "block_cmp": "block_cmp", "stride_cmp": "stride_cmp", "block_slc": "block_slc", "n_slc": "n_slc",
+              "window": "window", "dtype": "dtypes", "d_model": "d_models", "doc_lens": "doc_lens"}
 
 
 @dataclass(frozen=True)
@@ -188,3 +207,25 @@ class SweepSpec:
 
     def to_dict(self) -> dict[str, object]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    @classmethod
+    def for_point(cls, point: Point, backends: Sequence[str], like: SweepSpec | None = None) -> SweepSpec:
+        """The sweep of exactly `point` on `backends` (and the baselines), measured as `like` is (reps, warmup,
+        seed, GPU, CUDA graphs, check length, baselines). Every axis comes from the point (POINT_AXES names
+        each field's), so re-running a point can leave none of its values out."""
+        like = like or cls()
+        axes: dict[str, object] = {axis: (getattr(point, name),) for name, axis in POINT_AXES.items()}
+        axes["head_dims"] = ((point.head_dim_qk, point.head_dim_v),)
+        axes["d_models"] = (point.d_model,) if point.is_layer else like.d_models  # 0 on attention-only points
+        return replace(like, **axes, q_heads=(), backends=tuple(dict.fromkeys(backends)))
+
+    @classmethod
+    def from_dict(cls, record: Mapping[str, object]) -> SweepSpec:
+        """A spec.json as a SweepSpec (lists back to tuples); fields it lacks take their defaults."""
+        known = {f.name for f in fields(cls)}
+        values = {name: _tuples(value) for name, value in record.items() if name in known}
+        return cls(**values)
+
+
+def _tuples(value: object) -> object:
+    return tuple(_tuples(v) for v in value) if isinstance(value, list) else value

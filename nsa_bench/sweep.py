@@ -14,10 +14,9 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 import click
-import pandas as pd
 import torch
 
-from nsa_bench import baselines, environment, precompile, results, resume as resume_mod, workers
+from nsa_bench import environment, precompile, results, resume as resume_mod, workers
 from nsa_bench.budget import Budget, Estimator
 from nsa_bench.execute import InProcessPool, Pool, Task, cuda_measure
 from nsa_bench.gpus import GPUSpec, gpu_spec
@@ -25,8 +24,7 @@ from nsa_bench.messages import one_line, show
 from nsa_bench.plots import plot_run
 from nsa_bench.runner import Outcome, run_sweep
 from nsa_bench.shard import WHOLE, Shard
-from nsa_bench.schema import STAGE_TOTAL, STATUS_OK, STATUS_PREDICTED
-from nsa_bench.spec import LAYER_MODES, SweepSpec
+from nsa_bench.spec import SweepSpec
 from nsa_bench.tuning_log import TuningLog
 
 def results_root() -> Path:
@@ -241,45 +239,3 @@ def _cpu_kind() -> str | None:
     import os
 
     return "cpu" if os.environ.get(workers.CPU_MEASURE_ENV) == "1" else None
-
-
-def summary_table(csv_file: Path, baseline: str | None = None) -> str:
-    """Speedup per mode x seqlen (rows) and backend (columns), from the total rows of a run."""
-    if not csv_file.exists():
-        return "(no rows)"
-    frame = results.read_rows(csv_file)
-    totals = frame[(frame["stage"] == STAGE_TOTAL) & frame["status"].isin((STATUS_OK, STATUS_PREDICTED))]
-    if totals.empty:
-        return "(no measured or predicted rows)"
-    if baseline is not None and baseline not in set(totals["backend"]):
-        ran = ", ".join(sorted(set(frame["backend"])))
-        why = "was not among the backends run" if baseline not in set(frame["backend"]) else "has no usable row"
-        totals = totals.assign(speedup=float("nan"))
-        note = (f"No speedups: the baseline {baseline!r} {why} ({ran}); add it to --backend or pass "
-                f"--baseline {sorted(set(totals['backend']))[0]}.\n\n")
-    else:
-        note = ""
-    config_cols = [c for c in ("batch", "kv_heads", "group_size", "head_dim_qk", "head_dim_v", "block_cmp",
-                               "stride_cmp", "block_slc", "n_slc", "window", "dtype", "doc_lens")
-                   if totals[c].nunique() > 1] + _layer_width_column(totals)
-    table = totals.pivot_table(index=["mode", *config_cols, "seqlen"], columns="backend", values="speedup",
-                               aggfunc="first", sort=False)
-    times = totals.assign(ms=totals["ms_median"].where(totals["status"] == STATUS_OK, totals["predicted_ms"]))
-    ms = times.pivot_table(index=["mode", *config_cols, "seqlen"], columns="backend", values="ms", aggfunc="first",
-                           sort=False)
-    modes = list(dict.fromkeys(totals["mode"]))  # rows run longest first; the table reads shortest first
-    ms = ms.reindex(sorted(ms.index, key=lambda key: (modes.index(key[0]), *key[1:])))
-    table = table.reindex(index=ms.index)
-    kind = "measured" if (totals["status"] == STATUS_OK).any() else "predicted"
-    with pd.option_context("display.width", 160, "display.max_columns", 20):
-        speedups = "" if note else (f"Speedup vs baseline ({kind}):\n"
-                                    f"{table.to_string(float_format=lambda x: f'{x:.2f}')}\n\n")
-        text = f"{note}{speedups}Time per call, ms ({kind}):\n{ms.to_string(float_format=lambda x: f'{x:.4g}')}"
-    extra = baselines.summary_text(frame)
-    return f"{text}\n\n{extra}" if extra else text
-
-
-def _layer_width_column(totals: pd.DataFrame) -> list[str]:
-    """["d_model"] when layer points of several widths ran (attention-only rows all carry 0)."""
-    layer = totals[totals["mode"].isin(LAYER_MODES)]
-    return ["d_model"] if layer["d_model"].nunique() > 1 else []

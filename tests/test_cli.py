@@ -157,7 +157,7 @@ def test_baseline_runs_even_when_backend_leaves_it_out(monkeypatch, capsys, tmp_
 
 
 def test_summary_says_why_there_are_no_speedups_when_the_baseline_has_no_usable_row(monkeypatch, capsys, tmp_path):
-    from nsa_bench.sweep import summary_table
+    from nsa_bench.reading import summary_text
 
     run_cli(monkeypatch, capsys, "sweep", "--seqlen", "1k", "--mode", "fwd", "--out", str(tmp_path / "r"), "--quiet",
             "--no-plots")
@@ -165,7 +165,7 @@ def test_summary_says_why_there_are_no_speedups_when_the_baseline_has_no_usable_
     frame = pd.read_csv(csv)
     frame.loc[frame["backend"] == "fa2", "status"] = "error"
     frame.to_csv(csv, index=False)
-    text = summary_table(csv, "fa2")
+    text = summary_text(csv, "fa2")
     assert "No speedups: the baseline 'fa2' has no usable row" in text and "Time per call, ms (predicted)" in text
 
 

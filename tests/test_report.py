@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from nsa_bench import report
-from nsa_bench.report import ReportError, build_report, speedups
+from nsa_bench.report import ReportError, build_report
 from nsa_bench.results import CSV_NAME, ENV_NAME, PLOTS_DIR, SPEC_NAME, append_row, write_json
 from nsa_bench.schema import STATUS_OK, STATUS_OOM, STATUS_PREDICTED, Row
 
@@ -162,15 +162,6 @@ def test_failing_plotter_still_writes_the_report(tmp_path: Path) -> None:
     files = build_report(run, plotter=broken)
     assert files.warnings == ("plots could not be made: RuntimeError: no display",)
     assert "plots could not be made" in files.html.read_text() and files.markdown.exists()
-
-
-def test_predicted_speedup_fallback() -> None:
-    """Predicted rows without a speedup still get one: baseline predicted_ms / predicted_ms of the point."""
-    rows = [_row("fwd", "fa2", 1000, 3.0, status=STATUS_PREDICTED),
-            _row("fwd", "nsa-triton", 1000, 1.5, status=STATUS_PREDICTED)]
-    frame = pd.DataFrame([r.as_dict() for r in rows])
-    frame["baseline"] = "fa2"
-    assert list(speedups(frame)) == pytest.approx([1.0, 2.0])
 
 
 def test_report_errors(tmp_path: Path) -> None:

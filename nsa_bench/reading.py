@@ -1,0 +1,151 @@
+"""One reading of a finished run: the values the summary, report, plots, merge and compare take from a CSV.
+
+A row's time is its measured median where it was measured (status `ok`) and the cost model's floor where
+it was predicted (status `predicted`); any other row has no time. Every reader of a run uses `time_ms`
+for that rule, and the one summary table (`summary`) for speedup and time per point, so the sweep's
+printout and the report can never disagree.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+import pandas as pd
+
+from nsa_bench import results
+from nsa_bench.schema import KEY_FIELDS, STAGE_TOTAL, STATUS_OK, STATUS_PREDICTED
+from nsa_bench.spec import LAYER_MODES
+
+USABLE = (STATUS_OK, STATUS_PREDICTED)
+T = TypeVar("T", float, str)
+CONFIG_COLUMNS = ("batch", "kv_heads", "group_size", "head_dim_qk", "head_dim_v", "block_cmp", "stride_cmp",
+                  "block_slc", "n_slc", "window", "dtype", "doc_lens")
+
+
+def time_ms(frame: pd.DataFrame) -> pd.Series:
+    """ms per row: the measured median of an `ok` row, the prediction of a `predicted` row, else NaN."""
+    status = frame["status"].astype(str)
+    measured = pd.to_numeric(frame["ms_median"], errors="coerce")
+    predicted = pd.to_numeric(frame["predicted_ms"], errors="coerce")
+    return measured.where(status == STATUS_OK, predicted.where(status == STATUS_PREDICTED))
+
+
+def row_time(status: str, ms_median: T | None, predicted_ms: T | None) -> T | None:
+    """`time_ms` for one row's values (what merge and --resume read of a task's total)."""
+    if status == STATUS_OK:
+        return ms_median
+    return predicted_ms if status == STATUS_PREDICTED else None
+
+
+def text_time(status: str, ms_median: str, predicted_ms: str) -> float | None:
+    """`row_time` of a row as the CSV's text cells hold it: None without a finite, positive time."""
+    chosen = row_time(status, ms_median, predicted_ms)
+    try:
+        value = float(chosen) if chosen is not None else math.nan
+    except ValueError:
+        return None
+    return value if math.isfinite(value) and value > 0 else None
+
+
+def usable(frame: pd.DataFrame) -> pd.DataFrame:
+    """Rows with a positive time, with it in column `ms`."""
+    rows = frame[frame["status"].astype(str).isin(USABLE)].copy()
+    rows["ms"] = time_ms(rows)
+    return rows[rows["ms"] > 0]
+
+
+def totals(frame: pd.DataFrame) -> pd.DataFrame:
+    """usable() rows of whole operations (stage `total`)."""
+    rows = usable(frame)
+    return rows[rows["stage"].astype(str) == STAGE_TOTAL]
+
+
+def kind(frame: pd.DataFrame) -> str:
+    """"measured" when any row was measured, else "predicted"."""
+    return "measured" if (frame["status"].astype(str) == STATUS_OK).any() else "predicted"
+
+
+def row_speedups(frame: pd.DataFrame) -> pd.Series:
+    """Speedup per row: the CSV's `speedup`, else the time of the row's `baseline` backend at the same point
+    over the row's time (a CSV written without speedups still reads with them)."""
+    given = pd.to_numeric(frame["speedup"], errors="coerce") if "speedup" in frame.columns else \
+        pd.Series(math.nan, index=frame.index)
+    if "baseline" not in frame.columns:
+        return given
+    timing = time_ms(frame)
+    other = [c for c in KEY_FIELDS if c != "backend"]
+    lookup = {(tuple(str(v) for v in rec[:-1]), str(rec[-1])): t
+              for rec, t in zip(frame[other + ["backend"]].itertuples(index=False), timing)}
+    fallback = []
+    for rec, base, t in zip(frame[other].itertuples(index=False), frame["baseline"], timing):
+        base_time = lookup.get((tuple(str(v) for v in rec), str(base)), math.nan) if base else math.nan
+        fallback.append(base_time / t if t and math.isfinite(t) and t > 0 else math.nan)
+    return given.where(given.notna(), pd.Series(fallback, index=frame.index))
+
+
+def summary_axes(frame: pd.DataFrame) -> list[str]:
+    """What labels a summary row: mode, the configuration columns that vary (and d_model when layer points
+    of several widths ran), then seqlen."""
+    config = [c for c in CONFIG_COLUMNS if c in frame.columns and frame[c].nunique() > 1]
+    layer = frame[frame["mode"].isin(LAYER_MODES)]
+    width = ["d_model"] if not layer.empty and layer["d_model"].nunique() > 1 else []
+    return ["mode", *config, *width, "seqlen"]
+
+
+@dataclass(frozen=True)
+class Summary:
+    """Speedup and time per point (rows: summary_axes, shortest first within each mode in run order; columns:
+    backends). `note` says why there are no speedups, when there are none."""
+
+    speedups: pd.DataFrame
+    times: pd.DataFrame
+    kind: str
+    note: str = ""
+
+
+def summary(frame: pd.DataFrame, baseline: str | None = None) -> Summary | None:
+    """The one summary of a run's totals (None: no measured or predicted row). The baseline's own column
+    (1.0 everywhere) is left out when other backends ran; `baseline`: the run's, to say when it has no row."""
+    rows = frame[(frame["stage"] == STAGE_TOTAL) & frame["status"].isin(USABLE)].copy()
+    if rows.empty:
+        return None
+    note = ""
+    if baseline is not None and baseline not in set(rows["backend"]):
+        ran = ", ".join(sorted(set(frame["backend"])))
+        why = "was not among the backends run" if baseline not in set(frame["backend"]) else "has no usable row"
+        note = (f"No speedups: the baseline {baseline!r} {why} ({ran}); add it to --backend or pass "
+                f"--baseline {sorted(set(rows['backend']))[0]}.")
+    rows["speedup_shown"] = math.nan if note else row_speedups(rows)
+    rows["ms"] = time_ms(rows)
+    axes = summary_axes(rows)
+    times = rows.pivot_table(index=axes, columns="backend", values="ms", aggfunc="first", sort=False)
+    modes = list(dict.fromkeys(rows["mode"]))  # rows run longest first; the table reads shortest first
+    times = times.reindex(sorted(times.index, key=lambda key: (modes.index(key[0]), *key[1:])))
+    baselines = set(rows["baseline"].astype(str)) if "baseline" in rows.columns else set()
+    shown = rows[~rows["backend"].isin(baselines)] if rows["backend"].nunique() > 1 else rows
+    speedups = shown.pivot_table(index=axes, columns="backend", values="speedup_shown", aggfunc="first",
+                                 sort=False, dropna=False).reindex(index=times.index)
+    return Summary(speedups, times, kind(rows), note)
+
+
+def summary_text(csv_file: Path, baseline: str | None = None) -> str:
+    """The summary a sweep prints: speedup and time per mode x seqlen (rows) and backend (columns), then
+    NSA against each dense baseline (nsa_bench.baselines)."""
+    from nsa_bench import baselines
+
+    if not csv_file.exists():
+        return "(no rows)"
+    frame = results.read_rows(csv_file)
+    found = summary(frame, baseline)
+    if found is None:
+        return "(no measured or predicted rows)"
+    with pd.option_context("display.width", 160, "display.max_columns", 20):
+        speedups = "" if found.note else (f"Speedup vs baseline ({found.kind}):\n"
+                                          f"{found.speedups.to_string(float_format=lambda x: f'{x:.2f}')}\n\n")
+        note = f"{found.note}\n\n" if found.note else ""
+        text = (f"{note}{speedups}Time per call, ms ({found.kind}):\n"
+                f"{found.times.to_string(float_format=lambda x: f'{x:.4g}')}")
+    extra = baselines.summary_text(frame)
+    return f"{text}\n\n{extra}" if extra else text
