@@ -108,7 +108,7 @@ def sweep(suite: str | None, out: Path | None, resume: bool, max_points: str | N
     On a GPU every kernel config the sweep will launch is compiled first, in parallel (see `precompile`).
     Sizes have upper bounds (shown with each flag) far past what one GPU holds.
     """
-    from nsa_bench import backends, reading, sweep as sweep_mod
+    from nsa_bench import backends, summary, sweep as sweep_mod
 
     options = {name.replace("_", "-"): value for name, value in flags.items()}
     spec = _spec_from(suite, options, cuda_graph, max_points)
@@ -147,7 +147,7 @@ def sweep(suite: str | None, out: Path | None, resume: bool, max_points: str | N
         raise _bad(exc.flag, str(exc)) from None
     if outcome.interrupted:
         sys.exit(128 + (outcome.signal or 2))
-    click.echo(reading.summary_text(outcome.csv, spec.baseline))
+    click.echo(summary.summary_text(outcome.csv, spec.baseline))
     skipped = f", {outcome.skipped} already done" if outcome.skipped else ""
     click.echo(f"\n{outcome.rows_written} rows{skipped} -> {outcome.csv}")
 

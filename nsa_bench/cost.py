@@ -297,7 +297,7 @@ def _bwd_per_key(shape: Shape) -> int:
     return 6 * shape.head_dim_qk + 4 * shape.head_dim_v
 
 
-def _stage(name: str, flops: int, nbytes: int) -> StageCost:
+def _stage_cost(name: str, flops: int, nbytes: int) -> StageCost:
     return StageCost(name, float(flops), float(nbytes))
 
 
@@ -309,16 +309,16 @@ def _nsa_forward(shape: Shape, cfg: NSAConfig) -> tuple[StageCost, ...]:
     chunks_per_cmp = cfg.block_cmp // cfg.stride_cmp  # d-chunks a compressed block adds its p to
     attn_out = e * el.o + _FP32 * el.rows  # o and lse written
     return (
-        _stage("compress", cfg.block_cmp * (el.k_cmp + el.v_cmp),
+        _stage_cost("compress", cfg.block_cmp * (el.k_cmp + el.v_cmp),
                e * (el.k_covered + el.v_covered + el.k_cmp + el.v_cmp)),
-        _stage("cmp_attn", heads * keys["cmp"] * per_key, e * (el.q + el.k_cmp + el.v_cmp) + attn_out),
-        _stage("scoring", heads * keys["cmp"] * (2 * shape.head_dim_qk + chunks_per_cmp),
+        _stage_cost("cmp_attn", heads * keys["cmp"] * per_key, e * (el.q + el.k_cmp + el.v_cmp) + attn_out),
+        _stage_cost("scoring", heads * keys["cmp"] * (2 * shape.head_dim_qk + chunks_per_cmp),
                e * (el.q + el.k_cmp) + _FP32 * (el.rows + el.scores)),
-        _stage("topn", 0, _FP32 * el.scores + _INT32 * el.block_idx),
-        _stage("slc_attn", heads * keys["slc"] * per_key,
+        _stage_cost("topn", 0, _FP32 * el.scores + _INT32 * el.block_idx),
+        _stage_cost("slc_attn", heads * keys["slc"] * per_key,
                e * (el.q + el.k + el.v) + _INT32 * el.block_idx + attn_out),
-        _stage("win_attn", heads * keys["win"] * per_key, e * (el.q + el.k + el.v) + attn_out),
-        _stage("gated_sum", 5 * el.o, e * (3 * el.o + 3 * el.rows + el.o)),
+        _stage_cost("win_attn", heads * keys["win"] * per_key, e * (el.q + el.k + el.v) + attn_out),
+        _stage_cost("gated_sum", 5 * el.o, e * (3 * el.o + 3 * el.rows + el.o)),
     )
 
 
@@ -330,17 +330,17 @@ def _nsa_backward(shape: Shape, cfg: NSAConfig) -> tuple[StageCost, ...]:
     saved = e * 2 * el.o + _FP32 * el.rows  # o and do of the branch, lse
     return (
         # reads dk_cmp, dv_cmp; adds into dk, dv (read + write the covered tokens)
-        _stage("compress", cfg.block_cmp * (el.k_cmp + el.v_cmp),
+        _stage_cost("compress", cfg.block_cmp * (el.k_cmp + el.v_cmp),
                e * (el.k_cmp + el.v_cmp + 2 * (el.k_covered + el.v_covered))),
         # reads q, k_cmp, v_cmp; writes dq, dk_cmp, dv_cmp
-        _stage("cmp_attn", heads * keys["cmp"] * per_key, e * 2 * (el.q + el.k_cmp + el.v_cmp) + saved),
+        _stage_cost("cmp_attn", heads * keys["cmp"] * per_key, e * 2 * (el.q + el.k_cmp + el.v_cmp) + saved),
         # reads q, k, v, block_idx; accumulates dq; writes dk, dv
-        _stage("slc_attn", heads * keys["slc"] * per_key,
+        _stage_cost("slc_attn", heads * keys["slc"] * per_key,
                e * (3 * el.q + 2 * (el.k + el.v)) + _INT32 * el.block_idx + saved),
         # reads q, k, v; accumulates dq, dk, dv
-        _stage("win_attn", heads * keys["win"] * per_key, e * 3 * (el.q + el.k + el.v) + saved),
+        _stage_cost("win_attn", heads * keys["win"] * per_key, e * 3 * (el.q + el.k + el.v) + saved),
         # reads do, the three branch outputs, gates; writes the three branch grads, dgates
-        _stage("gated_sum", 9 * el.o, e * (7 * el.o + 6 * el.rows)),
+        _stage_cost("gated_sum", 9 * el.o, e * (7 * el.o + 6 * el.rows)),
     )
 
 
@@ -356,13 +356,13 @@ def _nsa_decode(shape: Shape, cfg: NSAConfig) -> tuple[StageCost, ...]:
     chunks_per_cmp = cfg.block_cmp // cfg.stride_cmp
     return (
         # attention + scoring fused: reads q and the whole compressed cache, writes o_cmp and S
-        _stage("cmp_attn", hq * keys["cmp"] * (per_key + chunks_per_cmp),
+        _stage_cost("cmp_attn", hq * keys["cmp"] * (per_key + chunks_per_cmp),
                e * (q1 + keys["cmp"] * kv_token + o1) + _FP32 * scores),
-        _stage("topn", 0, _FP32 * scores + _INT32 * block_idx),
-        _stage("slc_attn", hq * keys["slc"] * per_key,
+        _stage_cost("topn", 0, _FP32 * scores + _INT32 * block_idx),
+        _stage_cost("slc_attn", hq * keys["slc"] * per_key,
                e * (q1 + keys["slc"] * kv_token + o1) + _INT32 * block_idx),
-        _stage("win_attn", hq * keys["win"] * per_key, e * (q1 + keys["win"] * kv_token + o1)),
-        _stage("gated_sum", 5 * o1, e * (4 * o1 + gates1)),
+        _stage_cost("win_attn", hq * keys["win"] * per_key, e * (q1 + keys["win"] * kv_token + o1)),
+        _stage_cost("gated_sum", 5 * o1, e * (4 * o1 + gates1)),
     )
 
 
@@ -398,9 +398,9 @@ def dense_cost(shape: Shape, mode: str) -> Cost:
     dk, dv = shape.head_dim_qk, shape.head_dim_v
     q, k, v, o, rows = b * t * hq * dk, b * t * hkv * dk, b * t * hkv * dv, b * t * hq * dv, b * t * hq
     pairs = hq * _summed(shape, lambda n: n * (n + 1) // 2)  # causal within each sequence
-    forward = _stage(DENSE_STAGE, pairs * _fwd_per_key(shape), e * (q + k + v + o) + _FP32 * rows)
+    forward = _stage_cost(DENSE_STAGE, pairs * _fwd_per_key(shape), e * (q + k + v + o) + _FP32 * rows)
     # reads q, k, v, o, do, lse; writes dq, dk, dv
-    backward = _stage(DENSE_STAGE, pairs * _bwd_per_key(shape), e * (2 * (q + k + v) + 2 * o) + _FP32 * rows)
+    backward = _stage_cost(DENSE_STAGE, pairs * _bwd_per_key(shape), e * (2 * (q + k + v) + 2 * o) + _FP32 * rows)
     if mode == "fwd":
         return Cost((forward,))
     if mode == "bwd":
@@ -410,7 +410,7 @@ def dense_cost(shape: Shape, mode: str) -> Cost:
     # decode: the query at t-1 reads the whole K and V cache once
     # (packed: each of the N sequences' new token reads its own cache)
     n = shape.num_sequences
-    decode = _stage(DENSE_STAGE, hq * b * t * _fwd_per_key(shape),
+    decode = _stage_cost(DENSE_STAGE, hq * b * t * _fwd_per_key(shape),
                     e * (n * hq * dk + b * t * hkv * (dk + dv) + n * hq * dv))
     return Cost((decode,))
 
@@ -438,9 +438,9 @@ def _linear(name: str, rows: int, d_in: int, d_out: int, e: int, backward: bool,
     """
     flops = 2 * rows * d_in * d_out
     if not backward:
-        return _stage(name, flops, e * (rows * d_in + d_in * d_out + rows * d_out))
+        return _stage_cost(name, flops, e * (rows * d_in + d_in * d_out + rows * d_out))
     dx = (2 if dx_accumulates else 1) * rows * d_in
-    return _stage(name, 2 * flops, e * (rows * d_out + rows * d_in + 2 * d_in * d_out + dx))
+    return _stage_cost(name, 2 * flops, e * (rows * d_out + rows * d_in + 2 * d_in * d_out + dx))
 
 
 def _projections(shape: Shape, d_model: int, gated: bool, backward: bool) -> tuple[StageCost, ...]:
@@ -452,7 +452,7 @@ def _projections(shape: Shape, d_model: int, gated: bool, backward: bool) -> tup
     if gated:
         gate = _linear("gate_mlp", rows, d_model, 3 * hq, e, backward, dx_accumulates=True)
         if backward:  # dz = dg * g * (1 - g): 3 FLOPs an element, reading the saved sigmoid output g
-            gate = _stage("gate_mlp", int(gate.flops) + 3 * rows * 3 * hq, int(gate.bytes) + e * rows * 3 * hq)
+            gate = _stage_cost("gate_mlp", int(gate.flops) + 3 * rows * 3 * hq, int(gate.bytes) + e * rows * 3 * hq)
         out.append(gate)
     out.append(_linear("out_proj", rows, hq * dv, d_model, e, backward))
     return tuple(out)

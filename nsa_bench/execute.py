@@ -232,10 +232,10 @@ def rows_for(task: Task, spec: SweepSpec, gpu: GPUSpec, measure: Measure | None,
     """All rows of one task, each naming the host; every failure becomes a status row instead of stopping
     the sweep."""
     host = socket.gethostname()
-    return [replace(row, host=host) for row in _rows_for(task, spec, gpu, measure, baseline_ms)]
+    return [replace(row, host=host) for row in _status_rows(task, spec, gpu, measure, baseline_ms)]
 
 
-def _rows_for(task: Task, spec: SweepSpec, gpu: GPUSpec, measure: Measure | None,
+def _status_rows(task: Task, spec: SweepSpec, gpu: GPUSpec, measure: Measure | None,
               baseline_ms: float | None) -> list[Row]:
     backend, point = task.backend, task.point
     if task.invalid and backend.family == "nsa":

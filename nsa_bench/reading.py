@@ -9,12 +9,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TypeVar
 
 import pandas as pd
 
-from nsa_bench import results
 from nsa_bench.schema import KEY_FIELDS, STAGE_TOTAL, STATUS_OK, STATUS_PREDICTED
 from nsa_bench.spec import LAYER_MODES
 
@@ -128,24 +126,3 @@ def summary(frame: pd.DataFrame, baseline: str | None = None) -> Summary | None:
     speedups = shown.pivot_table(index=axes, columns="backend", values="speedup_shown", aggfunc="first",
                                  sort=False, dropna=False).reindex(index=times.index)
     return Summary(speedups, times, kind(rows), note)
-
-
-def summary_text(csv_file: Path, baseline: str | None = None) -> str:
-    """The summary a sweep prints: speedup and time per mode x seqlen (rows) and backend (columns), then
-    NSA against each dense baseline (nsa_bench.baselines)."""
-    from nsa_bench import baselines
-
-    if not csv_file.exists():
-        return "(no rows)"
-    frame = results.read_rows(csv_file)
-    found = summary(frame, baseline)
-    if found is None:
-        return "(no measured or predicted rows)"
-    with pd.option_context("display.width", 160, "display.max_columns", 20):
-        speedups = "" if found.note else (f"Speedup vs baseline ({found.kind}):\n"
-                                          f"{found.speedups.to_string(float_format=lambda x: f'{x:.2f}')}\n\n")
-        note = f"{found.note}\n\n" if found.note else ""
-        text = (f"{note}{speedups}Time per call, ms ({found.kind}):\n"
-                f"{found.times.to_string(float_format=lambda x: f'{x:.4g}')}")
-    extra = baselines.summary_text(frame)
-    return f"{text}\n\n{extra}" if extra else text

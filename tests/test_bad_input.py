@@ -1,4 +1,4 @@
-"""Every class of bad input issue 14 found, and more: one line naming what and where, exit 2, no traceback.
+"""Every class of bad input a hostile try of the CLI found, and more: one line naming what and where, exit 2, no traceback.
 
 Flags, suite files (TOML values of the wrong type), run folders (CSV, env.json, spec.json, progress.jsonl)
 under `plot`, `report`, `compare` and `sweep --resume`. Each case counts toward the total the test run

@@ -11,7 +11,7 @@ from nsa_bench import baselines, report
 from nsa_bench.plots import plot_run
 from nsa_bench.results import CSV_NAME, ENV_NAME, SPEC_NAME, append_row, read_rows, write_json
 from nsa_bench.schema import STATUS_OK, STATUS_PREDICTED, Row
-from nsa_bench.reading import summary_text
+from nsa_bench.summary import summary_text
 
 # measured ms at T = 8k, 64k: cudnn fastest at 8k, fa3 absent, flex slowest; fa2 is the CSV's baseline
 TIMES = {"fa2": (2.0, 100.0), "cudnn": (1.5, 60.0), "flex": (3.0, 90.0), "nsa-triton": (1.0, 10.0)}

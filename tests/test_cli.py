@@ -157,7 +157,7 @@ def test_baseline_runs_even_when_backend_leaves_it_out(monkeypatch, capsys, tmp_
 
 
 def test_summary_says_why_there_are_no_speedups_when_the_baseline_has_no_usable_row(monkeypatch, capsys, tmp_path):
-    from nsa_bench.reading import summary_text
+    from nsa_bench.summary import summary_text
 
     run_cli(monkeypatch, capsys, "sweep", "--seqlen", "1k", "--mode", "fwd", "--out", str(tmp_path / "r"), "--quiet",
             "--no-plots")

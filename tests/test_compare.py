@@ -291,7 +291,7 @@ def test_csv_columns_are_the_schema(tmp_path: Path) -> None:
     assert tuple(pd.read_csv(make_run(tmp_path / "a") / CSV_NAME).columns) == FIELDS
 
 
-# --- any CSV of the documented schema (issue 14) -----------------------------------------------
+# --- any CSV of the documented schema -----------------------------------------------
 
 def test_csv_without_a_stage_column_is_all_total_rows(tmp_path: Path) -> None:
     base = make_run(tmp_path / "base")

@@ -244,7 +244,7 @@ def test_bad_inputs_raise():
 
 
 def test_chunked_top_n_and_merge(variant, monkeypatch):
-    """Issue 15: no selection-block limit. v1's top-n over key chunks and the combine's chunked merge,
+    """No selection-block limit. v1's top-n over key chunks and the combine's chunked merge,
     run with tiny chunks (16 keys, 2 partials per step) so a short cache crosses several of each."""
     from nsa_kernels import decode
 

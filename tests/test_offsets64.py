@@ -1,4 +1,4 @@
-"""Offsets past 2^31 elements (issue 15): the kernels' pointer arithmetic is int64 where it must be.
+"""Offsets past 2^31 elements: the kernels' pointer arithmetic is int64 where it must be.
 
 A 1M-token point cannot run in the interpreter, but its offsets can: tensors are allocated with
 torch.empty (virtual memory: untouched pages cost nothing and read as zeros), only the rows the

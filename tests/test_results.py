@@ -72,7 +72,7 @@ def _row(**changes: object) -> Row:
 
 def test_new_columns_are_appended_keys():
     assert FIELDS[-5:-3] == ("d_model", "doc_lens") and KEY_FIELDS[-2:] == ("d_model", "doc_lens")
-    assert FIELDS[-3:] == ("mem_bytes", "host", "device")  # issue 15: appended, not keys
+    assert FIELDS[-3:] == ("mem_bytes", "host", "device")  # appended later, not keys
 
 
 @pytest.mark.parametrize("column", ["mem_bytes", "host", "device"])
