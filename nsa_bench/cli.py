@@ -108,7 +108,7 @@ def sweep(suite: str | None, out: Path | None, resume: bool, max_points: str | N
     On a GPU every kernel config the sweep will launch is compiled first, in parallel (see `precompile`).
     Sizes have upper bounds (shown with each flag) far past what one GPU holds.
     """
-    from nsa_bench import backends, summary, sweep as sweep_mod
+    from nsa_bench import backends, run_folder, summary, sweep as sweep_mod
 
     options = {name.replace("_", "-"): value for name, value in flags.items()}
     spec = _spec_from(suite, options, cuda_graph, max_points)
@@ -137,7 +137,7 @@ def sweep(suite: str | None, out: Path | None, resume: bool, max_points: str | N
         click.echo(plan.dry_run(spec, gpu, n_workers, budget_s, plots=not no_plots, precompile=not no_precompile,
                                 shard=chosen_shard))
         return
-    out = out or sweep_mod.default_out_dir(suite)
+    out = out or run_folder.default_out_dir(suite)
     try:
         outcome = sweep_mod.execute(spec, out, resume, plots=not no_plots, progress=not quiet,
                                     precompile_workers=None if no_precompile else n_workers, budget_s=budget_s,
@@ -332,7 +332,7 @@ def profile(ctx: click.Context, out: Path | None, **flags: str | None) -> None:
     if out is None:
         from datetime import datetime
 
-        from nsa_bench.sweep import results_root
+        from nsa_bench.run_folder import results_root
 
         out = results_root() / f"{datetime.now():%Y%m%d-%H%M%S}-profile-{backend}-{point.mode}-{point.seqlen}"
     try:

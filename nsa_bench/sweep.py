@@ -1,22 +1,20 @@
-"""One sweep from start to finish: output folder, env.json, the runner, plots and the summary table.
+"""One sweep from start to finish: where its points run, its run folder, precompile and the time budget,
+the runner, and the plots.
 
-The CLI only parses flags into a SweepSpec and calls `execute`; compare's --rerun calls it too.
+The CLI only parses flags into a SweepSpec and calls `execute` (and prints the summary); --rerun calls it too.
 """
 from __future__ import annotations
 
-import re
-import secrets
 import signal
 import sys
 import time
-from datetime import datetime
 from pathlib import Path
 from typing import Callable, Iterator
 
 import click
 import torch
 
-from nsa_bench import environment, precompile, results, resume as resume_mod, workers
+from nsa_bench import precompile, results, resume as resume_mod, run_folder, workers
 from nsa_bench.budget import Budget, Estimator
 from nsa_bench.execute import InProcessPool, Pool, Task, cuda_measure
 from nsa_bench.gpus import GPUSpec, gpu_spec
@@ -27,41 +25,12 @@ from nsa_bench.shard import WHOLE, Shard
 from nsa_bench.spec import SweepSpec
 from nsa_bench.tuning_log import TuningLog
 
-def results_root() -> Path:
-    """Where runs go without --out: ./results of the current directory, never inside the install."""
-    return Path.cwd() / "results"
-
-
 class SweepError(ValueError):
     """A sweep that cannot start (the message names the flag; flag None: no single flag is to blame)."""
 
     def __init__(self, flag: str | None, message: str) -> None:
         super().__init__(message)
         self.flag = flag
-
-
-def default_out_dir(suite: str | None) -> Path:
-    """results/<time>-<suite>-<random>: two sweeps started in the same second get different folders."""
-    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    name = re.sub(r"[^A-Za-z0-9_.-]+", "-", Path(suite).stem if suite else "sweep")[:40].strip("-.") or "sweep"
-    while True:
-        out = results_root() / f"{stamp}-{name}-{secrets.token_hex(3)}"
-        if not out.exists():
-            return out
-
-
-def prepare_out_dir(out: Path, resume: bool) -> Path:
-    """Create the run folder; refuse to mix a new run into an old CSV unless resuming."""
-    where = show(str(out), 120)
-    try:
-        if not resume and resume_mod.has_run(out):
-            raise SweepError("out", f"{where} already holds a run: pass --resume to continue it, or choose another --out")
-        out.mkdir(parents=True, exist_ok=True)
-        if not out.is_dir():
-            raise SweepError("out", f"{where} is not a folder")
-    except OSError as exc:
-        raise SweepError("out", f"cannot create the run folder {where}: {exc.strerror or exc}") from None
-    return out
 
 
 def target_gpu(flag: str | None, measuring: bool) -> GPUSpec:
@@ -116,38 +85,15 @@ def execute(spec: SweepSpec, out: Path, resume: bool, plots: bool = True,
     measuring = cuda_present()
     gpu = target_gpu(spec.gpu, measuring)
     pool = choose_pool(spec, gpu, measuring, devices, ray, point_timeout, budget_s, in_process)
-    out = prepare_out_dir(out, resume)
-    device = environment.gpu_name() if measuring else None
-    previous: dict = {}
-    spec_record = spec.to_dict()
     try:
-        if resume and resume_mod.has_run(out):
-            resume_mod.check_compatible(out, spec, gpu.key, device)
-            previous = results.read_json(out / results.ENV_NAME)
-            spec_record = resume_mod.merged_spec(results.read_json(out / results.SPEC_NAME), spec)
-    except (resume_mod.ResumeError, results.ResultsError) as exc:
-        raise SweepError(None, str(exc)) from None
-    if previous and previous.get("shard", WHOLE.text()) != shard.text():
-        raise SweepError("shard", f"cannot resume {show(str(out), 120)}: it is shard {show(previous.get('shard', '1/1'))}, "
-                                  f"this sweep is {shard.text()}: choose another --out")
+        run_folder.open_run(out, spec, gpu, measuring, resume, shard, pool.describe())
+    except run_folder.RunFolderError as exc:
+        raise SweepError(exc.flag, str(exc)) from None
     if not measuring:
         echo(f"No CUDA GPU found: writing the cost model's predictions for {gpu.name} (--gpu); measured columns stay empty.")
         if budget_s:
             echo("(--time-budget applies to measured runs only: predictions take no time.)")
-    env = environment.collect()
-    env["target_gpu"] = {"key": gpu.key, "name": gpu.name, "peak_flops": gpu.peak_flops,
-                         "hbm_bytes_per_s": gpu.hbm_bytes_per_s}
-    env["measured"] = measuring
-    if shard != WHOLE:
-        env["shard"] = shard.text()
-    if pool.describe() is not None:
-        env["workers"] = pool.describe()
-    if previous:  # a resumed run keeps the record of where it started, and notes each resumption
-        resumed = previous.get("resumed") if isinstance(previous.get("resumed"), list) else []
-        env = {**previous, "resumed": [*resumed, {"timestamp": env["timestamp"], "command": env["command"]}]}
     try:
-        results.write_json(out / results.ENV_NAME, env)
-        results.write_json(out / results.SPEC_NAME, spec_record)
         plans = None
         if measuring and precompile_workers:
             compiled = precompile.run(spec, precompile_workers, echo, progress=progress)
