@@ -16,8 +16,10 @@ from dataclasses import dataclass, field
 from typing import Callable, Mapping
 
 from nsa_bench import cost
-from nsa_bench.backends import Backend, cuda_required
+from nsa_bench.backends import Backend
 from nsa_bench.check import check_point
+from nsa_bench.execute import Measure, Refusal, Task
+from nsa_bench.execute import refusal as execute_refusal
 from nsa_bench.gpus import GPUSpec
 from nsa_bench.inputs import input_samples
 from nsa_bench.point_cost import cost_of
@@ -90,7 +92,7 @@ CALIBRATION = Calibration()
 def parse_duration(text: str) -> float:
     """Seconds from "300", "300s", "5m", "4m30s", "1h" (a positive duration)."""
     raw = str(text).strip().lower()
-    parts = re.fullmatch(r"(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m)?(?:(\d+(?:\.\d+)?)s?)?", raw)
+    parts = re.fullmatch(r"(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m)?(?:(\d+(?:\.\d+)?)s?)?", raw, re.ASCII)
     if not raw or parts is None or not any(parts.groups()):
         raise ValueError("expected a duration such as 300s, 5m or 4m30s")
     hours, minutes, seconds = (float(g) if g else 0.0 for g in parts.groups())
@@ -100,10 +102,11 @@ def parse_duration(text: str) -> float:
     return total
 
 
-def runnable(backend: Backend, point: Point) -> bool:
-    """Whether a GPU run would measure this task (a missing GPU does not count: the plan is for one)."""
-    why = backend.availability()
-    return point.mode in backend.modes and why in (None, cuda_required()) and backend.out_of_scope(point) is None
+def refusal(backend: Backend, point: Point, gpu: GPUSpec, invalid: str = "",
+            measure: Measure | None = None) -> Refusal | None:
+    """What a GPU run would write instead of measuring this task (None: it measures it), decided as the sweep
+    decides (execute.refusal); a missing GPU does not count: the plan is for one."""
+    return execute_refusal(Task(point, backend, invalid), gpu, measure, planning=True)
 
 
 def bench_seconds(kernel_ms: float, cal: Calibration = CALIBRATION) -> float:
@@ -120,7 +123,8 @@ class TaskEstimate:
 
     point: Point
     backend: str
-    runs: bool  # False: unsupported here, a status row and no time
+    runs: bool  # False: a status row (unsupported, oom) and no time
+    refused: Refusal | None = None  # why it does not run
     floor_ms: float = 0.0  # cost-model floor of one call
     per_call_ms: float = 0.0  # floor / efficiency
     efficiency: float = 0.0
@@ -144,8 +148,9 @@ class Estimator:
     keys and compiled kernels earlier tasks already paid for (the state of one run)."""
 
     def __init__(self, spec: SweepSpec, gpu: GPUSpec, plans: Mapping | None = None,
-                 calibration: Calibration = CALIBRATION) -> None:
-        self.spec, self.gpu, self.cal = spec, gpu, calibration
+                 calibration: Calibration = CALIBRATION, measure: Measure | None = None) -> None:
+        """`measure`: the GPU here, whose free memory decides `oom` as in the sweep (None: the spec's memory)."""
+        self.spec, self.gpu, self.cal, self.measure = spec, gpu, calibration, measure
         self.plans = dict(plans) if plans is not None else None
         self._efficiency: dict[tuple[str, str], float] = {}
         self._tuned: set[tuple[str, str]] = set()
@@ -218,10 +223,12 @@ class Estimator:
         return tune_s, configs, len(loads) * self.cal.load_s
 
     # ---------------------------------------------------------------- estimates
-    def estimate(self, point: Point, backend: Backend, commit: bool = False) -> TaskEstimate:
-        """What the task will cost now; `commit` records that it runs (its tuning and loads are paid)."""
-        if not runnable(backend, point):
-            return TaskEstimate(point, backend.name, runs=False, fixed_s=0.01)
+    def estimate(self, point: Point, backend: Backend, commit: bool = False, invalid: str = "") -> TaskEstimate:
+        """What the task will cost now; `commit` records that it runs (its tuning and loads are paid).
+        `invalid`: why the point is not a valid NSA configuration (its NSA tasks do not run)."""
+        refused = refusal(backend, point, self.gpu, invalid, self.measure)
+        if refused is not None:
+            return TaskEstimate(point, backend.name, runs=False, refused=refused, fixed_s=0.01)
         floor = self.floor_ms(point, backend.family)
         eff, measured = self.efficiency(backend, point.mode)
         per_call = floor / eff + self.cal.call_overhead_ms

@@ -22,10 +22,27 @@ def _range(field: str) -> str:
     return limits.bounds_text(field)
 
 
+class _Path(click.Path):
+    """click.Path that refuses an empty value: Path('') is the current folder, which nobody means by ''."""
+
+    def convert(self, value, param, ctx):  # type: ignore[no-untyped-def]
+        if isinstance(value, str) and not value.strip():
+            self.fail("an empty path (name a file or folder)", param, ctx)
+        return super().convert(value, param, ctx)
+
+
+def _path(file_okay: bool = True, dir_okay: bool = True) -> _Path:
+    return _Path(file_okay=file_okay, dir_okay=dir_okay, path_type=Path)
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
 @click.version_option(package_name="nsa-bench")
 def cli() -> None:
     """Benchmark DeepSeek's Native Sparse Attention (Triton kernels) against FlashAttention-2.
+
+    \b
+    Environment: NSA_KERNEL_VARIANT (v1, v2 or per-kernel overrides such as v2,cmp_dkv=v1) picks the
+    nsa-triton kernels; NSA_BENCH_BACKEND_MODULES (module,...) adds backends kept outside the package.
 
     \b
     nsa-bench sweep --seqlen 8k..64k            the paper configuration, fwd/bwd/decode
@@ -38,6 +55,12 @@ def cli() -> None:
     nsa-bench profile --seqlen 64k              one point under Nsight Compute
     nsa-bench env [--calibrate]                 GPU, versions, backends; measured ceilings
     """
+    from nsa_bench import env_vars
+
+    try:
+        env_vars.check()
+    except env_vars.EnvVarError as exc:
+        raise click.UsageError(str(exc)) from None
 
 
 @cli.command()
@@ -72,7 +95,7 @@ def cli() -> None:
 @click.option("--check-seqlen", metavar="N", help=f"length at which each backend is checked against the reference, {_range('check_seqlen')}  [default: 1024]")
 @click.option("--cuda-graph/--no-cuda-graph", default=None, help="time decode by CUDA-graph replay, or by eager "
               "launches (a backend that cannot be captured falls back to eager and its row says so)  [default: graph]")
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), help="run folder  [default: a new folder under ./results/]")
+@click.option("--out", type=_path(file_okay=False), help="run folder  [default: a new folder under ./results/]")
 @click.option("--resume", is_flag=True, help="continue the run in --out: complete points are kept, partial and "
               "time-budget-skipped ones run again; refused when --out holds a sweep with other settings or another GPU")
 @click.option("--max-points", metavar="N", help=f"refuse a sweep of more points (configurations x modes) than this, "
@@ -127,15 +150,24 @@ def sweep(suite: str | None, out: Path | None, resume: bool, max_points: str | N
     nsa_backends = [b for b in spec.run_backends if backends.registry()[b].family == "nsa"]
     if not points and nsa_backends:
         raise _bad(None, str(suites.InvalidConfiguration(invalid[0][1], options, suite)))
+    if resume and out is None:
+        raise _bad(None, "--resume continues the run in --out: name that folder with --out")
     if dry_run:
         from nsa_bench import plan
 
+        from nsa_bench import environment, execute, resume as resume_mod
+
+        measuring = sweep_mod.cuda_present()
         try:
-            gpu = sweep_mod.target_gpu(spec.gpu, measuring=sweep_mod.cuda_present())
+            gpu = sweep_mod.target_gpu(spec.gpu, measuring=measuring)
+            done = plan.done_in(out, spec, gpu, chosen_shard, environment.gpu_name() if measuring else None) \
+                if resume else frozenset()
         except sweep_mod.SweepError as exc:
             raise _bad(exc.flag, str(exc)) from None
+        except (resume_mod.ResumeError, ValueError) as exc:
+            raise _bad(None, str(exc)) from None
         click.echo(plan.dry_run(spec, gpu, n_workers, budget_s, plots=not no_plots, precompile=not no_precompile,
-                                shard=chosen_shard))
+                                shard=chosen_shard, done=done, measure=execute.cuda_measure() if measuring else None))
         return
     out = out or run_folder.default_out_dir(suite)
     try:
@@ -150,6 +182,9 @@ def sweep(suite: str | None, out: Path | None, resume: bool, max_points: str | N
     click.echo(summary.summary_text(outcome.csv, spec.baseline))
     skipped = f", {outcome.skipped} already done" if outcome.skipped else ""
     click.echo(f"\n{outcome.rows_written} rows{skipped} -> {outcome.csv}")
+    if not summary.has_usable_rows(outcome.csv):
+        click.echo("nsa-bench: no point was measured or predicted (every row above failed): exit 1", err=True)
+        sys.exit(1)
 
 
 def _spec_from(suite: str | None, options: dict[str, str | None], cuda_graph: bool | None = None,
@@ -198,8 +233,10 @@ def _workers(text: str | None) -> int:
 
     if text is None:
         return default_workers()
+    from nsa_bench.parse import parse_int
+
     try:
-        value = int(text)
+        value = parse_int(text)
     except ValueError:
         value = 0
     if not 1 <= value <= 1024:
@@ -257,7 +294,7 @@ cli.add_command(click.Command(
 
 
 @cli.command()
-@click.argument("run", type=click.Path(path_type=Path))
+@click.argument("run", type=_path())
 @click.option("--gpu", metavar="NAME", help="GPU spec for the roofline ceilings  [default: the run's GPU, else h100]")
 def plot(run: Path, gpu: str | None) -> None:
     """Redraw the plots of a run folder (or CSV): speedup, roofline, NSA time by stage."""
@@ -314,7 +351,7 @@ def env(ctx: click.Context, calibrate: bool) -> None:
 @click.option("--n-slc", metavar="N", help="selected blocks n  [default: 16]")
 @click.option("--window", metavar="N", help=f"sliding window w, {_range('window')}  [default: 512]")
 @click.option("--dtype", metavar="NAME", help="bfloat16, float16, float32  [default: bfloat16]")
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), help="folder for profile.csv, the plot and "
+@click.option("--out", type=_path(file_okay=False), help="folder for profile.csv, the plot and "
               "ncu's reports  [default: a new folder under results/]")
 @click.pass_context
 def profile(ctx: click.Context, out: Path | None, **flags: str | None) -> None:
@@ -379,8 +416,8 @@ def compare_command(ctx: click.Context, baseline: Path, current: Path, metric: s
 
 
 @cli.command("merge")
-@click.argument("runs", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="the new run folder")
+@click.argument("runs", nargs=-1, required=True, type=_path())
+@click.option("--out", required=True, type=_path(file_okay=False), help="the new run folder")
 def merge_command(runs: tuple[Path, ...], out: Path) -> None:
     """Merge the run folders of one sweep (its --shard parts, or runs on other machines) into one run folder.
 
@@ -397,7 +434,7 @@ def merge_command(runs: tuple[Path, ...], out: Path) -> None:
 
 
 @cli.command("report")
-@click.argument("directory", type=click.Path(path_type=Path))
+@click.argument("directory", type=_path())
 @click.pass_context
 def report_command(ctx: click.Context, directory: Path) -> None:
     """Write DIRECTORY/report.html (self-contained, plots embedded) and DIRECTORY/report.md."""

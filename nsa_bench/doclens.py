@@ -35,6 +35,7 @@ from nsa_bench.parse import parse_size
 NONE = "none"
 KINDS = ("fixed", "uniform", "lognormal")
 DEFAULT_SIGMA = 1.0
+_DECIMAL = re.compile(r"\d+(\.\d*)?|\.\d+", re.ASCII)  # a sigma as written: no exponent, no other digits
 _FORM = re.compile(r"^(?P<kind>[a-z]+):(?P<mean>[^:@]+)(?::(?P<sigma>[^:@]+))?(?:@(?P<seed>[^:@]+))?$")
 
 
@@ -127,13 +128,15 @@ def parse_doc_lens(text: str) -> DocLens:
         if kind != "lognormal":
             raise ValueError(f"{text.strip()!r}: only lognormal takes a sigma")
         try:
+            if not _DECIMAL.fullmatch(match.group("sigma")):
+                raise ValueError
             sigma = float(match.group("sigma"))
         except ValueError:
             raise ValueError(f"{text.strip()!r}: sigma {match.group('sigma')!r} is not a number") from None
         if not (math.isfinite(sigma) and 0 < sigma <= 4):
             raise ValueError(f"{text.strip()!r}: sigma must be in (0, 4], got {sigma:g}")
     if match.group("seed") is not None:
-        if not match.group("seed").isdigit():
+        if not (match.group("seed").isascii() and match.group("seed").isdigit()):
             raise ValueError(f"{text.strip()!r}: the seed after @ must be a non-negative integer")
         seed = int(match.group("seed")) if kind != "fixed" else 0  # fixed draws nothing
     return DocLens(kind, mean, sigma, seed)

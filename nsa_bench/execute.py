@@ -24,7 +24,7 @@ from typing import Callable, ContextManager, Iterable, Iterator, Protocol
 import torch
 
 from nsa_bench import check, cost, memory, reading
-from nsa_bench.backends import Backend, Unsupported, registry
+from nsa_bench.backends import Backend, Unsupported, cuda_required, registry
 from nsa_bench.gpus import GPUSpec
 from nsa_bench.inputs import make_inputs
 from nsa_bench.nvtx import annotate
@@ -236,25 +236,45 @@ def rows_for(task: Task, spec: SweepSpec, gpu: GPUSpec, measure: Measure | None,
 
 
 def _status_rows(task: Task, spec: SweepSpec, gpu: GPUSpec, measure: Measure | None,
-              baseline_ms: float | None) -> list[Row]:
-    backend, point = task.backend, task.point
-    if task.invalid and backend.family == "nsa":
-        return [failure_row(task, STATUS_UNSUPPORTED, f"invalid configuration: {task.invalid}", gpu)]
-    if point.mode not in backend.modes:
-        return [failure_row(task, STATUS_UNSUPPORTED, f"{backend.name} has no {point.mode} mode", gpu)]
-    why_not = backend.availability() if measure is not None else None
-    why_not = why_not or backend.out_of_scope(point)
-    if why_not:
-        return [failure_row(task, STATUS_UNSUPPORTED, why_not, gpu)]
-    resident = memory.bytes_resident(point, backend.family, padded_v=bool(backend.pads(point)))
-    too_big = _oom_reason(resident, gpu, measure)
-    if too_big:
-        return [replace(failure_row(task, STATUS_OOM, too_big, gpu), mem_bytes=resident)]
+                 baseline_ms: float | None) -> list[Row]:
+    refused = refusal(task, gpu, measure)
+    if refused is not None:
+        return [replace(failure_row(task, refused.status, refused.message, gpu), mem_bytes=refused.mem_bytes)]
+    resident = memory.bytes_resident(task.point, task.backend.family, padded_v=bool(task.backend.pads(task.point)))
     if measure is None:
         rows = predicted_rows(task, gpu, baseline_ms)
     else:
         rows = _measured_or_failed(task, spec, gpu, measure, baseline_ms)
     return [replace(row, mem_bytes=resident) for row in rows]
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """Why a task is a status row instead of a run: `unsupported` or `oom` (with the bytes it would need)."""
+
+    status: str
+    message: str
+    mem_bytes: int | None = None
+
+
+def refusal(task: Task, gpu: GPUSpec, measure: Measure | None, planning: bool = False) -> Refusal | None:
+    """What the sweep writes instead of running `task` (None: it runs). The sweep and its dry run both ask
+    here, so the plan's `oom` and `unsupported` tasks are the run's. `planning`: a dry run plans for a GPU
+    on a machine that may have none, so a backend that lacks only a GPU here counts as available."""
+    backend, point = task.backend, task.point
+    if task.invalid and backend.family == "nsa":
+        return Refusal(STATUS_UNSUPPORTED, f"invalid configuration: {task.invalid}")
+    if point.mode not in backend.modes:
+        return Refusal(STATUS_UNSUPPORTED, f"{backend.name} has no {point.mode} mode")
+    why_not = backend.availability() if measure is not None or planning else None
+    if planning and why_not == cuda_required():
+        why_not = None
+    why_not = why_not or backend.out_of_scope(point)
+    if why_not:
+        return Refusal(STATUS_UNSUPPORTED, why_not)
+    resident = memory.bytes_resident(point, backend.family, padded_v=bool(backend.pads(point)))
+    too_big = _oom_reason(resident, gpu, measure)
+    return Refusal(STATUS_OOM, too_big, resident) if too_big else None
 
 
 def _oom_reason(resident: int, gpu: GPUSpec, measure: Measure | None) -> str | None:

@@ -10,8 +10,10 @@ import re
 
 from nsa_bench.messages import show
 
-_SIZE = re.compile(r"^\s*(\d+)\s*([kKmM]?)\s*$")
-_INT = re.compile(r"^\s*[+-]?\d+\s*$")
+# ASCII digits only: Python's \d and int() also take full-width and Arabic-Indic digits, which no user means
+_SIZE = re.compile(r"^\s*(\d+)\s*([kKmM]?)\s*$", re.ASCII)
+_INT = re.compile(r"^\s*[+-]?\d+\s*$", re.ASCII)
+_HEAD_DIM = re.compile(r"^(\d+)\s*(?:-\s*(\d+))?$", re.ASCII)
 _MAX_POINTS = 4096  # values one range may expand to
 _MAX_DIGITS = 18  # longer numbers are typos (and int() of 5000 digits is refused by Python itself)
 
@@ -87,7 +89,7 @@ def parse_head_dims(text: str) -> tuple[tuple[int, int], ...]:
     """`192-128,128` -> ((192, 128), (128, 128)): qk-v pairs; a single number means both."""
     dims: dict[tuple[int, int], None] = {}
     for part in _items(text):
-        match = re.match(r"^(\d+)\s*(?:-\s*(\d+))?$", part)
+        match = _HEAD_DIM.match(part)
         if not match:
             raise ValueError(f"{show(part)} is not a head dim like 192-128 (qk-v) or 128")
         qk = _number(match.group(1), part)

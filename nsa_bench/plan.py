@@ -7,11 +7,14 @@ on a simulated clock, so the dry run's skips are the ones a run would make if ev
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Mapping
 
 from nsa_bench.budget import CALIBRATION, Budget, Calibration, Estimator, TaskEstimate
+from nsa_bench.execute import Measure, base_row
 from nsa_bench.gpus import GPUSpec
-from nsa_bench.runner import order_backends, run_order
+from nsa_bench.resume import TaskKey, task_key
+from nsa_bench.runner import sweep_tasks
 from nsa_bench.shard import WHOLE, Shard
 from nsa_bench.spec import SweepSpec
 
@@ -36,7 +39,8 @@ class Plan:
     plots: bool
     budget_s: float | None
     tasks: tuple[PlannedTask, ...]
-    invalid: int
+    invalid: int  # points that are not valid NSA configurations (unsupported for NSA backends)
+    done: int  # tasks already complete in the run folder being resumed
     startup_s: float
     precompile_s: float
     configs: int  # distinct compiles
@@ -55,10 +59,11 @@ class Plan:
 
 def build(spec: SweepSpec, gpu: GPUSpec, workers: int, budget_s: float | None = None, plots: bool = True,
           precompile: bool = True, plans: Mapping | None = None, calibration: Calibration = CALIBRATION,
-          shard: Shard = WHOLE) -> Plan:
-    """Plan `spec` (only `shard`'s points) for `gpu`; `plans` are precompile's case plans (compile counts,
-    autotune lookups)."""
-    estimator = Estimator(spec, gpu, plans, calibration)
+          shard: Shard = WHOLE, done: frozenset[TaskKey] = frozenset(), measure: Measure | None = None) -> Plan:
+    """Plan `spec` (only `shard`'s points, without the tasks `done` in the run folder being resumed) for
+    `gpu`; `plans` are precompile's case plans (compile counts, autotune lookups); `measure`: the GPU here,
+    whose free memory decides `oom` as the sweep would."""
+    estimator = Estimator(spec, gpu, plans, calibration, measure)
     pre_s, configs, cases = estimator.precompile_s(workers)
     jit_s = 0.0
     if not precompile:
@@ -66,23 +71,25 @@ def build(spec: SweepSpec, gpu: GPUSpec, workers: int, budget_s: float | None = 
     finish = estimator.finish_s(plots)
     now = [calibration.startup_s + pre_s + jit_s]
     budget = Budget(budget_s, estimator, reserve_s=finish, clock=lambda: now[0], start=0.0) if budget_s else None
-    points, invalid = spec.points()
-    backends = order_backends(spec.run_backends, spec.baseline)
+    pending = [t for t in sweep_tasks(spec, shard)
+               if task_key(base_row(t.point, t.backend).as_dict()) not in done]
+    invalid = {t.point for t in pending if t.invalid}
     planned: list[PlannedTask] = []
-    for point in shard.select(run_order(points)):
-        for i, backend in enumerate(backends):
-            estimate = estimator.estimate(point, backend)
-            reason = None
-            if budget is not None:
-                baseline = backend.name == spec.baseline
-                rest = backends[i + 1:] if baseline else []
-                reason = budget.skip_reason(point, backend, rest, baseline=baseline)
-            else:
-                estimator.estimate(point, backend, commit=True)
-            planned.append(PlannedTask(estimate, now[0], reason))
-            if reason is None:
-                now[0] += estimate.total_s
-    return Plan(spec, gpu, workers, precompile, plots, budget_s, tuple(planned), len(invalid) * len(spec.run_backends),
+    for i, task in enumerate(pending):
+        point, backend = task.point, task.backend
+        estimate = estimator.estimate(point, backend, invalid=task.invalid)
+        reason = None
+        if budget is not None and estimate.runs:
+            baseline = backend.name == spec.baseline
+            rest = [t.backend for t in pending[i + 1:] if t.point == point and not (t.invalid and t.backend.family == "nsa")
+                    ] if baseline else []
+            reason = budget.skip_reason(point, backend, rest, baseline=baseline)
+        elif estimate.runs:
+            estimator.estimate(point, backend, commit=True, invalid=task.invalid)
+        planned.append(PlannedTask(estimate, now[0], reason))
+        if reason is None:
+            now[0] += estimate.total_s
+    return Plan(spec, gpu, workers, precompile, plots, budget_s, tuple(planned), len(invalid), len(done),
                 calibration.startup_s, pre_s, configs, cases, jit_s, finish)
 
 
@@ -103,6 +110,10 @@ def _label(task: PlannedTask, axes: list[str]) -> str:
     return " ".join([task.estimate.backend, p.mode, f"T={p.seqlen}", *(extra[a] for a in axes)])
 
 
+def _short(message: str, width: int = 90) -> str:
+    return message if len(message) <= width else message[: width - 3] + "..."
+
+
 def render(plan: Plan) -> str:
     """The plan as text: one line per task, then the overheads and the total wall time."""
     spec = plan.spec
@@ -114,8 +125,11 @@ def render(plan: Plan) -> str:
         f"in run order; floors for {plan.gpu.name}; reps {spec.reps} + warm-up {spec.warmup}"
         f"{'; decode by CUDA-graph replay' if spec.cuda_graph and 'decode' in spec.modes else ''}",
     ]
+    if plan.done:
+        lines.append(f"  ({plan.done} tasks already complete in the run folder: not planned again)")
     if plan.invalid:
-        lines.append(f"  ({plan.invalid} invalid combinations become `unsupported` rows)")
+        lines.append(f"  ({plan.invalid} points are not valid NSA configurations: `unsupported` rows for the NSA "
+                     "backends, which the dense backends still run)")
     width = max([len(_label(t, axes)) for t in plan.tasks] + [4])
     header = (f"  {'#':>3}  {'task':<{width}}  {'floor ms':>9}  {'eff':>5}  {'ms/call':>9}  {'calls':>5}  "
               f"{'timed s':>7}  {'tune s':>6}  {'check s':>7}  {'task s':>6}  {'at s':>6}  note")
@@ -124,8 +138,10 @@ def render(plan: Plan) -> str:
         e = task.estimate
         label = _label(task, axes)
         if not e.runs:
+            why = e.refused.status if e.refused else "unsupported"
             lines.append(f"  {i:>3}  {label:<{width}}  {'':>9}  {'':>5}  {'':>9}  {'':>5}  {'':>7}  {'':>6}  {'':>7}  "
-                         f"{0:>6.1f}  {task.start_s:>6.0f}  not run here (unsupported)")
+                         f"{0:>6.1f}  {task.start_s:>6.0f}  not run: an `{why}` row"
+                         + (f" ({_short(e.refused.message)})" if e.refused else ""))
             continue
         eff = f"{e.efficiency:.2f}" + ("*" if e.measured_efficiency else "")
         note = f"SKIP: {task.skipped}" if task.skipped else ""
@@ -154,12 +170,25 @@ def render(plan: Plan) -> str:
     return "\n".join(lines)
 
 
+def done_in(out: Path, spec: SweepSpec, gpu: GPUSpec, shard: Shard = WHOLE, device: str | None = None) -> frozenset[TaskKey]:
+    """The tasks of `spec` complete in the run folder `out`, as --resume would find them; read only (the
+    folder is not repaired), refusing what --resume would refuse (resume.ResumeError)."""
+    from nsa_bench import resume
+
+    if not resume.has_run(out):
+        return frozenset()
+    resume.check_compatible(out, spec, gpu.key, device)
+    keys = frozenset(task_key(base_row(t.point, t.backend).as_dict()) for t in sweep_tasks(spec, shard))
+    return resume.inspect(out, spec.baseline, keys).done & keys
+
+
 def dry_run(spec: SweepSpec, gpu: GPUSpec, workers: int, budget_s: float | None, plots: bool, precompile: bool,
-            shard: Shard = WHOLE) -> str:
+            shard: Shard = WHOLE, done: frozenset[TaskKey] = frozenset(), measure: Measure | None = None) -> str:
     """Plan the sweep (recording its launches in one compile worker, nothing compiled) and render it."""
     from nsa_bench import precompile as precompile_mod
 
     result = precompile_mod.plan(spec, workers=1)
     plans = result.plans if result is not None else {}
-    return render(build(spec, gpu, workers, budget_s, plots, precompile, plans, shard=shard))
+    return render(build(spec, gpu, workers, budget_s, plots, precompile, plans, shard=shard, done=done,
+                        measure=measure))
 

@@ -95,18 +95,28 @@ def summary_axes(frame: pd.DataFrame) -> list[str]:
 @dataclass(frozen=True)
 class Summary:
     """Speedup and time per point (rows: summary_axes, shortest first within each mode in run order; columns:
-    backends). `note` says why there are no speedups, when there are none."""
+    backends). A point whose total has no time (oom, error, ...) is still a row: `statuses` holds its status
+    where `times` has none, so no row of the run drops out of the summary. `note` says why there are no
+    speedups, when there are none."""
 
     speedups: pd.DataFrame
     times: pd.DataFrame
+    statuses: pd.DataFrame
     kind: str
     note: str = ""
+
+    def shown(self, table: pd.DataFrame) -> pd.DataFrame:
+        """`table` (times or speedups) with each missing value replaced by the status that explains it."""
+        filled = table.astype(object).copy()
+        status = self.statuses.reindex(index=table.index, columns=table.columns)
+        return filled.where(table.notna(), status.fillna(""))
 
 
 def summary(frame: pd.DataFrame, baseline: str | None = None) -> Summary | None:
     """The one summary of a run's totals (None: no measured or predicted row). The baseline's own column
     (1.0 everywhere) is left out when other backends ran; `baseline`: the run's, to say when it has no row."""
-    rows = frame[(frame["stage"] == STAGE_TOTAL) & frame["status"].isin(USABLE)].copy()
+    everything = frame[frame["stage"] == STAGE_TOTAL].copy()
+    rows = everything[everything["status"].isin(USABLE)]
     if rows.empty:
         return None
     note = ""
@@ -115,14 +125,29 @@ def summary(frame: pd.DataFrame, baseline: str | None = None) -> Summary | None:
         why = "was not among the backends run" if baseline not in set(frame["backend"]) else "has no usable row"
         note = (f"No speedups: the baseline {baseline!r} {why} ({ran}); add it to --backend or pass "
                 f"--baseline {sorted(set(rows['backend']))[0]}.")
-    rows["speedup_shown"] = math.nan if note else row_speedups(rows)
-    rows["ms"] = time_ms(rows)
-    axes = summary_axes(rows)
-    times = rows.pivot_table(index=axes, columns="backend", values="ms", aggfunc="first", sort=False)
-    modes = list(dict.fromkeys(rows["mode"]))  # rows run longest first; the table reads shortest first
-    times = times.reindex(sorted(times.index, key=lambda key: (modes.index(key[0]), *key[1:])))
+    everything["speedup_shown"] = math.nan if note else row_speedups(everything)
+    everything["speedup_shown"] = everything["speedup_shown"].where(everything["status"].isin(USABLE))
+    everything["ms"] = time_ms(everything)
+    everything["status_shown"] = everything["status"].where(~everything["status"].isin(USABLE), "")
+    axes = summary_axes(everything)
+
+    def pivot(table: pd.DataFrame, values: str) -> pd.DataFrame:
+        return table.pivot_table(index=axes, columns="backend", values=values, aggfunc="first", sort=False,
+                                 dropna=False)
+
+    times = pivot(everything, "ms")
+    modes = list(dict.fromkeys(everything["mode"]))  # rows run longest first; the table reads shortest first
+    order = sorted(times.index, key=lambda key: (modes.index(key[0]), *key[1:]))
+    times = times.reindex(order)
+    statuses = everything.pivot_table(index=axes, columns="backend", values="status_shown", aggfunc="first",
+                                      sort=False, dropna=False).reindex(order)
     baselines = set(rows["baseline"].astype(str)) if "baseline" in rows.columns else set()
-    shown = rows[~rows["backend"].isin(baselines)] if rows["backend"].nunique() > 1 else rows
-    speedups = shown.pivot_table(index=axes, columns="backend", values="speedup_shown", aggfunc="first",
-                                 sort=False, dropna=False).reindex(index=times.index)
-    return Summary(speedups, times, kind(rows), note)
+    shown = everything[~everything["backend"].isin(baselines)] if everything["backend"].nunique() > 1 else everything
+    speedups = pivot(shown, "speedup_shown").reindex(index=times.index)
+    return Summary(speedups, times, statuses, kind(rows), note)
+
+
+def failures(frame: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """Rows without a time (any stage), by status: what a summary must account for beside its tables."""
+    failed = frame[~frame["status"].astype(str).isin(USABLE)]
+    return {status: part for status, part in failed.groupby("status", sort=False)}

@@ -88,7 +88,7 @@ def summary_table(frame: pd.DataFrame) -> pd.DataFrame:
     found = reading.summary(frame)
     if found is None:
         return pd.DataFrame()
-    table = found.speedups.copy()
+    table = found.shown(found.speedups)
     table.columns = [f"speedup {c}" for c in table.columns]
     return table.reset_index()
 
@@ -98,7 +98,7 @@ def time_table(frame: pd.DataFrame) -> pd.DataFrame:
     found = reading.summary(frame)
     if found is None:
         return pd.DataFrame()
-    table = found.times.copy()
+    table = found.shown(found.times)
     table.columns = [f"ms {c}" for c in table.columns]
     return table.reset_index()
 
@@ -357,28 +357,58 @@ def _constants_markdown(constant: dict[str, str]) -> str:
     return "Same in every row: " + "; ".join(f"**{k}** = {v}" for k, v in constant.items()) + "\n"
 
 
-def render_html(content: _Content) -> str:
+def _sections(content: _Content) -> list[tuple[str, str, list[tuple[str, object]]]]:
+    """(anchor, title, parts) of every section that has something to show, in order; a part is ("p", text),
+    ("h3", title), ("table", DataFrame), ("plots", [Plot]) or ("constants", dict). A run without layer
+    points, failed points or plots gets no empty heading for them."""
     main_plots = [p for p in content.plots if not p.in_breakdown]
     breakdown_plots = [p for p in content.plots if p.in_breakdown]
-    sections = [
-        ("summary", "Summary", f"<p>Speedup vs {html.escape(content.baseline)} (higher is better).</p>"
-         + html_table(content.summary) + "<h3>Time (ms)</h3>" + html_table(content.times)
-         + "<h3>Rows per status</h3>" + html_table(content.counts)),
-        ("baselines", "Dense baselines", "".join(f"<p>{html.escape(n)}</p>" for n in content.baseline_notes)
-         + "<h3>NSA speedup against each dense baseline</h3>" + html_table(content.against_each)
-         + f"<h3>One attention layer</h3><p>{html.escape(LAYER_NOTE)}</p>" + html_table(content.layers)),
-        ("plots", "Plots", "".join(plot_html(p) for p in main_plots) or "<p><em>no plots</em></p>"),
-        ("breakdown", "Per-branch breakdown", "".join(plot_html(p) for p in breakdown_plots)
-         + html_table(content.breakdown)),
-        ("failed", "Failed points", html_table(content.failed)),
-        ("config", "Configuration (spec.json)", html_table(content.spec)),
-        ("env", "Environment (env.json)", html_table(content.env)),
-        ("rows", "All rows", _constants_html(content.detail_constant) + html_table(content.detail)),
-    ]
+    sections: list[tuple[str, str, list[tuple[str, object]]]] = [
+        ("summary", "Summary", [("p", f"Speedup vs {content.baseline} (higher is better); a failed point shows its "
+                                      "status."), ("table", content.summary), ("h3", "Time (ms)"),
+                                ("table", content.times), ("h3", "Rows per status"), ("table", content.counts)])]
+    baselines: list[tuple[str, object]] = [("p", note) for note in content.baseline_notes]
+    if not content.against_each.empty:
+        baselines += [("h3", "NSA speedup against each dense baseline"), ("table", content.against_each)]
+    if not content.layers.empty:
+        baselines += [("h3", "One attention layer"), ("p", LAYER_NOTE), ("table", content.layers)]
+    if baselines:
+        sections.append(("baselines", "Dense baselines", baselines))
+    if main_plots:
+        sections.append(("plots", "Plots", [("plots", main_plots)]))
+    breakdown: list[tuple[str, object]] = [("plots", breakdown_plots)] if breakdown_plots else []
+    if not content.breakdown.empty:
+        breakdown.append(("table", content.breakdown))
+    if breakdown:
+        sections.append(("breakdown", "Per-branch breakdown", breakdown))
+    if not content.failed.empty:
+        sections.append(("failed", "Failed points", [("table", content.failed)]))
+    if not content.spec.empty:
+        sections.append(("config", "Configuration (spec.json)", [("table", content.spec)]))
+    if not content.env.empty:
+        sections.append(("env", "Environment (env.json)", [("table", content.env)]))
+    sections.append(("rows", "All rows", [("constants", content.detail_constant), ("table", content.detail)]))
+    return sections
+
+
+def render_html(content: _Content) -> str:
+    def part_html(kind: str, value: object) -> str:
+        if kind == "p":
+            return f"<p>{html.escape(str(value))}</p>"
+        if kind == "h3":
+            return f"<h3>{html.escape(str(value))}</h3>"
+        if kind == "plots":
+            return "".join(plot_html(p) for p in value)  # type: ignore[attr-defined]
+        if kind == "constants":
+            return _constants_html(value)  # type: ignore[arg-type]
+        return html_table(value)  # type: ignore[arg-type]
+
+    sections = _sections(content)
     nav = "".join(f'<a href="#{anchor}">{html.escape(title)}</a>' for anchor, title, _ in sections)
     warnings = "".join(f'<p class="warn">{html.escape(w)}</p>' for w in content.warnings)
-    body = "".join(f'<section id="{anchor}"><h2>{html.escape(title)}</h2>{inner}</section>'
-                   for anchor, title, inner in sections)
+    body = "".join(f'<section id="{anchor}"><h2>{html.escape(title)}</h2>'
+                   + "".join(part_html(kind, value) for kind, value in parts) + "</section>"
+                   for anchor, title, parts in sections)
     subtitle = html.escape(_subtitle(content).replace("`", ""))
     return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
             f"<title>{html.escape(content.title)}</title><style>{CSS}</style></head><body>"
@@ -387,22 +417,22 @@ def render_html(content: _Content) -> str:
 
 
 def render_markdown(content: _Content, directory: Path) -> str:
-    main_plots = [p for p in content.plots if not p.in_breakdown]
-    breakdown_plots = [p for p in content.plots if p.in_breakdown]
+    def part_markdown(kind: str, value: object) -> str:
+        if kind == "p":
+            return f"{value}\n"
+        if kind == "h3":
+            return f"### {value}\n"
+        if kind == "plots":
+            return "".join(plot_markdown(p, directory) for p in value)  # type: ignore[attr-defined]
+        if kind == "constants":
+            return _constants_markdown(value)  # type: ignore[arg-type]
+        return markdown_table(value)  # type: ignore[arg-type]
+
     parts = [f"# {content.title}\n", _subtitle(content) + "\n"]
     parts += [f"**Warning:** {w}\n" for w in content.warnings]
-    parts += ["## Summary\n", f"Speedup vs {content.baseline} (higher is better).\n", markdown_table(content.summary),
-              "### Time (ms)\n", markdown_table(content.times), "### Rows per status\n", markdown_table(content.counts),
-              "## Dense baselines\n", *(f"{n}\n" for n in content.baseline_notes),
-              "### NSA speedup against each dense baseline\n", markdown_table(content.against_each),
-              "### One attention layer\n", LAYER_NOTE + "\n", markdown_table(content.layers),
-              "## Plots\n", *(plot_markdown(p, directory) for p in main_plots),
-              "## Per-branch breakdown\n", *(plot_markdown(p, directory) for p in breakdown_plots),
-              markdown_table(content.breakdown),
-              "## Failed points\n", markdown_table(content.failed),
-              "## Configuration (spec.json)\n", markdown_table(content.spec),
-              "## Environment (env.json)\n", markdown_table(content.env),
-              "## All rows\n", _constants_markdown(content.detail_constant), markdown_table(content.detail)]
+    for _anchor, title, section in _sections(content):
+        parts.append(f"## {title}\n")
+        parts += [text for kind, value in section if (text := part_markdown(kind, value))]
     return "\n".join(parts)
 
 

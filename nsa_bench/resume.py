@@ -168,12 +168,46 @@ def _time(record: list[str]) -> float | None:
     return reading.text_time(*(record[FIELDS.index(name)] for name in ("status", "ms_median", "predicted_ms")))
 
 
-def recover(out: Path, baseline: str | None) -> Recovered:
+def recover(out: Path, baseline: str | None, sweep: frozenset[TaskKey] | None = None) -> Recovered:
     """Repair the run folder for --resume and say which tasks are done (see the module docstring).
 
     `baseline`: the backend whose task every other task of a point depends on (None: no dependency).
+    `sweep`: the resumed sweep's tasks; a row that repair would remove and that the sweep would not write
+    again is refused (`inspect`), never deleted.
     """
+    state = inspect(out, baseline, sweep)
     csv_file, progress = out / results.CSV_NAME, out / PROGRESS_NAME
+    if state.damaged or len(state.kept) != len(state.records):
+        results.replace_text(csv_file, results_header() + _records_text(state.kept) if state.kept else "")
+    progress_text = "".join(progress_line(key, stages) for key, stages in state.entries.items() if key in state.done)
+    if _read_bytes(progress) != progress_text.encode("utf-8"):
+        results.replace_text(progress, progress_text)
+    by_task = state.by_task
+    times = {key: _time(by_task[key][STAGE_TOTAL]) for key in state.done if STAGE_TOTAL in by_task[key]}
+    return Recovered(state.done, times, len(state.kept), len(state.records) - len(state.kept))
+
+
+@dataclass(frozen=True)
+class Inspection:
+    """What a run folder holds, read without changing it: its rows, progress, and the tasks that are done."""
+
+    records: list[list[str]]
+    damaged: bool
+    entries: dict[TaskKey, tuple[str, ...]]
+    by_task: dict[TaskKey, dict[str, list[str]]]
+    done: frozenset[TaskKey]
+    kept: list[list[str]]  # the rows of done tasks, the file's order, first copy of each
+
+
+def inspect(out: Path, baseline: str | None, sweep: frozenset[TaskKey] | None = None) -> Inspection:
+    """Read a run folder for --resume (and its dry run) without touching it; ResumeError for a folder that
+    cannot be resumed: results.csv or progress.jsonl a link (appending would write into another run), or
+    rows repair would remove although `sweep` (the resumed sweep's tasks) will not write them again."""
+    csv_file, progress = out / results.CSV_NAME, out / PROGRESS_NAME
+    for path in (csv_file, progress):
+        if path.is_symlink():
+            raise ResumeError(f"{path} is a link (to {show(os.readlink(path), 100)}): --resume would append to "
+                              "another run's file; copy the run into a folder of its own, or choose another --out")
     records, damaged = csv_records(csv_file)
     if records and not progress.exists():
         raise ResumeError(f"{out} has rows but no {PROGRESS_NAME} (made by an nsa-bench that did not record "
@@ -196,13 +230,28 @@ def recover(out: Path, baseline: str | None) -> Recovered:
         if row[0] in done and row not in seen:
             seen.add(row)
             kept.append(record)
-    if damaged or len(kept) != len(records):
-        results.replace_text(csv_file, results_header() + _records_text(kept) if kept else "")
-    progress_text = "".join(progress_line(key, stages) for key, stages in entries.items() if key in done)
-    if _read_bytes(progress) != progress_text.encode("utf-8"):
-        results.replace_text(progress, progress_text)
-    times = {key: _time(by_task[key][STAGE_TOTAL]) for key in done if STAGE_TOTAL in by_task[key]}
-    return Recovered(frozenset(done), times, len(kept), len(records) - len(kept))
+    if sweep is not None:
+        _refuse_losing(csv_file, records, entries, done | sweep)
+    return Inspection(records, damaged, entries, by_task, frozenset(done), kept)
+
+
+def _refuse_losing(csv_file: Path, records: list[list[str]], entries: Mapping[TaskKey, tuple[str, ...]],
+                   safe: frozenset[TaskKey] | set[TaskKey]) -> None:
+    """Refuse to remove a row whose task is neither done nor in the resumed sweep: it would be lost, not run
+    again (a point of another sweep, or a row someone added). Only the last task's rows may be a write cut
+    off by an interruption (a task's rows are appended in one write before its progress line): those are
+    this run's own partial rows, removed as ever."""
+    keys = [tuple(record[i] for i in _KEY_INDEX) for record in records]
+    tail = len(keys)
+    while tail > 0 and keys[tail - 1] == keys[-1] and keys[-1] not in entries:
+        tail -= 1
+    for line, key in enumerate(keys[:tail]):
+        if key not in safe:
+            what = dict(zip(TASK_FIELDS, key))
+            why = "it has no line in " + PROGRESS_NAME if key not in entries else "its point is incomplete"
+            raise ResumeError(f"{csv_file} line {line + 2} ({what['backend']} {what['mode']} T={what['seqlen']}): "
+                              f"{why} and this sweep does not include it, so --resume would delete it; resume with "
+                              "the sweep that made it (or add its axis values), or move the row out of the file")
 
 
 def results_header() -> str:

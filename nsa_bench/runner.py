@@ -51,6 +51,18 @@ def tasks(points: list[Point], backends: list[Backend], invalid: dict[Point, str
             yield Task(point, backend, (invalid or {}).get(point, ""))
 
 
+def sweep_tasks(spec: SweepSpec, shard: Shard = WHOLE) -> list[Task]:
+    """Every task of `spec` (only `shard`'s points) in run order, invalid NSA configurations included (their
+    task writes an `unsupported` row; dense backends run them)."""
+    everything = spec.all_points()
+    if shard != WHOLE:
+        mine = set(shard.select(run_order([point for point, _ in everything])))
+        everything = [(point, why) for point, why in everything if point in mine]
+    invalid = {point: why for point, why in everything if why}
+    backends = order_backends(spec.run_backends, spec.baseline)
+    return list(tasks([point for point, _ in everything], backends, invalid))
+
+
 def _over_budget(budget: Budget | None, task: Task, job: Job) -> str | None:
     """The budget's reason to skip `task` (None: run it); a baseline must fit with the rest of its point.
     An NSA task on an invalid configuration costs nothing: it only writes its `unsupported` row."""
@@ -96,18 +108,13 @@ def run_sweep(
     are written. `shard`: only its points run (`nsa_bench.shard`).
     """
     csv_file = out_dir / results.CSV_NAME
+    all_tasks = sweep_tasks(spec, shard)
     if resume:
-        state = resume_mod.recover(out_dir, spec.baseline)
+        keys = frozenset(resume_mod.task_key(base_row(t.point, t.backend).as_dict()) for t in all_tasks)
+        state = resume_mod.recover(out_dir, spec.baseline, keys)
     else:
         resume_mod.start_fresh(out_dir)
         state = resume_mod.Recovered(frozenset(), {}, 0, 0)
-    everything = spec.all_points()
-    if shard != WHOLE:
-        mine = set(shard.select(run_order([point for point, _ in everything])))
-        everything = [(point, why) for point, why in everything if point in mine]
-    invalid = {point: why for point, why in everything if why}
-    backends = order_backends(spec.run_backends, spec.baseline)
-    all_tasks = list(tasks([point for point, _ in everything], backends, invalid))
     jobs, skipped = _jobs(all_tasks, state.done, state.times, spec.baseline)
     iterator = progress(all_tasks) if progress else iter(all_tasks)
     written = 0

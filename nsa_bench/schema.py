@@ -64,12 +64,12 @@ class Row:
     status: str = STATUS_OK
     message: str = ""
     gpu: str = ""
-    cuda_graph: bool = False
+    cuda_graph: bool | None = None  # measured rows only: decode timed by graph replay (empty when nothing was timed)
     sm_clock_mhz: float | None = None
     mem_clock_mhz: float | None = None
     temp_c: float | None = None
     power_w: float | None = None
-    throttled: bool = False
+    throttled: bool | None = None  # measured rows only (empty when nothing was timed)
     throttle_reasons: str = ""
     d_model: int = 0  # model width of a layer mode (layer-fwd, layer-bwd); 0 for attention-only modes
     doc_lens: str = "none"  # documents packed into each row (nsa_bench.doclens); "none": one dense sequence a row

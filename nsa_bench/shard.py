@@ -44,7 +44,7 @@ WHOLE = Shard(1, 1)
 
 def parse_shard(text: str) -> Shard:
     """'K/N' -> Shard(K, N); ValueError saying what a shard looks like."""
-    match = re.fullmatch(r"\s*(\d{1,9})\s*/\s*(\d{1,9})\s*", str(text))
+    match = re.fullmatch(r"\s*(\d{1,9})\s*/\s*(\d{1,9})\s*", str(text), re.ASCII)
     if match is None:
         raise ValueError("expected K/N, e.g. 1/4 (shard K of N, 1 <= K <= N)")
     return Shard(int(match.group(1)), int(match.group(2)))

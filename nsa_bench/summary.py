@@ -10,19 +10,63 @@ from nsa_bench import baselines, reading, results
 
 
 def summary_text(csv_file: Path, baseline: str | None = None) -> str:
-    """The summary a sweep prints: speedup and time per mode x seqlen (rows) and backend (columns), then
-    NSA against each dense baseline (nsa_bench.baselines)."""
+    """The summary a sweep prints: speedup and time per mode x seqlen (rows) and backend (columns), a failed
+    point's status in its cell; the rows without a time counted by status with their reasons; then NSA
+    against each dense baseline (nsa_bench.baselines)."""
     if not csv_file.exists():
         return "(no rows)"
     frame = results.read_rows(csv_file)
-    found = reading.summary(frame, baseline)
+    found = reading.summary(frame)
+    parts = []
     if found is None:
-        return "(no measured or predicted rows)"
-    with pd.option_context("display.width", 160, "display.max_columns", 20):
-        speedups = "" if found.note else (f"Speedup vs baseline ({found.kind}):\n"
-                                          f"{found.speedups.to_string(float_format=lambda x: f'{x:.2f}')}\n\n")
-        note = f"{found.note}\n\n" if found.note else ""
-        text = (f"{note}{speedups}Time per call, ms ({found.kind}):\n"
-                f"{found.times.to_string(float_format=lambda x: f'{x:.4g}')}")
+        parts.append(f"No measured or predicted row: every one of the {len(frame)} rows failed (below).")
+    else:
+        found = reading.summary(frame, baseline)
+        with pd.option_context("display.width", 160, "display.max_columns", 20):
+            if found.note:
+                parts.append(found.note)
+            else:
+                parts.append(f"Speedup vs baseline ({found.kind}):\n{_table(found.shown(found.speedups), '.2f')}")
+            parts.append(f"Time per call, ms ({found.kind}):\n{_table(found.shown(found.times), '.4g')}")
+    failed = failures_text(frame)
+    if failed:
+        parts.append(failed)
     extra = baselines.summary_text(frame)
-    return f"{text}\n\n{extra}" if extra else text
+    if extra:
+        parts.append(extra)
+    return "\n\n".join(parts)
+
+
+def has_usable_rows(csv_file: Path) -> bool:
+    """Whether the run holds any measured or predicted row (a sweep without one has nothing to show)."""
+    return csv_file.exists() and not reading.usable(results.read_rows(csv_file)).empty
+
+
+def _table(table: pd.DataFrame, fmt: str) -> str:
+    return table.to_string(formatters={c: (lambda v, f=fmt: format(v, f) if isinstance(v, float) else str(v))
+                                       for c in table.columns})
+
+
+FAILED_SHOWN = 4  # rows listed per status; the rest are counted
+
+
+def failures_text(frame: pd.DataFrame) -> str:
+    """Every row without a time, counted by status, with the reasons (the first few rows of each status)."""
+    groups = reading.failures(frame)
+    if not groups:
+        return ""
+    total = sum(len(part) for part in groups.values())
+    lines = [f"Rows without a time: {total} of {len(frame)} ("
+             + ", ".join(f"{status} {len(part)}" for status, part in groups.items()) + ")"]
+    for status, part in groups.items():
+        for _, row in part.head(FAILED_SHOWN).iterrows():
+            where = f"{row['backend']} {row['mode']} T={row['seqlen']}" + (
+                f" [{row['stage']}]" if row["stage"] != "total" else "")
+            lines.append(f"  {status}: {where}: {_short(str(row['message']))}")
+        if len(part) > FAILED_SHOWN:
+            lines.append(f"  {status}: ... and {len(part) - FAILED_SHOWN} more {status} rows (see results.csv)")
+    return "\n".join(lines)
+
+
+def _short(text: str, width: int = 140) -> str:
+    return text if len(text) <= width else text[: width - 3] + "..."

@@ -73,13 +73,13 @@ def parse_devices(text: str, cuda_count: int) -> tuple[str, ...]:
         raise DevicesError(f"{raw!r}: expected all, GPU indices (0,1,...) or cpu0,cpu1,...; empty item")
     labels = []
     for item in items:
-        if item.isdigit() and len(item) <= 4:
+        if item.isascii() and item.isdigit() and len(item) <= 4:
             index = int(item)
             if index >= cuda_count:
                 have = f"GPUs 0..{cuda_count - 1}" if cuda_count else "no CUDA GPU"
                 raise DevicesError(f"{item!r}: no such GPU here ({have})")
             labels.append(f"cuda:{index}")
-        elif item.startswith("cpu") and item[3:].isdigit() and len(item) <= 7:
+        elif item.startswith("cpu") and item[3:].isascii() and item[3:].isdigit() and len(item) <= 7:
             labels.append(f"cpu{int(item[3:])}")
         else:
             raise DevicesError(f"{item[:40]!r}: expected all, a GPU index (0,1,...) or cpuN")

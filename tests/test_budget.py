@@ -45,7 +45,7 @@ def cpu_backends(monkeypatch):
     for name in ("fa2", "nsa-ref"):
         backends[name] = replace(backends[name], availability=lambda: None)
     monkeypatch.setattr("nsa_bench.execute.registry", lambda: backends)
-    monkeypatch.setattr("nsa_bench.budget.runnable", lambda backend, point: True)
+    monkeypatch.setattr("nsa_bench.budget.refusal", lambda *args, **kwargs: None)
     return backends
 
 

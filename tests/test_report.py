@@ -98,8 +98,10 @@ def test_report_of_a_cpu_sweep_via_cli(tmp_path: Path, no_git: None) -> None:
     # self-contained: nothing fetched from elsewhere
     assert not re.search(r'(src|href)="(?!data:|#)', page)
     assert "<link" not in page and "<script" not in page
-    for section in ("summary", "plots", "breakdown", "failed", "config", "env", "rows"):
+    for section in ("summary", "plots", "breakdown", "config", "env", "rows"):
         assert f'<section id="{section}">' in page
+    assert '<section id="failed">' not in page and "## Failed points" not in (run / "report.md").read_text()  # none
+    assert "<h3>One attention layer</h3>" not in page  # no layer points: no empty section for them
     assert "speedup nsa-triton" in page and "predictions, not measurements" in page
     assert "slc_attn" in page and "cmp_attn" in page  # the per-branch breakdown
     assert "NVIDIA H100 SXM5 80GB" in page  # env.json's target GPU

@@ -7,6 +7,7 @@ after every chain of interruptions, `--resume` must end with exactly the rows of
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 import os
 import queue
 import random
@@ -305,3 +306,36 @@ def test_random_interruptions_then_resume_give_exactly_the_uninterrupted_rows(tm
     print(f"\ninterruptions: {counts} over {counts['chains']} chains; reference run {duration:.2f}s "
           f"({overhead:.2f}s fixed cost); landed in {where}")
     assert counts["mid_write"] >= MID_WRITE  # the slow path really puts signals inside points
+
+
+# ------------------------------------------------------------------ rows it did not write, links
+def test_a_row_outside_the_sweep_is_refused_not_deleted(tmp_path: Path):
+    """A row without a progress line whose point the resumed sweep does not include would be lost: refused in
+    one line naming the file and line, the folder untouched. The same row inside the sweep is re-run."""
+    complete_run(tmp_path / "other")
+    foreign = next(line for line in data_lines(tmp_path / "other") if ",2048," in line)
+    run = tmp_path / "run"
+    only_1k = replace(SMALL, seqlens=(1024,))
+    run.mkdir()
+    run_sweep(only_1k, run, H100, InProcessPool(only_1k, H100, None), resume=False)
+    csv_file = run / results.CSV_NAME
+    rows = csv_file.read_text().splitlines(keepends=True)
+    csv_file.write_text("".join(rows[:3] + [foreign + "\n"] + rows[3:]))  # a 2k row in the middle of the file
+    before = {name: (run / name).read_bytes() for name in (results.CSV_NAME, resume.PROGRESS_NAME)}
+    with pytest.raises(resume.ResumeError, match=r"results.csv line 4 \(.* T=2048\).*would delete it"):
+        run_sweep(only_1k, run, H100, InProcessPool(only_1k, H100, None), resume=True)
+    assert {name: (run / name).read_bytes() for name in before} == before
+    outcome = run_sweep(SMALL, run, H100, InProcessPool(SMALL, H100, None), resume=True)  # 2k is in this sweep
+    assert outcome.rows_written > 0 and sorted(data_lines(run)) == sorted(complete_run(tmp_path / "ref"))
+
+
+def test_a_linked_results_csv_is_refused(tmp_path: Path):
+    complete_run(tmp_path / "a")
+    run = tmp_path / "b"
+    run.mkdir()
+    (run / results.CSV_NAME).symlink_to(tmp_path / "a" / results.CSV_NAME)
+    (run / resume.PROGRESS_NAME).write_text((tmp_path / "a" / resume.PROGRESS_NAME).read_text())
+    before = (tmp_path / "a" / results.CSV_NAME).read_bytes()
+    with pytest.raises(resume.ResumeError, match="is a link"):
+        run_sweep(SMALL, run, H100, InProcessPool(SMALL, H100, None), resume=True)
+    assert (tmp_path / "a" / results.CSV_NAME).read_bytes() == before
