@@ -146,6 +146,12 @@ def sweep(suite: str | None, out: Path | None, resume: bool, max_points: str | N
     unknown = [b for b in spec.baselines if b not in known]
     if unknown:
         raise _bad("baseline", f"unknown {', '.join(map(repr, unknown))} (choose from {', '.join(known)})")
+    not_dense = [b for b in spec.baselines if backends.registry()[b].family != "dense"]
+    if not_dense:
+        dense = ", ".join(name for name, b in backends.registry().items() if b.family == "dense")
+        raise _bad("baseline", f"{', '.join(map(repr, not_dense))} is an NSA backend: the baseline is the dense "
+                               f"attention NSA is measured against (choose from {dense}); compare NSA backends with "
+                               "--backend")
     points, invalid = spec.points()
     nsa_backends = [b for b in spec.run_backends if backends.registry()[b].family == "nsa"]
     if not points and nsa_backends:
@@ -281,6 +287,12 @@ def _precompile(suite: str | None, workers: str | None, quiet: bool, max_points:
     unknown = [b for b in spec.run_backends if b not in known]
     if unknown:
         raise _bad("backend", f"unknown {', '.join(map(repr, unknown))} (choose from {', '.join(known)})")
+    import torch
+
+    if not torch.cuda.is_available():
+        click.echo(f"No CUDA GPU here: compiling for sm_{precompile.target_capability()} (H100, H200) only to check that "
+                   "every config compiles, into this machine's Triton cache; a sweep on a GPU compiles "
+                   "again on its own machine.")
     result = precompile.run(spec, _workers(workers), click.echo, progress=not quiet)
     if result is not None and (result.failed or result.host_errors):
         sys.exit(1)

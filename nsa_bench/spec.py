@@ -156,7 +156,8 @@ class SweepSpec:
             raise ValueError(f"q_heads: {min(self.q_heads)} must be positive")
         uneven = [(h, g) for h in self.q_heads for g in self.group_sizes if h % g]
         if uneven:  # Hkv = Hq // G must be whole for every combination
-            raise ValueError(f"q_heads: {uneven[0][0]} is not a multiple of group size {uneven[0][1]}")
+            raise ValueError(f"group_sizes: {uneven[0][1]} does not divide q_heads {uneven[0][0]} (Hkv = Hq / G must "
+                             "be a whole number of KV heads)")
         for mode in self.modes:
             if mode not in MODES:
                 raise ValueError(f"mode {mode!r} unknown (choose from {', '.join(MODES)})")

@@ -158,7 +158,13 @@ def suite_path(name: str) -> Path | Traversable:
     except (OSError, ValueError):  # a NUL byte, a name over the file-system limit
         found = False
     if not found:
-        raise OptionError("suite", name, f"no such suite (choose from {', '.join(suite_names())} or give a .toml path)")
+        try:
+            there = Path(name).exists()
+        except (OSError, ValueError):
+            there = False
+        what = ("is not a suite file (a suite is a name or a .toml file)" if there and Path(name).suffix != ".toml"
+                else "is not a regular file" if there else "no such suite")
+        raise OptionError("suite", name, f"{what} (choose from {', '.join(suite_names())} or give a .toml path)")
     return path
 
 
@@ -191,6 +197,7 @@ def build_spec(suite: str | None, flags: Mapping[str, object | None], base: Swee
     layers: list[tuple[str | None, Mapping[str, object]]] = [(str(suite_path(suite)), load_suite(suite))] if suite else []
     layers.append((None, {k: v for k, v in flags.items() if v is not None}))
     heads_from = ""  # "kv-heads" or "q-heads": whichever a later layer set wins over an earlier one's other
+    given: dict[str, object] = {}  # flag -> the value as written (what an error quotes)
     for source, layer in layers:
         if "q-heads" in layer and "kv-heads" in layer:
             raise OptionError("q-heads", layer["q-heads"], "--q-heads fixes Hq and derives Hkv = Hq / G: leave --kv-heads out",
@@ -205,6 +212,7 @@ def build_spec(suite: str | None, flags: Mapping[str, object | None], base: Swee
             if why:
                 raise OptionError(flag, raw, why, source)
             values[field] = parsed
+            given[flag] = raw
             heads_from = flag if flag in ("kv-heads", "q-heads") else heads_from
     if heads_from == "kv-heads":
         values["q_heads"] = ()
@@ -216,4 +224,4 @@ def build_spec(suite: str | None, flags: Mapping[str, object | None], base: Swee
         return replace(spec, **values)
     except ValueError as exc:
         flag = next((f for f, (field, _) in OPTIONS.items() if str(exc).startswith(field)), "sweep")
-        raise OptionError(flag, values.get(OPTIONS.get(flag, ("", None))[0], ""), str(exc)) from None
+        raise OptionError(flag, given.get(flag, values.get(OPTIONS.get(flag, ("", None))[0], "")), str(exc)) from None

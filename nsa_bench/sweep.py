@@ -8,13 +8,14 @@ from __future__ import annotations
 import signal
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable, Iterator
 
 import click
 import torch
 
-from nsa_bench import precompile, results, resume as resume_mod, run_folder, workers
+from nsa_bench import interrupts, precompile, results, resume as resume_mod, run_folder, workers
 from nsa_bench.budget import Budget, Estimator
 from nsa_bench.execute import InProcessPool, Pool, Task, cuda_measure
 from nsa_bench.gpus import GPUSpec, gpu_spec
@@ -134,6 +135,11 @@ def execute(spec: SweepSpec, out: Path, resume: bool, plots: bool = True,
             written = plot_run(out, gpu.key)
             echo(f"Plots: {', '.join(p.name for p in written if p.suffix == '.png') or 'none (no plottable rows)'} "
                  f"in {out / results.PLOTS_DIR}")
+        except KeyboardInterrupt as exc:  # the rows are complete: say so, and how to finish the plots
+            signum = interrupts.signal_of(exc)
+            warn(f"Interrupted ({signal.Signals(signum).name if signum else 'interrupted'}) while plotting: all "
+                 f"{outcome.rows_on_disk} rows are in {outcome.csv}; redraw the plots with `nsa-bench plot {out}`.")
+            return replace(outcome, interrupted=True, signal=signum)
         except Exception as exc:  # plotting must never cost the measurements
             warn(one_line(f"Plots failed ({type(exc).__name__}: {exc}); the CSV is intact: retry with "
                           f"`nsa-bench plot {out}`."))

@@ -135,7 +135,16 @@ def test_a_suite_that_is_a_folder(tmp_path: Path):
     (tmp_path / "dir.toml").mkdir()
     code, out, err = run_main("sweep", "--suite", str(tmp_path / "dir.toml"), "--quiet", cwd=tmp_path)
     assert_clean_exit(code, out, err, allowed=(2,))
-    assert "no such suite" in err
+    assert "is not a regular file" in err  # it exists: "no such suite" would blame the name
+
+
+@pytest.mark.parametrize("suite,needle", [("/dev/zero", "is not a suite file"), ("/tmp", "is not a suite file"),
+                                          ("no-such-suite", "no such suite")])
+def test_a_suite_message_names_what_is_wrong(tmp_path: Path, suite: str, needle: str):
+    count_bad_input("suite files")
+    code, out, err = run_main("sweep", "--suite", suite, "--quiet", "--dry-run", cwd=tmp_path)
+    assert_clean_exit(code, out, err, allowed=(2,))
+    assert needle in err and "--suite" in err, err
 
 
 # ------------------------------------------------------------------ run folders

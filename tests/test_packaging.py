@@ -1,7 +1,7 @@
 """The wheel, as a package index would serve it: only this project's names, suites inside, runs in ./results.
 
-Builds the wheel from this checkout, installs it with --no-deps into a fresh venv that sees the torch
-already installed here, and runs the smoke suite from an empty temporary folder.
+Builds the wheel from this checkout, installs it with --no-deps into a fresh venv that sees the packages of
+the interpreter running the tests (in a venv or not), and runs the smoke suite from an empty temporary folder.
 """
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import os
 import shutil
 import subprocess
 import sys
+import sysconfig
 import zipfile
 from pathlib import Path
 
@@ -37,9 +38,16 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def venv_python(tmp_path_factory: pytest.TempPathFactory, wheel: Path) -> Path:
+    """A fresh venv that sees the packages of the interpreter running the tests (torch, pandas, ...) but not
+    this checkout: `--system-site-packages` would show the *base* Python's packages, which inside a venv (how
+    most people install) lack torch. The running interpreter's site-packages go on its path by a .pth file
+    (a plain path: no .pth in there is processed, so an editable install of this checkout stays out)."""
     venv = tmp_path_factory.mktemp("venv")
-    _run(sys.executable, "-m", "venv", "--system-site-packages", venv)
+    _run(sys.executable, "-m", "venv", venv)
     python = venv / "bin" / "python"
+    purelib = Path(_run(python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])").stdout.strip())
+    here = dict.fromkeys(sysconfig.get_paths()[name] for name in ("purelib", "platlib"))
+    (purelib / "_tests_parent_packages.pth").write_text("".join(f"{path}\n" for path in here))
     _run(python, "-m", "pip", "install", "-q", "--no-deps", "--no-index", wheel)
     return python
 
