@@ -52,6 +52,15 @@ FLAG_CASES = [
     *[("point-timeout", v) for v in ("soon", "0", "-1s", "")],
     *[("ray", v) for v in ("not an address!", "host:port", "ray://", "")],
     *[("suite", v) for v in ("nope", "x\0y", "a" * 300 + ".toml", "", "../../nope")],
+    # digits that are not ASCII (full-width, Arabic-Indic): Python's int() takes them, no user means them
+    *[(flag, v) for flag, v in (("seqlen", "８k"), ("seqlen", "١٢٨"), ("batch", "２"), ("kv-heads", "４"),
+                                ("group-size", "１６"), ("head-dim", "１９２-128"), ("block-cmp", "３２"),
+                                ("n-slc", "１６"), ("window", "５１２"), ("reps", "３０"), ("warmup", "٥"),
+                                ("seed", "٣"), ("check-seqlen", "１k"), ("max-points", "１０"),
+                                ("time-budget", "５m"), ("point-timeout", "６０s"), ("workers", "３"),
+                                ("shard", "１/2"), ("devices", "０"), ("devices", "cpu１"), ("d-model", "２５６０"),
+                                ("doc-lens", "fixed:２k"), ("doc-lens", "lognormal:8k:１.5"),
+                                ("doc-lens", "fixed:2k@３"), ("q-heads", "６４"))],
 ]
 
 
@@ -77,6 +86,9 @@ def test_bad_flag_value(tmp_path: Path, flag: str, value: str):
     (["--devices", "cpu0,cpu1", "--time-budget", "5m"], "--time-budget"),  # one device keeps the budget
     (["--devices", "cpu0", "--in-process"], "--in-process"),
     (["--ray", "--devices", "cpu0"], "--ray"),
+    (["--out", ""], "--out"), (["--out", "  "], "--out"), (["--resume"], "--resume continues the run in --out"),
+    (["--resume", "--dry-run"], "--resume"), (["--baseline", "nsa-triton"], "is an NSA backend"),
+    (["--baseline", "fa2,flex-nsa"], "is an NSA backend"), (["--q-heads", "64", "--group-size", "3"], "--group-size"),
 ])
 def test_bad_sweep(tmp_path: Path, args: list[str], needle: str):
     count_bad_input("flag combinations")

@@ -93,3 +93,30 @@ def test_dry_run_on_the_command_line_runs_nothing(monkeypatch, capsys, tmp_path)
     assert "nsa-triton fwd T=2048" in out and "Estimated total wall time" in out and "(time budget 300 s)" in out
     assert "distinct configs" in out and "on 14 workers" in out
     assert not out_dir.exists()
+
+
+def test_the_dry_run_decides_oom_and_unsupported_as_the_sweep_does(monkeypatch, capsys, tmp_path):
+    """--seqlen 16m: both tasks are `oom` rows in the sweep and in its plan (no 839,020 s of fa2 planned);
+    an invalid NSA configuration is unsupported for NSA only: the dense backend's task is planned."""
+    code, out, _ = run_cli(monkeypatch, capsys, "sweep", "--seqlen", "16m", "--mode", "fwd", "--dry-run")
+    assert code == 0 and out.count("not run: an `oom` row") == 2 and "Timed calls: 0 s" in out
+    code, _, _ = run_cli(monkeypatch, capsys, "sweep", "--seqlen", "16m", "--mode", "fwd", "--out",
+                         str(tmp_path / "r"), "--quiet", "--no-plots")
+    rows = (tmp_path / "r" / "results.csv").read_text().splitlines()[1:]
+    assert code == 1 and len(rows) == 2 and all(",oom," in row for row in rows)  # no usable row: exit 1
+    built = plan.build(replace(PAPER, n_slc=(2,), modes=("fwd",), seqlens=(8192,)), H200, workers=1)
+    by_backend = {t.estimate.backend: t.estimate for t in built.tasks}
+    assert by_backend["fa2"].runs and not by_backend["nsa-triton"].runs
+    assert by_backend["nsa-triton"].refused.message.startswith("invalid configuration: n_slc")
+
+
+def test_a_resumed_dry_run_plans_only_what_is_left(monkeypatch, capsys, tmp_path):
+    args = ("sweep", "--seqlen", "1k,2k", "--mode", "fwd,bwd", "--out", str(tmp_path / "r"), "--quiet", "--no-plots")
+    assert run_cli(monkeypatch, capsys, *args)[0] == 0
+    progress = tmp_path / "r" / "progress.jsonl"
+    lines = progress.read_text().splitlines(keepends=True)
+    progress.write_text("".join(lines[:6]))  # 6 of 8 tasks complete (the last point's two tasks are not)
+    before = {p.name: p.read_bytes() for p in (tmp_path / "r").iterdir() if p.is_file()}
+    code, out, _ = run_cli(monkeypatch, capsys, *args, "--resume", "--dry-run")
+    assert code == 0 and "6 tasks already complete" in out and "= 2 tasks" in out
+    assert {p.name: p.read_bytes() for p in (tmp_path / "r").iterdir() if p.is_file()} == before  # read only
