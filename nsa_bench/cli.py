@@ -95,6 +95,8 @@ def cli() -> None:
 @click.option("--check-seqlen", metavar="N", help=f"length at which each backend is checked against the reference, {_range('check_seqlen')}  [default: 1024]")
 @click.option("--cuda-graph/--no-cuda-graph", default=None, help="time decode by CUDA-graph replay, or by eager "
               "launches (a backend that cannot be captured falls back to eager and its row says so)  [default: graph]")
+@click.option("--point", metavar="LABEL", help="run exactly one point, as reports and progress print it (e.g. "
+              "\"fwd T=65536 B=1 Hkv=4 G=16 D=192-128 l=32 d=16 l'=64 n=16 w=512 bfloat16\"); replaces the axis flags")
 @click.option("--out", type=_path(file_okay=False), help="run folder  [default: a new folder under ./results/]")
 @click.option("--resume", is_flag=True, help="continue the run in --out: complete points are kept, partial and "
               "time-budget-skipped ones run again; refused when --out holds a sweep with other settings or another GPU")
@@ -121,7 +123,8 @@ def cli() -> None:
 @click.option("--ray", metavar="ADDRESS", is_flag=False, flag_value="local", default=None,
               help="run points as Ray tasks of one GPU each on the cluster at ADDRESS (auto: the one this machine "
               "belongs to), or, bare, on a local Ray instance; needs the `ray` extra")
-def sweep(suite: str | None, out: Path | None, resume: bool, max_points: str | None, no_plots: bool, quiet: bool,
+def sweep(suite: str | None, point: str | None, out: Path | None, resume: bool, max_points: str | None,
+          no_plots: bool, quiet: bool,
           cuda_graph: bool | None, time_budget: str | None, dry_run: bool, no_precompile: bool, workers: str | None,
           shard: str | None, devices: str | None, point_timeout: str | None, ray: str | None, in_process: bool,
           **flags: str | None) -> None:
@@ -135,6 +138,8 @@ def sweep(suite: str | None, out: Path | None, resume: bool, max_points: str | N
 
     options = {name.replace("_", "-"): value for name, value in flags.items()}
     spec = _spec_from(suite, options, cuda_graph, max_points)
+    if point is not None:
+        spec = _one_point(point, spec, suite, options)
     budget_s = _duration("time-budget", time_budget)
     timeout_s = _duration("point-timeout", point_timeout)
     chosen_shard = _shard(shard)
@@ -188,7 +193,7 @@ def sweep(suite: str | None, out: Path | None, resume: bool, max_points: str | N
     click.echo(summary.summary_text(outcome.csv, spec.baseline))
     skipped = f", {outcome.skipped} already done" if outcome.skipped else ""
     click.echo(f"\n{outcome.rows_written} rows{skipped} -> {outcome.csv}")
-    if not summary.has_usable_rows(outcome.csv):
+    if summary.only_failed_rows(outcome.csv):
         click.echo("nsa-bench: no point was measured or predicted (every row above failed): exit 1", err=True)
         sys.exit(1)
 
@@ -210,6 +215,29 @@ def _spec_from(suite: str | None, options: dict[str, str | None], cuda_graph: bo
 
         spec = replace(spec, cuda_graph=cuda_graph)
     return spec
+
+
+def _one_point(label: str, spec, suite: str | None, options: dict[str, str | None]):
+    """The sweep of the one point --point names, measured as the other flags say; refused with a suite or an
+    axis flag (the point fixes every axis)."""
+    from nsa_bench.spec import POINT_AXES, Point, SweepSpec
+
+    axis_flags = {flag for flag, (field, _) in suites.OPTIONS.items()
+                  if field in {*POINT_AXES.values(), "q_heads"}}
+    given = sorted(flag for flag in axis_flags if options.get(flag) is not None)
+    if suite is not None or given:
+        clash = "--suite" if suite is not None else f"--{given[0]}"
+        raise _bad("point", f"fixes every axis of the sweep: leave out {clash}")
+    try:
+        chosen = Point.from_label(label)
+    except ValueError as exc:
+        raise _bad("point", f"{show(label, 80)}: {exc}") from None
+    one = SweepSpec.for_point(chosen, spec.backends, spec)
+    for field in POINT_AXES.values():
+        why = limits.out_of_bounds(field, getattr(one, field))
+        if why:
+            raise _bad("point", f"{show(label, 80)}: {field} {why}")
+    return one
 
 
 def _duration(flag: str, text: str | None) -> float | None:

@@ -78,6 +78,47 @@ class Point:
             + (f" docs={self.doc_lens}" if self.packed else "")
         )
 
+    @classmethod
+    def from_label(cls, text: str) -> Point:
+        """The point `label()` prints (what progress bars, reports and compare show), read back: the mode, then
+        T= B= Hkv= G= D=qk-v l= d= l'= n= w=, the dtype, and d_model= / docs= where they apply. Every field
+        must be there once; a ValueError names what is missing or not understood."""
+        words = str(text).split()
+        if not words or words[0] not in MODES:
+            raise ValueError(f"{text.strip()[:80]!r} does not start with a mode ({', '.join(MODES)})")
+        fields_of: dict[str, str] = {}
+        dtype = ""
+        for word in words[1:]:
+            name, sep, value = word.partition("=")
+            if not sep:
+                if word not in DTYPES or dtype:
+                    raise ValueError(f"{word[:40]!r}: expected NAME=VALUE or one dtype ({', '.join(DTYPES)})")
+                dtype = word
+                continue
+            if name not in _LABEL_FIELDS or name in fields_of:
+                raise ValueError(f"{word[:40]!r}: {'repeated' if name in fields_of else 'unknown'} field "
+                                 f"(fields: {', '.join(_LABEL_FIELDS)})")
+            fields_of[name] = value
+        missing = [name for name in _LABEL_FIELDS if name not in fields_of and name not in ("d_model", "docs")]
+        if missing or not dtype:
+            raise ValueError(f"the point lacks {', '.join(missing + ([] if dtype else ['its dtype']))}")
+        qk, _, v = fields_of["D"].partition("-")
+        record: dict[str, object] = {"mode": words[0], "dtype": dtype, "head_dim_qk": qk, "head_dim_v": v or qk,
+                                     "doc_lens": fields_of.get("docs", doclens.NONE),
+                                     "d_model": fields_of.get("d_model", "0")}
+        for name, field in _LABEL_FIELDS.items():
+            if field not in record:
+                record[field] = fields_of[name]
+        for name in (f.name for f in fields(cls)):
+            value = str(record[name])
+            if name not in _TEXT_FIELDS and not (value.isascii() and value.isdigit()):
+                raise ValueError(f"{name}={value[:20]!r} is not a whole number")
+        point = cls.from_record(record)
+        if point.is_layer != (point.d_model > 0):
+            raise ValueError("d_model= goes with the layer modes only, and they need it")
+        doclens.parse_doc_lens(point.doc_lens)
+        return point
+
     def with_seqlen(self, seqlen: int, batch: int | None = None) -> "Point":
         """The point at another length (and batch); a packed point's mean document length scales with it,
         so a short correctness check sees about as many documents per row as the point itself."""
@@ -99,6 +140,10 @@ class Point:
 
 
 _TEXT_FIELDS = ("mode", "dtype", "doc_lens")
+# label() word -> Point field (D= carries both head dims)
+_LABEL_FIELDS = {"T": "seqlen", "B": "batch", "Hkv": "kv_heads", "G": "group_size", "D": "head_dim_qk",
+                 "l": "block_cmp", "d": "stride_cmp", "l'": "block_slc", "n": "n_slc", "w": "window",
+                 "d_model": "d_model", "docs": "doc_lens"}
 # the SweepSpec axis each Point field is drawn from (head_dim_qk and head_dim_v come as one pair)
 POINT_AXES = {"mode": "modes", "seqlen": "seqlens", "batch": "batches", "kv_heads": "kv_heads",
               "group_size": "group_sizes", "head_dim_qk": "head_dims", "head_dim_v": "head_dims",

@@ -13,9 +13,9 @@ def summary_text(csv_file: Path, baseline: str | None = None) -> str:
     """The summary a sweep prints: speedup and time per mode x seqlen (rows) and backend (columns), a failed
     point's status in its cell; the rows without a time counted by status with their reasons; then NSA
     against each dense baseline (nsa_bench.baselines)."""
-    if not csv_file.exists():
-        return "(no rows)"
-    frame = results.read_rows(csv_file)
+    frame = results.read_rows(csv_file) if csv_file.exists() else None
+    if frame is None or frame.empty:
+        return "No rows: this sweep (or this shard of it) holds no point to run."
     found = reading.summary(frame)
     parts = []
     if found is None:
@@ -37,9 +37,11 @@ def summary_text(csv_file: Path, baseline: str | None = None) -> str:
     return "\n\n".join(parts)
 
 
-def has_usable_rows(csv_file: Path) -> bool:
-    """Whether the run holds any measured or predicted row (a sweep without one has nothing to show)."""
-    return csv_file.exists() and not reading.usable(results.read_rows(csv_file)).empty
+def only_failed_rows(csv_file: Path) -> bool:
+    """Whether the run wrote rows and none of them was measured or predicted (a sweep that failed at
+    everything; a shard with no points wrote nothing and did not fail)."""
+    frame = results.read_rows(csv_file) if csv_file.exists() else None
+    return frame is not None and not frame.empty and reading.usable(frame).empty
 
 
 def _table(table: pd.DataFrame, fmt: str) -> str:
