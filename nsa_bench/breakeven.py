@@ -8,9 +8,9 @@ where both have a time. The break-even length is where r crosses 1, with log(seq
 between the two neighbouring swept lengths: attention times are close to power laws in the length, so
 a straight line in log-log is their natural interpolant.
 
-Times: the measured median where a row's status is `ok`, else the roofline floor where it is `predicted`.
-Rows of any other status give no time (a failed point is not a slow one), and a length at which either
-side has no time is left out of the series. NSA counts as faster where r < 1.
+Times: nsa_bench.reading's one rule (the measured median where a row's status is `ok`, else the roofline
+floor where it is `predicted`). Rows of any other status give no time (a failed point is not a slow one),
+and a length at which either side has no time is left out of the series. NSA counts as faster where r < 1.
 
 Several crossings (noise near r = 1, or a ratio that turns): the answer is where NSA starts to pay for good
 within the sweep, the last crossing from slower to faster, after which NSA is faster at every longer swept
@@ -38,8 +38,9 @@ from typing import Iterable, Mapping, Sequence
 
 import pandas as pd
 
+from nsa_bench import reading
 from nsa_bench.results import replace_text
-from nsa_bench.schema import KEY_FIELDS, STAGE_TOTAL, STATUS_OK, STATUS_PREDICTED
+from nsa_bench.schema import KEY_FIELDS, STATUS_OK
 from nsa_bench.spec import LAYER_MODES
 
 CSV_NAME = "breakeven.csv"
@@ -84,12 +85,8 @@ def _families_here() -> Mapping[str, str]:
 def _timed_totals(frame: pd.DataFrame) -> pd.DataFrame:
     """Total rows with a time (`ms`) and whether it was measured; a measured row wins over a predicted one
     of the same point and backend (merged runs can hold both)."""
-    rows = frame[frame["stage"].astype(str) == STAGE_TOTAL]
-    status = rows["status"].astype(str)
-    measured = pd.to_numeric(rows["ms_median"], errors="coerce").where(status == STATUS_OK)
-    predicted = pd.to_numeric(rows["predicted_ms"], errors="coerce").where(status == STATUS_PREDICTED)
-    rows = rows.assign(ms=measured.fillna(predicted), measured=measured.notna())
-    rows = rows[rows["ms"] > 0]
+    rows = reading.totals(frame)
+    rows = rows.assign(measured=rows["status"].astype(str) == STATUS_OK)
     keys = ["mode", *CONFIG_KEYS, "gpu", "backend", "seqlen"]
     return rows.sort_values("measured", kind="stable").drop_duplicates(keys, keep="last").sort_index()
 
@@ -186,6 +183,17 @@ def _outcome(record: BreakEven) -> tuple[str, str]:
     detail = f"between {tokens_text(record.lower)} and {tokens_text(record.upper)}"
     return f"{tokens_text(record.seqlen)} tokens", detail + (f"; last of {record.crossings} crossings"
                                                                if record.where == SEVERAL else "")
+
+
+def report_table(records: Sequence[BreakEven]) -> pd.DataFrame:
+    """The records as a report shows them: what was compared, the length, and between which swept lengths."""
+    varying = [k for k in CONFIG_KEYS if len({dict(r.config)[k] for r in records}) > 1]
+    rows = []
+    for r in records:
+        headline, detail = _outcome(r)
+        rows.append({"mode": r.mode, **{k: dict(r.config)[k] for k in varying}, "NSA": r.nsa, "baseline": r.baseline,
+                     "break-even": headline, "where": detail, "kind": r.kind})
+    return pd.DataFrame(rows)
 
 
 def format_table(records: Sequence[BreakEven]) -> str:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from nsa_bench import reading, results, resume
+from nsa_bench import breakeven, reading, results, resume
 from nsa_bench.messages import show
 from nsa_bench.schema import FIELDS, STAGE_TOTAL
 
@@ -192,6 +192,9 @@ def merge(paths: Sequence[Path], out: Path, command: str = "") -> Merged:
         text = resume.results_header() + resume._records_text(records)
         results.replace_text(out / results.CSV_NAME, text)
         results.replace_text(out / resume.PROGRESS_NAME, "".join(run.progress for run in ordered))
+        frame = results.read_rows(out / results.CSV_NAME)
+        if not frame.empty:
+            breakeven.write_csv(breakeven.break_evens(frame), out)  # beside results.csv, as a sweep leaves it
     except OSError as exc:
         raise MergeError(f"cannot write into --out {show(str(out), 100)}: {exc.strerror or exc}") from None
     return Merged(out / results.CSV_NAME, len(records), len(runs), missing, recomputed)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from nsa_bench import reading
+from nsa_bench import beside, breakeven, reading
 from nsa_bench.results import (CSV_NAME, ENV_NAME, PLOTS_DIR, SPEC_NAME, ResultsError, read_json,
                                read_rows_nonempty)
 from nsa_bench.schema import KEY_FIELDS, STAGE_TOTAL, STATUS_OK, STATUS_PREDICTED
@@ -282,6 +282,8 @@ class _Content:
     baseline: str
     predicted: bool
     against_each: pd.DataFrame = field(default_factory=pd.DataFrame)  # NSA vs every dense backend (nsa_bench.baselines)
+    break_even: pd.DataFrame = field(default_factory=pd.DataFrame)  # where NSA starts to pay (nsa_bench.breakeven)
+    published: pd.DataFrame = field(default_factory=pd.DataFrame)  # this run beside published figures (nsa_bench.beside)
     layers: pd.DataFrame = field(default_factory=pd.DataFrame)  # layer modes: speedup, Amdahl bound, attention share
     baseline_notes: tuple[str, ...] = ()  # strongest dense kernel, padding at Dk != Dv
 
@@ -296,6 +298,12 @@ def _baselines_section(frame: pd.DataFrame) -> dict:
         "baseline_notes": notes}
 
 
+BREAK_EVEN_NOTE = ("The sequence length at which NSA's time equals the baseline's, interpolated in log-log between "
+                   "the swept lengths (k = 1024 tokens); also in breakeven.csv beside results.csv.")
+PUBLISHED_NOTE = ("Published figures of the same configuration (nsa_bench/published.csv, each with its source), "
+                  "beside this run's own figure at the same mode and length. A partial match says what differs "
+                  "(another GPU, a shape the source does not state); `covers` says what part of attention a "
+                  "figure times.")
 LAYER_NOTE = ("Layer modes: one attention layer (projections, NSA's gate MLP, attention, output projection). "
               "The bound is the layer speedup if NSA's attention took no time (dense layer time / NSA's "
               "projections + gate MLP).")
@@ -333,6 +341,8 @@ def _load(directory: Path, plotter: Plotter) -> _Content:
         detail=detail, detail_constant=detail_constant, counts=counts, plots=tuple(plots), warnings=tuple(warnings),
         baseline=", ".join(baselines) or "the baseline backend",
         predicted=bool((statuses == STATUS_PREDICTED).any()),
+        break_even=breakeven.report_table(breakeven.break_evens(frame)),
+        published=beside.beside_published(frame, str(target.get("name", "")) if isinstance(target, dict) else ""),
         **_baselines_section(frame),
     )
 
@@ -374,6 +384,10 @@ def _sections(content: _Content) -> list[tuple[str, str, list[tuple[str, object]
         baselines += [("h3", "One attention layer"), ("p", LAYER_NOTE), ("table", content.layers)]
     if baselines:
         sections.append(("baselines", "Dense baselines", baselines))
+    if not content.break_even.empty:
+        sections.append(("break-even", "Break-even", [("p", BREAK_EVEN_NOTE), ("table", content.break_even)]))
+    if not content.published.empty:
+        sections.append(("published", "Beside published figures", [("p", PUBLISHED_NOTE), ("table", content.published)]))
     if main_plots:
         sections.append(("plots", "Plots", [("plots", main_plots)]))
     breakdown: list[tuple[str, object]] = [("plots", breakdown_plots)] if breakdown_plots else []

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from nsa_bench import baselines, reading, results
+from nsa_bench import baselines, breakeven, reading, results
 
 
 def summary_text(csv_file: Path, baseline: str | None = None) -> str:
@@ -31,6 +31,8 @@ def summary_text(csv_file: Path, baseline: str | None = None) -> str:
     failed = failures_text(frame)
     if failed:
         parts.append(failed)
+    if found is not None:
+        parts.append(breakeven.format_table(breakeven.break_evens(frame)))
     extra = baselines.summary_text(frame)
     if extra:
         parts.append(extra)

@@ -130,6 +130,7 @@ def execute(spec: SweepSpec, out: Path, resume: bool, plots: bool = True,
         warn(f"Interrupted ({name}): {outcome.rows_on_disk} rows kept in {outcome.csv} "
              f"(continue with --out {out} --resume).")
         return outcome
+    write_breakeven(out, warn)
     if plots and outcome.csv.exists():
         try:
             written = plot_run(out, gpu.key)
@@ -144,6 +145,19 @@ def execute(spec: SweepSpec, out: Path, resume: bool, plots: bool = True,
             warn(one_line(f"Plots failed ({type(exc).__name__}: {exc}); the CSV is intact: retry with "
                           f"`nsa-bench plot {out}`."))
     return outcome
+
+
+def write_breakeven(out: Path, warn: Callable[[str], None]) -> None:
+    """breakeven.csv beside results.csv (nsa_bench.breakeven): derived from the CSV, so a failure costs a
+    warning, never the run."""
+    from nsa_bench import breakeven
+
+    try:
+        frame = results.read_rows(out / results.CSV_NAME)
+        if not frame.empty:
+            breakeven.write_csv(breakeven.break_evens(frame), out)
+    except (OSError, results.ResultsError) as exc:
+        warn(one_line(f"{breakeven.CSV_NAME} not written ({exc})"))
 
 
 def choose_pool(spec: SweepSpec, gpu: GPUSpec, measuring: bool, devices: str | None, ray: str | None,

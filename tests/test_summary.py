@@ -46,3 +46,14 @@ def test_an_interrupt_while_plotting_says_how_many_rows_are_on_disk(monkeypatch,
     code, out, err = run_cli(monkeypatch, capsys, "sweep", "--suite", "smoke", "--out", str(tmp_path / "r"), "--quiet")
     rows = len(pd.read_csv(tmp_path / "r" / "results.csv"))
     assert code == 130 and f"while plotting: all {rows} rows are in" in err and "nsa-bench plot" in err
+
+
+def test_a_sweep_prints_and_writes_its_break_even_lengths(monkeypatch, capsys, tmp_path):
+    code, out, _ = run_cli(monkeypatch, capsys, "sweep", "--seqlen", "2k..128k", "--mode", "fwd,bwd,fwdbwd,decode",
+                           "--out", str(tmp_path / "r"), "--quiet", "--no-plots")
+    table = pd.read_csv(tmp_path / "r" / "breakeven.csv")
+    assert code == 0 and sorted(table["mode"]) == ["bwd", "decode", "fwd", "fwdbwd"]
+    assert "Break-even length, where NSA's time equals the baseline's" in out
+    fwd = table[table["mode"] == "fwd"].iloc[0]
+    assert fwd["where"] == "between" and fwd["lower"] < fwd["seqlen"] < fwd["upper"]
+    assert f"fwd     nsa-triton vs fa2:" in out
