@@ -405,23 +405,37 @@ def _sections(content: _Content) -> list[tuple[str, str, list[tuple[str, object]
     return sections
 
 
-def render_html(content: _Content) -> str:
-    def part_html(kind: str, value: object) -> str:
-        if kind == "p":
-            return f"<p>{html.escape(str(value))}</p>"
-        if kind == "h3":
-            return f"<h3>{html.escape(str(value))}</h3>"
-        if kind == "plots":
-            return "".join(plot_html(p) for p in value)  # type: ignore[attr-defined]
-        if kind == "constants":
-            return _constants_html(value)  # type: ignore[arg-type]
-        return html_table(value)  # type: ignore[arg-type]
+@dataclass(frozen=True)
+class _Format:
+    """How one output format writes each kind of part of a section (see `_sections`)."""
 
+    p: Callable[[str], str]
+    h3: Callable[[str], str]
+    plots: Callable[[list[Plot]], str]
+    constants: Callable[[dict[str, str]], str]
+    table: Callable[[pd.DataFrame], str]
+
+    def part(self, kind: str, value: object) -> str:
+        return getattr(self, kind)(value)
+
+
+_HTML = _Format(p=lambda text: f"<p>{html.escape(str(text))}</p>", h3=lambda text: f"<h3>{html.escape(str(text))}</h3>",
+                plots=lambda plots: "".join(plot_html(p) for p in plots), constants=lambda c: _constants_html(c),
+                table=lambda table: html_table(table))
+
+
+def _markdown_format(directory: Path) -> _Format:
+    return _Format(p=lambda text: f"{text}\n", h3=lambda text: f"### {text}\n",
+                   plots=lambda plots: "".join(plot_markdown(p, directory) for p in plots),
+                   constants=lambda c: _constants_markdown(c), table=lambda table: markdown_table(table))
+
+
+def render_html(content: _Content) -> str:
     sections = _sections(content)
     nav = "".join(f'<a href="#{anchor}">{html.escape(title)}</a>' for anchor, title, _ in sections)
     warnings = "".join(f'<p class="warn">{html.escape(w)}</p>' for w in content.warnings)
     body = "".join(f'<section id="{anchor}"><h2>{html.escape(title)}</h2>'
-                   + "".join(part_html(kind, value) for kind, value in parts) + "</section>"
+                   + "".join(_HTML.part(kind, value) for kind, value in parts) + "</section>"
                    for anchor, title, parts in sections)
     subtitle = html.escape(_subtitle(content).replace("`", ""))
     return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
@@ -431,22 +445,12 @@ def render_html(content: _Content) -> str:
 
 
 def render_markdown(content: _Content, directory: Path) -> str:
-    def part_markdown(kind: str, value: object) -> str:
-        if kind == "p":
-            return f"{value}\n"
-        if kind == "h3":
-            return f"### {value}\n"
-        if kind == "plots":
-            return "".join(plot_markdown(p, directory) for p in value)  # type: ignore[attr-defined]
-        if kind == "constants":
-            return _constants_markdown(value)  # type: ignore[arg-type]
-        return markdown_table(value)  # type: ignore[arg-type]
-
+    markdown = _markdown_format(directory)
     parts = [f"# {content.title}\n", _subtitle(content) + "\n"]
     parts += [f"**Warning:** {w}\n" for w in content.warnings]
     for _anchor, title, section in _sections(content):
         parts.append(f"## {title}\n")
-        parts += [text for kind, value in section if (text := part_markdown(kind, value))]
+        parts += [text for kind, value in section if (text := markdown.part(kind, value))]
     return "\n".join(parts)
 
 
