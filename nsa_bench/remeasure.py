@@ -10,12 +10,12 @@ from __future__ import annotations
 import functools
 import tempfile
 from collections.abc import Callable, Sequence
-from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
 
 from nsa_bench import compare
+from nsa_bench.repro import settings_of
 from nsa_bench.results import SPEC_NAME, read_json, read_rows, run_dir
 from nsa_bench.schema import KEY_FIELDS
 from nsa_bench.spec import Point, SweepSpec
@@ -37,7 +37,7 @@ def local_gpu() -> str | None:
 def spec_for_key(key: dict[str, str], settings: dict) -> SweepSpec:
     """A one-point sweep for a suspect row's key, on its backend and the run's baseline, measured like the
     original run (`settings`: its spec.json)."""
-    like = replace(SweepSpec.from_dict(settings), more_baselines=())
+    like = settings_of(settings)
     return SweepSpec.for_point(Point.from_record(key), (like.baseline, key["backend"]), like)
 
 
