@@ -357,8 +357,10 @@ def profile(ctx: click.Context, out: Path | None, **flags: str | None) -> None:
 @click.option("--all-stages", is_flag=True, help="Also gate the per-branch breakdown rows.")
 @click.option("--rerun", is_flag=True, help="Re-measure suspect points on this GPU before deciding.")
 @click.option("--allow-different-gpu", is_flag=True, help="Compare runs made on different GPUs.")
-@click.option("--md", "md_path", type=click.Path(dir_okay=False, path_type=Path), help="Also write the markdown here.")
-@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), help="Write JSON here.")
+@click.option("--md", "md_path", type=click.Path(path_type=Path), help="Also write the markdown here (never over "
+              "an input or a run folder's file).")
+@click.option("--json", "json_path", type=click.Path(path_type=Path), help="Write JSON here (never over an input "
+              "or a run folder's file).")
 @click.pass_context
 def compare_command(ctx: click.Context, baseline: Path, current: Path, metric: str, threshold: float,
                     sigmas: float, all_stages: bool, rerun: bool, allow_different_gpu: bool,
@@ -372,7 +374,7 @@ def compare_command(ctx: click.Context, baseline: Path, current: Path, metric: s
         result, markdown = compare.run_compare(baseline, current, options, md_path=md_path, json_path=json_path,
                                                revise=remeasure.rerun_suspects if rerun else None)
     except compare.CompareError as exc:
-        click.echo(f"nsa-bench: error: {exc}", err=True)
+        click.echo(f"nsa-bench: error: {one_line(str(exc))}", err=True)
         ctx.exit(compare.EXIT_USAGE)
     click.echo(markdown, nl=False)
     ctx.exit(result.exit_code)

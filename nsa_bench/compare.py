@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from nsa_bench.output_paths import OutputError, check_outputs, write_output
 from nsa_bench.results import ENV_NAME, ResultsError, absent_columns, read_json, read_rows, run_dir
 from nsa_bench.schema import KEY_FIELDS, STAGE_TOTAL, STATUS_OK, STATUS_PREDICTED
 
@@ -511,17 +512,22 @@ def to_json(comparison: Comparison) -> dict:
 def run_compare(baseline: Path, current: Path, options: Options, *, md_path: Path | None = None,
                 json_path: Path | None = None,
                 revise: Callable[[Comparison], Comparison] | None = None) -> tuple[Comparison, str]:
-    """The whole `nsa-bench compare`: compare, let `revise` decide again (--rerun's re-measurement), write
-    the files; (result, markdown)."""
+    """The whole `nsa-bench compare`: refuse outputs that would land on an input or a run's file, compare,
+    let `revise` decide again (--rerun's re-measurement), write the files; (result, markdown)."""
+    outputs = (("--md", md_path), ("--json", json_path))
+    try:
+        check_outputs((Path(baseline), Path(current)), outputs)
+    except OutputError as exc:
+        raise CompareError(str(exc)) from None
     comparison = compare_paths(baseline, current, options)
     if revise is not None:
         comparison = revise(comparison)
     markdown = to_markdown(comparison)
+    texts = {"--md": markdown, "--json": json.dumps(to_json(comparison), indent=2) + "\n"}
     try:
-        if md_path is not None:
-            Path(md_path).write_text(markdown)
-        if json_path is not None:
-            Path(json_path).write_text(json.dumps(to_json(comparison), indent=2) + "\n")
-    except OSError as exc:
-        raise CompareError(f"cannot write output: {exc}") from exc
+        for flag, path in outputs:
+            if path is not None:
+                write_output(flag, Path(path), texts[flag])
+    except OutputError as exc:
+        raise CompareError(str(exc)) from None
     return comparison, markdown

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from dataclasses import replace
 from pathlib import Path
 
@@ -333,3 +334,76 @@ def test_schema_mismatch_is_reported_before_the_gpu(tmp_path: Path) -> None:
     pd.read_csv(base / CSV_NAME).drop(columns=["gpu"]).to_csv(unknown, index=False)
     line = _one_line_error(invoke(str(base), str(unknown)))
     assert "cannot tell the GPU of the current run" in line and "different GPUs" not in line
+
+
+# --- outputs never land on inputs ---------------------------------------------------------------------
+
+@pytest.mark.parametrize("target", ["results.csv", "env.json", "spec.json", "progress.jsonl"])
+def test_md_or_json_over_a_run_file_is_refused_and_the_file_untouched(tmp_path: Path, target: str) -> None:
+    run = make_run(tmp_path / "run")
+    (run / "spec.json").write_text("{}\n")
+    (run / "progress.jsonl").write_text("")
+    before = {p.name: p.read_bytes() for p in run.iterdir()}
+    for flag in ("--md", "--json"):
+        line = _one_line_error(invoke(str(run), str(run), flag, str(run / target)))
+        assert f"{flag} '{run / target}'" in line and "nothing was written" in line
+    other = make_run(tmp_path / "other")  # a run folder that is not an input is protected as well
+    line = _one_line_error(invoke(str(run), str(run), "--md", str(other / target)))
+    assert "run folder's" in line
+    assert {p.name: p.read_bytes() for p in run.iterdir()} == before
+
+
+def test_outputs_over_inputs_folders_or_each_other_are_refused(tmp_path: Path) -> None:
+    run = make_run(tmp_path / "run")
+    copy = tmp_path / "copy.csv"
+    copy.write_bytes((run / CSV_NAME).read_bytes())
+    link = tmp_path / "link.md"
+    link.symlink_to(run / CSV_NAME)
+    csv_bytes = (run / CSV_NAME).read_bytes()
+    cases = [
+        ((str(run), str(copy), "--md", str(copy)), "is an input of this command"),
+        ((str(run), str(copy), "--json", str(tmp_path / "." / "copy.csv")), "is an input of this command"),
+        ((str(run), str(run), "--md", str(link)), "is an input of this command"),
+        ((str(run), str(run), "--md", str(tmp_path)), "is a folder"),
+        ((str(run), str(run), "--md", str(tmp_path / "x.md"), "--json", str(tmp_path / "x.md")),
+         "is also the --md output"),
+        ((str(run), str(run), "--md", str(tmp_path / "no" / "such" / "x.md")), "is not a folder"),
+        ((str(run), str(run), "--md", str(copy / "x.md")), "is not a folder"),
+    ]
+    for args, why in cases:
+        assert why in _one_line_error(invoke(*args)), args
+    assert (run / CSV_NAME).read_bytes() == csv_bytes and copy.read_bytes() == csv_bytes
+    assert not (tmp_path / "x.md").exists()
+
+
+@pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0, reason="root writes into read-only folders")
+def test_md_into_a_read_only_folder_is_one_line(tmp_path: Path) -> None:
+    run = make_run(tmp_path / "run")
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        line = _one_line_error(invoke(str(run), str(run), "--md", str(locked / "gate.md")))
+    finally:
+        locked.chmod(0o700)
+    assert f"--md '{locked / 'gate.md'}' cannot be written" in line
+
+
+def test_an_unwritable_output_is_one_line_naming_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What the system refuses (a read-only folder, a full disk), checked before comparing and again on
+    writing: one line naming the flag and the path, exit 2, no traceback (as root too)."""
+    from nsa_bench import output_paths
+
+    run = make_run(tmp_path / "run")
+    target = tmp_path / "gate.json"
+    monkeypatch.setattr(output_paths, "_writable", lambda path: False)
+    line = _one_line_error(invoke(str(run), str(run), "--json", str(target)))
+    assert line.endswith(f"--json '{target}' cannot be written (permission denied); nothing was written")
+    monkeypatch.undo()
+
+    def refuse(self, *args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(Path, "write_text", refuse)
+    line = _one_line_error(invoke(str(run), str(run), "--json", str(target)))
+    assert line.endswith(f"--json '{target}' cannot be written: Permission denied")
