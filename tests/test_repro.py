@@ -6,9 +6,13 @@ import shlex
 from dataclasses import fields, replace
 from pathlib import Path
 
+import pandas as pd
 import pytest
+from click.testing import CliRunner
 
-from nsa_bench import remeasure, repro
+from nsa_bench import cli, remeasure, repro
+from nsa_bench.results import CSV_NAME, read_rows
+from nsa_bench.schema import KEY_FIELDS
 from nsa_bench.spec import Point, SweepSpec
 from nsa_bench.suites import build_spec
 
@@ -69,3 +73,48 @@ def test_run_settings_say_why_they_are_the_defaults(tmp_path: Path) -> None:
     assert repro.run_settings(tmp_path)[1] == f"{tmp_path / 'spec.json'} holds list, not a JSON object"
     (tmp_path / "spec.json").write_text('{"reps": 9, "more_baselines": ["cudnn"]}')
     assert repro.run_settings(tmp_path) == (replace(SweepSpec(), reps=9), "")
+
+
+def _sweep(*args: str) -> None:
+    result = CliRunner().invoke(cli.cli, ["sweep", *args, "--no-plots", "--quiet"])
+    assert result.exit_code == 0, result.output
+
+
+def test_a_printed_command_gives_back_the_row(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A predicted run with settings off every default, a planted slowdown in a copy of it, compare's markdown,
+    and each printed command run as a user would paste it: the same rows, to the last predicted digit."""
+    from nsa_bench import environment
+
+    monkeypatch.setattr(environment, "git_commit", lambda: {"commit": None, "dirty": None})
+    original = tmp_path / "original"
+    _sweep("--seqlen", "2k", "--mode", "fwd,layer-fwd", "--d-model", "1024", "--doc-lens", "fixed:512", "--kv-heads",
+           "2", "--group-size", "4", "--head-dim", "64-32", "--n-slc", "4", "--window", "128", "--dtype", "float16",
+           "--reps", "7", "--warmup", "2", "--seed", "3", "--no-cuda-graph", "--gpu", "h200", "--check-seqlen", "512",
+           "--out", str(original))
+    current = tmp_path / "current"
+    current.mkdir()
+    for name in ("env.json", "spec.json"):
+        (current / name).write_bytes((original / name).read_bytes())
+    cells = pd.read_csv(original / CSV_NAME, dtype=str, keep_default_na=False)
+    slow = (cells["backend"] == "nsa-triton") & (cells["stage"] == "total")
+    cells.loc[slow, "predicted_ms"] = [f"{float(v) * 1.3:.6g}" for v in cells.loc[slow, "predicted_ms"]]
+    cells.to_csv(current / CSV_NAME, index=False)
+
+    out = CliRunner().invoke(cli.cli, ["compare", str(original), str(current), "--metric", "predicted_ms"])
+    assert out.exit_code == 1 and "SLOWER 2" in out.output, out.output
+    commands = [line for line in out.output.splitlines() if line.startswith("nsa-bench sweep ")]
+    assert len(commands) == 2
+
+    before = read_rows(original)
+    modes = set()
+    for index, command in enumerate(commands):
+        again = tmp_path / f"again{index}"
+        _sweep(*shlex.split(command)[2:], "--out", str(again))
+        after = read_rows(again)
+        assert len(after) and after["mode"].nunique() == 1
+        modes |= set(after["mode"])
+        merged = after.merge(before, on=list(KEY_FIELDS), how="left", suffixes=("", "_original"), indicator=True)
+        assert (merged["_merge"] == "both").all(), merged[list(KEY_FIELDS)]
+        assert (merged["predicted_ms"] == merged["predicted_ms_original"]).all()
+        assert set(after["backend"]) == {"fa2", "nsa-triton"}
+    assert modes == {"fwd", "layer-fwd"}
