@@ -425,8 +425,8 @@ def profile(ctx: click.Context, out: Path | None, **flags: str | None) -> None:
 @click.argument("baseline", type=click.Path(path_type=Path))
 @click.argument("current", type=click.Path(path_type=Path))
 @click.option("--metric", type=click.Choice(["speedup", "ms", "predicted_ms"]), default="speedup",
-              show_default=True, help="speedup vs FA2 of the same run (higher is better), ms_median, or "
-              "predicted_ms (cost model, for CPU runs).")
+              show_default=True, help="speedup over the run's baseline backend, computed from each run's own times "
+              "(higher is better), ms_median, or predicted_ms (cost model, for CPU runs).")
 @click.option("--threshold", type=float, default=5.0, show_default=True,
               help="Percent change below which a point is SAME.")
 @click.option("--sigmas", type=float, default=3.0, show_default=True,
@@ -434,22 +434,30 @@ def profile(ctx: click.Context, out: Path | None, **flags: str | None) -> None:
 @click.option("--all-stages", is_flag=True, help="Also gate the per-branch breakdown rows.")
 @click.option("--rerun", is_flag=True, help="Re-measure suspect points on this GPU before deciding.")
 @click.option("--allow-different-gpu", is_flag=True, help="Compare runs made on different GPUs.")
-@click.option("--md", "md_path", type=click.Path(dir_okay=False, path_type=Path), help="Also write the markdown here.")
-@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), help="Write JSON here.")
+@click.option("--fail-on-ambiguous", is_flag=True, help="Exit 1 when any point could not be judged (AMBIGUOUS, "
+              "or with a value in one run only), not only on a confirmed SLOWER.")
+@click.option("--normalize-clocks", is_flag=True, help="For --metric ms, judge ms x SM clock (cycles) where both "
+              "runs read the point's SM clock; says which points it could not normalize (speedup needs none).")
+@click.option("--md", "md_path", type=click.Path(path_type=Path), help="Also write the markdown here (never over "
+              "an input or a run folder's file).")
+@click.option("--json", "json_path", type=click.Path(path_type=Path), help="Write JSON here (never over an input "
+              "or a run folder's file).")
 @click.pass_context
 def compare_command(ctx: click.Context, baseline: Path, current: Path, metric: str, threshold: float,
-                    sigmas: float, all_stages: bool, rerun: bool, allow_different_gpu: bool,
-                    md_path: Path | None, json_path: Path | None) -> None:
-    """Regression gate: label each point of CURRENT vs BASELINE; exit 1 only on a confirmed SLOWER."""
+                    sigmas: float, all_stages: bool, rerun: bool, allow_different_gpu: bool, fail_on_ambiguous: bool,
+                    normalize_clocks: bool, md_path: Path | None, json_path: Path | None) -> None:
+    """Regression gate: label each point of CURRENT vs BASELINE; exit 1 on a confirmed SLOWER (or, with
+    --fail-on-ambiguous, on any point it could not judge)."""
     from nsa_bench import compare, remeasure
 
     try:
-        options = compare.Options(metric=metric, threshold=threshold / 100, sigmas=sigmas,
-                                  all_stages=all_stages, allow_different_gpu=allow_different_gpu)
+        options = compare.Options(metric=metric, threshold=threshold / 100, sigmas=sigmas, all_stages=all_stages,
+                                  allow_different_gpu=allow_different_gpu, fail_on_ambiguous=fail_on_ambiguous,
+                                  normalize_clocks=normalize_clocks)
         result, markdown = compare.run_compare(baseline, current, options, md_path=md_path, json_path=json_path,
                                                revise=remeasure.rerun_suspects if rerun else None)
     except compare.CompareError as exc:
-        click.echo(f"nsa-bench: error: {exc}", err=True)
+        click.echo(f"nsa-bench: error: {one_line(str(exc))}", err=True)
         ctx.exit(compare.EXIT_USAGE)
     click.echo(markdown, nl=False)
     ctx.exit(result.exit_code)

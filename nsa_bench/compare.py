@@ -3,62 +3,43 @@
 Each matched point gets an nvbench-style label. A gate that cries wolf on noise gets switched off,
 so SLOWER needs two things at once: a change beyond the threshold (default 5%) that is also clearly
 outside the measurement noise. Changes beyond the threshold but inside the noise are AMBIGUOUS and
-never fail the gate. The rules are spelled out in docs/regression-gate.md.
-
-Noise rule (per run, per point): the p10..p90 range of a normal distribution is 2 x 1.2816 standard
-deviations, so sigma ~= (p90 - p10) / 2.563 is a robust per-sample spread. The uncertainty of the
-median of `samples` timings is then sqrt(pi/2) * sigma / sqrt(samples); divided by the median it is
-the run's relative noise (unknown below MIN_SAMPLES samples). For `speedup` (a ratio of two timings of the same run) the noises of the
-point and of its baseline row add in quadrature. Predicted figures come from a cost model: noise 0.
+never fail the gate by default; but a gate must never pass quietly what it could not judge, so the
+verdict counts every such point (AMBIGUOUS, or found in one run only) and `fail_on_ambiguous` fails on
+them. The rules are spelled out in docs/regression-gate.md; what a run offers per row (speedups from its
+own times, noise, clocks) is nsa_bench.gate_values.
 """
 from __future__ import annotations
 
 import dataclasses
 import json
 import math
+import statistics
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 
-from nsa_bench.results import ENV_NAME, ResultsError, absent_columns, read_json, read_rows, run_dir
-from nsa_bench.schema import KEY_FIELDS, STAGE_TOTAL, STATUS_OK, STATUS_PREDICTED
+from nsa_bench.gate_values import METRICS, Key, Metric, RunValues, check_cells, frame_keys, raw_cells, run_values
+from nsa_bench.gate_values import relative_noise  # noqa: F401 - the noise rule, read with the gate
+from nsa_bench.output_paths import OutputError, check_outputs, write_output
+from nsa_bench.repro import run_settings, sweep_command
+from nsa_bench.results import ENV_NAME, ResultsError, absent_columns, csv_path, read_json, read_rows, run_dir
+from nsa_bench.schema import KEY_FIELDS, STAGE_TOTAL
+from nsa_bench.spec import Point, SweepSpec
 
 SAME, FASTER, SLOWER, AMBIGUOUS = "SAME", "FASTER", "SLOWER", "AMBIGUOUS"
 LABELS = (SLOWER, AMBIGUOUS, FASTER, SAME)  # report order: what needs attention first
 
-P10_P90_WIDTH_SIGMAS = 2 * 1.2815515655446004  # width of a normal's p10..p90 range in sigmas
-MEDIAN_SE_FACTOR = math.sqrt(math.pi / 2)  # se(median) = this * sigma / sqrt(n) for a normal
-MIN_SAMPLES = 5  # below this, p10/p90 say nothing about the spread: the noise is unknown
 DEFAULT_THRESHOLD = 0.05
 DEFAULT_SIGMAS = 3.0
+SHOWN_DISAGREEMENTS = 3  # stored speedups that disagree with the times: how many to name
 
 EXIT_OK, EXIT_REGRESSION, EXIT_USAGE = 0, 1, 2
-
-Key = tuple[str, ...]
 
 
 class CompareError(ValueError):
     """Inputs that cannot be compared (missing file, schema mismatch, no common rows): exit code 2."""
-
-
-@dataclass(frozen=True)
-class Metric:
-    """What is gated: a CSV column, which direction is better, and which rows carry it."""
-
-    name: str
-    column: str
-    higher_is_better: bool
-    statuses: tuple[str, ...]
-    measured: bool  # has sampling noise (p10/p90); predicted figures do not
-
-
-METRICS: dict[str, Metric] = {
-    "speedup": Metric("speedup", "speedup", True, (STATUS_OK,), True),
-    "ms": Metric("ms", "ms_median", False, (STATUS_OK,), True),
-    "predicted_ms": Metric("predicted_ms", "predicted_ms", False, (STATUS_OK, STATUS_PREDICTED), False),
-}
 
 
 @dataclass(frozen=True)
@@ -68,6 +49,8 @@ class Options:
     sigmas: float = DEFAULT_SIGMAS  # how far outside the combined noise counts as "clearly"
     all_stages: bool = False  # also gate the per-branch breakdown rows, not only stage == total
     allow_different_gpu: bool = False
+    fail_on_ambiguous: bool = False  # exit 1 when any point could not be judged
+    normalize_clocks: bool = False  # judge ms x SM clock (cycles) where both runs read the clock
 
     def __post_init__(self) -> None:
         if self.metric not in METRICS:
@@ -80,13 +63,15 @@ class Options:
 
 @dataclass(frozen=True)
 class Run:
-    """One side of the comparison: its rows and where and with what it ran."""
+    """One side of the comparison: its rows, where and with what it ran, and how it was measured."""
 
     label: str
     path: Path
     frame: pd.DataFrame
     env: dict
     gpu: str | None  # None: unknown or no GPU (a CPU run)
+    settings: SweepSpec = field(default_factory=SweepSpec)  # spec.json's measurement settings
+    settings_note: str = ""  # why the settings are the sweep's defaults ("" when spec.json was read)
 
 
 @dataclass(frozen=True)
@@ -98,6 +83,9 @@ class PointResult:
     noise_current: float
     status: str
     remeasured: bool = False
+    clock_ratio: float = math.nan  # SM clock of the current row / of the baseline row (NaN: not both read)
+    normalized: bool = False  # baseline and current are ms x SM MHz (cycles), not ms
+    against: str = ""  # the backend a speedup is against
 
     @property
     def change(self) -> float:
@@ -113,15 +101,26 @@ class PointResult:
 
     def label(self, shown: Sequence[str] = KEY_FIELDS) -> str:
         """A short name of the point: mode, backend, seqlen, stage and the `shown` fields."""
-        k = self.key_dict()
-        extra = " ".join(f"{SHORT_NAMES.get(name, name)}={k[name]}" for name in shown
-                         if name not in ("mode", "backend", "seqlen", "stage"))
-        stage = "" if k["stage"] == STAGE_TOTAL else f" [{k['stage']}]"
-        return f"{k['mode']} {k['backend']} T={k['seqlen']}{stage}" + (f" {extra}" if extra else "")
+        return key_label(self.key, shown)
 
 
 SHORT_NAMES = {"batch": "B", "kv_heads": "Hkv", "group_size": "G", "head_dim_qk": "Dqk", "head_dim_v": "Dv",
                "block_cmp": "l", "stride_cmp": "d", "block_slc": "l'", "n_slc": "n", "window": "w"}
+
+
+def key_label(key: Key, shown: Sequence[str] = KEY_FIELDS) -> str:
+    k = dict(zip(KEY_FIELDS, key))
+    extra = " ".join(f"{SHORT_NAMES.get(name, name)}={k[name]}" for name in shown
+                     if name not in ("mode", "backend", "seqlen", "stage"))
+    stage = "" if k["stage"] == STAGE_TOTAL else f" [{k['stage']}]"
+    return f"{k['mode']} {k['backend']} T={k['seqlen']}{stage}" + (f" {extra}" if extra else "")
+
+
+def why_ambiguous(point: PointResult, threshold: float) -> str:
+    """What kept an AMBIGUOUS point from a verdict."""
+    if not math.isfinite(point.noise):
+        return "noise unknown"
+    return "noise above the threshold" if point.noise > threshold else "inside the noise"
 
 
 @dataclass(frozen=True)
@@ -132,14 +131,22 @@ class Comparison:
     points: tuple[PointResult, ...]
     only_baseline: tuple[Key, ...]
     only_current: tuple[Key, ...]
-    skipped_baseline: dict[str, int]  # reason -> rows not eligible for the metric
-    skipped_current: dict[str, int]
+    baseline_rows: RunValues
+    current_rows: RunValues
     env_differences: tuple[tuple[str, str, str], ...]
     notes: tuple[str, ...] = field(default=())
 
     @property
     def metric(self) -> Metric:
         return METRICS[self.options.metric]
+
+    @property
+    def skipped_baseline(self) -> dict[str, int]:
+        return self.baseline_rows.skipped
+
+    @property
+    def skipped_current(self) -> dict[str, int]:
+        return self.current_rows.skipped
 
     def varying_fields(self) -> list[str]:
         """Key fields that differ among the compared points: the rest is printed once."""
@@ -158,28 +165,102 @@ class Comparison:
         return math.exp(sum(math.log(p.current / p.baseline) for p in self.points) / len(self.points))
 
     def regressions(self) -> list[PointResult]:
-        """Points that got worse, worst first (any status)."""
+        """Points worse beyond the threshold, worst first: SLOWER, and AMBIGUOUS ones that got worse (a SAME
+        point is inside the threshold, whatever its sign)."""
         sign = -1.0 if self.metric.higher_is_better else 1.0
-        worse = [p for p in self.points if sign * p.change > 0]
+        worse = [p for p in self.points if p.status in (SLOWER, AMBIGUOUS) and sign * p.change > 0]
         return sorted(worse, key=lambda p: sign * p.change, reverse=True)
+
+    def not_judged(self) -> dict[str, int]:
+        """Points the gate could not judge, by why: AMBIGUOUS ones (by what kept them from a verdict) and
+        points with a value in one run only."""
+        counts: dict[str, int] = {}
+        for point in self.points:
+            if point.status == AMBIGUOUS:
+                why = f"AMBIGUOUS: {why_ambiguous(point, self.options.threshold)}"
+                counts[why] = counts.get(why, 0) + 1
+        for why, keys in (("only in baseline", self.only_baseline), ("only in current", self.only_current)):
+            if keys:
+                counts[why] = len(keys)
+        return counts
+
+    def one_sided(self) -> list[tuple[Key, str]]:
+        """Each point with a value in one run only, and why the other run has none."""
+        return ([(k, f"only in baseline; current: {self.current_rows.why_not.get(k, 'no row')}")
+                 for k in self.only_baseline]
+                + [(k, f"only in current; baseline: {self.baseline_rows.why_not.get(k, 'no row')}")
+                   for k in self.only_current])
+
+    def throttled_runs(self) -> list[str]:
+        """'current (3 rows: sw_thermal_slowdown)' for each run with rows the GPU flagged as throttled."""
+        out = []
+        for run, rows in ((self.baseline, self.baseline_rows), (self.current, self.current_rows)):
+            if rows.throttling.rows:
+                reasons = f": {', '.join(rows.throttling.reasons)}" if rows.throttling.reasons else ""
+                out.append(f"{run.label} ({rows.throttling.rows} rows{reasons})")
+        return out
 
     @property
     def exit_code(self) -> int:
-        return EXIT_REGRESSION if any(p.status == SLOWER for p in self.points) else EXIT_OK
+        if any(p.status == SLOWER for p in self.points):
+            return EXIT_REGRESSION
+        if self.options.fail_on_ambiguous and self.not_judged():
+            return EXIT_REGRESSION
+        return EXIT_OK
+
+    def verdict(self) -> str:
+        """One line: pass or fail and why, how many points were not judged, which runs were throttled."""
+        unjudged = sum(self.not_judged().values())
+        total = len(self.points) + len(self.only_baseline) + len(self.only_current)
+        if any(p.status == SLOWER for p in self.points):
+            text = "FAIL: confirmed regression"
+        elif self.exit_code == EXIT_REGRESSION:
+            text = "FAIL: not every point could be judged (--fail-on-ambiguous)"
+        else:
+            text = "PASS: no confirmed regression"
+        if unjudged:
+            why = ", ".join(f"{n} {reason}" for reason, n in self.not_judged().items())
+            text += f"; {unjudged} of {total} points not judged ({why})"
+        else:
+            text += f"; all {total} points judged"
+        throttled = self.throttled_runs()
+        return text + (f"; throttled: {'; '.join(throttled)}" if throttled else "")
+
+    def rerun_command(self, point: PointResult) -> str:
+        """The `nsa-bench sweep` that re-measures this point as the current run measured it."""
+        settings = self.current.settings
+        if point.against:
+            settings = dataclasses.replace(settings, baseline=point.against)
+        backend = point.key_dict()["backend"]
+        return sweep_command(Point.from_record(point.key_dict()), (backend,), settings)
+
+    def clock_notes(self) -> list[str]:
+        """What the gate did about SM clocks, never silently."""
+        read = [p for p in self.points if math.isfinite(p.clock_ratio)]
+        notes = []
+        if read:
+            ratios = [p.clock_ratio for p in read]
+            notes.append(f"SM clock current/baseline: read in both runs at {len(read)} of {len(self.points)} "
+                         f"points; median {statistics.median(ratios):.3f} (min {min(ratios):.3f}, "
+                         f"max {max(ratios):.3f})")
+        if not self.options.normalize_clocks:
+            return notes
+        if self.metric.name == "speedup":
+            notes.append("--normalize-clocks: a speedup is the ratio of two times of one run at one clock, so the "
+                         "clock cancels: speedups are judged as they are (already normalized)")
+        elif self.metric.name == "predicted_ms":
+            notes.append("--normalize-clocks: could not normalize: predicted_ms comes from the cost model, "
+                         "which has no clock; judged as it is")
+        else:
+            raw = len(self.points) - sum(p.normalized for p in self.points)
+            done = f"judged {len(self.points) - raw} points as ms x SM MHz (cycles)"
+            notes.append(f"--normalize-clocks: {done}" + (
+                f"; could not normalize {raw} points (no SM clock reading in both runs): judged on raw times"
+                if raw else ""))
+        return notes
 
 
-# --- noise and labels --------------------------------------------------------------------------
-
-def relative_noise(median: float, p10: float, p90: float, samples: float) -> float:
-    """Relative standard error of a run's median (see the module docstring); NaN when unknown."""
-    values = (median, p10, p90, samples)
-    if not all(isinstance(v, (int, float)) and math.isfinite(v) for v in values):
-        return math.nan
-    if median <= 0 or samples < MIN_SAMPLES or p90 < p10:
-        return math.nan
-    sigma = (p90 - p10) / P10_P90_WIDTH_SIGMAS
-    return MEDIAN_SE_FACTOR * sigma / math.sqrt(samples) / median
-
+# --- labels ------------------------------------------------------------------------------------
 
 def classify(baseline: float, current: float, noise: float, threshold: float, sigmas: float,
              higher_is_better: bool) -> str:
@@ -213,100 +294,34 @@ def _gpu_name(env: dict, frame: pd.DataFrame) -> str | None:
     return None
 
 
-def load_run(path: Path, label: str) -> Run:
-    """Read one side (CSV file or run folder) with its env.json; CompareError when unreadable."""
+def load_run(path: Path, label: str, metric: str | None = None) -> Run:
+    """Read one side (CSV file or run folder) with its env.json and spec.json; CompareError when unreadable,
+    or, given a `metric`, when a cell it reads holds inf, 0 or a negative number (named by file, line, column)."""
     path = Path(path)
     if not path.exists():
         raise CompareError(f"{label}: {path} does not exist")
     try:
         frame = read_rows(path)
         env = read_json(run_dir(path) / ENV_NAME)
+        if metric is not None:
+            check_cells(raw_cells(csv_path(path)), frame["status"], METRICS[metric], csv_path(path))
     except ResultsError as exc:
         raise CompareError(f"{label}: {exc}") from exc
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise CompareError(f"{label}: {run_dir(path) / ENV_NAME} is not valid JSON ({exc})") from exc
     if not isinstance(env, dict):
         raise CompareError(f"{label}: {run_dir(path) / ENV_NAME} is not a JSON object")
-    return Run(label, path, frame, env, _gpu_name(env, frame))
+    settings, note = run_settings(run_dir(path))
+    return Run(label, path, frame, env, _gpu_name(env, frame), settings, note)
 
 
-def _key_text(value: object) -> str:
-    """Key cells as text, so 512, 512.0 and "512" from two CSVs match."""
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return ""
-    if isinstance(value, float) and value.is_integer():
-        return str(int(value))
-    return str(value)
-
-
-def _number(value: object) -> float:
-    try:
-        number = float(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        return math.nan
-    return number
-
-
-def _row_noise(record: dict, metric: Metric) -> float:
-    if not metric.measured:
-        return 0.0
-    return relative_noise(*(_number(record.get(c)) for c in ("ms_median", "ms_p10", "ms_p90", "samples")))
-
-
-@dataclass(frozen=True)
-class _Eligible:
-    values: dict[Key, tuple[float, float]]  # key -> (metric value, relative noise)
-    skipped: dict[str, int]
-
-
-def _eligible(run: Run, options: Options) -> _Eligible:
-    """The run's rows that carry the metric, keyed; why the others are skipped."""
+def _values(run: Run, options: Options) -> RunValues:
+    """The run's comparable rows; CompareError when it lacks the column the metric is read from."""
     metric = METRICS[options.metric]
-    frame = run.frame
-    if metric.column not in frame.columns or metric.column in absent_columns(frame):
-        raise CompareError(f"{run.label}: {run.path} has no {metric.column!r} column (schema mismatch)")
-    records = frame.to_dict("records")
-    keys = [tuple(_key_text(r[c]) for c in KEY_FIELDS) for r in records]
-    ok_noise = {k: _row_noise(r, METRICS["ms"]) for k, r in zip(keys, records) if r.get("status") == STATUS_OK}
-    values: dict[Key, tuple[float, float]] = {}
-    skipped: dict[str, int] = {}
-
-    def skip(reason: str) -> None:
-        skipped[reason] = skipped.get(reason, 0) + 1
-
-    for key, record in zip(keys, records):
-        status = str(record.get("status", STATUS_OK))
-        stage = key[KEY_FIELDS.index("stage")]
-        value = _number(record.get(metric.column))
-        if status not in metric.statuses:
-            skip(f"status {status}")
-        elif stage != STAGE_TOTAL and not options.all_stages:
-            skip("breakdown stage")
-        elif metric.name == "speedup" and str(record.get("baseline", "")) == key[KEY_FIELDS.index("backend")]:
-            skip("the speedup baseline itself")
-        elif not (math.isfinite(value) and value > 0):
-            skip(f"no {metric.column}")
-        else:
-            noise = _row_noise(record, metric)
-            if metric.name == "speedup":
-                noise = math.hypot(noise, _baseline_noise(key, str(record.get("baseline", "")), ok_noise))
-            if key in values:
-                skip("duplicate key (last row kept)")
-            values[key] = (value, noise)
-    return _Eligible(values, skipped)
-
-
-def _baseline_noise(key: Key, baseline: str, ok_noise: dict[Key, float]) -> float:
-    """Noise of the baseline backend's row that the speedup was computed against (same point)."""
-    if not baseline:
-        return math.nan
-    backend, stage = KEY_FIELDS.index("backend"), KEY_FIELDS.index("stage")
-    same_stage = key[:backend] + (baseline,) + key[backend + 1:]
-    total = same_stage[:stage] + (STAGE_TOTAL,) + same_stage[stage + 1:]
-    for candidate in (same_stage, total):
-        if candidate in ok_noise:
-            return ok_noise[candidate]
-    return math.nan
+    if metric.source not in run.frame.columns or metric.source in absent_columns(run.frame):
+        computed = " (speedups are computed from the run's times)" if metric.name == "speedup" else ""
+        raise CompareError(f"{run.label}: {run.path} has no {metric.source!r} column (schema mismatch){computed}")
+    return run_values(run.frame, metric, options.all_stages, run.settings.baseline)
 
 
 def _flatten(payload: object, prefix: str = "") -> dict[str, str]:
@@ -329,19 +344,36 @@ def env_differences(baseline: dict, current: dict) -> list[tuple[str, str, str]]
 
 # --- comparing ---------------------------------------------------------------------------------
 
+def _check_gpus(baseline: Run, current: Run, options: Options) -> None:
+    if baseline.gpu == current.gpu or options.allow_different_gpu:
+        return
+    unknown = [run for run in (baseline, current) if run.gpu is None]
+    if unknown:
+        other = current if unknown[0] is baseline else baseline
+        raise CompareError(
+            f"cannot tell the GPU of the {unknown[0].label} run ({unknown[0].path}: no env.json naming it and "
+            f"no gpu column); the {other.label} ran on {other.gpu} (pass --allow-different-gpu to compare anyway)")
+    raise CompareError(f"different GPUs: baseline {baseline.gpu} vs current {current.gpu} "
+                       "(pass --allow-different-gpu to compare anyway)")
+
+
+def _point(key: Key, base: RunValues, cur: RunValues, options: Options) -> PointResult:
+    """One matched point, labelled; judged in cycles (ms x SM MHz) when asked to and both clocks were read."""
+    b, c = base.values[key], cur.values[key]
+    ratio = c.clock_mhz / b.clock_mhz if math.isfinite(b.clock_mhz) and math.isfinite(c.clock_mhz) else math.nan
+    normalized = options.normalize_clocks and options.metric == "ms" and math.isfinite(ratio)
+    b_value, c_value = (b.value * b.clock_mhz, c.value * c.clock_mhz) if normalized else (b.value, c.value)
+    metric = METRICS[options.metric]
+    status = classify(b_value, c_value, math.hypot(b.noise, c.noise), options.threshold, options.sigmas,
+                      metric.higher_is_better)
+    return PointResult(key, b_value, c_value, b.noise, c.noise, status, clock_ratio=ratio, normalized=normalized,
+                       against=c.against or b.against)
+
+
 def compare_runs(baseline: Run, current: Run, options: Options, notes: Sequence[str] = ()) -> Comparison:
     """Label every point the two runs share; CompareError when nothing can be compared."""
-    base, cur = _eligible(baseline, options), _eligible(current, options)  # schema problems first
-    if baseline.gpu != current.gpu and not options.allow_different_gpu:
-        unknown = [run for run in (baseline, current) if run.gpu is None]
-        if unknown:
-            raise CompareError(
-                f"cannot tell the GPU of the {unknown[0].label} run ({unknown[0].path}: no env.json naming it and "
-                f"no gpu column); the {(current if unknown[0] is baseline else baseline).label} ran on "
-                f"{(current if unknown[0] is baseline else baseline).gpu} (pass --allow-different-gpu to compare anyway)")
-        raise CompareError(
-            f"different GPUs: baseline {baseline.gpu} vs current {current.gpu} "
-            "(pass --allow-different-gpu to compare anyway)")
+    base, cur = _values(baseline, options), _values(current, options)  # schema problems first
+    _check_gpus(baseline, current, options)
     metric = METRICS[options.metric]
     common = [k for k in base.values if k in cur.values]
     if not common:
@@ -351,22 +383,18 @@ def compare_runs(baseline: Run, current: Run, options: Options, notes: Sequence[
         raise CompareError(
             f"no rows in common with a {metric.column} value: baseline has {len(base.values)}, "
             f"current has {len(cur.values)}{hint}")
-    points = []
-    for key in common:
-        (b_value, b_noise), (c_value, c_noise) = base.values[key], cur.values[key]
-        status = classify(b_value, c_value, math.hypot(b_noise, c_noise), options.threshold,
-                          options.sigmas, metric.higher_is_better)
-        points.append(PointResult(key, b_value, c_value, b_noise, c_noise, status))
     return Comparison(
-        options=options, baseline=baseline, current=current, points=tuple(points),
+        options=options, baseline=baseline, current=current,
+        points=tuple(_point(key, base, cur, options) for key in common),
         only_baseline=tuple(k for k in base.values if k not in cur.values),
         only_current=tuple(k for k in cur.values if k not in base.values),
-        skipped_baseline=base.skipped, skipped_current=cur.skipped,
+        baseline_rows=base, current_rows=cur,
         env_differences=tuple(env_differences(baseline.env, current.env)), notes=tuple(notes))
 
 
 def compare_paths(baseline: Path, current: Path, options: Options) -> Comparison:
-    return compare_runs(load_run(baseline, "baseline"), load_run(current, "current"), options)
+    return compare_runs(load_run(baseline, "baseline", options.metric), load_run(current, "current", options.metric),
+                        options)
 
 
 # --- re-measuring suspects ---------------------------------------------------------------------
@@ -383,21 +411,16 @@ def decide_again(comparison: Comparison, fresh: pd.DataFrame, note: str) -> Comp
     if missing:
         raise CompareError(f"--rerun: re-measured rows lack columns {', '.join(missing)}")
     frame = _replace_rows(comparison.current.frame, fresh)
-    current = Run(comparison.current.label, comparison.current.path, frame, comparison.current.env,
-                  comparison.current.gpu)
+    current = dataclasses.replace(comparison.current, frame=frame)
     redone = compare_runs(comparison.baseline, current, comparison.options, (*comparison.notes, note))
     todo_keys = {p.key for p in suspects(comparison)}
-    points = tuple(PointResult(p.key, p.baseline, p.current, p.noise_baseline, p.noise_current, p.status,
-                               p.key in todo_keys) for p in redone.points)
+    points = tuple(dataclasses.replace(p, remeasured=p.key in todo_keys) for p in redone.points)
     return dataclasses.replace(redone, points=points)
 
 
 def _replace_rows(frame: pd.DataFrame, fresh: pd.DataFrame) -> pd.DataFrame:
-    def keys(table: pd.DataFrame) -> list[Key]:
-        return [tuple(_key_text(v) for v in rec) for rec in table[list(KEY_FIELDS)].itertuples(index=False)]
-
-    fresh_keys = set(keys(fresh))
-    kept = frame[[k not in fresh_keys for k in keys(frame)]]
+    fresh_keys = set(frame_keys(fresh))
+    kept = frame[[k not in fresh_keys for k in frame_keys(frame)]]
     return pd.concat([kept, fresh], ignore_index=True)
 
 
@@ -417,6 +440,12 @@ def _value(value: float) -> str:
     return f"{value:.4g}"
 
 
+def _clock(point: PointResult) -> str:
+    if not math.isfinite(point.clock_ratio):
+        return "?"
+    return f"{point.clock_ratio:.3f}" + (" *" if point.normalized else "")
+
+
 def _md_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
     def line(cells: Sequence[str]) -> str:
         return "| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |"
@@ -428,19 +457,41 @@ def _skipped_text(skipped: dict[str, int]) -> str:
     return ", ".join(f"{n} {reason}" for reason, n in sorted(skipped.items())) or "none"
 
 
-def to_markdown(comparison: Comparison, worst: int = 5) -> str:
-    """The summary for humans and CI logs: verdict, counts, geomean, worst regressions, environment."""
+def _status_text(point: PointResult, threshold: float) -> str:
+    text = point.status
+    if point.status == AMBIGUOUS:
+        text += f" ({why_ambiguous(point, threshold)})"
+    return text + (" (re-measured)" if point.remeasured else "")
+
+
+def _run_notes(comparison: Comparison) -> list[str]:
+    """What the gate noticed about each run's rows: an assumed baseline, stored speedups the times deny."""
+    notes = []
+    for run, rows in ((comparison.baseline, comparison.baseline_rows), (comparison.current, comparison.current_rows)):
+        if rows.assumed_baseline:
+            origin = "the sweep's default" if run.settings_note else "the run's baseline in spec.json"
+            notes.append(f"{run.label}: the CSV has no baseline column: speedups are against "
+                         f"{rows.assumed_baseline} ({origin})")
+        if rows.disagreements:
+            first = "; ".join(f"{key_label(d.key, ())}: stored {d.stored:.6g}, times give {d.computed:.6g}"
+                              for d in rows.disagreements[:SHOWN_DISAGREEMENTS])
+            more = f"; and {len(rows.disagreements) - SHOWN_DISAGREEMENTS} more" \
+                if len(rows.disagreements) > SHOWN_DISAGREEMENTS else ""
+            notes.append(f"{run.label}: {len(rows.disagreements)} stored speedups disagree with the run's own times "
+                         f"(judged on the times): {first}{more}")
+    return notes
+
+
+def _header_lines(comparison: Comparison) -> list[str]:
     opts, metric = comparison.options, comparison.metric
     counts = comparison.counts()
-    shown = comparison.varying_fields()
     direction = "higher is better" if metric.higher_is_better else "lower is better"
-    verdict = ("FAIL: confirmed regression" if comparison.exit_code == EXIT_REGRESSION
-               else "PASS: no confirmed regression")
+    computed = " computed from each run's times" if metric.name == "speedup" else ""
     lines = [
-        f"# nsa-bench compare: {verdict}", "",
+        f"# nsa-bench compare: {comparison.verdict()}", "",
         f"- baseline: `{comparison.baseline.path}` (GPU: {comparison.baseline.gpu or 'none/unknown'})",
         f"- current: `{comparison.current.path}` (GPU: {comparison.current.gpu or 'none/unknown'})",
-        f"- metric: `{metric.column}` ({direction}); threshold {_pct(opts.threshold, False)}; "
+        f"- metric: `{metric.column}`{computed} ({direction}); threshold {_pct(opts.threshold, False)}; "
         f"clearly outside noise = beyond {opts.sigmas:g} x combined noise",
         f"- common configuration: {comparison.common_configuration() or '(none)'}",
         f"- points compared: {len(comparison.points)}; "
@@ -452,15 +503,56 @@ def to_markdown(comparison: Comparison, worst: int = 5) -> str:
         f"- skipped rows: baseline {_skipped_text(comparison.skipped_baseline)}; "
         f"current {_skipped_text(comparison.skipped_current)}",
     ]
-    lines += [f"- {note}" for note in comparison.notes]
+    notes = [*comparison.clock_notes(), *_run_notes(comparison), *comparison.notes]
+    return lines + [f"- {note}" for note in notes]
+
+
+def _regression_lines(comparison: Comparison, shown: Sequence[str], worst: int) -> list[str]:
+    opts = comparison.options
     regressions = comparison.regressions()[:worst]
-    lines += ["", "## Worst regressions", ""]
+    lines = ["", "## Worst regressions: SLOWER, and AMBIGUOUS points worse beyond the threshold", ""]
     if regressions:
         lines += _md_table(("point", "baseline", "current", "change", f"{opts.sigmas:g} x combined noise", "status"),
                            [(p.label(shown), _value(p.baseline), _value(p.current), _pct(p.change),
-                             "±" + _pct(opts.sigmas * p.noise, False), p.status) for p in regressions])
+                             "±" + _pct(opts.sigmas * p.noise, False), _status_text(p, opts.threshold))
+                            for p in regressions])
     else:
-        lines.append("none: no point got worse")
+        lines.append("none: no point got worse beyond the threshold")
+    return lines
+
+
+def _rerun_lines(comparison: Comparison, shown: Sequence[str]) -> list[str]:
+    suspects_ = suspects(comparison)
+    if not suspects_:
+        return []
+    note = comparison.current.settings_note
+    settings = f"the sweep's default settings ({note})" if note else "the current run's settings (its spec.json)"
+    lines = ["", "## Re-run the suspects", "",
+             "Each command re-measures one SLOWER or AMBIGUOUS point (with the backend it is against), with "
+             f"{settings}:", "", "```bash"]
+    for p in suspects_:
+        lines += [f"# {p.label(shown)}: {p.status} {_pct(p.change)}", comparison.rerun_command(p)]
+    return lines + ["```"]
+
+
+def _one_sided_lines(comparison: Comparison, shown: Sequence[str], limit: int = 20) -> list[str]:
+    one_sided = comparison.one_sided()
+    if not one_sided:
+        return []
+    lines = ["", "## Points in one run only (not judged)", ""]
+    lines += _md_table(("point", "why"), [(key_label(k, shown), why) for k, why in one_sided[:limit]])
+    if len(one_sided) > limit:
+        lines.append(f"\n... and {len(one_sided) - limit} more")
+    return lines
+
+
+def to_markdown(comparison: Comparison, worst: int = 5) -> str:
+    """The summary for humans and CI logs: verdict, counts, geomean, worst regressions, a re-run command per
+    suspect, environment, every point with its clock ratio."""
+    opts = comparison.options
+    shown = comparison.varying_fields()
+    lines = _header_lines(comparison) + _regression_lines(comparison, shown, worst)
+    lines += _rerun_lines(comparison, shown) + _one_sided_lines(comparison, shown)
     lines += ["", "## Environment differences (env.json)", ""]
     if comparison.env_differences:
         lines += _md_table(("field", "baseline", "current"), comparison.env_differences)
@@ -470,10 +562,11 @@ def to_markdown(comparison: Comparison, worst: int = 5) -> str:
     rows = sorted(comparison.points, key=lambda p: (order[p.status], -abs(p.change)))
     lines += ["", "## All points", ""]
     lines += _md_table(
-        ("point", "baseline", "current", "change", "noise baseline", "noise current", "status"),
+        ("point", "baseline", "current", "change", "noise baseline", "noise current", "SM clock cur/base", "status"),
         [(p.label(shown), _value(p.baseline), _value(p.current), _pct(p.change), _pct(p.noise_baseline, False),
-          _pct(p.noise_current, False), p.status + (" (re-measured)" if p.remeasured else ""))
-         for p in rows])
+          _pct(p.noise_current, False), _clock(p), _status_text(p, opts.threshold)) for p in rows])
+    if any(p.normalized for p in comparison.points):
+        lines += ["", "\\* judged clock-normalized: baseline and current are ms x SM MHz (thousands of cycles)"]
     return "\n".join(lines) + "\n"
 
 
@@ -481,47 +574,69 @@ def _finite(value: float) -> float | None:
     return value if math.isfinite(value) else None
 
 
+def _point_json(comparison: Comparison, p: PointResult) -> dict:
+    suspect = p.status in (SLOWER, AMBIGUOUS)
+    return {**p.key_dict(), "baseline_value": p.baseline, "current_value": p.current, "change": p.change,
+            "noise_baseline": _finite(p.noise_baseline), "noise_current": _finite(p.noise_current),
+            "status": p.status, "ambiguous_because": why_ambiguous(p, comparison.options.threshold)
+            if p.status == AMBIGUOUS else None, "remeasured": p.remeasured,
+            "clock_ratio": _finite(p.clock_ratio), "clock_normalized": p.normalized, "against": p.against or None,
+            "rerun": comparison.rerun_command(p) if suspect else None}
+
+
+def _side_json(run: Run, rows: RunValues) -> dict:
+    return {"path": str(run.path), "gpu": run.gpu, "skipped": rows.skipped,
+            "assumed_baseline": rows.assumed_baseline or None,
+            "throttled_rows": rows.throttling.rows, "throttle_reasons": list(rows.throttling.reasons),
+            "speedup_disagreements": [{**dict(zip(KEY_FIELDS, d.key)), "stored": d.stored, "computed": d.computed}
+                                      for d in rows.disagreements]}
+
+
 def to_json(comparison: Comparison) -> dict:
     """Machine-readable result for dashboards; NaN noise becomes null."""
     opts = comparison.options
     return {
         "verdict": "fail" if comparison.exit_code == EXIT_REGRESSION else "pass",
+        "verdict_line": comparison.verdict(),
         "exit_code": comparison.exit_code,
         "metric": comparison.metric.column,
         "higher_is_better": comparison.metric.higher_is_better,
         "threshold": opts.threshold,
         "sigmas": opts.sigmas,
-        "baseline": {"path": str(comparison.baseline.path), "gpu": comparison.baseline.gpu,
-                     "skipped": comparison.skipped_baseline},
-        "current": {"path": str(comparison.current.path), "gpu": comparison.current.gpu,
-                    "skipped": comparison.skipped_current},
+        "fail_on_ambiguous": opts.fail_on_ambiguous,
+        "normalize_clocks": opts.normalize_clocks,
+        "baseline": _side_json(comparison.baseline, comparison.baseline_rows),
+        "current": _side_json(comparison.current, comparison.current_rows),
         "counts": comparison.counts(),
+        "not_judged": comparison.not_judged(),
         "geomean_ratio": comparison.geomean_ratio(),
         "only_in_baseline": [dict(zip(KEY_FIELDS, k)) for k in comparison.only_baseline],
         "only_in_current": [dict(zip(KEY_FIELDS, k)) for k in comparison.only_current],
         "env_differences": [{"field": f, "baseline": b, "current": c} for f, b, c in comparison.env_differences],
-        "notes": list(comparison.notes),
-        "points": [{**p.key_dict(), "baseline_value": p.baseline, "current_value": p.current,
-                    "change": p.change, "noise_baseline": _finite(p.noise_baseline),
-                    "noise_current": _finite(p.noise_current), "status": p.status,
-                    "remeasured": p.remeasured} for p in comparison.points],
+        "notes": [*comparison.clock_notes(), *_run_notes(comparison), *comparison.notes],
+        "points": [_point_json(comparison, p) for p in comparison.points],
     }
 
 
 def run_compare(baseline: Path, current: Path, options: Options, *, md_path: Path | None = None,
                 json_path: Path | None = None,
                 revise: Callable[[Comparison], Comparison] | None = None) -> tuple[Comparison, str]:
-    """The whole `nsa-bench compare`: compare, let `revise` decide again (--rerun's re-measurement), write
-    the files; (result, markdown)."""
+    """The whole `nsa-bench compare`: refuse outputs that would land on an input or a run's file, compare,
+    let `revise` decide again (--rerun's re-measurement), write the files; (result, markdown)."""
+    outputs = (("--md", md_path), ("--json", json_path))
+    try:
+        check_outputs((Path(baseline), Path(current)), outputs)
+    except OutputError as exc:
+        raise CompareError(str(exc)) from None
     comparison = compare_paths(baseline, current, options)
     if revise is not None:
         comparison = revise(comparison)
     markdown = to_markdown(comparison)
+    texts = {"--md": markdown, "--json": json.dumps(to_json(comparison), indent=2) + "\n"}
     try:
-        if md_path is not None:
-            Path(md_path).write_text(markdown)
-        if json_path is not None:
-            Path(json_path).write_text(json.dumps(to_json(comparison), indent=2) + "\n")
-    except OSError as exc:
-        raise CompareError(f"cannot write output: {exc}") from exc
+        for flag, path in outputs:
+            if path is not None:
+                write_output(flag, Path(path), texts[flag])
+    except OutputError as exc:
+        raise CompareError(str(exc)) from None
     return comparison, markdown

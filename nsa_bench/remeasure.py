@@ -2,21 +2,22 @@
 
 A suspect (SLOWER or AMBIGUOUS) may be noise; re-measuring it with the current run's settings tells.
 Each suspect's sweep is built from its point (`SweepSpec.for_point`: every axis value of the row, packed
-documents and layer width included) and the current run's measurement settings (its spec.json), and runs
-through the sweep like any other (`nsa_bench.sweep.execute`), into a scratch folder.
+documents and layer width included) and the current run's measurement settings (its spec.json, read as
+`nsa_bench.repro` reads it for the re-run command each suspect is printed with), and runs through the sweep
+like any other (`nsa_bench.sweep.execute`), into a scratch folder.
 """
 from __future__ import annotations
 
 import functools
 import tempfile
 from collections.abc import Callable, Sequence
-from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
 
 from nsa_bench import compare
-from nsa_bench.results import SPEC_NAME, read_json, read_rows, run_dir
+from nsa_bench.repro import settings_of
+from nsa_bench.results import read_rows
 from nsa_bench.schema import KEY_FIELDS
 from nsa_bench.spec import Point, SweepSpec
 
@@ -37,7 +38,7 @@ def local_gpu() -> str | None:
 def spec_for_key(key: dict[str, str], settings: dict) -> SweepSpec:
     """A one-point sweep for a suspect row's key, on its backend and the run's baseline, measured like the
     original run (`settings`: its spec.json)."""
-    like = replace(SweepSpec.from_dict(settings), more_baselines=())
+    like = settings_of(settings)
     return SweepSpec.for_point(Point.from_record(key), (like.baseline, key["backend"]), like)
 
 
@@ -79,8 +80,9 @@ def rerun_suspects(comparison: compare.Comparison, remeasure: Remeasure | None =
         if comparison.current.gpu is not None and here != comparison.current.gpu:
             return compare.with_note(comparison, f"--rerun: this GPU ({here}) is not the current run's "
                                                  f"({comparison.current.gpu}); decided on the recorded data")
-        settings = read_json(run_dir(comparison.current.path) / SPEC_NAME)
-        remeasure = functools.partial(sweep_remeasure, settings=settings)
+        remeasure = functools.partial(sweep_remeasure, settings=comparison.current.settings.to_dict())
     fresh = remeasure([p.key_dict() for p in todo])
     note = f"--rerun: re-measured {len(todo)} suspect point(s) ({len(fresh)} fresh rows) before deciding"
+    if comparison.current.settings_note:
+        note += f" with the sweep's default settings ({comparison.current.settings_note})"
     return compare.decide_again(comparison, fresh, note)

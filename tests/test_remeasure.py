@@ -104,3 +104,20 @@ def test_a_packed_suspect_is_remeasured_as_itself(tmp_path: Path, monkeypatch: p
     totals = fresh[fresh["stage"] == "total"]
     assert sorted(totals["backend"]) == ["fa2", "nsa-triton"] and set(totals["doc_lens"]) == {"lognormal:1k@3"}
     assert set(totals["batch"]) == {2} and set(totals["group_size"]) == {4}
+
+
+def test_a_remeasured_ambiguous_point_is_judged(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """--fail-on-ambiguous with --rerun: a point too noisy to judge is measured again; judged SAME on the
+    fresh rows, it no longer fails the gate. Without a GPU to re-measure on, it still does."""
+    base = make_run(tmp_path / "base")
+    cur = make_run(tmp_path / "cur", spread=0.3, samples=10, nsa_scale={("fwd", 2048): 1.2})
+    first = compare_paths(base, cur, Options(fail_on_ambiguous=True))
+    assert first.not_judged() == {"AMBIGUOUS: noise above the threshold": 1} and first.exit_code == 1
+    fresh_run = make_run(tmp_path / "fresh")
+    fresh = pd.read_csv(fresh_run / CSV_NAME)
+    second = rerun_suspects(first, lambda keys: fresh[(fresh["mode"] == "fwd") & (fresh["seqlen"] == 2048)])
+    assert second.not_judged() == {} and second.exit_code == 0
+    assert "all 4 points judged" in second.verdict()
+    monkeypatch.setattr(remeasure, "local_gpu", lambda: None)
+    out = invoke(str(base), str(cur), "--rerun", "--fail-on-ambiguous")
+    assert out.exit_code == 1 and "no GPU here, cannot re-measure 1 suspect point(s)" in out.output, out.output
