@@ -31,6 +31,24 @@ class _Path(click.Path):
         return super().convert(value, param, ctx)
 
 
+class _Number(click.ParamType):
+    """A decimal number written in ASCII (click's float also takes full-width digits, 'inf' and 'nan')."""
+
+    name = "number"
+
+    def convert(self, value, param, ctx):  # type: ignore[no-untyped-def]
+        import re
+
+        if isinstance(value, float):
+            return value
+        if not re.fullmatch(r"\s*[+-]?(\d+(\.\d*)?|\.\d+)\s*", str(value), re.ASCII):
+            self.fail(f"{show(str(value), 40)} is not a number like 5 or 2.5", param, ctx)
+        return float(value)
+
+
+_NUMBER = _Number()
+
+
 def _path(file_okay: bool = True, dir_okay: bool = True) -> _Path:
     return _Path(file_okay=file_okay, dir_okay=dir_okay, path_type=Path)
 
@@ -422,14 +440,14 @@ def profile(ctx: click.Context, out: Path | None, **flags: str | None) -> None:
 
 # -- compare/report commands --
 @cli.command("compare")
-@click.argument("baseline", type=click.Path(path_type=Path))
-@click.argument("current", type=click.Path(path_type=Path))
+@click.argument("baseline", type=_path())
+@click.argument("current", type=_path())
 @click.option("--metric", type=click.Choice(["speedup", "ms", "predicted_ms"]), default="speedup",
               show_default=True, help="speedup over the run's baseline backend, computed from each run's own times "
               "(higher is better), ms_median, or predicted_ms (cost model, for CPU runs).")
-@click.option("--threshold", type=float, default=5.0, show_default=True,
+@click.option("--threshold", type=_NUMBER, default=5.0, show_default=True,
               help="Percent change below which a point is SAME.")
-@click.option("--sigmas", type=float, default=3.0, show_default=True,
+@click.option("--sigmas", type=_NUMBER, default=3.0, show_default=True,
               help="A change must exceed this many combined noise units to be FASTER/SLOWER.")
 @click.option("--all-stages", is_flag=True, help="Also gate the per-branch breakdown rows.")
 @click.option("--rerun", is_flag=True, help="Re-measure suspect points on this GPU before deciding.")

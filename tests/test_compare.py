@@ -639,3 +639,20 @@ def test_an_unreadable_spec_json_leaves_the_gate_working(tmp_path: Path) -> None
     out = invoke(str(base), str(cur))
     assert out.exit_code == 1, out.output
     assert f"with the sweep's default settings ({cur / 'spec.json'} holds list, not a JSON object):" in out.output
+
+
+@pytest.mark.parametrize("args,needle", [(["--threshold", "５"], "--threshold"), (["--threshold", "inf"], "--threshold"),
+                                         (["--sigmas", "٣"], "--sigmas"), (["--sigmas", "nan"], "--sigmas")])
+def test_compare_numbers_are_ascii_and_finite(tmp_path: Path, args, needle) -> None:
+    from bad_inputs import count_bad_input
+
+    count_bad_input("compare flags")
+    base = make_run(tmp_path / "base")
+    out = invoke(str(base), str(base), *args)
+    lines = [line for line in out.output.splitlines() if line]
+    assert out.exit_code == 2 and len(lines) == 1 and needle in lines[0], out.output
+
+
+def test_an_empty_run_path_is_refused(tmp_path: Path) -> None:
+    out = invoke("", str(make_run(tmp_path / "base")))
+    assert out.exit_code == 2 and "an empty path" in out.output
