@@ -646,11 +646,13 @@ def test_an_unreadable_spec_json_leaves_the_gate_working(tmp_path: Path) -> None
 def test_compare_numbers_are_ascii_and_finite(tmp_path: Path, args, needle) -> None:
     from bad_inputs import count_bad_input
 
+    from cli_runner import assert_clean_exit, run_main
+
     count_bad_input("compare flags")
     base = make_run(tmp_path / "base")
-    out = invoke(str(base), str(base), *args)
-    lines = [line for line in out.output.splitlines() if line]
-    assert out.exit_code == 2 and len(lines) == 1 and needle in lines[0], out.output
+    code, out, err = run_main("compare", str(base), str(base), *args)
+    assert_clean_exit(code, out, err, allowed=(2,))
+    assert needle in err, err
 
 
 def test_an_empty_run_path_is_refused(tmp_path: Path) -> None:
