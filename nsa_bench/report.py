@@ -16,10 +16,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from nsa_bench import beside, breakeven, reading
+from nsa_bench import beside, breakeven, reading, repro
 from nsa_bench.results import (CSV_NAME, ENV_NAME, PLOTS_DIR, SPEC_NAME, ResultsError, read_json,
                                read_rows_nonempty)
 from nsa_bench.schema import KEY_FIELDS, STAGE_TOTAL, STATUS_OK, STATUS_PREDICTED
+from nsa_bench.spec import Point, SweepSpec
 
 HTML_NAME = "report.html"
 MD_NAME = "report.md"
@@ -143,6 +144,18 @@ def failed_table(frame: pd.DataFrame) -> pd.DataFrame:
     failed = frame[~frame["status"].astype(str).isin((STATUS_OK, STATUS_PREDICTED))]
     columns = [c for c in (*varying_axes(frame), "backend", "stage", "status", "message") if c in frame.columns]
     return failed[columns]
+
+
+def rerun_table(frame: pd.DataFrame, settings: SweepSpec) -> pd.DataFrame:
+    """Each point of the run (its label, as progress lines print it) and the one command that re-runs exactly
+    it: its axis values, its backends, the run's measurement settings (nsa_bench.repro)."""
+    totals = frame[frame["stage"].astype(str) == STAGE_TOTAL]
+    rows = []
+    for _key, part in totals.groupby([c for c in KEY_FIELDS if c not in ("backend", "stage")], sort=False):
+        point = Point.from_record(part.iloc[0].to_dict())
+        backends = [b for b in dict.fromkeys(part["backend"].astype(str)) if b != settings.baseline]
+        rows.append({"point": point.label(), "command": repro.sweep_command(point, backends, settings)})
+    return pd.DataFrame(rows, columns=["point", "command"])
 
 
 def config_table(payload: dict) -> pd.DataFrame:
@@ -284,6 +297,8 @@ class _Content:
     against_each: pd.DataFrame = field(default_factory=pd.DataFrame)  # NSA vs every dense backend (nsa_bench.baselines)
     break_even: pd.DataFrame = field(default_factory=pd.DataFrame)  # where NSA starts to pay (nsa_bench.breakeven)
     published: pd.DataFrame = field(default_factory=pd.DataFrame)  # this run beside published figures (nsa_bench.beside)
+    rerun: pd.DataFrame = field(default_factory=pd.DataFrame)  # the command that re-runs each point (nsa_bench.repro)
+    rerun_note: str = ""  # why the commands use the default settings, when the run's could not be read
     layers: pd.DataFrame = field(default_factory=pd.DataFrame)  # layer modes: speedup, Amdahl bound, attention share
     baseline_notes: tuple[str, ...] = ()  # strongest dense kernel, padding at Dk != Dv
 
@@ -300,6 +315,8 @@ def _baselines_section(frame: pd.DataFrame) -> dict:
 
 BREAK_EVEN_NOTE = ("The sequence length at which NSA's time equals the baseline's, interpolated in log-log between "
                    "the swept lengths (k = 1024 tokens); also in breakeven.csv beside results.csv.")
+RERUN_NOTE = ("Each command re-runs exactly one point of this run (every axis value, its backends, the run's "
+              "measurement settings); `nsa-bench sweep --point \"<point>\" --backend ...` does the same from the label.")
 PUBLISHED_NOTE = ("Published figures of the same configuration (nsa_bench/published.csv, each with its source), "
                   "beside this run's own figure at the same mode and length. A partial match says what differs "
                   "(another GPU, a shape the source does not state); `covers` says what part of attention a "
@@ -330,6 +347,7 @@ def _load(directory: Path, plotter: Plotter) -> _Content:
     gpu = target.get("key") if isinstance(target, dict) else None  # the spec the sweep predicted for
     gpu = gpu if isinstance(gpu, str) and gpu else None
     plots, warnings = _ensure_plots(directory, gpu, plotter)
+    settings, why_default = repro.run_settings(directory)
     statuses = frame["status"].astype(str)
     baselines = sorted({b for b in frame.get("baseline", pd.Series(dtype=str)) if b})
     counts = statuses.value_counts().rename_axis("status").reset_index(name="rows")
@@ -342,6 +360,7 @@ def _load(directory: Path, plotter: Plotter) -> _Content:
         baseline=", ".join(baselines) or "the baseline backend",
         predicted=bool((statuses == STATUS_PREDICTED).any()),
         break_even=breakeven.report_table(breakeven.break_evens(frame)),
+        rerun=rerun_table(frame, settings), rerun_note=why_default,
         published=beside.beside_published(frame, str(target.get("name", "")) if isinstance(target, dict) else ""),
         **_baselines_section(frame),
     )
@@ -401,6 +420,10 @@ def _sections(content: _Content) -> list[tuple[str, str, list[tuple[str, object]
         sections.append(("config", "Configuration (spec.json)", [("table", content.spec)]))
     if not content.env.empty:
         sections.append(("env", "Environment (env.json)", [("table", content.env)]))
+    if not content.rerun.empty:
+        note = RERUN_NOTE + (f" (The run's settings could not be read: {content.rerun_note}; the sweep's defaults "
+                             "stand in.)" if content.rerun_note else "")
+        sections.append(("rerun", "Re-run a point", [("p", note), ("table", content.rerun)]))
     sections.append(("rows", "All rows", [("constants", content.detail_constant), ("table", content.detail)]))
     return sections
 

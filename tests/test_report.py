@@ -187,3 +187,28 @@ def test_cli_report_error_is_one_line_exit_2(tmp_path: Path) -> None:
 def test_report_module_has_no_external_assets() -> None:
     """The stylesheet is inline: no url(...) that a browser would fetch."""
     assert "url(" not in report.CSS and "@import" not in report.CSS
+
+
+def test_every_point_of_the_report_comes_with_a_command_that_reruns_it(tmp_path: Path, no_git: None) -> None:
+    import shlex
+
+    from cli_runner import run_main
+
+    run = tmp_path / "run"
+    swept = invoke("sweep", "--seqlen", "2k", "--mode", "fwd,bwd", "--doc-lens", "none,fixed:1k", "--dtype", "float16",
+                   "--reps", "7", "--gpu", "h200", "--out", str(run), "--quiet", "--no-plots")
+    assert swept.exit_code == 0, swept.output
+    assert invoke("report", str(run)).exit_code == 0
+    markdown = (run / "report.md").read_text()
+    commands = [line.split(" | ")[1].removesuffix(" |") for line in markdown.split("## Re-run a point")[1].splitlines()
+                if line.startswith("| ") and "nsa-bench sweep" in line]
+    assert len(commands) == 4  # 2 modes x 2 packings: every point
+    packed = next(c for c in commands if "fixed:1k" in c and "--mode bwd" in c)
+    assert "--reps 7" in packed and "--gpu h200" in packed and "--dtype float16" in packed
+    code, _, err = run_main(*shlex.split(packed)[1:], "--out", str(tmp_path / "again"), "--quiet", "--no-plots")
+    assert code == 0, err
+    keys = ["mode", "backend", "stage", "seqlen", "doc_lens", "dtype", "predicted_ms"]
+    again = pd.read_csv(tmp_path / "again" / CSV_NAME)[keys]
+    original = pd.read_csv(run / CSV_NAME)
+    original = original[(original["mode"] == "bwd") & (original["doc_lens"] == "fixed:1k")][keys]
+    assert again.reset_index(drop=True).equals(original.reset_index(drop=True))
