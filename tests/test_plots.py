@@ -387,6 +387,12 @@ def test_plot_run_passes_published_matches_only_when_asked(tmp_path, monkeypatch
     assert seen[0] == [] and any(m.published.source == "arXiv 2502.11089 Figure 6" for m in seen[1])
 
 
+def test_plot_command_takes_published(tmp_path, monkeypatch, capsys):
+    sweep_frame(tmp_path, SweepSpec(seqlens=(65536,), modes=("fwd",)))
+    code, out, err = run_cli(monkeypatch, capsys, "plot", str(tmp_path), "--published")
+    assert code == 0 and "speedup.png" in out and not err
+
+
 # ------------------------------------------------------------------ an unwritable folder
 def _assert_one_line_naming(code: int, err: str, path: Path) -> None:
     assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
