@@ -354,11 +354,16 @@ cli.add_command(click.Command(
 @cli.command()
 @click.argument("run", type=_path())
 @click.option("--gpu", metavar="NAME", help="GPU spec for the roofline ceilings  [default: the run's GPU, else h100]")
-def plot(run: Path, gpu: str | None) -> None:
-    """Redraw the plots of a run folder (or CSV): speedup, roofline, NSA time by stage."""
+@click.option("--published", is_flag=True, help="set published speedups of the same configuration (the paper's "
+              "Fig. 6, peers' figures: nsa_bench/published.csv) beside the run's on the speedup plot, as hollow "
+              "markers labelled by source, GPU and what they are a speedup against  [default: off]")
+def plot(run: Path, gpu: str | None, published: bool) -> None:
+    """Redraw the plots of a run folder (or CSV): speedup, roofline, NSA time by stage (and, where they apply,
+    NSA against each dense baseline and one attention layer)."""
     from nsa_bench import plots, results
     from nsa_bench.gpus import gpu_spec
     from nsa_bench.parse import parse_name
+    from nsa_bench.published import PublishedError
 
     if gpu is not None:
         try:
@@ -366,9 +371,11 @@ def plot(run: Path, gpu: str | None) -> None:
         except ValueError as exc:
             raise _bad("gpu", f"{show(gpu)}: {exc}") from None
     try:
-        written = plots.plot_run(run, gpu)
+        written = plots.plot_run(run, gpu, published=published)
     except results.ResultsError as exc:
         raise _bad(None, f"RUN {show(str(run), 120)}: {exc}") from None
+    except PublishedError as exc:
+        raise _bad("published", str(exc)) from None
     if not written:
         raise _bad(None, f"RUN {show(str(run), 120)}: nothing to plot (no row has a measured or predicted time)")
     for path in written:

@@ -23,10 +23,13 @@ _SPARE_STAGE_COLORS = ("#e377c2", "#aec7e8", "#ffbb78", "#98df8a", "#ff9896", "#
 STAGE_ORDER = tuple(STAGE_COLORS)  # pipeline order: stacked bars and legends follow it
 
 BACKEND_COLORS = {"fa2": "#444444", "nsa-triton": "#1b9e77", "fa2-triton": "#d95f02", "nsa-ref": "#7570b3",
-                  "flex-nsa": "#e7298a", "fla-nsa": "#66a61e"}
-_SPARE_BACKEND_COLORS = ("#e6ab02", "#a6761d", "#666666")
+                  "flex-nsa": "#e7298a", "fla-nsa": "#66a61e", "cudnn": "#e6ab02", "fa3": "#6a3d9a",
+                  "flex": "#a6761d"}
+_SPARE_BACKEND_COLORS = ("#666666", "#01665e", "#b15928")
+# a line's style and marker tell backends apart where its colour stands for a series value
 BACKEND_STYLES = {"nsa-triton": ("-", "o"), "nsa-ref": ("--", "s"), "fa2-triton": (":", "^"), "fa2": ("-.", "D"),
-                  "flex-nsa": ("--", "v"), "fla-nsa": (":", "P")}
+                  "flex-nsa": ("--", "v"), "fla-nsa": (":", "P"), "cudnn": ("--", "*"), "fa3": ("-.", "<"),
+                  "flex": (":", ">")}
 # series values: dark, saturated, none of them a stage colour
 SERIES_COLORS = ("#08306b", "#e6550d", "#31a354", "#756bb1", "#636363", "#a50f15")
 

@@ -1,4 +1,5 @@
-"""Plots of a run, read from its CSV: speedup vs seqlen, roofline, NSA time by stage (PNG and SVG).
+"""Plots of a run, read from its CSV: speedup vs seqlen, roofline, NSA time by stage, NSA against each
+dense baseline, one attention layer (PNG and SVG).
 
 Measured rows are used where a point has them; a CPU run's predicted rows are plotted the same way
 and labelled as predictions, so a reader never mistakes a model for a measurement. When the
@@ -6,225 +7,47 @@ configuration varies along several axes the plots facet (`nsa_bench.facets`): sm
 configuration group and mode, one shared legend outside the panels, a stage's colour the same in every
 panel and plot (`nsa_bench.palette`), tick labels thinned until none collide, and a title that says what
 each line or bar stands for. A run with many groups gets several pages (`speedup.png`, `speedup-2.png`).
+A row that failed (oom, error, ...) has no time; the plots mark where it would have been rather than
+leave it out (`nsa_bench.plot_marks`).
 """
 from __future__ import annotations
 
-import textwrap
 from pathlib import Path
+from typing import Sequence
 
-import matplotlib
+import matplotlib.pyplot as plt
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.patches import Patch
+import numpy as np
+import pandas as pd
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-from matplotlib.lines import Line2D  # noqa: E402
-from matplotlib.patches import Patch  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
+from nsa_bench import facets, palette, plot_base, plot_lines, plot_marks, reading, results
+from nsa_bench.gpus import GPUSpec, gpu_spec
+from nsa_bench.plot_base import MODE_MARKERS, MODE_ORDER, declutter, overlapping_texts, size_label  # noqa: F401
+from nsa_bench.plot_base import save as _save  # one name to stub where a test captures figures
+from nsa_bench.plot_speedup import speedup_figures
+from nsa_bench.published import Match
+from nsa_bench.schema import STAGE_TOTAL, STATUS_OK
+from nsa_bench.spec import LAYER_MODES
 
-from nsa_bench import facets, palette, reading, results  # noqa: E402
-from nsa_bench.gpus import GPUSpec, gpu_spec  # noqa: E402
-from nsa_bench.schema import STAGE_TOTAL, STATUS_OK, STATUS_PREDICTED  # noqa: E402
-from nsa_bench.spec import LAYER_MODES  # noqa: E402
-
-MODE_ORDER = ("fwd", "bwd", "fwdbwd", "decode", "layer-fwd", "layer-bwd")
-MODE_MARKERS = {"fwd": "o", "bwd": "s", "fwdbwd": "D", "decode": "^", "layer-fwd": "P", "layer-bwd": "X"}
-_USABLE = (STATUS_OK, STATUS_PREDICTED)
-PANEL_W, PANEL_H = 4.3, 2.9  # inches per panel
-ANNOTATE_MAX_POINTS = 12  # value labels only on a panel with one line and at most this many points
-SAFE_TICKS = 8  # up to this many length labels ("64k", "1000") fit a PANEL_W-wide panel
+_USABLE = reading.USABLE
+FAILED_NOTE_COLOR = "black"
 
 
-def _kind(frame: pd.DataFrame) -> str:
-    return "measured" if reading.kind(frame) == "measured" else "predicted by the cost model"
+def _failed_totals(frame: pd.DataFrame) -> pd.DataFrame:
+    """Total rows without a time because they failed (oom, error, ...)."""
+    return frame[(frame["stage"].astype(str) == STAGE_TOTAL) & plot_marks.failed(frame)]
 
 
-def _modes(frame: pd.DataFrame) -> list[str]:
-    present = set(frame["mode"])
-    return [m for m in MODE_ORDER if m in present]
-
-
-def size_label(value: int) -> str:
-    """8192 -> 8k, 1048576 -> 1m, 1000 -> 1000."""
-    for unit, size in (("m", 1 << 20), ("k", 1 << 10)):
-        if value >= size and value % size == 0:
-            return f"{value // size}{unit}"
-    return str(value)
-
-
-def _save(fig: plt.Figure, folder: Path, name: str) -> list[Path]:
-    paths = [folder / f"{name}.png", folder / f"{name}.svg"]
-    fig.savefig(paths[0], dpi=110, bbox_inches="tight")
-    fig.savefig(paths[1], bbox_inches="tight")
-    plt.close(fig)
-    return paths
-
-
-def _save_all(figures: list[tuple[str, Figure]], folder: Path) -> list[Path]:
-    return [path for name, fig in figures for path in _save(fig, folder, name)]
-
-
-def _page_names(base: str, count: int) -> list[str]:
-    return [base if i == 0 else f"{base}-{i + 1}" for i in range(count)]
-
-
-def _seqlen_axis(ax: plt.Axes, seqlens: list[int], bars: bool = False) -> None:
-    """Ticks at the lengths present: an evenly stepped sweep on a linear axis, a doubling one on log2."""
-    ticks = sorted(set(int(s) for s in seqlens))
-    if bars:
-        ax.set_xticks(range(len(ticks)), [size_label(t) for t in ticks])
-        return
-    steps = np.diff(ticks)
-    if len(ticks) > 2 and np.all(steps == steps[0]):
-        pad = steps[0] * 0.3
-        ax.set_xlim(ticks[0] - pad, ticks[-1] + pad)
-    elif len(ticks) > 1:
-        ax.set_xscale("log", base=2)
-    ax.set_xticks(ticks, [size_label(t) for t in ticks])
-    ax.minorticks_off()
-
-
-def overlapping_texts(fig: Figure) -> list[tuple[str, str]]:
-    """Pairs of visible texts (tick labels, value labels) that collide within one axes: what a reader
-    could not read. Empty on a readable figure (tests check it)."""
-    fig.canvas.draw()
-    renderer = fig.canvas.get_renderer()
-    found: list[tuple[str, str]] = []
-    for ax in fig.axes:
-        for texts in (ax.get_xticklabels(), ax.get_yticklabels(), ax.texts):
-            shown = [t for t in texts if t.get_visible() and t.get_text()]
-            boxes = [t.get_window_extent(renderer) for t in shown]
-            for i in range(len(shown)):
-                for j in range(i + 1, len(shown)):
-                    if boxes[i].overlaps(boxes[j]):
-                        found.append((shown[i].get_text(), shown[j].get_text()))
-    return found
-
-
-def declutter(fig: Figure) -> None:
-    """Label every k-th x tick, k the smallest stride at which no two labels collide, and hide every
-    value label that would collide with one kept before it."""
-    if all(len(ax.get_xticks()) <= SAFE_TICKS and not ax.texts for ax in fig.axes):
-        return  # a few short labels on a panel this wide never collide: spare the extra draw
-    fig.canvas.draw()
-    renderer = fig.canvas.get_renderer()
-    for ax in fig.axes:
-        labels = ax.get_xticklabels()
-        boxes = [t.get_window_extent(renderer).expanded(1.1, 1.0) for t in labels]
-        stride = 1  # an axes without tick labels (a legend panel) keeps its (absent) labels
-        for stride in range(1, len(labels) + 1):
-            kept = [i for i in range(0, len(labels), stride) if labels[i].get_text()]
-            if not any(boxes[a].overlaps(boxes[b]) for a, b in zip(kept, kept[1:])):
-                break
-        if stride > 1:
-            ax.set_xticks(ax.get_xticks(), [t.get_text() if i % stride == 0 else "" for i, t in enumerate(labels)])
-        kept_boxes: list = []
-        for text in ax.texts:
-            box = text.get_window_extent(renderer)
-            if any(box.overlaps(k) for k in kept_boxes):
-                text.set_visible(False)
-            else:
-                kept_boxes.append(box)
-
-
-def _figure(rows: int, cols: int, title: str) -> tuple[Figure, np.ndarray]:
-    width = PANEL_W * cols + 2.2
-    fig, axes = plt.subplots(rows, cols, figsize=(width, PANEL_H * rows + 0.9), squeeze=False, layout="constrained")
-    wrap = max(int((width - 2.2) * 13), 40)  # characters of 10-point text beside the legend
-    fig.suptitle("\n".join(textwrap.fill(part, wrap) for part in title.split("\n")), fontsize=10)
-    return fig, axes
-
-
-def _legend(fig: Figure, handles: list, title: str | None = None) -> None:
-    fig.legend(handles=handles, loc="outside right upper", fontsize=8, title=title, title_fontsize=8)
-
-
-def _panel_title(ax: plt.Axes, mode: str, group: dict) -> None:
-    ax.set_title(f"{mode} · {facets.label(group)}" if group else mode, fontsize=9)
-
-
-def _duplicates(frame: pd.DataFrame, columns: list[str]) -> int:
-    """The most rows that share one plotted key (1: every bar or point is one row)."""
-    return int(frame.groupby(columns, dropna=False).size().max()) if not frame.empty else 1
-
-
-def _page_text(page: int, pages: int) -> str:
-    return f" · page {page + 1} of {pages}" if pages > 1 else ""
+def _status_counts(rows: pd.DataFrame) -> str:
+    """`oom 2, error 1`: how many rows of each status."""
+    return ", ".join(f"{status} {n}" for status, n in rows["status"].astype(str).value_counts().sort_index().items())
 
 
 # ------------------------------------------------------------------ speedup
-def speedup_figures(frame: pd.DataFrame) -> list[tuple[str, Figure]]:
-    """Speedup vs seqlen: panels per configuration group x mode, a line per backend and series value."""
-    totals = frame[(frame["stage"] == STAGE_TOTAL) & frame["status"].isin(_USABLE) & frame["speedup"].notna()]
-    totals = totals[totals["backend"] != totals.get("baseline", "")]  # the baseline's own 1.0 is the dashed line
-    if totals.empty:
-        return []
-    totals = facets.with_head_dim(totals)
-    baseline = next((b for b in frame.get("baseline", pd.Series(dtype=str)) if b), "the baseline")
-    layout = facets.layout(totals, want_series=True)
-    modes = _modes(totals)
-    backends = sorted(set(totals["backend"]))
-    series_values = layout.series_values(totals)
-    repeats = _duplicates(totals, ["mode", "backend", "seqlen", *facets.AXES])
-    pages = layout.pages()
-    what = " and ".join(filter(None, ["backend" if len(backends) > 1 or not layout.series else "",
-                                      f"{facets.SHORT[layout.series]}" if layout.series else ""]))
-    aggregate = f"median of up to {repeats} rows" if repeats > 1 else "one configuration"
-    panels = " x ".join(["mode", *(facets.SHORT[a] for a in layout.facets)])
-    figures = []
-    for number, (name, groups) in enumerate(zip(_page_names("speedup", len(pages)), pages)):
-        title = (f"Speedup over {baseline} ({_kind(totals)}) · a line per {what}, each point {aggregate}"
-                 f"\npanels: {panels}{_page_text(number, len(pages))}")
-        fig, axes = _figure(len(groups), len(modes), title)
-        handles: dict[str, Line2D] = {}
-        for r, group in enumerate(groups):
-            for c, mode in enumerate(modes):
-                ax = axes[r][c]
-                part = facets.select(totals[totals["mode"] == mode], group)
-                lines = []
-                for backend in backends:
-                    style, marker = palette.backend_style(backend)
-                    for i, value in enumerate(series_values):
-                        sub = part[part["backend"] == backend]
-                        if layout.series:
-                            sub = sub[sub[layout.series] == value]
-                        if sub.empty:
-                            continue
-                        points = sub.groupby("seqlen")["speedup"].median().sort_index()
-                        color = palette.series_color(i) if layout.series else palette.backend_color(backend)
-                        label = ", ".join(filter(None, [backend if len(backends) > 1 or not layout.series else "",
-                                                        f"{facets.SHORT[layout.series]}={value}" if layout.series else ""]))
-                        (line,) = ax.plot(points.index, points.to_numpy(), color=color, ls=style, marker=marker,
-                                          ms=4, lw=1.4, label=label)
-                        handles.setdefault(label, line)
-                        lines.append(points)
-                if not lines:
-                    ax.text(0.5, 0.5, "no rows", transform=ax.transAxes, ha="center", va="center", color="grey")
-                    ax.set_xticks([])
-                    _panel_title(ax, mode, group)
-                    continue
-                if len(lines) == 1 and len(lines[0]) <= ANNOTATE_MAX_POINTS:
-                    for x, y in lines[0].items():
-                        ax.annotate(f"{y:.1f}x", (x, y), textcoords="offset points", xytext=(0, 5), ha="center",
-                                    fontsize=7)
-                ax.axhline(1.0, color="grey", lw=0.8, ls="--")
-                ax.margins(y=0.12)
-                _seqlen_axis(ax, list(part["seqlen"]))
-                _panel_title(ax, mode, group)
-                ax.grid(alpha=0.3)
-                ax.tick_params(labelsize=8)
-                if c == 0:
-                    ax.set_ylabel(f"speedup vs {baseline}", fontsize=8)
-                if r == len(groups) - 1:
-                    ax.set_xlabel("sequence length", fontsize=8)
-        _legend(fig, list(handles.values()), title=backends[0] if len(backends) == 1 and layout.series else None)
-        declutter(fig)
-        figures.append((name, fig))
-    return figures
-
-
-def plot_speedup(frame: pd.DataFrame, folder: Path) -> list[Path]:
-    return _save_all(speedup_figures(frame), folder)
+def plot_speedup(frame: pd.DataFrame, folder: Path, published: Sequence[Match] = ()) -> list[Path]:
+    return plot_base.save_all(speedup_figures(frame, published), folder)
 
 
 # ------------------------------------------------------------------ roofline
@@ -234,6 +57,7 @@ def roofline_figure(frame: pd.DataFrame, gpu: GPUSpec, calibration_dir: Path | N
     The datasheet ceiling is solid; when `nsa-bench env --calibrate` measured this GPU (a JSON under
     `calibration_dir`, default results/calibration), its measured ceiling is drawn dashed beside it.
     Totals are coloured by backend, stages by the stage's own colour (as in the stage plot), modes by marker.
+    Failed rows have no time and no place on it: the title counts them.
     """
     from nsa_bench import calibrate
 
@@ -272,7 +96,10 @@ def roofline_figure(frame: pd.DataFrame, gpu: GPUSpec, calibration_dir: Path | N
     ax.set_yscale("log")
     ax.set_xlabel("arithmetic intensity (FLOP / byte of HBM traffic, cost model)")
     ax.set_ylabel("TFLOP/s")
-    ax.set_title(f"Roofline ({_kind(usable)})\neach marker one row: a point's total or one of its stages", fontsize=9)
+    failed = _failed_totals(frame)
+    missing = f"\nnot drawn: failed rows, which have no time ({_status_counts(failed)})" if not failed.empty else ""
+    ax.set_title(f"Roofline ({plot_base.kind_text(usable)})\neach marker one row: a point's total or one of its "
+                 f"stages{missing}", fontsize=9)
     ax.grid(alpha=0.3, which="both")
     ax.legend(handles=ceiling_handles + [handles[k] for k in order] + marks, fontsize=7, loc="upper left",
               bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
@@ -285,70 +112,157 @@ def plot_roofline(frame: pd.DataFrame, folder: Path, gpu: GPUSpec, calibration_d
 
 
 # ------------------------------------------------------------------ stages
+def _stage_rows(frame: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(timed stage rows with `ms`, failed total rows of the same backends), layer modes left to the layer plot."""
+    attention = frame[~frame["mode"].isin(LAYER_MODES)]
+    stages = attention[(attention["stage"] != STAGE_TOTAL) & attention["status"].isin(_USABLE)].copy()
+    stages["ms"] = reading.time_ms(stages)
+    stages = facets.with_derived(stages[stages["ms"].notna()])
+    failed = _failed_totals(attention)
+    failed = facets.with_derived(failed[failed["backend"].isin(set(stages["backend"]))])
+    return stages, failed
+
+
+def _stage_units(stages: pd.DataFrame, modes: list[str]) -> dict[str, tuple[float, str]]:
+    """One unit per mode on every page: the largest stacked bar of the mode decides."""
+    stacked = stages.groupby(["mode", "backend", "seqlen", *facets.AXES])["ms"].sum()
+    return {mode: (1e3, "µs") if stacked.xs(mode, level="mode").max() < 0.1 else (1.0, "ms") for mode in modes}
+
+
+def _stage_panel(ax: plt.Axes, part: pd.DataFrame, failed: pd.DataFrame, order: list[str],
+                 unit: tuple[float, str]) -> None:
+    """Stacked bars per length; an `x` at a length whose total failed."""
+    lengths = sorted({int(s) for s in (*part["seqlen"], *failed["seqlen"])})
+    table = part.pivot_table(index="seqlen", columns="stage", values="ms", aggfunc="median").reindex(lengths)
+    table = table[[s for s in order if s in table.columns]].fillna(0.0)
+    scale, name = unit
+    bottom = np.zeros(len(table))
+    for stage in table.columns:
+        heights = table[stage].to_numpy() * scale
+        ax.bar(range(len(table)), heights, bottom=bottom, color=palette.stage_color(stage), label=stage, width=0.75)
+        bottom += heights
+    plot_marks.draw_gaps(ax, [plot_marks.Gap(float(lengths.index(int(s))), FAILED_NOTE_COLOR, str(status))
+                              for s, status in zip(failed["seqlen"], failed["status"])])
+    plot_base.seqlen_axis(ax, lengths, bars=True)
+    ax.set_ylabel(name, fontsize=8)
+    ax.grid(alpha=0.3, axis="y")
+    ax.tick_params(labelsize=8)
+
+
 def stage_figures(frame: pd.DataFrame) -> list[tuple[str, Figure]]:
     """NSA time by stage: stacked bars per seqlen, a panel per configuration (and backend) x mode."""
-    stages = frame[(frame["stage"] != STAGE_TOTAL) & frame["status"].isin(_USABLE)
-                   & ~frame["mode"].isin(LAYER_MODES)].copy()  # layer modes: plot_layer
-    if stages.empty:
-        return []
-    stages["ms"] = reading.time_ms(stages)
-    stages = facets.with_head_dim(stages[stages["ms"].notna()])
+    stages, failed = _stage_rows(frame)
     if stages.empty:
         return []
     layout = facets.layout(stages, want_series=False, extra=("backend",))
-    modes = _modes(stages)
+    modes = plot_base.modes(stages)
     order = sorted(set(stages["stage"]), key=palette.stage_sort_key)
-    repeats = _duplicates(stages, ["mode", "backend", "stage", "seqlen", *facets.AXES])
+    repeats = plot_base.duplicates(stages, ["mode", "backend", "stage", "seqlen", *facets.AXES])
     measured = (stages["status"] == STATUS_OK).any()
     each = "the median of its timed calls" if measured else "predicted"
     aggregate = (f"; where a key repeats, the median of up to {repeats} rows" if repeats > 1 else "")
     panels = " x ".join(["mode", *(facets.SHORT[a] for a in layout.facets)])
     backend = next(iter(set(stages["backend"]))) if stages["backend"].nunique() == 1 else None
-    # one unit per mode on every page: the largest stacked bar of the mode decides
-    stacked = stages.groupby(["mode", "backend", "seqlen", *facets.AXES])["ms"].sum()
-    units = {mode: (1e3, "µs") if stacked.xs(mode, level="mode").max() < 0.1 else (1.0, "ms") for mode in modes}
+    held = f" · {layout.held_text()}" if layout.held_text() else ""
+    units = _stage_units(stages, modes)
     pages = layout.pages()
     figures = []
-    for number, (name, groups) in enumerate(zip(_page_names("stages", len(pages)), pages)):
-        title = (f"{backend or 'NSA'} time by stage ({_kind(stages)}) · each bar: one configuration at one length, "
-                 f"its stages stacked, each stage {each}{aggregate}\npanels: {panels}{_page_text(number, len(pages))}")
-        fig, axes = _figure(len(groups), len(modes), title)
+    for number, (name, groups) in enumerate(zip(plot_base.page_names("stages", len(pages)), pages)):
+        title = (f"{backend or 'NSA'} time by stage ({plot_base.kind_text(stages)}) · each bar: one configuration at "
+                 f"one length, its stages stacked, each stage {each}{aggregate}{held}"
+                 f"\npanels: {panels}{plot_base.page_text(number, len(pages))}")
+        fig, axes = plot_base.figure(len(groups), len(modes), title)
+        shown_failed = []
         for r, group in enumerate(groups):
             for c, mode in enumerate(modes):
                 ax = axes[r][c]
                 part = facets.select(stages[stages["mode"] == mode], group)
-                _panel_title(ax, mode, group)
-                if part.empty:
+                lost = facets.select(failed[failed["mode"] == mode], group) if not failed.empty else failed
+                plot_base.panel_title(ax, mode, group, layout)
+                if part.empty and lost.empty:
                     ax.text(0.5, 0.5, "no rows", transform=ax.transAxes, ha="center", va="center", color="grey")
                     ax.set_xticks([])
                     continue
-                table = part.pivot_table(index="seqlen", columns="stage", values="ms", aggfunc="median").sort_index()
-                table = table[[s for s in order if s in table.columns]].fillna(0.0)
-                scale, unit = units[mode]
-                bottom = np.zeros(len(table))
-                for stage in table.columns:
-                    heights = table[stage].to_numpy() * scale
-                    ax.bar(range(len(table)), heights, bottom=bottom, color=palette.stage_color(stage), label=stage,
-                           width=0.75)
-                    bottom += heights
-                _seqlen_axis(ax, list(table.index), bars=True)
-                ax.set_ylabel(unit, fontsize=8)
-                ax.grid(alpha=0.3, axis="y")
-                ax.tick_params(labelsize=8)
+                _stage_panel(ax, part, lost, order, units[mode])
+                shown_failed.append(lost)
                 if r == len(groups) - 1:
                     ax.set_xlabel("sequence length", fontsize=8)
-        _legend(fig, [Patch(color=palette.stage_color(s), label=s) for s in order], title="stage")
+        handles: list = [Patch(color=palette.stage_color(s), label=s) for s in order]
+        lost = pd.concat(shown_failed) if shown_failed else failed.iloc[:0]
+        if not lost.empty:
+            handles.append(Line2D([], [], ls="", marker=plot_marks.GAP_MARKER, ms=6, mew=1.6, color=FAILED_NOTE_COLOR,
+                                  label=f"no bar: the point's total failed ({', '.join(sorted(set(lost['status'])))})"))
+        plot_base.legend(fig, handles, title="stage")
         declutter(fig)
         figures.append((name, fig))
     return figures
 
 
 def plot_stages(frame: pd.DataFrame, folder: Path) -> list[Path]:
-    return _save_all(stage_figures(frame), folder)
+    return plot_base.save_all(stage_figures(frame), folder)
 
 
-# ------------------------------------------------------------------ a run
-def plot_baselines(frame: pd.DataFrame, folder: Path) -> list[Path]:
+# ------------------------------------------------------------------ NSA against each dense baseline
+def _key_suffix(extra: list[str], keys: tuple) -> str:
+    return f" ({', '.join(f'{c}={k}' for c, k in zip(extra, keys))})" if extra else ""
+
+
+def _column_color(columns: list[str], column: str) -> str:
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    return colors[columns.index(column) % len(colors)]
+
+
+def _bound_color(columns: list[str], bound: str) -> str:
+    """A bound against a baseline takes the colour of the first line against the same baseline."""
+    base = bound.removeprefix("bound vs ")
+    same = [c for c in columns if c.endswith(f" vs {base}")]
+    return _column_color(columns, same[0]) if same else "grey"
+
+
+def _select_keys(rows: pd.DataFrame, extra: list[str], keys: tuple) -> pd.DataFrame:
+    for column, key in zip(extra, keys):
+        rows = rows[rows[column] == key] if column in rows else rows
+    return rows
+
+
+def _baseline_curves(table: pd.DataFrame, bounds: pd.DataFrame, mode: str, extra: list[str]
+                     ) -> list[plot_lines.Curve]:
+    """The lines of one mode's panel: NSA against each baseline (solid), the layer's Amdahl bound (dashed,
+    hollow markers, so a bound at one length is still seen)."""
+    columns = [c for c in table.columns if " vs " in c]
+    part = table[table["mode"] == mode]
+    curves = []
+    for keys, group in part.groupby(extra, sort=True) if extra else [((), part)]:
+        keys = keys if isinstance(keys, tuple) else (keys,)
+        suffix = _key_suffix(extra, keys)
+        group = group.sort_values("seqlen")
+        for column in columns:
+            if group[column].notna().any():
+                curves.append(plot_lines.Curve(column + suffix, tuple(float(s) for s in group["seqlen"]),
+                                               tuple(float(v) for v in group[column]), _column_color(columns, column)))
+        rows = _select_keys(bounds[bounds["mode"] == mode], extra, keys).sort_values("seqlen")
+        for bound in (c for c in bounds.columns if c.startswith("bound vs ")):
+            if rows[bound].notna().any():
+                curves.append(plot_lines.Curve(f"{bound} (Amdahl: if NSA's attention took no time){suffix}", tuple(float(s) for s in rows["seqlen"]),
+                                               tuple(float(v) for v in rows[bound]), _bound_color(columns, bound),
+                                               style="--", marker="^", filled=False))
+    return curves
+
+
+def _baseline_gaps(failed: pd.DataFrame, table: pd.DataFrame, mode: str, extra: list[str]) -> list[plot_marks.Gap]:
+    """An `x` for each line of the panel with no point at a length because NSA's or that baseline's row failed."""
+    columns = [c for c in table.columns if " vs " in c]
+    rows = failed[failed["mode"] == mode]
+    gaps = []
+    for column in columns:
+        nsa, base = column.split(" vs ", 1)
+        lost = rows[rows["backend"].isin({nsa, base})]
+        gaps += [plot_marks.Gap(float(s), _column_color(columns, column), str(status), backend == base)
+                 for s, status, backend in zip(lost["seqlen"], lost["status"], lost["backend"])]
+    return gaps
+
+
+def baselines_figure(frame: pd.DataFrame) -> Figure | None:
     """NSA's speedup against each dense baseline (times from the CSV), one panel per mode; layer panels add
     the Amdahl bound (dashed). Drawn when several dense backends ran or a layer mode did."""
     from nsa_bench import baselines
@@ -356,79 +270,111 @@ def plot_baselines(frame: pd.DataFrame, folder: Path) -> list[Path]:
     dense, nsa = baselines.dense_backends(frame), baselines.nsa_backends(frame)
     layers = baselines.layer_table(frame)
     if not dense or not nsa or (len(dense) < 2 and layers.empty):
-        return []
+        return None
     table = baselines.baseline_speedups(frame).reset_index()
-    bounds = layers.reset_index() if not layers.empty else pd.DataFrame(columns=["mode"])
-    modes = [m for m in MODE_ORDER if m in set(table["mode"])]
-    fig, axes = plt.subplots(1, len(modes), figsize=(4.6 * len(modes), 3.8), squeeze=False)
-    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    bounds = layers.reset_index() if not layers.empty else pd.DataFrame(columns=["mode", "seqlen"])
+    failed = _failed_totals(frame)
+    failed = failed[failed["backend"].isin({*dense, *nsa})]
+    modes = [m for m in MODE_ORDER if m in {*table["mode"], *failed["mode"]}]
     extra = [c for c in table.columns if c not in ("mode", "seqlen") and " vs " not in c and c != "fastest dense"]
-    for ax, mode in zip(axes[0], modes):
-        part = table[table["mode"] == mode]
-        for keys, group in part.groupby(extra, sort=True) if extra else [((), part)]:
-            keys = keys if isinstance(keys, tuple) else (keys,)
-            suffix = f" ({', '.join(f'{c}={k}' for c, k in zip(extra, keys))})" if extra else ""
-            group = group.sort_values("seqlen")
-            for i, column in enumerate(c for c in table.columns if " vs " in c):
-                if group[column].notna().any():
-                    ax.plot(group["seqlen"], group[column], marker="o", color=colors[i % len(colors)],
-                            label=column + suffix)
-            bound_part = bounds[bounds["mode"] == mode]
-            for column, key in zip(extra, keys):
-                bound_part = bound_part[bound_part[column] == key] if column in bound_part else bound_part
-            for i, column in enumerate(c for c in bounds.columns if c.startswith("bound vs ")):
-                rows = bound_part.sort_values("seqlen")
-                if rows[column].notna().any():
-                    ax.plot(rows["seqlen"], rows[column], ls="--", color=colors[i % len(colors)], alpha=0.7,
-                            label=f"{column} (attention free)")
+    title = f"NSA against each dense baseline ({plot_base.kind_text(frame[frame['status'].isin(_USABLE)])})"
+    fig, axes = plot_base.figure(1, len(modes), title, panel_w=4.6, panel_h=3.4)
+    panels = [_baseline_curves(table, bounds, mode, extra) for mode in modes]
+    gaps = [_baseline_gaps(failed, table, mode, extra) for mode in modes]
+    for ax, mode, curves, marks in zip(axes[0], modes, panels, gaps):
+        plot_lines.draw(ax, curves)
+        plot_marks.draw_gaps(ax, marks)
         ax.axhline(1.0, color="grey", lw=0.8, ls="--")
-        _seqlen_axis(ax, list(part["seqlen"]))
-        ax.set_title(mode)
-        ax.set_xlabel("sequence length")
-        ax.set_ylabel("NSA speedup")
+        ax.margins(y=0.12)
+        lengths = [*table[table["mode"] == mode]["seqlen"], *(g.x for g in marks)]
+        plot_base.seqlen_axis(ax, [int(s) for s in lengths])
+        ax.set_title(mode, fontsize=9)
+        ax.set_xlabel("sequence length", fontsize=8)
+        ax.set_ylabel("NSA speedup", fontsize=8)
+        ax.tick_params(labelsize=8)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=6)
-    fig.suptitle(f"NSA against each dense baseline ({_kind(frame[frame['status'].isin(_USABLE)])})")
-    return _save(fig, folder, "speedup_baselines")
+    handles, labels = plot_lines.figure_legend(panels)
+    entry = plot_marks.gap_entry([g for marks in gaps for g in marks], "the baseline")
+    if entry is not None:
+        handles.append(entry[0])
+        labels.append(entry[1])
+    plot_base.legend(fig, handles, labels)
+    return fig
+
+
+def plot_baselines(frame: pd.DataFrame, folder: Path) -> list[Path]:
+    fig = baselines_figure(frame)
+    return [] if fig is None else _save(fig, folder, "speedup_baselines")
+
+
+# ------------------------------------------------------------------ one attention layer
+def _layer_panel(ax: plt.Axes, part: pd.DataFrame, failed: pd.DataFrame, names: list[str]) -> dict[str, object]:
+    """Bars of one layer mode: per backend at each length, projections (grey) under attention (the backend's
+    colour); an `x` where a backend's layer failed. Returns the legend entries of what it drew."""
+    from nsa_bench.cost import PROJECTION_STAGES
+
+    total = part[part["stage"] == STAGE_TOTAL].pivot_table(index="seqlen", columns="backend", values="ms",
+                                                           aggfunc="last", sort=False)
+    proj = part[part["stage"].isin(PROJECTION_STAGES)].pivot_table(index="seqlen", columns="backend", values="ms",
+                                                                   aggfunc="sum", sort=False)
+    seqlens = sorted({int(s) for s in (*total.index, *failed["seqlen"])})
+    width = 0.8 / max(len(names), 1)
+    drawn: dict[str, object] = {}
+    gaps = []
+    for i, name in enumerate(names):
+        x = np.arange(len(seqlens)) + (i - (len(names) - 1) / 2) * width
+        if name in total.columns and name in proj.columns:
+            p_ms = proj[name].reindex(seqlens).to_numpy()
+            a_ms = (total[name].reindex(seqlens) - proj[name].reindex(seqlens)).to_numpy()
+            if np.isfinite(a_ms).any():
+                ax.bar(x, p_ms, width, color="#999999")
+                ax.bar(x, a_ms, width, bottom=p_ms, color=f"C{i}")
+                drawn["projections (q/k/v, NSA gate MLP, out)"] = Patch(color="#999999")
+                drawn[f"{name}: attention"] = Patch(color=f"C{i}")
+        lost = failed[failed["backend"] == name]
+        gaps += [plot_marks.Gap(float(x[seqlens.index(int(s))]), f"C{i}", str(status))
+                 for s, status in zip(lost["seqlen"], lost["status"])]
+    plot_marks.draw_gaps(ax, gaps)
+    entry = plot_marks.gap_entry(gaps, "the baseline", of="bar")
+    if entry is not None:
+        drawn[entry[1]] = entry[0]
+    plot_base.seqlen_axis(ax, seqlens, bars=True)
+    return drawn
+
+
+def layer_figure(frame: pd.DataFrame) -> Figure | None:
+    """Layer modes: each backend's layer time split into projections (qkv, gate MLP, out) and attention
+    (the rest of the layer), one bar per backend at each seqlen, one panel per layer mode."""
+    layer = frame[frame["mode"].isin(LAYER_MODES)]
+    rows = layer[layer["status"].isin(_USABLE)].copy()
+    if rows.empty:
+        return None
+    rows["ms"] = reading.time_ms(rows)
+    failed = _failed_totals(layer)
+    modes = [m for m in LAYER_MODES if m in set(rows["mode"])]
+    widths = sorted({int(w) for w in rows["d_model"]})
+    title = f"One attention layer, d_model={', '.join(map(str, widths))} ({plot_base.kind_text(rows)})"
+    fig, axes = plot_base.figure(1, len(modes), title, panel_w=5.2, panel_h=3.6)
+    entries: dict[str, object] = {}
+    for ax, mode in zip(axes[0], modes):
+        part, lost = rows[rows["mode"] == mode], failed[failed["mode"] == mode]
+        names = list(dict.fromkeys([*part[part["stage"] == STAGE_TOTAL]["backend"], *lost["backend"]]))
+        entries.update(_layer_panel(ax, part, lost, names))
+        ax.set_title(mode, fontsize=9)
+        ax.set_xlabel("sequence length", fontsize=8)
+        ax.set_ylabel("ms per layer", fontsize=8)
+        ax.tick_params(labelsize=8)
+        ax.grid(alpha=0.3, axis="y")
+    plot_base.legend(fig, list(entries.values()), list(entries))
+    return fig
 
 
 def plot_layer(frame: pd.DataFrame, folder: Path) -> list[Path]:
-    """Layer modes: each backend's layer time split into projections (qkv, gate MLP, out) and attention
-    (the rest of the layer), one bar per backend at each seqlen, one panel per layer mode."""
-    from nsa_bench.cost import PROJECTION_STAGES
-
-    rows = frame[frame["mode"].isin(LAYER_MODES) & frame["status"].isin(_USABLE)].copy()
-    if rows.empty:
-        return []
-    rows["ms"] = reading.time_ms(rows)
-    modes = [m for m in LAYER_MODES if m in set(rows["mode"])]
-    fig, axes = plt.subplots(1, len(modes), figsize=(5.2 * len(modes), 4), squeeze=False)
-    for ax, mode in zip(axes[0], modes):
-        part = rows[rows["mode"] == mode]
-        total = part[part["stage"] == STAGE_TOTAL].pivot_table(index="seqlen", columns="backend", values="ms",
-                                                               aggfunc="last", sort=False)
-        proj = part[part["stage"].isin(PROJECTION_STAGES)].pivot_table(index="seqlen", columns="backend", values="ms",
-                                                                       aggfunc="sum", sort=False)
-        names = [b for b in total.columns if b in proj.columns]
-        seqlens = sorted(total.index)
-        width = 0.8 / max(len(names), 1)
-        for i, name in enumerate(names):
-            x = np.arange(len(seqlens)) + (i - (len(names) - 1) / 2) * width
-            p_ms = proj[name].reindex(seqlens).to_numpy()
-            a_ms = (total[name].reindex(seqlens) - proj[name].reindex(seqlens)).to_numpy()
-            ax.bar(x, p_ms, width, color="#999999", label="projections" if i == 0 else None)
-            ax.bar(x, a_ms, width, bottom=p_ms, color=f"C{i}", label=f"{name}: attention")
-        _seqlen_axis(ax, seqlens, bars=True)
-        ax.set_title(mode)
-        ax.set_xlabel("sequence length")
-        ax.set_ylabel("ms per layer")
-        ax.grid(alpha=0.3, axis="y")
-        ax.legend(fontsize=7)
-    widths = sorted({int(w) for w in rows["d_model"]})
-    fig.suptitle(f"One attention layer, d_model={', '.join(map(str, widths))} ({_kind(rows)})")
-    return _save(fig, folder, "layer")
+    fig = layer_figure(frame)
+    return [] if fig is None else _save(fig, folder, "layer")
 
 
+# ------------------------------------------------------------------ a run
 def resolve_gpu(frame: pd.DataFrame, gpu: str | None) -> GPUSpec:
     """The GPU whose ceilings the roofline draws: --gpu, else the run's GPU, else H100."""
     if gpu:
@@ -442,9 +388,8 @@ def resolve_gpu(frame: pd.DataFrame, gpu: str | None) -> GPUSpec:
     return gpu_spec("h100")
 
 
-def plot_run(run_dir: Path, gpu: str | None = None) -> list[Path]:
-    """Write every plot of a run into run_dir/plots (replacing older pages); returns the files written."""
-    frame = results.read_rows_nonempty(run_dir)
+def _plots_folder(run_dir: Path) -> Path:
+    """run_dir/plots, made, with the extra pages of an earlier drawing removed."""
     folder = results.run_dir(Path(run_dir)) / results.PLOTS_DIR
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -452,6 +397,22 @@ def plot_run(run_dir: Path, gpu: str | None = None) -> list[Path]:
             stale.unlink()
     except OSError as exc:
         raise results.ResultsError(f"cannot make the plots folder {folder}: {exc.strerror or exc}") from None
+    return folder
+
+
+def plot_run(run_dir: Path, gpu: str | None = None, published: bool = False) -> list[Path]:
+    """Write every plot of a run into run_dir/plots (replacing older pages); returns the files written.
+    `published`: set published speedups of the same configuration beside the run's (nsa_bench/published.csv).
+    A folder that cannot be written is a ResultsError naming the path (the CLI's one-line exit 2)."""
+    from nsa_bench import published as published_mod
+
+    frame = results.read_rows_nonempty(run_dir)
+    folder = _plots_folder(run_dir)
     spec = resolve_gpu(frame, gpu)
-    return [*plot_speedup(frame, folder), *plot_roofline(frame, folder, spec), *plot_stages(frame, folder),
-            *plot_baselines(frame, folder), *plot_layer(frame, folder)]
+    matches = published_mod.matching(frame[frame["stage"] == STAGE_TOTAL], gpu=spec.name) if published else []
+    try:
+        return [*plot_speedup(frame, folder, matches), *plot_roofline(frame, folder, spec),
+                *plot_stages(frame, folder), *plot_baselines(frame, folder), *plot_layer(frame, folder)]
+    except OSError as exc:
+        where = exc.filename or folder
+        raise results.ResultsError(f"cannot write the plot {where}: {exc.strerror or exc}") from None
