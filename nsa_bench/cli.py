@@ -548,6 +548,9 @@ def main() -> None:
     except click.exceptions.NoArgsIsHelpError as exc:  # bare `nsa-bench`: the help is the answer
         click.echo(exc.ctx.get_help())
         sys.exit(0)
+    except BrokenPipeError:  # the reader of stdout went away (`nsa-bench ... | head`): nobody to tell
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit's flush
+        sys.exit(128 + 13)  # as a shell reports SIGPIPE
     except click.exceptions.Abort:
         click.echo("Aborted.", err=True)
         sys.exit(130)

@@ -24,8 +24,7 @@ import pandas as pd
 
 from nsa_bench import facets, palette, plot_base, plot_lines, plot_marks, reading, results
 from nsa_bench.gpus import GPUSpec, gpu_spec
-from nsa_bench.plot_base import MODE_MARKERS, MODE_ORDER, declutter, overlapping_texts, size_label  # noqa: F401
-from nsa_bench.plot_base import save as _save  # one name to stub where a test captures figures
+from nsa_bench.plot_base import MODE_MARKERS, MODE_ORDER, declutter
 from nsa_bench.plot_speedup import speedup_figures
 from nsa_bench.published import Match
 from nsa_bench.schema import STAGE_TOTAL, STATUS_OK
@@ -108,7 +107,7 @@ def roofline_figure(frame: pd.DataFrame, gpu: GPUSpec, calibration_dir: Path | N
 
 def plot_roofline(frame: pd.DataFrame, folder: Path, gpu: GPUSpec, calibration_dir: Path | None = None) -> list[Path]:
     fig = roofline_figure(frame, gpu, calibration_dir)
-    return [] if fig is None else _save(fig, folder, "roofline")
+    return [] if fig is None else plot_base.save(fig, folder, "roofline")
 
 
 # ------------------------------------------------------------------ stages
@@ -304,7 +303,7 @@ def baselines_figure(frame: pd.DataFrame) -> Figure | None:
 
 def plot_baselines(frame: pd.DataFrame, folder: Path) -> list[Path]:
     fig = baselines_figure(frame)
-    return [] if fig is None else _save(fig, folder, "speedup_baselines")
+    return [] if fig is None else plot_base.save(fig, folder, "speedup_baselines")
 
 
 # ------------------------------------------------------------------ one attention layer
@@ -371,7 +370,7 @@ def layer_figure(frame: pd.DataFrame) -> Figure | None:
 
 def plot_layer(frame: pd.DataFrame, folder: Path) -> list[Path]:
     fig = layer_figure(frame)
-    return [] if fig is None else _save(fig, folder, "layer")
+    return [] if fig is None else plot_base.save(fig, folder, "layer")
 
 
 # ------------------------------------------------------------------ a run

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from cli_runner import run_cli
-from nsa_bench import calibrate, plots
+from nsa_bench import calibrate, plot_base, plots
 from nsa_bench.gpus import gpu_spec
 
 
@@ -89,7 +89,7 @@ def _roofline_lines(monkeypatch, tmp_path, calibration_dir):
         plt.close(fig)
         return [folder / f"{name}.png"]
 
-    monkeypatch.setattr(plots, "_save", capture)
+    monkeypatch.setattr(plot_base, "save", capture)
     frame = pd.DataFrame([{"status": "predicted", "intensity": 50.0, "flops": 1e12, "predicted_ms": 2.0,
                            "ms_median": float("nan"), "backend": "nsa-triton", "stage": "total", "mode": "fwd"}])
     assert plots.plot_roofline(frame, tmp_path, gpu_spec("h100"), calibration_dir)

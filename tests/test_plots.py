@@ -57,7 +57,7 @@ def assert_readable(fig) -> None:
     assert len(fig.legends) == 1
     labels = legend_labels(fig)
     assert len(labels) == len(set(labels))
-    assert plots.overlapping_texts(fig) == []
+    assert plot_base.overlapping_texts(fig) == []
 
 
 def test_readme_speedup_facets_by_the_varying_axes(readme_frame):
@@ -104,7 +104,7 @@ def test_readme_roofline_uses_the_stage_colours(readme_frame):
     assert len(labels) == len(set(labels)) and "stage: slc_attn" in labels and "nsa-triton (total)" in labels
     handles = dict(zip(labels, legend.legend_handles))
     assert mcolors.to_hex(handles["stage: slc_attn"].get_color()) == palette.stage_color("slc_attn")
-    assert plots.overlapping_texts(fig) == []
+    assert plot_base.overlapping_texts(fig) == []
     plt.close(fig)
 
 
@@ -112,7 +112,7 @@ def test_many_lengths_get_thinned_ticks(tmp_path: Path):
     spec = SweepSpec(seqlens=tuple(range(1024, 48 * 1024 + 1, 1024)), modes=("fwd",))
     frame = sweep_frame(tmp_path, spec)
     for _, fig in [*plots.speedup_figures(frame), *plots.stage_figures(frame)]:
-        assert plots.overlapping_texts(fig) == []
+        assert plot_base.overlapping_texts(fig) == []
         shown = [t.get_text() for ax in fig.axes for t in ax.get_xticklabels() if t.get_text()]
         assert 3 <= len(shown) < 48  # thinned, not dropped
         plt.close(fig)
