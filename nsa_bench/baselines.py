@@ -40,7 +40,8 @@ def dense_backends(frame: pd.DataFrame) -> list[str]:
     """Dense backends with usable rows: the CSV's baseline first, then in run order."""
     totals = reading.totals(frame)
     present = list(dict.fromkeys(totals["backend"].astype(str)))
-    named = [b for b in dict.fromkeys(frame.get("baseline", pd.Series(dtype=str)).astype(str)) if b in present]
+    named = [b for b in dict.fromkeys(frame.get("baseline", pd.Series(dtype=str)).astype(str))  # an NSA backend
+             if b in present and _family(b) != "nsa"]  # named as the baseline is still an NSA backend
     dense = [b for b in present if _family(b) == "dense" or b in named]
     return list(dict.fromkeys([*named, *dense]))
 

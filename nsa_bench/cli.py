@@ -169,12 +169,6 @@ def sweep(suite: str | None, point: str | None, out: Path | None, resume: bool, 
     unknown = [b for b in spec.baselines if b not in known]
     if unknown:
         raise _bad("baseline", f"unknown {', '.join(map(repr, unknown))} (choose from {', '.join(known)})")
-    not_dense = [b for b in spec.baselines if backends.registry()[b].family != "dense"]
-    if not_dense:
-        dense = ", ".join(name for name, b in backends.registry().items() if b.family == "dense")
-        raise _bad("baseline", f"{', '.join(map(repr, not_dense))} is an NSA backend: the baseline is the dense "
-                               f"attention NSA is measured against (choose from {dense}); compare NSA backends with "
-                               "--backend")
     points, invalid = spec.points()
     nsa_backends = [b for b in spec.run_backends if backends.registry()[b].family == "nsa"]
     if not points and nsa_backends:

@@ -35,7 +35,7 @@ from nsa_bench.parse import parse_size
 NONE = "none"
 KINDS = ("fixed", "uniform", "lognormal")
 DEFAULT_SIGMA = 1.0
-_DECIMAL = re.compile(r"\d+(\.\d*)?|\.\d+", re.ASCII)  # a sigma as written: no exponent, no other digits
+_DECIMAL = re.compile(r"[+-]?(\d+(\.\d*)?|\.\d+)", re.ASCII)  # a sigma as written: no exponent, no other digits
 _FORM = re.compile(r"^(?P<kind>[a-z]+):(?P<mean>[^:@]+)(?::(?P<sigma>[^:@]+))?(?:@(?P<seed>[^:@]+))?$")
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from nsa_bench import baselines, report
+from nsa_bench import baselines, report, results
 from nsa_bench.plots import plot_run
 from nsa_bench.results import CSV_NAME, ENV_NAME, SPEC_NAME, append_row, read_rows, write_json
 from nsa_bench.schema import STATUS_OK, STATUS_PREDICTED, Row
@@ -121,3 +121,16 @@ def test_no_dense_baseline_no_sections(frame):
     nsa_only = frame[frame["backend"] == "nsa-triton"]
     assert baselines.baseline_speedups(nsa_only).empty and baselines.layer_table(nsa_only).empty
     assert baselines.summary_text(nsa_only) == ""
+
+
+def test_an_nsa_backend_named_as_the_baseline_is_not_called_dense(monkeypatch, capsys, tmp_path):
+    """--baseline nsa-triton (NSA against NSA: which implementation is faster) is allowed; nothing the run
+    prints lists nsa-triton among the dense backends."""
+    from cli_runner import run_cli
+
+    code, out, _ = run_cli(monkeypatch, capsys, "sweep", "--baseline", "nsa-triton", "--backend", "fa2,nsa-ref",
+                           "--seqlen", "1k", "--mode", "fwd", "--out", str(tmp_path / "r"), "--quiet", "--no-plots")
+    frame = results.read_rows(tmp_path / "r")
+    assert code == 0 and baselines.dense_backends(frame) == ["fa2"]
+    assert set(baselines.nsa_backends(frame)) == {"nsa-triton", "nsa-ref"}
+    assert "every dense backend, nsa-triton" not in out and "nsa-triton runs the true shapes" not in out
