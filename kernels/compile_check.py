@@ -45,7 +45,7 @@ from triton.compiler import ASTSource, make_backend
 from triton.runtime.autotuner import Autotuner, Heuristics
 from triton.runtime.jit import JITFunction, KernelInterface, create_function_from_signature
 
-from nsa_bench.config import NSAConfig
+from .config import NSAConfig
 
 _RESULT_TAG = "@@gpu_compile@@ "
 _USAGE = re.compile(r"REG:(\d+)\s+STACK:(\d+)\s+SHARED:(\d+)\s+LOCAL:(\d+)")
@@ -359,7 +359,7 @@ def _qkv(case: Case, grad: bool = False) -> tuple[Any, Any, Any]:
 def _packing(case: Case) -> Any:
     """cu_seqlens (CPU int32: the wrappers read lengths on the host) of documents packed into case.seqlen
     tokens: lengths 1, l - 1 and l' - 1, then halves of what is left, so boundaries fall inside blocks."""
-    from nsa_bench import varlen
+    from nsa_kernels import varlen
 
     cfg, left = case.cfg, case.seqlen
     lengths = []

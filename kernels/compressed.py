@@ -30,10 +30,9 @@ from ._common import (
     TUNING_ARGS, autotune, check_gated, check_heads, check_kernel_config, interpreting, next_pow2, tuning_buckets,
 )
 from ._common import check_dq_chain, split_head_dim as _split_head_dim
+from .config import NSAConfig
 from .packing import Packing, num_cmp as _num_cmp, refuse_v1
 from .variants import check_variant
-from nsa_bench import varlen
-from nsa_bench.config import NSAConfig
 
 __all__ = ["compress_fwd", "compress_bwd", "compressed_fwd", "compressed_bwd", "select_blocks"]
 

@@ -24,8 +24,7 @@ import torch
 import triton
 import triton.language as tl
 
-from nsa_bench import varlen
-
+from . import varlen
 from ._common import (
     TUNING_ARGS, autotune, check_dq_chain, check_gated, check_heads, interpreting, next_pow2, same_memory,
     split_head_dim, tuning_buckets,

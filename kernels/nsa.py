@@ -19,10 +19,10 @@ import torch
 
 from . import compressed, flash, selected
 from ._common import check_heads, check_kernel_config
+from .config import NSAConfig
 from .gated_sum import gated_sum_bwd, gated_sum_fwd
 from .packing import Packing
 from .variants import KernelVariants
-from nsa_bench.config import NSAConfig
 
 __all__ = ["compress_kv", "select_blocks", "nsa_attention", "nsa_attention_variants", "forward_stages",
            "backward_stages"]

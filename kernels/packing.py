@@ -12,7 +12,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from nsa_bench import varlen
+from . import varlen
 
 
 def num_cmp(length: int, block_cmp: int, stride_cmp: int) -> int:

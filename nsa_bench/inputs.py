@@ -117,7 +117,7 @@ def empty_inputs(point: Point, device: torch.device | str = "meta", with_block_i
 def _empty_packed(point: Point, device: torch.device | str, with_block_idx: bool) -> Inputs:
     from dataclasses import replace
 
-    from nsa_bench import varlen
+    from nsa_kernels import varlen
     from nsa_bench.doclens import NONE
 
     lengths = point.documents()

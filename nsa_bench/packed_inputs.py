@@ -12,10 +12,10 @@ from dataclasses import replace
 
 import torch
 
-from nsa_bench import varlen
 from nsa_bench.doclens import NONE
 from nsa_bench.inputs import TORCH_DTYPES, Inputs, make_inputs
 from nsa_bench.spec import Point
+from nsa_kernels import varlen
 
 _DECODE_QUERY_SEED = 1_000_003  # offset of the decode queries' seed from the tensors' seed
 

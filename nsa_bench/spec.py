@@ -10,7 +10,7 @@ import itertools
 from dataclasses import asdict, dataclass, fields, replace
 
 from nsa_bench import doclens
-from nsa_bench.config import NSAConfig
+from nsa_kernels.config import NSAConfig
 
 ATTENTION_MODES = ("fwd", "bwd", "fwdbwd", "decode")
 # One attention layer of a model: x [B, T, d_model] -> q/k/v projections (NSA: and its gate MLP) ->

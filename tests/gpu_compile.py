@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import sys
 
-from nsa_bench.config import NSAConfig
+from nsa_kernels.config import NSAConfig
 from nsa_kernels.compile_check import PAPER_CFG, Case, compile_cases
 
 LARGE_BLOCK_CFG = NSAConfig(block_cmp=128, stride_cmp=64, block_slc=256, n_slc=64, window=512)

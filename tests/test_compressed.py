@@ -6,10 +6,10 @@ from dataclasses import dataclass
 import pytest
 import torch
 
-from nsa_kernels import compressed
+from nsa_bench import reference
+from nsa_kernels import compressed, varlen
 from nsa_kernels.compressed import compress_bwd, compress_fwd, compressed_bwd, compressed_fwd, select_blocks
-from nsa_bench import reference, varlen
-from nsa_bench.config import NSAConfig
+from nsa_kernels.config import NSAConfig
 
 CFG_A = NSAConfig(block_cmp=32, stride_cmp=16, block_slc=64, n_slc=4, window=64)
 CFG_B = NSAConfig(block_cmp=16, stride_cmp=8, block_slc=32, n_slc=3, window=64)
@@ -648,7 +648,7 @@ def test_packed_host_code_takes_meta_tensors_and_a_cpu_cu_seqlens():
 def test_packed_grid_limit_is_a_value_error():
     """Sequences x heads run on CUDA grid axis 1 (at most 65535): past it, a ValueError naming cu_seqlens, not a
     launch failure on the GPU (meta tensors: nothing runs)."""
-    from nsa_bench import varlen
+    from nsa_kernels import varlen
 
     cu = varlen.cu_seqlens_of([2] * 16384)  # x 4 KV heads = 65536 programs on axis 1
     x = torch.empty(1, 2 * 16384, 4, 32, device="meta", dtype=torch.float16)

@@ -19,8 +19,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from nsa_bench import reference
+from nsa_kernels import varlen
 from nsa_kernels.flash import TileConfig, attention_bwd, attention_fwd, flash_attention, flash_attention_decode
-from nsa_bench import reference, varlen
 
 FP32_TOL = 1e-4
 HALF_TOL = 1e-2

@@ -6,9 +6,9 @@ import pytest
 import torch
 
 import nsa_kernels
-from nsa_bench import varlen
-from nsa_bench.config import NSAConfig
 from nsa_kernels import packing as packing_module
+from nsa_kernels import varlen
+from nsa_kernels.config import NSAConfig
 from nsa_kernels.packing import Packing
 
 CFG = NSAConfig(block_cmp=16, stride_cmp=8, block_slc=32, n_slc=3, window=24)

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from nsa_kernels.selected import invert_selection, selected_bwd, selected_fwd
 from nsa_bench import reference
-from nsa_bench.config import NSAConfig
+from nsa_kernels.config import NSAConfig
+from nsa_kernels.selected import invert_selection, selected_bwd, selected_fwd
 
 
 @dataclass(frozen=True)
@@ -499,7 +499,7 @@ def packed_case(kv_heads: int, group: int, dk: int = 48, dv: int = 32, n_slc: in
 
 
 def packed_cu(lens: tuple[int, ...] = PACKED_LENS) -> torch.Tensor:
-    from nsa_bench import varlen
+    from nsa_kernels import varlen
 
     return varlen.cu_seqlens_of(lens)
 
@@ -657,7 +657,7 @@ def test_packed_bad_input_raises_value_error() -> None:
     q, k, v = _inputs(case, torch.float32, seed=250)
     idx = torch.zeros(1, case.seqlen, 1, 3, dtype=torch.int32)
     o, lse = q[..., :16], q[..., 0]
-    from nsa_bench import varlen
+    from nsa_kernels import varlen
 
     short = varlen.cu_seqlens_of([4, 5])
     with pytest.raises(ValueError, match="cu_seqlens"):

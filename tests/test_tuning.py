@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import torch
 
-from nsa_bench.config import NSAConfig
 from nsa_kernels import compile_check, tuning
 from nsa_kernels._common import TUNING_ARGS, size_bucket, tuning_buckets
+from nsa_kernels.config import NSAConfig
 
 CFG = NSAConfig(block_cmp=32, stride_cmp=16, block_slc=64, n_slc=4, window=64)
 
