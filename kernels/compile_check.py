@@ -587,7 +587,7 @@ ENTRIES: dict[str, Callable[[Case], None]] = {
 def _kernel_modules() -> list[ModuleType]:
     import importlib
 
-    names = ("compressed", "decode", "flash", "gated_sum", "nsa", "selected", "selected_small_g")
+    names = ("_selected_tiles", "compressed", "decode", "flash", "gated_sum", "nsa", "selected", "selected_small_g")
     return [importlib.import_module(f"nsa_kernels.{name}") for name in names] + [sys.modules[__name__]]
 
 

@@ -12,15 +12,17 @@ docs/tuning-notes.md ("Issue 17: small GQA groups") has the traffic model; this 
   (deterministic, no atomics) and applies the fused gated epilogue when asked.
 - Backward: one block-outer kernel computes dk/dv (as selected.py's `_selected_dkdv_body`) and, from
   the same dS tile, the dq partial dS K of every (query entry, key chunk); `_dq_reduce_kernel` sums
-  them in slot order and adds dq_add (NSA's dq chain). dk/dv of long lists go through selected.py's
-  fp32 partials and `_dkdv_reduce_kernel`, or atomics when deterministic=False.
+  them in slot order and adds dq_add (NSA's dq chain). dk/dv of long lists go through fp32 partials
+  and `_selected_tiles._dkdv_reduce_kernel` (as in selected.py), or atomics when deterministic=False.
+The tile helpers and kernels both paths use live in `_selected_tiles.py`: selected.py dispatches here,
+so this module never imports it.
 
 Slot semantics are selected.py's: a slot is used iff 0 <= j <= t // l' and j does not repeat an
 earlier slot of the row. Entries are named by their flat index in the row-sorted block_idx
 [B, T, Hkv, n], which is also the index of their partial slots.
 
-Packed batches (cu_seqlens, docs/varlen.md; selected.py's `PackedBatch`): the block-outer kernels run
-per global block (sequence, local block) with packed rows in the lists (VARLEN: `selected._block_keys`);
+Packed batches (cu_seqlens, docs/varlen.md; `_selected_tiles.PackedBatch`): the block-outer kernels run
+per global block (sequence, local block) with packed rows in the lists (VARLEN: `_block_keys`);
 the merge and the dq reduce run per (tile, KV head, sequence) with their pointers rebased to it.
 """
 from __future__ import annotations
@@ -29,11 +31,11 @@ import torch
 import triton
 import triton.language as tl
 
-from . import selected as _slc
+from . import _selected_tiles as tiles
 from ._common import TUNING_ARGS, autotune, interpreting, next_pow2, split_head_dim, tuning_buckets
-from .selected import (
-    PackedBatch, _block_keys, _gated_epilogue, _kv_rows, _load_rows, _load_split_cols, _row_tile, _seq_start,
-    _store_rows,
+from ._selected_tiles import (
+    PackedBatch, _block_keys, _dkdv_reduce_kernel, _gated_epilogue, _kv_rows, _load_rows, _load_split_cols, _row_tile,
+    _seq_start, _store_rows,
 )
 
 __all__ = ["small_g_fwd", "small_g_bwd", "invert_entries", "key_chunk"]
@@ -103,8 +105,9 @@ def invert_entries(
     """Per-block lists of entries (CSR), on the device, no host sync: (offsets [B*Hkv*num_blocks + 1],
     entries [E], the row-sorted block_idx int32). An entry is the flat index (b, t, g, s) of a used
     slot in the sorted block_idx, so its query is (e // (Hkv * n)) % T and its partials live at e.
-    Lists are in ascending t (stable sort); as `selected.invert_selection` otherwise (packed included)."""
-    offsets, order, blocks, index_dtype = _slc.used_slot_lists(block_idx, block_slc, num_blocks, packed)
+    Lists are in ascending t (stable sort); as `selected.invert_selection` otherwise (packed included):
+    both bucket with `_selected_tiles.used_slot_lists`."""
+    offsets, order, blocks, index_dtype = tiles.used_slot_lists(block_idx, block_slc, num_blocks, packed)
     return offsets.to(index_dtype), order.to(index_dtype), blocks.to(torch.int32)
 
 
@@ -304,9 +307,9 @@ def small_g_fwd(
     parts = idx.numel() * chunks * group
     o_part = torch.empty(parts, dv, dtype=_partial_dtype(q), device=q.device)
     lse_part = torch.empty(parts, dtype=torch.float32, device=q.device)
-    segment = _slc._segment_len(n, block_slc)
+    segment = tiles.segment_len(n, block_slc)
     grid = (num_blocks * chunks, -(-seq_t // segment), b * hkv)
-    _slc._launcher(_block_outer_fwd_tuned, grid, _INTERP_META)(
+    tiles.launcher(_block_outer_fwd_tuned, grid, _INTERP_META)(
         q, k, v, offsets, entries, o_part, lse_part, *tables,
         t, hq, hkv, group, dk, dv, num_blocks, segment, float(scale) * _LOG2E, **tuning_buckets(seq_t, b * hq),
         **dims,
@@ -522,35 +525,35 @@ def small_g_bwd(
         return dq, dk, dv
     dims = _dims(q, v, group, block_slc, n, packed)
     chunks = block_slc // dims["BLOCK_N"]
-    delta = _slc._delta(o, do)
+    delta = tiles.row_delta(o, do)
     num_blocks, seq_t, seqs, tables = _packed_args(t, b, block_slc, idx, packed)
     offsets, entries, sorted_idx = invert_entries(idx, block_slc, num_blocks, packed)
     dq_part = torch.empty(idx.numel() * chunks * group, dk_dim, dtype=_partial_dtype(q), device=q.device)
-    segment = _slc._segment_len(n, block_slc)
+    segment = tiles.segment_len(n, block_slc)
     segments = -(-seq_t // segment)
     grid = (num_blocks * chunks, segments, b * hkv)
     qk_scale_log2 = float(scale) * _LOG2E
     common = (*tables, t, hq, hkv, group, dk_dim, dv_dim, num_blocks, segment, qk_scale_log2, float(scale))
     if deterministic:
-        slots, num_slots = _slc._partial_slots(offsets, segment, idx.numel())
+        slots, num_slots = tiles.partial_slots(offsets, segment, idx.numel())
         dk_part = torch.empty(num_slots, block_slc, dk_dim, dtype=torch.float32, device=q.device)
         dv_part = torch.empty(num_slots, block_slc, dv_dim, dtype=torch.float32, device=q.device)
-        _slc._launcher(_block_outer_bwd_kernel, grid, _INTERP_META)(
+        tiles.launcher(_block_outer_bwd_kernel, grid, _INTERP_META)(
             q, k, v, do, lse, delta, offsets, entries, slots, dk, dv, dk_part, dv_part, dq_part,
             *common, **tuning_buckets(seq_t, b * hq), **dims, ATOMIC=False,
         )
         if segments > 1:
             reduce_block = min(block_slc, 32)
             dk_pad, dv_pad = max(16, next_pow2(dk_dim)), dims["DV_PAD"]
-            _slc._dkdv_reduce_kernel[(num_blocks * (block_slc // reduce_block), b * hkv)](
+            _dkdv_reduce_kernel[(num_blocks * (block_slc // reduce_block), b * hkv)](
                 offsets, slots, dk_part, dv_part, dk, dv, *tables, t, hkv, dk_dim, dv_dim, num_blocks, segment,
                 BLOCK_SLC=block_slc, DK_PAD=dk_pad, DV_PAD=dv_pad, BLOCK_N=reduce_block,
-                **_slc._reduce_launch(packed),
+                **tiles.reduce_launch(packed),
             )
     else:
         dk32 = torch.zeros(k.shape, dtype=torch.float32, device=k.device)
         dv32 = torch.zeros(v.shape, dtype=torch.float32, device=v.device)
-        _slc._launcher(_block_outer_bwd_atomic_kernel, grid, _INTERP_META)(
+        tiles.launcher(_block_outer_bwd_atomic_kernel, grid, _INTERP_META)(
             q, k, v, do, lse, delta, offsets, entries, offsets, dk32, dv32, dk32, dv32, dq_part,
             *common, **tuning_buckets(seq_t, b * hq), **dims, ATOMIC=True,
         )

@@ -229,9 +229,9 @@ def test_backward_is_deterministic(variant: str) -> None:
 def test_backward_with_lists_split_into_segments(monkeypatch: pytest.MonkeyPatch, deterministic: bool,
                                                  small_g: str) -> None:
     """16-query segments: block 0's 75-query list spans five, other lists one or two."""
-    import nsa_kernels.selected as selected_module
+    from nsa_kernels import _selected_tiles
 
-    monkeypatch.setattr(selected_module, "_segment_len", lambda n_slc, block_slc: 16)
+    monkeypatch.setattr(_selected_tiles, "segment_len", lambda n_slc, block_slc: 16)
     case = Case(batch=1, seqlen=75, kv_heads=2, group=2, dk=48, dv=32, block_slc=32, n_slc=3)
     q, k, v = _inputs(case, torch.float32, seed=55)
     block_idx = _random_selection(case, seed=56)
@@ -426,7 +426,7 @@ for b, t, hkv, g, dk, dv, dt, slc, n in shapes:
                            accumulate=True, cu_seqlens=cu)
             S.selected_bwd(q, k, v, o, lse, do, idx, slc, dk ** -0.5, cu_seqlens=cu)
 
-    for launch in gc.record_launches([S, SG], host):
+    for launch in gc.record_launches(gc._kernel_modules(), host):
         variants = gc.expand(launch)
         chosen = variants[:1] + (variants[-1:] if t == 65536 and len(variants) > 1 else [])
         for jit, kwargs in chosen:
@@ -612,9 +612,9 @@ def test_packed_fp16() -> None:
 def test_packed_backward_with_lists_split_into_segments(monkeypatch: pytest.MonkeyPatch, small_g: str) -> None:
     """16-query segments: block 0 of the 45-token sequence has a 32-query list (two segments); the reduce
     (deterministic) and the atomics run per global block of the packing."""
-    import nsa_kernels.selected as selected_module
+    from nsa_kernels import _selected_tiles
 
-    monkeypatch.setattr(selected_module, "_segment_len", lambda n_slc, block_slc: 16)
+    monkeypatch.setattr(_selected_tiles, "segment_len", lambda n_slc, block_slc: 16)
     case = packed_case(1, 2, dk=48, dv=32, n_slc=4)
     q, k, v = _inputs(case, torch.float32, seed=230)
     block_idx = packed_hand_selection(case)
@@ -699,7 +699,7 @@ for g, small_g in ((16, "auto"), (1, "padded"), (4, "auto")):
         for deterministic in (True, False):
             S.selected_bwd(q, k, v, o, lse, o, idx, 64, 0.1, deterministic, small_g=small_g, cu_seqlens=cu)
 
-    for launch in gc.record_launches([S, SG], host):
+    for launch in gc.record_launches(gc._kernel_modules(), host):
         fn = getattr(launch.kernel, "fn", launch.kernel)
         names.append((getattr(fn, "__name__", str(fn)), launch.kwargs.get("VARLEN")))
 print(sorted(set(names)))

@@ -154,9 +154,12 @@ def test_invert_entries_names_every_usable_slot_once() -> None:
                 assert got_t == want, (b, g, j)
 
 
-def test_module_is_used_through_selected_helpers() -> None:
-    """The long-list machinery is selected.py's (segment length, partial slots, reduce): one definition."""
-    assert small_g_module._slc is selected_module
+def test_module_shares_the_long_list_machinery_with_selected() -> None:
+    """The long-list machinery (segment length, partial slots, reduce) has one definition, which both
+    selected.py and this module take from _selected_tiles (selected.py imports this module, never the reverse)."""
+    assert small_g_module.tiles is selected_module.tiles
+    assert selected_module.selected_small_g is small_g_module
+    assert not any(value is selected_module for value in vars(small_g_module).values())
 
 
 # ---------------------------------------------------------------- packed batches (cu_seqlens, docs/varlen.md)
