@@ -5,12 +5,10 @@ import one way: selected.py dispatches to selected_small_g.py, which must not im
 - jit tile helpers: row tiles of row-major [*, D] tensors, key rows of a selection block (packed batches
   included), the fused gated epilogue;
 - the two kernels both backwards launch: delta = rowsum(o * do) and the fp32 dk/dv partials' reduce;
-- host code: the interpreter-aware launcher, the packed batch as these kernels see it, and the
-  selection inverted into per-block query lists (segments, partial slots).
+- host code: the interpreter-aware launcher and the selection inverted into per-block query lists
+  (segments, partial slots), for dense and packed batches (a `Packing`: global selection blocks).
 """
 from __future__ import annotations
-
-from dataclasses import dataclass
 
 import torch
 import triton
@@ -161,49 +159,13 @@ def launcher(kernel, grid, interp_meta: dict):
     return kernel[grid]
 
 
-_MAX_SEQUENCES = 65535  # CUDA's grid z limit: the query-centric kernels run one grid row per sequence
-
-
-@dataclass(frozen=True)
-class PackedBatch:
-    """A packed batch (cu_seqlens, docs/varlen.md) as the selected kernels see it.
-
-    The (sequence s, local selection block j) pairs are numbered globally, vb = slc_cu[s] + j with
-    slc_cu the exclusive cumsum of ceil(L_s / l'): the block-outer kernels (dk/dv, selected_small_g)
-    run one program row per vb and bucket the query lists by (KV head, vb). Device tensors are int32."""
-
-    cu: torch.Tensor  # [N+1] cu_seqlens on q's device
-    slc_cu: torch.Tensor  # [N+1] first global block number of each sequence
-    block_seq: torch.Tensor  # [num_blocks] the sequence of each global block
-    num_seqs: int
-    max_len: int  # max_s L_s: the tile axis of the query-centric grids
-    num_blocks: int  # sum_s ceil(L_s / l')
-
-
-def packed_batch(cu_seqlens: torch.Tensor | Packing, q: torch.Tensor, block_slc: int) -> PackedBatch:
-    """Validate cu_seqlens against q [1, total_T, ...] (ValueError naming cu_seqlens) and build the
-    tables; lengths are read on the host from cu_seqlens, which may live on any device (q may be meta)."""
-    packing = Packing.of(cu_seqlens, q.shape[1], q.shape[0], q.device, block_slc=block_slc)  # a Packing: no copy
-    if packing.num_seqs > _MAX_SEQUENCES:
-        raise ValueError(f"cu_seqlens holds {packing.num_seqs} sequences; the selected kernels take at most "
-                         f"{_MAX_SEQUENCES} per packed batch (the grid's z axis)")
-    blocks = packing.slc_counts(block_slc)
-    slc_cu = packing.slc_offsets(block_slc)  # N+1 values cross to the device, not the block table
-    block_seq = torch.repeat_interleave(torch.arange(len(blocks), dtype=torch.int32, device=q.device),
-                                        slc_cu[1:] - slc_cu[:-1], output_size=sum(blocks))
-    return PackedBatch(
-        cu=packing.cu, slc_cu=slc_cu, block_seq=block_seq.to(torch.int32),
-        num_seqs=packing.num_seqs, max_len=packing.max_len, num_blocks=sum(blocks),
-    )
-
-
 def used_slot_lists(
-    block_idx: torch.Tensor, block_slc: int, num_blocks: int, packed: PackedBatch | None = None,
+    block_idx: torch.Tensor, block_slc: int, num_blocks: int, packing: Packing | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.dtype]:
-    """The bucketing both inversions share (this module's and selected_small_g's): block_idx sorted
+    """The bucketing both inversions share (selected.py's and selected_small_g's): block_idx sorted
     per row (int64), the stable order of its flat slots by (b, KV head, block) with unused slots last
     (int64), the CSR offsets (int64) and the index dtype (int32 unless the entries need int64).
-    packed: buckets by (KV head, global block slc_cu[s] + j) and positions local to each row's sequence."""
+    packing: buckets by (KV head, global block slc_cu[s] + j) and positions local to each row's sequence."""
     b, t, hkv, n = block_idx.shape
     device = block_idx.device
     blocks = torch.sort(block_idx.to(torch.int64), dim=-1).values
@@ -211,16 +173,16 @@ def used_slot_lists(
     repeat[..., 1:] = blocks[..., 1:] == blocks[..., :-1]
     head = torch.arange(hkv, device=device, dtype=torch.int64).view(1, 1, hkv, 1)
     num_buckets = b * hkv * num_blocks
-    if packed is None:
+    if packing is None:
         pos = torch.arange(t, device=device, dtype=torch.int64).view(1, t, 1, 1)
         batch = torch.arange(b, device=device, dtype=torch.int64).view(b, 1, 1, 1)
         base = (batch * hkv + head) * num_blocks
     else:  # on the device, no host sync: each row's sequence by a search over cu_seqlens
         rows = torch.arange(t, device=device, dtype=torch.int64)
-        cu = packed.cu.to(torch.int64)
+        cu = packing.cu.to(torch.int64)
         seq = torch.searchsorted(cu[1:].contiguous(), rows, right=True)
         pos = (rows - cu[seq]).view(1, t, 1, 1)
-        base = head * num_blocks + packed.slc_cu.to(torch.int64)[seq].view(1, t, 1, 1)
+        base = head * num_blocks + packing.slc_offsets(block_slc).to(torch.int64)[seq].view(1, t, 1, 1)
     used = (blocks >= 0) & (blocks * block_slc <= pos) & ~repeat
     bucket = torch.where(used, base + blocks, num_buckets).reshape(-1)
     key_dtype = torch.int32 if num_buckets < 2**31 - 1 else torch.int64
@@ -250,10 +212,10 @@ def partial_slots(offsets: torch.Tensor, segment: int, entries: int) -> tuple[to
     return slots, max(1, 2 * entries // segment)
 
 
-def reduce_launch(packed: PackedBatch | None) -> dict:
+def reduce_launch(packing: Packing | None) -> dict:
     """VARLEN and warps of a `_dkdv_reduce_kernel` launch: packed ones take 8 warps (at 4, sm_90 at
     Dk = 192 caps it at 168 registers and the block-table lookups spill 24 B; dense ones keep 4)."""
-    return {"VARLEN": False} if packed is None else {"VARLEN": True, "num_warps": 8}
+    return {"VARLEN": False} if packing is None else {"VARLEN": True, "num_warps": 8}
 
 
 def row_delta(o: torch.Tensor, do: torch.Tensor) -> torch.Tensor:

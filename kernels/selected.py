@@ -27,8 +27,8 @@ from ._common import (
 )
 from . import _selected_tiles as tiles, selected_small_g
 from ._selected_tiles import (
-    PackedBatch, _block_keys, _dkdv_reduce_kernel, _gated_epilogue, _kv_rows, _load_cols, _load_rows,
-    _load_split_cols, _row_tile, _seq_start, _store_rows, packed_batch,
+    _block_keys, _dkdv_reduce_kernel, _gated_epilogue, _kv_rows, _load_cols, _load_rows, _load_split_cols, _row_tile,
+    _seq_start, _store_rows,
 )
 from .packing import Packing, refuse_v1
 from .variants import check_variant, runs_small_g
@@ -68,7 +68,7 @@ def _dkdv_configs() -> list[triton.Config]:
 
 _SHARED_MEMORY_BYTES = 227 * 1024  # an H100's opt-in shared memory per block
 _WIDE_HEADS = 256  # DK_PAD + DV_PAD beyond this (192 + 128 pads to 256 + 128) is "wide"
-# Limits below were read off sm_90 compiles (ptxas register/stack usage, tests/gpu_compile.py) at
+# Limits below were read off sm_90 compiles (ptxas register/stack usage, the suite's compile check) at
 # G=16, Dk/Dv = 192/128 and 128/128, l' = 32..256, n = 16 and 64, and G=1, Dk=Dv=64.
 _BLOCK_SHARE_MAX = 1024  # bytes of one selected block's K+V per thread (fwd and dq)
 _BLOCK_SHARE_FEW_CHUNKS = 512  # dq: above this share, at most two unrolled chunks
@@ -771,14 +771,21 @@ def _tile_interp_meta(group: int, block_slc: int, positions: int) -> dict:
     return {"POSITIONS": max(1, min(positions, 64 // max(16, next_pow2(group)))), "BLOCK_K": min(block_slc, 64)}
 
 
+def _check_packing(packing: Packing | None, q: torch.Tensor) -> None:
+    """The packing of q [1, total_T, ...]; the query-centric grids run one row of axis 2 per sequence."""
+    if packing is not None:
+        packing.check(q.shape[1], q.shape[0], q.device)
+        packing.check_grid("selected")
+
+
 def selected_fwd(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_idx: torch.Tensor, block_slc: int, scale: float,
     *, out: torch.Tensor | None = None, gates: torch.Tensor | None = None, gate_index: int = 0,
-    accumulate: bool = False, variant: str = "v2", small_g: str = "auto", cu_seqlens: torch.Tensor | Packing | None = None,
+    accumulate: bool = False, variant: str = "v2", small_g: str = "auto", packing: Packing | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Selected attention forward: (o [B,T,Hq,Dv] in q.dtype, lse [B,T,Hq] fp32, natural log).
 
-    cu_seqlens (int32 [N+1], docs/varlen.md): a packed batch, q/k/v [1, total_T, H, D], block_idx
+    packing (docs/varlen.md): a packed batch, q/k/v [1, total_T, H, D], block_idx
     [1, total_T, Hkv, n] holding block numbers local to each row's sequence; o, lse (and out, gates)
     keep the dense layouts with B = 1. v2 only (variant="v1" raises).
 
@@ -798,13 +805,13 @@ def selected_fwd(
     check_variant("variant", variant)
     group = _validate(q, k, v, block_idx, block_slc, scale)
     check_gated(q, (*q.shape[:3], v.shape[-1]), out, gates, gate_index, accumulate)
-    refuse_v1(cu_seqlens, variant=variant)
-    packed = None if cu_seqlens is None else packed_batch(cu_seqlens, q, block_slc)
+    refuse_v1(packing, variant=variant)
+    _check_packing(packing, q)
     q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
     idx = block_idx.to(torch.int32).contiguous()
     if runs_small_g(small_g, group):
         return selected_small_g.small_g_fwd(q, k, v, idx, block_slc, scale, group, out=out, gates=gates,
-                                            gate_index=gate_index, accumulate=accumulate, packed=packed)
+                                            gate_index=gate_index, accumulate=accumulate, packing=packing)
     b, t, hq, dk = q.shape
     hkv, dv, n = k.shape[2], v.shape[-1], idx.shape[-1]
     gated = out is not None
@@ -817,12 +824,12 @@ def selected_fwd(
     if variant == "v2":
         kernel = _selected_fwd_tile_accumulate_tuned if gated and accumulate else _selected_fwd_tile_tuned
         # packed: one grid row per sequence, its tile axis over the longest (cu is read, never t)
-        seq_t, seqs, cu = (t, b, idx) if packed is None else (packed.max_len, packed.num_seqs, packed.cu)
+        seq_t, seqs, cu = (t, b, idx) if packing is None else (packing.max_len, packing.num_seqs, packing.cu)
         tiles.launcher(kernel, _tile_grid(seq_t, hkv, seqs), _tile_interp_meta(group, block_slc, 4))(
             q, k, v, idx, o, lse, gate_column, cu,
             t, hq, hkv, group, dk, dv, float(scale) * _LOG2E, **tuning_buckets(seq_t, seqs * hq),
             N_SLOTS=n, **_tile_dims(q, v, group, block_slc, n), GATED=gated, ACCUMULATE=gated and accumulate,
-            VARLEN=packed is not None,
+            VARLEN=packing is not None,
         )
         return o, lse
     kernel = _selected_fwd_accumulate_tuned if gated and accumulate else _selected_fwd_tuned
@@ -835,7 +842,7 @@ def selected_fwd(
 
 
 def invert_selection(
-    block_idx: torch.Tensor, block_slc: int, num_blocks: int, packed: PackedBatch | None = None,
+    block_idx: torch.Tensor, block_slc: int, num_blocks: int, packing: Packing | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-block query lists (CSR) from block_idx [B,T,Hkv,n], all on the device, no host sync.
 
@@ -845,11 +852,11 @@ def invert_selection(
     dropped; E = B*T*Hkv*n bounds the entries and the tail past offsets[-1] is unused. offsets
     are int32 unless E needs int64.
 
-    packed (B = 1): block numbers are local to each row's sequence, num_blocks = packed.num_blocks and
-    list s = g * num_blocks + vb holds the packed rows that selected global block vb (`PackedBatch`).
+    packing (B = 1): block numbers are local to each row's sequence, num_blocks = packing.num_slc_blocks(l')
+    and list s = g * num_blocks + vb holds the packed rows that selected global block vb = slc_cu[s] + j.
     """
     _, t, hkv, n = block_idx.shape
-    offsets, order, _, index_dtype = tiles.used_slot_lists(block_idx, block_slc, num_blocks, packed)
+    offsets, order, _, index_dtype = tiles.used_slot_lists(block_idx, block_slc, num_blocks, packing)
     queries = ((order // (hkv * n)) % t).to(torch.int32)
     return offsets.to(index_dtype), queries
 
@@ -858,12 +865,12 @@ def selected_bwd(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, o: torch.Tensor, lse: torch.Tensor, do: torch.Tensor,
     block_idx: torch.Tensor, block_slc: int, scale: float, deterministic: bool = True, *, dq_variant: str = "v2",
     dq_out: torch.Tensor | None = None, dq_add: torch.Tensor | None = None, small_g: str = "auto",
-    cu_seqlens: torch.Tensor | Packing | None = None,
+    packing: Packing | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Selected attention backward: (dq, dk, dv) in the input dtype; dk/dv summed over each group.
 
-    cu_seqlens: a packed batch as in `selected_fwd` (dq_variant "v2" only). dk/dv programs then run per
-    global block (`PackedBatch`), one row of lists per (KV head, sequence, local block).
+    packing: a packed batch as in `selected_fwd` (dq_variant "v2" only). dk/dv programs then run per
+    global block (`Packing.slc_block_seq`), one row of lists per (KV head, sequence, local block).
 
     small_g as in `selected_fwd`: the block-outer path computes dq from the dk/dv kernel's dS tiles
     (partials summed in slot order) instead of a query-centric dq kernel; `dq_variant` then does not apply.
@@ -881,8 +888,8 @@ def selected_bwd(
     """
     check_variant("dq_variant", dq_variant)
     group = _validate(q, k, v, block_idx, block_slc, scale)
-    refuse_v1(cu_seqlens, dq_variant=dq_variant)
-    packed = None if cu_seqlens is None else packed_batch(cu_seqlens, q, block_slc)
+    refuse_v1(packing, dq_variant=dq_variant)
+    _check_packing(packing, q)
     b, t, hq, dk_dim = q.shape
     hkv, dv_dim = k.shape[2], v.shape[-1]
     if tuple(o.shape) != (b, t, hq, dv_dim) or tuple(do.shape) != (b, t, hq, dv_dim):
@@ -899,7 +906,7 @@ def selected_bwd(
     dq_out = check_dq_chain(q, dq_out, dq_add)
     if runs_small_g(small_g, group):
         return selected_small_g.small_g_bwd(q, k, v, o, lse, do, idx, block_slc, scale, group, deterministic,
-                                            dq_out, dq_add, packed=packed)
+                                            dq_out, dq_add, packing=packing)
     dq = dq_out if dq_out is not None else torch.empty_like(q)
     dk = torch.empty_like(k)
     dv = torch.empty_like(v)
@@ -915,10 +922,10 @@ def selected_bwd(
                t, hq, hkv, group, dk_dim, dv_dim, qk_scale_log2, float(scale))
     if dq_variant == "v2":
         kernel = _selected_dq_tile_accumulate_tuned if in_place else _selected_dq_tile_kernel
-        seq_t, seqs, cu = (t, b, idx) if packed is None else (packed.max_len, packed.num_seqs, packed.cu)
+        seq_t, seqs, cu = (t, b, idx) if packing is None else (packing.max_len, packing.num_seqs, packing.cu)
         tiles.launcher(kernel, _tile_grid(seq_t, hkv, seqs), _tile_interp_meta(group, block_slc, 2))(
             *dq_args[:9], cu, *dq_args[9:], **tuning_buckets(seq_t, seqs * hq), N_SLOTS=n,
-            **_tile_dims(q, v, group, block_slc, n), ADD_DQ=add_dq, VARLEN=packed is not None,
+            **_tile_dims(q, v, group, block_slc, n), ADD_DQ=add_dq, VARLEN=packing is not None,
         )
     else:
         kernel = _selected_dq_accumulate_tuned if in_place else _selected_dq_kernel
@@ -926,15 +933,16 @@ def selected_bwd(
             *dq_args, **tuning_buckets(t, b * hq), N_SLOTS=n, **dims, ADD_DQ=add_dq,
         )
 
-    num_blocks = -(-t // block_slc) if packed is None else packed.num_blocks
-    offsets, queries = invert_selection(idx, block_slc, num_blocks, packed)
+    num_blocks = -(-t // block_slc) if packing is None else packing.num_slc_blocks(block_slc)
+    offsets, queries = invert_selection(idx, block_slc, num_blocks, packing)
     segment = tiles.segment_len(n, block_slc)
-    seq_t = t if packed is None else packed.max_len
+    seq_t = t if packing is None else packing.max_len
     segments = -(-seq_t // segment)  # a list holds at most T (packed: max_s L_s) queries
-    tables = (offsets, offsets, offsets) if packed is None else (packed.cu, packed.block_seq, packed.slc_cu)
+    tables = (offsets, offsets, offsets) if packing is None else (
+        packing.cu, packing.slc_block_seq(block_slc), packing.slc_offsets(block_slc))
     dkdv_args = dict(
         G_IN=next_pow2(group), DK_PAD=dims["DK_PAD"], DV_PAD=dims["DV_PAD"], BLOCK_SLC=block_slc,
-        UPCAST=dims["UPCAST"], VARLEN=packed is not None, **tuning_buckets(seq_t, b * hq),
+        UPCAST=dims["UPCAST"], VARLEN=packing is not None, **tuning_buckets(seq_t, b * hq),
     )
 
     def grid(meta: dict) -> tuple[int, int, int]:
@@ -955,7 +963,7 @@ def selected_bwd(
             _dkdv_reduce_kernel[(num_blocks * (block_slc // reduce_block), b * hkv)](
                 offsets, slots, dk_part, dv_part, dk, dv, *tables, t, hkv, dk_dim, dv_dim, num_blocks, segment,
                 BLOCK_SLC=block_slc, DK_PAD=dims["DK_PAD"], DV_PAD=dims["DV_PAD"], BLOCK_N=reduce_block,
-                **tiles.reduce_launch(packed),
+                **tiles.reduce_launch(packing),
             )
     else:
         dk = torch.zeros(k.shape, dtype=torch.float32, device=k.device)

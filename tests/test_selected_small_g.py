@@ -11,7 +11,7 @@ from nsa_kernels.selected import selected_bwd, selected_fwd
 from nsa_kernels.selected_small_g import invert_entries
 from test_selected import (
     Case, _gates, _inputs, _real_selection, _random_selection, _reference_grads, _rel, check_packed, packed_case,
-    packed_cu, packed_hand_selection, LONG_LENS,
+    packed_hand_selection, packing_of, LONG_LENS,
 )
 
 _TOL = {torch.float32: (1e-4, 1e-3), torch.float16: (1e-2, 1e-2)}  # (forward, gradients)
@@ -194,7 +194,7 @@ def test_packed_fp16() -> None:
 def test_packed_backward_is_deterministic() -> None:
     case = packed_case(1, 2, dk=32, dv=16, n_slc=4)
     q, k, v = _inputs(case, torch.float32, seed=330)
-    block_idx, kw = packed_hand_selection(case), dict(small_g="small_g", cu_seqlens=packed_cu())
+    block_idx, kw = packed_hand_selection(case), dict(small_g="small_g", packing=packing_of())
     o, lse = selected_fwd(q, k, v, block_idx, 32, 0.2, **kw)
     do = torch.randn(o.shape, generator=torch.Generator().manual_seed(333))
     plain = selected_bwd(q, k, v, o, lse, do, block_idx, 32, 0.2, **kw)
