@@ -614,7 +614,7 @@ def test_packed_bad_input_raises_value_error():
 def test_packed_host_code_takes_meta_tensors_and_a_cpu_cu_seqlens():
     """The sm_90 compile check's call: meta q/k/v, cu_seqlens on the CPU. The wrappers read lengths on
     the host only and launch every kernel VARLEN over (tiles of the longest sequence, N x heads)."""
-    from nsa_kernels.compile_check import record_launches
+    from nsa_bench.compilecheck.recorder import record_launches
 
     cfg, lengths, hkv, hq = CFG_A, (2000, 0, 3, 2093), 2, 8
     cu = varlen.cu_seqlens_of(lengths)

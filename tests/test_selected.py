@@ -392,67 +392,6 @@ def test_gated_bad_input_raises_value_error(kwargs: dict, match: str) -> None:
         selected_fwd(q, k, v, idx, 32, 0.25, **kwargs)
 
 
-# Records the wrappers' real launches on meta tensors and compiles them for sm_90 with Triton's
-# bundled ptxas (nsa_kernels.compile_check), no GPU needed: catches what the interpreter lets through
-# (non-power-of-two tiles, operand dtypes, host/kernel argument mismatches). To keep the test
-# short it compiles the first autotune config of each launch, and the last one at the paper shape.
-_H100_COMPILE = r"""
-import torch
-import nsa_kernels.compile_check as gc
-import nsa_kernels.selected as S
-import nsa_kernels.selected_small_g as SG
-from nsa_kernels.packing import Packing
-
-shapes = [  # B, T, Hkv, G, Dk, Dv, dtype, l', n
-    (1, 65536, 4, 16, 192, 128, torch.bfloat16, 64, 16),  # the paper's setting
-    (2, 1000, 2, 3, 48, 32, torch.float16, 32, 3),
-    (1, 4096, 1, 64, 128, 128, torch.float32, 256, 64),
-]
-compiler = gc.KernelCompiler()
-failures = []
-for b, t, hkv, g, dk, dv, dt, slc, n in shapes:
-    meta = lambda *s, dtype=dt: torch.empty(*s, device="meta", dtype=dtype)
-    q, k, v = meta(b, t, hkv * g, dk), meta(b, t, hkv, dk), meta(b, t, hkv, dv)
-    o, do, lse = meta(b, t, hkv * g, dv), meta(b, t, hkv * g, dv), meta(b, t, hkv * g, dtype=torch.float32)
-    idx = meta(b, t, hkv, n, dtype=torch.int32)
-
-    def host():
-        S.selected_fwd(q, k, v, idx, slc, dk ** -0.5)
-        S.selected_fwd(q, k, v, idx, slc, dk ** -0.5, out=o, gates=meta(b, t, hkv * g, 3), gate_index=1,
-                       accumulate=True)
-        for deterministic in (True, False):
-            S.selected_bwd(q, k, v, o, lse, do, idx, slc, dk ** -0.5, deterministic=deterministic)
-        if b == 1:  # a packed batch (cu_seqlens on the CPU, as the compile check passes it): the VARLEN kernels
-            cu = torch.tensor([0, 17, 17, t // 2, t], dtype=torch.int32)
-            packing = Packing.of(cu, t, 1, q.device)
-            S.selected_fwd(q, k, v, idx, slc, dk ** -0.5, out=o, gates=meta(b, t, hkv * g, 3), gate_index=1,
-                           accumulate=True, packing=packing)
-            S.selected_bwd(q, k, v, o, lse, do, idx, slc, dk ** -0.5, packing=packing)
-
-    for launch in gc.record_launches(gc._kernel_modules(), host):
-        variants = gc.expand(launch)
-        chosen = variants[:1] + (variants[-1:] if t == 65536 and len(variants) > 1 else [])
-        for jit, kwargs in chosen:
-            for result in compiler.compile_launch(gc.Launch(jit, launch.grid, launch.args, kwargs)):
-                if not result.ok:
-                    failures.append(result.describe())
-print("\n".join(failures) if failures else "compiled")
-"""
-
-
-def test_kernels_compile_for_h100() -> None:
-    import triton
-
-    ptxas = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "ptxas"
-    if not ptxas.exists():
-        pytest.skip("Triton's bundled ptxas is missing")
-    env = {**os.environ, "TRITON_INTERPRET": "0"}
-    root = Path(__file__).resolve().parents[1]
-    done = subprocess.run([sys.executable, "-c", _H100_COMPILE], cwd=root, env=env, capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert done.stdout.strip().endswith("compiled"), done.stdout[-3000:]
-
-
 def test_dq_chain_adds_into_the_accumulator(variant: str) -> None:
     """dq_out = this branch's dq + dq_add (fp32), also in place (dq_out is dq_add), as NSA chains it."""
     case = Case(batch=1, seqlen=35, kv_heads=1, group=3, dk=48, dv=16, block_slc=32, n_slc=3)
@@ -685,9 +624,9 @@ def test_packed_bad_input_raises_value_error() -> None:
 
 _PACKED_RECORD = r"""
 import torch
-import nsa_kernels.compile_check as gc
+from nsa_bench.compilecheck.entries import kernel_modules
+from nsa_bench.compilecheck.recorder import record_launches
 import nsa_kernels.selected as S
-import nsa_kernels.selected_small_g as SG
 from nsa_kernels.packing import Packing
 
 cu = torch.tensor([0, 1, 11, 11, 38, 83, 160], dtype=torch.int32)  # on the CPU, q on meta
@@ -706,7 +645,7 @@ for g, small_g in ((16, "auto"), (1, "padded"), (4, "auto")):
         for deterministic in (True, False):
             S.selected_bwd(q, k, v, o, lse, o, idx, 64, 0.1, deterministic, small_g=small_g, packing=packing)
 
-    for launch in gc.record_launches(gc._kernel_modules(), host):
+    for launch in record_launches(kernel_modules(), host):
         fn = getattr(launch.kernel, "fn", launch.kernel)
         names.append((getattr(fn, "__name__", str(fn)), launch.kwargs.get("VARLEN")))
 print(sorted(set(names)))
