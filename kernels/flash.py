@@ -848,7 +848,7 @@ def _strider(packing: Packing | None) -> Callable[[torch.Tensor], tuple[int, int
     return lambda x: (x.stride(1), x.stride(1), x.stride(2))
 
 
-def _grid(tiles: int, heads: int, batch: int, packing: Packing | None) -> tuple[int, ...]:
+def _launch_grid(tiles: int, heads: int, batch: int, packing: Packing | None) -> tuple[int, ...]:
     """Dense: (tiles, B * heads), as before varlen; packed: (tiles, heads, N)."""
     return (tiles, batch * heads) if packing is None else (tiles, heads, packing.num_seqs)
 
@@ -936,7 +936,7 @@ def attention_fwd(
                   GATED=gated, ACCUMULATE=gated and accumulate, VARLEN=packing is not None)
 
     def grid(meta):
-        return _grid(triton.cdiv(rows, meta["BLOCK_M"]), num_q_heads, batch, packing)
+        return _launch_grid(triton.cdiv(rows, meta["BLOCK_M"]), num_q_heads, batch, packing)
 
     if tiles is not None:
         kernel = _fwd_kernel
@@ -990,7 +990,7 @@ def attention_bwd(
     delta = torch.empty_like(lse)
     block_dv = max(16, next_pow2(dv))
     prep_rows = max(16, 4096 // block_dv)  # o and do tiles stay at 64 fp32 registers per thread
-    _bwd_preprocess_kernel[_grid(triton.cdiv(rows, prep_rows), num_q_heads, batch, packing)](
+    _bwd_preprocess_kernel[_launch_grid(triton.cdiv(rows, prep_rows), num_q_heads, batch, packing)](
         o, do, delta, cu, *strides(o), *strides(do), *strides(lse), rows, num_q_heads,
         DV=dv, BLOCK_DV=block_dv, BLOCK_M=prep_rows, VARLEN=packing is not None,
     )
@@ -1003,7 +1003,7 @@ def attention_bwd(
     buckets = tuning_buckets(rows, num_seqs * num_q_heads).values()
 
     def grid_dkdv(meta):
-        return _grid(triton.cdiv(rows, meta["BLOCK_N"]), num_kv_heads, batch, packing)
+        return _launch_grid(triton.cdiv(rows, meta["BLOCK_N"]), num_kv_heads, batch, packing)
 
     kernel = _dkdv_tuned if tiles_dkdv is None else _bwd_dkdv_kernel
     kernel[grid_dkdv](
@@ -1012,7 +1012,7 @@ def attention_bwd(
     )
 
     def grid_dq(meta):
-        return _grid(triton.cdiv(rows, meta["BLOCK_M"]), num_q_heads, batch, packing)
+        return _launch_grid(triton.cdiv(rows, meta["BLOCK_M"]), num_q_heads, batch, packing)
 
     kernel = _dq_tuned if tiles_dq is None else _bwd_dq_kernel
     add = dq_add if dq_add is not None else dq
