@@ -18,6 +18,7 @@ from nsa_bench.compilecheck.case import Case
 from nsa_bench.compilecheck.pool import WorkerPool, compile_cases
 from nsa_bench.compilecheck.results import CasePlan, CaseReport, CompileResult
 from nsa_bench.compilecheck.table import BUILD_CASES, CASES, SELFTEST
+from nsa_kernels.variants import runs_small_g
 
 # Known problems, reported to the lead (case label -> reason). The marks are strict: once fixed,
 # the test XPASSes and fails, so the entry must be removed. None are open: the spills and
@@ -28,8 +29,9 @@ KNOWN_SPILLS: dict[str, str] = {}
 # Configs that compile but cannot launch on an H100 (shared memory over 227 KiB, register file).
 KNOWN_OVERSIZE: dict[str, str] = {}
 
-# Modules whose kernels each entry point must reach (a launch path silently skipped is a bug here).
-NSA_MODULES = {"nsa_kernels.compressed", "nsa_kernels.selected", "nsa_kernels.flash", "nsa_kernels.gated_sum"}
+# Modules whose kernels each entry point must reach (a launch path silently skipped is a bug here). NSA's
+# selected branch: the kernels both paths share (_selected_tiles), and those of the path its G takes.
+NSA_MODULES = {"nsa_kernels.compressed", "nsa_kernels._selected_tiles", "nsa_kernels.flash", "nsa_kernels.gated_sum"}
 EXPECTED_MODULES = {
     "nsa_attention": NSA_MODULES,
     "nsa_attention_v1": NSA_MODULES,
@@ -45,6 +47,16 @@ EXPECTED_MODULES = {
     "nsa_decode_v1": {"nsa_kernels.decode"},
     "nsa_decode_cmp_cache": {"nsa_kernels.decode"},
 }
+
+
+def expected_modules(case: Case) -> set[str]:
+    """EXPECTED_MODULES of the case's entry; NSA entries also reach selected.py (the group padded to 16 rows)
+    or selected_small_g.py (G < 16, which the default takes), as the variant and G decide."""
+    expected = set(EXPECTED_MODULES[case.entry])
+    if expected >= NSA_MODULES:
+        small_g = runs_small_g("padded" if case.entry.endswith("_v1") else "auto", case.group)
+        expected.add("nsa_kernels.selected_small_g" if small_g else "nsa_kernels.selected")
+    return expected
 
 
 @dataclass(frozen=True)
@@ -138,7 +150,7 @@ def test_entry_point_records_its_launches(reports: Compiled, case: Case) -> None
     report = reports[case]
     assert report.host_error is None, f"host code crashed while recording:\n{report.host_error}"
     reached = {r.module for r in report.results}
-    assert EXPECTED_MODULES[case.entry] <= reached, f"launched kernels only from {sorted(reached)}"
+    assert expected_modules(case) <= reached, f"launched kernels only from {sorted(reached)}"
 
 
 @pytest.mark.parametrize("case", _params(CASES))
