@@ -2,7 +2,7 @@
 padded path they replace at G < 16 (selected.py v2: union tiles of P positions x 16 padded head rows).
 `python docs/small_g_built.py`; same shape, selections and time rule as docs/small_g_model.py.
 
-What differs from the model's path C: lists are cut into segments of `selected._segment_len` = 4n l'
+What differs from the model's path C: lists are cut into segments of `_selected_tiles.segment_len` = 4n l'
 queries (4096 at the paper blocks), not 256 rows, so fewer programs reload K_j/V_j; the forward tile is
 autotuned over 16-64 gathered rows (64 counted here, e = 0.65), the backward over 16-32 (32 counted,
 e = 0.55); the merge also reads the row-sorted block_idx; dq is not a query-centric kernel but the dS K
@@ -14,7 +14,7 @@ import numpy as np
 
 from small_g_model import BLOCK_BYTES, DK, DV, HQ, LSLC, NSLC, SEED, T, list_lengths, selections, timing, union_blocks
 
-SEGMENT = 4 * NSLC * LSLC  # queries per block-outer program (selected._segment_len)
+SEGMENT = 4 * NSLC * LSLC  # queries per block-outer program (_selected_tiles.segment_len)
 
 
 def main() -> None:

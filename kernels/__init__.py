@@ -8,7 +8,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from nsa_bench.config import NSAConfig
+from .config import NSAConfig
 
 _EXPORTS = {
     "compress_kv": "nsa_kernels.nsa",

@@ -6,7 +6,7 @@ import os
 import torch
 import triton
 
-from nsa_bench.config import NSAConfig
+from .config import NSAConfig
 
 # Block parameters the Triton kernels are written for (powers of two keep tiles GPU-legal).
 SUPPORTED_BLOCK_CMP = (16, 32, 64, 128)

@@ -9,8 +9,8 @@ Queries that see no compressed block (t < l - 1) get o = 0 and lse = +inf. +inf 
 mathematically "empty" -inf) is chosen so that every consumer computing p = exp(s - lse) gets
 exactly 0 for such a row without special cases: the backward and the block scoring both do.
 
-Packed batches (docs/varlen.md): every wrapper takes `cu_seqlens` (int32 [N+1]) with tensors
-[1, total_T, H, D] and k_cmp/v_cmp [1, sum_s Tc_s, Hkv, D]. The grid's batch axis becomes the sequence
+Packed batches (docs/varlen.md): every wrapper takes a `Packing` (kernels/packing.py: cu_seqlens read once)
+with tensors [1, total_T, H, D] and k_cmp/v_cmp [1, sum_s Tc_s, Hkv, D]. The grid's batch axis becomes the sequence
 s; with the constexpr VARLEN a program loads its sequence's token offset and length from cu_seqlens
 and its compressed offset and count from `cmp_cu` (varlen offsets of the compressed blocks), returns
 at once when its tile starts past them, and otherwise runs the dense code with T = L_s, Tc = Tc_s
@@ -30,15 +30,13 @@ from ._common import (
     TUNING_ARGS, autotune, check_gated, check_heads, check_kernel_config, interpreting, next_pow2, tuning_buckets,
 )
 from ._common import check_dq_chain, split_head_dim as _split_head_dim
+from .config import NSAConfig
 from .packing import Packing, num_cmp as _num_cmp, refuse_v1
 from .variants import check_variant
-from nsa_bench import varlen
-from nsa_bench.config import NSAConfig
 
 __all__ = ["compress_fwd", "compress_bwd", "compressed_fwd", "compressed_bwd", "select_blocks"]
 
 _LOG2E = 1.4426950408889634
-_MAX_GRID_Y = 65535  # CUDA's limit on grid axis 1, which runs over sequences (batch) x heads
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 
@@ -145,16 +143,15 @@ def _check_attention_inputs(q: torch.Tensor, k_cmp: torch.Tensor, v_cmp: torch.T
     return group
 
 
-def _packed_attention(cu_seqlens: torch.Tensor | Packing | None, q: torch.Tensor, k_cmp: torch.Tensor,
-                      cfg: NSAConfig, **variants: str) -> _Packed | None:
-    """The packed batch of an attention entry point (None: dense): v2 variants only, q [1, total_T, ...],
+def _check_packed_attention(packing: Packing | None, q: torch.Tensor, k_cmp: torch.Tensor, cfg: NSAConfig,
+                            **variants: str) -> None:
+    """The packed batch of an attention wrapper (None: dense): v2 variants only, q [1, total_T, ...],
     k_cmp holding sum_s Tc_s blocks."""
-    if cu_seqlens is None:
-        return None
-    refuse_v1(cu_seqlens, **variants)
-    packed = _packed(cu_seqlens, q.shape[1], q.shape[0], cfg.block_cmp, cfg.stride_cmp, q.device, k_cmp.shape[2])
-    _check_packed_cmp("k_cmp", k_cmp, packed)
-    return packed
+    if packing is None:
+        return
+    refuse_v1(packing, **variants)
+    _check_packed(packing, q.shape[1], q.shape[0], q.device, k_cmp.shape[2])
+    _check_packed_cmp("k_cmp", k_cmp, packing, cfg.block_cmp, cfg.stride_cmp)
 
 
 def _check_like(name: str, x: torch.Tensor, shape: tuple[int, ...], dtype: torch.dtype | None = None) -> None:
@@ -166,45 +163,31 @@ def _check_like(name: str, x: torch.Tensor, shape: tuple[int, ...], dtype: torch
 
 
 # ------------------------------------------------------------------ packed batches (cu_seqlens)
-@dataclass(frozen=True)
-class _Packed:
-    """A packed batch read on the host: offsets on the kernels' device, and the grid's extents."""
-
-    cu: torch.Tensor  # int32 [N+1] token offsets, on the kernels' device
-    cmp_cu: torch.Tensor  # int32 [N+1] compressed-block offsets, on the kernels' device
-    num_seqs: int
-    max_len: int  # longest sequence: the grid's tile axis covers it
-    max_cmp: int  # most compressed blocks of one sequence
-    total_cmp: int  # sum_s Tc_s: the packed k_cmp's length
+def _check_packed(packing: Packing, total: int, batch: int, device: torch.device, heads: int) -> None:
+    """The packing of tensors [batch, total, heads, ...]; sequences x heads share grid axis 1."""
+    packing.check(total, batch, device)
+    packing.check_grid("compressed", heads)
 
 
-def _packed(cu_seqlens: torch.Tensor | Packing | None, total: int, batch: int, block_cmp: int, stride_cmp: int,
-            device: torch.device, heads: int) -> _Packed | None:
-    """Validate cu_seqlens on the host (never reading a device tensor's values twice), move it to the
-    kernels' device. None: the dense path."""
-    if cu_seqlens is None:
-        return None
-    packing = Packing.of(cu_seqlens, total, batch, device, block_cmp, stride_cmp)  # a Packing: no read, no copy
-    if packing.num_seqs * heads > _MAX_GRID_Y:  # sequences x heads share grid axis 1 (at most 65535 on CUDA)
-        raise ValueError(f"cu_seqlens holds {packing.num_seqs} sequences: the compressed kernels run sequences x "
-                         f"{heads} heads on one grid axis of at most {_MAX_GRID_Y}, so pack at most "
-                         f"{_MAX_GRID_Y // heads} sequences per call")
-    counts = packing.cmp_counts(block_cmp, stride_cmp)
-    return _Packed(
-        cu=packing.cu, cmp_cu=packing.cmp_offsets(block_cmp, stride_cmp),
-        num_seqs=packing.num_seqs, max_len=packing.max_len, max_cmp=max(counts, default=0), total_cmp=sum(counts),
-    )
-
-
-def _check_packed_cmp(name: str, x: torch.Tensor, packed: _Packed) -> None:
-    if x.shape[1] != packed.total_cmp:
+def _check_packed_cmp(name: str, x: torch.Tensor, packing: Packing, block_cmp: int, stride_cmp: int) -> None:
+    total_cmp = packing.num_cmp_blocks(block_cmp, stride_cmp)
+    if x.shape[1] != total_cmp:
         raise ValueError(f"{name} holds {x.shape[1]} compressed blocks but cu_seqlens' sequences have "
-                         f"{packed.total_cmp} (sum of Tc per sequence, docs/varlen.md)")
+                         f"{total_cmp} (sum of Tc per sequence, docs/varlen.md)")
 
 
-def _offsets(packed: _Packed | None) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+def _offsets(packing: Packing | None, block_cmp: int, stride_cmp: int) -> tuple[torch.Tensor | None, ...]:
     """(CU, CMP_CU) kernel arguments: None on the dense path (VARLEN=False never reads them)."""
-    return (None, None) if packed is None else (packed.cu, packed.cmp_cu)
+    return (None, None) if packing is None else (packing.cu, packing.cmp_offsets(block_cmp, stride_cmp))
+
+
+def _extents(packing: Packing | None, batch: int, seqlen: int, tc: int, block_cmp: int,
+             stride_cmp: int) -> tuple[int, int, int]:
+    """(grid rows, tokens, compressed blocks) the grids span: B, T, Tc dense; N, the longest sequence and the
+    most blocks of one sequence packed (each program loads its own sequence's)."""
+    if packing is None:
+        return batch, seqlen, tc
+    return packing.num_seqs, packing.max_len, packing.max_cmp_blocks(block_cmp, stride_cmp)
 
 
 @triton.jit
@@ -291,61 +274,61 @@ def _compress_bwd_kernel(
     tl.store(_token_ptrs(DX, tok0, offs_t, h, H, offs_d, D), out.to(DX.dtype.element_ty), mask=t_ok[:, None] & d_ok)
 
 
-def compress_fwd(x: torch.Tensor, block_cmp: int, stride_cmp: int,
-                 cu_seqlens: torch.Tensor | Packing | None = None) -> torch.Tensor:
+def compress_fwd(x: torch.Tensor, block_cmp: int, stride_cmp: int, packing: Packing | None = None) -> torch.Tensor:
     """Mean of x [B,T,H,D] over each block [i*d, i*d + l): [B,Tc,H,D] in x's dtype (fp32 sums).
 
-    Packed (cu_seqlens, x [1, total_T, H, D]): each sequence's own blocks, concatenated:
+    Packed (a `Packing`, x [1, total_T, H, D]): each sequence's own blocks, concatenated:
     [1, sum_s Tc_s, H, D] (reference.compress_kv's packed layout).
     """
     _check_tensor("x", x, 4)
     _check_block_params(block_cmp, stride_cmp)
     b, t, h, d = x.shape
-    packed = _packed(cu_seqlens, t, b, block_cmp, stride_cmp, x.device, h)
-    tc = _num_cmp(t, block_cmp, stride_cmp) if packed is None else packed.total_cmp
+    if packing is not None:
+        _check_packed(packing, t, b, x.device, h)
+    tc = _num_cmp(t, block_cmp, stride_cmp) if packing is None else packing.num_cmp_blocks(block_cmp, stride_cmp)
     out = x.new_empty(b, tc, h, d)
     if tc == 0 or b * h * d == 0:
         return out
     x = x.contiguous()
     block_c = 16 if interpreting() else 32
     block_d = min(next_pow2(d), 64)
-    rows, tiles = (b, tc) if packed is None else (packed.num_seqs, packed.max_cmp)
+    rows, _, tiles = _extents(packing, b, t, tc, block_cmp, stride_cmp)
     grid = (triton.cdiv(tiles, block_c), rows * h, triton.cdiv(d, block_d))
     _compress_fwd_kernel[grid](
-        x, out, t, tc, h, *_offsets(packed), D=d, BLOCK_D=block_d, BLOCK_CMP=block_cmp, STRIDE_CMP=stride_cmp,
-        BLOCK_C=block_c, VARLEN=packed is not None, num_warps=4,
+        x, out, t, tc, h, *_offsets(packing, block_cmp, stride_cmp), D=d, BLOCK_D=block_d, BLOCK_CMP=block_cmp,
+        STRIDE_CMP=stride_cmp, BLOCK_C=block_c, VARLEN=packing is not None, num_warps=4,
     )
     return out
 
 
 def compress_bwd(dx_cmp: torch.Tensor, seqlen: int, block_cmp: int, stride_cmp: int,
-                 cu_seqlens: torch.Tensor | Packing | None = None) -> torch.Tensor:
+                 packing: Packing | None = None) -> torch.Tensor:
     """Gradient of compress_fwd: dx [B,seqlen,H,D], each token summing dx_cmp / l over its blocks.
 
-    Packed (cu_seqlens): dx_cmp [1, sum_s Tc_s, H, D], seqlen = total_T, dx [1, total_T, H, D].
+    Packed (a `Packing`): dx_cmp [1, sum_s Tc_s, H, D], seqlen = total_T, dx [1, total_T, H, D].
     """
     _check_tensor("dx_cmp", dx_cmp, 4)
     _check_block_params(block_cmp, stride_cmp)
     if isinstance(seqlen, bool) or not isinstance(seqlen, int) or seqlen < 0:
         raise ValueError(f"seqlen must be a non-negative int, got {seqlen!r}")
     b, tc, h, d = dx_cmp.shape
-    packed = _packed(cu_seqlens, seqlen, b, block_cmp, stride_cmp, dx_cmp.device, dx_cmp.shape[2])
-    if packed is None:
+    if packing is None:
         expected = _num_cmp(seqlen, block_cmp, stride_cmp)
         if tc != expected:
             raise ValueError(f"dx_cmp has Tc={tc} blocks but seqlen={seqlen} gives {expected}")
     else:
-        _check_packed_cmp("dx_cmp", dx_cmp, packed)
+        _check_packed(packing, seqlen, b, dx_cmp.device, h)
+        _check_packed_cmp("dx_cmp", dx_cmp, packing, block_cmp, stride_cmp)
     if tc == 0 or b * h * d == 0:
         return dx_cmp.new_zeros(b, seqlen, h, d)
     dx = dx_cmp.new_empty(b, seqlen, h, d)  # the kernel writes every token (0 past the last block)
     dx_cmp = dx_cmp.contiguous()
     block_t, block_d = 32, min(next_pow2(d), 64)
-    rows, tiles = (b, seqlen) if packed is None else (packed.num_seqs, packed.max_len)
+    rows, tiles, _ = _extents(packing, b, seqlen, tc, block_cmp, stride_cmp)
     grid = (triton.cdiv(tiles, block_t), rows * h, triton.cdiv(d, block_d))
     _compress_bwd_kernel[grid](
-        dx_cmp, dx, seqlen, tc, h, *_offsets(packed), D=d, BLOCK_D=block_d, BLOCK_CMP=block_cmp,
-        STRIDE_CMP=stride_cmp, BLOCK_T=block_t, VARLEN=packed is not None, num_warps=4,
+        dx_cmp, dx, seqlen, tc, h, *_offsets(packing, block_cmp, stride_cmp), D=d, BLOCK_D=block_d,
+        BLOCK_CMP=block_cmp, STRIDE_CMP=stride_cmp, BLOCK_T=block_t, VARLEN=packing is not None, num_warps=4,
     )
     return dx
 
@@ -582,8 +565,8 @@ class _Gated:
 
 def _launch_fwd(q: torch.Tensor, k_cmp: torch.Tensor, v_cmp: torch.Tensor, cfg: NSAConfig, group: int,
                 scale: float, with_output: bool, gated: _Gated | None = None,
-                variant: str = "v2", packed: _Packed | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """packed: a packed batch (checked by the caller; v2 only): grid (tiles of its longest sequence, N * Hkv)."""
+                variant: str = "v2", packing: Packing | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """packing: a packed batch (checked by the caller; v2 only): grid (tiles of its longest sequence, N * Hkv)."""
     b, t, hq, dk = q.shape
     tc, hkv, dv = k_cmp.shape[1], k_cmp.shape[2], v_cmp.shape[-1]
     if tc == 0 or b * t * hq == 0:  # nothing visible anywhere: the kernel would only write these
@@ -601,8 +584,7 @@ def _launch_fwd(q: torch.Tensor, k_cmp: torch.Tensor, v_cmp: torch.Tensor, cfg: 
     g_pad = next_pow2(group)
     dk_a, dk_b = _split_head_dim(dk)
     # the grid's (positions, rows) and the T / Tc the kernel gets (dense; packed: per sequence, loaded)
-    grid_t, grid_b, arg_t, arg_tc = (t, b, t, tc) if packed is None else (
-        packed.max_len, packed.num_seqs, packed.max_len, packed.max_cmp)
+    grid_b, grid_t, arg_tc = _extents(packing, b, t, tc, cfg.block_cmp, cfg.stride_cmp)
 
     def grid(meta: dict) -> tuple[int, int]:
         return (triton.cdiv(grid_t, meta["BLOCK_M"] // g_pad), grid_b * hkv)
@@ -614,14 +596,14 @@ def _launch_fwd(q: torch.Tensor, k_cmp: torch.Tensor, v_cmp: torch.Tensor, cfg: 
         kernel = _cmp_fwd_v2_tuned_accumulate if accumulate else _cmp_fwd_v2_tuned
     else:
         kernel = _cmp_fwd_tuned_accumulate if accumulate else _cmp_fwd_tuned
-    cu, cmp_cu = _offsets(packed)
+    cu, cmp_cu = _offsets(packing, cfg.block_cmp, cfg.stride_cmp)
     kernel[grid](
-        q, k_cmp, v_cmp, o if with_output else lse, lse, gate_column, arg_t, arg_tc, hkv, scale * _LOG2E,
+        q, k_cmp, v_cmp, o if with_output else lse, lse, gate_column, grid_t, arg_tc, hkv, scale * _LOG2E,
         **tuning_buckets(grid_t, grid_b * hq), CU=cu, CMP_CU=cmp_cu,
         G=group, G_PAD=g_pad, DK=dk, DV=dv, DK_A=dk_a, DK_B=dk_b, BLOCK_DV=next_pow2(dv),
         BLOCK_CMP=cfg.block_cmp, STRIDE_CMP=cfg.stride_cmp, WITH_OUTPUT=with_output,
         UPCAST=interpreting() and q.dtype == torch.bfloat16, GATED=gated is not None, ACCUMULATE=accumulate,
-        VARLEN=packed is not None,
+        VARLEN=packing is not None,
     )
     return o, lse
 
@@ -629,13 +611,13 @@ def _launch_fwd(q: torch.Tensor, k_cmp: torch.Tensor, v_cmp: torch.Tensor, cfg: 
 def compressed_fwd(
     q: torch.Tensor, k_cmp: torch.Tensor, v_cmp: torch.Tensor, cfg: NSAConfig, scale: float, *,
     out: torch.Tensor | None = None, gates: torch.Tensor | None = None, gate_index: int = 0,
-    accumulate: bool = False, variant: str = "v2", cu_seqlens: torch.Tensor | Packing | None = None,
+    accumulate: bool = False, variant: str = "v2", packing: Packing | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Branch "cmp": (o [B,T,Hq,Dv] in q.dtype, lse [B,T,Hq] fp32); no visible block: o = 0, lse = +inf.
 
     variant "v2" (default) also tries tiles of 8-16 positions; "v1" the tiles before issue 13.
 
-    Packed (cu_seqlens int32 [N+1], v2 only): q [1, total_T, Hq, Dk], k_cmp/v_cmp [1, sum_s Tc_s, Hkv, D]
+    Packed (a `Packing`, v2 only): q [1, total_T, Hq, Dk], k_cmp/v_cmp [1, sum_s Tc_s, Hkv, D]
     (compress_fwd's packed layout); each query sees its own sequence's blocks at local positions.
 
     Fused gated epilogue (no-grad NSA forward, so the branch output is never materialised): with
@@ -646,12 +628,12 @@ def compressed_fwd(
     check_variant("variant", variant)
     group = _check_attention_inputs(q, k_cmp, v_cmp, cfg)
     scale = _check_scale(scale)
-    packed = _packed_attention(cu_seqlens, q, k_cmp, cfg, variant=variant)
+    _check_packed_attention(packing, q, k_cmp, cfg, variant=variant)
     gated_on = check_gated(q, (*q.shape[:3], v_cmp.shape[-1]), out, gates, gate_index, accumulate)
     gated = _Gated(out, gates, gate_index, accumulate) if gated_on else None
     q, k_cmp, v_cmp = q.contiguous(), k_cmp.contiguous(), v_cmp.contiguous()
     return _launch_fwd(q, k_cmp, v_cmp, cfg, group, scale, with_output=True, gated=gated, variant=variant,
-                       packed=packed)
+                       packing=packing)
 
 
 # ------------------------------------------------------------------ section 3: block scores + top-n selection
@@ -811,7 +793,7 @@ _select_tuned = autotune(
 
 def select_blocks(
     q: torch.Tensor, k_cmp: torch.Tensor, cfg: NSAConfig, scale: float, lse: torch.Tensor | None = None, *,
-    variant: str = "v2", cu_seqlens: torch.Tensor | Packing | None = None,
+    variant: str = "v2", packing: Packing | None = None,
 ) -> torch.Tensor:
     """NSA_SPEC section 3: block_idx int32 [B,T,Hkv,n], -1 padded, forced blocks first then by score.
 
@@ -820,20 +802,20 @@ def select_blocks(
     variant "v2" (default) autotunes the scoring tile (up to 8 positions); "v1" runs the fixed 4-position
     tile; the lse-only pass uses the compressed forward of the same variant.
 
-    Packed (cu_seqlens, v2 only): q [1, total_T, Hq, Dk], k_cmp [1, sum_s Tc_s, Hkv, Dk], lse [1, total_T, Hq];
+    Packed (a `Packing`, v2 only): q [1, total_T, Hq, Dk], k_cmp [1, sum_s Tc_s, Hkv, Dk], lse [1, total_T, Hq];
     block_idx [1, total_T, Hkv, n] holds LOCAL block numbers (block 0 = the sequence's first
     selection block), chosen by section 3 with T = L_s.
     """
     check_variant("variant", variant)
     group = _check_attention_inputs(q, k_cmp, k_cmp, cfg)
     scale = _check_scale(scale)
-    packed = _packed_attention(cu_seqlens, q, k_cmp, cfg, variant=variant)
+    _check_packed_attention(packing, q, k_cmp, cfg, variant=variant)
     b, t, hq, dk = q.shape
     tc, hkv = k_cmp.shape[1], k_cmp.shape[2]
     q, k_cmp = q.contiguous(), k_cmp.contiguous()
     if lse is None:
         _, lse = _launch_fwd(q, k_cmp, k_cmp, cfg, group, scale, with_output=False, variant=variant,
-                             packed=packed)
+                             packing=packing)
     else:
         _check_like("lse", lse, (b, t, hq), torch.float32)
         if lse.device != q.device:
@@ -845,13 +827,12 @@ def select_blocks(
     g_pad = next_pow2(group)
     dk_a, dk_b = _split_head_dim(dk)
     block_m, block_n, width = _select_tiles(cfg, g_pad)
-    grid_t, grid_b, arg_t, arg_tc = (t, b, t, tc) if packed is None else (
-        packed.max_len, packed.num_seqs, packed.max_len, packed.max_cmp)
-    args = (q, k_cmp if tc > 0 else q, lse, block_idx, arg_t, arg_tc, hkv, scale * _LOG2E,
-            *tuning_buckets(grid_t, grid_b * hq).values(), *_offsets(packed))
+    grid_b, grid_t, arg_tc = _extents(packing, b, t, tc, cfg.block_cmp, cfg.stride_cmp)
+    args = (q, k_cmp if tc > 0 else q, lse, block_idx, grid_t, arg_tc, hkv, scale * _LOG2E,
+            *tuning_buckets(grid_t, grid_b * hq).values(), *_offsets(packing, cfg.block_cmp, cfg.stride_cmp))
     consts = dict(G=group, G_PAD=g_pad, DK=dk, DK_A=dk_a, DK_B=dk_b, BLOCK_CMP=cfg.block_cmp,
                   STRIDE_CMP=cfg.stride_cmp, BLOCK_SLC=cfg.block_slc, N_SLC=cfg.n_slc, WIDTH=width,
-                  UPCAST=interpreting() and q.dtype == torch.bfloat16, VARLEN=packed is not None, BLOCK_N=block_n)
+                  UPCAST=interpreting() and q.dtype == torch.bfloat16, VARLEN=packing is not None, BLOCK_N=block_n)
     if variant == "v1" or interpreting():  # the interpreter runs one config: v1's tile
         _select_kernel[(triton.cdiv(grid_t, block_m // g_pad), grid_b * hkv)](
             *args, **consts, BLOCK_M=block_m, num_warps=4, num_stages=2,
@@ -1176,7 +1157,7 @@ def _cmp_dkv_reduce_kernel(
 
 
 def _launch_dkv_v2(q, k_cmp, v_cmp, do, lse, delta, dk_cmp, dv_cmp, qk_scale: float, scale: float, common: dict,
-                   packed: _Packed | None = None):
+                   packing: Packing | None = None):
     """dk_cmp/dv_cmp by the chunked v2 kernels: one launch when one chunk covers T, else partials + reduce.
 
     Packed: the grid's key tiles cover the most blocks of one sequence, its chunks the longest sequence;
@@ -1185,8 +1166,9 @@ def _launch_dkv_v2(q, k_cmp, v_cmp, do, lse, delta, dk_cmp, dv_cmp, qk_scale: fl
     b, t = q.shape[:2]
     tc, hkv, dk, dv = k_cmp.shape[1], k_cmp.shape[2], k_cmp.shape[-1], v_cmp.shape[-1]
     rows_kv = b * tc * hkv
-    grid_b, arg_t, arg_tc = (b, t, tc) if packed is None else (packed.num_seqs, packed.max_len, packed.max_cmp)
-    cu, cmp_cu = _offsets(packed)
+    block_cmp, stride_cmp = common["BLOCK_CMP"], common["STRIDE_CMP"]
+    grid_b, arg_t, arg_tc = _extents(packing, b, t, tc, block_cmp, stride_cmp)
+    cu, cmp_cu = _offsets(packing, block_cmp, stride_cmp)
     chunk, chunks = _dkv_chunks(arg_t, arg_tc, rows_kv, dk, dv)
     partial = chunks > 1
     if partial:
@@ -1203,7 +1185,7 @@ def _launch_dkv_v2(q, k_cmp, v_cmp, do, lse, delta, dk_cmp, dv_cmp, qk_scale: fl
         _cmp_dkv_reduce_kernel[(triton.cdiv(arg_tc, block_r), grid_b * hkv)](
             dk_out, dv_out, dk_cmp, dv_cmp, arg_tc, hkv, rows_kv, chunk, chunks, scale, cu, cmp_cu, DK=dk, DV=dv,
             DK_A=common["DK_A"], DK_B=common["DK_B"], BLOCK_DV=common["BLOCK_DV"], BLOCK_CMP=common["BLOCK_CMP"],
-            STRIDE_CMP=common["STRIDE_CMP"], BLOCK_R=block_r, VARLEN=packed is not None, num_warps=4,
+            STRIDE_CMP=common["STRIDE_CMP"], BLOCK_R=block_r, VARLEN=packing is not None, num_warps=4,
         )
 
 
@@ -1219,7 +1201,7 @@ _cmp_bwd_dq_kernel = autotune(
 def compressed_bwd(
     q: torch.Tensor, k_cmp: torch.Tensor, v_cmp: torch.Tensor, o: torch.Tensor, lse: torch.Tensor,
     do: torch.Tensor, cfg: NSAConfig, scale: float, *, dkv_variant: str = "v2", dq_variant: str = "v2",
-    dq_out: torch.Tensor | None = None, cu_seqlens: torch.Tensor | Packing | None = None,
+    dq_out: torch.Tensor | None = None, packing: Packing | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Backward of compressed_fwd: (dq, dk_cmp, dv_cmp) in the input dtypes; dk/dv summed over G heads.
 
@@ -1228,7 +1210,7 @@ def compressed_bwd(
     summed in a fixed order. "v1" is the single-axis 16-block-tile kernel (kernels/variants.py).
     dq_variant "v2" (default) also tries dq tiles of 4-8 positions; "v1" only v1's 2-position tiles.
     dq_out: where dq goes (q's shape, contiguous, any float dtype; NSA passes its fp32 accumulator).
-    Packed (cu_seqlens, both variants v2): compressed_fwd's packed layouts; dq [1, total_T, Hq, Dk],
+    Packed (a `Packing`, both variants v2): compressed_fwd's packed layouts; dq [1, total_T, Hq, Dk],
     dk_cmp/dv_cmp [1, sum_s Tc_s, Hkv, D], each sequence's gradients from its own rows only.
     """
     check_variant("dkv_variant", dkv_variant)
@@ -1236,7 +1218,7 @@ def compressed_bwd(
     check_dq_chain(q, dq_out, None)
     group = _check_attention_inputs(q, k_cmp, v_cmp, cfg)
     scale = _check_scale(scale)
-    packed = _packed_attention(cu_seqlens, q, k_cmp, cfg, dkv_variant=dkv_variant, dq_variant=dq_variant)
+    _check_packed_attention(packing, q, k_cmp, cfg, dkv_variant=dkv_variant, dq_variant=dq_variant)
     b, t, hq, dk = q.shape
     tc, hkv, dv = k_cmp.shape[1], k_cmp.shape[2], v_cmp.shape[-1]
     _check_like("o", o, (b, t, hq, dv))
@@ -1257,11 +1239,11 @@ def compressed_bwd(
     common = dict(
         G=group, G_PAD=g_pad, DK=dk, DV=dv, DK_A=dk_a, DK_B=dk_b, BLOCK_DV=next_pow2(dv),
         BLOCK_CMP=cfg.block_cmp, STRIDE_CMP=cfg.stride_cmp, UPCAST=interpreting() and q.dtype == torch.bfloat16,
-        VARLEN=packed is not None,
+        VARLEN=packing is not None,
     )
-    grid_t, grid_b, arg_tc = (t, b, tc) if packed is None else (packed.max_len, packed.num_seqs, packed.max_cmp)
+    grid_b, grid_t, arg_tc = _extents(packing, b, t, tc, cfg.block_cmp, cfg.stride_cmp)
     common.update(tuning_buckets(grid_t, grid_b * hq))
-    cu, cmp_cu = _offsets(packed)
+    cu, cmp_cu = _offsets(packing, cfg.block_cmp, cfg.stride_cmp)
     dq = dq_out if dq_out is not None else torch.empty_like(q)
     dq_kernel = _cmp_bwd_dq_v2_kernel if dq_variant == "v2" else _cmp_bwd_dq_kernel
     dq_kernel[lambda meta: (triton.cdiv(grid_t, meta["BLOCK_M"] // g_pad), grid_b * hkv)](
@@ -1276,5 +1258,5 @@ def compressed_bwd(
             q, k_cmp, v_cmp, do, lse, delta, dk_cmp, dv_cmp, t, tc, hkv, scale * _LOG2E, scale, **dense,
         )
     else:
-        _launch_dkv_v2(q, k_cmp, v_cmp, do, lse, delta, dk_cmp, dv_cmp, scale * _LOG2E, scale, common, packed)
+        _launch_dkv_v2(q, k_cmp, v_cmp, do, lse, delta, dk_cmp, dv_cmp, scale * _LOG2E, scale, common, packing)
     return dq, dk_cmp, dv_cmp

@@ -30,8 +30,8 @@ import triton
 import triton.language as tl
 
 from ._common import check_heads, check_kernel_config, interpreting, next_pow2
+from .config import NSAConfig
 from .variants import check_variant
-from nsa_bench.config import NSAConfig
 
 __all__ = ["nsa_decode", "nsa_decode_with_selection", "compress_cache", "CompressedKVCache"]
 

@@ -12,19 +12,19 @@ Packed batches (`cu_seqlens`, docs/varlen.md; v2 only): the kernels take a `VARL
 dense kernels exactly as before, cu_seqlens a None constexpr). On, the grid is (tiles of the longest
 sequence, heads, N sequences); each program loads its sequence's two offsets, exits at once if its tile
 starts past the sequence's end, and uses bos = cu_seqlens[s] as its batch index, the host passing
-batch strides equal to token strides (`_Packing.strides`): the rest is the dense kernel with T = L_s.
+batch strides equal to token strides (`_strider`): the rest is the dense kernel with T = L_s.
+The wrappers take the packed batch as a `Packing` (kernels/packing.py), which `flash_attention` builds.
 Decode takes no cu_seqlens (a packed decode is a decode batch with cache_seqlens).
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import triton
 import triton.language as tl
-
-from nsa_bench import varlen
 
 from ._common import (
     TUNING_ARGS, autotune, check_dq_chain, check_gated, check_heads, interpreting, next_pow2, same_memory,
@@ -840,71 +840,26 @@ def _bthd(x: torch.Tensor) -> tuple[int, int, int]:
     return x.stride(0), x.stride(1), x.stride(2)
 
 
-_MAX_GRID_SEQS = 65535  # CUDA's limit on grid dim z, the sequence axis of a packed launch
+def _strider(packing: Packing | None) -> Callable[[torch.Tensor], tuple[int, int, int]]:
+    """x's (batch, token, head) strides as the kernels take them. Packed: the batch stride is the token stride,
+    so the kernels' `batch * stride_b` with batch = cu_seqlens[s] lands on sequence s's first row (`_sequence`)."""
+    if packing is None:
+        return _bthd
+    return lambda x: (x.stride(1), x.stride(1), x.stride(2))
 
 
-@dataclass(frozen=True)
-class _Packing:
-    """What one launch's grid covers: a dense batch (cu=None; B sequences of T rows) or a packed one
-    (cu: int32 cu_seqlens on q's device; N sequences, the tile axis spanning the longest)."""
-
-    cu: torch.Tensor | None
-    num_seqs: int  # B dense, N packed
-    rows: int  # T dense, max L_s packed: what the grid's tile axis, ROW64 and the tuning bucket use
-
-    @property
-    def varlen(self) -> bool:
-        return self.cu is not None
-
-    def strides(self, x: torch.Tensor) -> tuple[int, int, int]:
-        """x's (batch, token, head) strides; packed: the batch stride is the token stride, so the kernels'
-        `batch * stride_b` with batch = cu_seqlens[s] lands on sequence s's first row (`_sequence`)."""
-        return (x.stride(1), x.stride(1), x.stride(2)) if self.varlen else _bthd(x)
-
-    def grid(self, tiles: int, heads: int) -> tuple[int, ...]:
-        """Dense: (tiles, B * heads), as before varlen; packed: (tiles, heads, N)."""
-        return (tiles, heads, self.num_seqs) if self.varlen else (tiles, self.num_seqs * heads)
+def _launch_grid(tiles: int, heads: int, batch: int, packing: Packing | None) -> tuple[int, ...]:
+    """Dense: (tiles, B * heads), as before varlen; packed: (tiles, heads, N)."""
+    return (tiles, batch * heads) if packing is None else (tiles, heads, packing.num_seqs)
 
 
-def _packing(q: torch.Tensor, cu_seqlens: torch.Tensor | None, variant: str, max_seqlen: int | None) -> _Packing:
-    """Validate cu_seqlens (docs/varlen.md) on the host and move it to q's device.
-
-    Lengths are read on the host (a sync when cu_seqlens lives on a GPU) unless `max_seqlen` is given
-    with a cu_seqlens already on a GPU: then it is trusted as flash-attn trusts its max_seqlen, which
-    keeps a benchmark's timed loop free of device->host reads. A CPU cu_seqlens is always checked.
-    """
-    batch, seqlen = q.shape[:2]
-    if cu_seqlens is None:
-        if max_seqlen is not None:
-            raise ValueError("max_seqlen is a hint for cu_seqlens, given without it")
-        return _Packing(None, batch, seqlen)
-    refuse_v1(cu_seqlens, variant=check_variant("variant", variant))
-    if isinstance(cu_seqlens, Packing):  # read once for the whole NSA call: nothing to read or copy here
-        cu_seqlens.check(seqlen, batch, q.device)
-        if max_seqlen is not None and max_seqlen < cu_seqlens.max_len:
-            raise ValueError(f"max_seqlen={max_seqlen} is below the longest sequence of cu_seqlens "
-                             f"({cu_seqlens.max_len})")
-        if cu_seqlens.num_seqs > _MAX_GRID_SEQS:
-            raise ValueError(f"cu_seqlens holds {cu_seqlens.num_seqs} sequences; the kernels' grid takes at most "
-                             f"{_MAX_GRID_SEQS}")
-        return _Packing(cu_seqlens.cu, cu_seqlens.num_seqs, cu_seqlens.max_len)
-    if max_seqlen is not None and (isinstance(max_seqlen, bool) or not isinstance(max_seqlen, int) or max_seqlen < 0):
-        raise ValueError(f"max_seqlen={max_seqlen!r} must be an int >= 0 or None")
-    if max_seqlen is not None and isinstance(cu_seqlens, torch.Tensor) and cu_seqlens.device.type != "cpu":
-        if cu_seqlens.dim() != 1 or cu_seqlens.numel() < 1 or cu_seqlens.dtype != torch.int32:
-            raise ValueError(f"cu_seqlens must be a 1-D int32 tensor [N+1], got {cu_seqlens.dtype} "
-                             f"{tuple(cu_seqlens.shape)}")
-        if batch != 1:
-            raise ValueError(f"a packed batch (cu_seqlens given) must have batch size 1, got {batch}")
-        num_seqs, rows = cu_seqlens.numel() - 1, min(max_seqlen, seqlen)
-    else:
-        spans = varlen.spans(cu_seqlens, seqlen, batch)
-        num_seqs, rows = len(spans), max((end - start for start, end in spans), default=0)
-        if max_seqlen is not None and max_seqlen < rows:
-            raise ValueError(f"max_seqlen={max_seqlen} is below the longest sequence of cu_seqlens ({rows})")
-    if num_seqs > _MAX_GRID_SEQS:
-        raise ValueError(f"cu_seqlens holds {num_seqs} sequences; the kernels' grid takes at most {_MAX_GRID_SEQS}")
-    return _Packing(cu_seqlens.to(device=q.device, dtype=torch.int32), num_seqs, rows)
+def _check_packing(q: torch.Tensor, packing: Packing | None, variant: str) -> None:
+    """A packed launch: v2 only, the packing of q [1, total_T, ...], sequences within CUDA's grid axis 2."""
+    if packing is None:
+        return
+    refuse_v1(packing, variant=variant)
+    packing.check(q.shape[1], q.shape[0], q.device)
+    packing.check_grid("flash")
 
 
 def _needs_row64(seqlen: int, *tensors: torch.Tensor) -> bool:
@@ -934,7 +889,7 @@ def attention_fwd(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, window: int | None = None,
     causal: bool = True, *, tiles: TileConfig | None = None, out: torch.Tensor | None = None,
     gates: torch.Tensor | None = None, gate_index: int = 0, accumulate: bool = False, variant: str = "v2",
-    cu_seqlens: torch.Tensor | Packing | None = None, max_seqlen: int | None = None,
+    packing: Packing | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """o [B,T,Hq,Dv] (q.dtype) and lse [B,T,Hq] (float32, natural log) of scaled-dot-product attention.
 
@@ -947,16 +902,15 @@ def attention_fwd(
     [B,T,Hq,Dv] and `gates` [B,T,Hq,3] the kernel writes out = (out if accumulate else 0) +
     gates[..., gate_index] * o, in fp32 then out's dtype, and returns (out, lse).
 
-    cu_seqlens (int32 [N+1], docs/varlen.md; v2 only): a packed batch, every tensor [1, total_T, ...];
-    each sequence is attended alone, positions (causality, window) local to it. max_seqlen: an optional
-    hint, its longest length; with a cu_seqlens on the GPU it spares reading the lengths back (`_packing`).
+    packing (docs/varlen.md; v2 only): a packed batch, every tensor [1, total_T, ...]; each sequence is
+    attended alone, positions (causality, window) local to it. `flash_attention` builds it from cu_seqlens.
     """
     group = _check_qkv(q, k, v)
     _check_mode(scale, window, causal)
     batch, seqlen, num_q_heads, dk = q.shape
     dv = v.shape[-1]
     dk_tiles = _dk_tiles(dk, variant)
-    pack = _packing(q, cu_seqlens, variant, max_seqlen)
+    _check_packing(q, packing, variant)
     check_gated(q, (batch, seqlen, num_q_heads, dv), out, gates, gate_index, accumulate)
     q, k, v = _unit_last(q), _unit_last(k), _unit_last(v)
     gated = out is not None
@@ -966,21 +920,23 @@ def attention_fwd(
         return o, lse
     # Ungated launches get lse as a never-read stand-in for `gates` (GATED=False drops every use).
     gate_column = gates[..., gate_index] if gated else lse
-    gate_strides = pack.strides(gates) if gated else (0, 0, 0)
-    rows = pack.rows  # T, or the longest packed sequence
+    strides = _strider(packing)
+    gate_strides = strides(gates) if gated else (0, 0, 0)
+    rows = seqlen if packing is None else packing.max_len  # T, or the longest packed sequence
+    num_seqs = batch if packing is None else packing.num_seqs
     args = (
-        q, k, v, o, lse, gate_column, pack.cu, *pack.strides(q), *pack.strides(k), *pack.strides(v),
-        *pack.strides(o), *pack.strides(lse), *gate_strides,
+        q, k, v, o, lse, gate_column, None if packing is None else packing.cu, *strides(q), *strides(k),
+        *strides(v), *strides(o), *strides(lse), *gate_strides,
         rows, num_q_heads, group, rows if window is None else min(window, rows), float(scale) * LOG2E,
-        *tuning_buckets(rows, pack.num_seqs * num_q_heads).values(),
+        *tuning_buckets(rows, num_seqs * num_q_heads).values(),
     )
     consts = dict(DK=dk, DV=dv, **dk_tiles, BLOCK_DV=max(16, next_pow2(dv)),
                   CAUSAL=bool(causal), HAS_WINDOW=window is not None,
                   UPCAST=interpreting() and q.dtype == torch.bfloat16, ROW64=_needs_row64(rows, q, k, v),
-                  GATED=gated, ACCUMULATE=gated and accumulate, VARLEN=pack.varlen)
+                  GATED=gated, ACCUMULATE=gated and accumulate, VARLEN=packing is not None)
 
     def grid(meta):
-        return pack.grid(triton.cdiv(rows, meta["BLOCK_M"]), num_q_heads)
+        return _launch_grid(triton.cdiv(rows, meta["BLOCK_M"]), num_q_heads, batch, packing)
 
     if tiles is not None:
         kernel = _fwd_kernel
@@ -995,10 +951,10 @@ def attention_bwd(
     scale: float, window: int | None = None, causal: bool = True, *,
     tiles_dkdv: TileConfig | None = None, tiles_dq: TileConfig | None = None,
     dq_out: torch.Tensor | None = None, dq_add: torch.Tensor | None = None, variant: str = "v2",
-    cu_seqlens: torch.Tensor | Packing | None = None, max_seqlen: int | None = None,
+    packing: Packing | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(dq, dk, dv) in the input dtypes; dk/dv are summed over the G query heads of each KV head.
-    variant, cu_seqlens (a packed batch) and max_seqlen as in `attention_fwd`.
+    variant and packing (a packed batch) as in `attention_fwd`.
 
     dq_out / dq_add (`_common.check_dq_chain`): dq is written to dq_out as this attention's dq plus
     dq_add (fp32), so NSA's window branch finishes the sum of its three branches' dq in its epilogue.
@@ -1014,8 +970,10 @@ def attention_bwd(
     q, k, v, o, do = (_unit_last(t) for t in (q, k, v, o, do))
     batch, seqlen, num_q_heads, dk = q.shape
     dk_tiles = _dk_tiles(dk, variant)
-    pack = _packing(q, cu_seqlens, variant, max_seqlen)
-    rows = pack.rows  # T, or the longest packed sequence
+    _check_packing(q, packing, variant)
+    rows = seqlen if packing is None else packing.max_len  # T, or the longest packed sequence
+    num_seqs = batch if packing is None else packing.num_seqs
+    cu, strides = None if packing is None else packing.cu, _strider(packing)
     num_kv_heads, dv = k.shape[2], v.shape[-1]
     dq = check_dq_chain(q, dq_out, dq_add)
     if dq is None:
@@ -1032,34 +990,34 @@ def attention_bwd(
     delta = torch.empty_like(lse)
     block_dv = max(16, next_pow2(dv))
     prep_rows = max(16, 4096 // block_dv)  # o and do tiles stay at 64 fp32 registers per thread
-    _bwd_preprocess_kernel[pack.grid(triton.cdiv(rows, prep_rows), num_q_heads)](
-        o, do, delta, pack.cu, *pack.strides(o), *pack.strides(do), *pack.strides(lse), rows, num_q_heads,
-        DV=dv, BLOCK_DV=block_dv, BLOCK_M=prep_rows, VARLEN=pack.varlen,
+    _bwd_preprocess_kernel[_launch_grid(triton.cdiv(rows, prep_rows), num_q_heads, batch, packing)](
+        o, do, delta, cu, *strides(o), *strides(do), *strides(lse), rows, num_q_heads,
+        DV=dv, BLOCK_DV=block_dv, BLOCK_M=prep_rows, VARLEN=packing is not None,
     )
     win = rows if window is None else min(window, rows)  # w >= T is plain causal; keeps int32 bounds safe
     qk_scale = float(scale) * LOG2E
     consts = dict(DK=dk, DV=dv, **dk_tiles, BLOCK_DV=block_dv, CAUSAL=bool(causal),
                   HAS_WINDOW=window is not None, UPCAST=interpreting() and q.dtype == torch.bfloat16,
-                  ROW64=_needs_row64(rows, q, k, v, do), VARLEN=pack.varlen)
-    common = (*pack.strides(q), *pack.strides(k), *pack.strides(v), *pack.strides(do), *pack.strides(lse))
-    buckets = tuning_buckets(rows, pack.num_seqs * num_q_heads).values()
+                  ROW64=_needs_row64(rows, q, k, v, do), VARLEN=packing is not None)
+    common = (*strides(q), *strides(k), *strides(v), *strides(do), *strides(lse))
+    buckets = tuning_buckets(rows, num_seqs * num_q_heads).values()
 
     def grid_dkdv(meta):
-        return pack.grid(triton.cdiv(rows, meta["BLOCK_N"]), num_kv_heads)
+        return _launch_grid(triton.cdiv(rows, meta["BLOCK_N"]), num_kv_heads, batch, packing)
 
     kernel = _dkdv_tuned if tiles_dkdv is None else _bwd_dkdv_kernel
     kernel[grid_dkdv](
-        q, k, v, do, lse, delta, dk_out, dv_out, pack.cu, *common, *pack.strides(dk_out), *pack.strides(dv_out),
+        q, k, v, do, lse, delta, dk_out, dv_out, cu, *common, *strides(dk_out), *strides(dv_out),
         rows, num_kv_heads, group, win, qk_scale, float(scale), *buckets, **consts, **_launch_args(tiles_dkdv),
     )
 
     def grid_dq(meta):
-        return pack.grid(triton.cdiv(rows, meta["BLOCK_M"]), num_q_heads)
+        return _launch_grid(triton.cdiv(rows, meta["BLOCK_M"]), num_q_heads, batch, packing)
 
     kernel = _dq_tuned if tiles_dq is None else _bwd_dq_kernel
     add = dq_add if dq_add is not None else dq
     kernel[grid_dq](
-        q, k, v, do, lse, delta, dq, add, pack.cu, *common, *pack.strides(dq), *pack.strides(add),
+        q, k, v, do, lse, delta, dq, add, cu, *common, *strides(dq), *strides(add),
         rows, num_q_heads, group, win, qk_scale, float(scale), *buckets, **consts, ADD_DQ=dq_add is not None,
         **_launch_args(tiles_dq),
     )
@@ -1070,23 +1028,18 @@ class _FlashAttention(torch.autograd.Function):
     """Differentiable wrapper: the forward keeps (o, lse) so the backward never recomputes softmax stats."""
 
     @staticmethod
-    def forward(ctx, q, k, v, causal: bool, scale: float, window: int | None, cu_seqlens: torch.Tensor | None,
-                max_seqlen: int | None):
-        if cu_seqlens is not None:  # validated once; the backward reuses the device copy and the longest length
-            pack = _packing(q, cu_seqlens, "v2", max_seqlen)
-            cu_seqlens, max_seqlen = pack.cu, pack.rows
-        o, lse = attention_fwd(q, k, v, scale, window, causal, cu_seqlens=cu_seqlens, max_seqlen=max_seqlen)
+    def forward(ctx, q, k, v, causal: bool, scale: float, window: int | None, packing: Packing | None):
+        o, lse = attention_fwd(q, k, v, scale, window, causal, packing=packing)
         ctx.save_for_backward(q, k, v, o, lse)
-        ctx.causal, ctx.scale, ctx.window = causal, scale, window
-        ctx.cu_seqlens, ctx.max_seqlen = cu_seqlens, max_seqlen
+        ctx.causal, ctx.scale, ctx.window, ctx.packing = causal, scale, window, packing
         return o
 
     @staticmethod
     def backward(ctx, do):
         q, k, v, o, lse = ctx.saved_tensors
         dq, dk, dv = attention_bwd(q, k, v, o, lse, do.contiguous(), ctx.scale, ctx.window, ctx.causal,
-                                   cu_seqlens=ctx.cu_seqlens, max_seqlen=ctx.max_seqlen)
-        return dq, dk, dv, None, None, None, None, None
+                                   packing=ctx.packing)
+        return dq, dk, dv, None, None, None, None
 
 
 def flash_attention(
@@ -1095,13 +1048,21 @@ def flash_attention(
 ) -> torch.Tensor:
     """FlashAttention-2 over BTHD tensors, differentiable in q, k, v; scale defaults to Dk**-0.5.
 
-    cu_seqlens / max_seqlen: a packed batch [1, total_T, ...] of sequences attended alone (`attention_fwd`),
-    as flash_attn_varlen_func with cu_seqlens_q = cu_seqlens_k.
+    cu_seqlens (int32 [N+1], docs/varlen.md, or a `Packing`): a packed batch [1, total_T, ...] of sequences
+    attended alone (`attention_fwd`), as flash_attn_varlen_func with cu_seqlens_q = cu_seqlens_k; read once here
+    for forward and backward. max_seqlen: an optional hint, the longest length; with a cu_seqlens on the GPU it
+    is trusted and spares reading the lengths back (`Packing.of`), as flash-attn trusts its max_seqlen.
     """
     if q.dim() != 4:
         raise ValueError(f"q must be [B, T, Hq, Dk], got shape {tuple(q.shape)}")
+    if cu_seqlens is None:
+        if max_seqlen is not None:
+            raise ValueError("max_seqlen is a hint for cu_seqlens, given without it")
+        packing = None
+    else:
+        packing = Packing.of(cu_seqlens, q.shape[1], q.shape[0], q.device, max_seqlen=max_seqlen)
     sc = q.shape[-1] ** -0.5 if scale is None else float(scale)
-    return _FlashAttention.apply(q, k, v, bool(causal), sc, window, cu_seqlens, max_seqlen)
+    return _FlashAttention.apply(q, k, v, bool(causal), sc, window, packing)
 
 
 def _num_sms(device: torch.device) -> int:

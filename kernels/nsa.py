@@ -8,8 +8,8 @@ function, so k_cmp/v_cmp passed by the caller get their gradients and computed o
 Packed batches (`cu_seqlens`, docs/varlen.md): every branch kernel takes the offsets and runs each
 sequence alone inside one launch (programs rebased to their sequence's first token); the gated sum is
 row-wise and needs none. Only the v2 kernels take them (a v1 variant refuses with a ValueError). The
-offsets are read once per call into a `Packing` (kernels/packing.py) that every kernel takes; a caller
-timing many calls may build it once and pass it as cu_seqlens.
+public functions here read the offsets once per call into a `Packing` (kernels/packing.py), the one form
+every kernel wrapper takes; a caller timing many calls may build it once and pass it as cu_seqlens.
 """
 from __future__ import annotations
 
@@ -19,10 +19,10 @@ import torch
 
 from . import compressed, flash, selected
 from ._common import check_heads, check_kernel_config
+from .config import NSAConfig
 from .gated_sum import gated_sum_bwd, gated_sum_fwd
 from .packing import Packing
 from .variants import KernelVariants
-from nsa_bench.config import NSAConfig
 
 __all__ = ["compress_kv", "select_blocks", "nsa_attention", "nsa_attention_variants", "forward_stages",
            "backward_stages"]
@@ -35,23 +35,23 @@ def _scale(scale: float | None, head_dim: int) -> float:
 
 class _Compress(torch.autograd.Function):
     @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, block_cmp: int, stride_cmp: int,
-                cu_seqlens: torch.Tensor | Packing | None) -> torch.Tensor:
+    def forward(ctx: Any, x: torch.Tensor, block_cmp: int, stride_cmp: int, packing: Packing | None) -> torch.Tensor:
         ctx.shape = (x.shape[1], block_cmp, stride_cmp)
-        ctx.cu_seqlens = cu_seqlens
-        return compressed.compress_fwd(x.contiguous(), block_cmp, stride_cmp, cu_seqlens=cu_seqlens)
+        ctx.packing = packing
+        return compressed.compress_fwd(x.contiguous(), block_cmp, stride_cmp, packing=packing)
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, None, None, None]:
         seqlen, block_cmp, stride_cmp = ctx.shape
-        dx = compressed.compress_bwd(grad.contiguous(), seqlen, block_cmp, stride_cmp, cu_seqlens=ctx.cu_seqlens)
+        dx = compressed.compress_bwd(grad.contiguous(), seqlen, block_cmp, stride_cmp, packing=ctx.packing)
         return dx, None, None, None
 
 
 def _packing(x: torch.Tensor, cu_seqlens: torch.Tensor | Packing | None, cfg: NSAConfig,
              name: str = "q") -> Packing | None:
     """cu_seqlens validated for `x` [1, total_T, ...] (a ValueError naming it otherwise) and read once: the
-    Packing every kernel of the call takes, so none reads or copies the offsets again (kernels/packing.py)."""
+    Packing every kernel of the call takes, so none reads or copies the offsets again (kernels/packing.py).
+    The one place this module turns a raw cu_seqlens into a Packing: only public functions call it."""
     if cu_seqlens is None:
         return None
     if x.dim() < 2:
@@ -64,8 +64,9 @@ def compress_kv(k: torch.Tensor, v: torch.Tensor, cfg: NSAConfig,
     """Section 1: mean-compressed k_cmp [B,Tc,Hkv,Dk] and v_cmp [B,Tc,Hkv,Dv] (differentiable).
     Packed (cu_seqlens): each sequence's blocks concatenated, [1, sum_s Tc_s, Hkv, D] (docs/varlen.md)."""
     check_kernel_config(cfg)
-    cu = _packing(k, cu_seqlens, cfg, "k")
-    return _Compress.apply(k, cfg.block_cmp, cfg.stride_cmp, cu), _Compress.apply(v, cfg.block_cmp, cfg.stride_cmp, cu)
+    packing = _packing(k, cu_seqlens, cfg, "k")
+    return (_Compress.apply(k, cfg.block_cmp, cfg.stride_cmp, packing),
+            _Compress.apply(v, cfg.block_cmp, cfg.stride_cmp, packing))
 
 
 def select_blocks(q: torch.Tensor, k_cmp: torch.Tensor, cfg: NSAConfig, scale: float | None = None,
@@ -74,51 +75,50 @@ def select_blocks(q: torch.Tensor, k_cmp: torch.Tensor, cfg: NSAConfig, scale: f
     Packed (cu_seqlens): [1, total_T, Hkv, n], block numbers local to each row's sequence."""
     check_kernel_config(cfg)
     return compressed.select_blocks(q.contiguous(), k_cmp.contiguous(), cfg, _scale(scale, q.shape[-1]),
-                                    cu_seqlens=_packing(q, cu_seqlens, cfg))
+                                    packing=_packing(q, cu_seqlens, cfg))
 
 
 class _NSA(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, gates: torch.Tensor,
                 k_cmp: torch.Tensor, v_cmp: torch.Tensor, block_idx: torch.Tensor | None, cfg: NSAConfig,
-                scale: float, variants: KernelVariants, cu_seqlens: torch.Tensor | Packing | None) -> torch.Tensor:
-        cu = cu_seqlens
+                scale: float, variants: KernelVariants, packing: Packing | None) -> torch.Tensor:
         o_cmp, lse_cmp = compressed.compressed_fwd(q, k_cmp, v_cmp, cfg, scale, variant=variants.cmp_fwd,
-                                                   cu_seqlens=cu)
+                                                   packing=packing)
         if block_idx is None:
             block_idx = compressed.select_blocks(q, k_cmp, cfg, scale, lse=lse_cmp, variant=variants.select,
-                                                 cu_seqlens=cu)
+                                                 packing=packing)
         o_slc, lse_slc = selected.selected_fwd(q, k, v, block_idx, cfg.block_slc, scale, variant=variants.slc_fwd,
-                                               small_g=variants.slc_small_g, cu_seqlens=cu)
-        o_win, lse_win = flash.attention_fwd(q, k, v, scale, window=cfg.window, variant=variants.win, cu_seqlens=cu)
+                                               small_g=variants.slc_small_g, packing=packing)
+        o_win, lse_win = flash.attention_fwd(q, k, v, scale, window=cfg.window, variant=variants.win, packing=packing)
         ctx.save_for_backward(q, k, v, gates, k_cmp, v_cmp, block_idx, o_cmp, lse_cmp, o_slc, lse_slc, o_win, lse_win)
-        ctx.cfg, ctx.scale, ctx.variants, ctx.cu_seqlens = cfg, scale, variants, cu
+        ctx.cfg, ctx.scale, ctx.variants, ctx.packing = cfg, scale, variants, packing
         return gated_sum_fwd(gates, o_cmp, o_slc, o_win)
 
     @staticmethod
     def backward(ctx: Any, do: torch.Tensor) -> tuple[Any, ...]:
         q, k, v, gates, k_cmp, v_cmp, block_idx, o_cmp, lse_cmp, o_slc, lse_slc, o_win, lse_win = ctx.saved_tensors
-        cfg, scale, variants, cu = ctx.cfg, ctx.scale, ctx.variants, ctx.cu_seqlens
+        cfg, scale, variants, packing = ctx.cfg, ctx.scale, ctx.variants, ctx.packing
         d_gates, do_cmp, do_slc, do_win = gated_sum_bwd(gates, o_cmp, o_slc, o_win, do.contiguous())
         if variants.dq_sum == "v2":  # one fp32 dq accumulator through the three dq kernels (tuning notes)
             dq_sum = torch.empty(q.shape, dtype=torch.float32, device=q.device)
             _, dk_cmp, dv_cmp = compressed.compressed_bwd(q, k_cmp, v_cmp, o_cmp, lse_cmp, do_cmp, cfg, scale,
                                                           dkv_variant=variants.cmp_dkv, dq_variant=variants.cmp_dq,
-                                                          dq_out=dq_sum, cu_seqlens=cu)
+                                                          dq_out=dq_sum, packing=packing)
             _, dk, dv = selected.selected_bwd(q, k, v, o_slc, lse_slc, do_slc, block_idx, cfg.block_slc, scale,
                                               dq_variant=variants.slc_dq, dq_out=dq_sum, dq_add=dq_sum,
-                                              small_g=variants.slc_small_g, cu_seqlens=cu)
+                                              small_g=variants.slc_small_g, packing=packing)
             dq, dk_win, dv_win = flash.attention_bwd(q, k, v, o_win, lse_win, do_win, scale, window=cfg.window,
-                                                     variant=variants.win, dq_add=dq_sum, cu_seqlens=cu)
+                                                     variant=variants.win, dq_add=dq_sum, packing=packing)
         else:
             dq, dk_cmp, dv_cmp = compressed.compressed_bwd(q, k_cmp, v_cmp, o_cmp, lse_cmp, do_cmp, cfg, scale,
                                                            dkv_variant=variants.cmp_dkv, dq_variant=variants.cmp_dq,
-                                                           cu_seqlens=cu)
+                                                           packing=packing)
             dq_slc, dk, dv = selected.selected_bwd(q, k, v, o_slc, lse_slc, do_slc, block_idx, cfg.block_slc,
                                                    scale, dq_variant=variants.slc_dq, small_g=variants.slc_small_g,
-                                                   cu_seqlens=cu)
+                                                   packing=packing)
             dq_win, dk_win, dv_win = flash.attention_bwd(q, k, v, o_win, lse_win, do_win, scale, window=cfg.window,
-                                                         variant=variants.win, cu_seqlens=cu)
+                                                         variant=variants.win, packing=packing)
             dq = (dq.float() + dq_slc.float() + dq_win.float()).to(q.dtype)
         dk = (dk.float() + dk_win.float()).to(k.dtype)
         dv = (dv.float() + dv_win.float()).to(v.dtype)
@@ -126,14 +126,14 @@ class _NSA(torch.autograd.Function):
 
 
 def _check_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, gates: torch.Tensor, cfg: NSAConfig,
-                  cu_seqlens: torch.Tensor | Packing | None = None, variants: KernelVariants = DEFAULT_VARIANTS) -> None:
+                  packed: bool = False, variants: KernelVariants = DEFAULT_VARIANTS) -> None:
     check_kernel_config(cfg)
     check_heads(q, k, v)
     if q.shape[:2] != k.shape[:2] or k.shape[:3] != v.shape[:3] or q.shape[-1] != k.shape[-1]:
         raise ValueError(f"inconsistent shapes q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}")
     if tuple(gates.shape) != (*q.shape[:3], 3):
         raise ValueError(f"gates must be [B, T, Hq, 3] = {(*q.shape[:3], 3)}, got {tuple(gates.shape)}")
-    refusal = variants.packed_refusal() if cu_seqlens is not None else None
+    refusal = variants.packed_refusal() if packed else None
     if refusal:
         raise ValueError(refusal)
 
@@ -164,65 +164,64 @@ def nsa_attention_variants(
     """`nsa_attention` with the kernel variants chosen (kernels/variants.py): what the benchmark times."""
     if not isinstance(variants, KernelVariants):
         raise ValueError(f"variants must be a KernelVariants, got {type(variants).__name__}")
-    _check_inputs(q, k, v, gates, cfg, cu_seqlens, variants)
+    _check_inputs(q, k, v, gates, cfg, cu_seqlens is not None, variants)
     if (k_cmp is None) != (v_cmp is None):
         raise ValueError("pass both k_cmp and v_cmp, or neither")
     q, k, v, gates = (t.contiguous() for t in (q, k, v, gates))
-    cu_seqlens = _packing(q, cu_seqlens, cfg)
+    packing = _packing(q, cu_seqlens, cfg)
     if k_cmp is None:
-        k_cmp, v_cmp = compress_kv(k, v, cfg, cu_seqlens)
-    elif cu_seqlens is not None:
-        _check_cmp(k_cmp, k, cfg, cu_seqlens)
+        k_cmp, v_cmp = compress_kv(k, v, cfg, packing)
+    elif packing is not None:
+        _check_cmp(k_cmp, k, cfg, packing)
     if block_idx is not None:
         block_idx = block_idx.to(torch.int32).contiguous()
     k_cmp, v_cmp, sc = k_cmp.contiguous(), v_cmp.contiguous(), _scale(scale, q.shape[-1])
     if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v, gates, k_cmp, v_cmp)):
-        return _NSA.apply(q, k, v, gates, k_cmp, v_cmp, block_idx, cfg, sc, variants, cu_seqlens)
-    return _forward_gated_in_place(q, k, v, gates, k_cmp, v_cmp, block_idx, cfg, sc, variants, cu_seqlens)
+        return _NSA.apply(q, k, v, gates, k_cmp, v_cmp, block_idx, cfg, sc, variants, packing)
+    return _forward_gated_in_place(q, k, v, gates, k_cmp, v_cmp, block_idx, cfg, sc, variants, packing)
 
 
 def _forward_gated_in_place(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, gates: torch.Tensor, k_cmp: torch.Tensor,
     v_cmp: torch.Tensor, block_idx: torch.Tensor | None, cfg: NSAConfig, scale: float,
-    variants: KernelVariants, cu_seqlens: torch.Tensor | Packing | None = None,
+    variants: KernelVariants, packing: Packing | None = None,
 ) -> torch.Tensor:
     """Inference forward: each branch kernel adds its gated output straight into `o`.
 
     Nothing is saved for a backward, so the three [B,T,Hq,Dv] branch outputs are never materialised:
     beyond inputs and output the forward holds only k_cmp/v_cmp, block_idx and three lse vectors.
     """
-    cu = cu_seqlens
     out = torch.empty(*q.shape[:3], v.shape[-1], dtype=q.dtype, device=q.device)
     _, lse_cmp = compressed.compressed_fwd(q, k_cmp, v_cmp, cfg, scale, out=out, gates=gates, gate_index=0,
-                                          variant=variants.cmp_fwd, cu_seqlens=cu)
+                                          variant=variants.cmp_fwd, packing=packing)
     if block_idx is None:
         block_idx = compressed.select_blocks(q, k_cmp, cfg, scale, lse=lse_cmp, variant=variants.select,
-                                             cu_seqlens=cu)
+                                             packing=packing)
     selected.selected_fwd(q, k, v, block_idx, cfg.block_slc, scale, out=out, gates=gates, gate_index=1,
                           accumulate=True, variant=variants.slc_fwd,
-                          small_g=variants.slc_small_g, cu_seqlens=cu)
+                          small_g=variants.slc_small_g, packing=packing)
     flash.attention_fwd(q, k, v, scale, window=cfg.window, out=out, gates=gates, gate_index=2, accumulate=True,
-                        variant=variants.win, cu_seqlens=cu)
+                        variant=variants.win, packing=packing)
     return out
 
 
 def _forward_parts(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cfg: NSAConfig, scale: float, block_idx: torch.Tensor | None,
-    variants: KernelVariants, cu: torch.Tensor | None = None,
+    variants: KernelVariants, packing: Packing | None = None,
 ) -> dict[str, torch.Tensor]:
     """Every intermediate of one forward pass, computed once for the per-stage callables."""
     with torch.no_grad():
-        k_cmp = compressed.compress_fwd(k, cfg.block_cmp, cfg.stride_cmp, cu_seqlens=cu)
-        v_cmp = compressed.compress_fwd(v, cfg.block_cmp, cfg.stride_cmp, cu_seqlens=cu)
+        k_cmp = compressed.compress_fwd(k, cfg.block_cmp, cfg.stride_cmp, packing=packing)
+        v_cmp = compressed.compress_fwd(v, cfg.block_cmp, cfg.stride_cmp, packing=packing)
         o_cmp, lse_cmp = compressed.compressed_fwd(q, k_cmp, v_cmp, cfg, scale, variant=variants.cmp_fwd,
-                                                   cu_seqlens=cu)
+                                                   packing=packing)
         if block_idx is None:
             block_idx = compressed.select_blocks(q, k_cmp, cfg, scale, lse=lse_cmp, variant=variants.select,
-                                                 cu_seqlens=cu)
+                                                 packing=packing)
         idx = block_idx
         o_slc, lse_slc = selected.selected_fwd(q, k, v, idx, cfg.block_slc, scale, variant=variants.slc_fwd,
-                                               small_g=variants.slc_small_g, cu_seqlens=cu)
-        o_win, lse_win = flash.attention_fwd(q, k, v, scale, window=cfg.window, variant=variants.win, cu_seqlens=cu)
+                                               small_g=variants.slc_small_g, packing=packing)
+        o_win, lse_win = flash.attention_fwd(q, k, v, scale, window=cfg.window, variant=variants.win, packing=packing)
     return {"k_cmp": k_cmp, "v_cmp": v_cmp, "o_cmp": o_cmp, "lse_cmp": lse_cmp, "idx": idx, "o_slc": o_slc,
             "lse_slc": lse_slc, "o_win": o_win, "lse_win": lse_win}
 
@@ -233,19 +232,19 @@ def forward_stages(
     cu_seqlens: torch.Tensor | Packing | None = None,
 ) -> dict[str, Callable[[], Any]]:
     """Each forward stage as a self-contained callable over precomputed inputs (for per-stage timing)."""
-    _check_inputs(q, k, v, gates, cfg, cu_seqlens, variants)
-    sc, cu = _scale(scale, q.shape[-1]), _packing(q, cu_seqlens, cfg)
-    f = _forward_parts(q, k, v, cfg, sc, block_idx, variants, cu)
+    _check_inputs(q, k, v, gates, cfg, cu_seqlens is not None, variants)
+    sc, packing = _scale(scale, q.shape[-1]), _packing(q, cu_seqlens, cfg)
+    f = _forward_parts(q, k, v, cfg, sc, block_idx, variants, packing)
     return {
-        "compress": lambda: (compressed.compress_fwd(k, cfg.block_cmp, cfg.stride_cmp, cu_seqlens=cu),
-                             compressed.compress_fwd(v, cfg.block_cmp, cfg.stride_cmp, cu_seqlens=cu)),
+        "compress": lambda: (compressed.compress_fwd(k, cfg.block_cmp, cfg.stride_cmp, packing=packing),
+                             compressed.compress_fwd(v, cfg.block_cmp, cfg.stride_cmp, packing=packing)),
         "cmp_attn": lambda: compressed.compressed_fwd(q, f["k_cmp"], f["v_cmp"], cfg, sc, variant=variants.cmp_fwd,
-                                                      cu_seqlens=cu),
+                                                      packing=packing),
         "select": lambda: compressed.select_blocks(q, f["k_cmp"], cfg, sc, lse=f["lse_cmp"],
-                                                   variant=variants.select, cu_seqlens=cu),
+                                                   variant=variants.select, packing=packing),
         "slc_attn": lambda: selected.selected_fwd(q, k, v, f["idx"], cfg.block_slc, sc, variant=variants.slc_fwd,
-                                                  small_g=variants.slc_small_g, cu_seqlens=cu),
-        "win_attn": lambda: flash.attention_fwd(q, k, v, sc, window=cfg.window, variant=variants.win, cu_seqlens=cu),
+                                                  small_g=variants.slc_small_g, packing=packing),
+        "win_attn": lambda: flash.attention_fwd(q, k, v, sc, window=cfg.window, variant=variants.win, packing=packing),
         "gated_sum": lambda: gated_sum_fwd(gates, f["o_cmp"], f["o_slc"], f["o_win"]),
     }
 
@@ -256,14 +255,14 @@ def backward_stages(
     cu_seqlens: torch.Tensor | Packing | None = None,
 ) -> dict[str, Callable[[], Any]]:
     """Each backward stage as a self-contained callable over a precomputed forward (per-stage timing)."""
-    _check_inputs(q, k, v, gates, cfg, cu_seqlens, variants)
-    sc, cu = _scale(scale, q.shape[-1]), _packing(q, cu_seqlens, cfg)
-    f = _forward_parts(q, k, v, cfg, sc, block_idx, variants, cu)
+    _check_inputs(q, k, v, gates, cfg, cu_seqlens is not None, variants)
+    sc, packing = _scale(scale, q.shape[-1]), _packing(q, cu_seqlens, cfg)
+    f = _forward_parts(q, k, v, cfg, sc, block_idx, variants, packing)
     with torch.no_grad():
         _, do_cmp, do_slc, do_win = gated_sum_bwd(gates, f["o_cmp"], f["o_slc"], f["o_win"], do)
         _, dk_cmp, dv_cmp = compressed.compressed_bwd(q, f["k_cmp"], f["v_cmp"], f["o_cmp"], f["lse_cmp"], do_cmp,
                                                       cfg, sc, dkv_variant=variants.cmp_dkv, dq_variant=variants.cmp_dq,
-                                                      cu_seqlens=cu)
+                                                      packing=packing)
     seqlen = k.shape[1]
     # dq_sum v2: each stage moves the fp32 accumulator as in the backward (the cmp stage writes it, the
     # slc stage reads and writes one, the window stage reads it); two buffers keep reps idempotent.
@@ -274,12 +273,12 @@ def backward_stages(
         "gated_sum": lambda: gated_sum_bwd(gates, f["o_cmp"], f["o_slc"], f["o_win"], do),
         "cmp_attn": lambda: compressed.compressed_bwd(q, f["k_cmp"], f["v_cmp"], f["o_cmp"], f["lse_cmp"], do_cmp,
                                                       cfg, sc, dkv_variant=variants.cmp_dkv, dq_variant=variants.cmp_dq,
-                                                      dq_out=acc_out, cu_seqlens=cu),
-        "compress": lambda: (compressed.compress_bwd(dk_cmp, seqlen, cfg.block_cmp, cfg.stride_cmp, cu_seqlens=cu),
-                             compressed.compress_bwd(dv_cmp, seqlen, cfg.block_cmp, cfg.stride_cmp, cu_seqlens=cu)),
+                                                      dq_out=acc_out, packing=packing),
+        "compress": lambda: (compressed.compress_bwd(dk_cmp, seqlen, cfg.block_cmp, cfg.stride_cmp, packing=packing),
+                             compressed.compress_bwd(dv_cmp, seqlen, cfg.block_cmp, cfg.stride_cmp, packing=packing)),
         "slc_attn": lambda: selected.selected_bwd(q, k, v, f["o_slc"], f["lse_slc"], do_slc, f["idx"], cfg.block_slc,
                                                   sc, dq_variant=variants.slc_dq, dq_out=acc_out, dq_add=acc_in,
-                                                  small_g=variants.slc_small_g, cu_seqlens=cu),
+                                                  small_g=variants.slc_small_g, packing=packing),
         "win_attn": lambda: flash.attention_bwd(q, k, v, f["o_win"], f["lse_win"], do_win, sc, window=cfg.window,
-                                                variant=variants.win, dq_add=acc_in, cu_seqlens=cu),
+                                                variant=variants.win, dq_add=acc_in, packing=packing),
     }

@@ -16,7 +16,6 @@ out-of-range and future blocks are ignored, which matches the reference's set se
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 import triton
@@ -26,10 +25,15 @@ from ._common import (
     MAX_N_SLC, SUPPORTED_BLOCK_SLC, TUNING_ARGS, autotune, check_gated, check_heads, interpreting, next_pow2,
     check_dq_chain, same_memory, split_head_dim, tuning_buckets,
 )
+from . import _selected_tiles as tiles, selected_small_g
+from ._selected_tiles import (
+    _block_keys, _dkdv_reduce_kernel, _gated_epilogue, _kv_rows, _load_cols, _load_rows, _load_split_cols, _row_tile,
+    _seq_start, _store_rows,
+)
 from .packing import Packing, refuse_v1
 from .variants import check_variant, runs_small_g
 
-__all__ = ["selected_fwd", "selected_bwd", "invert_selection", "PackedBatch", "packed_batch"]
+__all__ = ["selected_fwd", "selected_bwd", "invert_selection"]
 
 _LOG2E = 1.4426950408889634  # kernels work in the exp2 domain; the literals there are log2(e) and ln(2)
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32)
@@ -38,7 +42,7 @@ _NUM_GATES = 3  # gates [B, T, Hq, 3]: one per NSA branch (cmp, slc, win)
 
 # ---------------------------------------------------------------- autotune configs
 def _fwd_configs() -> list[triton.Config]:
-    """BLOCK_K keys per step (forward and dq). Under the interpreter `_launcher` bypasses autotuning."""
+    """BLOCK_K keys per step (forward and dq). Under the interpreter `tiles.launcher` bypasses autotuning."""
     if interpreting():
         return [triton.Config({"BLOCK_K": 32}, num_warps=4, num_stages=1)]
     return [
@@ -62,18 +66,9 @@ def _dkdv_configs() -> list[triton.Config]:
     ]
 
 
-def _launcher(kernel, grid, interp_meta: dict):
-    """The autotuned kernel on a GPU; under the interpreter the bare kernel with `interp_meta`
-    sizes that keep the interpreted loops short (multi-config autotuning fails there)."""
-    if interpreting():
-        fixed_grid = grid(interp_meta) if callable(grid) else grid
-        return lambda *args, **kwargs: kernel.fn[fixed_grid](*args, **kwargs, **interp_meta)
-    return kernel[grid]
-
-
 _SHARED_MEMORY_BYTES = 227 * 1024  # an H100's opt-in shared memory per block
 _WIDE_HEADS = 256  # DK_PAD + DV_PAD beyond this (192 + 128 pads to 256 + 128) is "wide"
-# Limits below were read off sm_90 compiles (ptxas register/stack usage, tests/gpu_compile.py) at
+# Limits below were read off sm_90 compiles (ptxas register/stack usage, the suite's compile check) at
 # G=16, Dk/Dv = 192/128 and 128/128, l' = 32..256, n = 16 and 64, and G=1, Dk=Dv=64.
 _BLOCK_SHARE_MAX = 1024  # bytes of one selected block's K+V per thread (fwd and dq)
 _BLOCK_SHARE_FEW_CHUNKS = 512  # dq: above this share, at most two unrolled chunks
@@ -158,43 +153,6 @@ def _prune_block_n(configs, named_args, **kwargs):
 
 # ---------------------------------------------------------------- tile helpers
 @triton.jit
-def _row_tile(ptr, row, row_ok, D, D_PAD: tl.constexpr):
-    """Pointers to rows `row` (int64) of a row-major [*, D] tensor, D_PAD columns, and the mask of real ones."""
-    cols = tl.arange(0, D_PAD)
-    return ptr + row[:, None] * D + cols[None, :], row_ok[:, None] & (cols < D)[None, :]
-
-
-@triton.jit
-def _load_cols(ptr, row, row_ok, cols, col_ok, D, UPCAST: tl.constexpr):
-    """Columns `cols` (valid where col_ok) of rows `row` of a row-major [*, D] tensor, 0 where masked;
-    fp32 if UPCAST. For kernels that keep the column offsets and masks for their own loops."""
-    x = tl.load(ptr + row[:, None] * D + cols[None, :], mask=row_ok[:, None] & col_ok[None, :], other=0.0)
-    if UPCAST:
-        x = x.to(tl.float32)
-    return x
-
-
-@triton.jit
-def _load_rows(ptr, row, row_ok, D, D_PAD: tl.constexpr, UPCAST: tl.constexpr):
-    """Rows of a row-major [*, D] tensor, zero-filled past D and in masked rows; fp32 if UPCAST."""
-    cols = tl.arange(0, D_PAD)
-    return _load_cols(ptr, row, row_ok, cols, cols < D, D, UPCAST)
-
-
-@triton.jit
-def _store_rows(ptr, row, row_ok, x, D, D_PAD: tl.constexpr):
-    """Store x [rows, D_PAD] into rows `row` of a row-major [*, D] tensor in its dtype."""
-    ptrs, mask = _row_tile(ptr, row, row_ok, D, D_PAD)
-    tl.store(ptrs, x.to(ptr.dtype.element_ty), mask=mask)
-
-
-@triton.jit
-def _kv_rows(b, g, pos, T, HKV):
-    """Rows of keys `pos` of (batch b, KV head g) in the [B*T*HKV] row space of k and v."""
-    return b * T * HKV + g + pos * HKV
-
-
-@triton.jit
 def _head_cols(DK, DV, DK_PAD: tl.constexpr, DV_PAD: tl.constexpr):
     """Column offsets of K and V tiles and which are real: (dk_offs, dk_ok, dv_offs, dv_ok)."""
     dk_offs = tl.arange(0, DK_PAD)
@@ -231,18 +189,6 @@ def _load_lse2_delta(lse_ptr, delta_ptr, row, row_ok):
 
 
 # ---------------------------------------------------------------- forward
-@triton.jit
-def _gated_epilogue(o, o_ptr, gate_ptr, row, head_ok, dv_offs, dv_ok, DV, NUM_GATES: tl.constexpr,
-                    ACCUMULATE: tl.constexpr):
-    """gates[row, branch] * o in fp32, plus what o_ptr's rows already hold when ACCUMULATE.
-    `gate_ptr` points at the branch's column of the contiguous [rows, NUM_GATES] gates."""
-    gate = tl.load(gate_ptr + row * NUM_GATES, mask=head_ok, other=0.0).to(tl.float32)
-    o = o * gate[:, None]
-    if ACCUMULATE:
-        o += _load_cols(o_ptr, row, head_ok, dv_offs, dv_ok, DV, True)
-    return o
-
-
 @triton.jit(do_not_specialize=TUNING_ARGS)
 def _selected_fwd_kernel(
     q_ptr, k_ptr, v_ptr, idx_ptr, o_ptr, lse_ptr, gate_ptr,
@@ -314,16 +260,6 @@ _selected_fwd_accumulate_tuned = autotune(
     configs=_fwd_configs(), key=_FWD_KEY, prune_configs_by={"early_config_prune": _prune_fwd},
     restore_value=["o_ptr"],
 )(_selected_fwd_kernel)
-
-
-# ---------------------------------------------------------------- backward: delta = rowsum(o * do)
-@triton.jit
-def _delta_kernel(o_ptr, do_ptr, delta_ptr, ROWS, DV, BLOCK_R: tl.constexpr, DV_PAD: tl.constexpr):
-    rows = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
-    rows_ok = rows < ROWS
-    o = _load_rows(o_ptr, rows, rows_ok, DV, DV_PAD, True)
-    do = _load_rows(do_ptr, rows, rows_ok, DV, DV_PAD, True)
-    tl.store(delta_ptr + rows, tl.sum(o * do, axis=1), mask=rows_ok)
 
 
 # ---------------------------------------------------------------- backward: dq (query-centric)
@@ -410,26 +346,6 @@ def _dkdv_step(
     return dk, dv
 
 
-@triton.jit
-def _block_keys(j, key, T, cu_ptr, block_seq_ptr, slc_cu_ptr, BLOCK_SLC: tl.constexpr, VARLEN: tl.constexpr):
-    """Token positions (int64) of offsets `key` inside selection block j, and which exist.
-
-    Dense: block j of the sequence, T tokens. VARLEN (packed batch): j numbers the (sequence s, local
-    block) pairs of the whole batch, j = slc_cu[s] + local (`PackedBatch`); block_seq_ptr[j] = s, and
-    the positions are packed rows cu[s] + local * l' + key, which exist below cu[s + 1]."""
-    if VARLEN:
-        seq = tl.load(block_seq_ptr + j)
-        bos = tl.load(cu_ptr + seq).to(tl.int64)
-        eos = tl.load(cu_ptr + seq + 1).to(tl.int64)
-        local = j - tl.load(slc_cu_ptr + seq).to(tl.int64)
-        pos = bos + local * BLOCK_SLC + key
-        pos_ok = pos < eos
-    else:
-        pos = j * BLOCK_SLC + key
-        pos_ok = pos < T
-    return pos, pos_ok
-
-
 @triton.jit(do_not_specialize=TUNING_ARGS)
 def _selected_dkdv_body(
     q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, offsets_ptr, qlist_ptr, slots_ptr,
@@ -508,40 +424,6 @@ def _selected_dkdv_body(
                 _store_rows(dv_part_ptr, part_row, pos_ok, dv, DV, DV_PAD)
 
 
-@triton.jit
-def _dkdv_reduce_kernel(
-    offsets_ptr, slots_ptr, dk_part_ptr, dv_part_ptr, dk_ptr, dv_ptr, cu_ptr, block_seq_ptr, slc_cu_ptr,
-    T, HKV, DK, DV, NUM_BLOCKS, SEGMENT,
-    BLOCK_SLC: tl.constexpr, DK_PAD: tl.constexpr, DV_PAD: tl.constexpr,
-    BLOCK_N: tl.constexpr, VARLEN: tl.constexpr,
-):
-    """dk/dv of the keys of a multi-segment list: its fp32 partials summed in segment order.
-    VARLEN: global block numbers, as in `_selected_dkdv_body`."""
-    CHUNKS: tl.constexpr = BLOCK_SLC // BLOCK_N
-    pid = tl.program_id(0)
-    j = (pid // CHUNKS).to(tl.int64)
-    chunk = (pid % CHUNKS).to(tl.int64)
-    bg = tl.program_id(1).to(tl.int64)
-    b = bg // HKV
-    g = bg % HKV
-    bucket = bg * NUM_BLOCKS + j
-    count = tl.load(offsets_ptr + bucket + 1) - tl.load(offsets_ptr + bucket)
-    segments = (count + SEGMENT - 1) // SEGMENT
-    if segments > 1:
-        key = chunk * BLOCK_N + tl.arange(0, BLOCK_N)
-        pos, pos_ok = _block_keys(j, key, T, cu_ptr, block_seq_ptr, slc_cu_ptr, BLOCK_SLC, VARLEN)
-        first = tl.load(slots_ptr + bucket).to(tl.int64)
-        dk = tl.zeros([BLOCK_N, DK_PAD], dtype=tl.float32)
-        dv = tl.zeros([BLOCK_N, DV_PAD], dtype=tl.float32)
-        for s in range(0, segments):
-            part_row = (first + s) * BLOCK_SLC + key
-            dk += _load_rows(dk_part_ptr, part_row, pos_ok, DK, DK_PAD, False)
-            dv += _load_rows(dv_part_ptr, part_row, pos_ok, DV, DV_PAD, False)
-        kv_row = _kv_rows(b, g, pos, T, HKV)
-        _store_rows(dk_ptr, kv_row, pos_ok, dk, DK, DK_PAD)
-        _store_rows(dv_ptr, kv_row, pos_ok, dv, DV, DV_PAD)
-
-
 _DKDV_KEY = ["G_IN", "DK_PAD", "DV_PAD", "BLOCK_SLC", "VARLEN"]
 _dkdv_kernel = autotune(
     configs=_dkdv_configs(), key=_DKDV_KEY, prune_configs_by={"early_config_prune": _prune_block_n},
@@ -561,7 +443,7 @@ _dkdv_atomic_kernel = autotune(
 # (set semantics per row, as in v1). Dk runs as two exact column chunks (192 = 128 + 64).
 # docs/tuning-notes.md has the traffic model (issue 13, suspect 2).
 def _tile_configs(positions: tuple[int, ...]) -> list[triton.Config]:
-    """POSITIONS per program and BLOCK_K keys per step; under the interpreter `_launcher` pins both."""
+    """POSITIONS per program and BLOCK_K keys per step; under the interpreter `tiles.launcher` pins both."""
     if interpreting():
         return [triton.Config({"POSITIONS": 2, "BLOCK_K": 32}, num_warps=4, num_stages=1)]
     return [
@@ -620,14 +502,6 @@ def _prune_dq_tiles(configs, named_args, **kwargs):
 
 
 @triton.jit
-def _seq_start(cu_ptr):
-    """Packed batches: (first token as int64, length) of sequence program_id(2) from cu_seqlens."""
-    seq = tl.program_id(2)
-    bos = tl.load(cu_ptr + seq)
-    return bos.to(tl.int64), tl.load(cu_ptr + seq + 1) - bos
-
-
-@triton.jit
 def _rebase_tile(cu_ptr, q_ptr, k_ptr, v_ptr, idx_ptr, lse_ptr, HQ, HKV, DK, DV, N_SLOTS: tl.constexpr):
     """A packed tile program's sequence (first token, length) and the q, k, v, block_idx and lse pointers
     it shares between forward and dq, rebased to that first token."""
@@ -660,15 +534,6 @@ def _tile_setup(idx_ptr, T, HQ, HKV, G, N_SLOTS: tl.constexpr, G_PAD: tl.constex
     flat = (r // G_PAD)[:, None] * N_SLOTS + slots[None, :]
     t_last = tl.minimum(t0 + POSITIONS, T) - 1
     return t0, g, b, pos, row, row_ok, idx_rows, flat, _kv_rows(b, g, 0, T, HKV), t_last
-
-
-@triton.jit
-def _load_split_cols(ptr, row, row_ok, D, D_A: tl.constexpr, D_B: tl.constexpr, UPCAST: tl.constexpr):
-    """Columns [0, D_A) and [D_A, D_A + D_B) of rows `row` of a row-major [*, D] tensor (0 past D)."""
-    cols_a = tl.arange(0, D_A)
-    cols_b = D_A + tl.arange(0, D_B)
-    return (_load_cols(ptr, row, row_ok, cols_a, cols_a < D, D, UPCAST),
-            _load_cols(ptr, row, row_ok, cols_b, cols_b < D, D, UPCAST))
 
 
 @triton.jit(do_not_specialize=TUNING_ARGS)
@@ -844,42 +709,6 @@ _selected_dq_tile_kernel = autotune(
 
 
 # ---------------------------------------------------------------- python wrappers
-_MAX_SEQUENCES = 65535  # CUDA's grid z limit: the query-centric kernels run one grid row per sequence
-
-
-@dataclass(frozen=True)
-class PackedBatch:
-    """A packed batch (cu_seqlens, docs/varlen.md) as the selected kernels see it.
-
-    The (sequence s, local selection block j) pairs are numbered globally, vb = slc_cu[s] + j with
-    slc_cu the exclusive cumsum of ceil(L_s / l'): the block-outer kernels (dk/dv, selected_small_g)
-    run one program row per vb and bucket the query lists by (KV head, vb). Device tensors are int32."""
-
-    cu: torch.Tensor  # [N+1] cu_seqlens on q's device
-    slc_cu: torch.Tensor  # [N+1] first global block number of each sequence
-    block_seq: torch.Tensor  # [num_blocks] the sequence of each global block
-    num_seqs: int
-    max_len: int  # max_s L_s: the tile axis of the query-centric grids
-    num_blocks: int  # sum_s ceil(L_s / l')
-
-
-def packed_batch(cu_seqlens: torch.Tensor | Packing, q: torch.Tensor, block_slc: int) -> PackedBatch:
-    """Validate cu_seqlens against q [1, total_T, ...] (ValueError naming cu_seqlens) and build the
-    tables; lengths are read on the host from cu_seqlens, which may live on any device (q may be meta)."""
-    packing = Packing.of(cu_seqlens, q.shape[1], q.shape[0], q.device, block_slc=block_slc)  # a Packing: no copy
-    if packing.num_seqs > _MAX_SEQUENCES:
-        raise ValueError(f"cu_seqlens holds {packing.num_seqs} sequences; the selected kernels take at most "
-                         f"{_MAX_SEQUENCES} per packed batch (the grid's z axis)")
-    blocks = packing.slc_counts(block_slc)
-    slc_cu = packing.slc_offsets(block_slc)  # N+1 values cross to the device, not the block table
-    block_seq = torch.repeat_interleave(torch.arange(len(blocks), dtype=torch.int32, device=q.device),
-                                        slc_cu[1:] - slc_cu[:-1], output_size=sum(blocks))
-    return PackedBatch(
-        cu=packing.cu, slc_cu=slc_cu, block_seq=block_seq.to(torch.int32),
-        num_seqs=packing.num_seqs, max_len=packing.max_len, num_blocks=sum(blocks),
-    )
-
-
 def _validate(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_idx: torch.Tensor, block_slc: int, scale: float
 ) -> int:
@@ -942,14 +771,21 @@ def _tile_interp_meta(group: int, block_slc: int, positions: int) -> dict:
     return {"POSITIONS": max(1, min(positions, 64 // max(16, next_pow2(group)))), "BLOCK_K": min(block_slc, 64)}
 
 
+def _check_packing(packing: Packing | None, q: torch.Tensor) -> None:
+    """The packing of q [1, total_T, ...]; the query-centric grids run one row of axis 2 per sequence."""
+    if packing is not None:
+        packing.check(q.shape[1], q.shape[0], q.device)
+        packing.check_grid("selected")
+
+
 def selected_fwd(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_idx: torch.Tensor, block_slc: int, scale: float,
     *, out: torch.Tensor | None = None, gates: torch.Tensor | None = None, gate_index: int = 0,
-    accumulate: bool = False, variant: str = "v2", small_g: str = "auto", cu_seqlens: torch.Tensor | Packing | None = None,
+    accumulate: bool = False, variant: str = "v2", small_g: str = "auto", packing: Packing | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Selected attention forward: (o [B,T,Hq,Dv] in q.dtype, lse [B,T,Hq] fp32, natural log).
 
-    cu_seqlens (int32 [N+1], docs/varlen.md): a packed batch, q/k/v [1, total_T, H, D], block_idx
+    packing (docs/varlen.md): a packed batch, q/k/v [1, total_T, H, D], block_idx
     [1, total_T, Hkv, n] holding block numbers local to each row's sequence; o, lse (and out, gates)
     keep the dense layouts with B = 1. v2 only (variant="v1" raises).
 
@@ -969,15 +805,13 @@ def selected_fwd(
     check_variant("variant", variant)
     group = _validate(q, k, v, block_idx, block_slc, scale)
     check_gated(q, (*q.shape[:3], v.shape[-1]), out, gates, gate_index, accumulate)
-    refuse_v1(cu_seqlens, variant=variant)
-    packed = None if cu_seqlens is None else packed_batch(cu_seqlens, q, block_slc)
+    refuse_v1(packing, variant=variant)
+    _check_packing(packing, q)
     q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
     idx = block_idx.to(torch.int32).contiguous()
     if runs_small_g(small_g, group):
-        from .selected_small_g import small_g_fwd
-
-        return small_g_fwd(q, k, v, idx, block_slc, scale, group, out=out, gates=gates, gate_index=gate_index,
-                           accumulate=accumulate, packed=packed)
+        return selected_small_g.small_g_fwd(q, k, v, idx, block_slc, scale, group, out=out, gates=gates,
+                                            gate_index=gate_index, accumulate=accumulate, packing=packing)
     b, t, hq, dk = q.shape
     hkv, dv, n = k.shape[2], v.shape[-1], idx.shape[-1]
     gated = out is not None
@@ -990,16 +824,16 @@ def selected_fwd(
     if variant == "v2":
         kernel = _selected_fwd_tile_accumulate_tuned if gated and accumulate else _selected_fwd_tile_tuned
         # packed: one grid row per sequence, its tile axis over the longest (cu is read, never t)
-        seq_t, seqs, cu = (t, b, idx) if packed is None else (packed.max_len, packed.num_seqs, packed.cu)
-        _launcher(kernel, _tile_grid(seq_t, hkv, seqs), _tile_interp_meta(group, block_slc, 4))(
+        seq_t, seqs, cu = (t, b, idx) if packing is None else (packing.max_len, packing.num_seqs, packing.cu)
+        tiles.launcher(kernel, _tile_grid(seq_t, hkv, seqs), _tile_interp_meta(group, block_slc, 4))(
             q, k, v, idx, o, lse, gate_column, cu,
             t, hq, hkv, group, dk, dv, float(scale) * _LOG2E, **tuning_buckets(seq_t, seqs * hq),
             N_SLOTS=n, **_tile_dims(q, v, group, block_slc, n), GATED=gated, ACCUMULATE=gated and accumulate,
-            VARLEN=packed is not None,
+            VARLEN=packing is not None,
         )
         return o, lse
     kernel = _selected_fwd_accumulate_tuned if gated and accumulate else _selected_fwd_tuned
-    _launcher(kernel, (t, hkv, b), {"BLOCK_K": min(block_slc, 64)})(
+    tiles.launcher(kernel, (t, hkv, b), {"BLOCK_K": min(block_slc, 64)})(
         q, k, v, idx, o, lse, gate_column,
         t, hq, hkv, group, dk, dv, float(scale) * _LOG2E, **tuning_buckets(t, b * hq),
         N_SLOTS=n, **_launch_dims(q, v, group, block_slc, n), GATED=gated, ACCUMULATE=gated and accumulate,
@@ -1008,7 +842,7 @@ def selected_fwd(
 
 
 def invert_selection(
-    block_idx: torch.Tensor, block_slc: int, num_blocks: int, packed: PackedBatch | None = None,
+    block_idx: torch.Tensor, block_slc: int, num_blocks: int, packing: Packing | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-block query lists (CSR) from block_idx [B,T,Hkv,n], all on the device, no host sync.
 
@@ -1018,101 +852,31 @@ def invert_selection(
     dropped; E = B*T*Hkv*n bounds the entries and the tail past offsets[-1] is unused. offsets
     are int32 unless E needs int64.
 
-    packed (B = 1): block numbers are local to each row's sequence, num_blocks = packed.num_blocks and
-    list s = g * num_blocks + vb holds the packed rows that selected global block vb (`PackedBatch`).
+    packing (B = 1): block numbers are local to each row's sequence, num_blocks = packing.num_slc_blocks(l')
+    and list s = g * num_blocks + vb holds the packed rows that selected global block vb = slc_cu[s] + j.
     """
     _, t, hkv, n = block_idx.shape
-    offsets, order, _, index_dtype = used_slot_lists(block_idx, block_slc, num_blocks, packed)
+    offsets, order, _, index_dtype = tiles.used_slot_lists(block_idx, block_slc, num_blocks, packing)
     queries = ((order // (hkv * n)) % t).to(torch.int32)
     return offsets.to(index_dtype), queries
-
-
-def used_slot_lists(
-    block_idx: torch.Tensor, block_slc: int, num_blocks: int, packed: PackedBatch | None = None,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.dtype]:
-    """The bucketing both inversions share (this module's and selected_small_g's): block_idx sorted
-    per row (int64), the stable order of its flat slots by (b, KV head, block) with unused slots last
-    (int64), the CSR offsets (int64) and the index dtype (int32 unless the entries need int64).
-    packed: buckets by (KV head, global block slc_cu[s] + j) and positions local to each row's sequence."""
-    b, t, hkv, n = block_idx.shape
-    device = block_idx.device
-    blocks = torch.sort(block_idx.to(torch.int64), dim=-1).values
-    repeat = torch.zeros_like(blocks, dtype=torch.bool)
-    repeat[..., 1:] = blocks[..., 1:] == blocks[..., :-1]
-    head = torch.arange(hkv, device=device, dtype=torch.int64).view(1, 1, hkv, 1)
-    num_buckets = b * hkv * num_blocks
-    if packed is None:
-        pos = torch.arange(t, device=device, dtype=torch.int64).view(1, t, 1, 1)
-        batch = torch.arange(b, device=device, dtype=torch.int64).view(b, 1, 1, 1)
-        base = (batch * hkv + head) * num_blocks
-    else:  # on the device, no host sync: each row's sequence by a search over cu_seqlens
-        rows = torch.arange(t, device=device, dtype=torch.int64)
-        cu = packed.cu.to(torch.int64)
-        seq = torch.searchsorted(cu[1:].contiguous(), rows, right=True)
-        pos = (rows - cu[seq]).view(1, t, 1, 1)
-        base = head * num_blocks + packed.slc_cu.to(torch.int64)[seq].view(1, t, 1, 1)
-    used = (blocks >= 0) & (blocks * block_slc <= pos) & ~repeat
-    bucket = torch.where(used, base + blocks, num_buckets).reshape(-1)
-    key_dtype = torch.int32 if num_buckets < 2**31 - 1 else torch.int64
-    order = torch.argsort(bucket.to(key_dtype), stable=True)
-    counts = torch.zeros(num_buckets + 1, dtype=torch.int64, device=device)
-    counts.scatter_add_(0, bucket, torch.ones_like(bucket))
-    offsets = torch.zeros(num_buckets + 1, dtype=torch.int64, device=device)
-    offsets[1:] = torch.cumsum(counts[:num_buckets], dim=0)
-    index_dtype = torch.int32 if bucket.numel() < 2**31 - 1 else torch.int64
-    return offsets, order, blocks, index_dtype
-
-
-def _segment_len(n_slc: int, block_slc: int) -> int:
-    """Queries per dk/dv program: four average lists (a list averages n * l' queries), so only
-    long lists such as block 0's (every query selects it) are split."""
-    return max(256, 4 * n_slc * block_slc)
-
-
-def _partial_slots(offsets: torch.Tensor, segment: int, entries: int) -> tuple[torch.Tensor, int]:
-    """First fp32 partial slot of every list longer than one segment (exclusive cumsum on the
-    device), and a host-side bound on the slots: such lists hold more than `segment` entries
-    each, so their segments number at most 2 * entries / segment in all."""
-    counts = (offsets[1:] - offsets[:-1]).to(torch.int64)
-    parts = (counts + segment - 1) // segment
-    parts = torch.where(parts > 1, parts, torch.zeros_like(parts))
-    slots = torch.cumsum(parts, dim=0) - parts
-    return slots, max(1, 2 * entries // segment)
-
-
-def _reduce_launch(packed: PackedBatch | None) -> dict:
-    """VARLEN and warps of a `_dkdv_reduce_kernel` launch: packed ones take 8 warps (at 4, sm_90 at
-    Dk = 192 caps it at 168 registers and the block-table lookups spill 24 B; dense ones keep 4)."""
-    return {"VARLEN": False} if packed is None else {"VARLEN": True, "num_warps": 8}
-
-
-def _delta(o: torch.Tensor, do: torch.Tensor) -> torch.Tensor:
-    """FlashAttention-2 preprocess: delta = rowsum(o * do) in fp32, [B,T,Hq]."""
-    rows = o.numel() // o.shape[-1]
-    delta = torch.empty(o.shape[:-1], dtype=torch.float32, device=o.device)
-    block_r = 16
-    _delta_kernel[(triton.cdiv(rows, block_r),)](
-        o, do, delta, rows, o.shape[-1], BLOCK_R=block_r, DV_PAD=max(16, next_pow2(o.shape[-1])),
-    )
-    return delta
 
 
 def selected_bwd(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, o: torch.Tensor, lse: torch.Tensor, do: torch.Tensor,
     block_idx: torch.Tensor, block_slc: int, scale: float, deterministic: bool = True, *, dq_variant: str = "v2",
     dq_out: torch.Tensor | None = None, dq_add: torch.Tensor | None = None, small_g: str = "auto",
-    cu_seqlens: torch.Tensor | Packing | None = None,
+    packing: Packing | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Selected attention backward: (dq, dk, dv) in the input dtype; dk/dv summed over each group.
 
-    cu_seqlens: a packed batch as in `selected_fwd` (dq_variant "v2" only). dk/dv programs then run per
-    global block (`PackedBatch`), one row of lists per (KV head, sequence, local block).
+    packing: a packed batch as in `selected_fwd` (dq_variant "v2" only). dk/dv programs then run per
+    global block (`Packing.slc_block_seq`), one row of lists per (KV head, sequence, local block).
 
     small_g as in `selected_fwd`: the block-outer path computes dq from the dk/dv kernel's dS tiles
     (partials summed in slot order) instead of a query-centric dq kernel; `dq_variant` then does not apply.
 
     dk/dv are block-centric: a program per (key chunk of block j, list segment, b * Hkv) walks
-    the queries that selected j. Lists are cut into `_segment_len` segments so block 0's list
+    the queries that selected j. Lists are cut into `tiles.segment_len` segments so block 0's list
     (every query selects block 0) does not leave one program per (b, KV head) walking all T.
     deterministic=True (default): a one-segment list is stored directly; the segments of longer
     lists write fp32 partials that a second kernel sums in a fixed order: bit-reproducible.
@@ -1124,8 +888,8 @@ def selected_bwd(
     """
     check_variant("dq_variant", dq_variant)
     group = _validate(q, k, v, block_idx, block_slc, scale)
-    refuse_v1(cu_seqlens, dq_variant=dq_variant)
-    packed = None if cu_seqlens is None else packed_batch(cu_seqlens, q, block_slc)
+    refuse_v1(packing, dq_variant=dq_variant)
+    _check_packing(packing, q)
     b, t, hq, dk_dim = q.shape
     hkv, dv_dim = k.shape[2], v.shape[-1]
     if tuple(o.shape) != (b, t, hq, dv_dim) or tuple(do.shape) != (b, t, hq, dv_dim):
@@ -1141,10 +905,8 @@ def selected_bwd(
     n = idx.shape[-1]
     dq_out = check_dq_chain(q, dq_out, dq_add)
     if runs_small_g(small_g, group):
-        from .selected_small_g import small_g_bwd
-
-        return small_g_bwd(q, k, v, o, lse, do, idx, block_slc, scale, group, deterministic, dq_out, dq_add,
-                           packed=packed)
+        return selected_small_g.small_g_bwd(q, k, v, o, lse, do, idx, block_slc, scale, group, deterministic,
+                                            dq_out, dq_add, packing=packing)
     dq = dq_out if dq_out is not None else torch.empty_like(q)
     dk = torch.empty_like(k)
     dv = torch.empty_like(v)
@@ -1152,7 +914,7 @@ def selected_bwd(
         return dq, dk, dv
     add_dq = dq_add is not None
     dims = _launch_dims(q, v, group, block_slc, n)
-    delta = _delta(o, do)
+    delta = tiles.row_delta(o, do)
     qk_scale_log2 = float(scale) * _LOG2E
 
     in_place = add_dq and same_memory(dq_add, dq)
@@ -1160,26 +922,27 @@ def selected_bwd(
                t, hq, hkv, group, dk_dim, dv_dim, qk_scale_log2, float(scale))
     if dq_variant == "v2":
         kernel = _selected_dq_tile_accumulate_tuned if in_place else _selected_dq_tile_kernel
-        seq_t, seqs, cu = (t, b, idx) if packed is None else (packed.max_len, packed.num_seqs, packed.cu)
-        _launcher(kernel, _tile_grid(seq_t, hkv, seqs), _tile_interp_meta(group, block_slc, 2))(
+        seq_t, seqs, cu = (t, b, idx) if packing is None else (packing.max_len, packing.num_seqs, packing.cu)
+        tiles.launcher(kernel, _tile_grid(seq_t, hkv, seqs), _tile_interp_meta(group, block_slc, 2))(
             *dq_args[:9], cu, *dq_args[9:], **tuning_buckets(seq_t, seqs * hq), N_SLOTS=n,
-            **_tile_dims(q, v, group, block_slc, n), ADD_DQ=add_dq, VARLEN=packed is not None,
+            **_tile_dims(q, v, group, block_slc, n), ADD_DQ=add_dq, VARLEN=packing is not None,
         )
     else:
         kernel = _selected_dq_accumulate_tuned if in_place else _selected_dq_kernel
-        _launcher(kernel, (t, hkv, b), {"BLOCK_K": min(block_slc, 64)})(
+        tiles.launcher(kernel, (t, hkv, b), {"BLOCK_K": min(block_slc, 64)})(
             *dq_args, **tuning_buckets(t, b * hq), N_SLOTS=n, **dims, ADD_DQ=add_dq,
         )
 
-    num_blocks = -(-t // block_slc) if packed is None else packed.num_blocks
-    offsets, queries = invert_selection(idx, block_slc, num_blocks, packed)
-    segment = _segment_len(n, block_slc)
-    seq_t = t if packed is None else packed.max_len
+    num_blocks = -(-t // block_slc) if packing is None else packing.num_slc_blocks(block_slc)
+    offsets, queries = invert_selection(idx, block_slc, num_blocks, packing)
+    segment = tiles.segment_len(n, block_slc)
+    seq_t = t if packing is None else packing.max_len
     segments = -(-seq_t // segment)  # a list holds at most T (packed: max_s L_s) queries
-    tables = (offsets, offsets, offsets) if packed is None else (packed.cu, packed.block_seq, packed.slc_cu)
+    tables = (offsets, offsets, offsets) if packing is None else (
+        packing.cu, packing.slc_block_seq(block_slc), packing.slc_offsets(block_slc))
     dkdv_args = dict(
         G_IN=next_pow2(group), DK_PAD=dims["DK_PAD"], DV_PAD=dims["DV_PAD"], BLOCK_SLC=block_slc,
-        UPCAST=dims["UPCAST"], VARLEN=packed is not None, **tuning_buckets(seq_t, b * hq),
+        UPCAST=dims["UPCAST"], VARLEN=packing is not None, **tuning_buckets(seq_t, b * hq),
     )
 
     def grid(meta: dict) -> tuple[int, int, int]:
@@ -1187,10 +950,10 @@ def selected_bwd(
 
     interp_meta = {"BLOCK_N": min(block_slc, 64), "BLOCK_M": 64}
     if deterministic:
-        slots, num_slots = _partial_slots(offsets, segment, idx.numel())
+        slots, num_slots = tiles.partial_slots(offsets, segment, idx.numel())
         dk_part = torch.empty(num_slots, block_slc, dk_dim, dtype=torch.float32, device=q.device)
         dv_part = torch.empty(num_slots, block_slc, dv_dim, dtype=torch.float32, device=q.device)
-        _launcher(_dkdv_kernel, grid, interp_meta)(
+        tiles.launcher(_dkdv_kernel, grid, interp_meta)(
             q, k, v, do, lse, delta, offsets, queries, slots, dk, dv, dk_part, dv_part, *tables,
             t, hq, hkv, group, dk_dim, dv_dim, num_blocks, segment, qk_scale_log2, float(scale),
             ATOMIC=False, **dkdv_args,
@@ -1200,12 +963,12 @@ def selected_bwd(
             _dkdv_reduce_kernel[(num_blocks * (block_slc // reduce_block), b * hkv)](
                 offsets, slots, dk_part, dv_part, dk, dv, *tables, t, hkv, dk_dim, dv_dim, num_blocks, segment,
                 BLOCK_SLC=block_slc, DK_PAD=dims["DK_PAD"], DV_PAD=dims["DV_PAD"], BLOCK_N=reduce_block,
-                **_reduce_launch(packed),
+                **tiles.reduce_launch(packing),
             )
     else:
         dk = torch.zeros(k.shape, dtype=torch.float32, device=k.device)
         dv = torch.zeros(v.shape, dtype=torch.float32, device=v.device)
-        _launcher(_dkdv_atomic_kernel, grid, interp_meta)(
+        tiles.launcher(_dkdv_atomic_kernel, grid, interp_meta)(
             q, k, v, do, lse, delta, offsets, queries, offsets, dk, dv, dk, dv, *tables,
             t, hq, hkv, group, dk_dim, dv_dim, num_blocks, segment, qk_scale_log2, float(scale),
             ATOMIC=True, **dkdv_args,

@@ -12,15 +12,17 @@ docs/tuning-notes.md ("Issue 17: small GQA groups") has the traffic model; this 
   (deterministic, no atomics) and applies the fused gated epilogue when asked.
 - Backward: one block-outer kernel computes dk/dv (as selected.py's `_selected_dkdv_body`) and, from
   the same dS tile, the dq partial dS K of every (query entry, key chunk); `_dq_reduce_kernel` sums
-  them in slot order and adds dq_add (NSA's dq chain). dk/dv of long lists go through selected.py's
-  fp32 partials and `_dkdv_reduce_kernel`, or atomics when deterministic=False.
+  them in slot order and adds dq_add (NSA's dq chain). dk/dv of long lists go through fp32 partials
+  and `_selected_tiles._dkdv_reduce_kernel` (as in selected.py), or atomics when deterministic=False.
+The tile helpers and kernels both paths use live in `_selected_tiles.py`: selected.py dispatches here,
+so this module never imports it.
 
 Slot semantics are selected.py's: a slot is used iff 0 <= j <= t // l' and j does not repeat an
 earlier slot of the row. Entries are named by their flat index in the row-sorted block_idx
 [B, T, Hkv, n], which is also the index of their partial slots.
 
-Packed batches (cu_seqlens, docs/varlen.md; selected.py's `PackedBatch`): the block-outer kernels run
-per global block (sequence, local block) with packed rows in the lists (VARLEN: `selected._block_keys`);
+Packed batches (a `Packing`, docs/varlen.md): the block-outer kernels run
+per global block (sequence, local block) with packed rows in the lists (VARLEN: `_block_keys`);
 the merge and the dq reduce run per (tile, KV head, sequence) with their pointers rebased to it.
 """
 from __future__ import annotations
@@ -29,12 +31,13 @@ import torch
 import triton
 import triton.language as tl
 
-from . import selected as _slc
+from . import _selected_tiles as tiles
 from ._common import TUNING_ARGS, autotune, interpreting, next_pow2, split_head_dim, tuning_buckets
-from .selected import (
-    PackedBatch, _block_keys, _gated_epilogue, _kv_rows, _load_rows, _load_split_cols, _row_tile, _seq_start,
+from ._selected_tiles import (
+    _block_keys, _dkdv_reduce_kernel, _gated_epilogue, _kv_rows, _load_rows, _load_split_cols, _row_tile, _seq_start,
     _store_rows,
 )
+from .packing import Packing
 
 __all__ = ["small_g_fwd", "small_g_bwd", "invert_entries", "key_chunk"]
 
@@ -98,13 +101,14 @@ def key_chunk(block_slc: int, dk: int, dv: int) -> int:
 
 # ---------------------------------------------------------------- selection inverted, entries kept
 def invert_entries(
-    block_idx: torch.Tensor, block_slc: int, num_blocks: int, packed: PackedBatch | None = None,
+    block_idx: torch.Tensor, block_slc: int, num_blocks: int, packing: Packing | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per-block lists of entries (CSR), on the device, no host sync: (offsets [B*Hkv*num_blocks + 1],
     entries [E], the row-sorted block_idx int32). An entry is the flat index (b, t, g, s) of a used
     slot in the sorted block_idx, so its query is (e // (Hkv * n)) % T and its partials live at e.
-    Lists are in ascending t (stable sort); as `selected.invert_selection` otherwise (packed included)."""
-    offsets, order, blocks, index_dtype = _slc.used_slot_lists(block_idx, block_slc, num_blocks, packed)
+    Lists are in ascending t (stable sort); as `selected.invert_selection` otherwise (packed included):
+    both bucket with `_selected_tiles.used_slot_lists`."""
+    offsets, order, blocks, index_dtype = tiles.used_slot_lists(block_idx, block_slc, num_blocks, packing)
     return offsets.to(index_dtype), order.to(index_dtype), blocks.to(torch.int32)
 
 
@@ -265,31 +269,32 @@ def _merge_grid(t: int, hkv: int, b: int, group: int) -> tuple[tuple[int, int, i
 
 
 def _dims(q: torch.Tensor, v: torch.Tensor, group: int, block_slc: int, n: int,
-          packed: PackedBatch | None = None) -> dict:
+          packing: Packing | None = None) -> dict:
     dk_a, dk_b = split_head_dim(q.shape[-1])
     return dict(
         N_SLOTS=n, G_IN=next_pow2(group), DK_A=dk_a, DK_B=dk_b, DV_PAD=max(16, next_pow2(v.shape[-1])),
         BLOCK_SLC=block_slc, BLOCK_N=key_chunk(block_slc, q.shape[-1], v.shape[-1]),
-        UPCAST=interpreting() and q.dtype == torch.bfloat16, VARLEN=packed is not None,
+        UPCAST=interpreting() and q.dtype == torch.bfloat16, VARLEN=packing is not None,
     )
 
 
-def _packed_args(t: int, b: int, block_slc: int, idx: torch.Tensor, packed: PackedBatch | None):
+def _packed_args(t: int, b: int, block_slc: int, idx: torch.Tensor, packing: Packing | None):
     """(blocks of the block-outer grid, the query grids' tile extent, their batch extent, the kernels'
     (cu, block_seq, slc_cu) pointers): dense (ceil(T / l'), T, B, stand-ins never read), or packed
-    (sum_s ceil(L_s / l'), max_s L_s, N, the `PackedBatch` tables)."""
-    if packed is None:
+    (sum_s ceil(L_s / l'), max_s L_s, N, the `Packing`'s tables)."""
+    if packing is None:
         return -(-t // block_slc), t, b, (idx, idx, idx)
-    return packed.num_blocks, packed.max_len, packed.num_seqs, (packed.cu, packed.block_seq, packed.slc_cu)
+    tables = (packing.cu, packing.slc_block_seq(block_slc), packing.slc_offsets(block_slc))
+    return packing.num_slc_blocks(block_slc), packing.max_len, packing.num_seqs, tables
 
 
 def small_g_fwd(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, idx: torch.Tensor, block_slc: int, scale: float, group: int,
     *, out: torch.Tensor | None = None, gates: torch.Tensor | None = None, gate_index: int = 0,
-    accumulate: bool = False, packed: PackedBatch | None = None,
+    accumulate: bool = False, packing: Packing | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """`selected.selected_fwd` by the block-outer path; inputs already validated and contiguous,
-    idx int32. Same outputs and gated epilogue (applied in the merge). packed: a packed batch."""
+    idx int32. Same outputs and gated epilogue (applied in the merge). packing: a packed batch, checked."""
     b, t, hq, dk = q.shape
     hkv, dv, n = k.shape[2], v.shape[-1], idx.shape[-1]
     gated = out is not None
@@ -297,16 +302,16 @@ def small_g_fwd(
     lse = torch.empty(b, t, hq, dtype=torch.float32, device=q.device)
     if o.numel() == 0:
         return o, lse
-    dims = _dims(q, v, group, block_slc, n, packed)
+    dims = _dims(q, v, group, block_slc, n, packing)
     chunks = block_slc // dims["BLOCK_N"]
-    num_blocks, seq_t, seqs, tables = _packed_args(t, b, block_slc, idx, packed)
-    offsets, entries, sorted_idx = invert_entries(idx, block_slc, num_blocks, packed)
+    num_blocks, seq_t, seqs, tables = _packed_args(t, b, block_slc, idx, packing)
+    offsets, entries, sorted_idx = invert_entries(idx, block_slc, num_blocks, packing)
     parts = idx.numel() * chunks * group
     o_part = torch.empty(parts, dv, dtype=_partial_dtype(q), device=q.device)
     lse_part = torch.empty(parts, dtype=torch.float32, device=q.device)
-    segment = _slc._segment_len(n, block_slc)
+    segment = tiles.segment_len(n, block_slc)
     grid = (num_blocks * chunks, -(-seq_t // segment), b * hkv)
-    _slc._launcher(_block_outer_fwd_tuned, grid, _INTERP_META)(
+    tiles.launcher(_block_outer_fwd_tuned, grid, _INTERP_META)(
         q, k, v, offsets, entries, o_part, lse_part, *tables,
         t, hq, hkv, group, dk, dv, num_blocks, segment, float(scale) * _LOG2E, **tuning_buckets(seq_t, b * hq),
         **dims,
@@ -316,7 +321,7 @@ def small_g_fwd(
     _merge_kernel[merge_grid](
         sorted_idx, o_part, lse_part, o, lse, gate_column, tables[0], t, hq, hkv, group, dv,
         N_SLOTS=n, G_PAD=g_pad, DV_PAD=dims["DV_PAD"], BLOCK_SLC=block_slc, CHUNKS=chunks, POSITIONS=positions,
-        GATED=gated, ACCUMULATE=gated and accumulate, VARLEN=packed is not None, num_warps=_MERGE_WARPS,
+        GATED=gated, ACCUMULATE=gated and accumulate, VARLEN=packing is not None, num_warps=_MERGE_WARPS,
     )
     return o, lse
 
@@ -508,7 +513,7 @@ def _dq_reduce_kernel(
 def small_g_bwd(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, o: torch.Tensor, lse: torch.Tensor, do: torch.Tensor,
     idx: torch.Tensor, block_slc: int, scale: float, group: int, deterministic: bool,
-    dq_out: torch.Tensor | None, dq_add: torch.Tensor | None, packed: PackedBatch | None = None,
+    dq_out: torch.Tensor | None, dq_add: torch.Tensor | None, packing: Packing | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """`selected.selected_bwd` by the block-outer path; inputs validated, contiguous, o/do in q's
     dtype, lse fp32, idx int32, dq_out checked. deterministic=True: no atomics anywhere (dq partials
@@ -520,37 +525,37 @@ def small_g_bwd(
     dv = torch.empty_like(v)
     if q.numel() == 0:
         return dq, dk, dv
-    dims = _dims(q, v, group, block_slc, n, packed)
+    dims = _dims(q, v, group, block_slc, n, packing)
     chunks = block_slc // dims["BLOCK_N"]
-    delta = _slc._delta(o, do)
-    num_blocks, seq_t, seqs, tables = _packed_args(t, b, block_slc, idx, packed)
-    offsets, entries, sorted_idx = invert_entries(idx, block_slc, num_blocks, packed)
+    delta = tiles.row_delta(o, do)
+    num_blocks, seq_t, seqs, tables = _packed_args(t, b, block_slc, idx, packing)
+    offsets, entries, sorted_idx = invert_entries(idx, block_slc, num_blocks, packing)
     dq_part = torch.empty(idx.numel() * chunks * group, dk_dim, dtype=_partial_dtype(q), device=q.device)
-    segment = _slc._segment_len(n, block_slc)
+    segment = tiles.segment_len(n, block_slc)
     segments = -(-seq_t // segment)
     grid = (num_blocks * chunks, segments, b * hkv)
     qk_scale_log2 = float(scale) * _LOG2E
     common = (*tables, t, hq, hkv, group, dk_dim, dv_dim, num_blocks, segment, qk_scale_log2, float(scale))
     if deterministic:
-        slots, num_slots = _slc._partial_slots(offsets, segment, idx.numel())
+        slots, num_slots = tiles.partial_slots(offsets, segment, idx.numel())
         dk_part = torch.empty(num_slots, block_slc, dk_dim, dtype=torch.float32, device=q.device)
         dv_part = torch.empty(num_slots, block_slc, dv_dim, dtype=torch.float32, device=q.device)
-        _slc._launcher(_block_outer_bwd_kernel, grid, _INTERP_META)(
+        tiles.launcher(_block_outer_bwd_kernel, grid, _INTERP_META)(
             q, k, v, do, lse, delta, offsets, entries, slots, dk, dv, dk_part, dv_part, dq_part,
             *common, **tuning_buckets(seq_t, b * hq), **dims, ATOMIC=False,
         )
         if segments > 1:
             reduce_block = min(block_slc, 32)
             dk_pad, dv_pad = max(16, next_pow2(dk_dim)), dims["DV_PAD"]
-            _slc._dkdv_reduce_kernel[(num_blocks * (block_slc // reduce_block), b * hkv)](
+            _dkdv_reduce_kernel[(num_blocks * (block_slc // reduce_block), b * hkv)](
                 offsets, slots, dk_part, dv_part, dk, dv, *tables, t, hkv, dk_dim, dv_dim, num_blocks, segment,
                 BLOCK_SLC=block_slc, DK_PAD=dk_pad, DV_PAD=dv_pad, BLOCK_N=reduce_block,
-                **_slc._reduce_launch(packed),
+                **tiles.reduce_launch(packing),
             )
     else:
         dk32 = torch.zeros(k.shape, dtype=torch.float32, device=k.device)
         dv32 = torch.zeros(v.shape, dtype=torch.float32, device=v.device)
-        _slc._launcher(_block_outer_bwd_atomic_kernel, grid, _INTERP_META)(
+        tiles.launcher(_block_outer_bwd_atomic_kernel, grid, _INTERP_META)(
             q, k, v, do, lse, delta, offsets, entries, offsets, dk32, dv32, dk32, dv32, dq_part,
             *common, **tuning_buckets(seq_t, b * hq), **dims, ATOMIC=True,
         )
@@ -560,6 +565,6 @@ def small_g_bwd(
     _dq_reduce_kernel[merge_grid](
         sorted_idx, dq_part, dq, dq_add if add_dq else dq, tables[0], t, hq, hkv, group, dk_dim, float(scale),
         N_SLOTS=n, G_PAD=g_pad, DK_A=dims["DK_A"], DK_B=dims["DK_B"], BLOCK_SLC=block_slc, CHUNKS=chunks,
-        POSITIONS=positions, ADD_DQ=add_dq, VARLEN=packed is not None, num_warps=_MERGE_WARPS,
+        POSITIONS=positions, ADD_DQ=add_dq, VARLEN=packing is not None, num_warps=_MERGE_WARPS,
     )
     return dq, dk, dv

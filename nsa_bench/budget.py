@@ -253,7 +253,7 @@ class Estimator:
         """(seconds, distinct configs, cases) of precompiling this sweep on `workers` processes."""
         if not self.plans:
             return 0.0, 0, 0
-        from nsa_kernels.compile_check import distinct_variants
+        from nsa_bench.compilecheck.results import distinct_variants
 
         jobs, _ = distinct_variants(list(self.plans.values()))
         cases = len(self.plans)

@@ -31,8 +31,8 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
-from nsa_bench.config import NSAConfig
 from nsa_bench.gpus import GPUSpec
+from nsa_kernels.config import NSAConfig
 
 MODES = ("fwd", "bwd", "fwdbwd", "decode")
 NSA_FWD_STAGES = ("compress", "cmp_attn", "scoring", "topn", "slc_attn", "win_attn", "gated_sum")

@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from nsa_bench import varlen
+from nsa_kernels import varlen
 from nsa_bench.doclens import NONE
 from nsa_bench.layer import gate_mlp, project_qkv
 from nsa_bench.spec import LAYER_MODES, Point

@@ -3,7 +3,7 @@
 Without this, a GPU run compiles ~100 kernels one after another at their first calls. Here each
 Triton backend's own workload (build, the timed call, every stage, the correctness check and the
 selection check) runs on `meta` tensors at each point's real shape and at its check shape, inside
-`nsa_kernels.compile_check`'s worker processes, with every kernel launch recorded instead of made.
+`nsa_bench.compilecheck`'s worker processes, with every kernel launch recorded instead of made.
 Every config the autotuners would try is then compiled once, in parallel, by the machinery of the
 sm_90 compile check, into Triton's on-disk cache, under the key JITFunction.run computes for the same
 launch: the sweep's first calls load binaries instead of compiling them.
@@ -18,6 +18,8 @@ from typing import Callable
 
 from nsa_bench.backends import Backend, registry
 from nsa_bench.check import check_point
+from nsa_bench.compilecheck.case import DEFAULT_CAPABILITY, Case
+from nsa_bench.compilecheck.pool import precompile_cases
 from nsa_bench.doclens import NONE
 from nsa_bench.inputs import empty_inputs
 from nsa_bench.spec import Point, SweepSpec
@@ -39,8 +41,6 @@ def target_capability() -> int:
     """The CUDA capability to compile for: the GPU present, else sm_90 (H100, H200)."""
     import torch
 
-    from nsa_kernels.compile_check import DEFAULT_CAPABILITY
-
     if torch.cuda.is_available():
         major, minor = torch.cuda.get_device_capability(0)
         return major * 10 + minor
@@ -53,10 +53,8 @@ def precompiled(backend: Backend, point: Point) -> bool:
 
 
 # ------------------------------------------------------------------ cases (parent side)
-def case_for(point: Point, backend: str, role: str):
+def case_for(point: Point, backend: str, role: str) -> Case:
     """The compile case of one backend at one point, in one role (the timed call or the check)."""
-    from nsa_kernels.compile_check import Case
-
     packing = f"/{point.doc_lens}" if point.packed else ""  # a Case has no doc_lens: the entry carries it
     return Case(f"{_ENTRY_PREFIX}{backend}/{point.mode}/{role}{packing}", point.batch, point.seqlen,
                 point.kv_heads, point.group_size, point.head_dim_qk, point.head_dim_v, point.dtype, point.cfg)
@@ -68,8 +66,8 @@ class TaskCases:
 
     point: Point
     backend: str
-    timed: object  # nsa_kernels.compile_check.Case
-    check: object
+    timed: Case
+    check: Case
 
 
 # A layer mode's attention runs as the inference forward (layer-fwd, under no_grad) or as the training
@@ -145,9 +143,7 @@ def compile_entry(name: str) -> Callable[[object], None]:
 
 # ------------------------------------------------------------------ running it
 def plan(spec: SweepSpec, workers: int = 1, capability: int | None = None):
-    """Plan every case of the sweep without compiling (a dry run): a compile_check.Precompiled."""
-    from nsa_kernels.compile_check import precompile_cases
-
+    """Plan every case of the sweep without compiling (a dry run): a compilecheck Precompiled."""
     cases = sweep_case_list(spec)
     if not cases:
         return None
@@ -157,8 +153,6 @@ def plan(spec: SweepSpec, workers: int = 1, capability: int | None = None):
 def run(spec: SweepSpec, workers: int, echo: Callable[[str], None], progress: bool = True,
         capability: int | None = None):
     """Compile everything the sweep will launch; prints what and how long; returns the Precompiled."""
-    from nsa_kernels.compile_check import precompile_cases
-
     cap = capability or target_capability()
     cases = sweep_case_list(spec)
     others = not_precompiled(spec)

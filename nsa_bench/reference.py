@@ -17,8 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from nsa_bench import varlen
-from nsa_bench.config import NSAConfig
+from nsa_kernels import varlen
+from nsa_kernels.config import NSAConfig
 
 __all__ = [
     "NSAConfig",

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from nsa_bench.config import NSAConfig
+from nsa_kernels.config import NSAConfig
 
 # Score tolerance relative to the largest score of the row: the kernels score bf16/fp16 inputs in fp32
 # from a compression rounded to the input dtype (2^-8 relative in bf16), the reference in float64.

@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, fields, replace
 from typing import Mapping, Sequence
 
 from nsa_bench import doclens
-from nsa_bench.config import NSAConfig
+from nsa_kernels.config import NSAConfig
 
 ATTENTION_MODES = ("fwd", "bwd", "fwdbwd", "decode")
 # One attention layer of a model: x [B, T, d_model] -> q/k/v projections (NSA: and its gate MLP) ->

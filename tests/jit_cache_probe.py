@@ -45,7 +45,8 @@ def main(backend_name: str, mode: str, seqlen: int) -> None:
     assert os.environ.get("TRITON_INTERPRET", "0") in ("", "0"), "the probe stands in for a GPU run"
     from nsa_bench.backends import registry
     from nsa_bench.inputs import make_inputs
-    from nsa_kernels.compile_check import _kernel_modules, expand, record_launches
+    from nsa_bench.compilecheck.entries import kernel_modules
+    from nsa_bench.compilecheck.recorder import expand, record_launches
 
     spec = probe_spec(backend_name, mode, seqlen)
     point = spec.points()[0][0]
@@ -59,7 +60,7 @@ def main(backend_name: str, mode: str, seqlen: int) -> None:
         for stage in workload.stages.values():
             stage()
 
-    launches = record_launches(_kernel_modules(), timed)
+    launches = record_launches(kernel_modules(), timed)
     outcomes: list[bool] = []
     knobs.compilation.listener = lambda **event: outcomes.append(bool(event["cache_hit"]))
     for launch in launches:

@@ -6,10 +6,11 @@ from dataclasses import dataclass
 import pytest
 import torch
 
-from nsa_kernels import compressed
+from nsa_bench import reference
+from nsa_kernels import compressed, varlen
 from nsa_kernels.compressed import compress_bwd, compress_fwd, compressed_bwd, compressed_fwd, select_blocks
-from nsa_bench import reference, varlen
-from nsa_bench.config import NSAConfig
+from nsa_kernels.config import NSAConfig
+from nsa_kernels.packing import Packing
 
 CFG_A = NSAConfig(block_cmp=32, stride_cmp=16, block_slc=64, n_slc=4, window=64)
 CFG_B = NSAConfig(block_cmp=16, stride_cmp=8, block_slc=32, n_slc=3, window=64)
@@ -445,6 +446,11 @@ def _packed_inputs(lengths, kv_heads: int, group: int, dk: int, dv: int, cfg: NS
     return q.to(dtype), k_cmp.to(dtype), v_cmp.to(dtype), cu
 
 
+def _packing(cu: torch.Tensor, x: torch.Tensor) -> Packing:
+    """The packed batch as the wrappers take it (nsa.py builds it once a call), for x [1, total_T, ...]."""
+    return Packing.of(cu, x.shape[1], 1, x.device)
+
+
 def _sequences(cu: torch.Tensor, cfg: NSAConfig) -> list[tuple[slice, slice]]:
     """(token slice, compressed-block slice) of every non-empty sequence."""
     cmp = varlen.cmp_cu_seqlens(cu, cfg).tolist()
@@ -462,7 +468,7 @@ def test_compress_packed_matches_reference(dtype):
     cu = varlen.cu_seqlens_of(PACKED_LENS)
     gen = torch.Generator().manual_seed(31)
     x = torch.randn(1, int(cu[-1]), 2, 24, generator=gen, dtype=torch.float64)
-    out = compress_fwd(x.to(dtype), cfg.block_cmp, cfg.stride_cmp, cu_seqlens=cu)
+    out = compress_fwd(x.to(dtype), cfg.block_cmp, cfg.stride_cmp, packing=_packing(cu, x))
     leaf = x.clone().requires_grad_()
     ref = reference.compress_kv(leaf, leaf, cfg, cu_seqlens=cu)[0]
     assert out.shape == ref.shape == (1, sum(cfg.num_cmp_blocks(n) for n in PACKED_LENS), 2, 24)
@@ -472,7 +478,7 @@ def test_compress_packed_matches_reference(dtype):
     assert torch.equal(out, alone)
     grad = torch.randn(ref.shape, generator=gen, dtype=torch.float64)
     ref.backward(grad)
-    dx = compress_bwd(grad.to(dtype), int(cu[-1]), cfg.block_cmp, cfg.stride_cmp, cu_seqlens=cu)
+    dx = compress_bwd(grad.to(dtype), int(cu[-1]), cfg.block_cmp, cfg.stride_cmp, packing=_packing(cu, x))
     assert dx.shape == x.shape and _rel(dx, leaf.grad) < TOL[dtype]
     assert torch.all(dx[0, :11] == 0)  # the first two sequences (1 and 10 tokens) have no block
 
@@ -490,7 +496,7 @@ def test_compressed_fwd_packed_matches_reference_and_dense(lengths, hkv, group, 
     cfg = CFG_B
     q, k_cmp, v_cmp, cu = _packed_inputs(lengths, hkv, group, dk, dv, cfg, dtype, seed=sum(lengths) + group)
     scale = dk**-0.5
-    o, lse = compressed_fwd(q, k_cmp, v_cmp, cfg, scale, cu_seqlens=cu)
+    o, lse = compressed_fwd(q, k_cmp, v_cmp, cfg, scale, packing=_packing(cu, q))
     ref = reference.compressed_attention(q.double(), k_cmp.double(), v_cmp.double(), cfg, scale, cu_seqlens=cu)
     assert o.shape == ref.shape == (*q.shape[:3], dv) and lse.shape == q.shape[:3]
     assert _rel(o, ref) < TOL[dtype]
@@ -508,13 +514,13 @@ def test_compressed_fwd_packed_matches_reference_and_dense(lengths, hkv, group, 
 def test_gated_epilogue_packed_matches_unfused():
     cfg = CFG_B
     q, k_cmp, v_cmp, cu = _packed_inputs(PACKED_LENS, 2, 2, 32, 16, cfg, torch.float32, seed=5)
-    o, lse = compressed_fwd(q, k_cmp, v_cmp, cfg, 0.2, cu_seqlens=cu)
+    o, lse = compressed_fwd(q, k_cmp, v_cmp, cfg, 0.2, packing=_packing(cu, q))
     gen = torch.Generator().manual_seed(6)
     gates = torch.rand(*q.shape[:3], 3, generator=gen)
     out = torch.randn(o.shape, generator=gen)
     before = out.clone()
     got, lse_gated = compressed_fwd(q, k_cmp, v_cmp, cfg, 0.2, out=out, gates=gates, gate_index=1, accumulate=True,
-                                    cu_seqlens=cu)
+                                    packing=_packing(cu, q))
     assert got is out and torch.equal(lse_gated, lse)
     assert _rel(out, before.double() + gates[..., 1:2].double() * o.double()) < 1e-5
 
@@ -531,9 +537,9 @@ def test_select_blocks_packed_local_and_valid(lengths, hkv, group, dk, n_slc):
     cfg = NSAConfig(block_cmp=16, stride_cmp=8, block_slc=32, n_slc=n_slc, window=64)
     q, k_cmp, _, cu = _packed_inputs(lengths, hkv, group, dk, 16, cfg, torch.float32, seed=3 * sum(lengths))
     scale = dk**-0.5
-    _, lse = compressed_fwd(q, k_cmp, k_cmp, cfg, scale, cu_seqlens=cu)
-    block_idx = select_blocks(q, k_cmp, cfg, scale, lse=lse, cu_seqlens=cu)
-    assert torch.equal(block_idx, select_blocks(q, k_cmp, cfg, scale, cu_seqlens=cu))  # lse-only pass
+    _, lse = compressed_fwd(q, k_cmp, k_cmp, cfg, scale, packing=_packing(cu, q))
+    block_idx = select_blocks(q, k_cmp, cfg, scale, lse=lse, packing=_packing(cu, q))
+    assert torch.equal(block_idx, select_blocks(q, k_cmp, cfg, scale, packing=_packing(cu, q)))  # lse-only pass
     positions = _local_positions(cu)
     scores = reference.block_scores(q.double(), k_cmp.double(), cfg, scale, cu_seqlens=cu)
     _check_selection(block_idx, scores, cfg, tol=1e-5, positions=positions)
@@ -554,10 +560,10 @@ def test_compressed_bwd_packed_matches_autograd(lengths, hkv, group, dk, dv, dty
     cfg = CFG_B
     q, k_cmp, v_cmp, cu = _packed_inputs(lengths, hkv, group, dk, dv, cfg, dtype, seed=7 * sum(lengths) + group)
     scale = dk**-0.5
-    o, lse = compressed_fwd(q, k_cmp, v_cmp, cfg, scale, cu_seqlens=cu)
+    o, lse = compressed_fwd(q, k_cmp, v_cmp, cfg, scale, packing=_packing(cu, q))
     do = torch.randn(o.shape, generator=torch.Generator().manual_seed(12), dtype=torch.float64).to(dtype)
     dq_out = torch.full(q.shape, float("nan"))
-    dq, dk_cmp, dv_cmp = compressed_bwd(q, k_cmp, v_cmp, o, lse, do, cfg, scale, dq_out=dq_out, cu_seqlens=cu)
+    dq, dk_cmp, dv_cmp = compressed_bwd(q, k_cmp, v_cmp, o, lse, do, cfg, scale, dq_out=dq_out, packing=_packing(cu, q))
     assert dq is dq_out
     leaves = [x.double().requires_grad_() for x in (q, k_cmp, v_cmp)]
     reference.compressed_attention(*leaves, cfg, scale, cu_seqlens=cu).backward(do.double())
@@ -576,38 +582,39 @@ def test_compressed_bwd_packed_matches_autograd(lengths, hkv, group, dk, dv, dty
 def test_packed_bad_input_raises_value_error():
     cfg = CFG_B
     q, k_cmp, v_cmp, cu = _packed_inputs((20, 30), 1, 2, 16, 16, cfg, torch.float32, seed=1)
-    o, lse = compressed_fwd(q, k_cmp, v_cmp, cfg, 0.25, cu_seqlens=cu)
-    short = torch.tensor([0, 20, 49], dtype=torch.int32)  # ends before total_T = 50
+    packing = _packing(cu, q)
+    o, lse = compressed_fwd(q, k_cmp, v_cmp, cfg, 0.25, packing=packing)
+    short = Packing.of(torch.tensor([0, 20, 49], dtype=torch.int32), 49, 1, q.device)  # ends before total_T = 50
     with pytest.raises(ValueError, match="cu_seqlens"):
-        compressed_fwd(q, k_cmp, v_cmp, cfg, 0.25, cu_seqlens=short)
+        compressed_fwd(q, k_cmp, v_cmp, cfg, 0.25, packing=short)
     with pytest.raises(ValueError, match="cu_seqlens"):
-        select_blocks(q, k_cmp, cfg, 0.25, cu_seqlens=short)
+        select_blocks(q, k_cmp, cfg, 0.25, packing=short)
     with pytest.raises(ValueError, match="cu_seqlens"):
-        compress_fwd(q, 16, 8, cu_seqlens=short)
+        compress_fwd(q, 16, 8, packing=short)
     with pytest.raises(ValueError, match="cu_seqlens"):
-        compress_fwd(q.expand(2, -1, -1, -1), 16, 8, cu_seqlens=cu)  # a packed batch has B = 1
-    with pytest.raises(ValueError, match="cu_seqlens"):
-        compressed_bwd(q, k_cmp, v_cmp, o, lse, o, cfg, 0.25, cu_seqlens=cu.float())
+        compress_fwd(q.expand(2, -1, -1, -1), 16, 8, packing=packing)  # a packed batch has B = 1
+    with pytest.raises(ValueError, match="cu_seqlens"):  # refused where a raw cu_seqlens becomes a Packing
+        compressed_bwd(q, k_cmp, v_cmp, o, lse, o, cfg, 0.25, packing=_packing(cu.float(), q))
     with pytest.raises(ValueError, match="k_cmp holds 2 compressed blocks"):
-        compressed_fwd(q, k_cmp[:, :2], v_cmp[:, :2], cfg, 0.25, cu_seqlens=cu)
+        compressed_fwd(q, k_cmp[:, :2], v_cmp[:, :2], cfg, 0.25, packing=packing)
     with pytest.raises(ValueError, match="k_cmp"):
-        select_blocks(q, k_cmp[:, :2], cfg, 0.25, cu_seqlens=cu)
+        select_blocks(q, k_cmp[:, :2], cfg, 0.25, packing=packing)
     with pytest.raises(ValueError, match="dx_cmp"):
-        compress_bwd(k_cmp[:, :2], 50, 16, 8, cu_seqlens=cu)
+        compress_bwd(k_cmp[:, :2], 50, 16, 8, packing=packing)
     v2_only = r"cu_seqlens: packed batches need the v2 kernels"
     with pytest.raises(ValueError, match=v2_only + r" \(variant='v1'\)"):
-        compressed_fwd(q, k_cmp, v_cmp, cfg, 0.25, variant="v1", cu_seqlens=cu)
+        compressed_fwd(q, k_cmp, v_cmp, cfg, 0.25, variant="v1", packing=packing)
     with pytest.raises(ValueError, match=v2_only):
-        select_blocks(q, k_cmp, cfg, 0.25, variant="v1", cu_seqlens=cu)
+        select_blocks(q, k_cmp, cfg, 0.25, variant="v1", packing=packing)
     for kwargs in ({"dkv_variant": "v1"}, {"dq_variant": "v1"}):
         with pytest.raises(ValueError, match=v2_only):
-            compressed_bwd(q, k_cmp, v_cmp, o, lse, o, cfg, 0.25, cu_seqlens=cu, **kwargs)
+            compressed_bwd(q, k_cmp, v_cmp, o, lse, o, cfg, 0.25, packing=packing, **kwargs)
 
 
 def test_packed_host_code_takes_meta_tensors_and_a_cpu_cu_seqlens():
     """The sm_90 compile check's call: meta q/k/v, cu_seqlens on the CPU. The wrappers read lengths on
     the host only and launch every kernel VARLEN over (tiles of the longest sequence, N x heads)."""
-    from nsa_kernels.compile_check import record_launches
+    from nsa_bench.compilecheck.recorder import record_launches
 
     cfg, lengths, hkv, hq = CFG_A, (2000, 0, 3, 2093), 2, 8
     cu = varlen.cu_seqlens_of(lengths)
@@ -616,15 +623,16 @@ def test_packed_host_code_takes_meta_tensors_and_a_cpu_cu_seqlens():
 
     def host() -> None:
         q, k = meta(1, total, hq, 64), meta(1, total, hkv, 64)
-        k_cmp = compress_fwd(k, cfg.block_cmp, cfg.stride_cmp, cu_seqlens=cu)
+        packing = _packing(cu, q)
+        k_cmp = compress_fwd(k, cfg.block_cmp, cfg.stride_cmp, packing=packing)
         assert k_cmp.shape == (1, sum(cfg.num_cmp_blocks(n) for n in lengths), hkv, 64)
-        o, lse = compressed_fwd(q, k_cmp, k_cmp, cfg, 0.125, cu_seqlens=cu)
+        o, lse = compressed_fwd(q, k_cmp, k_cmp, cfg, 0.125, packing=packing)
         compressed_fwd(q, k_cmp, k_cmp, cfg, 0.125, out=meta(*o.shape), gates=meta(1, total, hq, 3), accumulate=True,
-                       cu_seqlens=cu)
-        select_blocks(q, k_cmp, cfg, 0.125, cu_seqlens=cu)
+                       packing=packing)
+        select_blocks(q, k_cmp, cfg, 0.125, packing=packing)
         compressed_bwd(q, k_cmp, k_cmp, o, lse, o, cfg, 0.125, dq_out=meta(*q.shape, dtype=torch.float32),
-                       cu_seqlens=cu)
-        compress_bwd(k_cmp, total, cfg.block_cmp, cfg.stride_cmp, cu_seqlens=cu)
+                       packing=packing)
+        compress_bwd(k_cmp, total, cfg.block_cmp, cfg.stride_cmp, packing=packing)
 
     launches = record_launches([compressed], host)
     names = []
@@ -648,13 +656,13 @@ def test_packed_host_code_takes_meta_tensors_and_a_cpu_cu_seqlens():
 def test_packed_grid_limit_is_a_value_error():
     """Sequences x heads run on CUDA grid axis 1 (at most 65535): past it, a ValueError naming cu_seqlens, not a
     launch failure on the GPU (meta tensors: nothing runs)."""
-    from nsa_bench import varlen
+    from nsa_kernels import varlen
 
     cu = varlen.cu_seqlens_of([2] * 16384)  # x 4 KV heads = 65536 programs on axis 1
     x = torch.empty(1, 2 * 16384, 4, 32, device="meta", dtype=torch.float16)
     with pytest.raises(ValueError, match="cu_seqlens holds 16384 sequences.*at most 16383"):
-        compressed.compress_fwd(x, 16, 8, cu_seqlens=cu)
+        compressed.compress_fwd(x, 16, 8, packing=_packing(cu, x))
     k_cmp = torch.empty(1, 0, 4, 32, device="meta", dtype=torch.float16)
     q = torch.empty(1, 2 * 16384, 8, 32, device="meta", dtype=torch.float16)
     with pytest.raises(ValueError, match="at most 16383"):
-        compressed.compressed_fwd(q, k_cmp, k_cmp, CFG_B, 0.1, cu_seqlens=cu)
+        compressed.compressed_fwd(q, k_cmp, k_cmp, CFG_B, 0.1, packing=_packing(cu, q))

@@ -7,7 +7,6 @@ import pytest
 import torch
 
 from nsa_bench import reference
-from nsa_bench.config import NSAConfig
 from nsa_bench.cost import (
     MODES,
     PROJECTION_STAGES,
@@ -27,6 +26,7 @@ from nsa_bench.cost import (
     visible_keys,
 )
 from nsa_bench.gpus import GPUS, GPUSpec
+from nsa_kernels.config import NSAConfig
 
 PAPER_CFG = NSAConfig()
 PAPER_SHAPE = dict(batch=1, kv_heads=4, group_size=16, head_dim_qk=192, head_dim_v=128)

@@ -6,9 +6,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from nsa_bench import reference, varlen
-from nsa_bench.config import NSAConfig
+from nsa_bench import reference
 from nsa_bench.cost import MODES, Shape, dense_cost, keys_at, layer_cost, nsa_cost
+from nsa_kernels import varlen
+from nsa_kernels.config import NSAConfig
 
 CFG = NSAConfig(block_cmp=8, stride_cmp=4, block_slc=16, n_slc=3, window=10)
 # two rows of 64 tokens: 1 token, shorter than l, than l', a boundary inside blocks of the buffer; an exact l'

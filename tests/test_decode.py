@@ -13,9 +13,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from nsa_kernels.decode import CompressedKVCache, compress_cache, nsa_decode, nsa_decode_with_selection
 from nsa_bench import reference
-from nsa_bench.config import NSAConfig
+from nsa_kernels.config import NSAConfig
+from nsa_kernels.decode import CompressedKVCache, compress_cache, nsa_decode, nsa_decode_with_selection
 
 # small blocks so a few hundred tokens cross every boundary: l=16, d=8, l'=32, n=4, w=40
 CFG = NSAConfig(block_cmp=16, stride_cmp=8, block_slc=32, n_slc=4, window=40)

@@ -9,18 +9,13 @@ each sequence run alone through the dense path.
 """
 from __future__ import annotations
 
-import importlib.util
-import os
-import subprocess
-import sys
-import textwrap
-from pathlib import Path
-
 import pytest
 import torch
 
+from nsa_bench import reference
+from nsa_kernels import varlen
 from nsa_kernels.flash import TileConfig, attention_bwd, attention_fwd, flash_attention, flash_attention_decode
-from nsa_bench import reference, varlen
+from nsa_kernels.packing import Packing
 
 FP32_TOL = 1e-4
 HALF_TOL = 1e-2
@@ -497,74 +492,6 @@ def test_decode_rejects_bad_shapes():
         flash_attention_decode(torch.randn(3, 4, 16), k_cache, v_cache, seqlens)
 
 
-# ---------------------------------------------------------------------------------- GPU build
-# The interpreter accepts code the GPU compiler rejects, so every kernel is also compiled for sm_90
-# (Hopper) with Triton's bundled ptxas: no GPU is needed to build, only to run. Subprocess, because
-# TRITON_INTERPRET is read when the kernels are decorated.
-_SM90_BUILD = textwrap.dedent(
-    """
-    import triton
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
-
-    import nsa_kernels.flash as f
-
-    POINTERS_IN = {"q", "k", "v", "o", "do", "dq", "dk", "dv", "out", "dq_add"}
-    POINTERS_F32 = {"lse", "delta", "o_part", "lse_part", "gates"}
-
-    def build(fn, consts, config):
-        consts = {**consts, **config.kwargs}
-        sig = {}
-        for name in fn.arg_names:
-            if name in consts:
-                sig[name] = "constexpr"
-            elif name in POINTERS_IN:
-                sig[name] = "*bf16"
-            elif name in POINTERS_F32:
-                sig[name] = "*fp32"
-            elif name in ("seqlens", "cu_seqlens"):
-                sig[name] = "*i32"
-            elif name in ("qk_scale", "scale"):
-                sig[name] = "fp32"
-            else:
-                sig[name] = "i32"
-        options = {"num_warps": config.num_warps, "num_stages": config.num_stages}
-        triton.compile(ASTSource(fn, sig, consts), target=GPUTarget("cuda", 90, 32), options=options)
-
-    for dk, dv, variant in ((128, 128, "v2"), (192, 128, "v1"), (192, 128, "v2")):  # v2 splits 192 = 128 + 64
-        heads = dict(DK=dk, DV=dv, **f._dk_tiles(dk, variant), BLOCK_DV=f.next_pow2(dv))
-        dense = dict(CAUSAL=True, HAS_WINDOW=True, UPCAST=False, ROW64=False, VARLEN=False, cu_seqlens=None)
-        packed = dict(dense, VARLEN=True)
-        del packed["cu_seqlens"]
-        fwd_modes = [dict(GATED=False, ACCUMULATE=False), dict(GATED=True, ACCUMULATE=True)]
-        kernels = [(f._fwd_kernel, f._FWD, m) for m in fwd_modes]
-        kernels += [(f._bwd_dkdv_kernel, f._DKDV, {}), (f._bwd_dq_kernel, f._DQ, dict(ADD_DQ=True))]
-        for fn, cands, extra in kernels:
-            config = cands.prune(list(cands.configs), {}, **heads)[0]
-            build(fn, {**heads, **dense, **extra}, config)
-            if variant == "v2" and dk == 192 and (fn is not f._fwd_kernel or extra["GATED"]):
-                build(fn, {**heads, **packed, **extra}, config)  # the packed (cu_seqlens) builds
-    decode = dict(DK=192, DV=128, BLOCK_DK=256, BLOCK_DV=128, BLOCK_G=16, UPCAST=False, ROW64=False)
-    build(f._decode_split_kernel, decode, f._DECODE_CONFIGS[0])
-    build(f._decode_combine_kernel, dict(DV=128, BLOCK_DV=128, BLOCK_S=64), triton.Config({}, num_warps=8))
-    for varlen in ({"VARLEN": False, "cu_seqlens": None}, {"VARLEN": True}):
-        build(f._bwd_preprocess_kernel, dict(DV=128, BLOCK_DV=128, BLOCK_M=32, **varlen), triton.Config({}, num_warps=4))
-    print("built")
-    """
-)
-
-
-def test_kernels_build_for_sm90():
-    spec = importlib.util.find_spec("triton.backends.nvidia")
-    if spec is None or not (Path(spec.origin).parent / "bin" / "ptxas").exists():
-        pytest.skip("Triton's NVIDIA backend (bundled ptxas) is not installed")
-    env = {**os.environ, "TRITON_INTERPRET": "0"}
-    root = Path(__file__).resolve().parents[1]
-    result = subprocess.run([sys.executable, "-c", _SM90_BUILD], env=env, cwd=root, capture_output=True, text=True,
-                            timeout=600)
-    assert result.returncode == 0 and "built" in result.stdout, result.stderr[-3000:]
-
-
 def test_dq_add_finishes_a_sum_in_the_epilogue():
     """dq_out = this attention's dq + dq_add (fp32): how NSA's window branch ends its three-branch dq sum."""
     q, k, v, do = (x.float() for x in _qkv(1, 45, 4, 2, 48, 16, seed=7))
@@ -592,6 +519,11 @@ PACKED_WINDOW = 12
 
 def _packed_cu() -> torch.Tensor:
     return varlen.cu_seqlens_of(PACKED_LENGTHS)
+
+
+def _packing(cu: torch.Tensor, q: torch.Tensor, max_seqlen: int | None = None) -> Packing:
+    """The packed batch as attention_fwd/attention_bwd take it: what flash_attention builds from cu_seqlens."""
+    return Packing.of(cu, q.shape[1], q.shape[0], q.device, max_seqlen=max_seqlen)
 
 
 def _packed_reference(q, k, v, scale, window, causal, cu):
@@ -641,12 +573,12 @@ def test_packed_forward_and_backward_fp32(hq, hkv, dk, dv, window, causal):
     scale = dk**-0.5
     o_ref, *grad_refs = _packed_reference_grads(q, k, v, do, scale, window, causal, cu)
     qf, kf, vf, dof = (x.float() for x in (q, k, v, do))
-    o, lse = attention_fwd(qf, kf, vf, scale, window, causal, cu_seqlens=cu)
+    o, lse = attention_fwd(qf, kf, vf, scale, window, causal, packing=_packing(cu, qf))
     assert o.shape == (1, total, hq, dv) and lse.shape == (1, total, hq)
     _close(o, o_ref, FP32_TOL, "o")
     o_alone, lse_alone = _per_sequence_dense(qf, kf, vf, scale, window, causal, cu)
     assert (o - o_alone).abs().max().item() < 1e-6 and (lse - lse_alone).abs().max().item() < 1e-6
-    grads = attention_bwd(qf, kf, vf, o, lse, dof, scale, window, causal, cu_seqlens=cu)
+    grads = attention_bwd(qf, kf, vf, o, lse, dof, scale, window, causal, packing=_packing(cu, qf))
     _close_grads(grads, grad_refs, FP32_TOL)
 
 
@@ -660,10 +592,10 @@ def test_packed_pinned_tiles_and_int64_rows(monkeypatch):
     q, k, v, do = _qkv(1, int(cu[-1]), 2, 1, 16, 32, seed=21)
     o_ref, *grad_refs = _packed_reference_grads(q, k, v, do, 0.25, PACKED_WINDOW, True, cu)
     qf, kf, vf, dof = (x.float() for x in (q, k, v, do))
-    o, lse = attention_fwd(qf, kf, vf, 0.25, PACKED_WINDOW, tiles=TileConfig(64, 16), cu_seqlens=cu)
+    o, lse = attention_fwd(qf, kf, vf, 0.25, PACKED_WINDOW, tiles=TileConfig(64, 16), packing=_packing(cu, qf))
     _close(o, o_ref, FP32_TOL, "o")
     grads = attention_bwd(qf, kf, vf, o, lse, dof, 0.25, PACKED_WINDOW, tiles_dkdv=TileConfig(32, 16),
-                          tiles_dq=TileConfig(16, 32), cu_seqlens=cu)
+                          tiles_dq=TileConfig(16, 32), packing=_packing(cu, qf))
     _close_grads(grads, grad_refs, FP32_TOL)
 
 
@@ -673,10 +605,11 @@ def test_packed_half_precision():
     q, k, v, do = (x.half().double() for x in (q, k, v, do))  # the reference sees the rounded inputs
     o_ref, *grad_refs = _packed_reference_grads(q, k, v, do, 0.2, PACKED_WINDOW, True, cu)
     qh, kh, vh, doh = (x.half() for x in (q, k, v, do))
-    o, lse = attention_fwd(qh, kh, vh, 0.2, PACKED_WINDOW, cu_seqlens=cu)
+    o, lse = attention_fwd(qh, kh, vh, 0.2, PACKED_WINDOW, packing=_packing(cu, qh))
     assert o.dtype == torch.float16
     _close(o, o_ref, HALF_TOL, "o")
-    _close_grads(attention_bwd(qh, kh, vh, o, lse, doh, 0.2, PACKED_WINDOW, cu_seqlens=cu), grad_refs, HALF_TOL)
+    _close_grads(attention_bwd(qh, kh, vh, o, lse, doh, 0.2, PACKED_WINDOW, packing=_packing(cu, qh)), grad_refs,
+                 HALF_TOL)
 
 
 @pytest.mark.parametrize("accumulate", [False, True])
@@ -686,19 +619,20 @@ def test_packed_gated_epilogue_and_dq_chain(accumulate):
     cu = _packed_cu()
     total = int(cu[-1])
     q, k, v, do = (x.float() for x in _qkv(1, total, 4, 2, 16, 32, seed=23))
+    packing = _packing(cu, q)
     gates = _gates(1, total, 4, seed=24)
-    o, lse = attention_fwd(q, k, v, 0.3, PACKED_WINDOW, cu_seqlens=cu)
+    o, lse = attention_fwd(q, k, v, 0.3, PACKED_WINDOW, packing=packing)
     start = _random_out(1, total, 4, 32, torch.float32, seed=25)
     out = start.clone()
     _, lse_gated = attention_fwd(q, k, v, 0.3, PACKED_WINDOW, out=out, gates=gates, gate_index=2,
-                                 accumulate=accumulate, cu_seqlens=cu)
+                                 accumulate=accumulate, packing=packing)
     expected = gates[..., 2:3].double() * o.double() + (start.double() if accumulate else 0)
     _close(out, expected, GATED_TOL, "gated")
     assert torch.equal(lse_gated, lse)
-    plain = attention_bwd(q, k, v, o, lse, do, 0.3, PACKED_WINDOW, cu_seqlens=cu)
+    plain = attention_bwd(q, k, v, o, lse, do, 0.3, PACKED_WINDOW, packing=packing)
     acc = torch.randn(q.shape, generator=torch.Generator().manual_seed(26))
     dq = torch.empty_like(q)
-    got = attention_bwd(q, k, v, o, lse, do, 0.3, PACKED_WINDOW, dq_out=dq, dq_add=acc, cu_seqlens=cu)
+    got = attention_bwd(q, k, v, o, lse, do, 0.3, PACKED_WINDOW, dq_out=dq, dq_add=acc, packing=packing)
     assert got[0] is dq and _rel(dq, plain[0] + acc) < 1e-6
     assert torch.equal(got[1], plain[1]) and torch.equal(got[2], plain[2])
 
@@ -717,11 +651,11 @@ def test_packed_flash_attention_autograd_and_max_seqlen_hint():
 def test_packed_all_empty_and_single_sequence():
     """Only empty sequences (total 0), and one sequence: packed equals the dense call bit for bit."""
     q, k, v, _ = _qkv(1, 0, 2, 1, 16, 16)
-    o, lse = attention_fwd(q.float(), k.float(), v.float(), 0.25, cu_seqlens=varlen.cu_seqlens_of([0, 0]))
+    o, lse = attention_fwd(q.float(), k.float(), v.float(), 0.25, packing=_packing(varlen.cu_seqlens_of([0, 0]), q))
     assert o.shape == (1, 0, 2, 16) and lse.shape == (1, 0, 2)
     q, k, v, _ = (x.float() for x in _qkv(1, 37, 2, 1, 16, 16, seed=28))
     dense = attention_fwd(q, k, v, 0.25, window=9)
-    packed = attention_fwd(q, k, v, 0.25, window=9, cu_seqlens=varlen.cu_seqlens_of([37]))
+    packed = attention_fwd(q, k, v, 0.25, window=9, packing=_packing(varlen.cu_seqlens_of([37]), q))
     assert torch.equal(dense[0], packed[0]) and torch.equal(dense[1], packed[1])
 
 
@@ -740,15 +674,20 @@ def test_packed_all_empty_and_single_sequence():
     ],
 )
 def test_packed_rejects_bad_cu_seqlens(cu_seqlens, kwargs, match):
+    """Refused where cu_seqlens (and the hint) become the Packing attention_fwd/attention_bwd take, or by
+    them (v1); a hint without cu_seqlens is flash_attention's alone."""
     q, k, v = _good()
     cu = None if cu_seqlens is None else torch.tensor(cu_seqlens)
     if cu is not None and not cu.dtype.is_floating_point:
         cu = cu.to(torch.int32)
-    with pytest.raises(ValueError, match=match):
-        attention_fwd(q, k, v, 0.25, cu_seqlens=cu, **kwargs)
+    variant = kwargs.get("variant", "v2")
     o, lse = attention_fwd(q, k, v, 0.25)
-    with pytest.raises(ValueError, match=match):
-        attention_bwd(q, k, v, o, lse, torch.randn_like(o), 0.25, cu_seqlens=cu, **kwargs)
+    if cu is not None:
+        with pytest.raises(ValueError, match=match):
+            attention_fwd(q, k, v, 0.25, variant=variant, packing=_packing(cu, q, kwargs.get("max_seqlen")))
+        with pytest.raises(ValueError, match=match):
+            attention_bwd(q, k, v, o, lse, torch.randn_like(o), 0.25, variant=variant,
+                          packing=_packing(cu, q, kwargs.get("max_seqlen")))
     if "variant" not in kwargs:
         with pytest.raises(ValueError, match=match):
             flash_attention(q, k, v, cu_seqlens=cu, **kwargs)
@@ -757,7 +696,7 @@ def test_packed_rejects_bad_cu_seqlens(cu_seqlens, kwargs, match):
 def test_packed_rejects_a_batch_of_two():
     q, k, v = (torch.cat([x, x]) for x in _good())
     with pytest.raises(ValueError, match="batch size 1"):
-        attention_fwd(q, k, v, 0.25, cu_seqlens=varlen.cu_seqlens_of([3, 5]))
+        attention_fwd(q, k, v, 0.25, packing=_packing(varlen.cu_seqlens_of([3, 5]), q[:1]))
 
 
 def test_packed_sequence_base_past_2_31(run_only):
@@ -778,8 +717,8 @@ def test_packed_sequence_base_past_2_31(run_only):
     do[:, bos:] = torch.randn(1, lengths[2], 2, 16, generator=gen).half()
     # the last sequence's programs: its first tiles, at the low grid end or (tiles issued last-first) the high one
     run_only(lambda x, y, z, nx, ny, nz: z == nz - 1 and (x < 4 or x >= nx - 4))
-    o, lse = attention_fwd(q, k, v, 0.3, PACKED_WINDOW, cu_seqlens=cu)
-    grads = attention_bwd(q, k, v, o, lse, do, 0.3, PACKED_WINDOW, cu_seqlens=cu)
+    o, lse = attention_fwd(q, k, v, 0.3, PACKED_WINDOW, packing=_packing(cu, q))
+    grads = attention_bwd(q, k, v, o, lse, do, 0.3, PACKED_WINDOW, packing=_packing(cu, q))
     o_ref, *grad_refs = _reference_grads(*(x[:, bos:].double() for x in (q, k, v, do)), 0.3, PACKED_WINDOW, True)
     _close(o[:, bos:], o_ref, HALF_TOL, "o")
     _close_grads([g[:, bos:] for g in grads], grad_refs, HALF_TOL)

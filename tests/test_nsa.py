@@ -6,11 +6,11 @@ import dataclasses
 import pytest
 import torch
 
+from nsa_bench import reference as R
 import nsa_kernels
 from nsa_kernels import nsa as nsa_module
+from nsa_kernels.config import NSAConfig
 from nsa_kernels.variants import V1, V2
-from nsa_bench import reference as R
-from nsa_bench.config import NSAConfig
 
 SMALL = NSAConfig(block_cmp=16, stride_cmp=8, block_slc=32, n_slc=3, window=24)
 
@@ -140,7 +140,7 @@ PACKING = (1, 0, 12, 29, 70, 45)
 
 
 def packed(seed: int, hkv: int, g: int, dk: int, dv: int, lengths: tuple[int, ...] = PACKING):
-    from nsa_bench import varlen
+    from nsa_kernels import varlen
 
     return (*make(seed, 1, sum(lengths), hkv, g, dk, dv), varlen.cu_seqlens_of(lengths))
 
@@ -171,7 +171,8 @@ def test_packed_forward_and_gradients_fp32(hkv, g, dk, dv):
 
 
 def test_packed_equals_each_sequence_alone_and_own_selection_is_valid():
-    from nsa_bench import selection, varlen
+    from nsa_bench import selection
+    from nsa_kernels import varlen
 
     q, k, v, gates, _, cu = (x.float() if x.is_floating_point() else x for x in packed(31, 1, 4, 32, 16))
     k_cmp, _ = nsa_kernels.compress_kv(k, v, SMALL, cu)
@@ -187,7 +188,7 @@ def test_packed_equals_each_sequence_alone_and_own_selection_is_valid():
 
 
 def test_packed_decode_is_the_last_row_of_each_sequence():
-    from nsa_bench import varlen
+    from nsa_kernels import varlen
 
     lengths = (1, 12, 29, 70, 45)  # decode batches have no empty sequence: cache_seqlens lie in 1..Tmax
     q, k, v, gates, _, cu = packed(40, 1, 2, 32, 16, lengths)
@@ -207,7 +208,7 @@ def test_packed_stage_callables_run():
 
 
 def test_packed_bad_inputs_name_the_argument():
-    from nsa_bench import varlen
+    from nsa_kernels import varlen
 
     q, k, v, gates, _, cu = (x.float() if x.is_floating_point() else x for x in packed(60, 1, 2, 16, 16))
     with pytest.raises(ValueError, match="cu_seqlens ends at"):

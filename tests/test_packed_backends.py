@@ -11,13 +11,14 @@ from dataclasses import replace
 import pytest
 import torch
 
-from nsa_bench import reference, varlen
+from nsa_bench import reference
 from nsa_bench.backends import fa2, get_backend, registry
 from nsa_bench.gpus import gpu_spec
 from nsa_bench.inputs import make_inputs
 from nsa_bench.execute import Measure, Task, cost_of, rows_for
 from nsa_bench.spec import Point, SweepSpec
 from nsa_bench.timing import time_wallclock
+from nsa_kernels import varlen
 
 CPU = Measure(device="cpu", timer=time_wallclock)
 H100 = gpu_spec("h100")

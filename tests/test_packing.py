@@ -6,9 +6,9 @@ import pytest
 import torch
 
 import nsa_kernels
-from nsa_bench import varlen
-from nsa_bench.config import NSAConfig
 from nsa_kernels import packing as packing_module
+from nsa_kernels import varlen
+from nsa_kernels.config import NSAConfig
 from nsa_kernels.packing import Packing
 
 CFG = NSAConfig(block_cmp=16, stride_cmp=8, block_slc=32, n_slc=3, window=24)
@@ -60,3 +60,25 @@ def test_a_packing_of_other_tensors_is_refused():
         nsa_kernels.nsa_attention(q[:, :-1], k[:, :-1], v[:, :-1], gates[:, :-1], CFG, cu_seqlens=packing)
     with pytest.raises(ValueError, match="cu_seqlens \\(a Packing\\) is on cpu"):
         packing.check(92, 1, torch.device("meta"))
+
+
+def test_a_max_seqlen_hint_with_a_device_cu_seqlens_is_trusted():
+    """flash_attention's hint path (docs/varlen.md): a cu_seqlens already on a device is not read back (a meta
+    tensor has no values to read); the kernels that need the lengths refuse such a Packing by name."""
+    cu = varlen.cu_seqlens_of(LENGTHS).to("meta")
+    packing = Packing.of(cu, sum(LENGTHS), 1, torch.device("meta"), max_seqlen=50)
+    assert packing.lengths is None and packing.num_seqs == 5 and packing.max_len == 50 and packing.cu.is_meta
+    with pytest.raises(ValueError, match="cu_seqlens: this Packing trusted a max_seqlen hint"):
+        packing.cmp_counts(16, 8)
+    with pytest.raises(ValueError, match="1-D int32"):
+        Packing.of(cu.to(torch.int64), sum(LENGTHS), 1, torch.device("meta"), max_seqlen=50)
+
+
+def test_one_grid_limit_for_every_kernel():
+    """CUDA's 65535 per grid axis, checked in one place: sequences alone (flash, selected: axis 2) or
+    sequences x heads (the compressed kernels: axis 1), the message naming cu_seqlens and the limit."""
+    packing = Packing.of(varlen.cu_seqlens_of([1] * 16384), 16384, 1, torch.device("cpu"))
+    packing.check_grid("selected")
+    with pytest.raises(ValueError, match="cu_seqlens holds 16384 sequences: the compressed kernels run sequences x 4 "
+                                         "heads on one grid axis of at most 65535, so pack at most 16383 sequences"):
+        packing.check_grid("compressed", heads=4)

@@ -14,12 +14,12 @@ import torch
 from nsa_bench import check
 from nsa_bench.backends import Unsupported, registry
 from nsa_bench.backends import fla_nsa, flex_nsa
-from nsa_bench.config import NSAConfig
 from nsa_bench.gpus import gpu_spec
 from nsa_bench.inputs import make_inputs
 from nsa_bench.execute import Measure, Task, rows_for
 from nsa_bench.spec import Point, SweepSpec
 from nsa_bench.timing import time_wallclock
+from nsa_kernels.config import NSAConfig
 
 
 def point(mode: str = "fwd", seqlen: int = 256, kv_heads: int = 1, group: int = 16, dk: int = 32, dv: int = 16,

@@ -8,9 +8,9 @@ import pytest
 from cli_runner import run_cli
 from nsa_bench import plan, suites
 from nsa_bench.budget import CALIBRATION
+from nsa_bench.compilecheck.results import CasePlan, Tuning, Variant
 from nsa_bench.gpus import gpu_spec
 from nsa_bench.precompile import case_for, check_point
-from nsa_kernels.compile_check import CasePlan, Tuning, Variant
 
 H200 = gpu_spec("h200")
 PAPER = suites.build_spec("paper", {"backend": "fa2,nsa-triton"})

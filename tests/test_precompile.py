@@ -14,8 +14,8 @@ import pytest
 from cli_runner import run_cli
 from jit_cache_probe import probe_spec
 from nsa_bench import precompile
+from nsa_bench.compilecheck.results import distinct_variants
 from nsa_kernels._common import size_bucket
-from nsa_kernels.compile_check import distinct_variants
 
 PROBE = Path(__file__).with_name("jit_cache_probe.py")
 # the probe's point as `nsa-bench precompile` flags

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from nsa_bench import reference as R
-from nsa_bench.config import NSAConfig
+from nsa_kernels.config import NSAConfig
 
 F64 = torch.float64
 

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from nsa_bench import reference as R
-from nsa_bench import varlen
-from nsa_bench.config import NSAConfig
+from nsa_kernels import varlen
+from nsa_kernels.config import NSAConfig
 
 F64 = torch.float64
 CFG = NSAConfig(block_cmp=8, stride_cmp=4, block_slc=16, n_slc=3, window=6)

@@ -10,9 +10,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from nsa_kernels.selected import invert_selection, selected_bwd, selected_fwd
 from nsa_bench import reference
-from nsa_bench.config import NSAConfig
+from nsa_kernels.config import NSAConfig
+from nsa_kernels.packing import Packing
+from nsa_kernels.selected import invert_selection, selected_bwd, selected_fwd
 
 
 @dataclass(frozen=True)
@@ -229,9 +230,9 @@ def test_backward_is_deterministic(variant: str) -> None:
 def test_backward_with_lists_split_into_segments(monkeypatch: pytest.MonkeyPatch, deterministic: bool,
                                                  small_g: str) -> None:
     """16-query segments: block 0's 75-query list spans five, other lists one or two."""
-    import nsa_kernels.selected as selected_module
+    from nsa_kernels import _selected_tiles
 
-    monkeypatch.setattr(selected_module, "_segment_len", lambda n_slc, block_slc: 16)
+    monkeypatch.setattr(_selected_tiles, "segment_len", lambda n_slc, block_slc: 16)
     case = Case(batch=1, seqlen=75, kv_heads=2, group=2, dk=48, dv=32, block_slc=32, n_slc=3)
     q, k, v = _inputs(case, torch.float32, seed=55)
     block_idx = _random_selection(case, seed=56)
@@ -391,65 +392,6 @@ def test_gated_bad_input_raises_value_error(kwargs: dict, match: str) -> None:
         selected_fwd(q, k, v, idx, 32, 0.25, **kwargs)
 
 
-# Records the wrappers' real launches on meta tensors and compiles them for sm_90 with Triton's
-# bundled ptxas (nsa_kernels.compile_check), no GPU needed: catches what the interpreter lets through
-# (non-power-of-two tiles, operand dtypes, host/kernel argument mismatches). To keep the test
-# short it compiles the first autotune config of each launch, and the last one at the paper shape.
-_H100_COMPILE = r"""
-import torch
-import nsa_kernels.compile_check as gc
-import nsa_kernels.selected as S
-import nsa_kernels.selected_small_g as SG
-
-shapes = [  # B, T, Hkv, G, Dk, Dv, dtype, l', n
-    (1, 65536, 4, 16, 192, 128, torch.bfloat16, 64, 16),  # the paper's setting
-    (2, 1000, 2, 3, 48, 32, torch.float16, 32, 3),
-    (1, 4096, 1, 64, 128, 128, torch.float32, 256, 64),
-]
-compiler = gc.KernelCompiler()
-failures = []
-for b, t, hkv, g, dk, dv, dt, slc, n in shapes:
-    meta = lambda *s, dtype=dt: torch.empty(*s, device="meta", dtype=dtype)
-    q, k, v = meta(b, t, hkv * g, dk), meta(b, t, hkv, dk), meta(b, t, hkv, dv)
-    o, do, lse = meta(b, t, hkv * g, dv), meta(b, t, hkv * g, dv), meta(b, t, hkv * g, dtype=torch.float32)
-    idx = meta(b, t, hkv, n, dtype=torch.int32)
-
-    def host():
-        S.selected_fwd(q, k, v, idx, slc, dk ** -0.5)
-        S.selected_fwd(q, k, v, idx, slc, dk ** -0.5, out=o, gates=meta(b, t, hkv * g, 3), gate_index=1,
-                       accumulate=True)
-        for deterministic in (True, False):
-            S.selected_bwd(q, k, v, o, lse, do, idx, slc, dk ** -0.5, deterministic=deterministic)
-        if b == 1:  # a packed batch (cu_seqlens on the CPU, as the compile check passes it): the VARLEN kernels
-            cu = torch.tensor([0, 17, 17, t // 2, t], dtype=torch.int32)
-            S.selected_fwd(q, k, v, idx, slc, dk ** -0.5, out=o, gates=meta(b, t, hkv * g, 3), gate_index=1,
-                           accumulate=True, cu_seqlens=cu)
-            S.selected_bwd(q, k, v, o, lse, do, idx, slc, dk ** -0.5, cu_seqlens=cu)
-
-    for launch in gc.record_launches([S, SG], host):
-        variants = gc.expand(launch)
-        chosen = variants[:1] + (variants[-1:] if t == 65536 and len(variants) > 1 else [])
-        for jit, kwargs in chosen:
-            for result in compiler.compile_launch(gc.Launch(jit, launch.grid, launch.args, kwargs)):
-                if not result.ok:
-                    failures.append(result.describe())
-print("\n".join(failures) if failures else "compiled")
-"""
-
-
-def test_kernels_compile_for_h100() -> None:
-    import triton
-
-    ptxas = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "ptxas"
-    if not ptxas.exists():
-        pytest.skip("Triton's bundled ptxas is missing")
-    env = {**os.environ, "TRITON_INTERPRET": "0"}
-    root = Path(__file__).resolve().parents[1]
-    done = subprocess.run([sys.executable, "-c", _H100_COMPILE], cwd=root, env=env, capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert done.stdout.strip().endswith("compiled"), done.stdout[-3000:]
-
-
 def test_dq_chain_adds_into_the_accumulator(variant: str) -> None:
     """dq_out = this branch's dq + dq_add (fp32), also in place (dq_out is dq_add), as NSA chains it."""
     case = Case(batch=1, seqlen=35, kv_heads=1, group=3, dk=48, dv=16, block_slc=32, n_slc=3)
@@ -499,9 +441,14 @@ def packed_case(kv_heads: int, group: int, dk: int = 48, dv: int = 32, n_slc: in
 
 
 def packed_cu(lens: tuple[int, ...] = PACKED_LENS) -> torch.Tensor:
-    from nsa_bench import varlen
+    from nsa_kernels import varlen
 
     return varlen.cu_seqlens_of(lens)
+
+
+def packing_of(lens: tuple[int, ...] = PACKED_LENS, block_slc: int | None = None) -> Packing:
+    """The packing of `lens` as the selected wrappers take it (nsa.py builds it once per call)."""
+    return Packing.of(packed_cu(lens), sum(lens), 1, torch.device("cpu"), block_slc=block_slc)
 
 
 def packed_real_selection(case: Case, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -545,7 +492,7 @@ def check_packed(case: Case, dtype: torch.dtype, block_idx: torch.Tensor | None,
     if block_idx is None:
         block_idx = packed_real_selection(case, q, k, v)
     scale = case.dk**-0.5
-    kw = dict(small_g=small_g, cu_seqlens=packed_cu(lens))
+    kw = dict(small_g=small_g, packing=packing_of(lens))
     o, lse = selected_fwd(q, k, v, block_idx, case.block_slc, scale, **kw)
     do = torch.randn(o.shape, generator=torch.Generator().manual_seed(seed + 1)).to(dtype)
     ref_o, ref_dq, ref_dk, ref_dv = packed_reference_grads(case, q, k, v, block_idx, do, scale, lens)
@@ -612,43 +559,42 @@ def test_packed_fp16() -> None:
 def test_packed_backward_with_lists_split_into_segments(monkeypatch: pytest.MonkeyPatch, small_g: str) -> None:
     """16-query segments: block 0 of the 45-token sequence has a 32-query list (two segments); the reduce
     (deterministic) and the atomics run per global block of the packing."""
-    import nsa_kernels.selected as selected_module
+    from nsa_kernels import _selected_tiles
 
-    monkeypatch.setattr(selected_module, "_segment_len", lambda n_slc, block_slc: 16)
+    monkeypatch.setattr(_selected_tiles, "segment_len", lambda n_slc, block_slc: 16)
     case = packed_case(1, 2, dk=48, dv=32, n_slc=4)
     q, k, v = _inputs(case, torch.float32, seed=230)
     block_idx = packed_hand_selection(case)
-    scale, cu = case.dk**-0.5, packed_cu()
-    o, lse = selected_fwd(q, k, v, block_idx, case.block_slc, scale, small_g=small_g, cu_seqlens=cu)
+    scale, packing = case.dk**-0.5, packing_of()
+    o, lse = selected_fwd(q, k, v, block_idx, case.block_slc, scale, small_g=small_g, packing=packing)
     do = torch.randn(o.shape, generator=torch.Generator().manual_seed(231))
     ref_o, ref_dq, ref_dk, ref_dv = packed_reference_grads(case, q, k, v, block_idx, do, scale)
     assert _rel(o, ref_o) < 1e-4
     for deterministic in (True, False):
         dq, dk, dv = selected_bwd(q, k, v, o, lse, do, block_idx, case.block_slc, scale,
-                                  deterministic=deterministic, small_g=small_g, cu_seqlens=cu)
+                                  deterministic=deterministic, small_g=small_g, packing=packing)
         assert _rel(dq, ref_dq) < 1e-3 and _rel(dk, ref_dk) < 1e-3 and _rel(dv, ref_dv) < 1e-3, deterministic
 
 
 def test_invert_selection_packed_lists_rows_per_global_block() -> None:
     """List g * num_blocks + slc_cu[s] + j holds the packed rows of sequence s that selected its local block j."""
-    from nsa_kernels.selected import packed_batch
-
     case = packed_case(2, 1, n_slc=4)
     block_idx = packed_hand_selection(case)
     block_idx[0, 50, 1] = torch.tensor([1, 1, 7, 0], dtype=torch.int32)  # a repeat, a block past the end
-    packed = packed_batch(packed_cu(), torch.empty(1, case.seqlen, 2, 16), case.block_slc)
-    assert packed.num_blocks == sum(-(-n // 32) for n in PACKED_LENS) and packed.max_len == max(PACKED_LENS)
-    offsets, queries = invert_selection(block_idx, case.block_slc, packed.num_blocks, packed)
+    packing = packing_of(block_slc=case.block_slc)
+    num_blocks = packing.num_slc_blocks(case.block_slc)
+    assert num_blocks == sum(-(-n // 32) for n in PACKED_LENS) and packing.max_len == max(PACKED_LENS)
+    offsets, queries = invert_selection(block_idx, case.block_slc, num_blocks, packing)
     bounds = packed_cu().tolist()
     for g in range(case.kv_heads):
         vb = 0
         for s, (a, e) in enumerate(zip(bounds, bounds[1:])):
             for j in range(-(-(e - a) // 32)):
-                bucket = g * packed.num_blocks + vb
+                bucket = g * num_blocks + vb
                 got = queries[offsets[bucket]: offsets[bucket + 1]].tolist()
                 want = [t for t in range(a, e) if j in block_idx[0, t, g].tolist() and j * 32 <= t - a]
                 assert got == want, (g, s, j)
-                assert int(packed.block_seq[vb]) == s and int(packed.slc_cu[s]) + j == vb
+                assert int(packing.slc_block_seq(32)[vb]) == s and int(packing.slc_offsets(32)[s]) + j == vb
                 vb += 1
 
 
@@ -657,34 +603,34 @@ def test_packed_bad_input_raises_value_error() -> None:
     q, k, v = _inputs(case, torch.float32, seed=250)
     idx = torch.zeros(1, case.seqlen, 1, 3, dtype=torch.int32)
     o, lse = q[..., :16], q[..., 0]
-    from nsa_bench import varlen
-
-    short = varlen.cu_seqlens_of([4, 5])
+    short = packing_of((4, 5))
     with pytest.raises(ValueError, match="cu_seqlens"):
-        selected_fwd(q, k, v, idx, 32, 0.25, cu_seqlens=short)
+        selected_fwd(q, k, v, idx, 32, 0.25, packing=short)
     with pytest.raises(ValueError, match="cu_seqlens"):
-        selected_bwd(q, k, v, o, lse, o, idx, 32, 0.25, cu_seqlens=short)
+        selected_bwd(q, k, v, o, lse, o, idx, 32, 0.25, packing=short)
     with pytest.raises(ValueError, match=r"cu_seqlens: packed batches need the v2 kernels \(variant='v1'\)"):
-        selected_fwd(q, k, v, idx, 32, 0.25, variant="v1", cu_seqlens=packed_cu())
+        selected_fwd(q, k, v, idx, 32, 0.25, variant="v1", packing=packing_of())
     with pytest.raises(ValueError, match=r"cu_seqlens: .*\(dq_variant='v1'\)"):
-        selected_bwd(q, k, v, o, lse, o, idx, 32, 0.25, dq_variant="v1", cu_seqlens=packed_cu())
+        selected_bwd(q, k, v, o, lse, o, idx, 32, 0.25, dq_variant="v1", packing=packing_of())
     two = [x.expand(2, *x.shape[1:]).contiguous() for x in (q, k, v, idx)]
     with pytest.raises(ValueError, match="batch size 1"):
-        selected_fwd(*two, 32, 0.25, cu_seqlens=packed_cu())
+        selected_fwd(*two, 32, 0.25, packing=packing_of())
     empty = [x[:, :0] for x in (q, k, v, idx)]
     with pytest.raises(ValueError, match="cu_seqlens holds 65536 sequences"):
-        selected_fwd(*empty, 32, 0.25, cu_seqlens=torch.zeros(65537, dtype=torch.int32))
-    o_empty, lse_empty = selected_fwd(*empty, 32, 0.25, cu_seqlens=torch.zeros(3, dtype=torch.int32))
+        selected_fwd(*empty, 32, 0.25, packing=packing_of((0,) * 65536))
+    o_empty, lse_empty = selected_fwd(*empty, 32, 0.25, packing=packing_of((0, 0)))
     assert tuple(o_empty.shape) == (1, 0, 2, 16) and tuple(lse_empty.shape) == (1, 0, 2)
 
 
 _PACKED_RECORD = r"""
 import torch
-import nsa_kernels.compile_check as gc
+from nsa_bench.compilecheck.entries import kernel_modules
+from nsa_bench.compilecheck.recorder import record_launches
 import nsa_kernels.selected as S
-import nsa_kernels.selected_small_g as SG
+from nsa_kernels.packing import Packing
 
 cu = torch.tensor([0, 1, 11, 11, 38, 83, 160], dtype=torch.int32)  # on the CPU, q on meta
+packing = Packing.of(cu, 160, 1, torch.device("meta"))
 names = []
 for g, small_g in ((16, "auto"), (1, "padded"), (4, "auto")):
     meta = lambda *s, dtype=torch.bfloat16: torch.empty(*s, device="meta", dtype=dtype)
@@ -693,13 +639,13 @@ for g, small_g in ((16, "auto"), (1, "padded"), (4, "auto")):
     idx = meta(1, 160, 2, 16, dtype=torch.int32)
 
     def host():
-        S.selected_fwd(q, k, v, idx, 64, 0.1, small_g=small_g, cu_seqlens=cu)
+        S.selected_fwd(q, k, v, idx, 64, 0.1, small_g=small_g, packing=packing)
         S.selected_fwd(q, k, v, idx, 64, 0.1, out=o, gates=meta(1, 160, 2 * g, 3), accumulate=True,
-                       small_g=small_g, cu_seqlens=cu)
+                       small_g=small_g, packing=packing)
         for deterministic in (True, False):
-            S.selected_bwd(q, k, v, o, lse, o, idx, 64, 0.1, deterministic, small_g=small_g, cu_seqlens=cu)
+            S.selected_bwd(q, k, v, o, lse, o, idx, 64, 0.1, deterministic, small_g=small_g, packing=packing)
 
-    for launch in gc.record_launches([S, SG], host):
+    for launch in record_launches(kernel_modules(), host):
         fn = getattr(launch.kernel, "fn", launch.kernel)
         names.append((getattr(fn, "__name__", str(fn)), launch.kwargs.get("VARLEN")))
 print(sorted(set(names)))

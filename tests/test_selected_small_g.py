@@ -11,7 +11,7 @@ from nsa_kernels.selected import selected_bwd, selected_fwd
 from nsa_kernels.selected_small_g import invert_entries
 from test_selected import (
     Case, _gates, _inputs, _real_selection, _random_selection, _reference_grads, _rel, check_packed, packed_case,
-    packed_cu, packed_hand_selection, LONG_LENS,
+    packed_hand_selection, packing_of, LONG_LENS,
 )
 
 _TOL = {torch.float32: (1e-4, 1e-3), torch.float16: (1e-2, 1e-2)}  # (forward, gradients)
@@ -154,9 +154,12 @@ def test_invert_entries_names_every_usable_slot_once() -> None:
                 assert got_t == want, (b, g, j)
 
 
-def test_module_is_used_through_selected_helpers() -> None:
-    """The long-list machinery is selected.py's (segment length, partial slots, reduce): one definition."""
-    assert small_g_module._slc is selected_module
+def test_module_shares_the_long_list_machinery_with_selected() -> None:
+    """The long-list machinery (segment length, partial slots, reduce) has one definition, which both
+    selected.py and this module take from _selected_tiles (selected.py imports this module, never the reverse)."""
+    assert small_g_module.tiles is selected_module.tiles
+    assert selected_module.selected_small_g is small_g_module
+    assert not any(value is selected_module for value in vars(small_g_module).values())
 
 
 # ---------------------------------------------------------------- packed batches (cu_seqlens, docs/varlen.md)
@@ -191,7 +194,7 @@ def test_packed_fp16() -> None:
 def test_packed_backward_is_deterministic() -> None:
     case = packed_case(1, 2, dk=32, dv=16, n_slc=4)
     q, k, v = _inputs(case, torch.float32, seed=330)
-    block_idx, kw = packed_hand_selection(case), dict(small_g="small_g", cu_seqlens=packed_cu())
+    block_idx, kw = packed_hand_selection(case), dict(small_g="small_g", packing=packing_of())
     o, lse = selected_fwd(q, k, v, block_idx, 32, 0.2, **kw)
     do = torch.randn(o.shape, generator=torch.Generator().manual_seed(333))
     plain = selected_bwd(q, k, v, o, lse, do, block_idx, 32, 0.2, **kw)

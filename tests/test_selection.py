@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from nsa_bench import reference
-from nsa_bench.config import NSAConfig
 from nsa_bench.selection import violation
+from nsa_kernels.config import NSAConfig
 
 CFG = NSAConfig(block_cmp=8, stride_cmp=4, block_slc=8, n_slc=4, window=8)
 T = 72  # 9 selection blocks: rows with fewer candidates than n, and rows with more
@@ -83,7 +83,7 @@ def test_wrong_shape_is_named(scored):
 
 def test_packed_selection_is_judged_per_document():
     """Packed rows (cu_seqlens): candidates and forced blocks count from each document's own start."""
-    from nsa_bench import varlen
+    from nsa_kernels import varlen
 
     cu = varlen.cu_seqlens_of((5, 0, 37, 50))
     gen = torch.Generator().manual_seed(3)

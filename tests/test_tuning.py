@@ -3,9 +3,11 @@ from __future__ import annotations
 
 import torch
 
-from nsa_bench.config import NSAConfig
-from nsa_kernels import compile_check, tuning
+from nsa_bench.compilecheck.entries import kernel_modules
+from nsa_bench.compilecheck.recorder import record_launches
+from nsa_kernels import tuning
 from nsa_kernels._common import TUNING_ARGS, size_bucket, tuning_buckets
+from nsa_kernels.config import NSAConfig
 
 CFG = NSAConfig(block_cmp=32, stride_cmp=16, block_slc=64, n_slc=4, window=64)
 
@@ -42,9 +44,8 @@ def _tuning_keys(seqlen: int) -> dict[str, tuple]:
         out = nsa.nsa_attention(q, k, v, gates, CFG, block_idx=block_idx)
         out.backward(torch.ones_like(out))
 
-    modules = compile_check._kernel_modules()
     keys: dict[str, tuple] = {}
-    for launch in compile_check.record_launches(modules, host):
+    for launch in record_launches(kernel_modules(), host):
         tuner = launch.kernel
         if not hasattr(tuner, "keys"):
             continue

@@ -18,11 +18,11 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from nsa_bench import varlen
 from nsa_bench.backends import Backend, Unsupported, Workload, cuda_required
 from nsa_bench.backends._workloads import autograd_workload
 from nsa_bench.inputs import Inputs
 from nsa_bench.spec import Point
+from nsa_kernels import varlen
 
 
 def _has_flash_attn() -> bool:

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import torch
 
-from nsa_bench import varlen
 from nsa_bench.backends import Backend, Workload, cuda_required
 from nsa_bench.backends._workloads import autograd_workload
 from nsa_bench.inputs import Inputs
 from nsa_bench.spec import Point
+from nsa_kernels import varlen
 
 
 def _packing(inputs: Inputs) -> tuple[dict, str]:

@@ -22,9 +22,9 @@ import torch
 from nsa_bench import reference
 from nsa_bench.backends import Backend, Unsupported, Workload, cuda_required
 from nsa_bench.backends._workloads import autograd_workload
-from nsa_bench.config import NSAConfig
 from nsa_bench.inputs import Inputs
 from nsa_bench.spec import Point
+from nsa_kernels.config import NSAConfig
 
 BLOCK = 128  # flex's sparse block size (queries and keys)
 SKIP, PARTIAL, FULL = 0, 1, 2  # block states: not visited, visited with mask_mod, visited without

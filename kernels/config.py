@@ -1,7 +1,7 @@
 """NSAConfig: the one definition of NSA's block parameters (NSA_SPEC.md, "Configuration").
 
-It lives here, in plain Python, so the reference, the cost model and the CLI can use it without
-importing Triton; `nsa_kernels` re-exports it so `from nsa_kernels import NSAConfig` holds as the spec says.
+It lives in the kernel package, which stands alone, and is plain Python: the suite (the reference, the cost
+model, the CLI) imports it without importing Triton, and `from nsa_kernels import NSAConfig` holds as the spec says.
 """
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Packed variable-length batches (flash-attn's varlen convention) for the reference and the benchmark.
+"""Packed variable-length batches (flash-attn's varlen convention): the rules the kernels, the reference and the
+benchmark share. Plain PyTorch, no Triton, so the reference imports it without the kernels' dependencies.
 
 A packed batch holds N sequences back to back in tensors [1, total_T, H, D]; `cu_seqlens` (int32,
 [N+1]) gives their offsets: sequence i is tokens cu_seqlens[i] .. cu_seqlens[i+1]-1. NSA applies to
@@ -12,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from nsa_bench.config import NSAConfig
+from .config import NSAConfig
 
 Span = tuple[int, int]
 
