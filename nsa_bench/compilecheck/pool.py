@@ -54,7 +54,7 @@ class CompileWorker:
     def plan(self, case: Case) -> CasePlan:
         """Record `case` and name every variant it would compile, without compiling."""
         raw = self._ask(protocol.request("plan", case), f"planning {case.label}")
-        return CasePlan(case, raw["launches"], tuple(Variant(**v) for v in raw["variants"]),
+        return CasePlan(case, raw["launches"], tuple(Variant.from_dict(v) for v in raw["variants"]),
                         tuple(Tuning(**t) for t in raw["tunings"]), raw["host_error"])
 
     def compile_variant(self, case: Case, launch: int, index: int) -> CompileResult:
