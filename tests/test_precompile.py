@@ -70,7 +70,7 @@ def test_plan_records_each_backends_workload(planned):
 
     point = spec.points()[0][0]
     selected_fwd = ({"_block_outer_fwd_kernel", "_merge_kernel"} if runs_small_g("auto", point.group_size)
-                    else {"_selected_fwd_tile_kernel"})  # the path "auto" takes at the probe's G (issue 17)
+                    else {"_selected_fwd_tile_kernel"})  # the path "auto" takes at the probe's G
     assert {"_compress_fwd_kernel", "_cmp_fwd_kernel", "_select_kernel", *selected_fwd, "_fwd_kernel",
             "_gated_sum_fwd_kernel"} <= timed_fwd  # the inference forward and every stage
     assert "_select_kernel" in _kernels(result, "nsa-triton", "fwd", "check", 256)  # the selection check

@@ -67,7 +67,7 @@ def test_damaged_points_are_rerun_and_replaced(tmp_path: Path, damage: str):
     text, lines = csv_file.read_text(), progress.read_text().splitlines(keepends=True)
     if damage == "cut_line":
         csv_file.write_text(text[: len(text) - 37])
-    elif damage == "missing_stage":  # the bug of issue 14: a total row whose stage rows are gone
+    elif damage == "missing_stage":  # a total row whose stage rows are gone (a bug once)
         rows = text.splitlines(keepends=True)
         stage_row = next(i for i, r in enumerate(rows) if ",cmp_attn," in r)
         csv_file.write_text("".join(rows[:stage_row] + rows[stage_row + 1:]))
