@@ -17,6 +17,8 @@ from nsa_bench import precompile
 from nsa_bench.compilecheck.results import distinct_variants
 from nsa_kernels._common import size_bucket
 
+pytestmark = pytest.mark.subprocess
+
 PROBE = Path(__file__).with_name("jit_cache_probe.py")
 # the probe's point as `nsa-bench precompile` flags
 PROBE_FLAGS = ["--seqlen", "256", "--kv-heads", "1", "--group-size", "2", "--head-dim", "16", "--dtype", "float16",

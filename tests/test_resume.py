@@ -28,6 +28,8 @@ from nsa_bench.execute import InProcessPool
 from nsa_bench.runner import run_sweep
 from nsa_bench.spec import SweepSpec
 
+pytestmark = pytest.mark.subprocess
+
 H100 = gpu_spec("h100")
 SMALL = SweepSpec(seqlens=(1024, 2048), n_slc=(2, 16), modes=("fwd", "bwd", "decode"))
 DRIVER = Path(__file__).with_name("interrupt_driver.py")

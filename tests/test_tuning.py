@@ -1,6 +1,8 @@
 """Autotune keys hold size buckets, so the 1k correctness check never picks a 64k point's config."""
 from __future__ import annotations
 
+import pytest
+
 import torch
 
 from nsa_bench.compilecheck.entries import kernel_modules
@@ -8,6 +10,8 @@ from nsa_bench.compilecheck.recorder import record_launches
 from nsa_kernels import tuning
 from nsa_kernels._common import TUNING_ARGS, size_bucket, tuning_buckets
 from nsa_kernels.config import NSAConfig
+
+pytestmark = pytest.mark.interpreter
 
 CFG = NSAConfig(block_cmp=32, stride_cmp=16, block_slc=64, n_slc=4, window=64)
 
