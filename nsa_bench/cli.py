@@ -172,6 +172,8 @@ def sweep(suite: str | None, point: str | None, out: Path | None, resume: bool, 
     points, invalid = spec.points()
     nsa_backends = [b for b in spec.run_backends if backends.registry()[b].family == "nsa"]
     if not points and nsa_backends:
+        if point is not None:
+            raise _bad("point", f"{show(point, 80)} is not a valid NSA configuration: {invalid[0][1]}")
         raise _bad(None, str(suites.InvalidConfiguration(invalid[0][1], options, suite)))
     if resume and out is None:
         raise _bad(None, "--resume continues the run in --out: name that folder with --out")
@@ -240,11 +242,17 @@ def _one_point(label: str, spec, suite: str | None, options: dict[str, str | Non
     if suite is not None or given:
         clash = "--suite" if suite is not None else f"--{given[0]}"
         raise _bad("point", f"fixes every axis of the sweep: leave out {clash}")
+    from nsa_bench.backends import registry
+
+    words = label.split()
+    if words and words[0] in registry():  # a progress line: "<backend> <point label>"
+        raise _bad("point", f"{show(label, 80)}: starts with the backend {words[0]}: give the point alone "
+                            f"(from the mode on) and the backends with --backend")
     try:
         chosen = Point.from_label(label)
+        one = SweepSpec.for_point(chosen, spec.backends, spec)
     except ValueError as exc:
         raise _bad("point", f"{show(label, 80)}: {exc}") from None
-    one = SweepSpec.for_point(chosen, spec.backends, spec)
     for field in POINT_AXES.values():
         why = limits.out_of_bounds(field, getattr(one, field))
         if why:

@@ -114,8 +114,10 @@ class Point:
             if name not in _TEXT_FIELDS and not (value.isascii() and value.isdigit()):
                 raise ValueError(f"{name}={value[:20]!r} is not a whole number")
         point = cls.from_record(record)
-        if point.is_layer != (point.d_model > 0):
-            raise ValueError("d_model= goes with the layer modes only, and they need it")
+        if point.is_layer and point.d_model < 1:
+            raise ValueError(f"{point.mode} needs d_model= (the model width of the layer), got {point.d_model}")
+        if not point.is_layer and point.d_model:
+            raise ValueError(f"d_model= goes with the layer modes only, not {point.mode}")
         doclens.parse_doc_lens(point.doc_lens)
         return point
 
