@@ -208,6 +208,10 @@ def inspect(out: Path, baseline: str | None, sweep: frozenset[TaskKey] | None = 
         if path.is_symlink():
             raise ResumeError(f"{path} is a link (to {show(os.readlink(path), 100)}): --resume would append to "
                               "another run's file; copy the run into a folder of its own, or choose another --out")
+        if path.is_file() and path.stat().st_nlink > 1:
+            raise ResumeError(f"{path} is a hard link ({path.stat().st_nlink} names for one file): --resume would "
+                              "append to the other name's file too; copy the run into a folder of its own, or "
+                              "choose another --out")
     records, damaged = csv_records(csv_file)
     if records and not progress.exists():
         raise ResumeError(f"{out} has rows but no {PROGRESS_NAME} (made by an nsa-bench that did not record "
@@ -238,14 +242,11 @@ def inspect(out: Path, baseline: str | None, sweep: frozenset[TaskKey] | None = 
 def _refuse_losing(csv_file: Path, records: list[list[str]], entries: Mapping[TaskKey, tuple[str, ...]],
                    safe: frozenset[TaskKey] | set[TaskKey]) -> None:
     """Refuse to remove a row whose task is neither done nor in the resumed sweep: it would be lost, not run
-    again (a point of another sweep, or a row someone added). Only the last task's rows may be a write cut
-    off by an interruption (a task's rows are appended in one write before its progress line): those are
-    this run's own partial rows, removed as ever."""
+    again (a point of another sweep, or a row someone added). A task of the sweep cut off by an interruption
+    runs again and its partial rows go as ever; one the sweep does not hold is refused even then: resume with
+    the sweep that made it."""
     keys = [tuple(record[i] for i in _KEY_INDEX) for record in records]
-    tail = len(keys)
-    while tail > 0 and keys[tail - 1] == keys[-1] and keys[-1] not in entries:
-        tail -= 1
-    for line, key in enumerate(keys[:tail]):
+    for line, key in enumerate(keys):
         if key not in safe:
             what = dict(zip(TASK_FIELDS, key))
             why = "it has no line in " + PROGRESS_NAME if key not in entries else "its point is incomplete"

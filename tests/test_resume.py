@@ -341,3 +341,29 @@ def test_a_linked_results_csv_is_refused(tmp_path: Path):
     with pytest.raises(resume.ResumeError, match="is a link"):
         run_sweep(SMALL, run, H100, InProcessPool(SMALL, H100, None), resume=True)
     assert (tmp_path / "a" / results.CSV_NAME).read_bytes() == before
+
+
+def test_a_hard_linked_results_csv_is_refused(tmp_path: Path):
+    complete_run(tmp_path / "a")
+    os.link(tmp_path / "a" / results.CSV_NAME, tmp_path / "elsewhere.csv")
+    before = (tmp_path / "elsewhere.csv").read_bytes()
+    with pytest.raises(resume.ResumeError, match="is a hard link"):
+        run_sweep(SMALL, tmp_path / "a", H100, InProcessPool(SMALL, H100, None), resume=True)
+    assert (tmp_path / "elsewhere.csv").read_bytes() == before
+
+
+def test_a_complete_row_added_at_the_end_outside_the_sweep_is_refused(tmp_path: Path):
+    """The last rows without a progress line are a cut-off write only if the resumed sweep runs their task
+    again; a row of another point there would be deleted for good: refused."""
+    complete_run(tmp_path / "other")
+    foreign = next(line for line in data_lines(tmp_path / "other") if ",2048," in line)
+    only_1k = replace(SMALL, seqlens=(1024,))
+    run = tmp_path / "run"
+    run.mkdir()
+    run_sweep(only_1k, run, H100, InProcessPool(only_1k, H100, None), resume=False)
+    with (run / results.CSV_NAME).open("a") as handle:
+        handle.write(foreign + "\n")
+    before = (run / results.CSV_NAME).read_bytes()
+    with pytest.raises(resume.ResumeError, match="would delete it"):
+        run_sweep(only_1k, run, H100, InProcessPool(only_1k, H100, None), resume=True)
+    assert (run / results.CSV_NAME).read_bytes() == before
