@@ -178,21 +178,8 @@ def sweep(suite: str | None, point: str | None, out: Path | None, resume: bool, 
     if resume and out is None:
         raise _bad(None, "--resume continues the run in --out: name that folder with --out")
     if dry_run:
-        from nsa_bench import plan
-
-        from nsa_bench import environment, execute, resume as resume_mod
-
-        measuring = sweep_mod.cuda_present()
-        try:
-            gpu = sweep_mod.target_gpu(spec.gpu, measuring=measuring)
-            done = plan.done_in(out, spec, gpu, chosen_shard, environment.gpu_name() if measuring else None) \
-                if resume else frozenset()
-        except sweep_mod.SweepError as exc:
-            raise _bad(exc.flag, str(exc)) from None
-        except (resume_mod.ResumeError, ValueError) as exc:
-            raise _bad(None, str(exc)) from None
-        click.echo(plan.dry_run(spec, gpu, n_workers, budget_s, plots=not no_plots, precompile=not no_precompile,
-                                shard=chosen_shard, done=done, measure=execute.cuda_measure() if measuring else None))
+        _dry_run(spec, out, resume, chosen_shard, n_workers, budget_s, no_plots, no_precompile, devices, ray,
+                 timeout_s, in_process)
         return
     out = out or run_folder.default_out_dir(suite)
     try:
@@ -229,6 +216,34 @@ def _spec_from(suite: str | None, options: dict[str, str | None], cuda_graph: bo
 
         spec = replace(spec, cuda_graph=cuda_graph)
     return spec
+
+
+def _dry_run(spec, out: Path | None, resume: bool, shard, n_workers: int, budget_s: float | None, no_plots: bool,
+             no_precompile: bool, devices: str | None, ray: str | None, timeout_s: float | None,
+             in_process: bool) -> None:
+    """Print the plan of the sweep these flags make, refusing what the sweep itself would refuse (where its
+    points run, the run folder) so a plan that prints is a run that starts."""
+    from nsa_bench import environment, execute, plan, resume as resume_mod
+    from nsa_bench import sweep as sweep_mod
+
+    measuring = sweep_mod.cuda_present()
+    try:
+        gpu = sweep_mod.target_gpu(spec.gpu, measuring=measuring)
+        sweep_mod.choose_pool(spec, gpu, measuring, devices, ray, timeout_s, budget_s, in_process)
+        if out is not None and not resume and resume_mod.has_run(out):
+            raise _bad("out", f"{show(str(out), 120)} already holds a run: pass --resume to continue it, or choose "
+                              "another --out")
+        done = plan.done_in(out, spec, gpu, shard, environment.gpu_name() if measuring else None) \
+            if resume else frozenset()
+    except sweep_mod.SweepError as exc:
+        raise _bad(exc.flag, str(exc)) from None
+    except (resume_mod.ResumeError, ValueError) as exc:
+        raise _bad(None, str(exc)) from None
+    if not measuring:
+        click.echo(f"No CUDA GPU here: this sweep would write predictions in seconds; the plan below is of the run "
+                   f"on {gpu.name} (--gpu), with what it would compile, tune, check and time.")
+    click.echo(plan.dry_run(spec, gpu, n_workers, budget_s, plots=not no_plots, precompile=not no_precompile,
+                            shard=shard, done=done, measure=execute.cuda_measure() if measuring else None))
 
 
 def _one_point(label: str, spec, suite: str | None, options: dict[str, str | None]):

@@ -110,6 +110,10 @@ def _label(task: PlannedTask, axes: list[str]) -> str:
     return " ".join([task.estimate.backend, p.mode, f"T={p.seqlen}", *(extra[a] for a in axes)])
 
 
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
 def _short(message: str, width: int = 90) -> str:
     return message if len(message) <= width else message[: width - 3] + "..."
 
@@ -117,11 +121,13 @@ def _short(message: str, width: int = 90) -> str:
 def render(plan: Plan) -> str:
     """The plan as text: one line per task, then the overheads and the total wall time."""
     spec = plan.spec
-    n_points = len({t.estimate.point for t in plan.tasks})
+    points = {t.estimate.point for t in plan.tasks}
     axes = _axes(spec)
+    modes, lengths = len({p.mode for p in points}), len({p.seqlen for p in points})
     lines = [
-        f"Dry run (nothing compiled or run): {n_points} points ({len(spec.modes)} modes x {len(spec.seqlens)} lengths"
-        f"{' x ' + ', '.join(axes) if axes else ''}) x {len(spec.run_backends)} backends = {len(plan.tasks)} tasks, "
+        f"Dry run (nothing compiled or run): {_count(len(points), 'point')} ({_count(modes, 'mode')} x "
+        f"{_count(lengths, 'length')}{' x ' + ', '.join(axes) if axes else ''}) x "
+        f"{_count(len(spec.run_backends), 'backend')} = {_count(len(plan.tasks), 'task')}, "
         f"in run order; floors for {plan.gpu.name}; reps {spec.reps} + warm-up {spec.warmup}"
         f"{'; decode by CUDA-graph replay' if spec.cuda_graph and 'decode' in spec.modes else ''}",
     ]

@@ -262,3 +262,21 @@ def test_resume_after_a_cut_row_ends_with_the_rows_of_a_clean_run(tmp_path: Path
     DAMAGE["csv cut mid-row"][0](run)
     assert run_main(*_command("resume", run, template))[0] == 0
     assert sorted(_rows(run)) == sorted(_rows(template))
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--devices", "gpu0"], "--devices"), (["--devices", "cpu0,cpu0"], "--devices"), (["--devices", ""], "--devices"),
+    (["--ray", "bogus::addr"], "--ray"), (["--ray", "auto", "--devices", "cpu0"], "--ray"),
+    (["--in-process", "--devices", "cpu0"], "--in-process"), (["--time-budget", "1s", "--devices", "cpu0,cpu1"],
+                                                             "--time-budget"),
+    (["--point", "fwd T=0 B=1 Hkv=4 G=16 D=192-128 l=32 d=16 l'=64 n=16 w=512 bfloat16"], "--point"),
+    (["--point", "nsa-triton fwd T=1024 B=1 Hkv=4 G=16 D=192-128 l=32 d=16 l'=64 n=16 w=512 bfloat16"], "--point"),
+    (["--point", "fwd T=1024 B=1 Hkv=4 G=16 D=192-128 l=32 d=16 l'=64 n=2 w=512 bfloat16"], "--point"),
+])
+def test_the_dry_run_refuses_what_the_run_refuses(tmp_path: Path, args: list[str], needle: str):
+    count_bad_input("flag combinations")
+    for extra in ([], ["--dry-run"]):
+        code, out, err = run_main("sweep", "--quiet", "--no-plots", "--out", str(tmp_path / "r"), *args, *extra,
+                                  cwd=tmp_path)
+        assert_clean_exit(code, out, err, allowed=(2,))
+        assert needle in err, (extra, err)
