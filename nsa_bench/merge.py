@@ -128,7 +128,7 @@ def _speedups(group: list[list[str]], baseline: str) -> int:
                 same = math.isclose(float(old), value, rel_tol=2e-5)
             except ValueError:
                 same = False
-            new_speedup, new_baseline = (old if same else results._cell(value)), baseline
+            new_speedup, new_baseline = (old if same else results.cell(value)), baseline
         if (record[_I["speedup"]], record[_I["baseline"]]) != (new_speedup, new_baseline):
             changed += 1
         record[_I["speedup"]], record[_I["baseline"]] = new_speedup, new_baseline

@@ -49,7 +49,8 @@ class ResultsError(ValueError):
     """A results file or folder that cannot be read as a run (the message names the file and what is wrong)."""
 
 
-def _cell(value: object) -> object:
+def cell(value: object) -> object:
+    """A value as the CSV writes it (floats to 6 significant digits; None and non-finite as empty)."""
     if value is None:
         return ""
     if isinstance(value, float) and not math.isfinite(value):
@@ -66,7 +67,7 @@ def rows_text(rows: Iterable[Row], header: bool) -> str:
     if header:
         writer.writeheader()
     for row in rows:
-        writer.writerow({k: _cell(v) for k, v in row.as_dict().items()})
+        writer.writerow({k: cell(v) for k, v in row.as_dict().items()})
     return buffer.getvalue()
 
 

@@ -367,3 +367,20 @@ def test_a_complete_row_added_at_the_end_outside_the_sweep_is_refused(tmp_path: 
     with pytest.raises(resume.ResumeError, match="would delete it"):
         run_sweep(only_1k, run, H100, InProcessPool(only_1k, H100, None), resume=True)
     assert (run / results.CSV_NAME).read_bytes() == before
+
+
+def test_a_task_redone_against_its_baselines_written_time_matches_the_uninterrupted_run(tmp_path: Path):
+    """The baseline's time of a resumed point comes back from the CSV (6 significant digits); the
+    uninterrupted run computes its speedups from the same written value, so both write the same bytes."""
+    spec = replace(SMALL, seqlens=(1000, 1536, 2300, 3100, 23552), n_slc=(16,), modes=("fwd", "bwd"))
+    reference = tmp_path / "ref"
+    reference.mkdir()
+    run_sweep(spec, reference, H100, InProcessPool(spec, H100, None), resume=False)
+    run = tmp_path / "run"
+    run.mkdir()
+    run_sweep(spec, run, H100, InProcessPool(spec, H100, None), resume=False)
+    progress = run / resume.PROGRESS_NAME
+    kept = [line for line in progress.read_text().splitlines(keepends=True) if '"backend":"nsa-triton"' not in line]
+    progress.write_text("".join(kept))  # every baseline done, every NSA task to redo against it
+    outcome = run_sweep(spec, run, H100, InProcessPool(spec, H100, None), resume=True)
+    assert outcome.rows_written > 0 and sorted(data_lines(run)) == sorted(data_lines(reference))
