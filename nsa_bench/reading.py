@@ -132,15 +132,15 @@ def summary(frame: pd.DataFrame, baseline: str | None = None) -> Summary | None:
     axes = summary_axes(everything)
 
     def pivot(table: pd.DataFrame, values: str) -> pd.DataFrame:
-        return table.pivot_table(index=axes, columns="backend", values=values, aggfunc="first", sort=False,
-                                 dropna=False)
+        """values by point (the combinations the run holds, not their product) and backend."""
+        grouped = table.groupby([*axes, "backend"], sort=False, dropna=False)[values].first()
+        return grouped.unstack("backend").reindex(columns=list(dict.fromkeys(table["backend"])))
 
     times = pivot(everything, "ms")
     modes = list(dict.fromkeys(everything["mode"]))  # rows run longest first; the table reads shortest first
     order = sorted(times.index, key=lambda key: (modes.index(key[0]), *key[1:]))
     times = times.reindex(order)
-    statuses = everything.pivot_table(index=axes, columns="backend", values="status_shown", aggfunc="first",
-                                      sort=False, dropna=False).reindex(order)
+    statuses = pivot(everything, "status_shown").reindex(order)
     baselines = set(rows["baseline"].astype(str)) if "baseline" in rows.columns else set()
     shown = everything[~everything["backend"].isin(baselines)] if everything["backend"].nunique() > 1 else everything
     speedups = pivot(shown, "speedup_shown").reindex(index=times.index)

@@ -62,9 +62,11 @@ def failures_text(frame: pd.DataFrame) -> str:
     total = sum(len(part) for part in groups.values())
     lines = [f"Rows without a time: {total} of {len(frame)} ("
              + ", ".join(f"{status} {len(part)}" for status, part in groups.items()) + ")"]
+    varying = [c for c in reading.CONFIG_COLUMNS if c in frame.columns and frame[c].nunique() > 1]
     for status, part in groups.items():
         for _, row in part.head(FAILED_SHOWN).iterrows():
-            where = f"{row['backend']} {row['mode']} T={row['seqlen']}" + (
+            where = " ".join([f"{row['backend']} {row['mode']} T={row['seqlen']}",
+                              *(f"{c}={row[c]}" for c in varying)]) + (
                 f" [{row['stage']}]" if row["stage"] != "total" else "")
             lines.append(f"  {status}: {where}: {_short(str(row['message']))}")
         if len(part) > FAILED_SHOWN:
