@@ -163,12 +163,13 @@ def sweep(suite: str | None, point: str | None, out: Path | None, resume: bool, 
     chosen_shard = _shard(shard)
     n_workers = _workers(workers)
     known = tuple(backends.registry())
-    unknown = [b for b in spec.backends if b not in known]
-    if unknown:
-        raise _bad("backend", f"unknown {', '.join(map(repr, unknown))} (choose from {', '.join(known)})")
-    unknown = [b for b in spec.baselines if b not in known]
-    if unknown:
-        raise _bad("baseline", f"unknown {', '.join(map(repr, unknown))} (choose from {', '.join(known)})")
+    for flag, names in (("backend", spec.backends), ("baseline", spec.baselines)):
+        unknown = [b for b in names if b not in known]
+        if unknown:
+            message = f"unknown {', '.join(map(repr, unknown))} (choose from {', '.join(known)})"
+            if options.get(flag) is None and suite is not None:  # the suite named it, not a flag
+                raise _bad(None, f"invalid value for {flag} in suite {show(suite, 120)}: {message}")
+            raise _bad(flag, message)
     points, invalid = spec.points()
     nsa_backends = [b for b in spec.run_backends if backends.registry()[b].family == "nsa"]
     if not points and nsa_backends:
@@ -350,6 +351,9 @@ def _precompile(suite: str | None, workers: str | None, quiet: bool, max_points:
     unknown = [b for b in spec.run_backends if b not in known]
     if unknown:
         raise _bad("backend", f"unknown {', '.join(map(repr, unknown))} (choose from {', '.join(known)})")
+    points, invalid = spec.points()
+    if not points:  # as sweep refuses it: there is nothing to compile, and saying "nothing" would hide why
+        raise _bad(None, str(suites.InvalidConfiguration(invalid[0][1], options, suite)))
     import torch
 
     if not torch.cuda.is_available():
