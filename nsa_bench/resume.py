@@ -282,6 +282,27 @@ def _frozen(value: object) -> object:
     return tuple(_frozen(v) for v in value) if isinstance(value, list) else value
 
 
+def _check_spec_record(spec: object, old: Mapping[str, object], spec_file: Path) -> None:
+    """spec.json must hold a sweep's spec before a resumed run keeps its values: the field at fault named
+    where one alone is wrong, else the whole record's fault."""
+    make = type(spec).from_dict  # type: ignore[attr-defined]
+    try:
+        make(old)
+        return
+    except (ValueError, TypeError) as exc:
+        whole = str(exc)
+    for field, value in old.items():
+        if field in AXIS_FIELDS and not isinstance(value, list):
+            raise ResumeError(f"cannot resume: {spec_file}: {field} is {show(value)}, not a list")
+        try:
+            make({field: value})
+        except (ValueError, TypeError):
+            raise ResumeError(f"cannot resume: {spec_file}: {field} is {show(value)}, not a value a sweep has: "
+                              "choose another --out") from None
+    raise ResumeError(f"cannot resume: {spec_file} is not a sweep's spec ({show(whole, 120)}): choose another "
+                      "--out")
+
+
 def check_compatible(out: Path, spec: object, gpu_key: str, device: str | None) -> None:
     """Refuse (ResumeError) to resume `out` with a sweep that differs in anything but its axes, or on
     another GPU (`gpu_key`: the spec predictions and floors use; `device`: the CUDA device measured, None
@@ -300,6 +321,7 @@ def check_compatible(out: Path, spec: object, gpu_key: str, device: str | None) 
         missing = spec_file if not old else env_file
         raise ResumeError(f"cannot resume {out}: {missing.name} is missing or empty, so it cannot be checked "
                           "that this is the same sweep on the same GPU")
+    _check_spec_record(spec, old, spec_file)
     for field in (f.name for f in fields(spec)):
         if field not in old or field == "gpu":
             continue
@@ -311,7 +333,10 @@ def check_compatible(out: Path, spec: object, gpu_key: str, device: str | None) 
             raise ResumeError(f"cannot resume {out}: it was run with {_flag(field)} {show(was)}, this sweep has "
                               f"{show(now)}: choose another --out for a different sweep")
     target = env.get("target_gpu")
-    old_key = target.get("key") if isinstance(target, dict) else None
+    if not isinstance(target, dict) or not isinstance(target.get("key"), str):
+        raise ResumeError(f"cannot resume: {env_file} has no target_gpu with a key (it holds "
+                          f"{show(target)}), so the GPU its rows are for is unknown: choose another --out")
+    old_key = target["key"]
     if old_key != gpu_key:
         raise ResumeError(f"cannot resume {out}: its rows are for GPU {show(old_key)}, this sweep's for "
                           f"{gpu_key!r} (--gpu): mixing GPUs in one run is refused; choose another --out")

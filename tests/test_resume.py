@@ -384,3 +384,18 @@ def test_a_task_redone_against_its_baselines_written_time_matches_the_uninterrup
     progress.write_text("".join(kept))  # every baseline done, every NSA task to redo against it
     outcome = run_sweep(spec, run, H100, InProcessPool(spec, H100, None), resume=True)
     assert outcome.rows_written > 0 and sorted(data_lines(run)) == sorted(data_lines(reference))
+
+
+@pytest.mark.parametrize("file,change,needle", [
+    ("spec.json", {"reps": "30"}, "reps is '30', not a value a sweep has"),
+    ("spec.json", {"seqlens": [-8192]}, "seqlens is [-8192], not a value a sweep has"),
+    ("spec.json", {"baseline": 5}, "baseline is 5, not a value a sweep has"),
+    ("env.json", {"target_gpu": "h200"}, "has no target_gpu with a key"),
+])
+def test_a_run_files_bad_value_is_named_as_the_files(tmp_path: Path, file: str, change: dict, needle: str):
+    """A bad value in spec.json or env.json is the file's fault, said so; never read as another sweep's setting."""
+    complete_run(tmp_path)
+    record = json.loads((tmp_path / file).read_text())
+    (tmp_path / file).write_text(json.dumps({**record, **change}))
+    with pytest.raises(resume.ResumeError, match=re.escape(needle)):
+        resume.check_compatible(tmp_path, SMALL, "h100", None)
