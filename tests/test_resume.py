@@ -394,8 +394,11 @@ def test_a_task_redone_against_its_baselines_written_time_matches_the_uninterrup
 ])
 def test_a_run_files_bad_value_is_named_as_the_files(tmp_path: Path, file: str, change: dict, needle: str):
     """A bad value in spec.json or env.json is the file's fault, said so; never read as another sweep's setting."""
-    complete_run(tmp_path)
-    record = json.loads((tmp_path / file).read_text())
-    (tmp_path / file).write_text(json.dumps({**record, **change}))
-    with pytest.raises(resume.ResumeError, match=re.escape(needle)):
-        resume.check_compatible(tmp_path, SMALL, "h100", None)
+    from cli_runner import run_main
+
+    run = tmp_path / "run"
+    assert run_main(*SWEEP, "--out", str(run), cwd=tmp_path)[0] == 0
+    record = json.loads((run / file).read_text())
+    (run / file).write_text(json.dumps({**record, **change}))
+    code, _, err = run_main(*SWEEP, "--out", str(run), "--resume", cwd=tmp_path)
+    assert code == 2 and needle in err and len(err.strip().splitlines()) == 1, err
