@@ -183,6 +183,11 @@ class SweepSpec:
     check_seqlen: int = 1024
 
     def __post_init__(self) -> None:
+        for name, kinds in (("reps", int), ("warmup", int), ("seed", int), ("check_seqlen", int), ("baseline", str),
+                            ("gpu", (str, type(None))), ("cuda_graph", bool)):
+            value = getattr(self, name)
+            if not isinstance(value, kinds) or (kinds is int and isinstance(value, bool)):
+                raise ValueError(f"{name}={value!r} is not a {getattr(kinds, '__name__', 'name')}")
         for name in ("reps", "warmup", "check_seqlen"):
             value = getattr(self, name)
             if value < (0 if name == "warmup" else 1):
