@@ -89,17 +89,24 @@ class KernelVariants:
     @classmethod
     def parse(cls, text: str, source: str = ENV_VAR) -> "KernelVariants":
         """"v1", "v2", or comma-separated tokens: one optional base variant, then kernel=variant overrides."""
-        tokens = [t.strip() for t in str(text).replace("+", ",").split(",") if t.strip()]
+        tokens = [t.strip() for t in str(text).replace("+", ",").split(",")]
+        if any(not t for t in tokens) and str(text).strip():
+            raise ValueError(f"{source}={text!r}: an empty item")
+        tokens = [t for t in tokens if t]
         base, overrides = DEFAULT, {}
         for i, token in enumerate(tokens):
             if "=" not in token:
                 if i != 0:
+                    if "=" not in tokens[0]:
+                        raise ValueError(f"{source}={text!r}: one base variant only ({tokens[0]!r} and {token!r})")
                     raise ValueError(f"{source}={text!r}: the base variant {token!r} must come first")
                 base = check_variant(source, token)
                 continue
             kernel, _, value = (part.strip() for part in token.partition("="))
             if kernel not in KERNELS:
                 raise ValueError(f"{source}={text!r}: unknown kernel {kernel!r} (one of {', '.join(KERNELS)})")
+            if kernel in overrides:
+                raise ValueError(f"{source}={text!r}: {kernel} is set twice")
             overrides[kernel] = check_variant(f"{source} {kernel}", value, kernel)
         return cls(**{name: overrides.get(name, _base_value(name, base)) for name in KERNELS})
 
