@@ -46,7 +46,7 @@ def _check_module(name: str, value: str) -> None:
     try:
         module = importlib.import_module(name)
     except SystemExit as exc:  # a module that exits while imported must not take the command with it silently
-        raise EnvVarError(f"{where}: importing {name} called sys.exit({show(str(exc.code), 20)})") from None
+        raise EnvVarError(f"{where}: importing {name} called sys.exit({str(exc.code)[:20]})") from None
     except Exception as exc:  # noqa: BLE001 - any failure to import is the variable's fault
         raise EnvVarError(f"{where}: cannot import {name} ({type(exc).__name__}: "
                           f"{show(str(exc).splitlines()[0] if str(exc) else '', 80)})") from None
