@@ -55,5 +55,5 @@ def _check_module(name: str, value: str) -> None:
     found = [getattr(module, "BACKEND", None), *getattr(module, "BACKENDS", ())]
     if not any(isinstance(backend, Backend) for backend in found):
         given = getattr(module, "BACKEND", getattr(module, "BACKENDS", None))
-        what = "defines no BACKEND or BACKENDS" if given is None else f"defines BACKEND(S) = {show(repr(given), 40)}"
+        what = "defines no BACKEND or BACKENDS" if given is None else f"defines BACKEND(S) = {repr(given)[:40]}"
         raise EnvVarError(f"{where}: module {name} {what}, not an nsa_bench.backends.Backend")
