@@ -105,10 +105,13 @@ class Summary:
     kind: str
     note: str = ""
 
-    def shown(self, table: pd.DataFrame) -> pd.DataFrame:
-        """`table` (times or speedups) with each missing value replaced by the status that explains it."""
+    def shown(self, table: pd.DataFrame, unexplained: str = "") -> pd.DataFrame:
+        """`table` (times or speedups) with each missing value replaced by the status that explains it;
+        `unexplained`: what a cell of a usable row says when it still has no value (a speedup whose baseline
+        failed at that point)."""
         filled = table.astype(object).copy()
         status = self.statuses.reindex(index=table.index, columns=table.columns)
+        status = status.where(status != "", unexplained)  # "" marks a usable row; NaN, no row at all
         return filled.where(table.notna(), status.fillna(""))
 
 

@@ -89,7 +89,7 @@ def summary_table(frame: pd.DataFrame) -> pd.DataFrame:
     found = reading.summary(frame)
     if found is None:
         return pd.DataFrame()
-    table = found.shown(found.speedups)
+    table = found.shown(found.speedups, "no baseline")
     table.columns = [f"speedup {c}" for c in table.columns]
     return table.reset_index()
 

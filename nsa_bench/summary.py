@@ -26,7 +26,7 @@ def summary_text(csv_file: Path, baseline: str | None = None) -> str:
             if found.note:
                 parts.append(found.note)
             else:
-                parts.append(f"Speedup vs baseline ({found.kind}):\n{_table(found.shown(found.speedups), '.2f')}")
+                parts.append(f"Speedup vs baseline ({found.kind}):\n{_table(found.shown(found.speedups, 'no baseline'), '.2f')}")
             parts.append(f"Time per call, ms ({found.kind}):\n{_table(found.shown(found.times), '.4g')}")
     failed = failures_text(frame)
     if failed:
