@@ -219,6 +219,23 @@ def _spec_from(suite: str | None, options: dict[str, str | None], cuda_graph: bo
     return spec
 
 
+def _gpu_key_here() -> str:
+    """The spec key of the GPU here (h100, h200, ...); an unknown card's name as a slug; "none" without one."""
+    import re
+
+    import torch
+
+    from nsa_bench.gpus import gpu_spec
+
+    if not torch.cuda.is_available():
+        return "none"
+    name = torch.cuda.get_device_name(0)
+    try:
+        return gpu_spec(name).key
+    except ValueError:
+        return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-") or "gpu"
+
+
 def _dry_run(spec, out: Path | None, resume: bool, shard, n_workers: int, budget_s: float | None, no_plots: bool,
              no_precompile: bool, devices: str | None, ray: str | None, timeout_s: float | None,
              in_process: bool) -> None:
@@ -406,9 +423,14 @@ def plot(run: Path, gpu: str | None, published: bool) -> None:
 @cli.command()
 @click.option("--calibrate", is_flag=True, help="measure the GPU's bf16 matmul FLOP/s and copy bandwidth, store them "
               "under results/calibration/ (roofline plots draw them as measured ceilings)")
+@click.option("--gpu-key", is_flag=True, help="print only the key of the GPU here (h100, h200, ...; none without "
+              "one): the results folder a run on it belongs in, results/<key>/")
 @click.pass_context
-def env(ctx: click.Context, calibrate: bool) -> None:
+def env(ctx: click.Context, calibrate: bool, gpu_key: bool) -> None:
     """The GPU, its clocks, library versions, and which backends can run here (or why not)."""
+    if gpu_key:
+        click.echo(_gpu_key_here())
+        return
     if calibrate:
         from nsa_bench import calibrate as calibrate_mod
 

@@ -232,3 +232,13 @@ def test_a_folder_with_files_of_its_own_is_not_taken_for_a_run(monkeypatch, caps
     (started / "results.csv").unlink()
     (started / "progress.jsonl").unlink()
     assert run_cli(monkeypatch, capsys, *args)[0] == 0
+
+
+def test_env_gpu_key_names_the_results_folder_of_the_gpu_here(monkeypatch, capsys):
+    import torch
+
+    assert run_cli(monkeypatch, capsys, "env", "--gpu-key")[1].strip() == "none"  # no GPU on the test machine
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    for name, key in (("NVIDIA H100 80GB HBM3", "h100"), ("NVIDIA H200", "h200"), ("NVIDIA L40S", "nvidia-l40s")):
+        monkeypatch.setattr(torch.cuda, "get_device_name", lambda index=0, name=name: name)
+        assert run_cli(monkeypatch, capsys, "env", "--gpu-key")[1].strip() == key
