@@ -447,7 +447,7 @@ def profile(ctx: click.Context, out: Path | None, **flags: str | None) -> None:
               show_default=True, help="speedup over the run's baseline backend, computed from each run's own times "
               "(higher is better), ms_median, or predicted_ms (cost model, for CPU runs).")
 @click.option("--threshold", type=_NUMBER, default=5.0, show_default=True,
-              help="Percent change below which a point is SAME.")
+              help="Percent change below which a point is SAME (above 0, below 100).")
 @click.option("--sigmas", type=_NUMBER, default=3.0, show_default=True,
               help="A change must exceed this many combined noise units to be FASTER/SLOWER.")
 @click.option("--all-stages", is_flag=True, help="Also gate the per-branch breakdown rows.")

@@ -2,10 +2,11 @@
 
 Each matched point gets an nvbench-style label. A gate that cries wolf on noise gets switched off,
 so SLOWER needs two things at once: a change beyond the threshold (default 5%) that is also clearly
-outside the measurement noise. Changes beyond the threshold but inside the noise are AMBIGUOUS and
+outside the measurement noise (however the noise compares with the threshold: a tiny threshold must not
+turn a clear regression into noise). Changes beyond the threshold but inside the noise are AMBIGUOUS and
 never fail the gate by default; but a gate must never pass quietly what it could not judge, so the
-verdict counts every such point (AMBIGUOUS, or found in one run only) and `fail_on_ambiguous` fails on
-them. The rules are spelled out in docs/regression-gate.md; what a run offers per row (speedups from its
+verdict counts every such point (AMBIGUOUS, or found in one run only), `fail_on_ambiguous` fails on
+them, and a comparison that judged no point at all fails. The rules are spelled out in docs/regression-gate.md; what a run offers per row (speedups from its
 own times, noise, clocks) is nsa_bench.gate_values.
 """
 from __future__ import annotations
@@ -56,9 +57,12 @@ class Options:
         if self.metric not in METRICS:
             raise CompareError(f"metric={self.metric!r} unknown (choose from {', '.join(METRICS)})")
         if not (math.isfinite(self.threshold) and self.threshold > 0):
-            raise CompareError(f"threshold={self.threshold * 100:g}% must be positive")
+            raise CompareError(f"--threshold {self.threshold * 100:g}: must be a positive percentage")
+        if self.threshold >= 1.0:
+            raise CompareError(f"--threshold {self.threshold * 100:g}: must be below 100 (a speedup cannot fall by "
+                               "100% or more, so such a gate could never fail)")
         if not (math.isfinite(self.sigmas) and self.sigmas > 0):
-            raise CompareError(f"sigmas={self.sigmas} must be positive")
+            raise CompareError(f"--sigmas {self.sigmas:g}: must be positive")
 
 
 @dataclass(frozen=True)
@@ -116,11 +120,9 @@ def key_label(key: Key, shown: Sequence[str] = KEY_FIELDS) -> str:
     return f"{k['mode']} {k['backend']} T={k['seqlen']}{stage}" + (f" {extra}" if extra else "")
 
 
-def why_ambiguous(point: PointResult, threshold: float) -> str:
+def why_ambiguous(point: PointResult) -> str:
     """What kept an AMBIGUOUS point from a verdict."""
-    if not math.isfinite(point.noise):
-        return "noise unknown"
-    return "noise above the threshold" if point.noise > threshold else "inside the noise"
+    return "noise unknown" if not math.isfinite(point.noise) else "inside the noise"
 
 
 @dataclass(frozen=True)
@@ -177,7 +179,7 @@ class Comparison:
         counts: dict[str, int] = {}
         for point in self.points:
             if point.status == AMBIGUOUS:
-                why = f"AMBIGUOUS: {why_ambiguous(point, self.options.threshold)}"
+                why = f"AMBIGUOUS: {why_ambiguous(point)}"
                 counts[why] = counts.get(why, 0) + 1
         for why, keys in (("only in baseline", self.only_baseline), ("only in current", self.only_current)):
             if keys:
@@ -200,9 +202,13 @@ class Comparison:
                 out.append(f"{run.label} ({rows.throttling.rows} rows{reasons})")
         return out
 
+    def judged_none(self) -> bool:
+        """Whether no point got a verdict (all AMBIGUOUS): a gate that judged nothing must not pass."""
+        return not any(p.status != AMBIGUOUS for p in self.points)
+
     @property
     def exit_code(self) -> int:
-        if any(p.status == SLOWER for p in self.points):
+        if any(p.status == SLOWER for p in self.points) or self.judged_none():
             return EXIT_REGRESSION
         if self.options.fail_on_ambiguous and self.not_judged():
             return EXIT_REGRESSION
@@ -212,17 +218,18 @@ class Comparison:
         """One line: pass or fail and why, how many points were not judged, which runs were throttled."""
         unjudged = sum(self.not_judged().values())
         total = len(self.points) + len(self.only_baseline) + len(self.only_current)
-        if any(p.status == SLOWER for p in self.points):
-            text = "FAIL: confirmed regression"
-        elif self.exit_code == EXIT_REGRESSION:
-            text = "FAIL: not every point could be judged (--fail-on-ambiguous)"
+        why = ", ".join(f"{n} {reason}" for reason, n in self.not_judged().items())
+        slower = any(p.status == SLOWER for p in self.points)
+        if not slower and self.judged_none():
+            text = f"FAIL: no point could be judged ({why})"
         else:
-            text = "PASS: no confirmed regression"
-        if unjudged:
-            why = ", ".join(f"{n} {reason}" for reason, n in self.not_judged().items())
-            text += f"; {unjudged} of {total} points not judged ({why})"
-        else:
-            text += f"; all {total} points judged"
+            if slower:
+                text = "FAIL: confirmed regression"
+            elif self.exit_code == EXIT_REGRESSION:
+                text = "FAIL: not every point could be judged (--fail-on-ambiguous)"
+            else:
+                text = "PASS: no confirmed regression"
+            text += f"; {unjudged} of {total} points not judged ({why})" if unjudged else f"; all {total} points judged"
         throttled = self.throttled_runs()
         return text + (f"; throttled: {'; '.join(throttled)}" if throttled else "")
 
@@ -264,11 +271,12 @@ class Comparison:
 
 def classify(baseline: float, current: float, noise: float, threshold: float, sigmas: float,
              higher_is_better: bool) -> str:
-    """SAME inside the threshold; beyond it FASTER/SLOWER only when clearly outside the noise."""
+    """SAME inside the threshold; beyond it FASTER/SLOWER when clearly outside the noise (whether or not the
+    noise itself exceeds the threshold), AMBIGUOUS when inside it or the noise is unknown."""
     change = current / baseline - 1.0
     if abs(change) <= threshold:
         return SAME
-    if not math.isfinite(noise) or noise > threshold or abs(math.log(current / baseline)) <= sigmas * noise:
+    if not math.isfinite(noise) or abs(math.log(current / baseline)) <= sigmas * noise:
         return AMBIGUOUS
     better = change > 0 if higher_is_better else change < 0
     return FASTER if better else SLOWER
@@ -457,10 +465,10 @@ def _skipped_text(skipped: dict[str, int]) -> str:
     return ", ".join(f"{n} {reason}" for reason, n in sorted(skipped.items())) or "none"
 
 
-def _status_text(point: PointResult, threshold: float) -> str:
+def _status_text(point: PointResult) -> str:
     text = point.status
     if point.status == AMBIGUOUS:
-        text += f" ({why_ambiguous(point, threshold)})"
+        text += f" ({why_ambiguous(point)})"
     return text + (" (re-measured)" if point.remeasured else "")
 
 
@@ -514,7 +522,7 @@ def _regression_lines(comparison: Comparison, shown: Sequence[str], worst: int) 
     if regressions:
         lines += _md_table(("point", "baseline", "current", "change", f"{opts.sigmas:g} x combined noise", "status"),
                            [(p.label(shown), _value(p.baseline), _value(p.current), _pct(p.change),
-                             "±" + _pct(opts.sigmas * p.noise, False), _status_text(p, opts.threshold))
+                             "±" + _pct(opts.sigmas * p.noise, False), _status_text(p))
                             for p in regressions])
     else:
         lines.append("none: no point got worse beyond the threshold")
@@ -564,7 +572,7 @@ def to_markdown(comparison: Comparison, worst: int = 5) -> str:
     lines += _md_table(
         ("point", "baseline", "current", "change", "noise baseline", "noise current", "SM clock cur/base", "status"),
         [(p.label(shown), _value(p.baseline), _value(p.current), _pct(p.change), _pct(p.noise_baseline, False),
-          _pct(p.noise_current, False), _clock(p), _status_text(p, opts.threshold)) for p in rows])
+          _pct(p.noise_current, False), _clock(p), _status_text(p)) for p in rows])
     if any(p.normalized for p in comparison.points):
         lines += ["", "\\* judged clock-normalized: baseline and current are ms x SM MHz (thousands of cycles)"]
     return "\n".join(lines) + "\n"
@@ -578,7 +586,7 @@ def _point_json(comparison: Comparison, p: PointResult) -> dict:
     suspect = p.status in (SLOWER, AMBIGUOUS)
     return {**p.key_dict(), "baseline_value": p.baseline, "current_value": p.current, "change": p.change,
             "noise_baseline": _finite(p.noise_baseline), "noise_current": _finite(p.noise_current),
-            "status": p.status, "ambiguous_because": why_ambiguous(p, comparison.options.threshold)
+            "status": p.status, "ambiguous_because": why_ambiguous(p)
             if p.status == AMBIGUOUS else None, "remeasured": p.remeasured,
             "clock_ratio": _finite(p.clock_ratio), "clock_normalized": p.normalized, "against": p.against or None,
             "rerun": comparison.rerun_command(p) if suspect else None}
