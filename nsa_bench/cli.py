@@ -457,10 +457,10 @@ def profile(ctx: click.Context, out: Path | None, **flags: str | None) -> None:
               "or with a value in one run only), not only on a confirmed SLOWER.")
 @click.option("--normalize-clocks", is_flag=True, help="For --metric ms, judge ms x SM clock (cycles) where both "
               "runs read the point's SM clock; says which points it could not normalize (speedup needs none).")
-@click.option("--md", "md_path", type=click.Path(path_type=Path), help="Also write the markdown here (never over "
-              "an input or a run folder's file).")
-@click.option("--json", "json_path", type=click.Path(path_type=Path), help="Write JSON here (never over an input "
-              "or a run folder's file).")
+@click.option("--md", "md_path", type=_path(), help="Also write the markdown here (never over an input or an "
+              "existing file of a run folder, except compare's own earlier markdown).")
+@click.option("--json", "json_path", type=_path(), help="Write JSON here (never over an input or an existing file "
+              "of a run folder, except compare's own earlier JSON).")
 @click.pass_context
 def compare_command(ctx: click.Context, baseline: Path, current: Path, metric: str, threshold: float,
                     sigmas: float, all_stages: bool, rerun: bool, allow_different_gpu: bool, fail_on_ambiguous: bool,

@@ -32,6 +32,10 @@ from nsa_bench.spec import Point, SweepSpec
 SAME, FASTER, SLOWER, AMBIGUOUS = "SAME", "FASTER", "SLOWER", "AMBIGUOUS"
 LABELS = (SLOWER, AMBIGUOUS, FASTER, SAME)  # report order: what needs attention first
 
+MD_TITLE = "# nsa-bench compare: "  # the first line of compare's markdown starts so
+JSON_MARKER = ("written_by", "nsa-bench compare")  # the key and value that mark compare's JSON
+MAX_OWN_JSON_BYTES = 256 * 2**20  # a larger file is no gate.json compare wrote
+
 DEFAULT_THRESHOLD = 0.05
 DEFAULT_SIGMAS = 3.0
 SHOWN_DISAGREEMENTS = 3  # stored speedups that disagree with the times: how many to name
@@ -496,7 +500,7 @@ def _header_lines(comparison: Comparison) -> list[str]:
     direction = "higher is better" if metric.higher_is_better else "lower is better"
     computed = " computed from each run's times" if metric.name == "speedup" else ""
     lines = [
-        f"# nsa-bench compare: {comparison.verdict()}", "",
+        f"{MD_TITLE}{comparison.verdict()}", "",
         f"- baseline: `{comparison.baseline.path}` (GPU: {comparison.baseline.gpu or 'none/unknown'})",
         f"- current: `{comparison.current.path}` (GPU: {comparison.current.gpu or 'none/unknown'})",
         f"- metric: `{metric.column}`{computed} ({direction}); threshold {_pct(opts.threshold, False)}; "
@@ -604,6 +608,7 @@ def to_json(comparison: Comparison) -> dict:
     """Machine-readable result for dashboards; NaN noise becomes null."""
     opts = comparison.options
     return {
+        JSON_MARKER[0]: JSON_MARKER[1],
         "verdict": "fail" if comparison.exit_code == EXIT_REGRESSION else "pass",
         "verdict_line": comparison.verdict(),
         "exit_code": comparison.exit_code,
@@ -626,6 +631,30 @@ def to_json(comparison: Comparison) -> dict:
     }
 
 
+def _starts_with(path: Path, prefix: str) -> bool:
+    try:
+        with Path(path).open("rb") as handle:
+            return handle.read(len(prefix.encode())) == prefix.encode()
+    except OSError:
+        return False
+
+
+def _is_compare_json(path: Path) -> bool:
+    try:
+        if Path(path).stat().st_size > MAX_OWN_JSON_BYTES:
+            return False
+        payload = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError):
+        return False
+    return isinstance(payload, dict) and payload.get(JSON_MARKER[0]) == JSON_MARKER[1]
+
+
+def is_own_output(flag: str, path: Path) -> bool:
+    """Whether an existing file is one compare wrote for `flag` (its markdown title, its JSON marker): a retry
+    may rewrite its own gate.md in a run folder, never another file of the run."""
+    return _starts_with(path, MD_TITLE) if flag == "--md" else _is_compare_json(path)
+
+
 def run_compare(baseline: Path, current: Path, options: Options, *, md_path: Path | None = None,
                 json_path: Path | None = None,
                 revise: Callable[[Comparison], Comparison] | None = None) -> tuple[Comparison, str]:
@@ -633,7 +662,7 @@ def run_compare(baseline: Path, current: Path, options: Options, *, md_path: Pat
     let `revise` decide again (--rerun's re-measurement), write the files; (result, markdown)."""
     outputs = (("--md", md_path), ("--json", json_path))
     try:
-        check_outputs((Path(baseline), Path(current)), outputs)
+        check_outputs((Path(baseline), Path(current)), outputs, is_own_output)
     except OutputError as exc:
         raise CompareError(str(exc)) from None
     comparison = compare_paths(baseline, current, options)

@@ -697,3 +697,51 @@ def test_a_gate_that_judged_no_point_fails(tmp_path: Path) -> None:
     some = make_run(tmp_path / "some", samples=3, nsa_scale={("fwd", 1000): 1.3})
     out = invoke(str(base), str(some))
     assert out.exit_code == 0 and "PASS: no confirmed regression; 1 of 4 points not judged" in out.output, out.output
+
+
+# --- no existing file of a run folder is overwritten, except compare's own earlier output ------------------
+
+@pytest.mark.parametrize("target", ["breakeven.csv", "plots/speedup.svg", "report.md", "tuning.json", "envs/a.json"])
+@pytest.mark.parametrize("flag", ["--md", "--json"])
+def test_an_existing_file_of_a_run_folder_is_never_overwritten(tmp_path: Path, target: str, flag: str) -> None:
+    run = make_run(tmp_path / "run")
+    path = run / target
+    path.parent.mkdir(exist_ok=True)
+    path.write_text("the run's own file\n")
+    line = _one_line_error(invoke(str(run), str(run), flag, str(path)))
+    assert f"{flag} '{path}'" in line and "a file of the run folder" in line and "nothing was written" in line, line
+    assert path.read_text() == "the run's own file\n"
+    # a folder of progress only (a run that has not written a row yet) is a run folder too
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    (bare / "progress.jsonl").write_text("")
+    (bare / "notes.md").write_text("mine\n")
+    assert "a file of the run folder" in _one_line_error(invoke(str(run), str(run), flag, str(bare / "notes.md")))
+
+
+def test_compare_may_write_a_new_file_into_a_run_and_rewrite_its_own(tmp_path: Path) -> None:
+    """What .github/workflows/perf.yml does: --md RUN/gate.md --json RUN/gate.json, and again on a retry."""
+    base = make_run(tmp_path / "base")
+    run = make_run(tmp_path / "run", nsa_scale={("fwd", 2048): 1.2})
+    args = (str(base), str(run), "--md", str(run / "gate.md"), "--json", str(run / "gate.json"))
+    assert invoke(*args).exit_code == 1
+    again = invoke(*args)
+    assert again.exit_code == 1, again.output
+    assert (run / "gate.md").read_text().startswith("# nsa-bench compare: FAIL")
+    assert json.loads((run / "gate.json").read_text())["exit_code"] == 1
+    # but not the other way round: compare's markdown is not JSON it wrote, and a hand-edited gate.md is not its own
+    line = _one_line_error(invoke(str(base), str(run), "--json", str(run / "gate.md")))
+    assert "a file of the run folder" in line
+    (run / "gate.md").write_text("# my notes\n")
+    assert "a file of the run folder" in _one_line_error(invoke(str(base), str(run), "--md", str(run / "gate.md")))
+    assert (run / "gate.md").read_text() == "# my notes\n"
+
+
+@pytest.mark.parametrize("flag", ["--md", "--json"])
+def test_an_empty_output_path_is_named_as_such(tmp_path: Path, flag: str) -> None:
+    from cli_runner import assert_clean_exit, run_main
+
+    run = make_run(tmp_path / "run")
+    code, out, err = run_main("compare", str(run), str(run), flag, "")
+    assert_clean_exit(code, out, err, allowed=(2,))
+    assert "an empty path" in err and flag in err and "'.'" not in err, err
