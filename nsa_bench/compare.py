@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from nsa_bench import reading
 from nsa_bench.gate_values import METRICS, Key, Metric, RunValues, check_cells, frame_keys, raw_cells, run_values
 from nsa_bench.gate_values import relative_noise  # noqa: F401 - the noise rule, read with the gate
 from nsa_bench.output_paths import OutputError, check_outputs, write_output
@@ -306,6 +307,18 @@ def _gpu_name(env: dict, frame: pd.DataFrame) -> str | None:
     return None
 
 
+def _refuse_duplicates(frame: pd.DataFrame, file: Path, label: str) -> None:
+    """CompareError naming the first two rows of one key: which is the run's, the gate cannot tell, and taking
+    either would make the verdict depend on the order of the rows."""
+    found = reading.duplicate_rows(frame)
+    if found:
+        first = found[0]
+        more = f"; {len(found)} rows repeat an earlier row's key in all" if len(found) > 1 else ""
+        raise CompareError(f"{label}: {file} lines {first.first_line} and {first.line} hold the same key "
+                           f"({reading.point_text(first.key)}){more}: a run has one row per key; remove the row "
+                           "that is not the run's")
+
+
 def load_run(path: Path, label: str, metric: str | None = None) -> Run:
     """Read one side (CSV file or run folder) with its env.json and spec.json; CompareError when unreadable,
     or, given a `metric`, when a cell it reads holds inf, 0 or a negative number (named by file, line, column)."""
@@ -323,6 +336,7 @@ def load_run(path: Path, label: str, metric: str | None = None) -> Run:
         raise CompareError(f"{label}: {run_dir(path) / ENV_NAME} is not valid JSON ({exc})") from exc
     if not isinstance(env, dict):
         raise CompareError(f"{label}: {run_dir(path) / ENV_NAME} is not a JSON object")
+    _refuse_duplicates(frame, csv_path(path), label)
     settings, note = run_settings(run_dir(path))
     return Run(label, path, frame, env, _gpu_name(env, frame), settings, note)
 

@@ -745,3 +745,19 @@ def test_an_empty_output_path_is_named_as_such(tmp_path: Path, flag: str) -> Non
     code, out, err = run_main("compare", str(run), str(run), flag, "")
     assert_clean_exit(code, out, err, allowed=(2,))
     assert "an empty path" in err and flag in err and "'.'" not in err, err
+
+
+# --- a run with two rows of one key is refused, whatever the argument order ---------------------------
+
+def test_duplicate_key_rows_are_refused_naming_file_lines_and_key(tmp_path: Path) -> None:
+    base = make_run(tmp_path / "base")
+    cur = make_run(tmp_path / "cur")
+    cells = _cells(cur / CSV_NAME)
+    first = int(_nsa_total("fwd", 2048)(cells).to_numpy().nonzero()[0][0])
+    twin = cells.iloc[[first]].assign(ms_median="9.0")  # the same key, another time
+    pd.concat([cells, twin], ignore_index=True).to_csv(cur / CSV_NAME, index=False)
+    last = len(cells) + 2
+    for args in ((base, cur), (cur, base)):
+        line = _one_line_error(invoke(*map(str, args)))
+        assert f"{cur / CSV_NAME} lines {first + 2} and {last}" in line, line
+        assert "fwd nsa-triton T=2048" in line and "stored speedups" not in line, line
