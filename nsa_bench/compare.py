@@ -396,6 +396,26 @@ def _point(key: Key, base: RunValues, cur: RunValues, options: Options) -> Point
                        against=c.against or b.against)
 
 
+def _values_text(values: set[str], limit: int = 3) -> str:
+    shown = sorted(values, key=lambda v: (len(v), v))
+    more = f" and {len(shown) - limit} more" if len(shown) > limit else ""
+    return "/".join(shown[:limit]) + more
+
+
+def why_apart(base: Sequence[Key], cur: Sequence[Key]) -> str:
+    """Why no key of one run is a key of the other: the key columns whose values the runs never share
+    (dtype: baseline float64, current bfloat16), else that they combine shared values differently."""
+    parts = []
+    for i, name in enumerate(KEY_FIELDS):
+        in_base, in_cur = {k[i] for k in base}, {k[i] for k in cur}
+        if in_base.isdisjoint(in_cur):
+            parts.append(f"{name}: baseline {_values_text(in_base)}, current {_values_text(in_cur)}")
+    if parts:
+        return "the key columns differ: " + "; ".join(parts)
+    varying = [name for i, name in enumerate(KEY_FIELDS) if len({k[i] for k in (*base, *cur)}) > 1]
+    return f"every key column shares values, but in other combinations (of {', '.join(varying)})"
+
+
 def compare_runs(baseline: Run, current: Run, options: Options, notes: Sequence[str] = ()) -> Comparison:
     """Label every point the two runs share; CompareError when nothing can be compared."""
     base, cur = _values(baseline, options), _values(current, options)  # schema problems first
@@ -406,6 +426,8 @@ def compare_runs(baseline: Run, current: Run, options: Options, notes: Sequence[
         hint = ""
         if metric.measured and not base.values and not cur.values:
             hint = " (predicted CPU runs have no measured rows: use --metric predicted_ms)"
+        elif base.values and cur.values:
+            hint = f"; {why_apart(list(base.values), list(cur.values))}"
         raise CompareError(
             f"no rows in common with a {metric.column} value: baseline has {len(base.values)}, "
             f"current has {len(cur.values)}{hint}")

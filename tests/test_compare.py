@@ -761,3 +761,29 @@ def test_duplicate_key_rows_are_refused_naming_file_lines_and_key(tmp_path: Path
         line = _one_line_error(invoke(*map(str, args)))
         assert f"{cur / CSV_NAME} lines {first + 2} and {last}" in line, line
         assert "fwd nsa-triton T=2048" in line and "stored speedups" not in line, line
+
+
+# --- no rows in common: which key column keeps them apart -------------------------------------------------
+
+@pytest.mark.parametrize("column,old,new", [("dtype", "bfloat16", "float64"), ("backend", "nsa-triton", "nsa-v2"),
+                                            ("window", "512", "256")])
+def test_no_rows_in_common_says_which_key_column_differs(tmp_path: Path, column: str, old: str, new: str) -> None:
+    base = make_run(tmp_path / "base")
+    cur = make_run(tmp_path / "cur")
+    cells = _cells(cur / CSV_NAME)
+    cells[column] = cells[column].replace(old, new)
+    cells.to_csv(cur / CSV_NAME, index=False)
+    line = _one_line_error(invoke(str(base), str(cur)))
+    assert "no rows in common" in line and f"{column}: baseline {old}, current {new}" in line, line
+
+
+def test_no_rows_in_common_from_other_combinations_says_so(tmp_path: Path) -> None:
+    base = make_run(tmp_path / "base")
+    cur = make_run(tmp_path / "cur")
+    for run, keep in ((base, "1000"), (cur, "2048")):  # fwd at one length, bwd at the other
+        cells = _cells(run / CSV_NAME)
+        keep_rows = ((cells["mode"] == "fwd") & (cells["seqlen"] == keep)) | \
+            ((cells["mode"] == "bwd") & (cells["seqlen"] != keep))
+        cells[keep_rows].to_csv(run / CSV_NAME, index=False)
+    line = _one_line_error(invoke(str(base), str(cur)))
+    assert "no rows in common" in line and "other combinations" in line and "mode" in line, line
