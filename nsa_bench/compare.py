@@ -22,7 +22,7 @@ from pathlib import Path
 import pandas as pd
 
 from nsa_bench import reading
-from nsa_bench.gate_values import METRICS, Key, Metric, RunValues, check_cells, frame_keys, raw_cells, run_values
+from nsa_bench.gate_values import METRICS, Key, Metric, RunValues, frame_keys, run_values
 from nsa_bench.gate_values import relative_noise  # noqa: F401 - the noise rule, read with the gate
 from nsa_bench.output_paths import OutputError, check_outputs, write_output
 from nsa_bench.repro import run_settings, sweep_command
@@ -319,17 +319,16 @@ def _refuse_duplicates(frame: pd.DataFrame, file: Path, label: str) -> None:
                            "that is not the run's")
 
 
-def load_run(path: Path, label: str, metric: str | None = None) -> Run:
-    """Read one side (CSV file or run folder) with its env.json and spec.json; CompareError when unreadable,
-    or, given a `metric`, when a cell it reads holds inf, 0 or a negative number (named by file, line, column)."""
+def load_run(path: Path, label: str) -> Run:
+    """Read one side (CSV file or run folder) with its env.json and spec.json; CompareError when unreadable
+    (a cell that holds inf, 0 or a negative number where the row's status says it has a time, named by file,
+    line and column, as every reader refuses it), or when two rows share a key."""
     path = Path(path)
     if not path.exists():
         raise CompareError(f"{label}: {path} does not exist")
     try:
         frame = read_rows(path)
         env = read_json(run_dir(path) / ENV_NAME)
-        if metric is not None:
-            check_cells(raw_cells(csv_path(path)), frame["status"], METRICS[metric], csv_path(path))
     except ResultsError as exc:
         raise CompareError(f"{label}: {exc}") from exc
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
@@ -441,8 +440,7 @@ def compare_runs(baseline: Run, current: Run, options: Options, notes: Sequence[
 
 
 def compare_paths(baseline: Path, current: Path, options: Options) -> Comparison:
-    return compare_runs(load_run(baseline, "baseline", options.metric), load_run(current, "current", options.metric),
-                        options)
+    return compare_runs(load_run(baseline, "baseline"), load_run(current, "current"), options)
 
 
 # --- re-measuring suspects ---------------------------------------------------------------------
@@ -597,7 +595,6 @@ def _one_sided_lines(comparison: Comparison, shown: Sequence[str], limit: int = 
 def to_markdown(comparison: Comparison, worst: int = 5) -> str:
     """The summary for humans and CI logs: verdict, counts, geomean, worst regressions, a re-run command per
     suspect, environment, every point with its clock ratio."""
-    opts = comparison.options
     shown = comparison.varying_fields()
     lines = _header_lines(comparison) + _regression_lines(comparison, shown, worst)
     lines += _rerun_lines(comparison, shown) + _one_sided_lines(comparison, shown)

@@ -374,17 +374,24 @@ def plot_layer(frame: pd.DataFrame, folder: Path) -> list[Path]:
 
 
 # ------------------------------------------------------------------ a run
-def resolve_gpu(frame: pd.DataFrame, gpu: str | None) -> GPUSpec:
-    """The GPU whose ceilings the roofline draws: --gpu, else the run's GPU, else H100."""
+def resolve_gpu(frame: pd.DataFrame, gpu: str | None, env: dict | None = None) -> GPUSpec:
+    """The GPU whose ceilings the roofline draws: --gpu, else the run's GPU (its rows, else env.json), else H100."""
     if gpu:
         return gpu_spec(gpu)
-    for name in frame.get("gpu", pd.Series(dtype=str)):
+    for name in [*frame.get("gpu", pd.Series(dtype=str)), env_gpu(env or {})]:
         if isinstance(name, str) and name:
             try:
                 return gpu_spec(name)
             except ValueError:
                 continue
     return gpu_spec("h100")
+
+
+def env_gpu(env: dict) -> str | None:
+    """The GPU spec key env.json names for the run (`target_gpu`: what it predicted for, or measured on)."""
+    target = env.get("target_gpu")
+    key = target.get("key") if isinstance(target, dict) else None
+    return key if isinstance(key, str) and key else None
 
 
 def _plots_folder(run_dir: Path) -> Path:
@@ -406,8 +413,9 @@ def plot_run(run_dir: Path, gpu: str | None = None, published: bool = False) -> 
     from nsa_bench import published as published_mod
 
     frame = results.read_rows_nonempty(run_dir)
+    env = results.read_json(results.run_dir(Path(run_dir)) / results.ENV_NAME)  # refused unless a JSON object
     folder = _plots_folder(run_dir)
-    spec = resolve_gpu(frame, gpu)
+    spec = resolve_gpu(frame, gpu, env)
     matches = published_mod.matching(frame[frame["stage"] == STAGE_TOTAL], gpu=spec.name) if published else []
     try:
         return [*plot_speedup(frame, folder, matches), *plot_roofline(frame, folder, spec),

@@ -435,3 +435,29 @@ def test_permission_denied_is_one_line_exit_2(tmp_path, monkeypatch, capsys):
     code, _, err = run_cli(monkeypatch, capsys, "plot", str(tmp_path))
     _assert_one_line_naming(code, err, tmp_path / results.PLOTS_DIR / "speedup.png")
     assert "Permission denied" in err
+
+
+# ------------------------------------------------------------------ times that are no times, env.json not an object
+@pytest.mark.parametrize("command", ["plot", "report"])
+@pytest.mark.parametrize("cells", [{"status": "ok", "ms_median": "0"}, {"status": "ok", "ms_median": "inf"},
+                                   {"predicted_ms": "0"}])
+def test_a_zero_or_infinite_time_is_refused_as_compare_refuses_it(tmp_path, monkeypatch, capsys, command, cells):
+    sweep_frame(tmp_path, SweepSpec(seqlens=(8192,), modes=("fwd",)))
+    table = pd.read_csv(tmp_path / results.CSV_NAME, dtype=str, keep_default_na=False)
+    for column, text in cells.items():
+        table.loc[1, column] = text
+    table.to_csv(tmp_path / results.CSV_NAME, index=False)
+    column, text = list(cells.items())[-1]
+    code, _, err = run_cli(monkeypatch, capsys, command, str(tmp_path))
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    assert f"{tmp_path / results.CSV_NAME} line 3: column {column}: '{text}' is not a finite positive number" in err
+    compared = run_cli(monkeypatch, capsys, "compare", str(tmp_path), str(tmp_path), "--metric", "predicted_ms")
+    assert compared[0] == 2 and f"line 3: column {column}" in compared[2]
+
+
+@pytest.mark.parametrize("text", ["null", "[1, 2]", "{gpu"])
+def test_plot_refuses_an_env_json_that_is_not_an_object(tmp_path, monkeypatch, capsys, text):
+    sweep_frame(tmp_path, SweepSpec(seqlens=(8192,), modes=("fwd",)))
+    (tmp_path / results.ENV_NAME).write_text(text)
+    code, _, err = run_cli(monkeypatch, capsys, "plot", str(tmp_path))
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "env.json" in err, err
