@@ -491,12 +491,17 @@ def merge_command(runs: tuple[Path, ...], out: Path) -> None:
     One CSV; speedups recomputed against the baseline of the same point on the same GPU; each run's
     env.json kept as envs/<run>.json. Runs of different sweeps (spec.json) are refused.
     """
+    import signal
+
     from nsa_bench import merge
 
     try:
         result = merge.merge(list(runs), out, command=" ".join(sys.argv))
     except merge.MergeError as exc:
         raise _bad(None, str(exc)) from None
+    except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM: say what --out holds, in one line
+        click.echo(merge.interrupted_text(out, signal.Signals(interrupts.signal_of(exc)).name), err=True)
+        sys.exit(interrupts.exit_code(exc))
     click.echo(merge.describe(result))
 
 
