@@ -353,7 +353,8 @@ cli.add_command(click.Command(
               "markers labelled by source, GPU and what they are a speedup against  [default: off]")
 def plot(run: Path, gpu: str | None, published: bool) -> None:
     """Redraw the plots of a run folder (or CSV): speedup, roofline, NSA time by stage (and, where they apply,
-    NSA against each dense baseline and one attention layer)."""
+    NSA against each dense baseline and one attention layer). A run's go into its plots/; a CSV named other
+    than results.csv gets its own folder beside it, <name>-plots/."""
     from nsa_bench import plots, results
     from nsa_bench.gpus import gpu_spec
     from nsa_bench.parse import parse_name
@@ -366,14 +367,18 @@ def plot(run: Path, gpu: str | None, published: bool) -> None:
             raise _bad("gpu", f"{show(gpu)}: {exc}") from None
     try:
         written = plots.plot_run(run, gpu, published=published)
+        if not written:
+            raise _bad(None, f"RUN {show(str(run), 120)}: {plots.nothing_to_plot(run)}")
     except results.ResultsError as exc:
         raise _bad(None, f"RUN {show(str(run), 120)}: {exc}") from None
     except PublishedError as exc:
         raise _bad("published", str(exc)) from None
-    if not written:
-        raise _bad(None, f"RUN {show(str(run), 120)}: nothing to plot (no row has a measured or predicted time)")
     for path in written:
         click.echo(str(path))
+    folder = plots.plots_folder(run)
+    if folder.name != results.PLOTS_DIR:
+        click.echo(f"Plots of {run.name} are in {folder}, a folder of its own (the run's {results.PLOTS_DIR}/ "
+                   "is left as it is).")
 
 
 @cli.command()

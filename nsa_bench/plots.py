@@ -394,9 +394,18 @@ def env_gpu(env: dict) -> str | None:
     return key if isinstance(key, str) and key else None
 
 
+def plots_folder(path: Path) -> Path:
+    """Where the plots of `path` go: a run folder's (or its results.csv's) into its plots/, any other CSV's
+    into `<stem>-plots/` beside it, so plotting a copy or a slice never overwrites the run's plots."""
+    path = Path(path)
+    if path.is_dir() or path.name == results.CSV_NAME:
+        return results.run_dir(path) / results.PLOTS_DIR
+    return path.parent / f"{path.stem}-plots"
+
+
 def _plots_folder(run_dir: Path) -> Path:
-    """run_dir/plots, made, with the extra pages of an earlier drawing removed."""
-    folder = results.run_dir(Path(run_dir)) / results.PLOTS_DIR
+    """plots_folder(run_dir), made, with the extra pages of an earlier drawing removed."""
+    folder = plots_folder(run_dir)
     try:
         folder.mkdir(parents=True, exist_ok=True)
         for stale in [*folder.glob("speedup-*.*"), *folder.glob("stages-*.*")]:
@@ -406,13 +415,34 @@ def _plots_folder(run_dir: Path) -> Path:
     return folder
 
 
+def read_run(path: Path) -> pd.DataFrame:
+    """The rows to plot: a CSV without a baseline column takes the run's baseline (spec.json's, else the
+    sweep's default), so its speedups derive from its times."""
+    from nsa_bench.repro import run_settings
+
+    frame = results.read_rows_nonempty(path)
+    return reading.with_default_baseline(frame, run_settings(results.run_dir(Path(path)))[0].baseline)
+
+
+def nothing_to_plot(path: Path) -> str:
+    """Why no plot of `path` was drawn, for a run that plot_run drew nothing of."""
+    frame = read_run(path)
+    timed = len(reading.usable(frame))
+    if not timed:
+        return "nothing to plot (no row has a measured or predicted time)"
+    baselines = ", ".join(sorted({b for b in frame["baseline"].astype(str) if b})) or "none named"
+    rows = f"{timed} row has a time" if timed == 1 else f"{timed} rows have a time"
+    return (f"nothing to plot: {rows}, but no plot applies (a speedup needs its baseline backend's row at the "
+            f"same point: baseline {baselines}; the roofline needs flops and intensity; the stage plot stage rows)")
+
+
 def plot_run(run_dir: Path, gpu: str | None = None, published: bool = False) -> list[Path]:
-    """Write every plot of a run into run_dir/plots (replacing older pages); returns the files written.
+    """Write every plot of a run into plots_folder(run_dir) (replacing older pages); returns the files written.
     `published`: set published speedups of the same configuration beside the run's (nsa_bench/published.csv).
     A folder that cannot be written is a ResultsError naming the path (the CLI's one-line exit 2)."""
     from nsa_bench import published as published_mod
 
-    frame = results.read_rows_nonempty(run_dir)
+    frame = read_run(run_dir)
     env = results.read_json(results.run_dir(Path(run_dir)) / results.ENV_NAME)  # refused unless a JSON object
     folder = _plots_folder(run_dir)
     spec = resolve_gpu(frame, gpu, env)

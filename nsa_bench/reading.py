@@ -204,3 +204,12 @@ def duplicates_warning(frame: pd.DataFrame, file: object) -> str:
     more = f" ({len(found)} rows repeat an earlier row's key in all)" if len(found) > 1 else ""
     return (f"{file} lines {first.first_line} and {first.line} hold the same key ({point_text(first.key)}){more}: "
             "a run has one row per key, the tables show only one of them; remove the row that is not the run's")
+
+
+def with_default_baseline(frame: pd.DataFrame, baseline: str) -> pd.DataFrame:
+    """`frame` with `baseline` in every baseline cell when its CSV had no baseline column (older and hand-made
+    CSVs), so their speedups derive from their times (row_speedups) as compare derives them; a CSV with the
+    column is returned as it is (an empty cell there means the row has no baseline to be divided by)."""
+    if "baseline" not in frame.attrs.get("absent", ()) and "baseline" in frame.columns:
+        return frame
+    return frame.assign(baseline=baseline)
