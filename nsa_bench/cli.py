@@ -397,7 +397,8 @@ cli.add_command(click.Command(
               "markers labelled by source, GPU and what they are a speedup against  [default: off]")
 def plot(run: Path, gpu: str | None, published: bool) -> None:
     """Redraw the plots of a run folder (or CSV): speedup, roofline, NSA time by stage (and, where they apply,
-    NSA against each dense baseline and one attention layer)."""
+    NSA against each dense baseline and one attention layer). A run's go into its plots/; a CSV named other
+    than results.csv gets its own folder beside it, <name>-plots/."""
     from nsa_bench import plots, results
     from nsa_bench.gpus import gpu_spec
     from nsa_bench.parse import parse_name
@@ -410,14 +411,18 @@ def plot(run: Path, gpu: str | None, published: bool) -> None:
             raise _bad("gpu", f"{show(gpu)}: {exc}") from None
     try:
         written = plots.plot_run(run, gpu, published=published)
+        if not written:
+            raise _bad(None, f"RUN {show(str(run), 120)}: {plots.nothing_to_plot(run)}")
     except results.ResultsError as exc:
         raise _bad(None, f"RUN {show(str(run), 120)}: {exc}") from None
     except PublishedError as exc:
         raise _bad("published", str(exc)) from None
-    if not written:
-        raise _bad(None, f"RUN {show(str(run), 120)}: nothing to plot (no row has a measured or predicted time)")
     for path in written:
         click.echo(str(path))
+    folder = plots.plots_folder(run)
+    if folder.name != results.PLOTS_DIR:
+        click.echo(f"Plots of {run.name} are in {folder}, a folder of its own (the run's {results.PLOTS_DIR}/ "
+                   "is left as it is).")
 
 
 @cli.command()
@@ -496,7 +501,7 @@ def profile(ctx: click.Context, out: Path | None, **flags: str | None) -> None:
               show_default=True, help="speedup over the run's baseline backend, computed from each run's own times "
               "(higher is better), ms_median, or predicted_ms (cost model, for CPU runs).")
 @click.option("--threshold", type=_NUMBER, default=5.0, show_default=True,
-              help="Percent change below which a point is SAME.")
+              help="Percent change below which a point is SAME (above 0, below 100).")
 @click.option("--sigmas", type=_NUMBER, default=3.0, show_default=True,
               help="A change must exceed this many combined noise units to be FASTER/SLOWER.")
 @click.option("--all-stages", is_flag=True, help="Also gate the per-branch breakdown rows.")
@@ -506,10 +511,10 @@ def profile(ctx: click.Context, out: Path | None, **flags: str | None) -> None:
               "or with a value in one run only), not only on a confirmed SLOWER.")
 @click.option("--normalize-clocks", is_flag=True, help="For --metric ms, judge ms x SM clock (cycles) where both "
               "runs read the point's SM clock; says which points it could not normalize (speedup needs none).")
-@click.option("--md", "md_path", type=click.Path(path_type=Path), help="Also write the markdown here (never over "
-              "an input or a run folder's file).")
-@click.option("--json", "json_path", type=click.Path(path_type=Path), help="Write JSON here (never over an input "
-              "or a run folder's file).")
+@click.option("--md", "md_path", type=_path(), help="Also write the markdown here (never over an input or an "
+              "existing file of a run folder, except compare's own earlier markdown).")
+@click.option("--json", "json_path", type=_path(), help="Write JSON here (never over an input or an existing file "
+              "of a run folder, except compare's own earlier JSON).")
 @click.pass_context
 def compare_command(ctx: click.Context, baseline: Path, current: Path, metric: str, threshold: float,
                     sigmas: float, all_stages: bool, rerun: bool, allow_different_gpu: bool, fail_on_ambiguous: bool,
@@ -540,12 +545,17 @@ def merge_command(runs: tuple[Path, ...], out: Path) -> None:
     One CSV; speedups recomputed against the baseline of the same point on the same GPU; each run's
     env.json kept as envs/<run>.json. Runs of different sweeps (spec.json) are refused.
     """
+    import signal
+
     from nsa_bench import merge
 
     try:
         result = merge.merge(list(runs), out, command=" ".join(sys.argv))
     except merge.MergeError as exc:
         raise _bad(None, str(exc)) from None
+    except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM: say what --out holds, in one line
+        click.echo(merge.interrupted_text(out, signal.Signals(interrupts.signal_of(exc)).name), err=True)
+        sys.exit(interrupts.exit_code(exc))
     click.echo(merge.describe(result))
 
 

@@ -347,6 +347,7 @@ def _load(directory: Path, plotter: Plotter) -> _Content:
     gpu = target.get("key") if isinstance(target, dict) else None  # the spec the sweep predicted for
     gpu = gpu if isinstance(gpu, str) and gpu else None
     plots, warnings = _ensure_plots(directory, gpu, plotter)
+    warnings = [*warnings, *filter(None, [reading.duplicates_warning(frame, directory / CSV_NAME)])]
     settings, why_default = repro.run_settings(directory)
     statuses = frame["status"].astype(str)
     baselines = sorted({b for b in frame.get("baseline", pd.Series(dtype=str)) if b})
