@@ -58,7 +58,7 @@ _INTERPRETER = triton.Config({"BLOCK_M": 64, "BLOCK_N": 16}, num_warps=4, num_st
 # drops it there (it is the cheapest tile for narrow heads and for select_blocks' lse-only pass).
 _FWD_TILES = ((64, 32, 4), (64, 16, 4), (64, 16, 8), (128, 16, 8), (32, 64, 8), (32, 32, 8), (32, 16, 4))
 _DQ_TILES = ((32, 16, 8), (32, 32, 8), (32, 64, 8))
-# v2 (issue 13): tiles of 4-16 positions, so the visible k_cmp/v_cmp pass L2 2-8x less often per query.
+# v2: tiles of 4-16 positions, so the visible k_cmp/v_cmp pass L2 2-8x less often per query.
 # Compiled for sm_90 at the paper shape and at G=1, 64/64 without spills (256x32 and 128-row 4-warp
 # forward tiles spill at the paper shape and are left out).
 _FWD_TILES_V2 = (*_FWD_TILES, (128, 32, 8), (128, 64, 8), (256, 16, 8), (64, 64, 8), (64, 64, 4))
@@ -619,7 +619,7 @@ def compressed_fwd(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Branch "cmp": (o [B,T,Hq,Dv] in q.dtype, lse [B,T,Hq] fp32); no visible block: o = 0, lse = +inf.
 
-    variant "v2" (default) also tries tiles of 8-16 positions; "v1" the tiles before issue 13.
+    variant "v2" (default) also tries tiles of 8-16 positions; "v1" the tiles before the redesign.
 
     Packed (a `Packing`, v2 only): q [1, total_T, Hq, Dk], k_cmp/v_cmp [1, sum_s Tc_s, Hkv, D]
     (compress_fwd's packed layout); each query sees its own sequence's blocks at local positions.

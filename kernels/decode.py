@@ -38,7 +38,7 @@ __all__ = ["nsa_decode", "nsa_decode_with_selection", "compress_cache", "Compres
 _LOG2E = 1.4426950408889634
 _SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 # v1 top-n: up to this many int64 selection keys are picked from registers in one load (512k tokens
-# at l' = 64, as before issue 15); a longer cache takes n passes over key chunks of this size (L2).
+# at l' = 64, as the first decode kernels were); a longer cache takes n passes over key chunks of this size (L2).
 # Neither variant limits the number of selection blocks.
 _V1_KEY_CHUNK = 8192
 # The combine merges at most this many partials per step (online softmax merge over steps), so the
@@ -708,7 +708,7 @@ def nsa_decode_with_selection(
     `block_c` overrides the compressed-attention tile (tests use it to force several splits).
     variant "v2" (default): selection scored by many programs and ranked inside the selected-attention
     units; "v1": one program per (batch, KV head) scores and picks the top n serially
-    (docs/tuning-notes.md, issue 13 suspect 3).
+    (docs/tuning-notes.md, the decode selection's traffic model).
     """
     check_variant("variant", variant)
     check_kernel_config(cfg)

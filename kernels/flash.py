@@ -118,7 +118,7 @@ _DKDV = _candidates(
     narrow=[TileConfig(32, 64, 8, 2), TileConfig(32, 64, 8, 3), TileConfig(32, 128, 8, 2), TileConfig(64, 64, 8, 2)],
     wide=[TileConfig(16, 32, 8, 2), TileConfig(32, 32, 8, 2), TileConfig(16, 32, 4, 2)],
     interp=TileConfig(16, 32),
-    # sm_90 compile at T = 1M (issue 15): BLOCK_DK=256 (v1's padded 192) with ROW64 spills 8 bytes
+    # sm_90 compile at T = 1M: BLOCK_DK=256 (v1's padded 192) with ROW64 spills 8 bytes
     row64_spills=(TileConfig(32, 32, 8, 2),),
 )
 # dq: the query tile (BLOCK_M) is resident, KV tiles (BLOCK_N) stream past it.

@@ -437,7 +437,7 @@ _dkdv_atomic_kernel = autotune(
 # already brought is masked (its loads fetch nothing), so block 0, the local blocks and any block two
 # positions share pass L2 once per tile; each block updates only the rows whose position selected it
 # (set semantics per row, as in v1). Dk runs as two exact column chunks (192 = 128 + 64).
-# docs/tuning-notes.md has the traffic model (issue 13, suspect 2).
+# docs/tuning-notes.md has the traffic model (the selected forward's v2 section).
 def _tile_configs(positions: tuple[int, ...]) -> list[triton.Config]:
     """POSITIONS per program and BLOCK_K keys per step; under the interpreter `tiles.launcher` pins both."""
     return [

@@ -1,11 +1,11 @@
-"""Selected attention for small GQA groups (G < 16): KV-block-outer, forward and backward (issue 17).
+"""Selected attention for small GQA groups (G < 16): KV-block-outer, forward and backward.
 
 The padded kernels (selected.py) run one (position, KV head) per program with the group padded to 16
 MMA rows, so at G = 4 each selected block (40 KB at the paper shape) passes L2 once per position for
 only 4 heads. Here the selection is inverted on the device into per-block query lists (as the dk/dv
 backward already does) and a program per (key chunk of block j, list segment, batch x KV head) loads
 its keys once and runs tiles of gathered rows: BLOCK_M / G_IN queries x G_IN heads fill the MMA rows.
-docs/tuning-notes.md ("Issue 17: small GQA groups") has the traffic model; this is its path C.
+docs/tuning-notes.md (its section on small GQA groups) has the traffic model; this is its path C.
 
 - Forward: each (query entry, key chunk) writes a partial (o normalised, in q's dtype; lse fp32) to
   its own slot; `_merge_kernel` combines the n x CHUNKS partials of each (query, head) in slot order
@@ -256,7 +256,7 @@ def _merge_kernel(
 
 def _partial_dtype(q: torch.Tensor) -> torch.dtype:
     """Partials in q's dtype (bf16/fp16: 2^-9 / 2^-11 relative per partial, inside the 1e-2
-    tolerance, half the bytes of fp32), fp32 for fp32 inputs (tuning notes, issue 17)."""
+    tolerance, half the bytes of fp32), fp32 for fp32 inputs (tuning notes, small GQA groups)."""
     return q.dtype
 
 

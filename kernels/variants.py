@@ -1,4 +1,4 @@
-"""Which implementation of each kernel runs: "v1" (the kernels before issue 13) or "v2" (the default).
+"""Which implementation of each kernel runs: "v1" (the kernels before their redesign) or "v2" (the default).
 
 Every redesigned kernel keeps its old path until a GPU run has timed both, so each wrapper takes a
 `variant=` argument and `nsa.py` passes them from one `KernelVariants`. The benchmark's nsa-triton
@@ -7,7 +7,7 @@ either side: "v1" = every kernel as before, "v2" = every kernel redesigned (the 
 per-kernel overrides such as "v2,cmp_dkv=v1" or "cmp_dkv=v1,slc_fwd=v1" (the base defaults to v2;
 "+" separates as well as ",", so a row's `impl` label "v2+cmp_dkv=v1" reads back as the same choice).
 
-`slc_small_g` (issue 17) picks the selected branch's path for small GQA groups and has its own values:
+`slc_small_g` picks the selected branch's path for small GQA groups and has its own values:
 "auto" (the v2 default: the KV-block-outer kernels of selected_small_g.py when G < 16, the padded
 kernels otherwise), "padded" (what v1 means for it: always the group padded to 16 MMA rows) and
 "small_g" (always block-outer, also at G >= 16, so a GPU run can compare both there). `impl_label(G)`
@@ -89,17 +89,24 @@ class KernelVariants:
     @classmethod
     def parse(cls, text: str, source: str = ENV_VAR) -> "KernelVariants":
         """"v1", "v2", or comma-separated tokens: one optional base variant, then kernel=variant overrides."""
-        tokens = [t.strip() for t in str(text).replace("+", ",").split(",") if t.strip()]
+        tokens = [t.strip() for t in str(text).replace("+", ",").split(",")]
+        if any(not t for t in tokens) and str(text).strip():
+            raise ValueError(f"{source}={text!r}: an empty item")
+        tokens = [t for t in tokens if t]
         base, overrides = DEFAULT, {}
         for i, token in enumerate(tokens):
             if "=" not in token:
                 if i != 0:
+                    if "=" not in tokens[0]:
+                        raise ValueError(f"{source}={text!r}: one base variant only ({tokens[0]!r} and {token!r})")
                     raise ValueError(f"{source}={text!r}: the base variant {token!r} must come first")
                 base = check_variant(source, token)
                 continue
             kernel, _, value = (part.strip() for part in token.partition("="))
             if kernel not in KERNELS:
                 raise ValueError(f"{source}={text!r}: unknown kernel {kernel!r} (one of {', '.join(KERNELS)})")
+            if kernel in overrides:
+                raise ValueError(f"{source}={text!r}: {kernel} is set twice")
             overrides[kernel] = check_variant(f"{source} {kernel}", value, kernel)
         return cls(**{name: overrides.get(name, _base_value(name, base)) for name in KERNELS})
 

@@ -163,34 +163,24 @@ def sweep(suite: str | None, point: str | None, out: Path | None, resume: bool, 
     chosen_shard = _shard(shard)
     n_workers = _workers(workers)
     known = tuple(backends.registry())
-    unknown = [b for b in spec.backends if b not in known]
-    if unknown:
-        raise _bad("backend", f"unknown {', '.join(map(repr, unknown))} (choose from {', '.join(known)})")
-    unknown = [b for b in spec.baselines if b not in known]
-    if unknown:
-        raise _bad("baseline", f"unknown {', '.join(map(repr, unknown))} (choose from {', '.join(known)})")
+    for flag, names in (("backend", spec.backends), ("baseline", spec.baselines)):
+        unknown = [b for b in names if b not in known]
+        if unknown:
+            message = f"unknown {', '.join(map(repr, unknown))} (choose from {', '.join(known)})"
+            if options.get(flag) is None and suite is not None:  # the suite named it, not a flag
+                raise _bad(None, f"invalid value for {flag} in suite {show(suite, 120)}: {message}")
+            raise _bad(flag, message)
     points, invalid = spec.points()
     nsa_backends = [b for b in spec.run_backends if backends.registry()[b].family == "nsa"]
     if not points and nsa_backends:
+        if point is not None:
+            raise _bad("point", f"{show(point, 80)} is not a valid NSA configuration: {invalid[0][1]}")
         raise _bad(None, str(suites.InvalidConfiguration(invalid[0][1], options, suite)))
     if resume and out is None:
         raise _bad(None, "--resume continues the run in --out: name that folder with --out")
     if dry_run:
-        from nsa_bench import plan
-
-        from nsa_bench import environment, execute, resume as resume_mod
-
-        measuring = sweep_mod.cuda_present()
-        try:
-            gpu = sweep_mod.target_gpu(spec.gpu, measuring=measuring)
-            done = plan.done_in(out, spec, gpu, chosen_shard, environment.gpu_name() if measuring else None) \
-                if resume else frozenset()
-        except sweep_mod.SweepError as exc:
-            raise _bad(exc.flag, str(exc)) from None
-        except (resume_mod.ResumeError, ValueError) as exc:
-            raise _bad(None, str(exc)) from None
-        click.echo(plan.dry_run(spec, gpu, n_workers, budget_s, plots=not no_plots, precompile=not no_precompile,
-                                shard=chosen_shard, done=done, measure=execute.cuda_measure() if measuring else None))
+        _dry_run(spec, out, resume, chosen_shard, n_workers, budget_s, no_plots, no_precompile, devices, ray,
+                 timeout_s, in_process)
         return
     out = out or run_folder.default_out_dir(suite)
     try:
@@ -229,6 +219,51 @@ def _spec_from(suite: str | None, options: dict[str, str | None], cuda_graph: bo
     return spec
 
 
+def _gpu_key_here() -> str:
+    """The spec key of the GPU here (h100, h200, ...); an unknown card's name as a slug; "none" without one."""
+    import re
+
+    import torch
+
+    from nsa_bench.gpus import gpu_spec
+
+    if not torch.cuda.is_available():
+        return "none"
+    name = torch.cuda.get_device_name(0)
+    try:
+        return gpu_spec(name).key
+    except ValueError:
+        return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-") or "gpu"
+
+
+def _dry_run(spec, out: Path | None, resume: bool, shard, n_workers: int, budget_s: float | None, no_plots: bool,
+             no_precompile: bool, devices: str | None, ray: str | None, timeout_s: float | None,
+             in_process: bool) -> None:
+    """Print the plan of the sweep these flags make, refusing what the sweep itself would refuse (where its
+    points run, the run folder) so a plan that prints is a run that starts."""
+    from nsa_bench import environment, execute, plan, resume as resume_mod
+    from nsa_bench import sweep as sweep_mod
+
+    measuring = sweep_mod.cuda_present()
+    try:
+        gpu = sweep_mod.target_gpu(spec.gpu, measuring=measuring)
+        sweep_mod.choose_pool(spec, gpu, measuring, devices, ray, timeout_s, budget_s, in_process)
+        if out is not None and not resume and resume_mod.has_run(out):
+            raise _bad("out", f"{show(str(out), 120)} already holds a run: pass --resume to continue it, or choose "
+                              "another --out")
+        done = plan.done_in(out, spec, gpu, shard, environment.gpu_name() if measuring else None) \
+            if resume else frozenset()
+    except sweep_mod.SweepError as exc:
+        raise _bad(exc.flag, str(exc)) from None
+    except (resume_mod.ResumeError, ValueError) as exc:
+        raise _bad(None, str(exc)) from None
+    if not measuring:
+        click.echo(f"No CUDA GPU here: this sweep would write predictions in seconds; the plan below is of the run "
+                   f"on {gpu.name} (--gpu), with what it would compile, tune, check and time.")
+    click.echo(plan.dry_run(spec, gpu, n_workers, budget_s, plots=not no_plots, precompile=not no_precompile,
+                            shard=shard, done=done, measure=execute.cuda_measure() if measuring else None))
+
+
 def _one_point(label: str, spec, suite: str | None, options: dict[str, str | None]):
     """The sweep of the one point --point names, measured as the other flags say; refused with a suite or an
     axis flag (the point fixes every axis)."""
@@ -240,11 +275,17 @@ def _one_point(label: str, spec, suite: str | None, options: dict[str, str | Non
     if suite is not None or given:
         clash = "--suite" if suite is not None else f"--{given[0]}"
         raise _bad("point", f"fixes every axis of the sweep: leave out {clash}")
+    from nsa_bench.backends import registry
+
+    words = label.split()
+    if words and words[0] in registry():  # a progress line: "<backend> <point label>"
+        raise _bad("point", f"{show(label, 80)}: starts with the backend {words[0]}: give the point alone "
+                            f"(from the mode on) and the backends with --backend")
     try:
         chosen = Point.from_label(label)
+        one = SweepSpec.for_point(chosen, spec.backends, spec)
     except ValueError as exc:
         raise _bad("point", f"{show(label, 80)}: {exc}") from None
-    one = SweepSpec.for_point(chosen, spec.backends, spec)
     for field in POINT_AXES.values():
         why = limits.out_of_bounds(field, getattr(one, field))
         if why:
@@ -327,6 +368,9 @@ def _precompile(suite: str | None, workers: str | None, quiet: bool, max_points:
     unknown = [b for b in spec.run_backends if b not in known]
     if unknown:
         raise _bad("backend", f"unknown {', '.join(map(repr, unknown))} (choose from {', '.join(known)})")
+    points, invalid = spec.points()
+    if not points:  # as sweep refuses it: there is nothing to compile, and saying "nothing" would hide why
+        raise _bad(None, str(suites.InvalidConfiguration(invalid[0][1], options, suite)))
     import torch
 
     if not torch.cuda.is_available():
@@ -353,7 +397,8 @@ cli.add_command(click.Command(
               "markers labelled by source, GPU and what they are a speedup against  [default: off]")
 def plot(run: Path, gpu: str | None, published: bool) -> None:
     """Redraw the plots of a run folder (or CSV): speedup, roofline, NSA time by stage (and, where they apply,
-    NSA against each dense baseline and one attention layer)."""
+    NSA against each dense baseline and one attention layer). A run's go into its plots/; a CSV named other
+    than results.csv gets its own folder beside it, <name>-plots/."""
     from nsa_bench import plots, results
     from nsa_bench.gpus import gpu_spec
     from nsa_bench.parse import parse_name
@@ -366,22 +411,31 @@ def plot(run: Path, gpu: str | None, published: bool) -> None:
             raise _bad("gpu", f"{show(gpu)}: {exc}") from None
     try:
         written = plots.plot_run(run, gpu, published=published)
+        if not written:
+            raise _bad(None, f"RUN {show(str(run), 120)}: {plots.nothing_to_plot(run)}")
     except results.ResultsError as exc:
         raise _bad(None, f"RUN {show(str(run), 120)}: {exc}") from None
     except PublishedError as exc:
         raise _bad("published", str(exc)) from None
-    if not written:
-        raise _bad(None, f"RUN {show(str(run), 120)}: nothing to plot (no row has a measured or predicted time)")
     for path in written:
         click.echo(str(path))
+    folder = plots.plots_folder(run)
+    if folder.name != results.PLOTS_DIR:
+        click.echo(f"Plots of {run.name} are in {folder}, a folder of its own (the run's {results.PLOTS_DIR}/ "
+                   "is left as it is).")
 
 
 @cli.command()
 @click.option("--calibrate", is_flag=True, help="measure the GPU's bf16 matmul FLOP/s and copy bandwidth, store them "
               "under results/calibration/ (roofline plots draw them as measured ceilings)")
+@click.option("--gpu-key", is_flag=True, help="print only the key of the GPU here (h100, h200, ...; none without "
+              "one): the results folder a run on it belongs in, results/<key>/")
 @click.pass_context
-def env(ctx: click.Context, calibrate: bool) -> None:
+def env(ctx: click.Context, calibrate: bool, gpu_key: bool) -> None:
     """The GPU, its clocks, library versions, and which backends can run here (or why not)."""
+    if gpu_key:
+        click.echo(_gpu_key_here())
+        return
     if calibrate:
         from nsa_bench import calibrate as calibrate_mod
 
@@ -447,7 +501,7 @@ def profile(ctx: click.Context, out: Path | None, **flags: str | None) -> None:
               show_default=True, help="speedup over the run's baseline backend, computed from each run's own times "
               "(higher is better), ms_median, or predicted_ms (cost model, for CPU runs).")
 @click.option("--threshold", type=_NUMBER, default=5.0, show_default=True,
-              help="Percent change below which a point is SAME.")
+              help="Percent change below which a point is SAME (above 0, below 100).")
 @click.option("--sigmas", type=_NUMBER, default=3.0, show_default=True,
               help="A change must exceed this many combined noise units to be FASTER/SLOWER.")
 @click.option("--all-stages", is_flag=True, help="Also gate the per-branch breakdown rows.")
@@ -457,10 +511,10 @@ def profile(ctx: click.Context, out: Path | None, **flags: str | None) -> None:
               "or with a value in one run only), not only on a confirmed SLOWER.")
 @click.option("--normalize-clocks", is_flag=True, help="For --metric ms, judge ms x SM clock (cycles) where both "
               "runs read the point's SM clock; says which points it could not normalize (speedup needs none).")
-@click.option("--md", "md_path", type=click.Path(path_type=Path), help="Also write the markdown here (never over "
-              "an input or a run folder's file).")
-@click.option("--json", "json_path", type=click.Path(path_type=Path), help="Write JSON here (never over an input "
-              "or a run folder's file).")
+@click.option("--md", "md_path", type=_path(), help="Also write the markdown here (never over an input or an "
+              "existing file of a run folder, except compare's own earlier markdown).")
+@click.option("--json", "json_path", type=_path(), help="Write JSON here (never over an input or an existing file "
+              "of a run folder, except compare's own earlier JSON).")
 @click.pass_context
 def compare_command(ctx: click.Context, baseline: Path, current: Path, metric: str, threshold: float,
                     sigmas: float, all_stages: bool, rerun: bool, allow_different_gpu: bool, fail_on_ambiguous: bool,
@@ -491,12 +545,17 @@ def merge_command(runs: tuple[Path, ...], out: Path) -> None:
     One CSV; speedups recomputed against the baseline of the same point on the same GPU; each run's
     env.json kept as envs/<run>.json. Runs of different sweeps (spec.json) are refused.
     """
+    import signal
+
     from nsa_bench import merge
 
     try:
         result = merge.merge(list(runs), out, command=" ".join(sys.argv))
     except merge.MergeError as exc:
         raise _bad(None, str(exc)) from None
+    except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM: say what --out holds, in one line
+        click.echo(merge.interrupted_text(out, signal.Signals(interrupts.signal_of(exc)).name), err=True)
+        sys.exit(interrupts.exit_code(exc))
     click.echo(merge.describe(result))
 
 

@@ -2,10 +2,11 @@
 
 Each matched point gets an nvbench-style label. A gate that cries wolf on noise gets switched off,
 so SLOWER needs two things at once: a change beyond the threshold (default 5%) that is also clearly
-outside the measurement noise. Changes beyond the threshold but inside the noise are AMBIGUOUS and
+outside the measurement noise (however the noise compares with the threshold: a tiny threshold must not
+turn a clear regression into noise). Changes beyond the threshold but inside the noise are AMBIGUOUS and
 never fail the gate by default; but a gate must never pass quietly what it could not judge, so the
-verdict counts every such point (AMBIGUOUS, or found in one run only) and `fail_on_ambiguous` fails on
-them. The rules are spelled out in docs/regression-gate.md; what a run offers per row (speedups from its
+verdict counts every such point (AMBIGUOUS, or found in one run only), `fail_on_ambiguous` fails on
+them, and a comparison that judged no point at all fails. The rules are spelled out in docs/regression-gate.md; what a run offers per row (speedups from its
 own times, noise, clocks) is nsa_bench.gate_values.
 """
 from __future__ import annotations
@@ -20,7 +21,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from nsa_bench.gate_values import METRICS, Key, Metric, RunValues, check_cells, frame_keys, raw_cells, run_values
+from nsa_bench import reading
+from nsa_bench.gate_values import METRICS, Key, Metric, RunValues, frame_keys, run_values
 from nsa_bench.gate_values import relative_noise  # noqa: F401 - the noise rule, read with the gate
 from nsa_bench.output_paths import OutputError, check_outputs, write_output
 from nsa_bench.repro import run_settings, sweep_command
@@ -30,6 +32,10 @@ from nsa_bench.spec import Point, SweepSpec
 
 SAME, FASTER, SLOWER, AMBIGUOUS = "SAME", "FASTER", "SLOWER", "AMBIGUOUS"
 LABELS = (SLOWER, AMBIGUOUS, FASTER, SAME)  # report order: what needs attention first
+
+MD_TITLE = "# nsa-bench compare: "  # the first line of compare's markdown starts so
+JSON_MARKER = ("written_by", "nsa-bench compare")  # the key and value that mark compare's JSON
+MAX_OWN_JSON_BYTES = 256 * 2**20  # a larger file is no gate.json compare wrote
 
 DEFAULT_THRESHOLD = 0.05
 DEFAULT_SIGMAS = 3.0
@@ -56,9 +62,12 @@ class Options:
         if self.metric not in METRICS:
             raise CompareError(f"metric={self.metric!r} unknown (choose from {', '.join(METRICS)})")
         if not (math.isfinite(self.threshold) and self.threshold > 0):
-            raise CompareError(f"threshold={self.threshold * 100:g}% must be positive")
+            raise CompareError(f"--threshold {self.threshold * 100:g}: must be a positive percentage")
+        if self.threshold >= 1.0:
+            raise CompareError(f"--threshold {self.threshold * 100:g}: must be below 100 (a speedup cannot fall by "
+                               "100% or more, so such a gate could never fail)")
         if not (math.isfinite(self.sigmas) and self.sigmas > 0):
-            raise CompareError(f"sigmas={self.sigmas} must be positive")
+            raise CompareError(f"--sigmas {self.sigmas:g}: must be positive")
 
 
 @dataclass(frozen=True)
@@ -116,11 +125,9 @@ def key_label(key: Key, shown: Sequence[str] = KEY_FIELDS) -> str:
     return f"{k['mode']} {k['backend']} T={k['seqlen']}{stage}" + (f" {extra}" if extra else "")
 
 
-def why_ambiguous(point: PointResult, threshold: float) -> str:
+def why_ambiguous(point: PointResult) -> str:
     """What kept an AMBIGUOUS point from a verdict."""
-    if not math.isfinite(point.noise):
-        return "noise unknown"
-    return "noise above the threshold" if point.noise > threshold else "inside the noise"
+    return "noise unknown" if not math.isfinite(point.noise) else "inside the noise"
 
 
 @dataclass(frozen=True)
@@ -177,7 +184,7 @@ class Comparison:
         counts: dict[str, int] = {}
         for point in self.points:
             if point.status == AMBIGUOUS:
-                why = f"AMBIGUOUS: {why_ambiguous(point, self.options.threshold)}"
+                why = f"AMBIGUOUS: {why_ambiguous(point)}"
                 counts[why] = counts.get(why, 0) + 1
         for why, keys in (("only in baseline", self.only_baseline), ("only in current", self.only_current)):
             if keys:
@@ -200,9 +207,13 @@ class Comparison:
                 out.append(f"{run.label} ({rows.throttling.rows} rows{reasons})")
         return out
 
+    def judged_none(self) -> bool:
+        """Whether no point got a verdict (all AMBIGUOUS): a gate that judged nothing must not pass."""
+        return not any(p.status != AMBIGUOUS for p in self.points)
+
     @property
     def exit_code(self) -> int:
-        if any(p.status == SLOWER for p in self.points):
+        if any(p.status == SLOWER for p in self.points) or self.judged_none():
             return EXIT_REGRESSION
         if self.options.fail_on_ambiguous and self.not_judged():
             return EXIT_REGRESSION
@@ -212,17 +223,18 @@ class Comparison:
         """One line: pass or fail and why, how many points were not judged, which runs were throttled."""
         unjudged = sum(self.not_judged().values())
         total = len(self.points) + len(self.only_baseline) + len(self.only_current)
-        if any(p.status == SLOWER for p in self.points):
-            text = "FAIL: confirmed regression"
-        elif self.exit_code == EXIT_REGRESSION:
-            text = "FAIL: not every point could be judged (--fail-on-ambiguous)"
+        why = ", ".join(f"{n} {reason}" for reason, n in self.not_judged().items())
+        slower = any(p.status == SLOWER for p in self.points)
+        if not slower and self.judged_none():
+            text = f"FAIL: no point could be judged ({why})"
         else:
-            text = "PASS: no confirmed regression"
-        if unjudged:
-            why = ", ".join(f"{n} {reason}" for reason, n in self.not_judged().items())
-            text += f"; {unjudged} of {total} points not judged ({why})"
-        else:
-            text += f"; all {total} points judged"
+            if slower:
+                text = "FAIL: confirmed regression"
+            elif self.exit_code == EXIT_REGRESSION:
+                text = "FAIL: not every point could be judged (--fail-on-ambiguous)"
+            else:
+                text = "PASS: no confirmed regression"
+            text += f"; {unjudged} of {total} points not judged ({why})" if unjudged else f"; all {total} points judged"
         throttled = self.throttled_runs()
         return text + (f"; throttled: {'; '.join(throttled)}" if throttled else "")
 
@@ -264,11 +276,12 @@ class Comparison:
 
 def classify(baseline: float, current: float, noise: float, threshold: float, sigmas: float,
              higher_is_better: bool) -> str:
-    """SAME inside the threshold; beyond it FASTER/SLOWER only when clearly outside the noise."""
+    """SAME inside the threshold; beyond it FASTER/SLOWER when clearly outside the noise (whether or not the
+    noise itself exceeds the threshold), AMBIGUOUS when inside it or the noise is unknown."""
     change = current / baseline - 1.0
     if abs(change) <= threshold:
         return SAME
-    if not math.isfinite(noise) or noise > threshold or abs(math.log(current / baseline)) <= sigmas * noise:
+    if not math.isfinite(noise) or abs(math.log(current / baseline)) <= sigmas * noise:
         return AMBIGUOUS
     better = change > 0 if higher_is_better else change < 0
     return FASTER if better else SLOWER
@@ -294,23 +307,35 @@ def _gpu_name(env: dict, frame: pd.DataFrame) -> str | None:
     return None
 
 
-def load_run(path: Path, label: str, metric: str | None = None) -> Run:
-    """Read one side (CSV file or run folder) with its env.json and spec.json; CompareError when unreadable,
-    or, given a `metric`, when a cell it reads holds inf, 0 or a negative number (named by file, line, column)."""
+def _refuse_duplicates(frame: pd.DataFrame, file: Path, label: str) -> None:
+    """CompareError naming the first two rows of one key: which is the run's, the gate cannot tell, and taking
+    either would make the verdict depend on the order of the rows."""
+    found = reading.duplicate_rows(frame)
+    if found:
+        first = found[0]
+        more = f"; {len(found)} rows repeat an earlier row's key in all" if len(found) > 1 else ""
+        raise CompareError(f"{label}: {file} lines {first.first_line} and {first.line} hold the same key "
+                           f"({reading.point_text(first.key)}){more}: a run has one row per key; remove the row "
+                           "that is not the run's")
+
+
+def load_run(path: Path, label: str) -> Run:
+    """Read one side (CSV file or run folder) with its env.json and spec.json; CompareError when unreadable
+    (a cell that holds inf, 0 or a negative number where the row's status says it has a time, named by file,
+    line and column, as every reader refuses it), or when two rows share a key."""
     path = Path(path)
     if not path.exists():
         raise CompareError(f"{label}: {path} does not exist")
     try:
         frame = read_rows(path)
         env = read_json(run_dir(path) / ENV_NAME)
-        if metric is not None:
-            check_cells(raw_cells(csv_path(path)), frame["status"], METRICS[metric], csv_path(path))
     except ResultsError as exc:
         raise CompareError(f"{label}: {exc}") from exc
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise CompareError(f"{label}: {run_dir(path) / ENV_NAME} is not valid JSON ({exc})") from exc
     if not isinstance(env, dict):
         raise CompareError(f"{label}: {run_dir(path) / ENV_NAME} is not a JSON object")
+    _refuse_duplicates(frame, csv_path(path), label)
     settings, note = run_settings(run_dir(path))
     return Run(label, path, frame, env, _gpu_name(env, frame), settings, note)
 
@@ -370,6 +395,26 @@ def _point(key: Key, base: RunValues, cur: RunValues, options: Options) -> Point
                        against=c.against or b.against)
 
 
+def _values_text(values: set[str], limit: int = 3) -> str:
+    shown = sorted(values, key=lambda v: (len(v), v))
+    more = f" and {len(shown) - limit} more" if len(shown) > limit else ""
+    return "/".join(shown[:limit]) + more
+
+
+def why_apart(base: Sequence[Key], cur: Sequence[Key]) -> str:
+    """Why no key of one run is a key of the other: the key columns whose values the runs never share
+    (dtype: baseline float64, current bfloat16), else that they combine shared values differently."""
+    parts = []
+    for i, name in enumerate(KEY_FIELDS):
+        in_base, in_cur = {k[i] for k in base}, {k[i] for k in cur}
+        if in_base.isdisjoint(in_cur):
+            parts.append(f"{name}: baseline {_values_text(in_base)}, current {_values_text(in_cur)}")
+    if parts:
+        return "the key columns differ: " + "; ".join(parts)
+    varying = [name for i, name in enumerate(KEY_FIELDS) if len({k[i] for k in (*base, *cur)}) > 1]
+    return f"every key column shares values, but in other combinations (of {', '.join(varying)})"
+
+
 def compare_runs(baseline: Run, current: Run, options: Options, notes: Sequence[str] = ()) -> Comparison:
     """Label every point the two runs share; CompareError when nothing can be compared."""
     base, cur = _values(baseline, options), _values(current, options)  # schema problems first
@@ -380,6 +425,8 @@ def compare_runs(baseline: Run, current: Run, options: Options, notes: Sequence[
         hint = ""
         if metric.measured and not base.values and not cur.values:
             hint = " (predicted CPU runs have no measured rows: use --metric predicted_ms)"
+        elif base.values and cur.values:
+            hint = f"; {why_apart(list(base.values), list(cur.values))}"
         raise CompareError(
             f"no rows in common with a {metric.column} value: baseline has {len(base.values)}, "
             f"current has {len(cur.values)}{hint}")
@@ -393,8 +440,7 @@ def compare_runs(baseline: Run, current: Run, options: Options, notes: Sequence[
 
 
 def compare_paths(baseline: Path, current: Path, options: Options) -> Comparison:
-    return compare_runs(load_run(baseline, "baseline", options.metric), load_run(current, "current", options.metric),
-                        options)
+    return compare_runs(load_run(baseline, "baseline"), load_run(current, "current"), options)
 
 
 # --- re-measuring suspects ---------------------------------------------------------------------
@@ -457,10 +503,10 @@ def _skipped_text(skipped: dict[str, int]) -> str:
     return ", ".join(f"{n} {reason}" for reason, n in sorted(skipped.items())) or "none"
 
 
-def _status_text(point: PointResult, threshold: float) -> str:
+def _status_text(point: PointResult) -> str:
     text = point.status
     if point.status == AMBIGUOUS:
-        text += f" ({why_ambiguous(point, threshold)})"
+        text += f" ({why_ambiguous(point)})"
     return text + (" (re-measured)" if point.remeasured else "")
 
 
@@ -488,7 +534,7 @@ def _header_lines(comparison: Comparison) -> list[str]:
     direction = "higher is better" if metric.higher_is_better else "lower is better"
     computed = " computed from each run's times" if metric.name == "speedup" else ""
     lines = [
-        f"# nsa-bench compare: {comparison.verdict()}", "",
+        f"{MD_TITLE}{comparison.verdict()}", "",
         f"- baseline: `{comparison.baseline.path}` (GPU: {comparison.baseline.gpu or 'none/unknown'})",
         f"- current: `{comparison.current.path}` (GPU: {comparison.current.gpu or 'none/unknown'})",
         f"- metric: `{metric.column}`{computed} ({direction}); threshold {_pct(opts.threshold, False)}; "
@@ -514,7 +560,7 @@ def _regression_lines(comparison: Comparison, shown: Sequence[str], worst: int) 
     if regressions:
         lines += _md_table(("point", "baseline", "current", "change", f"{opts.sigmas:g} x combined noise", "status"),
                            [(p.label(shown), _value(p.baseline), _value(p.current), _pct(p.change),
-                             "±" + _pct(opts.sigmas * p.noise, False), _status_text(p, opts.threshold))
+                             "±" + _pct(opts.sigmas * p.noise, False), _status_text(p))
                             for p in regressions])
     else:
         lines.append("none: no point got worse beyond the threshold")
@@ -549,7 +595,6 @@ def _one_sided_lines(comparison: Comparison, shown: Sequence[str], limit: int = 
 def to_markdown(comparison: Comparison, worst: int = 5) -> str:
     """The summary for humans and CI logs: verdict, counts, geomean, worst regressions, a re-run command per
     suspect, environment, every point with its clock ratio."""
-    opts = comparison.options
     shown = comparison.varying_fields()
     lines = _header_lines(comparison) + _regression_lines(comparison, shown, worst)
     lines += _rerun_lines(comparison, shown) + _one_sided_lines(comparison, shown)
@@ -564,7 +609,7 @@ def to_markdown(comparison: Comparison, worst: int = 5) -> str:
     lines += _md_table(
         ("point", "baseline", "current", "change", "noise baseline", "noise current", "SM clock cur/base", "status"),
         [(p.label(shown), _value(p.baseline), _value(p.current), _pct(p.change), _pct(p.noise_baseline, False),
-          _pct(p.noise_current, False), _clock(p), _status_text(p, opts.threshold)) for p in rows])
+          _pct(p.noise_current, False), _clock(p), _status_text(p)) for p in rows])
     if any(p.normalized for p in comparison.points):
         lines += ["", "\\* judged clock-normalized: baseline and current are ms x SM MHz (thousands of cycles)"]
     return "\n".join(lines) + "\n"
@@ -578,7 +623,7 @@ def _point_json(comparison: Comparison, p: PointResult) -> dict:
     suspect = p.status in (SLOWER, AMBIGUOUS)
     return {**p.key_dict(), "baseline_value": p.baseline, "current_value": p.current, "change": p.change,
             "noise_baseline": _finite(p.noise_baseline), "noise_current": _finite(p.noise_current),
-            "status": p.status, "ambiguous_because": why_ambiguous(p, comparison.options.threshold)
+            "status": p.status, "ambiguous_because": why_ambiguous(p)
             if p.status == AMBIGUOUS else None, "remeasured": p.remeasured,
             "clock_ratio": _finite(p.clock_ratio), "clock_normalized": p.normalized, "against": p.against or None,
             "rerun": comparison.rerun_command(p) if suspect else None}
@@ -596,6 +641,7 @@ def to_json(comparison: Comparison) -> dict:
     """Machine-readable result for dashboards; NaN noise becomes null."""
     opts = comparison.options
     return {
+        JSON_MARKER[0]: JSON_MARKER[1],
         "verdict": "fail" if comparison.exit_code == EXIT_REGRESSION else "pass",
         "verdict_line": comparison.verdict(),
         "exit_code": comparison.exit_code,
@@ -618,6 +664,30 @@ def to_json(comparison: Comparison) -> dict:
     }
 
 
+def _starts_with(path: Path, prefix: str) -> bool:
+    try:
+        with Path(path).open("rb") as handle:
+            return handle.read(len(prefix.encode())) == prefix.encode()
+    except OSError:
+        return False
+
+
+def _is_compare_json(path: Path) -> bool:
+    try:
+        if Path(path).stat().st_size > MAX_OWN_JSON_BYTES:
+            return False
+        payload = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError):
+        return False
+    return isinstance(payload, dict) and payload.get(JSON_MARKER[0]) == JSON_MARKER[1]
+
+
+def is_own_output(flag: str, path: Path) -> bool:
+    """Whether an existing file is one compare wrote for `flag` (its markdown title, its JSON marker): a retry
+    may rewrite its own gate.md in a run folder, never another file of the run."""
+    return _starts_with(path, MD_TITLE) if flag == "--md" else _is_compare_json(path)
+
+
 def run_compare(baseline: Path, current: Path, options: Options, *, md_path: Path | None = None,
                 json_path: Path | None = None,
                 revise: Callable[[Comparison], Comparison] | None = None) -> tuple[Comparison, str]:
@@ -625,7 +695,7 @@ def run_compare(baseline: Path, current: Path, options: Options, *, md_path: Pat
     let `revise` decide again (--rerun's re-measurement), write the files; (result, markdown)."""
     outputs = (("--md", md_path), ("--json", json_path))
     try:
-        check_outputs((Path(baseline), Path(current)), outputs)
+        check_outputs((Path(baseline), Path(current)), outputs, is_own_output)
     except OutputError as exc:
         raise CompareError(str(exc)) from None
     comparison = compare_paths(baseline, current, options)

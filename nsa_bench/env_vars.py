@@ -45,6 +45,8 @@ def _check_module(name: str, value: str) -> None:
                           "each defining BACKEND or BACKENDS)")
     try:
         module = importlib.import_module(name)
+    except SystemExit as exc:  # a module that exits while imported must not take the command with it silently
+        raise EnvVarError(f"{where}: importing {name} called sys.exit({str(exc.code)[:20]})") from None
     except Exception as exc:  # noqa: BLE001 - any failure to import is the variable's fault
         raise EnvVarError(f"{where}: cannot import {name} ({type(exc).__name__}: "
                           f"{show(str(exc).splitlines()[0] if str(exc) else '', 80)})") from None
@@ -52,4 +54,6 @@ def _check_module(name: str, value: str) -> None:
 
     found = [getattr(module, "BACKEND", None), *getattr(module, "BACKENDS", ())]
     if not any(isinstance(backend, Backend) for backend in found):
-        raise EnvVarError(f"{where}: module {name} defines no BACKEND or BACKENDS (nsa_bench.backends.Backend)")
+        given = getattr(module, "BACKEND", getattr(module, "BACKENDS", None))
+        what = "defines no BACKEND or BACKENDS" if given is None else f"defines BACKEND(S) = {repr(given)[:40]}"
+        raise EnvVarError(f"{where}: module {name} {what}, not an nsa_bench.backends.Backend")

@@ -23,7 +23,7 @@ from typing import Callable, ContextManager, Iterable, Iterator, Protocol
 
 import torch
 
-from nsa_bench import check, cost, memory, reading
+from nsa_bench import check, cost, memory, reading, results
 from nsa_bench.backends import Backend, Unsupported, cuda_required, registry
 from nsa_bench.gpus import GPUSpec
 from nsa_bench.inputs import make_inputs
@@ -65,9 +65,15 @@ class Job:
         return replace(self, backends=(name,))
 
     def after(self, name: str, rows: list[Row]) -> Job:
-        """The rest of the job once `name`'s rows are in; the baseline's rows give the point's baseline time."""
-        known = baseline_time(rows) if name == self.baseline else self.baseline_ms
+        """The rest of the job once `name`'s rows are in; the baseline's rows give the point's baseline time,
+        as the CSV writes it (6 significant digits): a run resumed after the baseline's task reads it back
+        from there, and its speedups must be those of a run that was never interrupted."""
+        known = _as_written(baseline_time(rows)) if name == self.baseline else self.baseline_ms
         return replace(self, backends=tuple(b for b in self.backends if b != name), baseline_ms=known)
+
+
+def _as_written(ms: float | None) -> float | None:
+    return None if ms is None else float(results.cell(ms))
 
 
 def baseline_time(rows: list[Row]) -> float | None:

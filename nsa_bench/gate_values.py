@@ -7,7 +7,8 @@ CSVs: the run's baseline from spec.json, else the sweep's default, is taken), is
 the stored column disagrees with the times beyond the CSV's rounding, the gate says so.
 
 A cell that the row's status says carries the compared figure but holds inf, 0 or a negative number is an
-error naming its file, line and column: skipping it would let the gate pass a point it never judged.
+error naming its file, line and column, raised where every reader reads a run (`results.read_rows`):
+skipping it would let the gate pass a point it never judged.
 
 Noise rule (per run, per row): the p10..p90 range of a normal distribution is 2 x 1.2816 standard
 deviations, so sigma ~= (p90 - p10) / 2.563 is a robust per-sample spread. The uncertainty of the median
@@ -20,13 +21,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from pathlib import Path
 
 import pandas as pd
 
 from nsa_bench import reading
-from nsa_bench.messages import show
-from nsa_bench.results import ResultsError, absent_columns
+from nsa_bench.results import absent_columns
 from nsa_bench.schema import KEY_FIELDS, STAGE_TOTAL, STATUS_OK, STATUS_PREDICTED
 
 Key = tuple[str, ...]
@@ -43,8 +42,7 @@ _BACKEND, _STAGE = KEY_FIELDS.index("backend"), KEY_FIELDS.index("stage")
 @dataclass(frozen=True)
 class Metric:
     """What is gated: its name, the column it is named by in the output, the column its values are read (for
-    speedup: computed) from, which direction is better, which rows carry it, and the cells those rows must
-    hold as finite positive numbers when not empty."""
+    speedup: computed) from, which direction is better, and which rows carry it."""
 
     name: str
     column: str
@@ -52,14 +50,13 @@ class Metric:
     higher_is_better: bool
     statuses: tuple[str, ...]
     measured: bool  # has sampling noise (p10/p90); predicted figures do not
-    cells: tuple[str, ...]
 
 
 METRICS: dict[str, Metric] = {
-    "speedup": Metric("speedup", "speedup", "ms_median", True, (STATUS_OK,), True, ("ms_median", "speedup")),
-    "ms": Metric("ms", "ms_median", "ms_median", False, (STATUS_OK,), True, ("ms_median",)),
+    "speedup": Metric("speedup", "speedup", "ms_median", True, (STATUS_OK,), True),
+    "ms": Metric("ms", "ms_median", "ms_median", False, (STATUS_OK,), True),
     "predicted_ms": Metric("predicted_ms", "predicted_ms", "predicted_ms", False, (STATUS_OK, STATUS_PREDICTED),
-                           False, ("predicted_ms",)),
+                           False),
 }
 
 
@@ -111,32 +108,6 @@ class RunValues:
     disagreements: tuple[Disagreement, ...] = ()
     assumed_baseline: str = ""  # the baseline taken for speedups because the CSV has no `baseline` column
     throttling: Throttling = Throttling()
-
-
-# --- the cells ---------------------------------------------------------------------------------
-
-def raw_cells(file: Path) -> pd.DataFrame:
-    """The CSV's cells as text, as `results.read_rows` reads them before typing them (which turns an `inf`
-    cell into NaN, like an empty one). Call after read_rows accepted the file."""
-    return pd.read_csv(file, dtype=str, keep_default_na=False, na_filter=False, encoding="utf-8")
-
-
-def check_cells(raw: pd.DataFrame, statuses: pd.Series, metric: Metric, file: Path) -> None:
-    """ResultsError naming file, line and column of the first cell the metric reads that is not empty and
-    not a finite positive number, on a row whose status (`statuses`, as read_rows derived them) carries it."""
-    carries = statuses.astype(str).isin(metric.statuses).to_numpy()
-    for column in metric.cells:
-        if column not in raw.columns:
-            continue
-        text = raw[column].astype(str).str.strip()
-        number = pd.to_numeric(text.where(text != ""), errors="coerce").to_numpy(dtype=float)
-        good = (number > 0) & (number < math.inf)  # NaN fails both comparisons
-        bad = carries & (text != "").to_numpy() & ~good
-        if bad.any():
-            index = int(bad.nonzero()[0][0])
-            raise ResultsError(
-                f"{file} line {index + 2}: column {column}: {show(text.iloc[index])} is not a finite positive "
-                f"number (a row with status {statuses.iloc[index]} carries one, and the gate compares it)")
 
 
 # --- the rows ----------------------------------------------------------------------------------

@@ -43,8 +43,9 @@ AXES = ("modes", "dtypes", "batches", "kv_heads", "group_sizes", "head_dims", "b
 
 
 def _short(value: int) -> str:
+    """A size as the axis syntax writes it (8k, 16m); a number past any size (a seed) as it is."""
     for unit, size in (("m", 1 << 20), ("k", 1 << 10)):
-        if value >= size and value % size == 0:
+        if size <= value < (1 << 40) and value % size == 0:
             return f"{value // size}{unit}"
     return str(value)
 

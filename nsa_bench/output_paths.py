@@ -2,13 +2,16 @@
 
 `compare RUN RUN --md RUN/results.csv` once replaced a run's CSV with markdown and said PASS. An output path
 is refused, before anything is read or measured, when it is (after resolving symlinks) one of the command's
-input files, bears the name of a run folder's file, is a folder, or is the command's other output; a path
-that cannot be written is named in one line.
+input files, bears the name of a run folder's file, is a folder, is the command's other output, or is an
+existing file inside a run folder (a folder holding results.csv or progress.jsonl, or one of its subfolders
+such as plots/) that the command did not write itself (its `is_own` says so: a retry may rewrite its own
+gate.md, never the run's breakeven.csv or plots); a path that cannot be written is named in one line. A new
+file in a run folder (`--md RUN/gate.md`) is allowed.
 """
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from nsa_bench.messages import show
@@ -16,6 +19,8 @@ from nsa_bench.results import CSV_NAME, ENV_NAME, SPEC_NAME, run_dir
 from nsa_bench.resume import PROGRESS_NAME
 
 RUN_FILES = (CSV_NAME, ENV_NAME, SPEC_NAME, PROGRESS_NAME)
+RUN_MARKERS = (CSV_NAME, PROGRESS_NAME)  # a folder holding one of these is a run folder
+IsOwn = Callable[[str, Path], bool]  # (flag, existing file) -> whether this command wrote it for that flag
 
 
 class OutputError(ValueError):
@@ -45,7 +50,22 @@ def _writable(path: Path) -> bool:
     return os.access(path, os.W_OK)
 
 
-def _refusal(path: Path, inputs: set[Path], taken: dict[Path, str]) -> str:
+def run_folder_of(file: Path) -> Path | None:
+    """The run folder `file` lies in, directly or in one of its subfolders (plots/, envs/); None outside runs."""
+    for folder in dict.fromkeys((file.parent, file.parent.parent)):
+        try:
+            if any((folder / name).exists() for name in RUN_MARKERS):
+                return folder
+        except OSError:
+            continue
+    return None
+
+
+def _never_own(_flag: str, _path: Path) -> bool:
+    return False
+
+
+def _refusal(flag: str, path: Path, inputs: set[Path], taken: dict[Path, str], is_own: IsOwn) -> str:
     """Why `path` must not be written ("" when it may be)."""
     target = _resolved(path)
     if path.is_dir() or target.is_dir():
@@ -57,6 +77,10 @@ def _refusal(path: Path, inputs: set[Path], taken: dict[Path, str]) -> str:
         return f"bears the name of a run folder's {name}"
     if target in taken:
         return f"is also the {taken[target]} output"
+    run = run_folder_of(target) if target.exists() else None
+    if run is not None and not is_own(flag, target):
+        return (f"would overwrite a file of the run folder {show(str(run), 120)} that this command did not write "
+                "(name a new file)")
     folder = target.parent
     if not folder.is_dir():
         return f"cannot be written: {folder} is not a folder"
@@ -65,14 +89,16 @@ def _refusal(path: Path, inputs: set[Path], taken: dict[Path, str]) -> str:
     return ""
 
 
-def check_outputs(inputs: Sequence[Path], outputs: Sequence[tuple[str, Path | None]]) -> None:
-    """OutputError for the first output (flag, path) this command must not or cannot write."""
+def check_outputs(inputs: Sequence[Path], outputs: Sequence[tuple[str, Path | None]],
+                  is_own: IsOwn = _never_own) -> None:
+    """OutputError for the first output (flag, path) this command must not or cannot write; `is_own` tells an
+    existing file in a run folder that this command wrote for that flag (which it may write again)."""
     files = input_files(inputs)
     taken: dict[Path, str] = {}
     for flag, path in outputs:
         if path is None:
             continue
-        why = _refusal(Path(path), files, taken)
+        why = _refusal(flag, Path(path), files, taken, is_own)
         if why:
             raise OutputError(f"{flag} {show(str(path), 200)} {why}; nothing was written")
         taken[_resolved(Path(path))] = flag

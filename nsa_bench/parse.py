@@ -13,9 +13,9 @@ from nsa_bench.messages import show
 # ASCII digits only: Python's \d and int() also take full-width and Arabic-Indic digits, which no user means
 _SIZE = re.compile(r"^\s*(\d+)\s*([kKmM]?)\s*$", re.ASCII)
 _INT = re.compile(r"^\s*[+-]?\d+\s*$", re.ASCII)
-_HEAD_DIM = re.compile(r"^(\d+)\s*(?:-\s*(\d+))?$", re.ASCII)
+_HEAD_DIM = re.compile(r"^(\d+\s*[kKmM]?)\s*(?:-\s*(\d+\s*[kKmM]?))?$", re.ASCII)
 _MAX_POINTS = 4096  # values one range may expand to
-_MAX_DIGITS = 18  # longer numbers are typos (and int() of 5000 digits is refused by Python itself)
+_MAX_DIGITS = 19  # 2^63 - 1 has 19; longer numbers are typos (and int() of 5000 digits is refused by Python)
 
 
 def _number(digits: str, text: str) -> int:
@@ -92,10 +92,11 @@ def parse_head_dims(text: str) -> tuple[tuple[int, int], ...]:
         match = _HEAD_DIM.match(part)
         if not match:
             raise ValueError(f"{show(part)} is not a head dim like 192-128 (qk-v) or 128")
-        qk = _number(match.group(1), part)
-        v = _number(match.group(2), part) if match.group(2) else qk
-        if qk <= 0 or v <= 0:
-            raise ValueError(f"{show(part)}: head dims must be positive")
+        try:
+            qk = parse_size(match.group(1))
+            v = parse_size(match.group(2)) if match.group(2) else qk
+        except ValueError:
+            raise ValueError(f"{show(part)}: head dims must be positive") from None
         dims.setdefault((qk, v))
     return tuple(dims)
 

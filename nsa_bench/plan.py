@@ -16,7 +16,7 @@ from nsa_bench.gpus import GPUSpec
 from nsa_bench.resume import TaskKey, task_key
 from nsa_bench.runner import sweep_tasks
 from nsa_bench.shard import WHOLE, Shard
-from nsa_bench.spec import SweepSpec
+from nsa_bench.spec import LAYER_MODES, SweepSpec
 
 
 @dataclass(frozen=True)
@@ -97,7 +97,9 @@ def _axes(spec: SweepSpec) -> list[str]:
     """Point fields that vary in this sweep besides mode and seqlen (shown per task)."""
     varying = {"batch": spec.batches, "kv_heads": spec.kv_heads, "group_size": spec.group_sizes,
                "head_dims": spec.head_dims, "block_cmp": spec.block_cmp, "stride_cmp": spec.stride_cmp,
-               "block_slc": spec.block_slc, "n_slc": spec.n_slc, "window": spec.window, "dtype": spec.dtypes}
+               "block_slc": spec.block_slc, "n_slc": spec.n_slc, "window": spec.window, "dtype": spec.dtypes,
+               "q_heads": spec.q_heads, "d_model": spec.d_models if set(spec.modes) & set(LAYER_MODES) else (),
+               "doc_lens": spec.doc_lens}
     return [name for name, values in varying.items() if len(values) > 1]
 
 
@@ -106,8 +108,13 @@ def _label(task: PlannedTask, axes: list[str]) -> str:
     extra = {"batch": f"B={p.batch}", "kv_heads": f"Hkv={p.kv_heads}", "group_size": f"G={p.group_size}",
              "head_dims": f"D={p.head_dim_qk}-{p.head_dim_v}", "block_cmp": f"l={p.block_cmp}",
              "stride_cmp": f"d={p.stride_cmp}", "block_slc": f"l'={p.block_slc}", "n_slc": f"n={p.n_slc}",
-             "window": f"w={p.window}", "dtype": p.dtype}
+             "window": f"w={p.window}", "dtype": p.dtype, "q_heads": f"Hq={p.q_heads}", "d_model": f"d_model={p.d_model}",
+             "doc_lens": f"docs={p.doc_lens}"}
     return " ".join([task.estimate.backend, p.mode, f"T={p.seqlen}", *(extra[a] for a in axes)])
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
 def _short(message: str, width: int = 90) -> str:
@@ -117,11 +124,13 @@ def _short(message: str, width: int = 90) -> str:
 def render(plan: Plan) -> str:
     """The plan as text: one line per task, then the overheads and the total wall time."""
     spec = plan.spec
-    n_points = len({t.estimate.point for t in plan.tasks})
+    points = {t.estimate.point for t in plan.tasks}
     axes = _axes(spec)
+    modes, lengths = len({p.mode for p in points}), len({p.seqlen for p in points})
     lines = [
-        f"Dry run (nothing compiled or run): {n_points} points ({len(spec.modes)} modes x {len(spec.seqlens)} lengths"
-        f"{' x ' + ', '.join(axes) if axes else ''}) x {len(spec.run_backends)} backends = {len(plan.tasks)} tasks, "
+        f"Dry run (nothing compiled or run): {_count(len(points), 'point')} ({_count(modes, 'mode')} x "
+        f"{_count(lengths, 'length')}{' x ' + ', '.join(axes) if axes else ''}) x "
+        f"{_count(len(spec.run_backends), 'backend')} = {_count(len(plan.tasks), 'task')}, "
         f"in run order; floors for {plan.gpu.name}; reps {spec.reps} + warm-up {spec.warmup}"
         f"{'; decode by CUDA-graph replay' if spec.cuda_graph and 'decode' in spec.modes else ''}",
     ]

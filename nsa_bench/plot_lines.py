@@ -11,10 +11,12 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass, replace
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence, TypeVar
 
 import matplotlib.pyplot as plt
 from matplotlib.lines import Line2D
+
+T = TypeVar("T")
 
 REL = 1e-9  # relative: values closer than this are the same number
 DASH = 3.0  # length of one colour's stripe, in line widths
@@ -46,16 +48,21 @@ def same(a: Curve, b: Curve) -> bool:
     return a.x == b.x and all(_same_value(p, q) for p, q in zip(a.y, b.y))
 
 
+def _grouped(items: Iterable[T], together: Callable[[T, T], bool]) -> list[list[T]]:
+    """Items in groups whose first member each later member goes `together` with, in order."""
+    groups: list[list[T]] = []
+    for item in items:
+        home = next((g for g in groups if together(g[0], item)), None)
+        if home is None:
+            groups.append([item])
+        else:
+            home.append(item)
+    return groups
+
+
 def clusters(curves: Sequence[Curve]) -> list[list[Curve]]:
     """The curves of one panel in groups of lines that coincide, in drawing order."""
-    groups: list[list[Curve]] = []
-    for curve in curves:
-        home = next((g for g in groups if same(g[0], curve)), None)
-        if home is None:
-            groups.append([curve])
-        else:
-            home.append(curve)
-    return groups
+    return _grouped(curves, same)
 
 
 def identical_sets(panels: Iterable[Sequence[Curve]]) -> list[tuple[str, ...]]:
@@ -66,14 +73,7 @@ def identical_sets(panels: Iterable[Sequence[Curve]]) -> list[tuple[str, ...]]:
     def together(a: str, b: str) -> bool:
         return all((a in p) == (b in p) and (a not in p or same(p[a], p[b])) for p in drawn)
 
-    sets: list[list[str]] = []
-    for key in keys:
-        home = next((s for s in sets if together(s[0], key)), None)
-        if home is None:
-            sets.append([key])
-        else:
-            home.append(key)
-    return [tuple(s) for s in sets if len(s) > 1]
+    return [tuple(s) for s in _grouped(keys, together) if len(s) > 1]
 
 
 def _striped(group: list[Curve]) -> list[Curve]:

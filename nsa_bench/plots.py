@@ -374,11 +374,11 @@ def plot_layer(frame: pd.DataFrame, folder: Path) -> list[Path]:
 
 
 # ------------------------------------------------------------------ a run
-def resolve_gpu(frame: pd.DataFrame, gpu: str | None) -> GPUSpec:
-    """The GPU whose ceilings the roofline draws: --gpu, else the run's GPU, else H100."""
+def resolve_gpu(frame: pd.DataFrame, gpu: str | None, env: dict | None = None) -> GPUSpec:
+    """The GPU whose ceilings the roofline draws: --gpu, else the run's GPU (its rows, else env.json), else H100."""
     if gpu:
         return gpu_spec(gpu)
-    for name in frame.get("gpu", pd.Series(dtype=str)):
+    for name in [*frame.get("gpu", pd.Series(dtype=str)), env_gpu(env or {})]:
         if isinstance(name, str) and name:
             try:
                 return gpu_spec(name)
@@ -387,9 +387,25 @@ def resolve_gpu(frame: pd.DataFrame, gpu: str | None) -> GPUSpec:
     return gpu_spec("h100")
 
 
+def env_gpu(env: dict) -> str | None:
+    """The GPU spec key env.json names for the run (`target_gpu`: what it predicted for, or measured on)."""
+    target = env.get("target_gpu")
+    key = target.get("key") if isinstance(target, dict) else None
+    return key if isinstance(key, str) and key else None
+
+
+def plots_folder(path: Path) -> Path:
+    """Where the plots of `path` go: a run folder's (or its results.csv's) into its plots/, any other CSV's
+    into `<stem>-plots/` beside it, so plotting a copy or a slice never overwrites the run's plots."""
+    path = Path(path)
+    if path.is_dir() or path.name == results.CSV_NAME:
+        return results.run_dir(path) / results.PLOTS_DIR
+    return path.parent / f"{path.stem}-plots"
+
+
 def _plots_folder(run_dir: Path) -> Path:
-    """run_dir/plots, made, with the extra pages of an earlier drawing removed."""
-    folder = results.run_dir(Path(run_dir)) / results.PLOTS_DIR
+    """plots_folder(run_dir), made, with the extra pages of an earlier drawing removed."""
+    folder = plots_folder(run_dir)
     try:
         folder.mkdir(parents=True, exist_ok=True)
         for stale in [*folder.glob("speedup-*.*"), *folder.glob("stages-*.*")]:
@@ -399,15 +415,37 @@ def _plots_folder(run_dir: Path) -> Path:
     return folder
 
 
+def read_run(path: Path) -> pd.DataFrame:
+    """The rows to plot: a CSV without a baseline column takes the run's baseline (spec.json's, else the
+    sweep's default), so its speedups derive from its times."""
+    from nsa_bench.repro import run_settings
+
+    frame = results.read_rows_nonempty(path)
+    return reading.with_default_baseline(frame, run_settings(results.run_dir(Path(path)))[0].baseline)
+
+
+def nothing_to_plot(path: Path) -> str:
+    """Why no plot of `path` was drawn, for a run that plot_run drew nothing of."""
+    frame = read_run(path)
+    timed = len(reading.usable(frame))
+    if not timed:
+        return "nothing to plot (no row has a measured or predicted time)"
+    baselines = ", ".join(sorted({b for b in frame["baseline"].astype(str) if b})) or "none named"
+    rows = f"{timed} row has a time" if timed == 1 else f"{timed} rows have a time"
+    return (f"nothing to plot: {rows}, but no plot applies (a speedup needs its baseline backend's row at the "
+            f"same point: baseline {baselines}; the roofline needs flops and intensity; the stage plot stage rows)")
+
+
 def plot_run(run_dir: Path, gpu: str | None = None, published: bool = False) -> list[Path]:
-    """Write every plot of a run into run_dir/plots (replacing older pages); returns the files written.
+    """Write every plot of a run into plots_folder(run_dir) (replacing older pages); returns the files written.
     `published`: set published speedups of the same configuration beside the run's (nsa_bench/published.csv).
     A folder that cannot be written is a ResultsError naming the path (the CLI's one-line exit 2)."""
     from nsa_bench import published as published_mod
 
-    frame = results.read_rows_nonempty(run_dir)
+    frame = read_run(run_dir)
+    env = results.read_json(results.run_dir(Path(run_dir)) / results.ENV_NAME)  # refused unless a JSON object
     folder = _plots_folder(run_dir)
-    spec = resolve_gpu(frame, gpu)
+    spec = resolve_gpu(frame, gpu, env)
     matches = published_mod.matching(frame[frame["stage"] == STAGE_TOTAL], gpu=spec.name) if published else []
     try:
         return [*plot_speedup(frame, folder, matches), *plot_roofline(frame, folder, spec),

@@ -105,10 +105,13 @@ class Summary:
     kind: str
     note: str = ""
 
-    def shown(self, table: pd.DataFrame) -> pd.DataFrame:
-        """`table` (times or speedups) with each missing value replaced by the status that explains it."""
+    def shown(self, table: pd.DataFrame, unexplained: str = "") -> pd.DataFrame:
+        """`table` (times or speedups) with each missing value replaced by the status that explains it;
+        `unexplained`: what a cell of a usable row says when it still has no value (a speedup whose baseline
+        failed at that point)."""
         filled = table.astype(object).copy()
         status = self.statuses.reindex(index=table.index, columns=table.columns)
+        status = status.where(status != "", unexplained)  # "" marks a usable row; NaN, no row at all
         return filled.where(table.notna(), status.fillna(""))
 
 
@@ -132,15 +135,15 @@ def summary(frame: pd.DataFrame, baseline: str | None = None) -> Summary | None:
     axes = summary_axes(everything)
 
     def pivot(table: pd.DataFrame, values: str) -> pd.DataFrame:
-        return table.pivot_table(index=axes, columns="backend", values=values, aggfunc="first", sort=False,
-                                 dropna=False)
+        """values by point (the combinations the run holds, not their product) and backend."""
+        grouped = table.groupby([*axes, "backend"], sort=False, dropna=False)[values].first()
+        return grouped.unstack("backend").reindex(columns=list(dict.fromkeys(table["backend"])))
 
     times = pivot(everything, "ms")
     modes = list(dict.fromkeys(everything["mode"]))  # rows run longest first; the table reads shortest first
     order = sorted(times.index, key=lambda key: (modes.index(key[0]), *key[1:]))
     times = times.reindex(order)
-    statuses = everything.pivot_table(index=axes, columns="backend", values="status_shown", aggfunc="first",
-                                      sort=False, dropna=False).reindex(order)
+    statuses = pivot(everything, "status_shown").reindex(order)
     baselines = set(rows["baseline"].astype(str)) if "baseline" in rows.columns else set()
     shown = everything[~everything["backend"].isin(baselines)] if everything["backend"].nunique() > 1 else everything
     speedups = pivot(shown, "speedup_shown").reindex(index=times.index)
@@ -151,3 +154,65 @@ def failures(frame: pd.DataFrame) -> dict[str, pd.DataFrame]:
     """Rows without a time (any stage), by status: what a summary must account for beside its tables."""
     failed = frame[~frame["status"].astype(str).isin(USABLE)]
     return {status: part for status, part in failed.groupby("status", sort=False)}
+
+
+@dataclass(frozen=True)
+class Duplicate:
+    """A row whose key columns repeat an earlier row's: which of the two is the run's, no reader can tell."""
+
+    first_line: int  # CSV line of the earlier row (the header is line 1)
+    line: int  # CSV line of the repeat
+    key: dict[str, str]
+
+
+def _key_cell(value: object) -> str:
+    """A key cell as text, a whole number spelled as an integer (32768.0 is 32768)."""
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return "" if value is None or (isinstance(value, float) and math.isnan(value)) else str(value)
+
+
+def duplicate_rows(frame: pd.DataFrame) -> list[Duplicate]:
+    """Every row (of a frame as results.read_rows reads it, in file order) whose key columns equal an earlier
+    row's: a run holds one row per key, so readers must refuse or warn rather than pick one silently."""
+    columns = [c for c in KEY_FIELDS if c in frame.columns]
+    first: dict[tuple[str, ...], int] = {}
+    found = []
+    for position, record in enumerate(frame[columns].itertuples(index=False)):
+        key = tuple(_key_cell(v) for v in record)
+        if key in first:
+            found.append(Duplicate(first[key] + 2, position + 2, dict(zip(columns, key))))
+        else:
+            first[key] = position
+    return found
+
+
+def point_text(key: dict[str, str]) -> str:
+    """A key as one short line: `fwd nsa-triton T=8192 [stage] B=1 Hkv=4 G=16 D=192-128 ... bfloat16`."""
+    k = {name: key.get(name, "") for name in KEY_FIELDS}
+    stage = "" if k["stage"] in ("", STAGE_TOTAL) else f" [{k['stage']}]"
+    return (f"{k['mode']} {k['backend']} T={k['seqlen']}{stage} B={k['batch']} Hkv={k['kv_heads']} "
+            f"G={k['group_size']} D={k['head_dim_qk']}-{k['head_dim_v']} l={k['block_cmp']} d={k['stride_cmp']} "
+            f"l'={k['block_slc']} n={k['n_slc']} w={k['window']} {k['dtype']} d_model={k['d_model']} "
+            f"doc_lens={k['doc_lens']}")
+
+
+def duplicates_warning(frame: pd.DataFrame, file: object) -> str:
+    """One line saying that `file` holds rows of one key twice ("" when it does not): the tables show one of
+    them, and which one is the run's is unknown."""
+    found = duplicate_rows(frame)
+    if not found:
+        return ""
+    first = found[0]
+    more = f" ({len(found)} rows repeat an earlier row's key in all)" if len(found) > 1 else ""
+    return (f"{file} lines {first.first_line} and {first.line} hold the same key ({point_text(first.key)}){more}: "
+            "a run has one row per key, the tables show only one of them; remove the row that is not the run's")
+
+
+def with_default_baseline(frame: pd.DataFrame, baseline: str) -> pd.DataFrame:
+    """`frame` with `baseline` in every baseline cell when its CSV had no baseline column (older and hand-made
+    CSVs), so their speedups derive from their times (row_speedups) as compare derives them; a CSV with the
+    column is returned as it is (an empty cell there means the row has no baseline to be divided by)."""
+    if "baseline" not in frame.attrs.get("absent", ()) and "baseline" in frame.columns:
+        return frame
+    return frame.assign(baseline=baseline)

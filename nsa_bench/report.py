@@ -89,7 +89,7 @@ def summary_table(frame: pd.DataFrame) -> pd.DataFrame:
     found = reading.summary(frame)
     if found is None:
         return pd.DataFrame()
-    table = found.shown(found.speedups)
+    table = found.shown(found.speedups, "no baseline")
     table.columns = [f"speedup {c}" for c in table.columns]
     return table.reset_index()
 
@@ -347,6 +347,7 @@ def _load(directory: Path, plotter: Plotter) -> _Content:
     gpu = target.get("key") if isinstance(target, dict) else None  # the spec the sweep predicted for
     gpu = gpu if isinstance(gpu, str) and gpu else None
     plots, warnings = _ensure_plots(directory, gpu, plotter)
+    warnings = [*warnings, *filter(None, [reading.duplicates_warning(frame, directory / CSV_NAME)])]
     settings, why_default = repro.run_settings(directory)
     statuses = frame["status"].astype(str)
     baselines = sorted({b for b in frame.get("baseline", pd.Series(dtype=str)) if b})

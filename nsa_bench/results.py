@@ -5,7 +5,10 @@ A run folder holds `results.csv`, `env.json` (where and with what it ran), `spec
 `progress.jsonl` (which points are complete, for --resume) and `plots/`. Everything after measuring reads
 these files, never live objects. Reading is strict about content and lenient about absence: a cell that is
 not what its column holds is an error naming the file, line and column; a column the CSV lacks takes its
-documented default (no `stage` column: every row is a `total` row).
+documented default (no `stage` column: every row is a `total` row). A time a row's status says it has
+(`ms_median` of an `ok` row, `predicted_ms` of an `ok` or `predicted` row, and the `speedup` derived from
+them) is an error unless finite and positive when the cell is not empty: 0 or inf would otherwise be an
+infinite speedup in one reader and a silently skipped point in another; here every reader refuses it alike.
 """
 from __future__ import annotations
 
@@ -39,6 +42,9 @@ INT_KEY_COLUMNS = {"seqlen": "seqlens", "batch": "batches", "kv_heads": "kv_head
                    "head_dim_qk": "head_dims", "head_dim_v": "head_dims", "block_cmp": "block_cmp",
                    "stride_cmp": "stride_cmp", "block_slc": "block_slc", "n_slc": "n_slc", "window": "window"}
 _SIGNED = ("temp_c",)  # the one number column that may be negative
+# the cells a row's status says hold a figure (when not empty): finite and positive, or the CSV is refused
+CARRIED = {"ms_median": (STATUS_OK,), "predicted_ms": (STATUS_OK, STATUS_PREDICTED),
+           "speedup": (STATUS_OK, STATUS_PREDICTED)}
 # key columns added after the first schema: a CSV without them reads with their default (attention-only
 # modes; one dense sequence per batch row), so runs made before them still plot, report and compare
 LATER_KEY_DEFAULTS = {"d_model": "0", "doc_lens": "none"}
@@ -49,7 +55,8 @@ class ResultsError(ValueError):
     """A results file or folder that cannot be read as a run (the message names the file and what is wrong)."""
 
 
-def _cell(value: object) -> object:
+def cell(value: object) -> object:
+    """A value as the CSV writes it (floats to 6 significant digits; None and non-finite as empty)."""
     if value is None:
         return ""
     if isinstance(value, float) and not math.isfinite(value):
@@ -66,7 +73,7 @@ def rows_text(rows: Iterable[Row], header: bool) -> str:
     if header:
         writer.writeheader()
     for row in rows:
-        writer.writerow({k: _cell(v) for k, v in row.as_dict().items()})
+        writer.writerow({k: cell(v) for k, v in row.as_dict().items()})
     return buffer.getvalue()
 
 
@@ -102,12 +109,27 @@ def csv_path(path: Path) -> Path:
     return path
 
 
-def _derived_status(frame: pd.DataFrame) -> pd.Series:
-    """Status of rows whose CSV has none: measured where there is a median, predicted where a prediction."""
-    status = pd.Series("", index=frame.index, dtype=object)
-    status[frame["predicted_ms"].notna()] = STATUS_PREDICTED
-    status[frame["ms_median"].notna()] = STATUS_OK
+def _derived_status(texts: dict[str, pd.Series]) -> pd.Series:
+    """Status of rows whose CSV has none: measured where a median is written, predicted where a prediction
+    (read from the cells' text: an `inf` median is a measured row with a bad time, not a row without one)."""
+    status = pd.Series("", index=texts["ms_median"].index, dtype=object)
+    status[texts["predicted_ms"] != ""] = STATUS_PREDICTED
+    status[texts["ms_median"] != ""] = STATUS_OK
     return status
+
+
+def _check_carried(file: Path, texts: dict[str, pd.Series], status: pd.Series) -> None:
+    """ResultsError naming the first cell a row's status says holds a figure that is not empty and not a finite
+    positive number (CARRIED)."""
+    for column, statuses in CARRIED.items():
+        text = texts[column]
+        number = pd.to_numeric(text.where(text != ""), errors="coerce").to_numpy(dtype=float, na_value=np.nan)
+        good = (number > 0) & (number < math.inf)  # NaN fails both
+        bad = status.isin(statuses).to_numpy() & (text != "").to_numpy() & ~good
+        if bad.any():
+            index = int(bad.nonzero()[0][0])
+            raise _bad_cell(file, index, column, text.iloc[index],
+                            f"is not a finite positive number (a row with status {status.iloc[index]} carries one)")
 
 
 def _bad_cell(file: Path, index: int, column: str, value: str, why: str) -> ResultsError:
@@ -165,6 +187,7 @@ def validate(frame: pd.DataFrame, file: Path) -> pd.DataFrame:
     absent = tuple(c for c in FIELDS if c not in frame.columns)
     for column in absent:
         frame[column] = LATER_KEY_DEFAULTS.get(column, "")
+    texts = {column: frame[column].fillna("").astype(str).str.strip() for column in CARRIED}  # before typing
     for column in INT_KEY_COLUMNS:
         frame[column] = _key_ints(file, frame, column)
     frame["d_model"] = _d_models(file, frame)
@@ -182,11 +205,12 @@ def validate(frame: pd.DataFrame, file: Path) -> pd.DataFrame:
         index = int(unknown_mode.to_numpy().nonzero()[0][0])
         raise _bad_cell(file, index, "mode", frame["mode"].iloc[index], f"is not a mode ({', '.join(MODES)})")
     status = frame["status"].fillna("").astype(str).str.strip()
-    frame["status"] = status.where(status != "", _derived_status(frame))
+    frame["status"] = status.where(status != "", _derived_status(texts))
     unknown = ~frame["status"].isin((*STATUSES, ""))
     if unknown.any():
         index = int(unknown.to_numpy().nonzero()[0][0])
         raise _bad_cell(file, index, "status", frame["status"].iloc[index], f"is not a status ({', '.join(STATUSES)})")
+    _check_carried(file, texts, frame["status"])
     frame.attrs["absent"] = absent  # the columns filled with their defaults: a gate on one of them must say so
     return frame
 

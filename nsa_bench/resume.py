@@ -208,6 +208,10 @@ def inspect(out: Path, baseline: str | None, sweep: frozenset[TaskKey] | None = 
         if path.is_symlink():
             raise ResumeError(f"{path} is a link (to {show(os.readlink(path), 100)}): --resume would append to "
                               "another run's file; copy the run into a folder of its own, or choose another --out")
+        if path.is_file() and path.stat().st_nlink > 1:
+            raise ResumeError(f"{path} is a hard link ({path.stat().st_nlink} names for one file): --resume would "
+                              "append to the other name's file too; copy the run into a folder of its own, or "
+                              "choose another --out")
     records, damaged = csv_records(csv_file)
     if records and not progress.exists():
         raise ResumeError(f"{out} has rows but no {PROGRESS_NAME} (made by an nsa-bench that did not record "
@@ -238,14 +242,11 @@ def inspect(out: Path, baseline: str | None, sweep: frozenset[TaskKey] | None = 
 def _refuse_losing(csv_file: Path, records: list[list[str]], entries: Mapping[TaskKey, tuple[str, ...]],
                    safe: frozenset[TaskKey] | set[TaskKey]) -> None:
     """Refuse to remove a row whose task is neither done nor in the resumed sweep: it would be lost, not run
-    again (a point of another sweep, or a row someone added). Only the last task's rows may be a write cut
-    off by an interruption (a task's rows are appended in one write before its progress line): those are
-    this run's own partial rows, removed as ever."""
+    again (a point of another sweep, or a row someone added). A task of the sweep cut off by an interruption
+    runs again and its partial rows go as ever; one the sweep does not hold is refused even then: resume with
+    the sweep that made it."""
     keys = [tuple(record[i] for i in _KEY_INDEX) for record in records]
-    tail = len(keys)
-    while tail > 0 and keys[tail - 1] == keys[-1] and keys[-1] not in entries:
-        tail -= 1
-    for line, key in enumerate(keys[:tail]):
+    for line, key in enumerate(keys):
         if key not in safe:
             what = dict(zip(TASK_FIELDS, key))
             why = "it has no line in " + PROGRESS_NAME if key not in entries else "its point is incomplete"
@@ -281,6 +282,27 @@ def _frozen(value: object) -> object:
     return tuple(_frozen(v) for v in value) if isinstance(value, list) else value
 
 
+def _check_spec_record(spec: object, old: Mapping[str, object], spec_file: Path) -> None:
+    """spec.json must hold a sweep's spec before a resumed run keeps its values: the field at fault named
+    where one alone is wrong, else the whole record's fault."""
+    make = type(spec).from_dict  # type: ignore[attr-defined]
+    try:
+        make(old)
+        return
+    except (ValueError, TypeError) as exc:
+        whole = str(exc)
+    for field, value in old.items():
+        if field in AXIS_FIELDS and not isinstance(value, list):
+            raise ResumeError(f"cannot resume: {spec_file}: {field} is {show(value)}, not a list")
+        try:
+            make({field: value})
+        except (ValueError, TypeError):
+            raise ResumeError(f"cannot resume: {spec_file}: {field} is {show(value)}, not a value a sweep has: "
+                              "choose another --out") from None
+    raise ResumeError(f"cannot resume: {spec_file} is not a sweep's spec ({show(whole, 120)}): choose another "
+                      "--out")
+
+
 def check_compatible(out: Path, spec: object, gpu_key: str, device: str | None) -> None:
     """Refuse (ResumeError) to resume `out` with a sweep that differs in anything but its axes, or on
     another GPU (`gpu_key`: the spec predictions and floors use; `device`: the CUDA device measured, None
@@ -299,6 +321,7 @@ def check_compatible(out: Path, spec: object, gpu_key: str, device: str | None) 
         missing = spec_file if not old else env_file
         raise ResumeError(f"cannot resume {out}: {missing.name} is missing or empty, so it cannot be checked "
                           "that this is the same sweep on the same GPU")
+    _check_spec_record(spec, old, spec_file)
     for field in (f.name for f in fields(spec)):
         if field not in old or field == "gpu":
             continue
@@ -310,7 +333,10 @@ def check_compatible(out: Path, spec: object, gpu_key: str, device: str | None) 
             raise ResumeError(f"cannot resume {out}: it was run with {_flag(field)} {show(was)}, this sweep has "
                               f"{show(now)}: choose another --out for a different sweep")
     target = env.get("target_gpu")
-    old_key = target.get("key") if isinstance(target, dict) else None
+    if not isinstance(target, dict) or not isinstance(target.get("key"), str):
+        raise ResumeError(f"cannot resume: {env_file} has no target_gpu with a key (it holds "
+                          f"{show(target)}), so the GPU its rows are for is unknown: choose another --out")
+    old_key = target["key"]
     if old_key != gpu_key:
         raise ResumeError(f"cannot resume {out}: its rows are for GPU {show(old_key)}, this sweep's for "
                           f"{gpu_key!r} (--gpu): mixing GPUs in one run is refused; choose another --out")

@@ -18,6 +18,12 @@ from nsa_bench.shard import WHOLE, Shard
 from nsa_bench.spec import SweepSpec
 
 
+# what a run writes beside results.csv and progress.jsonl: a folder holding any of them without a run is
+# someone else's, and a new run must not write over it
+RUN_FILES = (results.ENV_NAME, results.SPEC_NAME, "breakeven.csv", "tuning.json", results.PLOTS_DIR, "report.html",
+             "report.md")
+
+
 class RunFolderError(ValueError):
     """A run folder that cannot be used (the message names the flag; flag None: no single flag is to blame)."""
 
@@ -47,12 +53,27 @@ def prepare_out_dir(out: Path, resume: bool) -> Path:
     try:
         if not resume and resume_mod.has_run(out):
             raise RunFolderError("out", f"{where} already holds a run: pass --resume to continue it, or choose another --out")
+        if not resume_mod.has_run(out) and not _started_here(out):
+            theirs = [name for name in RUN_FILES if (out / name).exists()]
+            if theirs:
+                raise RunFolderError("out", f"{where} holds {', '.join(theirs)} but no run: a run would write over "
+                                            f"{'it' if len(theirs) == 1 else 'them'}; choose another --out")
         out.mkdir(parents=True, exist_ok=True)
         if not out.is_dir():
             raise RunFolderError("out", f"{where} is not a folder")
     except OSError as exc:
         raise RunFolderError("out", f"cannot create the run folder {where}: {exc.strerror or exc}") from None
     return out
+
+
+def _started_here(out: Path) -> bool:
+    """Whether `out` holds the env.json of a sweep that stopped before its first row (killed while it
+    precompiled, say): its files are the sweep's own to write again."""
+    try:
+        env = results.read_json(out / results.ENV_NAME)
+    except results.ResultsError:
+        return False
+    return isinstance(env.get("target_gpu"), dict) and "measured" in env
 
 
 def open_run(out: Path, spec: SweepSpec, gpu: GPUSpec, measuring: bool, resume: bool, shard: Shard = WHOLE,

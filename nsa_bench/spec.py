@@ -114,8 +114,10 @@ class Point:
             if name not in _TEXT_FIELDS and not (value.isascii() and value.isdigit()):
                 raise ValueError(f"{name}={value[:20]!r} is not a whole number")
         point = cls.from_record(record)
-        if point.is_layer != (point.d_model > 0):
-            raise ValueError("d_model= goes with the layer modes only, and they need it")
+        if point.is_layer and point.d_model < 1:
+            raise ValueError(f"{point.mode} needs d_model= (the model width of the layer), got {point.d_model}")
+        if not point.is_layer and point.d_model:
+            raise ValueError(f"d_model= goes with the layer modes only, not {point.mode}")
         doclens.parse_doc_lens(point.doc_lens)
         return point
 
@@ -181,6 +183,11 @@ class SweepSpec:
     check_seqlen: int = 1024
 
     def __post_init__(self) -> None:
+        for name, kinds in (("reps", int), ("warmup", int), ("seed", int), ("check_seqlen", int), ("baseline", str),
+                            ("gpu", (str, type(None))), ("cuda_graph", bool)):
+            value = getattr(self, name)
+            if not isinstance(value, kinds) or (kinds is int and isinstance(value, bool)):
+                raise ValueError(f"{name}={value!r} is not a {getattr(kinds, '__name__', 'name')}")
         for name in ("reps", "warmup", "check_seqlen"):
             value = getattr(self, name)
             if value < (0 if name == "warmup" else 1):

@@ -198,6 +198,7 @@ def build_spec(suite: str | None, flags: Mapping[str, object | None], base: Swee
     layers.append((None, {k: v for k, v in flags.items() if v is not None}))
     heads_from = ""  # "kv-heads" or "q-heads": whichever a later layer set wins over an earlier one's other
     given: dict[str, object] = {}  # flag -> the value as written (what an error quotes)
+    came_from: dict[str, str | None] = {}  # flag -> the suite file that set it (None: the command line)
     for source, layer in layers:
         if "q-heads" in layer and "kv-heads" in layer:
             raise OptionError("q-heads", layer["q-heads"], "--q-heads fixes Hq and derives Hkv = Hq / G: leave --kv-heads out",
@@ -213,6 +214,7 @@ def build_spec(suite: str | None, flags: Mapping[str, object | None], base: Swee
                 raise OptionError(flag, raw, why, source)
             values[field] = parsed
             given[flag] = raw
+            came_from[flag] = source
             heads_from = flag if flag in ("kv-heads", "q-heads") else heads_from
     if heads_from == "kv-heads":
         values["q_heads"] = ()
@@ -224,4 +226,5 @@ def build_spec(suite: str | None, flags: Mapping[str, object | None], base: Swee
         return replace(spec, **values)
     except ValueError as exc:
         flag = next((f for f, (field, _) in OPTIONS.items() if str(exc).startswith(field)), "sweep")
-        raise OptionError(flag, given.get(flag, values.get(OPTIONS.get(flag, ("", None))[0], "")), str(exc)) from None
+        raise OptionError(flag, given.get(flag, values.get(OPTIONS.get(flag, ("", None))[0], "")), str(exc),
+                          came_from.get(flag)) from None

@@ -26,7 +26,7 @@ def summary_text(csv_file: Path, baseline: str | None = None) -> str:
             if found.note:
                 parts.append(found.note)
             else:
-                parts.append(f"Speedup vs baseline ({found.kind}):\n{_table(found.shown(found.speedups), '.2f')}")
+                parts.append(f"Speedup vs baseline ({found.kind}):\n{_table(found.shown(found.speedups, 'no baseline'), '.2f')}")
             parts.append(f"Time per call, ms ({found.kind}):\n{_table(found.shown(found.times), '.4g')}")
     failed = failures_text(frame)
     if failed:
@@ -62,9 +62,11 @@ def failures_text(frame: pd.DataFrame) -> str:
     total = sum(len(part) for part in groups.values())
     lines = [f"Rows without a time: {total} of {len(frame)} ("
              + ", ".join(f"{status} {len(part)}" for status, part in groups.items()) + ")"]
+    varying = [c for c in reading.CONFIG_COLUMNS if c in frame.columns and frame[c].nunique() > 1]
     for status, part in groups.items():
         for _, row in part.head(FAILED_SHOWN).iterrows():
-            where = f"{row['backend']} {row['mode']} T={row['seqlen']}" + (
+            where = " ".join([f"{row['backend']} {row['mode']} T={row['seqlen']}",
+                              *(f"{c}={row[c]}" for c in varying)]) + (
                 f" [{row['stage']}]" if row["stage"] != "total" else "")
             lines.append(f"  {status}: {where}: {_short(str(row['message']))}")
         if len(part) > FAILED_SHOWN:

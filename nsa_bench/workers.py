@@ -30,6 +30,7 @@ from multiprocessing.connection import Connection, wait
 from typing import Callable, Iterable, Iterator, Sequence
 
 from nsa_bench import execute
+from nsa_bench.child_env import child_environment
 from nsa_bench.execute import Commit, Job
 from nsa_bench.gpus import GPUSpec
 from nsa_bench.schema import STATUS_ERROR
@@ -141,7 +142,7 @@ class _Slot:
 def _environment(device: str) -> dict[str, str]:
     """The worker's environment: only its own GPU visible (an index counts among the GPUs this process
     sees, so it is mapped through the parent's own CUDA_VISIBLE_DEVICES); a CPU worker sees none."""
-    env = dict(os.environ)
+    env = child_environment()
     if device.startswith("cuda:"):
         index = int(device.split(":", 1)[1])
         visible = [v.strip() for v in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if v.strip()]

@@ -1,4 +1,4 @@
-"""The count of bad inputs the tests try (issue 14 asks for it), printed by tests/conftest.py at the end."""
+"""The count of bad inputs the tests try (the project reports it), printed by tests/conftest.py at the end."""
 from __future__ import annotations
 
 import collections

@@ -262,3 +262,49 @@ def test_resume_after_a_cut_row_ends_with_the_rows_of_a_clean_run(tmp_path: Path
     DAMAGE["csv cut mid-row"][0](run)
     assert run_main(*_command("resume", run, template))[0] == 0
     assert sorted(_rows(run)) == sorted(_rows(template))
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--devices", "gpu0"], "--devices"), (["--devices", "cpu0,cpu0"], "--devices"), (["--devices", ""], "--devices"),
+    (["--ray", "bogus::addr"], "--ray"), (["--ray", "auto", "--devices", "cpu0"], "--ray"),
+    (["--in-process", "--devices", "cpu0"], "--in-process"), (["--time-budget", "1s", "--devices", "cpu0,cpu1"],
+                                                             "--time-budget"),
+    (["--point", "fwd T=0 B=1 Hkv=4 G=16 D=192-128 l=32 d=16 l'=64 n=16 w=512 bfloat16"], "--point"),
+    (["--point", "nsa-triton fwd T=1024 B=1 Hkv=4 G=16 D=192-128 l=32 d=16 l'=64 n=16 w=512 bfloat16"], "--point"),
+    (["--point", "fwd T=1024 B=1 Hkv=4 G=16 D=192-128 l=32 d=16 l'=64 n=2 w=512 bfloat16"], "--point"),
+])
+def test_the_dry_run_refuses_what_the_run_refuses(tmp_path: Path, args: list[str], needle: str):
+    count_bad_input("flag combinations")
+    for extra in ([], ["--dry-run"]):
+        code, out, err = run_main("sweep", "--quiet", "--no-plots", "--out", str(tmp_path / "r"), *args, *extra,
+                                  cwd=tmp_path)
+        assert_clean_exit(code, out, err, allowed=(2,))
+        assert needle in err, (extra, err)
+
+
+@pytest.mark.parametrize("args,ok", [(["--seed", "9223372036854775807"], True), (["--head-dim", "1k"], True),
+                                     (["--head-dim", "1k-512"], True), (["--seed", "9223372036854775808"], False),
+                                     (["--head-dim", "2k"], False)])
+def test_values_inside_the_documented_ranges_are_taken(tmp_path: Path, args: list[str], ok: bool):
+    """`sweep -h` documents seed 0..2^63-1 and head dims 1..1k: their edges are accepted, one past refused."""
+    count_bad_input("flag values")
+    code, out, err = run_main("sweep", "--seqlen", "1k", "--mode", "fwd", "--dry-run", *args, cwd=tmp_path)
+    assert_clean_exit(code, out, err, allowed=(0,) if ok else (2,))
+
+
+def test_precompile_refuses_a_sweep_without_a_valid_point(tmp_path: Path):
+    count_bad_input("flag values")
+    code, out, err = run_main("precompile", "--n-slc", "2", cwd=tmp_path)
+    assert_clean_exit(code, out, err, allowed=(2,))
+    assert "--n-slc" in err and "n_slc must be >= 3" in err
+
+
+@pytest.mark.parametrize("content,needle", [('backend = "nope"\n', "backend in suite"),
+                                            ('baseline = "nope"\n', "baseline in suite"),
+                                            ('q-heads = "64"\ngroup-size = "3"\n', "group-size in suite")])
+def test_a_suites_value_is_blamed_on_the_suite(tmp_path: Path, content: str, needle: str):
+    count_bad_input("suite values")
+    (tmp_path / "bad.toml").write_text(content)
+    code, out, err = run_main("sweep", "--suite", str(tmp_path / "bad.toml"), "--dry-run", cwd=tmp_path)
+    assert_clean_exit(code, out, err, allowed=(2,))
+    assert needle in err and "--" not in err.split("choose from")[0].split("error:")[1], err

@@ -201,6 +201,7 @@ def test_records_are_frozen(tmp_path):
         record.seqlen = 1.0  # type: ignore[misc]
 
 
+@pytest.mark.subprocess
 def test_every_mode_and_baseline_of_a_predicted_run_gets_a_record(tmp_path):
     run = tmp_path / "pred"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}

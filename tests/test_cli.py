@@ -214,3 +214,31 @@ def test_interrupt_counts_the_rows_on_disk_on_stderr(monkeypatch, capsys, tmp_pa
                            f"{tmp_path / 'r' / 'results.csv'} (continue with --out {tmp_path / 'r'} --resume).")
     # 4 tasks, longest sequence first: fa2 and nsa-triton at 2k fwd (total + 7 stages), then bwd (total + 5)
     assert "Interrupted" not in out and on_disk == (1 + 8) + (1 + 6)
+
+
+def test_a_folder_with_files_of_its_own_is_not_taken_for_a_run(monkeypatch, capsys, tmp_path):
+    """--out naming a folder that holds env.json (or plots/, ...) but no run: refused, nothing touched; a
+    folder a sweep itself started (killed before its first row) is the sweep's to write again."""
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "env.json").write_text("USERDATA\n")
+    code, _, err = run_cli(monkeypatch, capsys, "sweep", "--seqlen", "1k", "--mode", "fwd", "--out", str(mine),
+                           "--quiet", "--no-plots")
+    assert code == 2 and "holds env.json but no run" in err and (mine / "env.json").read_text() == "USERDATA\n"
+    assert sorted(p.name for p in mine.iterdir()) == ["env.json"]
+    started = tmp_path / "started"
+    args = ("sweep", "--seqlen", "1k", "--mode", "fwd", "--out", str(started), "--quiet", "--no-plots")
+    assert run_cli(monkeypatch, capsys, *args)[0] == 0
+    (started / "results.csv").unlink()
+    (started / "progress.jsonl").unlink()
+    assert run_cli(monkeypatch, capsys, *args)[0] == 0
+
+
+def test_env_gpu_key_names_the_results_folder_of_the_gpu_here(monkeypatch, capsys):
+    import torch
+
+    assert run_cli(monkeypatch, capsys, "env", "--gpu-key")[1].strip() == "none"  # no GPU on the test machine
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    for name, key in (("NVIDIA H100 80GB HBM3", "h100"), ("NVIDIA H200", "h200"), ("NVIDIA L40S", "nvidia-l40s")):
+        monkeypatch.setattr(torch.cuda, "get_device_name", lambda index=0, name=name: name)
+        assert run_cli(monkeypatch, capsys, "env", "--gpu-key")[1].strip() == key

@@ -94,7 +94,8 @@ def test_relative_noise_is_the_median_standard_error() -> None:
     (2.0, 1.60, 0.01, True, SLOWER),        # speedup down 20%
     (2.0, 2.40, 0.01, True, FASTER),
     (1.0, 1.08, 0.04, False, AMBIGUOUS),    # beyond the threshold, inside 3 x noise
-    (1.0, 1.50, 0.06, False, AMBIGUOUS),    # the noise itself exceeds the threshold
+    (1.0, 1.50, 0.06, False, SLOWER),       # the noise exceeds the threshold, the change is far outside it
+    (1.0, 1.10, 0.06, False, AMBIGUOUS),    # the noise exceeds the threshold and hides the change
     (1.0, 1.20, math.nan, False, AMBIGUOUS),  # noise unknown
 ])
 def test_classify(base: float, cur: float, noise: float, higher: bool, label: str) -> None:
@@ -104,7 +105,7 @@ def test_classify(base: float, cur: float, noise: float, higher: bool, label: st
 def test_options_reject_bad_values() -> None:
     with pytest.raises(CompareError, match="metric='latency'"):
         Options(metric="latency")
-    with pytest.raises(CompareError, match="threshold=-10%"):
+    with pytest.raises(CompareError, match="--threshold -10: must be a positive percentage"):
         Options(threshold=-0.1)
 
 
@@ -180,11 +181,12 @@ def test_cli_identical_runs_exit_0(tmp_path: Path) -> None:
 
 def test_cli_drift_inside_noise_exit_0(tmp_path: Path) -> None:
     base = make_run(tmp_path / "base", spread=0.3, samples=10)
-    # 8% slower everywhere: beyond the 5% threshold, but the runs are noisy -> AMBIGUOUS, not SLOWER
-    cur = make_run(tmp_path / "cur", spread=0.3, samples=10, nsa_scale={(m, s): 1.08 for m in MODES for s in SEQLENS})
+    # 8% slower at three points: beyond the 5% threshold, but the runs are noisy -> AMBIGUOUS, not SLOWER
+    drift = {(m, s): 1.08 for m in MODES for s in SEQLENS} | {("bwd", 2048): 1.0}
+    cur = make_run(tmp_path / "cur", spread=0.3, samples=10, nsa_scale=drift)
     out = invoke(str(base), str(cur))
     assert out.exit_code == 0, out.output
-    assert "AMBIGUOUS 4" in out.output and "SLOWER 0" in out.output
+    assert "AMBIGUOUS 3" in out.output and "SLOWER 0" in out.output and "SAME 1" in out.output
     # small drift in a quiet run: SAME
     quiet = make_run(tmp_path / "quiet", nsa_scale={("fwd", 1000): 1.02, ("bwd", 2048): 0.98})
     out = invoke(str(make_run(tmp_path / "quiet_base")), str(quiet))
@@ -454,13 +456,13 @@ def test_the_verdict_counts_what_it_could_not_judge_and_fail_on_ambiguous_fails(
     assert out.exit_code == 0, out.output
     verdict = out.output.splitlines()[0]
     assert verdict.startswith("# nsa-bench compare: PASS: no confirmed regression; 3 of 4 points not judged")
-    assert "2 AMBIGUOUS: noise above the threshold" in verdict and "1 only in baseline" in verdict
+    assert "2 AMBIGUOUS: inside the noise" in verdict and "1 only in baseline" in verdict
     assert "| fwd nsa-triton T=2048 | only in baseline; current: status error |" in out.output
     strict = invoke(str(base), str(cur), "--fail-on-ambiguous", "--json", str(tmp_path / "gate.json"))
     assert strict.exit_code == 1, strict.output
     assert strict.output.startswith("# nsa-bench compare: FAIL: not every point could be judged (--fail-on-ambiguous)")
     payload = json.loads((tmp_path / "gate.json").read_text())
-    assert payload["verdict"] == "fail" and payload["not_judged"] == {"AMBIGUOUS: noise above the threshold": 2,
+    assert payload["verdict"] == "fail" and payload["not_judged"] == {"AMBIGUOUS: inside the noise": 2,
                                                                      "only in baseline": 1}
     # everything judged: --fail-on-ambiguous passes, and the verdict says so
     quiet = invoke(str(make_run(tmp_path / "a")), str(make_run(tmp_path / "b")), "--fail-on-ambiguous")
@@ -483,7 +485,7 @@ def test_only_changes_beyond_the_threshold_are_regressions(tmp_path: Path) -> No
     assert [p.key_dict()["seqlen"] + p.key_dict()["mode"] for p in result.regressions()] == ["1000fwd"]
     worst = compare.to_markdown(result).split("## Worst regressions")[1].split("\n## ")[0]
     assert "-0.0%" not in worst and "SAME" not in worst and "T=1000" in worst
-    assert "AMBIGUOUS (noise above the threshold)" in worst.splitlines()[4]
+    assert "AMBIGUOUS (inside the noise)" in worst.splitlines()[4]
     assert [line for line in worst.splitlines() if line.startswith("| ")][1:] == [worst.splitlines()[4]]
     same = compare_paths(make_run(tmp_path / "quiet"), make_run(tmp_path / "hair", nsa_scale=scale | {
         ("fwd", 1000): 1.0001, ("bwd", 1000): 1.0001}), Options())
@@ -658,3 +660,130 @@ def test_compare_numbers_are_ascii_and_finite(tmp_path: Path, args, needle) -> N
 def test_an_empty_run_path_is_refused(tmp_path: Path) -> None:
     out = invoke("", str(make_run(tmp_path / "base")))
     assert out.exit_code == 2 and "an empty path" in out.output
+
+
+# --- a clear change is judged whatever the threshold; a gate that judged nothing fails ----------------------
+
+def test_a_change_far_outside_the_noise_is_slower_under_a_tiny_threshold(tmp_path: Path) -> None:
+    """-33% with about 1% of combined noise, at a 0.2% threshold: the noise is above the threshold, but the
+    change is far outside it, so the point is SLOWER (once it passed as AMBIGUOUS, 'noise above the threshold')."""
+    base = make_run(tmp_path / "base")
+    cur = make_run(tmp_path / "cur", nsa_scale={("fwd", 2048): 1.5})
+    out = invoke(str(base), str(cur), "--threshold", "0.2")
+    assert out.exit_code == 1, out.output
+    assert out.output.startswith("# nsa-bench compare: FAIL: confirmed regression")
+    assert "SLOWER 1" in out.output and "noise above the threshold" not in out.output
+    assert classify(1.0, 1.5, 0.06, 0.05, 3.0, False) == SLOWER  # noise 6% > 5% threshold, change 50% >> 3 x 6%
+
+
+@pytest.mark.parametrize("value", ["100", "150"])
+def test_a_threshold_that_can_never_fail_is_refused(tmp_path: Path, value: str) -> None:
+    base = make_run(tmp_path / "base")
+    line = _one_line_error(invoke(str(base), str(base), "--threshold", value))
+    assert f"--threshold {value}" in line and "never fail" in line, line
+
+
+def test_a_gate_that_judged_no_point_fails(tmp_path: Path) -> None:
+    """Runs with fewer than 5 samples per row: the noise is unknown, every change beyond the threshold is
+    AMBIGUOUS; with no point judged the gate must not say PASS."""
+    base = make_run(tmp_path / "base", samples=3)
+    cur = make_run(tmp_path / "cur", samples=3, nsa_scale={(m, s): 1.3 for m in MODES for s in SEQLENS})
+    out = invoke(str(base), str(cur), "--json", str(tmp_path / "gate.json"))
+    assert out.exit_code == 1, out.output
+    assert out.output.splitlines()[0] == "# nsa-bench compare: FAIL: no point could be judged (4 AMBIGUOUS: noise unknown)"
+    payload = json.loads((tmp_path / "gate.json").read_text())
+    assert payload["verdict"] == "fail" and payload["exit_code"] == 1
+    # one point judged (SAME: inside the threshold needs no noise) is enough to pass, saying what was not judged
+    some = make_run(tmp_path / "some", samples=3, nsa_scale={("fwd", 1000): 1.3})
+    out = invoke(str(base), str(some))
+    assert out.exit_code == 0 and "PASS: no confirmed regression; 1 of 4 points not judged" in out.output, out.output
+
+
+# --- no existing file of a run folder is overwritten, except compare's own earlier output ------------------
+
+@pytest.mark.parametrize("target", ["breakeven.csv", "plots/speedup.svg", "report.md", "tuning.json", "envs/a.json"])
+@pytest.mark.parametrize("flag", ["--md", "--json"])
+def test_an_existing_file_of_a_run_folder_is_never_overwritten(tmp_path: Path, target: str, flag: str) -> None:
+    run = make_run(tmp_path / "run")
+    path = run / target
+    path.parent.mkdir(exist_ok=True)
+    path.write_text("the run's own file\n")
+    line = _one_line_error(invoke(str(run), str(run), flag, str(path)))
+    assert f"{flag} '{path}'" in line and "a file of the run folder" in line and "nothing was written" in line, line
+    assert path.read_text() == "the run's own file\n"
+    # a folder of progress only (a run that has not written a row yet) is a run folder too
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    (bare / "progress.jsonl").write_text("")
+    (bare / "notes.md").write_text("mine\n")
+    assert "a file of the run folder" in _one_line_error(invoke(str(run), str(run), flag, str(bare / "notes.md")))
+
+
+def test_compare_may_write_a_new_file_into_a_run_and_rewrite_its_own(tmp_path: Path) -> None:
+    """What .github/workflows/perf.yml does: --md RUN/gate.md --json RUN/gate.json, and again on a retry."""
+    base = make_run(tmp_path / "base")
+    run = make_run(tmp_path / "run", nsa_scale={("fwd", 2048): 1.2})
+    args = (str(base), str(run), "--md", str(run / "gate.md"), "--json", str(run / "gate.json"))
+    assert invoke(*args).exit_code == 1
+    again = invoke(*args)
+    assert again.exit_code == 1, again.output
+    assert (run / "gate.md").read_text().startswith("# nsa-bench compare: FAIL")
+    assert json.loads((run / "gate.json").read_text())["exit_code"] == 1
+    # but not the other way round: compare's markdown is not JSON it wrote, and a hand-edited gate.md is not its own
+    line = _one_line_error(invoke(str(base), str(run), "--json", str(run / "gate.md")))
+    assert "a file of the run folder" in line
+    (run / "gate.md").write_text("# my notes\n")
+    assert "a file of the run folder" in _one_line_error(invoke(str(base), str(run), "--md", str(run / "gate.md")))
+    assert (run / "gate.md").read_text() == "# my notes\n"
+
+
+@pytest.mark.parametrize("flag", ["--md", "--json"])
+def test_an_empty_output_path_is_named_as_such(tmp_path: Path, flag: str) -> None:
+    from cli_runner import assert_clean_exit, run_main
+
+    run = make_run(tmp_path / "run")
+    code, out, err = run_main("compare", str(run), str(run), flag, "")
+    assert_clean_exit(code, out, err, allowed=(2,))
+    assert "an empty path" in err and flag in err and "'.'" not in err, err
+
+
+# --- a run with two rows of one key is refused, whatever the argument order ---------------------------
+
+def test_duplicate_key_rows_are_refused_naming_file_lines_and_key(tmp_path: Path) -> None:
+    base = make_run(tmp_path / "base")
+    cur = make_run(tmp_path / "cur")
+    cells = _cells(cur / CSV_NAME)
+    first = int(_nsa_total("fwd", 2048)(cells).to_numpy().nonzero()[0][0])
+    twin = cells.iloc[[first]].assign(ms_median="9.0")  # the same key, another time
+    pd.concat([cells, twin], ignore_index=True).to_csv(cur / CSV_NAME, index=False)
+    last = len(cells) + 2
+    for args in ((base, cur), (cur, base)):
+        line = _one_line_error(invoke(*map(str, args)))
+        assert f"{cur / CSV_NAME} lines {first + 2} and {last}" in line, line
+        assert "fwd nsa-triton T=2048" in line and "stored speedups" not in line, line
+
+
+# --- no rows in common: which key column keeps them apart -------------------------------------------------
+
+@pytest.mark.parametrize("column,old,new", [("dtype", "bfloat16", "float64"), ("backend", "nsa-triton", "nsa-v2"),
+                                            ("window", "512", "256")])
+def test_no_rows_in_common_says_which_key_column_differs(tmp_path: Path, column: str, old: str, new: str) -> None:
+    base = make_run(tmp_path / "base")
+    cur = make_run(tmp_path / "cur")
+    cells = _cells(cur / CSV_NAME)
+    cells[column] = cells[column].replace(old, new)
+    cells.to_csv(cur / CSV_NAME, index=False)
+    line = _one_line_error(invoke(str(base), str(cur)))
+    assert "no rows in common" in line and f"{column}: baseline {old}, current {new}" in line, line
+
+
+def test_no_rows_in_common_from_other_combinations_says_so(tmp_path: Path) -> None:
+    base = make_run(tmp_path / "base")
+    cur = make_run(tmp_path / "cur")
+    for run, keep in ((base, "1000"), (cur, "2048")):  # fwd at one length, bwd at the other
+        cells = _cells(run / CSV_NAME)
+        keep_rows = ((cells["mode"] == "fwd") & (cells["seqlen"] == keep)) | \
+            ((cells["mode"] == "bwd") & (cells["seqlen"] != keep))
+        cells[keep_rows].to_csv(run / CSV_NAME, index=False)
+    line = _one_line_error(invoke(str(base), str(cur)))
+    assert "no rows in common" in line and "other combinations" in line and "mode" in line, line

@@ -12,6 +12,8 @@ from nsa_kernels.compressed import compress_bwd, compress_fwd, compressed_bwd, c
 from nsa_kernels.config import NSAConfig
 from nsa_kernels.packing import Packing
 
+pytestmark = pytest.mark.interpreter
+
 CFG_A = NSAConfig(block_cmp=32, stride_cmp=16, block_slc=64, n_slc=4, window=64)
 CFG_B = NSAConfig(block_cmp=16, stride_cmp=8, block_slc=32, n_slc=3, window=64)
 CFG_SPILL = NSAConfig(block_cmp=64, stride_cmp=8, block_slc=32, n_slc=4, window=64)  # l/d = 8 > l'/d = 4

@@ -17,6 +17,8 @@ from nsa_bench import reference
 from nsa_kernels.config import NSAConfig
 from nsa_kernels.decode import CompressedKVCache, compress_cache, nsa_decode, nsa_decode_with_selection
 
+pytestmark = pytest.mark.interpreter
+
 # small blocks so a few hundred tokens cross every boundary: l=16, d=8, l'=32, n=4, w=40
 CFG = NSAConfig(block_cmp=16, stride_cmp=8, block_slc=32, n_slc=4, window=40)
 TOL = {torch.float32: 1e-4, torch.float16: 1e-2, torch.bfloat16: 1e-2}

@@ -26,6 +26,8 @@ from nsa_bench.execute import Measure, Task, rows_for
 from nsa_bench.spec import Point, SweepSpec
 from nsa_bench.timing import time_wallclock
 
+pytestmark = pytest.mark.interpreter
+
 CPU = Measure(device="cpu", timer=time_wallclock)
 H100 = gpu_spec("h100")
 MODES = ("fwd", "bwd", "decode", "layer-fwd")

@@ -17,6 +17,8 @@ from nsa_kernels import varlen
 from nsa_kernels.flash import TileConfig, attention_bwd, attention_fwd, flash_attention, flash_attention_decode
 from nsa_kernels.packing import Packing
 
+pytestmark = pytest.mark.interpreter
+
 FP32_TOL = 1e-4
 HALF_TOL = 1e-2
 

@@ -4,6 +4,8 @@ import torch
 
 from nsa_kernels.gated_sum import gated_sum_bwd, gated_sum_fwd
 
+pytestmark = pytest.mark.interpreter
+
 
 @pytest.mark.parametrize("shape", [(2, 37, 3, 16), (1, 5, 2, 24)])
 def test_gated_sum_matches_torch(shape):

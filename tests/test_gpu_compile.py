@@ -20,6 +20,8 @@ from nsa_bench.compilecheck.results import CasePlan, CaseReport, CompileResult
 from nsa_bench.compilecheck.table import BUILD_CASES, CASES, SELFTEST
 from nsa_kernels.variants import runs_small_g
 
+pytestmark = pytest.mark.sm90
+
 # Known problems, reported to the lead (case label -> reason). The marks are strict: once fixed,
 # the test XPASSes and fails, so the entry must be removed. None are open: the spills and
 # shared-memory overflows once listed here (compressed `_cmp_fwd_kernel` 32x16 w4, selected

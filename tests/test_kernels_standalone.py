@@ -2,11 +2,15 @@
 import the benchmark suite (`nsa_bench`), directly or through another module."""
 from __future__ import annotations
 
+import pytest
+
 import os
 import re
 import subprocess
 import sys
 from pathlib import Path
+
+pytestmark = pytest.mark.subprocess
 
 KERNELS = Path(__file__).resolve().parent.parent / "kernels"
 MODULES = sorted(f"nsa_kernels.{p.stem}" for p in KERNELS.glob("*.py") if p.stem != "__init__")

@@ -19,6 +19,8 @@ from nsa_bench.execute import Measure, Task, rows_for
 from nsa_bench.spec import Point, SweepSpec
 from nsa_bench.timing import time_wallclock
 
+pytestmark = pytest.mark.interpreter
+
 CPU = Measure(device="cpu", timer=time_wallclock)
 H100 = gpu_spec("h100")
 # T not a multiple of any block, G = 2, Dk != Dv, a small model width

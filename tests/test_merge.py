@@ -95,3 +95,101 @@ def test_partial_shards_say_what_is_missing(runs: Path, tmp_path: Path):
     code, out, err = run_main("merge", str(runs / "t1"), "--out", str(tmp_path / "m"))
     assert code == 0, err
     assert "shards missing: 2/3, 3/3" in out
+
+
+# ---- key cells written as floats, runs without rows, bad headers, interruptions, folders that are not runs
+def _copy(runs: Path, tmp_path: Path, *names: str) -> list[Path]:
+    import shutil
+
+    for name in names:
+        shutil.copytree(runs / name, tmp_path / name)
+    return [tmp_path / name for name in names]
+
+
+def test_whole_number_key_cells_written_as_floats_are_the_same_point(runs: Path, tmp_path: Path):
+    """`8192.0` for 8192 (a CSV saved by a spreadsheet or pandas): the same point, so the merge is the unsharded
+    run byte for byte (not a second point with a blank speedup), and compare matches it too."""
+    import pandas as pd
+
+    s1, s2 = _copy(runs, tmp_path, "s1", "s2")
+    cells = pd.read_csv(s1 / "results.csv", dtype=str, keep_default_na=False)
+    nsa = cells["backend"] != "fa2"
+    for column in ("seqlen", "window", "d_model"):
+        cells.loc[nsa, column] = cells.loc[nsa, column] + ".0"
+    cells.to_csv(s1 / "results.csv", index=False)
+    code, out, err = run_main("merge", str(s1), str(s2), "--out", str(tmp_path / "m"))
+    assert code == 0, err
+    assert (tmp_path / "m" / "results.csv").read_bytes() == (runs / "one" / "results.csv").read_bytes()
+    code, out, err = run_main("compare", str(runs / "s1"), str(s1), "--metric", "predicted_ms")
+    assert code == 0 and "unmatched: 0 only in baseline, 0 only in current" in out, out + err
+
+
+@pytest.mark.parametrize("case", ["no csv", "empty csv", "header only"])
+def test_a_run_without_rows_is_refused(runs: Path, tmp_path: Path, case: str):
+    count_bad_input("merge arguments")
+    s1, s2 = _copy(runs, tmp_path, "s1", "s2")
+    csv = s2 / "results.csv"
+    if case == "no csv":
+        csv.unlink()
+    else:
+        csv.write_text("" if case == "empty csv" else ",".join(results.FIELDS) + "\n")
+    code, out, err = run_main("merge", str(s1), str(s2), "--out", str(tmp_path / "m"))
+    assert_clean_exit(code, out, err, allowed=(2,))
+    assert f"RUN '{s2}'" in err and "results.csv" in err and "no rows" in err, err
+    assert not (tmp_path / "m").exists()
+
+
+def test_a_header_of_another_version_says_what_merge_needs(runs: Path, tmp_path: Path):
+    count_bad_input("merge arguments")
+    s1, s2 = _copy(runs, tmp_path, "s1", "s2")
+    csv = s2 / "results.csv"
+    lines = csv.read_text().splitlines(keepends=True)
+    csv.write_text(lines[0].replace(",host,device", "") + "".join(l.rsplit(",", 2)[0] + "\n" for l in lines[1:]))
+    code, out, err = run_main("merge", str(s1), str(s2), "--out", str(tmp_path / "m"))
+    assert_clean_exit(code, out, err, allowed=(2,))
+    assert f"RUN '{s2}'" in err and "header" in err and "merge" in err, err
+    assert "resume" not in err and "choose another --out" not in err, err
+
+
+@pytest.mark.parametrize("signum", [2, 15])
+def test_an_interrupted_merge_leaves_nothing_in_the_way_of_a_retry(runs: Path, tmp_path: Path, monkeypatch, capsys,
+                                                                   signum: int):
+    from cli_runner import run_cli
+    from nsa_bench import breakeven, interrupts
+
+    def interrupted(*args, **kwargs):
+        raise interrupts.Interrupted(signum)
+
+    monkeypatch.setattr(breakeven, "write_csv", interrupted)  # the last file merge writes
+    out_dir = tmp_path / "m"
+    code, out, err = run_cli(monkeypatch, capsys, "merge", str(runs / "s1"), str(runs / "s2"), "--out", str(out_dir))
+    assert code == 128 + signum and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert "nothing was written" in err and str(out_dir) in err, err
+    assert list(tmp_path.iterdir()) == []  # no half-written --out, no staging folder
+    monkeypatch.undo()
+    code, out, err = run_cli(monkeypatch, capsys, "merge", str(runs / "s1"), str(runs / "s2"), "--out", str(out_dir))
+    assert code == 0 and (out_dir / "results.csv").read_bytes() == (runs / "one" / "results.csv").read_bytes(), err
+
+
+@pytest.mark.parametrize("name", ["env.json", "spec.json", "breakeven.csv", "envs/s1.json", "results.csv"])
+def test_out_folder_holding_a_file_merge_would_write_is_refused_untouched(runs: Path, tmp_path: Path, name: str):
+    count_bad_input("merge arguments")
+    out_dir = tmp_path / "m"
+    (out_dir / name).parent.mkdir(parents=True)
+    (out_dir / name).write_text("")  # empty: not a run (an empty results.csv is no run either)
+    (out_dir / "notes.txt").write_text("mine")
+    before = sorted(p.relative_to(out_dir) for p in out_dir.rglob("*"))
+    code, out, err = run_main("merge", str(runs / "s1"), str(runs / "s2"), "--out", str(out_dir))
+    assert_clean_exit(code, out, err, allowed=(2,))
+    assert str(out_dir / name) in err, err
+    assert sorted(p.relative_to(out_dir) for p in out_dir.rglob("*")) == before and (out_dir / name).read_text() == ""
+
+
+def test_out_folder_with_other_files_takes_the_merge(runs: Path, tmp_path: Path):
+    out_dir = tmp_path / "m"
+    out_dir.mkdir()
+    (out_dir / "notes.txt").write_text("mine")
+    code, out, err = run_main("merge", str(runs / "s1"), str(runs / "s2"), "--out", str(out_dir))
+    assert code == 0, err
+    assert (out_dir / "notes.txt").read_text() == "mine" and (out_dir / "results.csv").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]

@@ -12,6 +12,8 @@ from nsa_kernels import nsa as nsa_module
 from nsa_kernels.config import NSAConfig
 from nsa_kernels.variants import V1, V2
 
+pytestmark = pytest.mark.interpreter
+
 SMALL = NSAConfig(block_cmp=16, stride_cmp=8, block_slc=32, n_slc=3, window=24)
 
 

@@ -19,6 +19,8 @@ from nsa_bench import reference
 from nsa_kernels import compressed, decode, flash, gated_sum, selected
 from nsa_kernels.config import NSAConfig
 
+pytestmark = pytest.mark.interpreter
+
 CFG = NSAConfig(block_cmp=32, stride_cmp=16, block_slc=64, n_slc=16, window=512)  # the paper's
 B, T = 2, 1 << 20  # sequence 1 of q [2, T, 16, 192] starts at 3.2e9 elements, of o [2, T, 16, 128] at 2^31
 HQ, DK, DV = 16, 192, 128

@@ -20,6 +20,8 @@ from nsa_bench.spec import Point, SweepSpec
 from nsa_bench.timing import time_wallclock
 from nsa_kernels import varlen
 
+pytestmark = pytest.mark.interpreter
+
 CPU = Measure(device="cpu", timer=time_wallclock)
 H100 = gpu_spec("h100")
 DOCS = "uniform:24@1"  # at T=96: documents 1..47 tokens, several per row

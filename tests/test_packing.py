@@ -11,6 +11,8 @@ from nsa_kernels import varlen
 from nsa_kernels.config import NSAConfig
 from nsa_kernels.packing import Packing
 
+pytestmark = pytest.mark.interpreter
+
 CFG = NSAConfig(block_cmp=16, stride_cmp=8, block_slc=32, n_slc=3, window=24)
 LENGTHS = (1, 0, 12, 29, 50)
 

@@ -435,3 +435,75 @@ def test_permission_denied_is_one_line_exit_2(tmp_path, monkeypatch, capsys):
     code, _, err = run_cli(monkeypatch, capsys, "plot", str(tmp_path))
     _assert_one_line_naming(code, err, tmp_path / results.PLOTS_DIR / "speedup.png")
     assert "Permission denied" in err
+
+
+# ------------------------------------------------------------------ times that are no times, env.json not an object
+@pytest.mark.parametrize("command", ["plot", "report"])
+@pytest.mark.parametrize("cells", [{"status": "ok", "ms_median": "0"}, {"status": "ok", "ms_median": "inf"},
+                                   {"predicted_ms": "0"}])
+def test_a_zero_or_infinite_time_is_refused_as_compare_refuses_it(tmp_path, monkeypatch, capsys, command, cells):
+    sweep_frame(tmp_path, SweepSpec(seqlens=(8192,), modes=("fwd",)))
+    table = pd.read_csv(tmp_path / results.CSV_NAME, dtype=str, keep_default_na=False)
+    for column, text in cells.items():
+        table.loc[1, column] = text
+    table.to_csv(tmp_path / results.CSV_NAME, index=False)
+    column, text = list(cells.items())[-1]
+    code, _, err = run_cli(monkeypatch, capsys, command, str(tmp_path))
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    assert f"{tmp_path / results.CSV_NAME} line 3: column {column}: '{text}' is not a finite positive number" in err
+    compared = run_cli(monkeypatch, capsys, "compare", str(tmp_path), str(tmp_path), "--metric", "predicted_ms")
+    assert compared[0] == 2 and f"line 3: column {column}" in compared[2]
+
+
+@pytest.mark.parametrize("text", ["null", "[1, 2]", "{gpu"])
+def test_plot_refuses_an_env_json_that_is_not_an_object(tmp_path, monkeypatch, capsys, text):
+    sweep_frame(tmp_path, SweepSpec(seqlens=(8192,), modes=("fwd",)))
+    (tmp_path / results.ENV_NAME).write_text(text)
+    code, _, err = run_cli(monkeypatch, capsys, "plot", str(tmp_path))
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "env.json" in err, err
+
+
+# ------------------------------------------------------------------ a CSV other than the run's, a CSV without speedups
+def test_plots_of_another_csv_go_beside_it_not_over_the_runs(tmp_path, monkeypatch, capsys):
+    sweep_frame(tmp_path, SweepSpec(seqlens=(8192, 16384), modes=("fwd",)))
+    code, out, err = run_cli(monkeypatch, capsys, "plot", str(tmp_path))
+    assert code == 0 and str(tmp_path / results.PLOTS_DIR / "speedup.png") in out.splitlines(), err
+    before = {p.name: p.read_bytes() for p in (tmp_path / results.PLOTS_DIR).iterdir()}
+    table = pd.read_csv(tmp_path / results.CSV_NAME, dtype=str, keep_default_na=False)
+    table[table["seqlen"] == "8192"].to_csv(tmp_path / "other.csv", index=False)
+    code, out, err = run_cli(monkeypatch, capsys, "plot", str(tmp_path / "other.csv"))
+    assert code == 0, err
+    own = tmp_path / "other-plots"
+    assert str(own / "speedup.png") in out.splitlines() and (own / "speedup.png").is_file()
+    assert f"in {own}" in out and results.PLOTS_DIR in out  # says where, and that the run's plots stay
+    assert {p.name: p.read_bytes() for p in (tmp_path / results.PLOTS_DIR).iterdir()} == before
+    code, out, err = run_cli(monkeypatch, capsys, "plot", str(tmp_path / results.CSV_NAME))
+    assert code == 0 and str(tmp_path / results.PLOTS_DIR / "speedup.png") in out.splitlines(), err
+
+
+@pytest.mark.parametrize("spec_baseline", [None, "fa2-triton"])
+def test_a_csv_without_speedups_or_baselines_plots_speedups_from_its_times(tmp_path, monkeypatch, capsys,
+                                                                           spec_baseline):
+    """Key columns and ms_median only (a hand-made CSV): speedups derive from the times, against the run's
+    baseline (spec.json's, else fa2), as compare takes them."""
+    sweep_frame(tmp_path / "run", SweepSpec(seqlens=(8192, 16384), modes=("fwd",)))
+    table = pd.read_csv(tmp_path / "run" / results.CSV_NAME, dtype=str, keep_default_na=False)
+    table = table[table["stage"] == "total"].assign(ms_median=lambda t: t["predicted_ms"], status="ok")
+    if spec_baseline:
+        table["backend"] = table["backend"].replace("fa2", spec_baseline)
+        results.write_json(tmp_path / "spec.json", {"baseline": spec_baseline})
+    columns = [c for c in table.columns if c in (*results.KEY_FIELDS, "ms_median") and c not in ("d_model", "doc_lens")]
+    table[columns].to_csv(tmp_path / "times.csv", index=False)
+    code, out, err = run_cli(monkeypatch, capsys, "plot", str(tmp_path / "times.csv"))
+    assert code == 0, err
+    assert str(tmp_path / "times-plots" / "speedup.png") in out.splitlines()
+
+
+def test_nothing_to_plot_says_why_when_rows_have_times(tmp_path, monkeypatch, capsys):
+    sweep_frame(tmp_path / "run", SweepSpec(seqlens=(8192,), modes=("fwd",)))
+    table = pd.read_csv(tmp_path / "run" / results.CSV_NAME, dtype=str, keep_default_na=False)
+    table = table[(table["stage"] == "total") & (table["backend"] == "nsa-triton")]
+    table[[*results.REQUIRED_COLUMNS, "predicted_ms"]].to_csv(tmp_path / "one.csv", index=False)
+    code, _, err = run_cli(monkeypatch, capsys, "plot", str(tmp_path / "one.csv"))
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert "nothing to plot" in err and "1 row has a time" in err and "no row has a measured" not in err, err

@@ -17,6 +17,8 @@ from nsa_bench import precompile
 from nsa_bench.compilecheck.results import distinct_variants
 from nsa_kernels._common import size_bucket
 
+pytestmark = pytest.mark.subprocess
+
 PROBE = Path(__file__).with_name("jit_cache_probe.py")
 # the probe's point as `nsa-bench precompile` flags
 PROBE_FLAGS = ["--seqlen", "256", "--kv-heads", "1", "--group-size", "2", "--head-dim", "16", "--dtype", "float16",
@@ -70,7 +72,7 @@ def test_plan_records_each_backends_workload(planned):
 
     point = spec.points()[0][0]
     selected_fwd = ({"_block_outer_fwd_kernel", "_merge_kernel"} if runs_small_g("auto", point.group_size)
-                    else {"_selected_fwd_tile_kernel"})  # the path "auto" takes at the probe's G (issue 17)
+                    else {"_selected_fwd_tile_kernel"})  # the path "auto" takes at the probe's G
     assert {"_compress_fwd_kernel", "_cmp_fwd_kernel", "_select_kernel", *selected_fwd, "_fwd_kernel",
             "_gated_sum_fwd_kernel"} <= timed_fwd  # the inference forward and every stage
     assert "_select_kernel" in _kernels(result, "nsa-triton", "fwd", "check", 256)  # the selection check

@@ -120,6 +120,7 @@ def test_break_even_rows_match_the_configuration_at_any_length():
     assert all(m.differences == ("not stated: window",) for m in matches)
 
 
+@pytest.mark.subprocess
 def test_matching_a_predicted_paper_run_returns_figure_6(tmp_path):
     run = tmp_path / "paper"
     done = subprocess.run([sys.executable, str(ROOT / "cli.py"), "sweep", "--out", str(run), "--no-plots", "--quiet"],

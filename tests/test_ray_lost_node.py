@@ -19,6 +19,8 @@ from nsa_bench.runner import run_sweep  # noqa: E402
 from nsa_bench.spec import SweepSpec  # noqa: E402
 from nsa_bench.workers import WorkerSetup  # noqa: E402
 
+pytestmark = pytest.mark.subprocess
+
 H100 = gpu_spec("h100")
 TESTS = Path(__file__).parent
 SPEC = SweepSpec(seqlens=(40, 48), kv_heads=(1,), group_sizes=(2,), head_dims=((16, 8),), block_cmp=(8,),

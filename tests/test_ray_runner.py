@@ -19,6 +19,8 @@ from nsa_bench.runner import run_sweep  # noqa: E402
 from nsa_bench.spec import SweepSpec  # noqa: E402
 from nsa_bench.workers import WorkerSetup  # noqa: E402
 
+pytestmark = pytest.mark.subprocess
+
 H100 = gpu_spec("h100")
 TESTS = Path(__file__).parent
 SPEC = SweepSpec(seqlens=(1024, 2048), modes=("fwd", "decode"))

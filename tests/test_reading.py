@@ -51,3 +51,14 @@ def test_one_summary_leaves_the_baselines_own_column_out_and_reads_shortest_firs
     missing = reading.summary(_frame(rows), "cudnn")
     assert missing is not None and "baseline 'cudnn' was not among the backends run" in missing.note
     assert reading.summary(_frame([_row("fa2", 1000, None, STATUS_OOM)])) is None
+
+
+def test_a_speedup_without_its_baseline_says_so():
+    """The baseline failed at a point (oom): the others' times show, their speedup cells say "no baseline"."""
+    frame = _frame([_row("fa2", 4000, None, STATUS_OOM), _row("nsa-triton", 4000, 2.0, STATUS_PREDICTED, baseline="fa2"),
+                    _row("fa2", 1000, 1.0, STATUS_PREDICTED, speedup=1.0, baseline="fa2"),
+                    _row("nsa-triton", 1000, 0.5, STATUS_PREDICTED, speedup=2.0, baseline="fa2")])
+    found = reading.summary(frame, "fa2")
+    speedups = found.shown(found.speedups, "no baseline")["nsa-triton"].tolist()
+    times = found.shown(found.times)
+    assert speedups == [2.0, "no baseline"] and times["fa2"].tolist() == [1.0, "oom"]

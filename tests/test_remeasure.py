@@ -112,7 +112,7 @@ def test_a_remeasured_ambiguous_point_is_judged(tmp_path: Path, monkeypatch: pyt
     base = make_run(tmp_path / "base")
     cur = make_run(tmp_path / "cur", spread=0.3, samples=10, nsa_scale={("fwd", 2048): 1.2})
     first = compare_paths(base, cur, Options(fail_on_ambiguous=True))
-    assert first.not_judged() == {"AMBIGUOUS: noise above the threshold": 1} and first.exit_code == 1
+    assert first.not_judged() == {"AMBIGUOUS: inside the noise": 1} and first.exit_code == 1
     fresh_run = make_run(tmp_path / "fresh")
     fresh = pd.read_csv(fresh_run / CSV_NAME)
     second = rerun_suspects(first, lambda keys: fresh[(fresh["mode"] == "fwd") & (fresh["seqlen"] == 2048)])

@@ -108,3 +108,42 @@ def test_a_bad_d_model_cell_is_named(tmp_path: Path):
     csv.write_text(csv.read_text().replace(",2560,", ",wide,"))
     with pytest.raises(results.ResultsError, match="column d_model: 'wide' is not 0 or a model width"):
         results.read_rows(csv)
+
+
+# ---- a time the row's status says it has must be one: finite and positive (every reader, as compare)
+def _with_cell(tmp_path: Path, row: Row, column: str, text: str, drop: tuple[str, ...] = ()) -> Path:
+    csv = tmp_path / "r.csv"
+    results.append_rows(csv, [ROW, row])
+    cells = pd.read_csv(csv, dtype=str, keep_default_na=False)
+    cells.loc[1, column] = text
+    cells.drop(columns=list(drop)).to_csv(csv, index=False)
+    return csv
+
+
+MEASURED = replace(ROW, backend="nsa-triton", status="ok", ms_median=1.0, ms_p10=0.9, ms_p90=1.1, samples=30,
+                   predicted_ms=0.5, speedup=2.0, baseline="fa2")
+
+
+@pytest.mark.parametrize("text", ["0", "0.0", "inf", "Infinity", "1e999"])
+@pytest.mark.parametrize("row,column", [(MEASURED, "ms_median"), (MEASURED, "speedup"), (MEASURED, "predicted_ms"),
+                                        (ROW, "predicted_ms"), (ROW, "speedup")])
+def test_a_time_a_row_carries_must_be_finite_and_positive(tmp_path: Path, row: Row, column: str, text: str):
+    csv = _with_cell(tmp_path, row, column, text)
+    with pytest.raises(results.ResultsError, match=f"{csv} line 3: column {column}: '{text}' is not a finite "
+                                                   f"positive number \\(a row with status {row.status} carries one"):
+        results.read_rows(csv)
+
+
+def test_a_row_without_status_and_an_infinite_median_is_measured_and_refused(tmp_path: Path):
+    csv = _with_cell(tmp_path, MEASURED, "ms_median", "inf", drop=("status",))
+    with pytest.raises(results.ResultsError, match="line 3: column ms_median: 'inf' is not a finite positive"):
+        results.read_rows(csv)
+
+
+@pytest.mark.parametrize("status", ["oom", "error", "skipped"])
+def test_a_row_that_carries_no_time_may_hold_anything_there(tmp_path: Path, status: str):
+    failed = replace(MEASURED, status=status, ms_median=None, speedup=None)
+    csv = _with_cell(tmp_path, failed, "ms_median", "inf")
+    assert results.read_rows(csv)["ms_median"].isna().all()
+    empty = _with_cell(tmp_path, replace(MEASURED, speedup=None), "ms_median", "")  # ok without a time: no time
+    assert results.read_rows(empty)["ms_median"].isna().iloc[1]

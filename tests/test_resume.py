@@ -28,6 +28,8 @@ from nsa_bench.execute import InProcessPool
 from nsa_bench.runner import run_sweep
 from nsa_bench.spec import SweepSpec
 
+pytestmark = pytest.mark.subprocess
+
 H100 = gpu_spec("h100")
 SMALL = SweepSpec(seqlens=(1024, 2048), n_slc=(2, 16), modes=("fwd", "bwd", "decode"))
 DRIVER = Path(__file__).with_name("interrupt_driver.py")
@@ -67,7 +69,7 @@ def test_damaged_points_are_rerun_and_replaced(tmp_path: Path, damage: str):
     text, lines = csv_file.read_text(), progress.read_text().splitlines(keepends=True)
     if damage == "cut_line":
         csv_file.write_text(text[: len(text) - 37])
-    elif damage == "missing_stage":  # the bug of issue 14: a total row whose stage rows are gone
+    elif damage == "missing_stage":  # a total row whose stage rows are gone (a bug once)
         rows = text.splitlines(keepends=True)
         stage_row = next(i for i, r in enumerate(rows) if ",cmp_attn," in r)
         csv_file.write_text("".join(rows[:stage_row] + rows[stage_row + 1:]))
@@ -339,3 +341,64 @@ def test_a_linked_results_csv_is_refused(tmp_path: Path):
     with pytest.raises(resume.ResumeError, match="is a link"):
         run_sweep(SMALL, run, H100, InProcessPool(SMALL, H100, None), resume=True)
     assert (tmp_path / "a" / results.CSV_NAME).read_bytes() == before
+
+
+def test_a_hard_linked_results_csv_is_refused(tmp_path: Path):
+    complete_run(tmp_path / "a")
+    os.link(tmp_path / "a" / results.CSV_NAME, tmp_path / "elsewhere.csv")
+    before = (tmp_path / "elsewhere.csv").read_bytes()
+    with pytest.raises(resume.ResumeError, match="is a hard link"):
+        run_sweep(SMALL, tmp_path / "a", H100, InProcessPool(SMALL, H100, None), resume=True)
+    assert (tmp_path / "elsewhere.csv").read_bytes() == before
+
+
+def test_a_complete_row_added_at_the_end_outside_the_sweep_is_refused(tmp_path: Path):
+    """The last rows without a progress line are a cut-off write only if the resumed sweep runs their task
+    again; a row of another point there would be deleted for good: refused."""
+    complete_run(tmp_path / "other")
+    foreign = next(line for line in data_lines(tmp_path / "other") if ",2048," in line)
+    only_1k = replace(SMALL, seqlens=(1024,))
+    run = tmp_path / "run"
+    run.mkdir()
+    run_sweep(only_1k, run, H100, InProcessPool(only_1k, H100, None), resume=False)
+    with (run / results.CSV_NAME).open("a") as handle:
+        handle.write(foreign + "\n")
+    before = (run / results.CSV_NAME).read_bytes()
+    with pytest.raises(resume.ResumeError, match="would delete it"):
+        run_sweep(only_1k, run, H100, InProcessPool(only_1k, H100, None), resume=True)
+    assert (run / results.CSV_NAME).read_bytes() == before
+
+
+def test_a_task_redone_against_its_baselines_written_time_matches_the_uninterrupted_run(tmp_path: Path):
+    """The baseline's time of a resumed point comes back from the CSV (6 significant digits); the
+    uninterrupted run computes its speedups from the same written value, so both write the same bytes."""
+    spec = replace(SMALL, seqlens=(1000, 1536, 2300, 3100, 23552), n_slc=(16,), modes=("fwd", "bwd"))
+    reference = tmp_path / "ref"
+    reference.mkdir()
+    run_sweep(spec, reference, H100, InProcessPool(spec, H100, None), resume=False)
+    run = tmp_path / "run"
+    run.mkdir()
+    run_sweep(spec, run, H100, InProcessPool(spec, H100, None), resume=False)
+    progress = run / resume.PROGRESS_NAME
+    kept = [line for line in progress.read_text().splitlines(keepends=True) if '"backend":"nsa-triton"' not in line]
+    progress.write_text("".join(kept))  # every baseline done, every NSA task to redo against it
+    outcome = run_sweep(spec, run, H100, InProcessPool(spec, H100, None), resume=True)
+    assert outcome.rows_written > 0 and sorted(data_lines(run)) == sorted(data_lines(reference))
+
+
+@pytest.mark.parametrize("file,change,needle", [
+    ("spec.json", {"reps": "30"}, "reps is '30', not a value a sweep has"),
+    ("spec.json", {"seqlens": [-8192]}, "seqlens is [-8192], not a value a sweep has"),
+    ("spec.json", {"baseline": 5}, "baseline is 5, not a value a sweep has"),
+    ("env.json", {"target_gpu": "h200"}, "has no target_gpu with a key"),
+])
+def test_a_run_files_bad_value_is_named_as_the_files(tmp_path: Path, file: str, change: dict, needle: str):
+    """A bad value in spec.json or env.json is the file's fault, said so; never read as another sweep's setting."""
+    from cli_runner import run_main
+
+    run = tmp_path / "run"
+    assert run_main(*SWEEP, "--out", str(run), cwd=tmp_path)[0] == 0
+    record = json.loads((run / file).read_text())
+    (run / file).write_text(json.dumps({**record, **change}))
+    code, _, err = run_main(*SWEEP, "--out", str(run), "--resume", cwd=tmp_path)
+    assert code == 2 and needle in err and len(err.strip().splitlines()) == 1, err

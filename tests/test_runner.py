@@ -15,6 +15,8 @@ from nsa_bench.schema import FIELDS
 from nsa_bench.spec import SweepSpec
 from nsa_bench.timing import GraphCaptureError, time_wallclock
 
+pytestmark = pytest.mark.interpreter
+
 CPU = Measure(device="cpu", timer=time_wallclock)
 H100 = gpu_spec("h100")
 TINY = SweepSpec(seqlens=(40,), kv_heads=(1,), group_sizes=(2,), head_dims=((16, 8),), block_cmp=(8,), stride_cmp=(4,),

@@ -15,6 +15,8 @@ from nsa_kernels.config import NSAConfig
 from nsa_kernels.packing import Packing
 from nsa_kernels.selected import invert_selection, selected_bwd, selected_fwd
 
+pytestmark = pytest.mark.interpreter
+
 
 @dataclass(frozen=True)
 class Case:
@@ -652,6 +654,7 @@ print(sorted(set(names)))
 """
 
 
+@pytest.mark.subprocess
 def test_packed_host_code_runs_on_meta_tensors_with_a_cpu_cu_seqlens() -> None:
     """What the sm_90 compile check does: no host read of a device value, cu_seqlens moved to q's device;
     every kernel that takes VARLEN is launched with it on."""

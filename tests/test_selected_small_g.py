@@ -14,6 +14,8 @@ from test_selected import (
     packed_hand_selection, packing_of, LONG_LENS,
 )
 
+pytestmark = pytest.mark.interpreter
+
 _TOL = {torch.float32: (1e-4, 1e-3), torch.float16: (1e-2, 1e-2)}  # (forward, gradients)
 
 

@@ -33,6 +33,7 @@ def test_a_point_is_its_own_sweep_and_its_label_reads_back():
     ("fwd T=1024", "lacks B"), ("fwd T=1 T=2", "repeated"), ("fwd X=1", "unknown field"),
     ("fwd T=1024 B=1 Hkv=4 G=16 D=192-128 l=32 d=16 l'=64 n=16 w=512 int8", "expected NAME=VALUE or one dtype"),
     ("layer-fwd T=1024 B=1 Hkv=4 G=16 D=192-128 l=32 d=16 l'=64 n=16 w=512 bfloat16", "d_model"),
+    ("fwd T=1024 B=1 Hkv=4 G=16 D=192-128 l=32 d=16 l'=64 n=16 w=512 bfloat16 d_model=64", "layer modes only"),
     ("fwd T=１０２４ B=1 Hkv=4 G=16 D=192-128 l=32 d=16 l'=64 n=16 w=512 bfloat16", "not a whole number"),
 ])
 def test_a_bad_label_is_named(label, needle):

@@ -56,4 +56,4 @@ def test_a_sweep_prints_and_writes_its_break_even_lengths(monkeypatch, capsys, t
     assert "Break-even length, where NSA's time equals the baseline's" in out
     fwd = table[table["mode"] == "fwd"].iloc[0]
     assert fwd["where"] == "between" and fwd["lower"] < fwd["seqlen"] < fwd["upper"]
-    assert f"fwd     nsa-triton vs fa2:" in out
+    assert "fwd     nsa-triton vs fa2:" in out

@@ -1,6 +1,8 @@
 """Autotune keys hold size buckets, so the 1k correctness check never picks a 64k point's config."""
 from __future__ import annotations
 
+import pytest
+
 import torch
 
 from nsa_bench.compilecheck.entries import kernel_modules
@@ -8,6 +10,8 @@ from nsa_bench.compilecheck.recorder import record_launches
 from nsa_kernels import tuning
 from nsa_kernels._common import TUNING_ARGS, size_bucket, tuning_buckets
 from nsa_kernels.config import NSAConfig
+
+pytestmark = pytest.mark.interpreter
 
 CFG = NSAConfig(block_cmp=32, stride_cmp=16, block_slc=64, n_slc=4, window=64)
 
@@ -62,6 +66,12 @@ def test_a_short_check_and_a_long_point_look_up_different_configs():
     assert all(short[name] != long[name] for name in short)
 
 
-def test_chosen_configs_report_each_key():
-    choices = tuning.chosen_configs()
-    assert all(isinstance(c.as_dict()["key"], dict) for c in choices)
+def test_chosen_configs_report_each_key(monkeypatch):
+    """Under the interpreter nothing is tuned (one config), so a choice is planted in one tuner's cache: it
+    comes back named by the tuner's key arguments, the tensor dtypes apart, and the config as Triton prints it."""
+    name, tuner = next(iter(tuning.autotuners()))
+    key = tuple(range(len(tuner.keys))) + ("torch.float16",)
+    monkeypatch.setattr(tuner, "cache", {key: tuner.configs[0]})
+    (choice,) = [c for c in tuning.chosen_configs() if c.kernel == name]
+    assert choice.as_dict() == {"kernel": name, "key": {**dict(zip(tuner.keys, range(len(tuner.keys)))),
+                                                         "dtypes": ["torch.float16"]}, "config": str(tuner.configs[0])}

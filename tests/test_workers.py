@@ -15,6 +15,8 @@ from nsa_bench.runner import run_sweep
 from nsa_bench.spec import SweepSpec
 from nsa_bench.workers import DevicesError, LocalPool, WorkerSetup, fault_text, parse_devices, task_timeout_s
 
+pytestmark = pytest.mark.subprocess
+
 H100 = gpu_spec("h100")
 TESTS = Path(__file__).parent
 TINY = SweepSpec(seqlens=(40, 48), kv_heads=(1,), group_sizes=(2,), head_dims=((16, 8),), block_cmp=(8,),

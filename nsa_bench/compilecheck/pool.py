@@ -7,7 +7,6 @@ never imports Triton (the CLI stays cheap, and an interpreter-mode process can d
 """
 from __future__ import annotations
 
-import os
 import queue
 import subprocess
 import sys
@@ -17,6 +16,7 @@ from typing import Any, Callable
 
 from nsa_bench.compilecheck import protocol
 from nsa_bench.compilecheck.case import DEFAULT_CAPABILITY, Case
+from nsa_bench.child_env import child_environment
 from nsa_bench.compilecheck.results import (
     CasePlan, CaseReport, CompileResult, Precompiled, Tuning, Variant, distinct_variants,
 )
@@ -26,7 +26,7 @@ class CompileWorker:
     """A TRITON_INTERPRET=0 worker subprocess answering protocol.py's requests (use as a context manager)."""
 
     def __init__(self, capability: int = DEFAULT_CAPABILITY) -> None:
-        env = {**os.environ, "TRITON_INTERPRET": "0"}
+        env = {**child_environment(), "TRITON_INTERPRET": "0"}
         self._proc = subprocess.Popen(
             [sys.executable, "-m", "nsa_bench.compilecheck.service", "--capability", str(capability)], env=env,
             text=True, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
