@@ -16,19 +16,17 @@ import pytest
 
 from nsa_bench.launchplan import planfile
 from nsa_bench.launchplan.pinning import run_pinned
-from nsa_bench.launchplan.planner import PinnedRun, cost
+from nsa_bench.launchplan.planner import PinnedRun
 from nsa_bench.launchplan.probes import ProbeInputs, make_inputs
 
 pytestmark = pytest.mark.interpreter
 
 PLAN = planfile.read()
-_FIRST = {run.shape: run for run in reversed(PLAN.runs)}  # each probe shape's first run
+_FIRST = planfile.first_runs(list(PLAN.runs))
 # bf16 (the interpreter's upcast path, which no GPU runs) once per probe and packing, at its cheapest shape;
 # the fast subset: those, and each probe's cheapest shape at G >= 16 (the paper's rows per program), packed too
-_BF16 = {min((s for s in _FIRST if (s.probe, s.packed) == kind), key=cost)
-         for kind in {(s.probe, s.packed) for s in _FIRST}}
-_FAST = _BF16 | {min((s for s in _FIRST if (s.probe, s.packed) == kind and s.group >= 16), key=cost)
-                 for kind in {(s.probe, s.packed) for s in _FIRST if s.group >= 16}}
+_BF16 = planfile.cheapest_shapes(list(PLAN.runs), large_groups=False)
+_FAST = set(planfile.quick_runs(list(PLAN.runs)))
 _INPUTS: dict[tuple, ProbeInputs] = {}
 
 
@@ -48,8 +46,7 @@ def _id(run: PinnedRun) -> str:
 
 
 def _params() -> list:
-    fast = {_FIRST[shape] for shape in _FAST}
-    return [pytest.param(run, id=_id(run), marks=[pytest.mark.fast_kernels] if run in fast else [])
+    return [pytest.param(run, id=_id(run), marks=[pytest.mark.fast_kernels] if run in _FAST else [])
             for run in PLAN.runs]
 
 

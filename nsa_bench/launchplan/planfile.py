@@ -15,7 +15,8 @@ import triton
 
 from nsa_bench.launchplan.keys import LaunchKey
 from nsa_bench.launchplan.planner import (
-    SHIPPED, PinnedRun, Planned, Sweep, assign, planned_of, probe_candidates, reaches, record, runs_of, sweep_cases,
+    SHIPPED, PinnedRun, Planned, Sweep, assign, cost, planned_of, probe_candidates, reaches, record, runs_of,
+    sweep_cases,
 )
 from nsa_bench.launchplan.probes import ProbeShape
 
@@ -54,6 +55,37 @@ def build(sweeps: Iterable[Sweep] = SHIPPED, workers: int = 2) -> LaunchPlan:
     reached = reaches(record([s.case() for s in shapes], workers))
     assigned, missing = assign(launches.values(), reached)
     return LaunchPlan(per_sweep, launches, tuple(runs_of(assigned)), tuple(sorted(p.key for p in missing)))
+
+
+def sweep_runs(plan: LaunchPlan, sweep: str) -> list[PinnedRun]:
+    """The pinned runs that execute some launch of `sweep` (a name in plan.sweeps)."""
+    keys = set(plan.sweeps[sweep][1])
+    return [run for run in plan.runs if keys & set(run.covers)]
+
+
+def first_runs(runs: list[PinnedRun]) -> dict[ProbeShape, PinnedRun]:
+    """Each probe shape's first run (the one that also runs its fixed, host-chosen launches)."""
+    return {run.shape: run for run in reversed(runs)}
+
+
+def cheapest_shapes(runs: list[PinnedRun], large_groups: bool = True) -> set[ProbeShape]:
+    """The cheapest shape of each probe, dense and packed; with `large_groups` also the cheapest at G >= 16
+    (the paper's rows per program): every kernel's code paths in a few minutes of the interpreter."""
+    shapes = set(first_runs(runs))
+    picked = set()
+    for wide in (False, True) if large_groups else (False,):
+        kinds: dict[tuple, list[ProbeShape]] = {}
+        for shape in shapes:
+            if not wide or shape.group >= 16:
+                kinds.setdefault((shape.probe, shape.packed), []).append(shape)
+        picked |= {min(group, key=cost) for group in kinds.values()}
+    return picked
+
+
+def quick_runs(runs: list[PinnedRun]) -> list[PinnedRun]:
+    """The first run of each of `cheapest_shapes`: a fast subset reaching every kernel the runs reach."""
+    first = first_runs(runs)
+    return [first[shape] for shape in sorted(cheapest_shapes(runs), key=cost)]
 
 
 # ------------------------------------------------------------------ JSON

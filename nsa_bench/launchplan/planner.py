@@ -240,3 +240,27 @@ def runs_of(assigned: Mapping[ProbeShape, list[Planned]]) -> list[PinnedRun]:
                     covers.extend(p.key for p in members)
             runs.append(PinnedRun(shape, tuple(pins), tuple(sorted(set(covers)))))
     return runs
+
+
+def split_warps(runs: Iterable[PinnedRun]) -> list[PinnedRun]:
+    """The runs a GPU makes of `runs`: configs that differ in warps or stages (one interpreter run) are
+    different binaries there, so run j pins the j-th (warps, stages) of each kernel's tile."""
+    out = []
+    for run in runs:
+        choices = []
+        for kernel, tile, _, _ in run.pins:
+            names = {n for n, _ in tile}
+            ws = sorted({(k.num_warps, k.num_stages) for k in run.covers
+                         if k.kernel == kernel and tuple(kv for kv in k.tile if kv[0] in names) == tile})
+            choices.append((kernel, tile, names, ws))
+        for j in range(max((len(ws) for *_, ws in choices), default=1)):
+            pins, covered = [], set()
+            for kernel, tile, names, ws in choices:
+                w, s = ws[min(j, len(ws) - 1)]  # a kernel with fewer variants repeats its last one
+                pins.append((kernel, tile, w, s))
+                covered |= {k for k in run.covers if k.kernel == kernel and (k.num_warps, k.num_stages) == (w, s)
+                            and tuple(kv for kv in k.tile if kv[0] in names) == tile}
+            pinned = {kernel for kernel, *_ in run.pins}
+            fixed = {k for k in run.covers if k.kernel not in pinned} if j == 0 else set()
+            out.append(PinnedRun(run.shape, tuple(pins), tuple(sorted(covered | fixed))))
+    return out
