@@ -389,6 +389,17 @@ cli.add_command(click.Command(
 ))
 
 
+def _is_selftest_result(path: Path) -> bool:
+    """Whether `path` holds what an earlier self-test wrote (which a new one may replace)."""
+    import json
+
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and {"suite", "checks", "failed"} <= set(data)
+
+
 @cli.command()
 @click.option("--suite", default="paper", show_default=True,
               help="the suite whose kernel launches are checked (suites/*.toml, or a suite file)")
@@ -418,6 +429,8 @@ def selftest(suite: str, json_path: Path, sanitize: str, workers: str | None, dr
     _spec_from(suite, {})  # a suite that does not load is refused here, naming --suite
     if json_path.exists() and json_path.is_dir():
         raise _bad("json", f"{show(str(json_path), 120)} is a folder")
+    if json_path.exists() and not _is_selftest_result(json_path):
+        raise _bad("json", f"{show(str(json_path), 120)} exists and is not a self-test's result: choose another file")
     env = child_environment()
     env["TRITON_INTERPRET"] = "0" if torch.cuda.is_available() else "1"  # read by Triton at the kernels' import
     command = [sys.executable, "-m", "nsa_bench.selftest", "run", "--suite", suite, "--json", str(json_path),

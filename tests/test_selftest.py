@@ -53,11 +53,14 @@ def test_a_wrong_output_fails_the_selftest_naming_kernel_and_config(tmp_path, mo
 
 
 @pytest.mark.parametrize("args, flag", [(["--suite", "nope"], "suite"), (["--sanitize", "valgrind"], "--sanitize"),
-                                        (["--json", "."], "--json"), (["--workers", "0"], "--workers")])
+                                        (["--json", "."], "--json"), (["--workers", "0"], "--workers"),
+                                        (["--json", "notes.txt"], "--json")])
 def test_bad_flags_are_one_line_and_exit_2(args, flag, monkeypatch, capsys, tmp_path):
     monkeypatch.chdir(tmp_path)
+    (tmp_path / "notes.txt").write_text("someone's notes, not a self-test's result\n")
     code, out, err = run_cli(monkeypatch, capsys, "selftest", *args)
     assert code == 2 and len(err.strip().splitlines()) == 1 and flag in err and "Traceback" not in err, err
+    assert (tmp_path / "notes.txt").read_text().startswith("someone's notes")
 
 
 def test_the_dry_run_estimates_the_gpu_run(tmp_path):

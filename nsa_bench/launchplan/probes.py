@@ -21,6 +21,7 @@ from typing import Any, Callable, Mapping
 import torch
 
 from nsa_bench import reference, selection
+from nsa_bench.compilecheck import entries
 from nsa_bench.compilecheck.case import PAPER_CFG, Case
 from nsa_kernels import compressed, decode, flash, selected, varlen
 from nsa_kernels.config import NSAConfig
@@ -76,15 +77,8 @@ class ProbeShape:
 
 
 def doc_lengths(seqlen: int, cfg: NSAConfig) -> list[int]:
-    """A packed probe's documents: 1, l - 1 and l' - 1 tokens (boundaries inside blocks), then halves."""
-    left, lengths = seqlen, []
-    for length in (1, cfg.block_cmp - 1, cfg.block_slc - 1):
-        lengths.append(min(length, left))
-        left -= lengths[-1]
-    while left > 0:
-        lengths.append(max(left // 2 + 7, 1) if left > 64 else left)
-        left -= lengths[-1]
-    return [n for n in lengths if n > 0]
+    """A packed probe's documents: the compile check's (1, l - 1 and l' - 1 tokens, then halves), none empty."""
+    return [n for n in entries.doc_lengths(seqlen, cfg) if n > 0]
 
 
 # ------------------------------------------------------------------ inputs
