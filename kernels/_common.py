@@ -1,11 +1,13 @@
-"""Small helpers shared by the Triton kernel modules: interpreter detection, sizes, limits."""
+"""Small helpers shared by the Triton kernel modules: interpreter detection, sizes, limits, autotuning."""
 from __future__ import annotations
 
-import os
+from typing import Any
 
 import torch
 import triton
+from triton.runtime.autotuner import Autotuner
 
+from . import overrides
 from .config import NSAConfig
 
 # Block parameters the Triton kernels are written for (powers of two keep tiles GPU-legal).
@@ -19,8 +21,25 @@ MIN_HEAD_DIM = 16
 
 
 def interpreting() -> bool:
-    """True under Triton's CPU interpreter (TRITON_INTERPRET=1): one autotune config, fp32 tiles."""
-    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+    """True under Triton's CPU interpreter: bf16 tiles are upcast, small sizes (`small_sizes`), one config.
+
+    Asks Triton's own runtime knob (TRITON_INTERPRET as Triton reads it: `true` and `1` interpret,
+    `0`, `false`, `off` and `2` compile), so the kernels and Triton never disagree about which runs.
+    """
+    return bool(triton.knobs.runtime.interpret)
+
+
+def small_sizes() -> bool:
+    """Whether host code picks the interpreter's small tile sizes and chunk lengths (so tests cross tiles
+    and chunks at small shapes): under the interpreter, unless a caller asked for the GPU's
+    (`overrides.overriding(gpu_sizes=True)`)."""
+    return interpreting() and not overrides.current().gpu_sizes
+
+
+def interpreter_config(kernel: Any) -> bool:
+    """Whether a launch of an autotuned `kernel` runs its one interpreter config: under the interpreter,
+    unless a caller pinned this kernel's config or tunes on the CPU (kernels/overrides.py)."""
+    return interpreting() and not overrides.current().tune and overrides.pinned_config(kernel) is None
 
 
 # Autotune key arguments every tuned kernel takes (and does not read): log2 buckets of the sequence
@@ -40,10 +59,37 @@ def tuning_buckets(seqlen: int, rows: int) -> dict[str, int]:
     return {"SEQ_BUCKET": size_bucket(seqlen), "ROWS_BUCKET": size_bucket(rows)}
 
 
-def autotune(configs: list, key: list[str], **kwargs):
+class Tuner(Autotuner):
+    """triton's Autotuner, plus what kernels/overrides.py asks for at call time: a pinned config runs as
+    given (no tuning, no hooks: one run, as a one-config autotuner makes); under the interpreter, unless
+    pinned or tuning on the CPU, the one `interpreter` config runs. Otherwise it is Triton's autotuner."""
+
+    def __init__(self, fn: Any, configs: list, key: list[str], interpreter: triton.Config | None,
+                 **kwargs: Any) -> None:
+        super().__init__(fn, fn.arg_names, configs, key, kwargs.pop("reset_to_zero", None),
+                         kwargs.pop("restore_value", None), **kwargs)
+        self.interpreter = interpreter
+
+    def run(self, *args: Any, **kwargs: Any) -> Any:
+        config = overrides.pinned_config(self)
+        if config is None and interpreter_config(self):
+            config = self.interpreter
+        if config is None:
+            return super().run(*args, **kwargs)
+        self.best_config = config
+        return self.fn.run(*args, **kwargs, **config.all_kwargs())
+
+
+def autotune(configs: list, key: list[str], interpreter: triton.Config | None = None, **kwargs):
     """triton.autotune keyed also on TUNING_ARGS, its choices kept in Triton's on-disk cache, so a
-    later process (or the sweep after `nsa-bench precompile`) reuses them instead of re-tuning."""
-    return triton.autotune(configs=configs, key=[*key, *TUNING_ARGS], cache_results=True, **kwargs)
+    later process (or the sweep after `nsa-bench precompile`) reuses them instead of re-tuning.
+
+    `configs` are the GPU's; `interpreter` is what a launch runs under the CPU interpreter (None: the
+    wrapper launches the bare kernel there itself, e.g. `_selected_tiles.launcher`). A `Tuner`."""
+    def decorate(fn: Any) -> Tuner:
+        return Tuner(fn, configs, [*key, *TUNING_ARGS], interpreter, cache_results=True, **kwargs)
+
+    return decorate
 
 
 def next_pow2(x: int) -> int:

@@ -14,7 +14,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import interpreting, next_pow2
+from ._common import interpreter_config, next_pow2
 from .packing import Packing
 
 
@@ -152,8 +152,9 @@ def _dkdv_reduce_kernel(
 # ---------------------------------------------------------------- host code
 def launcher(kernel, grid, interp_meta: dict):
     """The autotuned kernel on a GPU; under the interpreter the bare kernel with `interp_meta`
-    sizes that keep the interpreted loops short (multi-config autotuning fails there)."""
-    if interpreting():
+    sizes that keep the interpreted loops short, unless a caller pinned its config or tunes on the CPU
+    (kernels/overrides.py: then the autotuner runs it, as on a GPU)."""
+    if interpreter_config(kernel):
         fixed_grid = grid(interp_meta) if callable(grid) else grid
         return lambda *args, **kwargs: kernel.fn[fixed_grid](*args, **kwargs, **interp_meta)
     return kernel[grid]

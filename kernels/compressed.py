@@ -27,14 +27,15 @@ import triton
 import triton.language as tl
 
 from ._common import (
-    TUNING_ARGS, autotune, check_gated, check_heads, check_kernel_config, interpreting, next_pow2, tuning_buckets,
+    TUNING_ARGS, autotune, check_gated, check_heads, check_kernel_config, interpreter_config, interpreting, next_pow2,
+    small_sizes, tuning_buckets,
 )
 from ._common import check_dq_chain, split_head_dim as _split_head_dim
 from .config import NSAConfig
 from .packing import Packing, num_cmp as _num_cmp, refuse_v1
 from .variants import check_variant
 
-__all__ = ["compress_fwd", "compress_bwd", "compressed_fwd", "compressed_bwd", "select_blocks"]
+__all__ = ["compress_fwd", "compress_bwd", "compressed_fwd", "compressed_lse", "compressed_bwd", "select_blocks"]
 
 _LOG2E = 1.4426950408889634
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32)
@@ -42,10 +43,12 @@ _DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 # ------------------------------------------------------------------ launch configurations
 def _configs(tiles: tuple[tuple[int, int, int], ...]) -> list[triton.Config]:
-    """(BLOCK_M rows = positions x G_PAD, BLOCK_N compressed blocks, warps) -> configs; one when interpreting."""
-    if interpreting():
-        return [triton.Config({"BLOCK_M": 64, "BLOCK_N": 16}, num_warps=4, num_stages=1)]
+    """(BLOCK_M rows = positions x G_PAD, BLOCK_N compressed blocks, warps) -> the GPU's configs."""
     return [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=2) for m, n, w in tiles]
+
+
+# What every tuned kernel here runs under the CPU interpreter (kernels/overrides.py can change that).
+_INTERPRETER = triton.Config({"BLOCK_M": 64, "BLOCK_N": 16}, num_warps=4, num_stages=1)
 
 
 # Tiles that compile for sm_90 without register spills both at the paper shape (G=16, Dk=192,
@@ -290,7 +293,7 @@ def compress_fwd(x: torch.Tensor, block_cmp: int, stride_cmp: int, packing: Pack
     if tc == 0 or b * h * d == 0:
         return out
     x = x.contiguous()
-    block_c = 16 if interpreting() else 32
+    block_c = 16 if small_sizes() else 32
     block_d = min(next_pow2(d), 64)
     rows, _, tiles = _extents(packing, b, t, tc, block_cmp, stride_cmp)
     grid = (triton.cdiv(tiles, block_c), rows * h, triton.cdiv(d, block_d))
@@ -541,7 +544,8 @@ def _fwd_autotune(restore_value: list[str] | None = None, tiles: tuple = _FWD_TI
     return autotune(
         configs=_configs(tiles),
         key=["G_PAD", "DK_A", "DK_B", "BLOCK_DV", "BLOCK_CMP", "STRIDE_CMP", "WITH_OUTPUT", "VARLEN"],
-        prune_configs_by={"early_config_prune": _prune_fwd_rows}, restore_value=restore_value,
+        interpreter=_INTERPRETER, prune_configs_by={"early_config_prune": _prune_fwd_rows},
+        restore_value=restore_value,
     )
 
 
@@ -634,6 +638,18 @@ def compressed_fwd(
     q, k_cmp, v_cmp = q.contiguous(), k_cmp.contiguous(), v_cmp.contiguous()
     return _launch_fwd(q, k_cmp, v_cmp, cfg, group, scale, with_output=True, gated=gated, variant=variant,
                        packing=packing)
+
+
+def compressed_lse(q: torch.Tensor, k_cmp: torch.Tensor, cfg: NSAConfig, scale: float, *, variant: str = "v2",
+                   packing: Packing | None = None) -> torch.Tensor:
+    """The compressed branch's lse alone, fp32 [B,T,Hq] (+inf where no block is visible): the pass
+    `select_blocks` makes when it is given no lse (the compressed forward built without its output)."""
+    check_variant("variant", variant)
+    group = _check_attention_inputs(q, k_cmp, k_cmp, cfg)
+    scale = _check_scale(scale)
+    _check_packed_attention(packing, q, k_cmp, cfg, variant=variant)
+    q, k_cmp = q.contiguous(), k_cmp.contiguous()
+    return _launch_fwd(q, k_cmp, k_cmp, cfg, group, scale, with_output=False, variant=variant, packing=packing)[1]
 
 
 # ------------------------------------------------------------------ section 3: block scores + top-n selection
@@ -766,7 +782,7 @@ def _select_tiles(cfg: NSAConfig, g_pad: int) -> tuple[int, int, int]:
     """
     per_slc = cfg.block_slc // cfg.stride_cmp
     top = max(16, next_pow2(cfg.n_slc))
-    block_n = max(per_slc, 16) if interpreting() else max(per_slc, min(64, per_slc * top))
+    block_n = max(per_slc, 16) if small_sizes() else max(per_slc, min(64, per_slc * top))
     width = max(top, block_n // per_slc)
     block_m = max(g_pad, 16, min(64, 1024 // width))
     return block_m, block_n, width
@@ -788,7 +804,7 @@ _select_tuned = autotune(
     configs=[triton.Config({"BLOCK_M": m}, num_warps=w, num_stages=2) for m, w in _SELECT_TILES_V2],
     key=["G_PAD", "DK_A", "DK_B", "BLOCK_CMP", "STRIDE_CMP", "BLOCK_SLC", "N_SLC", "WIDTH", "BLOCK_N", "VARLEN"],
     prune_configs_by={"early_config_prune": _prune_select},
-)(_select_kernel)
+)(_select_kernel)  # no interpreter config: there `select_blocks` launches v1's fixed tile itself
 
 
 def select_blocks(
@@ -814,8 +830,7 @@ def select_blocks(
     tc, hkv = k_cmp.shape[1], k_cmp.shape[2]
     q, k_cmp = q.contiguous(), k_cmp.contiguous()
     if lse is None:
-        _, lse = _launch_fwd(q, k_cmp, k_cmp, cfg, group, scale, with_output=False, variant=variant,
-                             packing=packing)
+        lse = compressed_lse(q, k_cmp, cfg, scale, variant=variant, packing=packing)
     else:
         _check_like("lse", lse, (b, t, hq), torch.float32)
         if lse.device != q.device:
@@ -833,7 +848,7 @@ def select_blocks(
     consts = dict(G=group, G_PAD=g_pad, DK=dk, DK_A=dk_a, DK_B=dk_b, BLOCK_CMP=cfg.block_cmp,
                   STRIDE_CMP=cfg.stride_cmp, BLOCK_SLC=cfg.block_slc, N_SLC=cfg.n_slc, WIDTH=width,
                   UPCAST=interpreting() and q.dtype == torch.bfloat16, VARLEN=packing is not None, BLOCK_N=block_n)
-    if variant == "v1" or interpreting():  # the interpreter runs one config: v1's tile
+    if variant == "v1" or interpreter_config(_select_tuned):  # the interpreter runs one config: v1's tile
         _select_kernel[(triton.cdiv(grid_t, block_m // g_pad), grid_b * hkv)](
             *args, **consts, BLOCK_M=block_m, num_warps=4, num_stages=2,
         )
@@ -951,7 +966,7 @@ def _dkv_tile(
 
 @autotune(
     configs=_configs(_DKV_TILES), key=["G_PAD", "DK_A", "DK_B", "BLOCK_DV", "BLOCK_CMP", "STRIDE_CMP"],
-    prune_configs_by={"early_config_prune": _prune_rows},
+    interpreter=_INTERPRETER, prune_configs_by={"early_config_prune": _prune_rows},
 )
 @triton.jit(do_not_specialize=TUNING_ARGS)
 def _cmp_bwd_dkv_kernel(
@@ -998,14 +1013,16 @@ _DKV_CHUNK_NARROW = ((32, 64, 8), (16, 64, 8), (64, 64, 8), (32, 128, 8), (32, 3
 _DKV_CHUNK_TILES = tuple(dict.fromkeys(_DKV_CHUNK_WIDE + _DKV_CHUNK_NARROW))
 _DKV_TARGET_CHUNKS = 32  # query chunks at long T: enough (tile, chunk) programs for 132 SMs
 _DKV_PARTIAL_BUDGET = 1 << 30  # bytes of fp32 partials at most; fewer chunks beyond (e.g. 1M tokens)
-_DKV_MIN_CHUNK = 32 if interpreting() else 256  # positions; small under the interpreter so tests cross chunks
+_DKV_MIN_CHUNK = 256  # positions
+_DKV_MIN_CHUNK_SMALL = 32  # `small_sizes()` (the interpreter): small, so tests cross chunks
 
 
 def _dkv_chunks(seqlen: int, tc: int, rows_kv: int, dk: int, dv: int) -> tuple[int, int]:
-    """(positions per query chunk, chunks): a power of two >= _DKV_MIN_CHUNK, the partials within budget."""
+    """(positions per query chunk, chunks): a power of two >= the minimum chunk, the partials within budget."""
     per_chunk = rows_kv * (dk + dv) * 4
     chunks = max(1, min(_DKV_TARGET_CHUNKS, _DKV_PARTIAL_BUDGET // max(per_chunk, 1)))
-    chunk = max(_DKV_MIN_CHUNK, next_pow2(triton.cdiv(seqlen, chunks)))
+    least = _DKV_MIN_CHUNK_SMALL if small_sizes() else _DKV_MIN_CHUNK
+    chunk = max(least, next_pow2(triton.cdiv(seqlen, chunks)))
     return chunk, triton.cdiv(seqlen, chunk)
 
 
@@ -1057,7 +1074,7 @@ def _dkv_chunk_tile(
 @autotune(
     configs=_configs(_DKV_CHUNK_TILES),
     key=["G_PAD", "DK_A", "DK_B", "BLOCK_DV", "BLOCK_CMP", "STRIDE_CMP", "PARTIAL", "VARLEN"],
-    prune_configs_by={"early_config_prune": _prune_dkv_chunk},
+    interpreter=_INTERPRETER, prune_configs_by={"early_config_prune": _prune_dkv_chunk},
 )
 @triton.jit(do_not_specialize=TUNING_ARGS)
 def _cmp_bwd_dkv_chunk_kernel(
@@ -1191,10 +1208,12 @@ def _launch_dkv_v2(q, k_cmp, v_cmp, do, lse, delta, dk_cmp, dv_cmp, qk_scale: fl
 
 _DQ_KEY = ["G_PAD", "DK_A", "DK_B", "BLOCK_DV", "BLOCK_CMP", "STRIDE_CMP", "VARLEN"]
 _cmp_bwd_dq_v2_kernel = autotune(
-    configs=_configs(_DQ_TILES_V2), key=_DQ_KEY, prune_configs_by={"early_config_prune": _prune_dq_rows},
+    configs=_configs(_DQ_TILES_V2), key=_DQ_KEY, interpreter=_INTERPRETER,
+    prune_configs_by={"early_config_prune": _prune_dq_rows},
 )(_cmp_bwd_dq_kernel)
 _cmp_bwd_dq_kernel = autotune(
-    configs=_configs(_DQ_TILES), key=_DQ_KEY, prune_configs_by={"early_config_prune": _prune_rows},
+    configs=_configs(_DQ_TILES), key=_DQ_KEY, interpreter=_INTERPRETER,
+    prune_configs_by={"early_config_prune": _prune_rows},
 )(_cmp_bwd_dq_kernel)
 
 
@@ -1231,7 +1250,7 @@ def compressed_bwd(
         return dq, torch.zeros_like(k_cmp), torch.zeros_like(v_cmp)
     rows = b * t * hq
     delta = torch.empty(b, t, hq, dtype=torch.float32, device=q.device)
-    block_r = 32 if interpreting() else 64
+    block_r = 32 if small_sizes() else 64
     _delta_kernel[(triton.cdiv(rows, block_r),)](o, do, delta, rows, DV=dv, BLOCK_DV=next_pow2(dv), BLOCK_R=block_r)
 
     g_pad = next_pow2(group)

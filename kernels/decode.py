@@ -29,7 +29,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import check_heads, check_kernel_config, interpreting, next_pow2
+from ._common import check_heads, check_kernel_config, interpreting, next_pow2, small_sizes
 from .config import NSAConfig
 from .variants import check_variant
 
@@ -48,7 +48,8 @@ _MERGE_CHUNK = 64
 _PROGRAMS_PER_SM = 2
 _DEFAULT_SMS = 132
 # v2 ranking: selection candidates per unit (64 -> 16 units at 64k), keys compared per step
-_RANK_RANGE = 16 if interpreting() else 64
+_RANK_RANGE = 64
+_RANK_RANGE_SMALL = 16  # `small_sizes()` (the interpreter): several ranking units at test lengths
 _RANK_KEY_CHUNK = 64
 
 
@@ -578,7 +579,7 @@ def _plan(batch: int, tmax: int, kv_heads: int, group: int, dk: int, dv: int, tc
     big_group = g_pad * max(dk_pad, dv_pad) >= 8192
     key_tile = (16 if big_group else 32) if wide else 64
     if block_c is None:
-        block_c = 16 if interpreting() else key_tile
+        block_c = 16 if small_sizes() else key_tile
     total_tiles = max(1, triton.cdiv(tc_max, block_c))
     wanted_splits = max(1, triton.cdiv(_PROGRAMS_PER_SM * _num_sms(device), batch * kv_heads))
     tiles_per_split = triton.cdiv(total_tiles, min(wanted_splits, total_tiles))
@@ -798,7 +799,7 @@ def _decode_v2_tail(q, k_cache, v_cache, gates, cache_seqlens, cfg: NSAConfig, p
         BLOCK_SLC=cfg.block_slc, PER_SLC=cfg.block_slc // cfg.stride_cmp, PER_CMP=cfg.block_cmp // cfg.stride_cmp,
         G_PAD=plan.g_pad, NSPLIT_PAD=nsplit_pad, NSLC_PAD=plan.nslc_pad, BLOCK_J=plan.block_j, num_warps=4,
     )
-    rank_range = min(plan.nslc_pad, _RANK_RANGE)
+    rank_range = min(plan.nslc_pad, _RANK_RANGE_SMALL if small_sizes() else _RANK_RANGE)
     num_sel = plan.nslc_pad // rank_range
     num_units = num_sel + plan.num_win_units
     sw_o = torch.empty(bh * num_units * group * dv, **f32)

@@ -28,7 +28,7 @@ import triton.language as tl
 
 from ._common import (
     TUNING_ARGS, autotune, check_dq_chain, check_gated, check_heads, interpreting, next_pow2, same_memory,
-    split_head_dim, tuning_buckets,
+    small_sizes, split_head_dim, tuning_buckets,
 )
 from .packing import Packing, refuse_v1
 from .variants import check_variant
@@ -61,12 +61,14 @@ _WIDE_HEADS = 256
 
 @dataclass(frozen=True)
 class _Candidates:
-    """Autotune configs plus which of them are meant for wide heads (read by the prune hook), and
-    the wide ones that spill with int64 row offsets (ROW64) and a 256-column padded Dk tile."""
+    """Autotune configs plus which of them are meant for wide heads (read by the prune hook), the
+    wide ones that spill with int64 row offsets (ROW64) and a 256-column padded Dk tile, and the one
+    config the CPU interpreter runs."""
 
     configs: tuple
     wide: frozenset
     row64_spills: frozenset = frozenset()
+    interpreter: triton.Config | None = None
 
     def prune(self, configs, named_args, **kwargs):
         if len(configs) == 1:
@@ -84,11 +86,10 @@ def _candidates(narrow: list[TileConfig], wide: list[TileConfig], interp: TileCo
         return triton.Config({"BLOCK_M": c.block_m, "BLOCK_N": c.block_n}, num_warps=c.num_warps,
                              num_stages=c.num_stages)
 
-    if interpreting():  # one config: the interpreter cannot autotune
-        return _Candidates((config(interp),), frozenset())
     wide_configs = tuple(config(c) for c in wide)
     spills = frozenset(wide_configs[wide.index(c)] for c in row64_spills)
-    return _Candidates(tuple(config(c) for c in narrow) + wide_configs, frozenset(wide_configs), spills)
+    return _Candidates(tuple(config(c) for c in narrow) + wide_configs, frozenset(wide_configs), spills,
+                       interpreter=config(interp))
 
 
 def _autotuned(kernel, candidates: _Candidates, restore_value: list[str] | None = None):
@@ -102,7 +103,8 @@ def _autotuned(kernel, candidates: _Candidates, restore_value: list[str] | None 
     """
     return autotune(
         configs=list(candidates.configs), key=["BLOCK_DK", "DK_B", "BLOCK_DV", "CAUSAL", "HAS_WINDOW"],
-        prune_configs_by={"early_config_prune": candidates.prune}, restore_value=restore_value,
+        interpreter=candidates.interpreter, prune_configs_by={"early_config_prune": candidates.prune},
+        restore_value=restore_value,
     )(kernel)
 
 
@@ -127,10 +129,11 @@ _DQ = _candidates(
 )
 _DECODE_CONFIGS = [
     triton.Config({"BLOCK_N": c.block_n}, num_warps=c.num_warps, num_stages=c.num_stages)
-    for c in ([TileConfig(16, 16)] if interpreting() else [  # block_m unused: G rows are BLOCK_G
+    for c in [  # block_m unused: G rows are BLOCK_G
         TileConfig(16, 32, 4, 2), TileConfig(16, 32, 4, 3), TileConfig(16, 32, 8, 2), TileConfig(16, 64, 8, 2),
-    ])
+    ]
 ]
+_DECODE_INTERPRETER = triton.Config({"BLOCK_N": 16}, num_warps=4, num_stages=2)
 
 
 # ---------------------------------------------------------------------------------- jit helpers
@@ -791,9 +794,8 @@ def _decode_combine_kernel(
              mask=offs_dv < DV)
 
 
-_decode_split_tuned = autotune(configs=_DECODE_CONFIGS, key=["BLOCK_DK", "BLOCK_DV", "BLOCK_G"])(
-    _decode_split_kernel
-)
+_decode_split_tuned = autotune(configs=_DECODE_CONFIGS, key=["BLOCK_DK", "BLOCK_DV", "BLOCK_G"],
+                               interpreter=_DECODE_INTERPRETER)(_decode_split_kernel)
 
 
 # ---------------------------------------------------------------------------------- validation
@@ -1079,7 +1081,7 @@ def _split_plan(programs: int, max_len: int, num_sms: int, num_splits: int | Non
     elif num_splits < 1:
         raise ValueError(f"num_splits={num_splits} must be >= 1")
     num_splits = max(1, min(num_splits, max_len))
-    unit = 16 if interpreting() else 128  # split edges on tile edges: only each split's last tile is partial
+    unit = 16 if small_sizes() else 128  # split edges on tile edges: only each split's last tile is partial
     split_len = triton.cdiv(triton.cdiv(max_len, num_splits), unit) * unit
     return triton.cdiv(max_len, split_len), split_len
 

@@ -231,20 +231,26 @@ def forward_stages(
     scale: float | None = None, block_idx: torch.Tensor | None = None, variants: KernelVariants = DEFAULT_VARIANTS,
     cu_seqlens: torch.Tensor | Packing | None = None,
 ) -> dict[str, Callable[[], Any]]:
-    """Each forward stage as a self-contained callable over precomputed inputs (for per-stage timing)."""
+    """Each stage of the inference forward (`_forward_gated_in_place`, what a fwd point times) as a
+    self-contained callable over precomputed inputs, launching what that forward launches: the branches add
+    their gated outputs into one buffer, so each stage runs the autotuner (and config) of the total.
+    `gated_sum` is the training forward's sum, which the inference forward fuses into the branch kernels."""
     _check_inputs(q, k, v, gates, cfg, cu_seqlens is not None, variants)
     sc, packing = _scale(scale, q.shape[-1]), _packing(q, cu_seqlens, cfg)
     f = _forward_parts(q, k, v, cfg, sc, block_idx, variants, packing)
+    out = torch.zeros(*q.shape[:3], v.shape[-1], dtype=q.dtype, device=q.device)  # the branches add into it
     return {
         "compress": lambda: (compressed.compress_fwd(k, cfg.block_cmp, cfg.stride_cmp, packing=packing),
                              compressed.compress_fwd(v, cfg.block_cmp, cfg.stride_cmp, packing=packing)),
-        "cmp_attn": lambda: compressed.compressed_fwd(q, f["k_cmp"], f["v_cmp"], cfg, sc, variant=variants.cmp_fwd,
-                                                      packing=packing),
+        "cmp_attn": lambda: compressed.compressed_fwd(q, f["k_cmp"], f["v_cmp"], cfg, sc, out=out, gates=gates,
+                                                      gate_index=0, variant=variants.cmp_fwd, packing=packing),
         "select": lambda: compressed.select_blocks(q, f["k_cmp"], cfg, sc, lse=f["lse_cmp"],
                                                    variant=variants.select, packing=packing),
-        "slc_attn": lambda: selected.selected_fwd(q, k, v, f["idx"], cfg.block_slc, sc, variant=variants.slc_fwd,
+        "slc_attn": lambda: selected.selected_fwd(q, k, v, f["idx"], cfg.block_slc, sc, out=out, gates=gates,
+                                                  gate_index=1, accumulate=True, variant=variants.slc_fwd,
                                                   small_g=variants.slc_small_g, packing=packing),
-        "win_attn": lambda: flash.attention_fwd(q, k, v, sc, window=cfg.window, variant=variants.win, packing=packing),
+        "win_attn": lambda: flash.attention_fwd(q, k, v, sc, window=cfg.window, out=out, gates=gates, gate_index=2,
+                                                accumulate=True, variant=variants.win, packing=packing),
         "gated_sum": lambda: gated_sum_fwd(gates, f["o_cmp"], f["o_slc"], f["o_win"]),
     }
 
@@ -264,21 +270,21 @@ def backward_stages(
                                                       cfg, sc, dkv_variant=variants.cmp_dkv, dq_variant=variants.cmp_dq,
                                                       packing=packing)
     seqlen = k.shape[1]
-    # dq_sum v2: each stage moves the fp32 accumulator as in the backward (the cmp stage writes it, the
-    # slc stage reads and writes one, the window stage reads it); two buffers keep reps idempotent.
+    # dq_sum v2: each stage moves the fp32 accumulator as the backward does (the cmp stage writes it, the
+    # slc stage adds into it in place, the window stage reads it), so each runs the backward's autotuner
+    # and config (in place is a tuner of its own); repeated reps only grow the sum.
     chain = variants.dq_sum == "v2"
-    acc_in = torch.zeros(q.shape, dtype=torch.float32, device=q.device) if chain else None
-    acc_out = torch.empty_like(acc_in) if chain else None
+    acc = torch.zeros(q.shape, dtype=torch.float32, device=q.device) if chain else None
     return {
         "gated_sum": lambda: gated_sum_bwd(gates, f["o_cmp"], f["o_slc"], f["o_win"], do),
         "cmp_attn": lambda: compressed.compressed_bwd(q, f["k_cmp"], f["v_cmp"], f["o_cmp"], f["lse_cmp"], do_cmp,
                                                       cfg, sc, dkv_variant=variants.cmp_dkv, dq_variant=variants.cmp_dq,
-                                                      dq_out=acc_out, packing=packing),
+                                                      dq_out=acc, packing=packing),
         "compress": lambda: (compressed.compress_bwd(dk_cmp, seqlen, cfg.block_cmp, cfg.stride_cmp, packing=packing),
                              compressed.compress_bwd(dv_cmp, seqlen, cfg.block_cmp, cfg.stride_cmp, packing=packing)),
         "slc_attn": lambda: selected.selected_bwd(q, k, v, f["o_slc"], f["lse_slc"], do_slc, f["idx"], cfg.block_slc,
-                                                  sc, dq_variant=variants.slc_dq, dq_out=acc_out, dq_add=acc_in,
+                                                  sc, dq_variant=variants.slc_dq, dq_out=acc, dq_add=acc,
                                                   small_g=variants.slc_small_g, packing=packing),
         "win_attn": lambda: flash.attention_bwd(q, k, v, f["o_win"], f["lse_win"], do_win, sc, window=cfg.window,
-                                                variant=variants.win, dq_add=acc_in, packing=packing),
+                                                variant=variants.win, dq_add=acc, packing=packing),
     }

@@ -43,8 +43,6 @@ _NUM_GATES = 3  # gates [B, T, Hq, 3]: one per NSA branch (cmp, slc, win)
 # ---------------------------------------------------------------- autotune configs
 def _fwd_configs() -> list[triton.Config]:
     """BLOCK_K keys per step (forward and dq). Under the interpreter `tiles.launcher` bypasses autotuning."""
-    if interpreting():
-        return [triton.Config({"BLOCK_K": 32}, num_warps=4, num_stages=1)]
     return [
         triton.Config({"BLOCK_K": bk}, num_warps=w, num_stages=s)
         for bk in (32, 64, 128)
@@ -55,8 +53,6 @@ def _fwd_configs() -> list[triton.Config]:
 
 def _dkdv_configs() -> list[triton.Config]:
     """BLOCK_N keys per program, BLOCK_M gathered (query, head) rows per step (dk/dv)."""
-    if interpreting():
-        return [triton.Config({"BLOCK_N": 32, "BLOCK_M": 16}, num_warps=4, num_stages=1)]
     return [
         triton.Config({"BLOCK_N": bn, "BLOCK_M": bm}, num_warps=w, num_stages=s)
         for bn in (32, 64)
@@ -444,8 +440,6 @@ _dkdv_atomic_kernel = autotune(
 # docs/tuning-notes.md has the traffic model (the selected forward's v2 section).
 def _tile_configs(positions: tuple[int, ...]) -> list[triton.Config]:
     """POSITIONS per program and BLOCK_K keys per step; under the interpreter `tiles.launcher` pins both."""
-    if interpreting():
-        return [triton.Config({"POSITIONS": 2, "BLOCK_K": 32}, num_warps=4, num_stages=1)]
     return [
         triton.Config({"POSITIONS": p, "BLOCK_K": bk}, num_warps=w, num_stages=s)
         for p in positions for bk in (32, 64, 128, 256) for w in (4, 8) for s in (2, 3)

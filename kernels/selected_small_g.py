@@ -49,9 +49,7 @@ _MERGE_WARPS = 8  # 64 rows x Dk 192 fp32 (dq reduce) at 4 warps uses 255 regist
 
 # ---------------------------------------------------------------- configs
 def _configs() -> list[triton.Config]:
-    """BLOCK_M gathered (query, head) rows per step; under the interpreter `_launcher` pins one."""
-    if interpreting():
-        return [triton.Config({"BLOCK_M": 32}, num_warps=4, num_stages=1)]
+    """BLOCK_M gathered (query, head) rows per step; under the interpreter `tiles.launcher` pins one."""
     return [
         triton.Config({"BLOCK_M": bm}, num_warps=w, num_stages=s)
         for bm in (16, 32, 64, 128) for w in (4, 8) for s in (1, 2)

@@ -14,7 +14,7 @@ from triton.runtime.autotuner import Autotuner
 
 from ._common import TUNING_ARGS
 
-KERNEL_MODULES = ("compressed", "decode", "flash", "gated_sum", "selected")
+KERNEL_MODULES = ("compressed", "decode", "flash", "gated_sum", "selected", "selected_small_g")
 
 
 @dataclass(frozen=True)

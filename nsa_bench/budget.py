@@ -71,6 +71,18 @@ class Calibration:
     # assumed: the float64 reference at <= 1024 tokens on the GPU plus the backend's check call
     # (NSA adds the selection check); a GPU does this in well under a second
     check_s: Mapping[str, float] = field(default_factory=lambda: {"nsa": 1.0, "dense": 0.5})
+    # the config check (nsa_bench/configcheck.py), once per layout of a backend: recording its probes at the
+    # point's shape and the check lengths in compile workers (measured here: ~5 s for a worker pool's start
+    # and ~20 probe cases); per check shape, inputs and the float64 reference at <= 8k tokens (assumed); per
+    # autotune candidate pinned, one call of each kernel and the comparison (assumed; compiled by precompile)
+    config_record_s: float = 6.0
+    config_shape_s: float = 1.0
+    config_run_s: float = 0.05
+    # `nsa-bench selftest` on a GPU (assumed): one pinned run (its kernels at <= 1.7k tokens and the float64
+    # reference); the deterministic backward twice; a pinned run under compute-sanitizer, per tool
+    selftest_run_s: float = 0.1
+    selftest_fixed_s: float = 3.0
+    sanitizer_run_s: Mapping[str, float] = field(default_factory=lambda: {"memcheck": 1.0, "racecheck": 3.0})
     # assumed: per task, gc.collect + empty_cache, build, NVML reads, CSV append with fsync
     task_s: float = 0.3
     # per timed call beyond the kernel: the L2 flush (a 120 MB write) and event records, ~0.1 ms
@@ -137,10 +149,13 @@ class TaskEstimate:
     check_s: float = 0.0
     inputs_s: float = 0.0
     fixed_s: float = 0.0
+    config_check_s: float = 0.0  # the config check's share: a layout's first task pays it (configcheck.py)
+    config_configs: int = 0  # autotune candidates it pins
 
     @property
     def total_s(self) -> float:
-        return self.timed_s + self.tune_s + self.load_s + self.check_s + self.inputs_s + self.fixed_s
+        return (self.timed_s + self.tune_s + self.load_s + self.check_s + self.config_check_s + self.inputs_s
+                + self.fixed_s)
 
 
 class Estimator:
@@ -156,6 +171,7 @@ class Estimator:
         self._tuned: set[tuple[str, str]] = set()
         self._loaded: set[str] = set()
         self._first_calls: set[tuple[str, Point]] = set()
+        self._config_checked: set[tuple] = set()
 
     # ---------------------------------------------------------------- efficiency
     def efficiency(self, backend: Backend, mode: str) -> tuple[float, bool]:
@@ -222,6 +238,27 @@ class Estimator:
             self._loaded |= loads
         return tune_s, configs, len(loads) * self.cal.load_s
 
+    def _config_check(self, point: Point, backend: Backend, commit: bool) -> tuple[float, int]:
+        """(seconds, candidate configs) of the config check this task adds: the first task of a layout pays
+        for recording, check shapes and every candidate its autotune lookups hold (precompile's plan)."""
+        from nsa_bench import configcheck
+
+        probes = configcheck.probes_of(backend.launch_probes, point.mode)
+        if not probes:
+            return 0.0, 0
+        lengths = tuple(sorted({configcheck.check_length(point, base) for base in configcheck.CHECK_LENGTHS}))
+        layout = (backend.launch_probes, probes, lengths, point.batch, point.kv_heads, point.group_size,
+                  point.head_dim_qk, point.head_dim_v, point.cfg, point.dtype, point.doc_lens)
+        if layout in self._config_checked:
+            return 0.0, 0
+        if commit:
+            self._config_checked.add(layout)
+        plan = self._plan(point, backend.name, "timed")
+        configs = sum(t.configs for t in plan.tunings) if plan is not None else 0
+        shapes = len(probes) + len(lengths) - 1  # each probe at the shortest length, a few at the longer ones
+        seconds = self.cal.config_record_s + shapes * self.cal.config_shape_s + configs * self.cal.config_run_s
+        return seconds, configs
+
     # ---------------------------------------------------------------- estimates
     def estimate(self, point: Point, backend: Backend, commit: bool = False, invalid: str = "") -> TaskEstimate:
         """What the task will cost now; `commit` records that it runs (its tuning and loads are paid).
@@ -241,11 +278,13 @@ class Estimator:
                 self._first_calls.add((backend.name, point))
         check = check_point(point, self.spec.check_seqlen)
         samples = input_samples(point) + input_samples(check)
+        config_s, config_configs = self._config_check(point, backend, commit)
         return TaskEstimate(
             point, backend.name, runs=True, floor_ms=floor, per_call_ms=per_call, efficiency=eff,
             measured_efficiency=measured, calls=calls, timed_s=calls * per_call / 1e3, tune_s=tune_s,
             tune_configs=configs, load_s=load_s, check_s=self.cal.check_s[backend.family],
             inputs_s=samples * 10 / self.cal.input_bytes_per_s, fixed_s=self.cal.task_s,
+            config_check_s=config_s, config_configs=config_configs,
         )
 
     # ---------------------------------------------------------------- run-level overheads

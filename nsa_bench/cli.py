@@ -389,6 +389,55 @@ cli.add_command(click.Command(
 ))
 
 
+def _is_selftest_result(path: Path) -> bool:
+    """Whether `path` holds what an earlier self-test wrote (which a new one may replace)."""
+    import json
+
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and {"suite", "checks", "failed"} <= set(data)
+
+
+@cli.command()
+@click.option("--suite", default="paper", show_default=True,
+              help="the suite whose kernel launches are checked (suites/*.toml, or a suite file)")
+@click.option("--json", "json_path", type=_path(dir_okay=False), default="selftest.json", show_default=True,
+              help="where the results go (replaced whole)")
+@click.option("--sanitize", default="memcheck,racecheck", show_default=True, metavar="TOOLS",
+              help="compute-sanitizer tools to run on a GPU where it is on PATH (memcheck, racecheck; none)")
+@click.option("--workers", metavar="N", help="compile worker processes on a GPU  [default: CPU cores - 2]")
+@click.option("--dry-run", is_flag=True, help="print the self-test's estimated time on a GPU and run nothing")
+def selftest(suite: str, json_path: Path, sanitize: str, workers: str | None, dry_run: bool) -> None:
+    """Check the kernels a suite will launch, on this machine, before trusting its numbers: every pinned
+    config of the suite's launch plan against the float64 reference (bf16 and fp16), the deterministic
+    backward twice bit for bit, and compute-sanitizer memcheck / racecheck where it is on PATH. Without a
+    GPU it runs under Triton's CPU interpreter at reduced scope (fp32 and fp16, the cheapest shape of each
+    probe) and says so. Prints a table, writes --json, exits 1 when a check fails."""
+    import subprocess
+
+    import torch
+
+    from nsa_bench.child_env import child_environment
+    from nsa_bench.selftest import SANITIZER_TOOLS
+
+    tools = [t.strip() for t in sanitize.split(",")]
+    wrong = [t for t in tools if t not in (*SANITIZER_TOOLS, "none")]
+    if wrong or not tools:
+        raise _bad("sanitize", f"{show(sanitize, 60)}: choose from {', '.join(SANITIZER_TOOLS)} or none")
+    _spec_from(suite, {})  # a suite that does not load is refused here, naming --suite
+    if json_path.exists() and json_path.is_dir():
+        raise _bad("json", f"{show(str(json_path), 120)} is a folder")
+    if json_path.exists() and not _is_selftest_result(json_path):
+        raise _bad("json", f"{show(str(json_path), 120)} exists and is not a self-test's result: choose another file")
+    env = child_environment()
+    env["TRITON_INTERPRET"] = "0" if torch.cuda.is_available() else "1"  # read by Triton at the kernels' import
+    command = [sys.executable, "-m", "nsa_bench.selftest", "run", "--suite", suite, "--json", str(json_path),
+               "--sanitize", ",".join(tools), "--workers", str(_workers(workers)), *(["--dry-run"] if dry_run else [])]
+    sys.exit(subprocess.run(command, env=env).returncode)
+
+
 @cli.command()
 @click.argument("run", type=_path())
 @click.option("--gpu", metavar="NAME", help="GPU spec for the roofline ceilings  [default: the run's GPU, else h100]")

@@ -19,7 +19,7 @@ import socket
 import traceback
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable, ContextManager, Iterable, Iterator, Protocol
+from typing import TYPE_CHECKING, Callable, ContextManager, Iterable, Iterator, Protocol
 
 import torch
 
@@ -35,6 +35,9 @@ from nsa_bench.schema import (
 from nsa_bench.spec import Point, SweepSpec
 from nsa_bench.telemetry import Reading, Telemetry, combine
 from nsa_bench.timing import GraphCaptureError, Timing, time_cuda, time_wallclock
+
+if TYPE_CHECKING:  # imported where a GPU measures: it brings in the kernels and the compile workers
+    from nsa_bench.configcheck import ConfigChecker
 
 
 @dataclass(frozen=True)
@@ -141,6 +144,8 @@ class Measure:
     timer: Callable[..., Timing]
     telemetry: Telemetry | None = None
     device_name: str = ""  # what rows record in `gpu` (the card's own name, as in env.json)
+    # checks every autotune candidate before a point is timed (nsa_bench/configcheck.py; None: not checked)
+    config_checker: ConfigChecker | None = None
 
     def read(self) -> Reading:
         return self.telemetry.read() if self.telemetry is not None else Reading()
@@ -149,8 +154,10 @@ class Measure:
 def cuda_measure(nvml_index: int = 0) -> Measure:
     """Measuring on the first visible GPU; `nvml_index`: that GPU's index for NVML, which ignores
     CUDA_VISIBLE_DEVICES (a worker pinned to GPU 3 reads NVML device 3)."""
+    from nsa_bench.configcheck import ConfigChecker
+
     return Measure(device="cuda", timer=time_cuda, telemetry=Telemetry(nvml_index),
-                   device_name=torch.cuda.get_device_name(0))
+                   device_name=torch.cuda.get_device_name(0), config_checker=ConfigChecker("cuda"))
 
 
 def measure_of(kind: str | None, nvml_index: int = 0) -> Measure | None:
@@ -194,10 +201,16 @@ def measured_rows(task: Task, spec: SweepSpec, gpu: GPUSpec, measure: Measure,
         why += [f"selection invalid: {problem}"] if problem else []
         return [base_row(point, backend, status=STATUS_CHECK_FAILED, max_rel_err=err, gpu=measure.device_name or gpu.name,
                          message="; ".join(why) + "; not timed")]
+    configs = None
+    if measure.config_checker is not None and backend.launch_probes:
+        configs = measure.config_checker.check(point, backend.launch_probes)
+        if not configs.ok:
+            return [base_row(point, backend, status=STATUS_CHECK_FAILED, max_rel_err=err, message=configs.message(),
+                             gpu=measure.device_name or gpu.name)]
     inputs = make_inputs(point, measure.device, spec.seed)
     workload = annotate(backend.build(point, inputs), f"nsa-bench:{backend.name}:{point.mode}")
     use_graph = spec.cuda_graph and point.mode == "decode"
-    note = workload.note
+    note = "; ".join(n for n in (workload.note, configs.note() if configs else "") if n)
     before = measure.read()
     try:
         timing = timed(workload.run, use_graph)

@@ -4,8 +4,9 @@ A sweep at 128k..1M tokens runs past what one GPU holds; a point that would not 
 row before anything is allocated, instead of a crash or a CUDA context left half-full for the next point.
 The count is of what our wrappers allocate for the timed call and its stage calls, all alive at once:
 inputs, outputs, gradients, per-branch outputs and log-sum-exps, the kernels' scratch (fp32 partial
-buffers, compressed K/V, selected block indices); plus the timer's L2-flush buffer. It is an estimate
-(the allocator rounds up, autotuning and the correctness check add a little): `fits` keeps a margin.
+buffers, compressed K/V, selected block indices), the copy an accumulating kernel's autotuner makes of
+what it adds into (`tuning_clone_bytes`); plus the timer's L2-flush buffer. It is an estimate (the
+allocator rounds up, the correctness check adds a little): `fits` keeps a margin.
 """
 from __future__ import annotations
 
@@ -85,13 +86,29 @@ def nsa_bytes(point: Point) -> int:
     forward = d.qkv() + gates + cmp_kv + blocks + 4 * d.out() + 3 * d.per_row_f32()
     fwd_partials, dq_partials = small_group_partials(point)
     if point.mode == "fwd":
-        return forward + fwd_partials
+        return forward + fwd_partials + tuning_clone_bytes(point)
     grads = (d.out() + d.qkv() + d.b * d.t * d.hq * d.dk * _F32 + cmp_kv + gates + 3 * d.out()
              + 3 * d.per_row_f32() + d.b * d.t * d.hkv * (d.dk + d.dv) * _F32)
-    return forward + grads + max(fwd_partials, dq_partials)  # each call frees its partials on return
+    # each call frees its partials on return; tuning (the first call) clones while they are alive
+    return forward + grads + max(fwd_partials, dq_partials) + tuning_clone_bytes(point)
 
 
 SMALL_GROUP_BELOW = 16  # kernels/variants.py SMALL_G_BELOW: where the default ("auto") takes the path
+
+
+def tuning_clone_bytes(point: Point) -> int:
+    """The copy autotuning makes of what an accumulating kernel adds into (its autotuner's `restore_value`,
+    cloned before each trial and put back after: one copy alive at a time), on the first call of a point.
+    fwd (the inference forward, every branch adding into one output): the output, for the window branch
+    and, at G >= 16, the selected branch (1 GiB at 64k, the paper heads); bwd and fwdbwd at G >= 16: the
+    fp32 dq sum, which the selected dq kernel reads and writes in place (3 GiB at 64k). The small-group
+    path (G < 16) and decode tune nothing that accumulates. tests/test_tuning_on_cpu.py measures them."""
+    d = _dims(point)
+    if point.mode == "fwd":
+        return d.out()
+    if point.mode in ("bwd", "fwdbwd") and point.group_size >= SMALL_GROUP_BELOW:
+        return d.b * d.t * d.hq * d.dk * _F32
+    return 0
 
 
 def small_group_partials(point: Point) -> tuple[int, int]:

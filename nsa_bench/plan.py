@@ -156,17 +156,19 @@ def render(plan: Plan) -> str:
         note = f"SKIP: {task.skipped}" if task.skipped else ""
         tune = e.tune_s + e.load_s
         lines.append(f"  {i:>3}  {label:<{width}}  {e.floor_ms:>9.4g}  {eff:>5}  {e.per_call_ms:>9.4g}  {e.calls:>5.0f}  "
-                     f"{e.timed_s:>7.1f}  {tune:>6.1f}  {e.check_s:>7.1f}  {e.total_s:>6.1f}  {task.start_s:>6.0f}  {note}")
+                     f"{e.timed_s:>7.1f}  {tune:>6.1f}  {e.check_s + e.config_check_s:>7.1f}  {e.total_s:>6.1f}  {task.start_s:>6.0f}  {note}")
     ran = [t for t in plan.tasks if not t.skipped]
     skipped = [t for t in plan.tasks if t.skipped]
     configs = sum(t.estimate.tune_configs for t in ran)
+    checks, pinned = plan.part("check_s") + plan.part("config_check_s"), plan.part("config_configs")
     pre = (f"precompile {plan.precompile_s:.0f} s ({plan.configs} distinct configs of {plan.cases} cases on "
            f"{plan.workers} workers)" if plan.precompile else
            f"no precompile: {plan.configs} configs compile at first call, serially, ~{plan.jit_compile_s:.0f} s")
     lines += [
         "",
         f"Overheads: start-up {plan.startup_s:.0f} s; {pre}; autotune {plan.part('tune_s'):.0f} s ({configs} configs "
-        f"benchmarked) + kernel loads {plan.part('load_s'):.0f} s; checks {plan.part('check_s'):.0f} s; inputs "
+        f"benchmarked) + kernel loads {plan.part('load_s'):.0f} s; checks {checks:.0f} s (config checks "
+        f"{plan.part('config_check_s'):.0f} s, {pinned:.0f} configs pinned); inputs "
         f"{plan.part('inputs_s'):.1f} s; per-task housekeeping {plan.part('fixed_s'):.0f} s; finish "
         f"{plan.finish_s:.0f} s{' (plots included)' if plan.plots else ''}",
         f"Timed calls: {plan.part('timed_s'):.0f} s over {len(ran)} tasks"

@@ -30,6 +30,7 @@ __all__ = [
     "selected_attention",
     "window_attention",
     "block_scores",
+    "decode_block_scores",
     "select_from_scores",
     "causal_attention",
 ]
@@ -422,6 +423,23 @@ def nsa_attention(
     return g[..., 0:1] * o_cmp + g[..., 1:2] * o_slc + g[..., 2:3] * o_win
 
 
+def decode_block_scores(
+    q: torch.Tensor, k_cache: torch.Tensor, cache_seqlens: torch.Tensor, cfg: NSAConfig, scale: float | None = None,
+) -> list[torch.Tensor]:
+    """Each sequence's group block scores S [Hkv, ceil(L/l')] (float64) at its decode row t = L-1 (q [B,Hq,Dk]):
+    what `nsa_decode`'s selection ranks, for judging a kernel's selection by NSA_SPEC's validity rule."""
+    sc = _scale(scale, q.shape[-1])
+    out = []
+    for b in range(q.shape[0]):
+        length = int(cache_seqlens[b])
+        kb = k_cache[b : b + 1, :length].to(torch.float64)
+        kc = _compress(kb, cfg)
+        pos = torch.tensor([length - 1], device=q.device)
+        _, p = _cmp_rows(q[b : b + 1, None].to(torch.float64), pos, kc, kc[..., :1], cfg, sc)
+        out.append(_scores_from_probs(p, cfg, cfg.num_slc_blocks(length))[0, 0])
+    return out
+
+
 def _check_packed_block_idx(block_idx: torch.Tensor, k: torch.Tensor) -> None:
     if block_idx.dim() != 4 or tuple(block_idx.shape[:3]) != tuple(k.shape[:3]):
         raise ValueError(f"block_idx must be [1, total_T, Hkv, n] = [{', '.join(map(str, k.shape[:3]))}, n] "
@@ -444,12 +462,15 @@ def nsa_decode(
     q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, gates: torch.Tensor,
     cache_seqlens: torch.Tensor, cfg: NSAConfig, scale: float | None = None,
     k_cmp_cache: torch.Tensor | None = None, v_cmp_cache: torch.Tensor | None = None,
+    block_idx: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """One new token per sequence: row L-1 of the forward over k_cache[b, :L]. Returns [B,Hq,Dv].
 
     Decode has no cu_seqlens: N packed sequences decode as a batch of N, with caches
     `varlen.pad_packed(k, cu_seqlens)` ([N, max L_i, Hkv, D]), cache_seqlens = their lengths and q the
     new tokens; the output for sequence i equals the packed forward's row cu_seqlens[i+1] - 1.
+    `block_idx` [B, Hkv, n]: a selection to attend instead of the reference's own, read as a set (as
+    nsa_attention's): how a kernel's output is checked on the blocks it chose.
     """
     if (k_cmp_cache is None) != (v_cmp_cache is None):
         raise ValueError("pass both k_cmp_cache and v_cmp_cache, or neither")
@@ -469,9 +490,11 @@ def nsa_decode(
             kc, vc = k_cmp_cache[b : b + 1, :tc].to(wd), v_cmp_cache[b : b + 1, :tc].to(wd)
         pos = torch.tensor([length - 1], device=q.device)
         o_cmp, _ = _cmp_rows(qb, pos, kc, vc, cfg, sc)
-        _, p = _cmp_rows(qb.double(), pos, kc.double(), vc.double(), cfg, sc)
-        scores = _scores_from_probs(p, cfg, cfg.num_slc_blocks(length))
-        idx = _select_rows(scores, pos, cfg)
+        if block_idx is None:
+            _, p = _cmp_rows(qb.double(), pos, kc.double(), vc.double(), cfg, sc)
+            idx = _select_rows(_scores_from_probs(p, cfg, cfg.num_slc_blocks(length)), pos, cfg)
+        else:
+            idx = block_idx[b : b + 1, None].to(q.device)
         o_slc = _slc_rows(qb, pos, kb, vb, idx, cfg, sc)
         o_win = _win_rows(qb, pos, kb, vb, cfg.window, sc)
         g = gates[b : b + 1, None].to(wd)

@@ -35,17 +35,19 @@ def _positions(t: int, cu_seqlens: torch.Tensor | None, device: torch.device) ->
 
 
 def violation(block_idx: torch.Tensor, scores: torch.Tensor, cfg: NSAConfig, tolerance: float,
-              cu_seqlens: torch.Tensor | None = None) -> str | None:
+              cu_seqlens: torch.Tensor | None = None, positions: torch.Tensor | None = None) -> str | None:
     """None when `block_idx` [B, T, Hkv, n] is a valid selection for group scores `scores`
     [B, T, Hkv, ceil(T / l')]; else the first violation found, in words (which row, what is wrong).
 
     Packed (cu_seqlens, docs/varlen.md): block numbers are local to each row's sequence (`t` in the
-    messages is the packed row); `scores` is reference.block_scores' packed layout (-inf past a sequence's blocks)."""
+    messages is the packed row); `scores` is reference.block_scores' packed layout (-inf past a sequence's blocks).
+    `positions` [T]: each row's position where the rows are not positions 0..T-1 (a decode row, t = L - 1)."""
     b, t, hkv, num_slc = scores.shape
     if tuple(block_idx.shape) != (b, t, hkv, cfg.n_slc):
         return f"block_idx has shape {tuple(block_idx.shape)}, expected {(b, t, hkv, cfg.n_slc)}"
     idx = block_idx.to(device=scores.device, dtype=torch.int64)
-    current = (_positions(t, cu_seqlens, scores.device) // cfg.block_slc)[None, :, None]  # [1, T, 1]
+    rows = _positions(t, cu_seqlens, scores.device) if positions is None else positions.to(scores.device)
+    current = (rows // cfg.block_slc)[None, :, None]  # [1, T, 1]
     picked = idx != -1
     late = picked & ((idx < 0) | (idx > current[..., None]))
     if late.any():

@@ -13,6 +13,9 @@ import os
 from pathlib import Path
 
 TUNING_NAME = "tuning.json"
+STAGES_NOTE = ("a point's stage rows launch the autotuners its total row launches (nsa_kernels.nsa forward_stages / "
+               "backward_stages: the inference forward's gated, accumulating launches; the backward's in-place dq "
+               "chain), so every row of a point ran the configs listed here for its key")
 
 
 class TuningLog:
@@ -35,7 +38,7 @@ class TuningLog:
             entries.append({**record, "first_tuned_in": self._first.setdefault(key, task)})
         payload = {"about": "config each autotuned kernel ran with, per autotune key (size buckets, shape "
                             "arguments, tensor dtypes); nsa_kernels.tuning.chosen_configs()",
-                   "configs": entries}
+                   "stages": STAGES_NOTE, "configs": entries}
         tmp = self.path.with_name(self.path.name + ".tmp")
         tmp.write_text(json.dumps(payload, indent=1, sort_keys=True, default=str) + "\n")
         os.replace(tmp, self.path)

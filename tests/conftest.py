@@ -1,5 +1,8 @@
 """Reports how many bad inputs the tests tried (counted in tests/bad_inputs.py), and `run_only`, the
-fixture that runs chosen programs of a launch alone (tests of offsets past 2^31, test_offsets64.py)."""
+fixture that runs chosen programs of a launch alone (tests of offsets past 2^31, test_offsets64.py).
+
+Also the interpreter plugins of tests/: `--program-order=reverse|footprint` (program_order.py),
+`--launch-log FILE` (launch_log.py), and the interpreter's two speed-ups (interpreter_speed.py)."""
 from __future__ import annotations
 
 import inspect
@@ -8,7 +11,27 @@ import types
 import pytest
 import triton.runtime.interpreter as interpreter
 
+import interpreter_speed
+import launch_log
+import program_order
 from bad_inputs import BAD_INPUTS
+
+interpreter_speed.install()
+pytest_runtest_call = program_order.runtest_call
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    launch_log.addoption(parser)
+    program_order.addoption(parser)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    launch_log.configure(config)
+    program_order.configure(config)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    launch_log.unconfigure(config)
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:

@@ -111,3 +111,20 @@ def test_unplanned_triton_tasks_carry_a_tuning_estimate():
     estimator = Estimator(replace(TINY, backends=("fa2-triton",)), H100, plans=None, calibration=CAL)
     assert estimator.estimate(point, get_backend("fa2-triton")).tune_s == CAL.unplanned_tune_s
     assert estimator.estimate(point, get_backend("fa2")).tune_s == 0.0
+
+
+def test_the_config_check_is_paid_once_per_layout_by_backends_that_probe():
+    """nsa-triton and fa2-triton check every autotune candidate before timing (configcheck.py): the first
+    task of a layout pays recording, check shapes and the candidates; a longer point of it pays nothing
+    new (its check lengths are the same), another mode does; fa2 (PyTorch's kernel) never pays."""
+    spec = replace(TINY, seqlens=(8192, 16384), modes=("fwd", "bwd"), backends=("fa2", "nsa-triton"))
+    estimator = Estimator(spec, H100, plans=None, calibration=CAL)
+    nsa, fa2 = get_backend("nsa-triton"), get_backend("fa2")
+    points = {(p.mode, p.seqlen): p for p in spec.points()[0]}
+    first = estimator.estimate(points["fwd", 8192], nsa, commit=True)
+    # 6 fwd probes at the shortest length and 2 more lengths (4160, 8192) for the probes that need them
+    assert first.config_check_s == CAL.config_record_s + 8 * CAL.config_shape_s
+    assert first.total_s >= first.config_check_s
+    assert estimator.estimate(points["fwd", 16384], nsa).config_check_s == 0.0
+    assert estimator.estimate(points["bwd", 16384], nsa).config_check_s > 0.0
+    assert estimator.estimate(points["fwd", 8192], fa2).config_check_s == 0.0

@@ -108,6 +108,44 @@ def test_stage_callables_run():
         stage()
 
 
+def _tuners_launched(monkeypatch: pytest.MonkeyPatch, fn) -> set[int]:
+    """The autotuners (by identity) whose kernels `fn` launches: through Tuner.run, or bypassed by the
+    interpreter's fixed launch (`_selected_tiles.launcher`, `compressed.select_blocks`' v1 tile)."""
+    from nsa_kernels import _common, _selected_tiles, compressed
+
+    seen: set[int] = set()
+    run, launcher, bypass = _common.Tuner.run, _selected_tiles.launcher, compressed.interpreter_config
+
+    def record(kernel):
+        seen.add(id(kernel))
+        return kernel
+
+    monkeypatch.setattr(_common.Tuner, "run", lambda self, *a, **kw: run(record(self), *a, **kw))
+    monkeypatch.setattr(_selected_tiles, "launcher", lambda kernel, *a: launcher(record(kernel), *a))
+    monkeypatch.setattr(compressed, "interpreter_config", lambda kernel: bypass(record(kernel)))
+    fn()
+    monkeypatch.undo()
+    return seen
+
+
+@pytest.mark.parametrize("g", [2, 16])
+def test_stages_launch_the_autotuners_of_the_total(monkeypatch: pytest.MonkeyPatch, g: int):
+    """A stage row explains the total it sits under: each stage runs the autotuners (so the configs) the
+    timed total runs (the inference forward for fwd, the backward's dq chain for bwd), not twins of them."""
+    q, k, v, gates, do = (x.float() for x in make(9, 1, 70, 1, g, 16, 16))
+    fwd = nsa_module.forward_stages(q, k, v, gates, SMALL)
+    stages = _tuners_launched(monkeypatch, lambda: [fwd[s]() for s in fwd if s != "gated_sum"])
+    with torch.no_grad():
+        total = _tuners_launched(monkeypatch, lambda: nsa_kernels.nsa_attention(q, k, v, gates, SMALL))
+    assert stages == total and total
+    bwd = nsa_module.backward_stages(q, k, v, gates, do, SMALL)
+    stages = _tuners_launched(monkeypatch, lambda: [stage() for stage in bwd.values()])
+    leaves = [x.detach().requires_grad_(True) for x in (q, k, v, gates)]
+    out = nsa_kernels.nsa_attention(*leaves, SMALL)
+    total = _tuners_launched(monkeypatch, lambda: out.backward(do))
+    assert stages == total and total
+
+
 def test_bad_inputs_raise_value_error():
     q, k, v, gates, _ = (x.float() for x in make(8, 1, 40, 1, 2, 16, 16))
     with pytest.raises(ValueError, match="block_slc"):

@@ -14,6 +14,7 @@ import pytest
 from cli_runner import run_cli
 from jit_cache_probe import probe_spec
 from nsa_bench import precompile
+from nsa_bench.child_env import child_environment
 from nsa_bench.compilecheck.results import distinct_variants
 from nsa_kernels._common import size_bucket
 
@@ -39,7 +40,8 @@ def test_precompiled_kernels_are_what_the_jit_loads(monkeypatch, capsys, tmp_pat
     assert code == 0, out
     assert "Precompiled 5 distinct configs of 2 kernels for sm_90" in out and "0 failed" in out
     assert any((tmp_path / "triton-cache").rglob("*.cubin"))
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    # the probe runs this checkout's code (as the sweep's workers do), whatever else is installed
+    env = {k: v for k, v in child_environment().items() if k != "TRITON_INTERPRET"}
     probe = subprocess.run([sys.executable, str(PROBE), "fa2-triton", "decode", "256"], env=env, capture_output=True,
                            text=True, timeout=600)
     assert probe.returncode == 0, probe.stderr[-3000:]

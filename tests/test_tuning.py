@@ -75,3 +75,19 @@ def test_chosen_configs_report_each_key(monkeypatch):
     (choice,) = [c for c in tuning.chosen_configs() if c.kernel == name]
     assert choice.as_dict() == {"kernel": name, "key": {**dict(zip(tuner.keys, range(len(tuner.keys)))),
                                                          "dtypes": ["torch.float16"]}, "config": str(tuner.configs[0])}
+
+
+def test_tuning_json_lists_every_autotuner_of_the_kernel_package():
+    """tuning.json is written from `tuning.autotuners()`: a tuned kernel in a module it does not list would
+    run with a config no run folder records."""
+    import importlib
+    import pkgutil
+
+    from triton.runtime.autotuner import Autotuner
+
+    import nsa_kernels
+
+    everywhere = {id(value) for info in pkgutil.iter_modules(nsa_kernels.__path__)
+                  for value in vars(importlib.import_module(f"nsa_kernels.{info.name}")).values()
+                  if isinstance(value, Autotuner)}
+    assert everywhere and everywhere == {id(tuner) for _, tuner in tuning.autotuners()}

@@ -59,6 +59,9 @@ class Backend:
     staged_modes: tuple[str, ...] = ()  # modes whose workloads time per-stage rows too (what a run's estimate needs)
     varlen: bool = False  # whether it runs packed points (--doc-lens: Inputs.cu_seqlens, docs/varlen.md)
     no_varlen: str = ""  # why not, when it does not ("": a generic reason)
+    # which probes of nsa_bench.launchplan reach its kernels ("nsa", "dense"): on a GPU every autotune
+    # candidate of a point is checked before it is timed (nsa_bench/configcheck.py); "": not checked
+    launch_probes: str = ""
 
     def out_of_scope(self, point: Point) -> str | None:
         """Why this backend does not run `point` at all (None: in scope): its own limits, then packing."""

@@ -52,5 +52,6 @@ BACKEND = Backend(
     availability=cuda_required,
     build=_build,
     impl_hint=lambda: "triton",
+    launch_probes="dense",
     varlen=True,  # cu_seqlens in the kernels; packed decode is a decode batch of the documents
 )

@@ -111,5 +111,6 @@ BACKEND = Backend(
     impl_hint=_impl,
     staged_modes=("fwd", "bwd"),
     supports=_supports,
+    launch_probes="nsa",
     varlen=True,  # cu_seqlens through every kernel; packed decode is a decode batch of the documents
 )

@@ -19,6 +19,7 @@ from nsa_bench.compilecheck import selftest
 from nsa_bench.compilecheck.case import Case
 from nsa_bench.compilecheck.recorder import Launch, record_launches
 from nsa_kernels import decode, flash, nsa, selected, varlen
+from nsa_kernels.config import NSAConfig
 from nsa_kernels.packing import Packing
 from nsa_kernels.variants import KernelVariants
 
@@ -34,18 +35,22 @@ def _qkv(case: Case, grad: bool = False) -> tuple[torch.Tensor, torch.Tensor, to
             _meta(b, t, hkv, case.dv, dtype=dt, grad=grad))
 
 
-def packed_cu_seqlens(case: Case) -> torch.Tensor:
-    """cu_seqlens (CPU int32: the wrappers read lengths on the host) of documents packed into case.seqlen
-    tokens: lengths 1, l - 1 and l' - 1, then halves of what is left, so boundaries fall inside blocks."""
-    cfg, left = case.cfg, case.seqlen
-    lengths = []
+def doc_lengths(seqlen: int, cfg: NSAConfig) -> list[int]:
+    """Documents packed into `seqlen` tokens: lengths 1, l - 1 and l' - 1, then halves of what is left, so
+    boundaries fall inside compression and selection blocks (empty ones where `seqlen` runs out first)."""
+    left, lengths = seqlen, []
     for length in (1, cfg.block_cmp - 1, cfg.block_slc - 1):
         lengths.append(min(length, left))
         left -= lengths[-1]
     while left > 0:
         lengths.append(max(left // 2 + 7, 1) if left > 64 else left)
         left -= lengths[-1]
-    return varlen.cu_seqlens_of(lengths)
+    return lengths
+
+
+def packed_cu_seqlens(case: Case) -> torch.Tensor:
+    """cu_seqlens (CPU int32: the wrappers read lengths on the host) of `doc_lengths` at the case's shape."""
+    return varlen.cu_seqlens_of(doc_lengths(case.seqlen, case.cfg))
 
 
 # ------------------------------------------------------------------ NSA attention and selection

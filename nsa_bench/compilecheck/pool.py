@@ -7,6 +7,7 @@ never imports Triton (the CLI stays cheap, and an interpreter-mode process can d
 """
 from __future__ import annotations
 
+import dataclasses
 import queue
 import subprocess
 import sys
@@ -54,7 +55,7 @@ class CompileWorker:
     def plan(self, case: Case) -> CasePlan:
         """Record `case` and name every variant it would compile, without compiling."""
         raw = self._ask(protocol.request("plan", case), f"planning {case.label}")
-        return CasePlan(case, raw["launches"], tuple(Variant(**v) for v in raw["variants"]),
+        return CasePlan(case, raw["launches"], tuple(Variant.from_dict(v) for v in raw["variants"]),
                         tuple(Tuning(**t) for t in raw["tunings"]), raw["host_error"])
 
     def compile_variant(self, case: Case, launch: int, index: int) -> CompileResult:
@@ -139,20 +140,25 @@ def compile_cases(cases: tuple[Case, ...], workers: int = 2,
 
 
 def precompile_cases(cases: list[Case], workers: int, capability: int = DEFAULT_CAPABILITY, compile: bool = True,
-                     progress: Callable[[int, int], None] | None = None) -> Precompiled:
+                     progress: Callable[[int, int], None] | None = None,
+                     keep: Callable[[Case, Variant], bool] | None = None) -> Precompiled:
     """Plan every case, then compile each distinct variant once, on `workers` processes in parallel.
 
     Compiling goes through `triton.compile` with Triton's own cache manager, so every binary lands in
     Triton's on-disk cache under the key JITFunction.run computes for the same launch: a later process
     that launches these kernels at these shapes loads them instead of compiling. `compile=False` only
-    plans (what a dry run needs). `progress(done, total)` is called as compiles finish.
+    plans (what a dry run needs). `progress(done, total)` is called as compiles finish. `keep(case, variant)`: compile
+    only the variants it accepts (e.g. the configs a self-test pins), all when None.
     """
     cases = list(dict.fromkeys(cases))
     start = time.perf_counter()
     with WorkerPool(workers if compile else min(workers, max(1, len(cases))), capability) as pool:
         plans = pool.map(lambda worker, case: worker.plan(case), cases)
         planned = time.perf_counter()
-        jobs, broken = distinct_variants(plans)
+        wanted = plans if keep is None else [
+            dataclasses.replace(plan, variants=tuple(v for v in plan.variants if v.error or keep(plan.case, v)))
+            for plan in plans]
+        jobs, broken = distinct_variants(wanted)
         results: list[CompileResult] = []
         if compile and jobs:
             finished = [0]

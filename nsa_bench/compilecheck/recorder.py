@@ -117,6 +117,16 @@ def expand(launch: Launch) -> list[tuple[Any, dict]]:
     return [(kernel, kw) for kw in settings]
 
 
+def launched_constexprs(jit: JITFunction, args: tuple, kwargs: dict) -> tuple[tuple[str, object], ...]:
+    """Every constexpr of one expanded config (`expand`), bound by name, and its num_warps and num_stages
+    (when given): plain values, as the launch plan keys them (nsa_bench/launchplan/keys.py)."""
+    names = [p.name for p in jit.params]
+    bound = {**dict(zip(names, args)), **kwargs}
+    out = {p.name: bound.get(p.name) for p in jit.params if p.is_constexpr}
+    out.update({k: kwargs[k] for k in ("num_warps", "num_stages") if k in kwargs})
+    return tuple((k, v if v is None or isinstance(v, (bool, int, float, str)) else repr(v)) for k, v in out.items())
+
+
 def tuning_of(launch: Launch, configs: int) -> Tuning | None:
     """The autotune lookup this launch makes, keyed as Autotuner.run keys it (key arguments, then the
     dtype of every tensor argument); None when no autotuner with several configs is involved."""

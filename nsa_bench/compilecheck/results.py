@@ -78,7 +78,10 @@ class CaseReport:
 @dataclass(frozen=True)
 class Variant:
     """One config of one recorded launch, planned but not compiled. `digest` names the compile (equal
-    digests, in any case, compile to the same binary); empty when the host side failed (`error`)."""
+    digests, in any case, compile to the same binary); empty when the host side failed (`error`).
+    `module`, `tuned` (the names an autotuner set: its config's; empty for a fixed launch) and `constexprs`
+    (every constexpr bound, with num_warps and num_stages) say what runs, for the launch plan
+    (nsa_bench/launchplan)."""
 
     launch: int
     index: int
@@ -86,6 +89,15 @@ class Variant:
     config: str
     digest: str
     error: str | None = None
+    module: str = ""
+    tuned: tuple[str, ...] = ()
+    constexprs: tuple[tuple[str, object], ...] = ()
+
+    @staticmethod
+    def from_dict(raw: dict) -> Variant:
+        """A Variant from its JSON form (tuples come back as lists)."""
+        return Variant(**{**raw, "tuned": tuple(raw.get("tuned", ())),
+                          "constexprs": tuple((str(k), v) for k, v in raw.get("constexprs", ()))})
 
 
 @dataclass(frozen=True)

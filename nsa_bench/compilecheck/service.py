@@ -10,16 +10,18 @@ Each case's launches are recorded once and each compile is kept (per worker) by 
 from __future__ import annotations
 
 import dataclasses
-import os
 import sys
 import traceback
 from typing import Any
+
+from triton import knobs
+from triton.runtime.autotuner import Autotuner
 
 from nsa_bench.compilecheck import protocol
 from nsa_bench.compilecheck.case import DEFAULT_CAPABILITY, Case
 from nsa_bench.compilecheck.compiler import KernelCompiler, short_error
 from nsa_bench.compilecheck.entries import record
-from nsa_bench.compilecheck.recorder import Launch, config_label, expand, kernel_name, tuning_of
+from nsa_bench.compilecheck.recorder import Launch, config_label, expand, kernel_name, launched_constexprs, tuning_of
 from nsa_bench.compilecheck.results import CasePlan, CaseReport, CompileResult, Tuning, Variant
 
 
@@ -68,11 +70,15 @@ class Session:
             tuning = tuning_of(launch, len(expanded))
             if tuning is not None:
                 tunings.append(tuning)
+            autotuned = isinstance(launch.kernel, Autotuner)
             for j, (jit, kw) in enumerate(expanded):
+                what = {"module": jit.fn.__module__, "constexprs": launched_constexprs(jit, launch.args, kw),
+                        "tuned": tuple(k for k in kw if k not in launch.kwargs) if autotuned else ()}
                 try:
-                    variants.append(Variant(i, j, name, config_label(kw), self.compiler.digest(jit, launch.args, kw)))
+                    variants.append(Variant(i, j, name, config_label(kw), self.compiler.digest(jit, launch.args, kw),
+                                            **what))
                 except Exception as exc:
-                    variants.append(Variant(i, j, name, config_label(kw), "", f"bind: {short_error(exc)}"))
+                    variants.append(Variant(i, j, name, config_label(kw), "", f"bind: {short_error(exc)}", **what))
         return CasePlan(case, len(launches), tuple(variants), tuple(tunings))
 
     def compile(self, case: Case, launch: int, index: int) -> CompileResult:
@@ -92,7 +98,7 @@ class Session:
 
 def serve(capability: int) -> None:
     """Answer one request per stdin line until stdin closes."""
-    if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
+    if knobs.runtime.interpret:  # TRITON_INTERPRET as Triton reads it
         raise SystemExit("the compile worker needs TRITON_INTERPRET=0")
     session = Session(KernelCompiler(capability))
     for line in sys.stdin:
