@@ -279,12 +279,13 @@ def run(suite: str, json_path: Path, sanitize: str, workers: int, dry_run: bool)
     if interpreted:
         from nsa_bench.launchplan.planfile import quick_runs
 
-        chosen, dtypes = quick_runs(runs), CPU_DTYPES
+        chosen, dtypes, on_gpu = quick_runs(runs), CPU_DTYPES, len(gpu_runs(runs))
         where = (f"the CPU (Triton's interpreter, no GPU here): {len(chosen)} of the {len(runs)} pinned runs (the "
-                 f"cheapest shape of each probe) in {' and '.join(dtypes)}; a GPU runs all {len(runs)} in "
-                 f"{' and '.join(GPU_DTYPES)}, and compute-sanitizer")
+                 f"cheapest shape of each probe) in {' and '.join(dtypes)}; a GPU runs all {on_gpu} (each warps and "
+                 f"stages apart) in {' and '.join(GPU_DTYPES)}, and compute-sanitizer")
     else:
         chosen, dtypes = gpu_runs(runs), GPU_DTYPES
+        on_gpu = len(chosen)
         where = f"{torch.cuda.get_device_name(0)}: {len(chosen)} pinned runs in {' and '.join(dtypes)}"
         _precompile(chosen, workers)
     click.echo(f"Self-test of the {suite} suite's kernel launches ({source}) on {where}", err=True)
@@ -295,7 +296,7 @@ def run(suite: str, json_path: Path, sanitize: str, workers: int, dry_run: bool)
             click.echo(f"  {i}/{len(chosen) * len(dtypes)} pinned runs, {sum(c.status == FAIL for c in checks)} "
                        f"failed", err=True)
     checks.append(deterministic_check(suite, dtypes[0], device, interpreted))
-    checks.extend(sanitizer_checks(suite, tools, device, len(chosen)))
+    checks.extend(sanitizer_checks(suite, tools, device, on_gpu))
     failed = [c for c in checks if c.status == FAIL]
     header = f"Self-test ({suite} suite) on {where}"
     click.echo(table(checks, header))
