@@ -18,17 +18,21 @@ timed without ever being compared with the reference. So for each probe of the p
 
 Runs are remembered for the life of the checker (one sweep worker), so a layout's configs are checked
 once, not at every length. Backends opt in with `Backend.launch_probes` ("nsa" or "dense").
+
+The module itself is plain: the time budget reads its tables and lengths in a dry run without importing
+Triton; the probes, the planner and the kernels are imported by the checker when it runs.
 """
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Callable, Iterable, Mapping
 
-from nsa_bench.launchplan.keys import LaunchKey
-from nsa_bench.launchplan.planner import Planned, assign, planned_of, reaches, record, runs_of, split_warps
-from nsa_bench.launchplan.probes import PROBES, ProbeShape
 from nsa_bench.spec import Point
+
+if TYPE_CHECKING:
+    from nsa_bench.launchplan.planner import Planned
+    from nsa_bench.launchplan.probes import ProbeShape
 
 # Probe lengths before the modulo-16 alignment: 1024 reaches every path of the compressed, window, dense
 # and gated-sum kernels (the compressed dK/dV runs several 256-position chunks there, as at 64k); 4160
@@ -61,6 +65,8 @@ def check_length(point: Point, base: int) -> int:
 def _shape(point: Point, probe: str, seqlen: int) -> ProbeShape:
     """The probe at the point's layout (G, KV heads, head dims, blocks, packing, dtype's kernels), `seqlen`
     tokens; decode keeps the point's batch up to 2 (its split plan depends on it)."""
+    from nsa_bench.launchplan.probes import ProbeShape
+
     batch = min(point.batch, 2) if probe in ("decode", "dense_decode") else 1
     return ProbeShape(probe, seqlen, point.group_size, point.kv_heads, batch, point.head_dim_qk, point.head_dim_v,
                       point.cfg, point.packed and point.mode != "decode")
@@ -85,7 +91,8 @@ class ConfigCheck:
 
     def message(self) -> str:
         """What a check_failed row says: the first failures, each naming kernel and config."""
-        shown = "; ".join(self.failures[:3]) + (f"; and {len(self.failures) - 3} more" if len(self.failures) > 3 else "")
+        more = len(self.failures) - 3
+        shown = "; ".join(self.failures[:3]) + (f"; and {more} more" if more > 0 else "")
         return (f"config check: {len(self.failures)} wrong outputs over {self.runs} pinned runs of {self.configs} "
                 f"configs: {shown}; not timed")
 
@@ -106,30 +113,31 @@ class ConfigChecker:
     device: str
     lengths: tuple[int, ...] = CHECK_LENGTHS
     workers: int = 2
-    recorder: Callable[[Iterable, int], Mapping] = record
+    recorder: Callable[[Iterable, int], Mapping] | None = None  # default: planner.record (compile workers)
     _planned: dict[tuple[ProbeShape, str], list[Planned]] = field(default_factory=dict)
-    _reached: dict[tuple[ProbeShape, str], set] = field(default_factory=dict)
     _runs: dict[tuple, tuple[str, ...]] = field(default_factory=dict)
 
     def _record(self, shapes: Iterable[ProbeShape], dtype: str) -> None:
-        """Record every shape not yet recorded in `dtype`, in one call (one set of compile workers)."""
+        """Record every shape not yet recorded in `dtype`, in one call (one set of compile workers); keep the
+        launches of the kernels each shape's probe tests."""
+        from nsa_bench.launchplan.planner import planned_of, record
+        from nsa_bench.launchplan.probes import PROBES, ProbeShape
+
         new = [s for s in dict.fromkeys(shapes) if (s, dtype) not in self._planned]
         if not new:
             return
-        plans = self.recorder([s.case(dtype) for s in new], self.workers)
-        reached = reaches(plans)
+        plans = (self.recorder or record)([s.case(dtype) for s in new], self.workers)
         for case, plan in plans.items():
             shape = ProbeShape.of_case(case)
             tested = set(PROBES[shape.probe].kernels)
             self._planned[shape, dtype] = [p for p in planned_of(plan) if p.key.kernel in tested]
-            self._reached[shape, dtype] = reached[shape]
 
     def check(self, point: Point, family: str) -> ConfigCheck:
         """Check every config the autotuners of `family`'s kernels may pick at `point` (module doc)."""
         from nsa_bench.launchplan.pinning import run_pinned
         from nsa_bench.launchplan.planfile import pin_config
+        from nsa_bench.launchplan.planner import assign, runs_of, split_warps
         from nsa_bench.launchplan.probes import make_inputs
-
         from nsa_kernels.variants import KernelVariants
 
         start = time.perf_counter()
@@ -143,7 +151,7 @@ class ConfigChecker:
         checks = [_shape(point, p, n) for p in probes for n in lengths]
         self._record(timed + checks, point.dtype)
         planned = list({p.key: p for shape in timed for p in self._planned[shape, point.dtype] if p.tuned}.values())
-        assigned, missing = assign(planned, {s: self._reached[s, point.dtype] for s in checks})
+        assigned, missing = assign(planned, {s: {p.reach for p in self._planned[s, point.dtype]} for s in checks})
         failures: list[str] = []
         made = total = 0
         for shape, runs in _by_shape(split_warps(runs_of(assigned))).items():
@@ -162,7 +170,7 @@ class ConfigChecker:
                         self._runs[key] = (f"{run.label} {point.dtype}: {type(exc).__name__}: {exc}",)
                     made += 1
                 failures.extend(self._runs[key])
-        return ConfigCheck(len(planned), total, made, tuple(failures), tuple(_describe(p.key) for p in missing),
+        return ConfigCheck(len(planned), total, made, tuple(failures), tuple(p.key.describe() for p in missing),
                            time.perf_counter() - start)
 
 
@@ -171,7 +179,3 @@ def _by_shape(runs: Iterable) -> dict[ProbeShape, list]:
     for run in runs:
         out.setdefault(run.shape, []).append(run)
     return out
-
-
-def _describe(key: LaunchKey) -> str:
-    return key.describe()

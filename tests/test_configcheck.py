@@ -47,7 +47,7 @@ def test_a_wrong_config_is_a_check_failed_row_naming_kernel_and_config(checker: 
                                                                         monkeypatch: pytest.MonkeyPatch):
     """Any error counts as wrong (tolerance 0): the row is check_failed, not timed, and names what ran."""
     monkeypatch.setitem(probes.TOLERANCE, "float32", 0.0)
-    fresh = dataclasses.replace(checker, _planned=checker._planned, _reached=checker._reached, _runs={})
+    fresh = dataclasses.replace(checker, _planned=checker._planned, _runs={})
     measure = Measure(device="cpu", timer=time_wallclock, config_checker=fresh)
     spec = SweepSpec(seqlens=(POINT.seqlen,), reps=1, warmup=0, check_seqlen=POINT.seqlen)
     rows = measured_rows(Task(POINT, registry()["nsa-triton"]), spec, gpu_spec("h100"), measure, None)
