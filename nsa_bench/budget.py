@@ -121,6 +121,15 @@ def refusal(backend: Backend, point: Point, gpu: GPUSpec, invalid: str = "",
     return execute_refusal(Task(point, backend, invalid), gpu, measure, planning=True)
 
 
+def compile_seconds(configs: int, cases: int, workers: int, cal: Calibration = CALIBRATION) -> float:
+    """Compiling `configs` distinct configs recorded from `cases` on `workers` compile processes: the pool's
+    start, planning the cases, the compiles shared out, and the last worker's last compile."""
+    workers = max(1, workers)
+    plan_s = cal.plan_first_case_s + (math.ceil(cases / workers) - 1) * cal.plan_case_s
+    tail = cal.compile_max_s * cal.cpu_factor if configs else 0.0
+    return cal.worker_start_s + plan_s + configs / workers * cal.compile_cpu_s * cal.cpu_factor + tail
+
+
 def bench_seconds(kernel_ms: float, cal: Calibration = CALIBRATION) -> float:
     """Triton's do_bench of one autotune config whose kernel takes `kernel_ms`."""
     per_call = max(kernel_ms + cal.bench_flush_ms, cal.bench_host_ms)
@@ -296,12 +305,7 @@ class Estimator:
 
         jobs, _ = distinct_variants(list(self.plans.values()))
         cases = len(self.plans)
-        workers = max(1, workers)
-        compile_s = self.cal.compile_cpu_s * self.cal.cpu_factor
-        plan_s = self.cal.plan_first_case_s + (math.ceil(cases / workers) - 1) * self.cal.plan_case_s
-        tail = self.cal.compile_max_s * self.cal.cpu_factor if jobs else 0.0  # the last worker's last compile
-        seconds = self.cal.worker_start_s + plan_s + (len(jobs) / workers) * compile_s + tail
-        return seconds, len(jobs), cases
+        return compile_seconds(len(jobs), cases, workers, self.cal), len(jobs), cases
 
     def finish_s(self, plots: bool) -> float:
         return self.cal.finish_s + (self.cal.plots_s if plots else 0.0)

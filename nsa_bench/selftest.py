@@ -19,7 +19,6 @@ switched on where there is no GPU: Triton reads that switch when the kernels are
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import shutil
@@ -196,17 +195,15 @@ def estimate(chosen: list, tools: list[str], workers: int, gpu_workers: int) -> 
     compiling the probes' launches (their configs counted from a recording, compile costs as the sweep's
     precompile estimate), the pinned runs in two dtypes, the backward twice, the sanitizer passes."""
     from nsa_bench.budget import CALIBRATION as cal
+    from nsa_bench.budget import compile_seconds
     from nsa_bench.compilecheck.pool import precompile_cases
     from nsa_bench.compilecheck.results import distinct_variants
 
     runs = len(chosen)
-    cases = list(dict.fromkeys(run.shape.case(dtype) for run in chosen for dtype in GPU_DTYPES))
-    keep = pinned_variants(chosen)
+    cases = _probe_cases(chosen)
     plans = precompile_cases(cases, workers, compile=False).plans
-    jobs, _ = distinct_variants([dataclasses.replace(plan, variants=tuple(v for v in plan.variants if keep(case, v)))
-                                 for case, plan in plans.items()])
-    compile_s = (cal.worker_start_s + cal.plan_first_case_s + (-(-len(cases) // gpu_workers) - 1) * cal.plan_case_s
-                 + len(jobs) / gpu_workers * cal.compile_cpu_s * cal.cpu_factor + cal.compile_max_s * cal.cpu_factor)
+    jobs, _ = distinct_variants(list(plans.values()), pinned_variants(chosen))
+    compile_s = compile_seconds(len(jobs), len(cases), gpu_workers)
     runs_s = runs * len(GPU_DTYPES) * cal.selftest_run_s
     sanitize_s = sum(cal.worker_start_s + runs * cal.sanitizer_run_s[tool] for tool in tools)
     total = cal.startup_s + compile_s + runs_s + cal.selftest_fixed_s + sanitize_s
@@ -313,8 +310,12 @@ def _precompile(runs: list, workers: int) -> None:
     from nsa_bench.compilecheck.pool import precompile_cases
     from nsa_bench.precompile import target_capability
 
-    cases = list(dict.fromkeys(run.shape.case(dtype) for run in runs for dtype in GPU_DTYPES))
-    precompile_cases(cases, workers, target_capability(), keep=pinned_variants(runs))
+    precompile_cases(_probe_cases(runs), workers, target_capability(), keep=pinned_variants(runs))
+
+
+def _probe_cases(runs: list) -> list:
+    """The compile cases of the runs' probe shapes in the GPU's dtypes (what the self-test compiles)."""
+    return list(dict.fromkeys(run.shape.case(dtype) for run in runs for dtype in GPU_DTYPES))
 
 
 @main.command()

@@ -7,7 +7,6 @@ never imports Triton (the CLI stays cheap, and an interpreter-mode process can d
 """
 from __future__ import annotations
 
-import dataclasses
 import queue
 import subprocess
 import sys
@@ -155,10 +154,7 @@ def precompile_cases(cases: list[Case], workers: int, capability: int = DEFAULT_
     with WorkerPool(workers if compile else min(workers, max(1, len(cases))), capability) as pool:
         plans = pool.map(lambda worker, case: worker.plan(case), cases)
         planned = time.perf_counter()
-        wanted = plans if keep is None else [
-            dataclasses.replace(plan, variants=tuple(v for v in plan.variants if v.error or keep(plan.case, v)))
-            for plan in plans]
-        jobs, broken = distinct_variants(wanted)
+        jobs, broken = distinct_variants(plans, keep)
         results: list[CompileResult] = []
         if compile and jobs:
             finished = [0]

@@ -5,6 +5,7 @@ Plain data (frozen dataclasses) that crosses the worker boundary as JSON; the li
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 from nsa_bench.compilecheck.case import Case
 
@@ -144,14 +145,18 @@ class Precompiled:
         return {c: p.host_error for c, p in self.plans.items() if p.host_error}
 
 
-def distinct_variants(plans: list[CasePlan]) -> tuple[list[tuple[Case, Variant]], list[CompileResult]]:
-    """(the first case naming each distinct compile, results for variants the host side failed on)."""
+def distinct_variants(plans: list[CasePlan], keep: Callable[[Case, Variant], bool] | None = None
+                      ) -> tuple[list[tuple[Case, Variant]], list[CompileResult]]:
+    """(the first case naming each distinct compile, results for variants the host side failed on);
+    `keep(case, variant)`: only the variants it accepts (e.g. the configs a self-test pins), all when None."""
     seen: dict[str, tuple[Case, Variant]] = {}
     broken: list[CompileResult] = []
     for plan in plans:
         for variant in plan.variants:
             if variant.error:
                 broken.append(CompileResult(variant.name, variant.config, variant.launch, error=variant.error))
+            elif keep is not None and not keep(plan.case, variant):
+                continue
             elif variant.digest not in seen:
                 seen[variant.digest] = (plan.case, variant)
     return list(seen.values()), broken
