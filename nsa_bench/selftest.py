@@ -77,6 +77,7 @@ def gpu_runs(runs: list) -> list:
 
 def pinned_variants(runs: list):
     """keep(case, variant) for precompile_cases: the variants the runs pin, and every fixed launch."""
+    from nsa_bench.launchplan.planner import planned_variant
     from nsa_bench.launchplan.probes import ProbeShape
 
     pins: dict = {}
@@ -84,14 +85,10 @@ def pinned_variants(runs: list):
         pins.setdefault(run.shape, set()).update(run.pins)
 
     def keep(case, variant) -> bool:
-        tuned = [n for n in variant.tuned if n not in ("num_warps", "num_stages", "num_ctas", "maxnreg")]
-        if not tuned:
-            return True
-        values = dict(variant.constexprs)
-        kernel = f"{variant.module.rsplit('.', 1)[-1]}.{variant.name}"
-        tile = tuple(sorted((n, values[n]) for n in tuned))
-        return (kernel, tile, values.get("num_warps"), values.get("num_stages")) in pins.get(ProbeShape.of_case(case),
-                                                                                            ())
+        planned = planned_variant(variant)
+        pinned = (*planned.pin, planned.key.num_warps, planned.key.num_stages)
+        return not planned.tuned or pinned in pins.get(ProbeShape.of_case(case), ())
+
     return keep
 
 

@@ -21,7 +21,7 @@ from typing import Iterable, Mapping
 
 from nsa_bench.compilecheck.case import Case
 from nsa_bench.compilecheck.pool import precompile_cases
-from nsa_bench.compilecheck.results import CasePlan
+from nsa_bench.compilecheck.results import CasePlan, Variant
 from nsa_bench.launchplan.keys import LaunchKey, key_of
 from nsa_bench.launchplan.probes import PROBES, TEST_DK, TEST_DV, TEST_N, ProbeShape
 from nsa_bench.spec import SweepSpec
@@ -105,18 +105,21 @@ class Planned:
         return self.key.kernel, tuple(kv for kv in self.key.tile if kv[0] in self.tuned)
 
 
+def planned_variant(variant: Variant) -> Planned:
+    """One recorded config as a planned launch: its key and the constexprs its autotuner set."""
+    values = dict(variant.constexprs)
+    warps, stages = values.pop("num_warps", None), values.pop("num_stages", None)
+    kernel = f"{variant.module.rsplit('.', 1)[-1]}.{variant.name}"
+    tuned = tuple(n for n in variant.tuned if n not in ("num_warps", "num_stages", "num_ctas", "maxnreg"))
+    return Planned(key_of(kernel, values, warps, stages), tuned)
+
+
 def planned_of(plan: CasePlan) -> list[Planned]:
     """The keyed launches of one recorded case."""
-    out = []
     for variant in plan.variants:
         if variant.error:
             raise RuntimeError(f"{plan.case.label}: {variant.name} [{variant.config}]: {variant.error}")
-        values = dict(variant.constexprs)
-        warps, stages = values.pop("num_warps", None), values.pop("num_stages", None)
-        kernel = f"{variant.module.rsplit('.', 1)[-1]}.{variant.name}"
-        tuned = tuple(n for n in variant.tuned if n not in ("num_warps", "num_stages", "num_ctas", "maxnreg"))
-        out.append(Planned(key_of(kernel, values, warps, stages), tuned))
-    return out
+    return [planned_variant(variant) for variant in plan.variants]
 
 
 def record(cases: Iterable[Case], workers: int) -> dict[Case, CasePlan]:
