@@ -135,7 +135,6 @@ class ConfigChecker:
     def check(self, point: Point, family: str) -> ConfigCheck:
         """Check every config the autotuners of `family`'s kernels may pick at `point` (module doc)."""
         from nsa_bench.launchplan.pinning import run_pinned
-        from nsa_bench.launchplan.planfile import pin_config
         from nsa_bench.launchplan.planner import assign, runs_of, split_warps
         from nsa_bench.launchplan.probes import make_inputs
         from nsa_kernels.variants import KernelVariants
@@ -162,9 +161,8 @@ class ConfigChecker:
                 if key not in self._runs:
                     if inputs is None:
                         inputs = make_inputs(shape, point.dtype, self.device)
-                    pins = {k: pin_config(tile, w, s) for k, tile, w, s in run.pins}
                     try:
-                        self._runs[key] = tuple(run_pinned(shape, pins, point.dtype, self.device,
+                        self._runs[key] = tuple(run_pinned(shape, run.configs(), point.dtype, self.device,
                                                            inputs=inputs).failures())
                     except Exception as exc:  # a config that faults is as wrong as one that computes wrong
                         self._runs[key] = (f"{run.label} {point.dtype}: {type(exc).__name__}: {exc}",)

@@ -108,7 +108,6 @@ def _suite_point(suite: str, modes: Iterable[str]):
 def pinned_checks(runs: list, dtypes: Iterable[str], device: str) -> Iterator[Check]:
     """Each run with its configs pinned, in each dtype (inputs and the reference shared by a shape's runs)."""
     from nsa_bench.launchplan.pinning import run_pinned
-    from nsa_bench.launchplan.planfile import pin_config
     from nsa_bench.launchplan.probes import make_inputs
 
     for dtype in dtypes:
@@ -118,8 +117,7 @@ def pinned_checks(runs: list, dtypes: Iterable[str], device: str) -> Iterator[Ch
             try:
                 if run.shape != shape:
                     shape, inputs = run.shape, make_inputs(run.shape, dtype, device)
-                pins = {kernel: pin_config(tile, w, s) for kernel, tile, w, s in run.pins}
-                result = run_pinned(run.shape, pins, dtype, device, inputs=inputs)
+                result = run_pinned(run.shape, run.configs(), dtype, device, inputs=inputs)
                 status = PASS if result.ok else FAIL
                 detail = "; ".join(result.failures()) or f"max relative error {result.max_error:.2e}"
             except Exception as exc:  # a kernel that faults is a failed check, and the rest still run

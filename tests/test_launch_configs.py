@@ -50,13 +50,9 @@ def _params() -> list:
             for run in PLAN.runs]
 
 
-def _pins(run: PinnedRun) -> dict:
-    return {kernel: planfile.pin_config(tile, w, s) for kernel, tile, w, s in run.pins}
-
-
 @pytest.mark.parametrize("run", _params())
 def test_pinned_run_matches_reference(run: PinnedRun):
-    result = run_pinned(run.shape, _pins(run), "float32", inputs=_inputs(run, "float32"))
+    result = run_pinned(run.shape, run.configs(), "float32", inputs=_inputs(run, "float32"))
     assert result.ok, "\n".join(result.failures())
     ran = {key.binary for key in result.executed}
     missing = [key.describe() for key in run.covers if key.binary not in ran]
@@ -68,5 +64,5 @@ def test_pinned_run_matches_reference(run: PinnedRun):
 def test_pinned_run_in_half_precision(run: PinnedRun, dtype: str):
     """fp16 inputs (< 1e-2) at each probe shape; bf16 (loaded, upcast right after: the interpreter's bf16
     arithmetic is wrong) once per probe."""
-    result = run_pinned(run.shape, _pins(run), dtype, inputs=_inputs(run, dtype))
+    result = run_pinned(run.shape, run.configs(), dtype, inputs=_inputs(run, dtype))
     assert result.ok, "\n".join(result.failures())

@@ -89,11 +89,6 @@ def quick_runs(runs: list[PinnedRun]) -> list[PinnedRun]:
 
 
 # ------------------------------------------------------------------ JSON
-def pin_config(tile: Iterable[tuple[str, object]], num_warps: int, num_stages: int) -> triton.Config:
-    """The triton.Config a pinned run sets."""
-    return triton.Config(dict(tile), num_warps=num_warps, num_stages=num_stages)
-
-
 def to_json(plan: LaunchPlan) -> dict[str, Any]:
     keys = sorted(plan.launches)
     index = {key: i for i, key in enumerate(keys)}

@@ -19,6 +19,8 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import Iterable, Mapping
 
+import triton
+
 from nsa_bench.compilecheck.case import Case
 from nsa_bench.compilecheck.pool import precompile_cases
 from nsa_bench.compilecheck.results import CasePlan, Variant
@@ -189,6 +191,10 @@ class PinnedRun:
     shape: ProbeShape
     pins: tuple[tuple[str, tuple[tuple[str, object], ...], int, int], ...]
     covers: tuple[LaunchKey, ...]
+
+    def configs(self) -> dict[str, triton.Config]:
+        """kernel -> the triton.Config the run pins (kernels/overrides.py `pins`)."""
+        return {kernel: triton.Config(dict(tile), num_warps=w, num_stages=st) for kernel, tile, w, st in self.pins}
 
     @property
     def label(self) -> str:
